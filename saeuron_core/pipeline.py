@@ -1,0 +1,180 @@
+"""Loading Stable Diffusion pipelines and generating images: one code path for every model.
+
+``load_pipeline("minicanvas")`` opens the bundled offline model; any other spec is a local
+diffusers folder or a hub id (SD1.4 / SD1.5 / UnlearnCanvas checkpoints), handed to the same
+``StableDiffusionPipeline.from_pretrained`` call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import SaeuronError
+from .paths import ASSETS
+
+BUNDLED = {"minicanvas": ASSETS / "minicanvas"}
+INFO_FILE = "saeuron.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the project knows about a pipeline beyond diffusers' own config."""
+
+    name: str
+    """"minicanvas", a folder path or a hub id."""
+    image_size: int
+    """Default generated image side in pixels."""
+    hook_points: dict = field(default_factory=dict)
+    """Default SAE hook points by concept kind, e.g. {"object": ..., "style": ...}."""
+    default_steps: int = 50
+    default_guidance: float = 9.0
+    objects: tuple[str, ...] = ()
+    """Concept vocabulary of a benchmark model (empty for general models)."""
+    styles: tuple[str, ...] = ()
+
+
+# SD1.x defaults, as used by the paper (METHOD section 1).
+_SD1_HOOKS = {"object": "up_blocks.1.attentions.1", "style": "up_blocks.1.attentions.2"}
+
+
+def resolve_spec(spec: str) -> str:
+    """The folder or hub id that ``spec`` names, or a clear error."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SaeuronError("model spec is empty; use 'minicanvas', a pipeline folder or a hub id")
+    if spec in BUNDLED:
+        folder = BUNDLED[spec]
+        if not (folder / "model_index.json").is_file():
+            raise SaeuronError(
+                f"the bundled model is missing from {folder}; run `saeuron build-model` to create it"
+            )
+        return str(folder)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "model_index.json").is_file():
+            raise SaeuronError(f"{spec} is not a diffusers pipeline folder (no model_index.json)")
+        return str(path)
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
+        return spec
+    raise SaeuronError(
+        f"unknown model spec {spec!r}: not 'minicanvas', not an existing folder, not a hub id (org/name)"
+    )
+
+
+def load_pipeline(spec: str = "minicanvas", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a StableDiffusionPipeline from 'minicanvas', a local folder or a hub id."""
+    from diffusers import StableDiffusionPipeline
+
+    source = resolve_spec(spec)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError, EnvironmentError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SaeuronError(f"could not load pipeline {spec!r}: {first_line}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def model_info(pipe, name: str | None = None) -> ModelInfo:
+    """The project's metadata for a loaded pipeline (bundled ``saeuron.json`` or SD1.x defaults)."""
+    folder = Path(pipe.name_or_path or "")
+    meta_file = folder / INFO_FILE
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        return ModelInfo(
+            name=name or meta.get("name", str(folder)),
+            image_size=int(meta["image_size"]),
+            hook_points=dict(meta["hook_points"]),
+            default_steps=int(meta["default_steps"]),
+            default_guidance=float(meta["default_guidance"]),
+            objects=tuple(meta.get("objects", ())),
+            styles=tuple(meta.get("styles", ())),
+        )
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return ModelInfo(name=name or str(pipe.name_or_path), image_size=int(size), hook_points=dict(_SD1_HOOKS))
+
+
+def _check_generation_args(prompts, seeds, steps, guidance) -> None:
+    if not prompts:
+        raise SaeuronError("no prompt given")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise SaeuronError(f"prompt must be text, got {type(p).__name__}")
+    if not seeds:
+        raise SaeuronError("no seed given")
+    for s in seeds:
+        if not isinstance(s, int) or s < 0:
+            raise SaeuronError(f"seeds must be non-negative integers, got {s!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise SaeuronError(f"steps must be a positive integer, got {steps!r}")
+    if guidance < 0:
+        raise SaeuronError(f"guidance must be >= 0, got {guidance}")
+
+
+def generate(
+    pipe,
+    prompts: list[str] | str,
+    seeds: list[int] | int,
+    steps: int,
+    guidance: float,
+    negative_prompt: str = "",
+    batch_size: int = 16,
+    output_type: str = "pil",
+):
+    """Images for every (prompt, seed) pair, prompt-major: [p0s0, p0s1, ..., p1s0, ...].
+
+    Each image draws its initial noise from its own ``torch.Generator(seed)``, so an image
+    depends on its prompt and seed only, not on what else is in the batch.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    _check_generation_args(prompts, seeds, steps, guidance)
+    jobs = [(p, s) for p in prompts for s in seeds]
+    images = []
+    for i in range(0, len(jobs), batch_size):
+        chunk = jobs[i : i + batch_size]
+        out = pipe(
+            prompt=[p for p, _ in chunk],
+            negative_prompt=[negative_prompt] * len(chunk),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
+            output_type=output_type,
+        )
+        images.extend(out.images)
+    return images
+
+
+def image_grid(images, rows: int, cols: int):
+    """Paste equally sized PIL images into a rows x cols grid."""
+    from PIL import Image
+
+    if len(images) != rows * cols:
+        raise SaeuronError(f"{len(images)} images do not fill a {rows}x{cols} grid")
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def save_image(image, path: str | Path) -> Path:
+    """Save atomically; the format comes from the file extension."""
+    from PIL import Image
+
+    from .io import atomic_path
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise SaeuronError(f"cannot tell the image format of {path} (use .png, .jpg or .webp)")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
+    return path

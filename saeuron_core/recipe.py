@@ -1,0 +1,552 @@
+"""`saeuron build-model`: the recipe that trains the bundled MiniCanvas model from scratch.
+
+Stages, each resumable and each recorded in ``<work>/<stage>/done.json`` when finished:
+
+1. ``data``   render train / held-out MiniCanvas images (uint8, cached as .npy)
+2. ``vae``    train a small ``AutoencoderKL`` (64x64x3 -> 16x16x4) on random crops
+3. ``judge``  train the object/style judge on renders and their autoencoder round trips
+4. ``latents`` encode the train images once (posterior mean and std)
+5. ``unet``   train ``CLIPTextModel`` + ``UNet2DConditionModel`` jointly, DDPM epsilon loss
+             with min-SNR weighting, EMA; checkpoints (atomic) and exports a pipeline as it goes
+6. ``export`` write the EMA weights as a ``StableDiffusionPipeline`` folder + the judge
+
+Every stage that trains checkpoints atomically; killing the process and running the same command
+again continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import minicanvas as mc
+from .errors import SaeuronError
+from .io import atomic_dir, atomic_path, write_json
+
+BUNDLED_CONFIG_NAME = "saeuron.json"
+
+
+@dataclass
+class RecipeConfig:
+    """Everything that decides the bundled model. Defaults are the shipped recipe."""
+
+    images_per_pair: int = 625
+    """Training renders per (object, style) pair (48 pairs)."""
+    heldout_per_pair: int = 20
+    """Held-out renders per pair, for the judge's and the autoencoder's test numbers."""
+    vae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    """AutoencoderKL block widths; len-1 downsamplings (3 -> 64x64 images to 16x16 latents)."""
+    vae_steps: int = 2000
+    """Autoencoder optimiser steps (batch ``vae_batch`` random 32x32 crops)."""
+    vae_batch: int = 32
+    judge_steps: int = 900
+    """Judge optimiser steps (batch ``judge_batch``)."""
+    judge_batch: int = 96
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    """U-Net block widths: CrossAttnDown x2 + Down; Up + CrossAttnUp x2 (up_blocks.1 has attentions)."""
+    text_hidden: int = 128
+    """Width of the CLIP text encoder (= the U-Net's cross-attention dim)."""
+    text_layers: int = 2
+    unet_steps: int = 1_000_000
+    """Upper bound on U-Net optimiser steps; training also stops at ``unet_minutes``."""
+    unet_minutes: float = 90.0
+    """Wall-clock budget for U-Net training, summed over resumed runs."""
+    unet_batch: int = 48
+    unet_lr: float = 5e-4
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    caption_dropout: float = 0.1
+    """Probability of the empty prompt (for classifier-free guidance)."""
+    object_only: float = 0.1
+    """Probability of the unstyled prompt "An image of {object}."."""
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.images_per_pair < 1 or self.heldout_per_pair < 1:
+            raise SaeuronError("images_per_pair and heldout_per_pair must be >= 1")
+        for name in ("vae_steps", "judge_steps", "unet_steps", "vae_batch", "judge_batch", "unet_batch"):
+            if getattr(self, name) < 1:
+                raise SaeuronError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.unet_channels) != 3 or len(self.vae_channels) < 2:
+            raise SaeuronError("unet_channels needs 3 widths and vae_channels at least 2")
+        if not 0 <= self.caption_dropout + self.object_only < 1:
+            raise SaeuronError("caption_dropout + object_only must be in [0, 1)")
+
+
+DEFAULT_HOOKS = {"object": "up_blocks.1.attentions.0", "style": "up_blocks.1.attentions.1"}
+
+
+# --------------------------------------------------------------------------- model factories
+def make_vae(cfg: RecipeConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae_channels),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=mc.IMAGE_SIZE,
+    )
+
+
+def make_text_encoder(cfg: RecipeConfig, vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.text_hidden,
+            intermediate_size=cfg.text_hidden * 2,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            projection_dim=cfg.text_hidden,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+
+
+def make_unet(cfg: RecipeConfig, latent_size: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=tuple(cfg.unet_channels),
+        layers_per_block=1,
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=min(32, cfg.unet_channels[0]),
+    )
+
+
+def make_schedulers():
+    """SD1.5's noise schedule: DDPM for training, DDIM (eta 0) for sampling."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
+    return DDPMScheduler(**common), DDIMScheduler(**common, set_alpha_to_one=False, steps_offset=1)
+
+
+# --------------------------------------------------------------------------- helpers
+def _done(work: Path, stage: str) -> dict | None:
+    f = work / stage / "done.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _mark_done(work: Path, stage: str, info: dict) -> dict:
+    write_json(work / stage / "done.json", info)
+    return info
+
+
+def _save_state(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    # Our own checkpoint; weights_only keeps it free of arbitrary unpickling anyway.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _log(msg: str) -> None:
+    tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}")
+
+
+# --------------------------------------------------------------------------- stages
+def stage_data(cfg: RecipeConfig, work: Path) -> dict:
+    if (info := _done(work, "data")) is not None:
+        return info
+    t0 = time.time()
+    out = work / "data"
+    pairs = mc.all_pairs()
+    for split, per_pair in (("train", cfg.images_per_pair), ("heldout", cfg.heldout_per_pair)):
+        seeds = mc.split_seeds(split, per_pair)
+        items = [(o, s, seed) for seed in seeds for (o, s) in pairs]
+        images = np.empty((len(items), mc.IMAGE_SIZE, mc.IMAGE_SIZE, 3), dtype=np.uint8)
+        for i, (o, s, seed) in enumerate(tqdm(items, desc=f"render {split}", mininterval=5)):
+            images[i] = mc.render(o, s, seed)
+        labels = np.array(
+            [(mc.OBJECTS.index(o), mc.STYLES.index(s)) for o, s, _ in items], dtype=np.int64
+        )
+        for name, arr in ((f"{split}_images.npy", images), (f"{split}_labels.npy", labels)):
+            with atomic_path(out / name) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+    return _mark_done(work, "data", {"seconds": round(time.time() - t0, 1)})
+
+
+def _load_split(work: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    d = work / "data"
+    return np.load(d / f"{split}_images.npy"), np.load(d / f"{split}_labels.npy")
+
+
+def stage_vae(cfg: RecipeConfig, work: Path) -> dict:
+    if (info := _done(work, "vae")) is not None:
+        return info
+    images, _ = _load_split(work, "train")
+    vae = make_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    ckpt = work / "vae" / "state.pt"
+    step, elapsed = 0, 0.0
+    if (state := _load_state(ckpt)) is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed"]
+        _log(f"vae: resumed at step {step}")
+    rng = np.random.default_rng(cfg.seed + step)
+    crop = 32
+    t_start, last_ckpt = time.time() - elapsed, time.time()
+    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", mininterval=5)
+    while step < cfg.vae_steps:
+        idx = rng.integers(0, len(images), cfg.vae_batch)
+        ys, xs = rng.integers(0, mc.IMAGE_SIZE - crop + 1, size=(2, cfg.vae_batch))
+        batch = np.stack([images[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs)])
+        x = _images_to_tensor(batch)
+        lr = 1e-3 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            _save_state(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.time() - t_start})
+            last_ckpt = time.time()
+    bar.close()
+    vae.eval()
+    held, _ = _load_split(work, "heldout")
+    with torch.inference_mode():
+        x = _images_to_tensor(held[:256])
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        mse = ((rec - x) / 2).pow(2).mean().item()
+        latents = torch.cat([vae.encode(_images_to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, min(len(images), 2048), 256)])
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    with atomic_dir(work / "vae" / "model") as tmp:
+        vae.save_pretrained(tmp)
+    psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
+    _log(f"vae: held-out PSNR {psnr:.2f} dB, latent scaling factor {scaling:.4f}")
+    return _mark_done(work, "vae", {"steps": step, "seconds": round(time.time() - t_start, 1), "heldout_psnr_db": round(psnr, 2), "scaling_factor": scaling})
+
+
+def _roundtrip(vae, images: np.ndarray, batch: int = 128) -> np.ndarray:
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = _images_to_tensor(images[i : i + batch])
+            rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+            out.append(((rec.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def judge_accuracy(judge, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Object and style accuracy of the judge on uint8 images with (object, style) index labels."""
+    verdict = judge.classify(images)
+    obj = np.array([judge.cfg.objects.index(o) for o in verdict["object"]])
+    sty = np.array([judge.cfg.styles.index(s) for s in verdict["style"]])
+    return {
+        "object": float((obj == labels[:, 0]).mean()),
+        "style": float((sty == labels[:, 1]).mean()),
+    }
+
+
+def stage_judge(cfg: RecipeConfig, work: Path) -> dict:
+    from diffusers import AutoencoderKL
+
+    from .judge import Judge, JudgeConfig, augment, to_tensor
+
+    if (info := _done(work, "judge")) is not None:
+        return info
+    images, labels = _load_split(work, "train")
+    held, held_labels = _load_split(work, "heldout")
+    vae = AutoencoderKL.from_pretrained(work / "vae" / "model").eval()
+    # Round trips through the autoencoder look like generated images (soft edges, slight colour
+    # shifts); the judge trains on both so it does not mistake those artefacts for a style.
+    n_rt = min(len(images), 4800)
+    rt_path = work / "judge" / "roundtrip.npy"
+    if rt_path.is_file():
+        roundtrip = np.load(rt_path)
+    else:
+        roundtrip = _roundtrip(vae, images[:n_rt])
+        with atomic_path(rt_path) as tmp, open(tmp, "wb") as f:
+            np.save(f, roundtrip)
+    pool = np.concatenate([images, roundtrip])
+    pool_labels = np.concatenate([labels, labels[:n_rt]])
+
+    torch.manual_seed(cfg.seed)
+    judge = Judge(JudgeConfig())
+    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
+    ckpt = work / "judge" / "state.pt"
+    step, t0 = 0, time.time()
+    if (state := _load_state(ckpt)) is not None:
+        judge.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    rng = np.random.default_rng(cfg.seed + step)
+    last_ckpt = time.time()
+    bar = tqdm(total=cfg.judge_steps, initial=step, desc="judge", mininterval=5)
+    judge.train()
+    while step < cfg.judge_steps:
+        idx = rng.integers(0, len(pool), cfg.judge_batch)
+        x = augment(to_tensor(pool[idx]), gen)
+        y = torch.from_numpy(pool_labels[idx])
+        for g in opt.param_groups:
+            g["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.judge_steps))
+        v = judge(x)
+        loss = torch.nn.functional.cross_entropy(v.object_logits, y[:, 0]) + torch.nn.functional.cross_entropy(v.style_logits, y[:, 1])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            _save_state(ckpt, {"model": judge.state_dict(), "opt": opt.state_dict(), "step": step})
+            last_ckpt = time.time()
+    bar.close()
+    judge.eval()
+    acc_clean = judge_accuracy(judge, held, held_labels)
+    acc_rt = judge_accuracy(judge, _roundtrip(vae, held), held_labels)
+    judge.save(work / "judge" / "model")
+    _log(f"judge: held-out renders {acc_clean}, their autoencoder round trips {acc_rt}")
+    return _mark_done(work, "judge", {"steps": step, "seconds": round(time.time() - t0, 1), "heldout_renders": acc_clean, "heldout_roundtrips": acc_rt, "heldout_images": int(len(held))})
+
+
+def stage_latents(cfg: RecipeConfig, work: Path) -> dict:
+    from diffusers import AutoencoderKL
+
+    from .io import save_safetensors
+
+    if (info := _done(work, "latents")) is not None:
+        return info
+    t0 = time.time()
+    images, labels = _load_split(work, "train")
+    vae = AutoencoderKL.from_pretrained(work / "vae" / "model").eval()
+    means, stds = [], []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(images), 128), desc="encode latents", mininterval=5):
+            dist = vae.encode(_images_to_tensor(images[i : i + 128])).latent_dist
+            means.append(dist.mean.half())
+            stds.append(dist.std.half())
+    save_safetensors(
+        {"mean": torch.cat(means), "std": torch.cat(stds), "labels": torch.from_numpy(labels)},
+        work / "latents" / "latents.safetensors",
+    )
+    return _mark_done(work, "latents", {"seconds": round(time.time() - t0, 1), "count": int(len(images))})
+
+
+def _caption_table(tokenizer) -> tuple[torch.Tensor, int]:
+    """Token ids for every full prompt [n_obj, n_style], every unstyled prompt, and ""."""
+    texts = [mc.prompt(o, s) for o in mc.OBJECTS for s in mc.STYLES]
+    texts += [mc.prompt(o) for o in mc.OBJECTS] + [""]
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return ids, len(mc.OBJECTS) * len(mc.STYLES)
+
+
+def stage_unet(cfg: RecipeConfig, work: Path, log_every: int = 50) -> dict:
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    from .io import load_safetensors
+    from .tokenizer import write_tokenizer
+
+    if (info := _done(work, "unet")) is not None:
+        return info
+    tok_dir = work / "unet" / "tokenizer"
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else write_tokenizer(tok_dir)
+    lat = load_safetensors(work / "latents" / "latents.safetensors")
+    means, stds, labels = lat["mean"], lat["std"], lat["labels"]
+    vae_cfg = json.loads((work / "vae" / "model" / "config.json").read_text())
+    scaling = vae_cfg["scaling_factor"]
+    latent_size = means.shape[-1]
+
+    torch.manual_seed(cfg.seed)
+    text_encoder = make_text_encoder(cfg, len(tokenizer))
+    unet = make_unet(cfg, latent_size)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    ema = [p.detach().clone() for p in params]
+    noise_sched, _ = make_schedulers()
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR-gamma, epsilon target
+
+    ckpt = work / "unet" / "state.pt"
+    step, elapsed, seen = 0, 0.0, 0
+    if (state := _load_state(ckpt)) is not None:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        for e, s in zip(ema, state["ema"]):
+            e.copy_(s)
+        step, elapsed, seen = state["step"], state["elapsed"], state["seen"]
+        _log(f"unet: resumed at step {step} ({seen} images seen, {elapsed / 60:.1f} min)")
+    caption_ids, n_full = _caption_table(tokenizer)
+    n_styles = len(mc.STYLES)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+
+    def save_checkpoint():
+        _save_state(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step, "elapsed": elapsed, "seen": seen})
+        export_pipeline(cfg, work, work / "unet" / "pipeline", unet, text_encoder, ema, tokenizer, {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1)})
+
+    budget = cfg.unet_minutes * 60
+    run_start, last_ckpt = time.time() - elapsed, time.time()
+    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", mininterval=10)
+    unet.train()
+    text_encoder.train()
+    running = None
+    while step < cfg.unet_steps and elapsed < budget:
+        idx = torch.randint(0, len(means), (cfg.unet_batch,), generator=gen)
+        eps0 = torch.randn(means[idx].shape, generator=gen)
+        x0 = (means[idx].float() + stds[idx].float() * eps0) * scaling
+        lab = labels[idx]
+        u = torch.rand(cfg.unet_batch, generator=gen)
+        cap = lab[:, 0] * n_styles + lab[:, 1]
+        cap = torch.where(u < cfg.object_only + cfg.caption_dropout, n_full + lab[:, 0], cap)
+        cap = torch.where(u < cfg.caption_dropout, torch.full_like(cap, len(caption_ids) - 1), cap)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        cond = text_encoder(caption_ids[cap]).last_hidden_state
+        pred = unet(noisy, t, cond).sample
+        loss = (weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        lr = cfg.unet_lr * min(1.0, (step + 1) / 300)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        step += 1
+        seen += cfg.unet_batch
+        elapsed = time.time() - run_start
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        if step % log_every == 0:
+            bar.set_postfix(loss=f"{running:.4f}", seen=seen, min=f"{elapsed / 60:.1f}")
+        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            save_checkpoint()
+            _log(f"unet: checkpoint at step {step}, {seen} images, loss {running:.4f}")
+            last_ckpt = time.time()
+    bar.close()
+    save_checkpoint()
+    return _mark_done(work, "unet", {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1), "final_loss": running})
+
+
+def export_pipeline(cfg, work: Path, out: Path, unet, text_encoder, ema, tokenizer, training: dict) -> Path:
+    """Write the EMA weights as a StableDiffusionPipeline folder (atomically)."""
+    import copy
+
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    unet_e, text_e = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    with torch.no_grad():
+        for p, e in zip(list(unet_e.parameters()) + list(text_e.parameters()), ema):
+            p.copy_(e)
+    _, ddim = make_schedulers()
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(work / "vae" / "model"),
+        text_encoder=text_e,
+        tokenizer=tokenizer,
+        unet=unet_e,
+        scheduler=ddim,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    meta = {
+        "name": "minicanvas",
+        "image_size": mc.IMAGE_SIZE,
+        "objects": list(mc.OBJECTS),
+        "styles": list(mc.STYLES),
+        "hook_points": DEFAULT_HOOKS,
+        "default_steps": 20,
+        "default_guidance": 6.0,
+        "recipe": asdict(cfg),
+        "training": training,
+    }
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / BUNDLED_CONFIG_NAME, meta)
+    return out
+
+
+def build_model(cfg: RecipeConfig, work: Path, out: Path, judge_out: Path) -> dict:
+    """Run every stage (skipping finished ones) and copy the results to ``out`` and ``judge_out``."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    saved = work / "recipe.json"
+    # Budgets may change between resumed runs; everything else decides the weights.
+    budgets = ("unet_minutes", "unet_steps", "checkpoint_minutes")
+    identity = {k: v for k, v in asdict(cfg).items() if k not in budgets}
+    if saved.is_file():
+        before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in budgets}
+        if before != identity:
+            changed = sorted(k for k in identity if before.get(k) != identity[k])
+            raise SaeuronError(f"{work} holds a run with a different recipe ({', '.join(changed)}); use a new --work folder")
+    write_json(saved, asdict(cfg))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    t0 = time.time()
+    report = {"data": stage_data(cfg, work)}
+    report["vae"] = stage_vae(cfg, work)
+    report["judge"] = stage_judge(cfg, work)
+    report["latents"] = stage_latents(cfg, work)
+    report["unet"] = stage_unet(cfg, work)
+    pipeline_src = work / "unet" / "pipeline"
+    with atomic_dir(out) as tmp:
+        shutil.copytree(pipeline_src, tmp, dirs_exist_ok=True)
+        meta = json.loads((tmp / BUNDLED_CONFIG_NAME).read_text())
+        meta["build_report"] = report
+        write_json(tmp / BUNDLED_CONFIG_NAME, meta)
+    with atomic_dir(judge_out) as tmp:
+        shutil.copytree(work / "judge" / "model", tmp, dirs_exist_ok=True)
+    report["seconds_this_run"] = round(time.time() - t0, 1)
+    return report
