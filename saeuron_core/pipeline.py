@@ -73,7 +73,7 @@ def load_pipeline(spec: str = "minicanvas", device: str | torch.device = "cpu", 
     source = resolve_spec(spec)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
     except (OSError, ValueError, EnvironmentError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -137,6 +137,12 @@ def generate(
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     _check_generation_args(prompts, seeds, steps, guidance)
     jobs = [(p, s) for p in prompts for s in seeds]
+    return generate_jobs(pipe, jobs, steps, guidance, negative_prompt, batch_size, output_type)
+
+
+def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float, negative_prompt: str = "", batch_size: int = 16, output_type: str = "pil"):
+    """One image per (prompt, seed) job, in order; see ``generate``."""
+    _check_generation_args([p for p, _ in jobs], [s for _, s in jobs], steps, guidance)
     images = []
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i : i + batch_size]

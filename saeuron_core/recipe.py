@@ -394,8 +394,12 @@ def stage_unet(cfg: RecipeConfig, work: Path, log_every: int = 50) -> dict:
     from .io import load_safetensors
     from .tokenizer import write_tokenizer
 
+    budget = cfg.unet_minutes * 60
     if (info := _done(work, "unet")) is not None:
-        return info
+        spent = info.get("seconds", info["minutes"] * 60)
+        if info["steps"] >= cfg.unet_steps or spent >= budget - 1:
+            return info
+        _log("unet: the budget grew since the last run; training on")
     tok_dir = work / "unet" / "tokenizer"
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else write_tokenizer(tok_dir)
     lat = load_safetensors(work / "latents" / "latents.safetensors")
@@ -433,7 +437,6 @@ def stage_unet(cfg: RecipeConfig, work: Path, log_every: int = 50) -> dict:
         _save_state(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step, "elapsed": elapsed, "seen": seen})
         export_pipeline(cfg, work, work / "unet" / "pipeline", unet, text_encoder, ema, tokenizer, {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1)})
 
-    budget = cfg.unet_minutes * 60
     run_start, last_ckpt = time.time() - elapsed, time.time()
     bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", mininterval=10)
     unet.train()
@@ -477,7 +480,7 @@ def stage_unet(cfg: RecipeConfig, work: Path, log_every: int = 50) -> dict:
             last_ckpt = time.time()
     bar.close()
     save_checkpoint()
-    return _mark_done(work, "unet", {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1), "final_loss": running})
+    return _mark_done(work, "unet", {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1), "final_loss": running})
 
 
 def export_pipeline(cfg, work: Path, out: Path, unet, text_encoder, ema, tokenizer, training: dict) -> Path:

@@ -1,0 +1,72 @@
+"""A micro run of the build-model recipe: every stage runs, resumes and exports a loadable pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron_core.errors import SaeuronError
+from saeuron_core.judge import Judge
+from saeuron_core.pipeline import generate, load_pipeline, model_info
+from saeuron_core.recipe import RecipeConfig, build_model
+
+MICRO = dict(
+    images_per_pair=2,
+    heldout_per_pair=1,
+    vae_steps=2,
+    judge_steps=2,
+    unet_steps=2,
+    vae_channels=[16, 16, 16],
+    unet_channels=[32, 32, 32],
+    text_hidden=32,
+    text_layers=1,
+    unet_batch=4,
+    vae_batch=4,
+    judge_batch=8,
+)
+
+
+@pytest.fixture(scope="module")
+def micro_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    report = build_model(RecipeConfig(**MICRO), root / "work", root / "pipe", root / "judge")
+    return root, report
+
+
+def test_micro_run_exports_a_pipeline_and_judge(micro_build):
+    root, report = micro_build
+    assert report["unet"]["steps"] == 2 and report["unet"]["images_seen"] == 8
+    assert set(report["judge"]["heldout_renders"]) == {"object", "style"}
+    pipe = load_pipeline(str(root / "pipe"))
+    info = model_info(pipe)
+    assert info.image_size == 64 and info.hook_points["object"] == "up_blocks.1.attentions.0"
+    meta = json.loads((root / "pipe" / "saeuron.json").read_text())
+    assert meta["build_report"]["unet"]["steps"] == 2 and meta["recipe"]["images_per_pair"] == 2
+    img = generate(pipe, "An image of star in dots style.", 1, steps=2, guidance=5.0, output_type="np")[0]
+    assert img.shape == (64, 64, 3)
+    judge = Judge.load(root / "judge")
+    assert len(judge.classify(np.zeros((2, 64, 64, 3), np.uint8))["style"]) == 2
+
+
+def test_rerun_skips_finished_stages_and_extends_a_grown_budget(micro_build):
+    root, _ = micro_build
+    state_before = torch.load(root / "work" / "unet" / "state.pt", weights_only=True)["step"]
+    report = build_model(RecipeConfig(**{**MICRO, "unet_steps": 3}), root / "work", root / "pipe", root / "judge")
+    assert state_before == 2
+    assert report["unet"]["steps"] == 3  # resumed from step 2, did one more
+    assert report["vae"]["steps"] == 2  # finished stages are not redone
+
+
+def test_a_different_recipe_in_the_same_work_folder_is_refused(micro_build):
+    root, _ = micro_build
+    with pytest.raises(SaeuronError, match="different recipe \\(text_hidden\\)"):
+        build_model(RecipeConfig(**{**MICRO, "text_hidden": 64}), root / "work", root / "pipe2", root / "judge2")
+    assert not (root / "pipe2").exists()
+
+
+def test_recipe_config_validation():
+    with pytest.raises(SaeuronError, match="vae_steps must be >= 1"):
+        RecipeConfig(vae_steps=0)
+    with pytest.raises(SaeuronError, match="caption_dropout"):
+        RecipeConfig(caption_dropout=0.7, object_only=0.5)
