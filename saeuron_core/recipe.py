@@ -179,6 +179,25 @@ def _load_state(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class _StopRequest:
+    """While active, SIGTERM asks the training loop to checkpoint and stop at a step boundary."""
+
+    def __enter__(self):
+        import signal
+
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGTERM, self._previous)
+
+
 def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
@@ -442,42 +461,46 @@ def stage_unet(cfg: RecipeConfig, work: Path, log_every: int = 50) -> dict:
     unet.train()
     text_encoder.train()
     running = None
-    while step < cfg.unet_steps and elapsed < budget:
-        idx = torch.randint(0, len(means), (cfg.unet_batch,), generator=gen)
-        eps0 = torch.randn(means[idx].shape, generator=gen)
-        x0 = (means[idx].float() + stds[idx].float() * eps0) * scaling
-        lab = labels[idx]
-        u = torch.rand(cfg.unet_batch, generator=gen)
-        cap = lab[:, 0] * n_styles + lab[:, 1]
-        cap = torch.where(u < cfg.object_only + cfg.caption_dropout, n_full + lab[:, 0], cap)
-        cap = torch.where(u < cfg.caption_dropout, torch.full_like(cap, len(caption_ids) - 1), cap)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        noisy = noise_sched.add_noise(x0, noise, t)
-        cond = text_encoder(caption_ids[cap]).last_hidden_state
-        pred = unet(noisy, t, cond).sample
-        loss = (weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        lr = cfg.unet_lr * min(1.0, (step + 1) / 300)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        step += 1
-        seen += cfg.unet_batch
-        elapsed = time.time() - run_start
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        if step % log_every == 0:
-            bar.set_postfix(loss=f"{running:.4f}", seen=seen, min=f"{elapsed / 60:.1f}")
-        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-            save_checkpoint()
-            _log(f"unet: checkpoint at step {step}, {seen} images, loss {running:.4f}")
-            last_ckpt = time.time()
+    with _StopRequest() as stop:
+        while step < cfg.unet_steps and elapsed < budget:
+            if stop.requested:
+                save_checkpoint()
+                raise SaeuronError(f"stopped by SIGTERM at step {step}; checkpoint saved, run the same command to resume")
+            idx = torch.randint(0, len(means), (cfg.unet_batch,), generator=gen)
+            eps0 = torch.randn(means[idx].shape, generator=gen)
+            x0 = (means[idx].float() + stds[idx].float() * eps0) * scaling
+            lab = labels[idx]
+            u = torch.rand(cfg.unet_batch, generator=gen)
+            cap = lab[:, 0] * n_styles + lab[:, 1]
+            cap = torch.where(u < cfg.object_only + cfg.caption_dropout, n_full + lab[:, 0], cap)
+            cap = torch.where(u < cfg.caption_dropout, torch.full_like(cap, len(caption_ids) - 1), cap)
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            noisy = noise_sched.add_noise(x0, noise, t)
+            cond = text_encoder(caption_ids[cap]).last_hidden_state
+            pred = unet(noisy, t, cond).sample
+            loss = (weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+            lr = cfg.unet_lr * min(1.0, (step + 1) / 300)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+            step += 1
+            seen += cfg.unet_batch
+            elapsed = time.time() - run_start
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            bar.update(1)
+            if step % log_every == 0:
+                bar.set_postfix(loss=f"{running:.4f}", seen=seen, min=f"{elapsed / 60:.1f}")
+            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+                save_checkpoint()
+                _log(f"unet: checkpoint at step {step}, {seen} images, loss {running:.4f}")
+                last_ckpt = time.time()
     bar.close()
     save_checkpoint()
     return _mark_done(work, "unet", {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1), "final_loss": running})
