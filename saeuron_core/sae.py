@@ -1,0 +1,294 @@
+"""The TopK sparse autoencoder (SAE) of SAeUron, in EleutherAI sparsify's checkpoint layout.
+
+One folder per hook point holds ``cfg.json`` (config fields plus ``d_in``) and
+``sae.safetensors`` with ``encoder.weight [n, d]``, ``encoder.bias [n]``, ``W_dec [n, d]`` and
+``b_dec [d]``: the layout of sparsify and of the paper's released SAEs, so either opens here and
+ours open in sparsify. Checkpoints are read from safetensors only, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import SaeuronError
+from .io import load_safetensors, save_safetensors, write_json
+
+CONFIG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+
+# cfg.json options of sparsify / the reference code that change what the SAE computes at
+# inference and that this implementation does not have; a checkpoint using one is refused.
+_UNSUPPORTED_OPTIONS = {
+    "activation": lambda v: v != "topk",
+    "skip_connection": bool,
+    "transcode": bool,
+    "input_unit_norm": bool,
+}
+
+
+@dataclass(frozen=True)
+class SaeConfig:
+    """Shape and training constants of one TopK SAE."""
+
+    d_in: int
+    """Width of an input token: the hook point's channel count C."""
+    num_latents: int = 0
+    """Dictionary size n; 0 means ``expansion_factor * d_in`` (resolved on construction)."""
+    expansion_factor: int = 16
+    """n / d_in when ``num_latents`` is 0 (the paper: 16); ignored otherwise."""
+    k: int = 32
+    """Non-zero latents per token (the paper: 32)."""
+    normalize_decoder: bool = True
+    """Keep decoder rows at unit norm (renormalised after every optimiser step)."""
+    dead_feature_threshold: int = 10_000_000
+    """Tokens without firing after which a latent counts as dead and joins the AuxK loss."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK loss next to the FVU."""
+
+    def __post_init__(self):
+        if not isinstance(self.d_in, int) or self.d_in < 1:
+            raise SaeuronError(f"d_in must be a positive integer, got {self.d_in!r}")
+        if self.num_latents < 0 or self.expansion_factor < 1:
+            raise SaeuronError(
+                f"num_latents must be >= 0 and expansion_factor >= 1, got {self.num_latents} and {self.expansion_factor}"
+            )
+        if self.num_latents == 0:
+            object.__setattr__(self, "num_latents", self.d_in * self.expansion_factor)
+        if not 1 <= self.k <= self.num_latents:
+            raise SaeuronError(f"k must be in [1, num_latents={self.num_latents}], got {self.k}")
+        if self.dead_feature_threshold < 1:
+            raise SaeuronError(f"dead_feature_threshold must be >= 1, got {self.dead_feature_threshold}")
+        if self.auxk_alpha < 0:
+            raise SaeuronError(f"auxk_alpha must be >= 0, got {self.auxk_alpha}")
+
+
+class EncoderOutput(NamedTuple):
+    top_acts: Tensor
+    """[..., k] activations of the selected latents (0 where fewer than k are positive)."""
+    top_indices: Tensor
+    """[..., k] their latent ids."""
+
+
+class ForwardOutput(NamedTuple):
+    sae_out: Tensor
+    """[N, d] reconstruction x_hat."""
+    latent_acts: Tensor
+    """[N, k] top-k activations."""
+    latent_indices: Tensor
+    """[N, k] top-k latent ids."""
+    fvu: Tensor
+    """Fraction of variance unexplained, ||x_hat - x||^2 / ||x - mean_batch(x)||^2."""
+    auxk_loss: Tensor
+    """AuxK loss (0 when no latent is dead)."""
+
+
+class TopKSae(nn.Module):
+    """A TopK sparse autoencoder over d_in-dimensional tokens::
+
+        pre   = ReLU(W_enc (x - b_dec) + b_enc)      # [n_latents]
+        z     = TopK(pre, k)                          # k non-zeros per token
+        x_hat = z @ W_dec + b_dec
+
+    ``W_enc``/``b_enc`` are ``encoder.weight``/``encoder.bias``. TopK is taken per token both in
+    training and at inference. (The reference code trained with BatchTopK, the top k*N over a
+    batch, but inferred with per-token TopK; that mismatch is avoided here.)
+
+    Codes stay sparse: ``encode`` returns the k (value, index) pairs per token and ``decode``
+    sums the k selected decoder rows, never building a dense [n_latents] code.
+    """
+
+    def __init__(self, cfg: SaeConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = nn.Linear(cfg.d_in, cfg.num_latents, device=device, dtype=dtype)
+        self.encoder.bias.data.zero_()
+        self.W_dec = nn.Parameter(self.encoder.weight.data.clone())
+        if cfg.normalize_decoder:
+            self.set_decoder_norm_to_unit_norm()
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dtype))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def num_latents(self) -> int:
+        return self.cfg.num_latents
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.weight.dtype
+
+    # ------------------------------------------------------------------ computation
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """ReLU(W_enc (x - b_dec) + b_enc) for tokens x [..., d_in]: dense [..., n_latents]."""
+        self._check_width(x)
+        return F.relu(self.encoder(x.to(self.dtype) - self.b_dec))
+
+    def encode(self, x: Tensor) -> EncoderOutput:
+        """The k largest pre-activations of each token x [..., d_in] and their latent ids."""
+        top_acts, top_indices = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
+        return EncoderOutput(top_acts, top_indices)
+
+    def decode(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
+        """x_hat [..., d_in] = sum of top_acts-weighted W_dec rows + b_dec (a sparse gather)."""
+        lead = top_acts.shape[:-1]
+        summed = _weighted_row_sum(self.W_dec, top_indices.reshape(-1, top_indices.shape[-1]), top_acts.reshape(-1, top_acts.shape[-1]))
+        return summed.reshape(*lead, self.d_in) + self.b_dec
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
+        """Reconstruct tokens x [N, d_in] (leading dims are flattened) with FVU and AuxK losses."""
+        x = x.reshape(-1, x.shape[-1]).to(self.dtype)
+        pre = self.pre_acts(x)
+        top_acts, top_indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        sae_out = self.decode(top_acts, top_indices)
+        residual = x - sae_out
+        total_variance = (x - x.mean(0)).pow(2).sum()
+        fvu = residual.pow(2).sum() / total_variance
+        auxk_loss = self._auxk_loss(pre, residual, dead_mask, total_variance)
+        return ForwardOutput(sae_out, top_acts, top_indices, fvu, auxk_loss)
+
+    def _auxk_loss(self, pre: Tensor, residual: Tensor, dead_mask: Tensor | None, total_variance: Tensor) -> Tensor:
+        """Dead latents' reconstruction of the residual, as in sparsify (Gao et al., App. B.1)."""
+        num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+        if num_dead == 0:
+            return residual.new_tensor(0.0)
+        k_aux = self.d_in // 2
+        scale = min(num_dead / k_aux, 1.0)  # fewer dead latents than k_aux: a smaller loss
+        k_aux = min(k_aux, num_dead)
+        dead_pre = torch.where(dead_mask[None], pre, -torch.inf)
+        aux_acts, aux_indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
+        # The residual already accounts for b_dec, so the dead latents' rows are summed without it.
+        residual_hat = _weighted_row_sum(self.W_dec, aux_indices, aux_acts)
+        return scale * (residual_hat - residual.detach()).pow(2).sum() / total_variance
+
+    def dense_codes(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
+        """The dense code z [..., n_latents]; for tests and statistics only, not the hot path."""
+        dense = top_acts.new_zeros(*top_acts.shape[:-1], self.num_latents)
+        return dense.scatter(-1, top_indices, top_acts)
+
+    def _check_width(self, x: Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise SaeuronError(f"SAE input has {x.shape[-1]} channels but the SAE's d_in is {self.d_in}")
+
+    # ------------------------------------------------------------------ training helpers
+    @torch.no_grad()
+    def init_b_dec_geometric_median(self, x: Tensor, max_iter: int = 100, tol: float = 1e-5) -> None:
+        """Set b_dec to the geometric median of tokens x [N, d_in] (Weiszfeld's algorithm)."""
+        points = x.reshape(-1, self.d_in).to(torch.float32)
+        median = points.mean(0)
+        for _ in range(max_iter):
+            # Clamping keeps a point that coincides with the estimate from taking infinite weight.
+            weights = 1.0 / (points - median).norm(dim=1).clamp_min(1e-8)
+            updated = (weights[:, None] * points).sum(0) / weights.sum()
+            converged = (updated - median).norm() < tol * (1 + median.norm())
+            median = updated
+            if converged:
+                break
+        self.b_dec.data.copy_(median.to(self.dtype))
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        """Rescale every decoder row to unit L2 norm."""
+        eps = torch.finfo(self.W_dec.dtype).eps
+        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True) + eps
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out of W_dec.grad each row's component along that decoder row.
+
+        With unit-norm rows, the update then cannot change a row's norm to first order, so the
+        renormalisation after the step does not fight the optimiser.
+        """
+        if self.W_dec.grad is None:
+            raise SaeuronError("W_dec has no gradient; call backward() first")
+        rows = self.W_dec.data
+        along = (self.W_dec.grad * rows).sum(1, keepdim=True) / rows.pow(2).sum(1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.grad -= along * rows
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: str | Path) -> None:
+        """Write ``cfg.json`` and ``sae.safetensors`` into ``folder``, each file atomically."""
+        folder = Path(folder)
+        tensors = {"encoder.weight": self.encoder.weight, "encoder.bias": self.encoder.bias, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        save_safetensors(tensors, folder / WEIGHTS_FILE)
+        write_json(folder / CONFIG_FILE, asdict(self.cfg))
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "TopKSae":
+        """Open a ``cfg.json`` + ``sae.safetensors`` folder (ours, sparsify's or the paper's).
+
+        ``dtype`` None keeps the stored precision.
+        """
+        folder = Path(folder)
+        cfg = _read_config(folder / CONFIG_FILE)
+        tensors = load_safetensors(folder / WEIGHTS_FILE)
+        _check_tensors(tensors, cfg, folder / WEIGHTS_FILE)
+        sae = cls(cfg, device="meta")
+        sae.encoder.weight = nn.Parameter(tensors["encoder.weight"])
+        sae.encoder.bias = nn.Parameter(tensors["encoder.bias"])
+        sae.W_dec = nn.Parameter(tensors["W_dec"])
+        sae.b_dec = nn.Parameter(tensors["b_dec"])
+        return sae.to(device=device, dtype=dtype or tensors["W_dec"].dtype)
+
+
+def load_many(root: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> dict[str, TopKSae]:
+    """Every SAE under ``root``, keyed by its subfolder name (the hook point), sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SaeuronError(f"no such SAE folder: {root}")
+    folders = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
+    if not folders:
+        raise SaeuronError(f"{root} holds no SAE (no subfolder with {CONFIG_FILE})")
+    return {f.name: TopKSae.load(f, device=device, dtype=dtype) for f in folders}
+
+
+def _weighted_row_sum(rows: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
+    """sum_j weights[:, j] * rows[indices[:, j]] for 2-D indices/weights, without a dense code."""
+    return F.embedding_bag(indices, rows, per_sample_weights=weights.to(rows.dtype), mode="sum")
+
+
+def _read_config(path: Path) -> SaeConfig:
+    if not path.is_file():
+        raise SaeuronError(f"no such file: {path}")
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SaeuronError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or "d_in" not in raw:
+        raise SaeuronError(f"{path} is not an SAE config (no d_in)")
+    for option, unsupported in _UNSUPPORTED_OPTIONS.items():
+        if option in raw and unsupported(raw[option]):
+            raise SaeuronError(f"{path}: {option}={raw[option]!r} is not supported (only plain TopK SAEs)")
+    # Other unknown fields (sparsify's multi_topk, the reference's batch_topk...) only concern
+    # training; like sparsify, drop them.
+    known = {f.name for f in fields(SaeConfig)}
+    try:
+        return SaeConfig(**{k: v for k, v in raw.items() if k in known})
+    except TypeError as e:
+        raise SaeuronError(f"{path} has a malformed field ({e})") from None
+
+
+def _check_tensors(tensors: dict[str, Tensor], cfg: SaeConfig, path: Path) -> None:
+    n, d = cfg.num_latents, cfg.d_in
+    expected = {"encoder.weight": (n, d), "encoder.bias": (n,), "W_dec": (n, d), "b_dec": (d,)}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise SaeuronError(f"{path}: missing tensors {missing}, unexpected tensors {extra}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise SaeuronError(
+                f"{path}: {name} has shape {tuple(tensors[name].shape)}, but cfg.json (d_in={d}, num_latents={n}) needs {shape}"
+            )

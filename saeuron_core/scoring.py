@@ -1,0 +1,124 @@
+"""Concept scores of SAE features (METHOD section 3): pure functions over tensors.
+
+Inputs are per-concept, per-step means of spatially averaged SAE codes. For concept c at step t,
+with m_c[t] the mean over c's images and m_o[t] the mean over all other concepts' images::
+
+    score_c[t] = m_c[t] / (sum(m_c[t]) + 1e-8)  -  m_o[t] / (sum(m_o[t]) + 1e-8)
+
+and the features selected at t are those whose score is strictly above the tau-th percentile of
+that step's scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import SaeuronError
+
+EPS = 1e-8
+
+# torch.quantile refuses more than 2**24 values along the reduced dimension.
+_QUANTILE_MAX = 2**24
+
+
+@dataclass(frozen=True)
+class ConceptStats:
+    """Per-concept, per-step mean spatially averaged codes of one SAE.
+
+    Concepts of one kind (all styles, or all objects) partition the images, so the count-weighted
+    mean over the other concepts is the mean over every image not of the concept.
+    """
+
+    means: Tensor
+    """[n_concepts, T, n_latents] mean over each concept's images of the code averaged over tokens."""
+    counts: Tensor
+    """[n_concepts] images behind each mean."""
+    concepts: tuple[str, ...]
+    timesteps: tuple[int, ...]
+    """Scheduler timestep of each of the T steps, in denoising order."""
+
+    def __post_init__(self):
+        if self.means.ndim != 3:
+            raise SaeuronError(f"means must be [n_concepts, T, n_latents], got shape {tuple(self.means.shape)}")
+        n_concepts, n_steps, _ = self.means.shape
+        if tuple(self.counts.shape) != (n_concepts,) or len(self.concepts) != n_concepts:
+            raise SaeuronError(
+                f"{n_concepts} concept means need as many counts and names; got {tuple(self.counts.shape)} and {len(self.concepts)}"
+            )
+        if len(set(self.concepts)) != n_concepts:
+            raise SaeuronError(f"concept names repeat: {self.concepts}")
+        if len(self.timesteps) != n_steps:
+            raise SaeuronError(f"means cover {n_steps} steps but {len(self.timesteps)} timesteps are given")
+
+    @property
+    def n_latents(self) -> int:
+        return self.means.shape[2]
+
+    def index(self, concept: str) -> int:
+        if concept not in self.concepts:
+            raise SaeuronError(f"unknown concept {concept!r}; known: {', '.join(self.concepts)}")
+        return self.concepts.index(concept)
+
+    def row_for_timestep(self, timestep: float) -> int:
+        """The step whose timestep is nearest to ``timestep`` (generation may use other step counts)."""
+        distances = [abs(t - timestep) for t in self.timesteps]
+        return distances.index(min(distances))
+
+
+def concept_means(codes: Tensor, labels: Sequence[str | Collection[str]], concept: str) -> Tensor:
+    """m_c: the mean over ``concept``'s images of per-image codes [N, T, n_latents] -> [T, n_latents].
+
+    ``codes`` may be dense or a sparse COO tensor; ``labels[i]`` is image i's concept or set of
+    concepts (an image may carry an object and a style).
+    """
+    if codes.ndim != 3 or codes.shape[0] != len(labels):
+        raise SaeuronError(f"codes must be [N={len(labels)}, T, n_latents], got shape {tuple(codes.shape)}")
+    members = [i for i, label in enumerate(labels) if (label == concept if isinstance(label, str) else concept in label)]
+    if not members:
+        raise SaeuronError(f"unknown concept {concept!r}: no image carries it")
+    chosen = codes.index_select(0, torch.tensor(members, device=codes.device))
+    total = torch.sparse.sum(chosen, dim=0).to_dense() if chosen.is_sparse else chosen.sum(0)
+    return total / len(members)
+
+
+def other_means(stats: ConceptStats, concept: str) -> Tensor:
+    """m_o [T, n_latents]: the count-weighted mean over all concepts except ``concept``."""
+    c = stats.index(concept)
+    weights = stats.counts.to(stats.means.dtype).clone()
+    weights[c] = 0
+    if weights.sum() <= 0:
+        raise SaeuronError(f"scoring {concept!r} needs images of at least one other concept")
+    return torch.einsum("c,ctn->tn", weights, stats.means) / weights.sum()
+
+
+def score(stats: ConceptStats, concept: str) -> Tensor:
+    """score_c [T, n_latents] (see the module docstring)."""
+    m_c = stats.means[stats.index(concept)]
+    m_o = other_means(stats, concept)
+    return m_c / (m_c.sum(-1, keepdim=True) + EPS) - m_o / (m_o.sum(-1, keepdim=True) + EPS)
+
+
+def select(scores: Tensor, percentile: float) -> list[Tensor]:
+    """Per step, the ids of latents scoring strictly above that step's ``percentile`` quantile."""
+    if not 0 < percentile < 100:
+        raise SaeuronError(f"percentile must be in (0, 100), got {percentile}")
+    if scores.ndim != 2:
+        raise SaeuronError(f"scores must be [T, n_latents], got shape {tuple(scores.shape)}")
+    if scores.shape[1] > _QUANTILE_MAX:
+        raise SaeuronError(f"{scores.shape[1]} latents exceed torch.quantile's limit of {_QUANTILE_MAX}")
+    thresholds = torch.quantile(scores.float(), percentile / 100, dim=1, keepdim=True)
+    above = scores.float() > thresholds
+    return [row.nonzero().squeeze(1) for row in above]
+
+
+def mean_activation_all(stats: ConceptStats) -> Tensor:
+    """[T, n_latents] mean of each latent over all concepts, each concept weighted equally.
+
+    The unlearning threshold: a selected latent is edited only where it exceeds this value.
+    Equal weights follow the reference code (the mean of the per-concept means).
+    """
+    return stats.means.mean(0)
