@@ -61,6 +61,90 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .pipeline import load_pipeline, model_info
+    from .store import cache_activations, minicanvas_items, read_prompt_file
+
+    pipe = load_pipeline(args.model)
+    info = model_info(pipe, args.model)
+    if args.prompts:
+        items = read_prompt_file(args.prompts)
+    elif info.objects:
+        items = minicanvas_items(args.seeds_per_pair, split="train")
+    else:
+        raise_error(f"{args.model} has no built-in prompt set; pass --prompts FILE (.txt or .csv)")
+    points = args.point or sorted(set(info.hook_points.values()))
+    steps = args.steps or info.default_steps
+    guidance = args.guidance if args.guidance is not None else info.default_guidance
+    store = cache_activations(pipe, items, points, args.out, steps, guidance, items_per_shard=args.items_per_shard, model_name=args.model)
+    print(f"store {args.out}: {len(store.items)} images x {steps} steps at {', '.join(points)}; {len(store.completed)}/{store.n_shards} shards")
+    return 0
+
+
+def cmd_train_sae(args) -> int:
+    from .sae_train import TrainConfig, train_sae
+    from .store import ActivationStore
+
+    store = ActivationStore(args.store)
+    cfg = TrainConfig(expansion_factor=args.expansion_factor, k=args.k, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    for point in args.point or store.points:
+        metrics = train_sae(store, point, cfg, args.out)
+        print(f"{point}: " + json.dumps(metrics))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .sae import TopKSae
+    from .stats import compute_stats
+    from .store import ActivationStore
+
+    store = ActivationStore(args.store)
+    for point in args.point or store.points:
+        sae = TopKSae.load(Path(args.sae) / point)
+        stats = compute_stats(store, point, sae, top_m=args.top_m)
+        stats.save(Path(args.out) / point)
+        print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts -> {Path(args.out) / point}")
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    from . import minicanvas as mc
+    from .pipeline import image_grid, load_pipeline, model_info, save_image
+    from .unlearning import SaeBundle, generate_with
+
+    if args.out is None:
+        raise_error("--out is required (an image path such as pair.png)")
+    if (args.tau is None) != (args.gamma is None):
+        raise_error("give both --tau and --gamma, or neither (then the bundled defaults apply)")
+    pipe = load_pipeline(args.model)
+    info = model_info(pipe, args.model)
+    bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults)
+    interventions = bundle.unlearn(args.concept, args.tau, args.gamma)
+    prompts = list(args.prompt or [])
+    if not prompts:
+        if not info.objects:
+            raise_error("give --prompt TEXT")
+        # default: the removed concepts in a few contexts
+        for c in args.concept:
+            if c in mc.STYLES:
+                prompts += [mc.prompt(o, c) for o in mc.OBJECTS[:3]]
+            else:
+                prompts += [mc.prompt(c, s) for s in mc.STYLES[:3]]
+    if any(not p.strip() for p in prompts):
+        raise_error("empty prompt")
+    steps = args.steps or info.default_steps
+    guidance = args.guidance if args.guidance is not None else info.default_guidance
+    seeds = args.seed or [0]
+    before = generate_with(pipe, bundle, [], prompts, seeds, steps, guidance)
+    after = generate_with(pipe, bundle, interventions, prompts, seeds, steps, guidance)
+    # rows: prompts; columns: (before, after) for each seed
+    cells = [im for i in range(len(before)) for im in (before[i], after[i])]
+    grid = image_grid(cells, len(prompts), 2 * len(seeds))
+    save_image(grid, args.out)
+    print(f"wrote {args.out}: rows = prompts, columns = before/after per seed; " + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions))
+    return 0
+
+
 def raise_error(message: str):
     from .errors import SaeuronError
 
@@ -97,6 +181,52 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     g.add_argument("--out", default=None, help="output image path (.png, .jpg, .webp)")
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("cache", help="store block activations of a prompt set at every denoising step", description="Run the pipeline over a prompt set and write the conditional half of each hook point's output, per step, as sharded fp16 safetensors. Resumable.")
+    c.add_argument("--model", default="minicanvas", help="'minicanvas', a pipeline folder or a hub id")
+    c.add_argument("--prompts", default=None, help="a .txt (one prompt per line) or .csv (prompt[,seed][,labels...]); default: MiniCanvas prompts")
+    c.add_argument("--seeds-per-pair", type=int, default=6, help="MiniCanvas: train-split seeds per prompt (default 6)")
+    c.add_argument("--point", action="append", help="hook point (repeat); default: the model's default points")
+    c.add_argument("--steps", type=int, default=None)
+    c.add_argument("--guidance", type=float, default=None)
+    c.add_argument("--items-per-shard", type=int, default=16, help="images per shard (the resume granularity)")
+    c.add_argument("--out", required=True, help="store folder")
+    c.set_defaults(func=cmd_cache)
+
+    t = sub.add_parser("train-sae", help="train a TopK SAE per hook point of an activation store", description="Train TopK SAEs (sparsify layout: <out>/<point>/cfg.json + sae.safetensors) with periodic checkpoints; rerun to resume.")
+    t.add_argument("--store", required=True)
+    t.add_argument("--point", action="append", help="hook point (repeat); default: every point of the store")
+    t.add_argument("--out", required=True, help="folder for one subfolder per hook point")
+    t.add_argument("--expansion-factor", type=int, default=16)
+    t.add_argument("--k", type=int, default=16)
+    t.add_argument("--batch-size", type=int, default=4096)
+    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train_sae)
+
+    st = sub.add_parser("stats", help="feature statistics (concept means per step, top patches, histograms)", description="Encode a store with its SAEs once and write compact feature statistics per hook point.")
+    st.add_argument("--store", required=True)
+    st.add_argument("--sae", required=True, help="folder with one SAE subfolder per hook point")
+    st.add_argument("--point", action="append")
+    st.add_argument("--top-m", type=int, default=8, help="top-activating entries kept per feature and timestep bucket")
+    st.add_argument("--out", required=True)
+    st.set_defaults(func=cmd_stats)
+
+    u = sub.add_parser("unlearn", help="generate before/after pairs with concepts removed (SAeUron)", description="Remove one or more concepts with SAeUron and write a grid: rows = prompts, columns = before/after per seed.")
+    u.add_argument("--model", default="minicanvas")
+    u.add_argument("--concept", action="append", required=True, help="concept to remove (repeat for several)")
+    u.add_argument("--prompt", action="append", help="prompt (repeat); default: the concept in three contexts")
+    u.add_argument("--seed", action="append", type=int)
+    u.add_argument("--tau", type=float, default=None, help="selection percentile in (0, 100) (default: per-concept table)")
+    u.add_argument("--gamma", type=float, default=None, help="negative multiplier (default: per-concept table)")
+    u.add_argument("--steps", type=int, default=None)
+    u.add_argument("--guidance", type=float, default=None)
+    u.add_argument("--sae", default=None, help="SAE folder (default: bundled assets/sae)")
+    u.add_argument("--stats", default=None, help="statistics folder (default: bundled assets/stats)")
+    u.add_argument("--defaults", default=None, help="tau/gamma table (default: assets/unlearn_defaults.json)")
+    u.add_argument("--out", default=None)
+    u.set_defaults(func=cmd_unlearn)
     return p
 
 

@@ -1,0 +1,208 @@
+"""On-disk activation store: block outputs per hook point, per image, per denoising step.
+
+Layout of a store folder::
+
+    store.json                      plan (items, points, steps, guidance) + completed shards
+    <point>/shard-00000.safetensors acts [n_maps, H*W, C] fp16, item [n_maps], step [n_maps],
+                                    timestep [n_maps] (one map = one image at one step)
+
+Shards are written atomically (temp + rename) and only listed in ``store.json`` once every hook
+point's shard is on disk, so a killed ``saeuron cache`` resumes at the first unlisted shard and
+a reader never sees a partial one. Readers stream one shard at a time: memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import SaeuronError
+from .io import load_safetensors, save_safetensors, write_json
+
+MANIFEST = "store.json"
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One image to generate: its prompt, seed and concept labels (e.g. object / style)."""
+
+    prompt: str
+    seed: int
+    labels: dict = field(default_factory=dict)
+
+
+def minicanvas_items(seeds_per_pair: int, split: str = "train", unstyled: bool = True) -> list[PromptItem]:
+    """Every (object, style) prompt (and every unstyled prompt) at ``seeds_per_pair`` seeds."""
+    from . import minicanvas as mc
+
+    seeds = mc.split_seeds(split, seeds_per_pair)
+    items = [PromptItem(mc.prompt(o, s), seed, {"object": o, "style": s}) for o, s in mc.all_pairs() for seed in seeds]
+    if unstyled:
+        items += [PromptItem(mc.prompt(o), seed, {"object": o}) for o in mc.OBJECTS for seed in seeds]
+    return items
+
+
+def read_prompt_file(path: str | Path) -> list[PromptItem]:
+    """Prompts for real SD: a .txt (one prompt per line) or a .csv with columns prompt[,seed][,<label>...]."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise SaeuronError(f"no such prompt file: {path}")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "prompt" not in rows[0]:
+            raise SaeuronError(f"{path}: a CSV prompt file needs a 'prompt' column")
+        items = []
+        for i, row in enumerate(rows):
+            seed = int(row.pop("seed", i) or i)
+            text = row.pop("prompt").strip()
+            items.append(PromptItem(text, seed, {k: v for k, v in row.items() if v}))
+    else:
+        items = [PromptItem(line.strip(), i, {}) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+    if not items:
+        raise SaeuronError(f"{path} holds no prompts")
+    if any(not it.prompt for it in items):
+        raise SaeuronError(f"{path} has an empty prompt")
+    return items
+
+
+class ActivationStore:
+    """Read side of a store folder (and the bookkeeping the writer shares)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        manifest = self.root / MANIFEST
+        if not manifest.is_file():
+            raise SaeuronError(f"{self.root} is not an activation store (no {MANIFEST})")
+        self.meta = json.loads(manifest.read_text())
+        self.items = [PromptItem(**it) for it in self.meta["items"]]
+
+    @property
+    def points(self) -> list[str]:
+        return list(self.meta["points"])
+
+    @property
+    def completed(self) -> list[int]:
+        return sorted(self.meta["completed_shards"])
+
+    @property
+    def n_shards(self) -> int:
+        return -(-len(self.items) // self.meta["items_per_shard"])
+
+    @property
+    def is_complete(self) -> bool:
+        return len(self.completed) == self.n_shards
+
+    def shard_path(self, point: str, shard: int) -> Path:
+        return self.root / point / f"shard-{shard:05d}.safetensors"
+
+    def shard_items(self, shard: int) -> range:
+        n = self.meta["items_per_shard"]
+        return range(shard * n, min((shard + 1) * n, len(self.items)))
+
+    def _check_point(self, point: str) -> None:
+        if point not in self.meta["points"]:
+            raise SaeuronError(f"hook point {point!r} is not in this store; it holds {', '.join(self.points)}")
+
+    def iter_shards(self, point: str, shards: list[int] | None = None) -> Iterator[dict]:
+        """Completed shards one at a time: {"acts", "item", "step", "timestep"}."""
+        self._check_point(point)
+        for shard in shards if shards is not None else self.completed:
+            yield load_safetensors(self.shard_path(point, shard))
+
+    def iter_token_batches(self, point: str, batch_size: int, shuffle: bool = True, seed: int = 0, epochs: int = 1, shards_in_memory: int = 4) -> Iterator[torch.Tensor]:
+        """float32 token batches [batch_size, C] for SAE training, streamed.
+
+        Shuffling mixes tokens across ``shards_in_memory`` shards at a time: enough to break up
+        single images and steps while keeping memory bounded.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        for epoch in range(epochs):
+            order = self.completed
+            if shuffle:
+                order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
+            for g in range(0, len(order), shards_in_memory):
+                group = order[g : g + shards_in_memory]
+                tokens = torch.cat([s["acts"].reshape(-1, s["acts"].shape[-1]) for s in self.iter_shards(point, group)])
+                if shuffle:
+                    tokens = tokens[torch.randperm(len(tokens), generator=gen)]
+                for i in range(0, len(tokens) - batch_size + 1, batch_size):
+                    yield tokens[i : i + batch_size].float()
+
+    def token_count(self, point: str) -> int:
+        p = self.meta["points"][point]
+        return len(self.items) * self.meta["steps"] * p["height"] * p["width"] * len(self.completed) // max(self.n_shards, 1)
+
+
+def cache_activations(pipe, items: list[PromptItem], points: list[str], root: str | Path, steps: int, guidance: float, items_per_shard: int = 16, model_name: str = "") -> ActivationStore:
+    """Generate every item, capturing the conditional CFG half of each hook point at every step.
+
+    Resumes a store with the same plan; refuses a folder that holds a different plan.
+    """
+    from .hooks import capture_activations
+    from .pipeline import generate_jobs
+
+    if not items:
+        raise SaeuronError("no prompts to cache")
+    if items_per_shard < 1:
+        raise SaeuronError(f"items_per_shard must be >= 1, got {items_per_shard}")
+    for point in points:
+        try:
+            pipe.unet.get_submodule(point)
+        except AttributeError:
+            raise SaeuronError(f"hook point {point!r} does not exist in this U-Net") from None
+    root = Path(root)
+    plan = {
+        "model": model_name,
+        "points": {},
+        "items": [asdict(it) for it in items],
+        "steps": steps,
+        "guidance": guidance,
+        "items_per_shard": items_per_shard,
+        "dtype": "float16",
+    }
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        same = all(old.get(k) == plan[k] for k in ("items", "steps", "guidance", "items_per_shard")) and set(old["points"]) == set(points)
+        if not same:
+            raise SaeuronError(f"{root} holds a store with a different plan; use another folder")
+        plan = old
+    else:
+        plan["completed_shards"] = []
+        plan["timesteps"] = []
+        write_json(manifest, plan)
+    store = ActivationStore(root)
+    todo = [s for s in range(store.n_shards) if s not in set(store.completed)]
+    for shard in tqdm(todo, desc="cache", mininterval=5):
+        ids = list(store.shard_items(shard))
+        with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1) as rec:
+            generate_jobs(pipe, [(items[i].prompt, items[i].seed) for i in ids], steps, guidance, batch_size=len(ids), output_type="latent")
+        for point in points:
+            acts = rec.stacked(point)  # [T, B, C, H, W], steps in denoising order
+            t_, b, c, h, w = acts.shape
+            plan["points"][point] = {"channels": c, "height": h, "width": w}
+            maps = acts.permute(1, 0, 3, 4, 2).reshape(b * t_, h * w, c).half()
+            item = torch.tensor(ids).repeat_interleave(t_)
+            step = torch.arange(t_).repeat(b)
+            timestep = torch.tensor(rec.timesteps, dtype=torch.long).repeat(b)
+            save_safetensors({"acts": maps, "item": item, "step": step, "timestep": timestep}, store.shard_path(point, shard))
+        plan["timesteps"] = list(rec.timesteps)
+        plan["completed_shards"] = sorted(set(plan["completed_shards"]) | {shard})
+        write_json(manifest, plan)
+    return ActivationStore(root)
+
+
+def item_label_matrix(store: ActivationStore, key: str) -> tuple[list[str], np.ndarray]:
+    """Concept names for label ``key`` and each item's index into them (-1 = unlabelled)."""
+    names = sorted({it.labels[key] for it in store.items if key in it.labels})
+    index = {n: i for i, n in enumerate(names)}
+    return names, np.array([index.get(it.labels.get(key), -1) for it in store.items])

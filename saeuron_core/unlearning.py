@@ -1,0 +1,98 @@
+"""Putting the pieces together for a model: its SAEs, their statistics, and unlearning defaults.
+
+``SaeBundle.load(info)`` opens the SAE and the feature statistics of every default hook point of
+a model (the bundled ones for "minicanvas"); ``bundle.unlearn(concepts)`` builds the ``Unlearn``
+interventions, one per hook point, routing each concept to the point of its kind (objects to
+the object block, styles to the style block) with the per-concept default tau / gamma.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import SaeuronError
+from .interventions import Unlearn, apply_interventions
+from .paths import ASSETS
+from .pipeline import ModelInfo, generate
+from .sae import TopKSae
+from .stats import FeatureStats
+
+DEFAULTS_FILE = "unlearn_defaults.json"
+
+
+@dataclass
+class SaeBundle:
+    """SAEs and feature statistics by hook point, plus concept -> hook point routing."""
+
+    saes: dict[str, TopKSae]
+    stats: dict[str, FeatureStats]
+    point_of_kind: dict[str, str]
+    defaults: dict
+
+    @classmethod
+    def load(cls, info: ModelInfo, sae_dir: str | Path | None = None, stats_dir: str | Path | None = None, defaults: str | Path | None = None) -> "SaeBundle":
+        sae_dir = Path(sae_dir) if sae_dir else ASSETS / "sae"
+        stats_dir = Path(stats_dir) if stats_dir else ASSETS / "stats"
+        saes, stats = {}, {}
+        for kind, point in info.hook_points.items():
+            if point in saes:
+                continue
+            if not (sae_dir / point).is_dir():
+                raise SaeuronError(f"no SAE for hook point {point} ({kind}) in {sae_dir}; train one with `saeuron train-sae`")
+            saes[point] = TopKSae.load(sae_dir / point)
+            stats[point] = FeatureStats.load(stats_dir / point)
+            if stats[point].n_latents != saes[point].num_latents:
+                raise SaeuronError(f"statistics in {stats_dir / point} cover {stats[point].n_latents} latents, the SAE has {saes[point].num_latents}")
+        defaults_path = Path(defaults) if defaults else ASSETS / DEFAULTS_FILE
+        table = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
+        return cls(saes, stats, dict(info.hook_points), table)
+
+    def kind_of(self, concept: str) -> str:
+        for kind, point in self.point_of_kind.items():
+            if concept in self.stats[point].concept_stats(kind).concepts:
+                return kind
+        known = sorted({c for k, p in self.point_of_kind.items() for c in self.stats[p].concept_stats(k).concepts})
+        raise SaeuronError(f"unknown concept {concept!r}; the statistics know {', '.join(known)}")
+
+    def default_params(self, concept: str) -> tuple[float, float]:
+        """(tau, gamma) for a concept from the defaults table (per concept, else per kind)."""
+        kind = self.kind_of(concept)
+        entry = self.defaults.get("concepts", {}).get(concept) or self.defaults.get("kinds", {}).get(kind)
+        if entry is None:
+            raise SaeuronError(f"no default tau/gamma for {concept!r}; pass --tau and --gamma")
+        return float(entry["tau"]), float(entry["gamma"])
+
+    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False) -> list[Unlearn]:
+        """One ``Unlearn`` per hook point for ``concepts`` (defaults unless tau / gamma given)."""
+        if not concepts:
+            raise SaeuronError("no concept to unlearn")
+        by_point: dict[str, list[tuple[str, float, float]]] = {}
+        for concept in dict.fromkeys(concepts):
+            kind = self.kind_of(concept)
+            d_tau, d_gamma = (None, None) if tau is not None and gamma is not None else self.default_params(concept)
+            by_point.setdefault(self.point_of_kind[kind], []).append((concept, tau if tau is not None else d_tau, gamma if gamma is not None else d_gamma))
+        return [
+            Unlearn(tuple(c for c, _, _ in rows), tuple(t for _, t, _ in rows), tuple(g for _, _, g in rows), point=point, reference_error_term=reference_error_term)
+            for point, rows in by_point.items()
+        ]
+
+    def concept_stats(self, interventions: list) -> dict:
+        """Per hook point, the ConceptStats of the kind each intervention's concepts belong to."""
+        out = {}
+        for iv in interventions:
+            if isinstance(iv, Unlearn):
+                kind = self.kind_of(iv.concepts[0])
+                out[iv.point] = self.stats[iv.point].concept_stats(kind)
+        return out
+
+
+def generate_with(pipe, bundle: SaeBundle, interventions: list, prompts, seeds, steps: int, guidance: float, **kw):
+    """``generate`` with interventions active (hooks removed afterwards, also on errors)."""
+    if not interventions:
+        return generate(pipe, prompts, seeds, steps, guidance, **kw)
+    with apply_interventions(pipe.unet, bundle.saes, interventions, stats=bundle.concept_stats(interventions)):
+        return generate(pipe, prompts, seeds, steps, guidance, **kw)
