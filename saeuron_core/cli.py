@@ -145,6 +145,44 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from . import minicanvas as mc
+    from .io import write_json
+    from .judge import Judge
+    from .paths import ASSETS
+    from .pipeline import load_pipeline, model_info
+    from .tuning import PAPER_GAMMAS, defaults_table, sweep_concept
+    from .unlearning import SaeBundle
+
+    if args.domain not in ("style", "object", "both"):
+        raise_error(f"unknown domain {args.domain!r}; use style, object or both")
+    pipe = load_pipeline(args.model)
+    info = model_info(pipe, args.model)
+    if not info.objects:
+        raise_error(f"{args.model} has no benchmark vocabulary; tuning needs MiniCanvas-style concepts and a judge")
+    bundle = SaeBundle.load(info, args.sae, args.stats, defaults=None)
+    judge = Judge.load(args.judge or ASSETS / "judge")
+    steps = args.steps or info.default_steps
+    guidance = args.guidance if args.guidance is not None else info.default_guidance
+    seeds = mc.split_seeds("sweep", args.seeds)
+    gammas = tuple(args.gamma or PAPER_GAMMAS)
+    counts = tuple(args.count or (1, 2, 3))
+    wanted = args.concept or ([*mc.STYLES] if args.domain in ("style", "both") else []) + ([*mc.OBJECTS] if args.domain in ("object", "both") else [])
+    style_rows, object_rows = [], []
+    for concept in wanted:
+        rows = sweep_concept(pipe, bundle, judge, concept, counts, gammas, seeds, steps, guidance)
+        (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
+        best = max(rows, key=lambda r: r["score"])
+        print(f"{concept}: best (UA+IRA)/2 = {best['score']:.3f} at {best['count']} latents/step, gamma {best['gamma']}")
+    table = defaults_table(style_rows, object_rows)
+    table.update(seeds=seeds, steps=steps, guidance=guidance, counts=counts, gammas=gammas)
+    write_json(args.out, table)
+    if args.report:
+        write_json(args.report, {"rows": style_rows + object_rows})
+    print(f"wrote {args.out}")
+    return 0
+
+
 def raise_error(message: str):
     from .errors import SaeuronError
 
@@ -227,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--defaults", default=None, help="tau/gamma table (default: assets/unlearn_defaults.json)")
     u.add_argument("--out", default=None)
     u.set_defaults(func=cmd_unlearn)
+
+    tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table", description="The paper's per-concept sweep, picking by (UA + IRA) / 2 on seeds of the sweep split (never the evaluation seeds). Styles share one setting; objects get one each.")
+    tu.add_argument("--model", default="minicanvas")
+    tu.add_argument("--domain", default="both", help="style, object or both")
+    tu.add_argument("--concept", action="append", help="only these concepts (repeat)")
+    tu.add_argument("--seeds", type=int, default=1, help="sweep-split seeds per pair (default 1)")
+    tu.add_argument("--count", type=int, action="append", help="latents selected per step (repeat; default 1 2 3, the paper's tau grid)")
+    tu.add_argument("--gamma", type=float, action="append", help="multipliers (repeat; default the paper's -1 ... -30)")
+    tu.add_argument("--steps", type=int, default=None)
+    tu.add_argument("--guidance", type=float, default=None)
+    tu.add_argument("--sae", default=None)
+    tu.add_argument("--stats", default=None)
+    tu.add_argument("--judge", default=None, help="judge folder (default assets/judge)")
+    tu.add_argument("--report", default=None, help="also write every grid row as JSON")
+    tu.add_argument("--out", required=True, help="defaults table to write, e.g. assets/unlearn_defaults.json")
+    tu.set_defaults(func=cmd_tune)
     return p
 
 

@@ -56,3 +56,41 @@ def accuracy_table(records) -> dict:
         "per_object": {o: accuracy(styled, "object", lambda r, o=o: r.object_name == o) for o in mc.OBJECTS},
         "images": len(styled),
     }
+
+
+def removal_pairs(concept: str, retain_per_concept: int | None = None) -> tuple[list, list]:
+    """(target pairs, in-domain retain pairs) for removing a MiniCanvas concept.
+
+    Target: every pair that shows the concept. Retain: pairs of the other concepts of the same
+    kind; ``retain_per_concept`` keeps only that many partners per other concept (rotating, so
+    every partner appears) to make sweeps cheaper.
+    """
+    kind = mc.concept_kind(concept)
+    pairs = mc.all_pairs()
+    target = [(o, s) for o, s in pairs if concept in (o, s)]
+    others = [c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if c != concept]
+    partners = mc.OBJECTS if kind == "style" else mc.STYLES
+    retain = []
+    for i, other in enumerate(others):
+        chosen = partners if retain_per_concept is None else [partners[(i + j) % len(partners)] for j in range(retain_per_concept)]
+        retain += [(p, other) if kind == "style" else (other, p) for p in chosen]
+    return target, retain
+
+
+def removal_metrics(records, concept: str) -> dict[str, float]:
+    """UA, IRA and CRA (METHOD section 6) for removing ``concept``, from judged images.
+
+    UA: 1 - judge accuracy on the removed concept's images (its own kind); IRA: accuracy of the
+    same kind on the other concepts' images; CRA: accuracy of the other kind on all images.
+    """
+    kind = mc.concept_kind(concept)
+    other_kind = "object" if kind == "style" else "style"
+
+    def shows(r):
+        return (r.style if kind == "style" else r.object_name) == concept
+
+    return {
+        "UA": 1.0 - accuracy(records, kind, shows),
+        "IRA": accuracy(records, kind, lambda r: not shows(r) and (r.style is not None or kind == "object")),
+        "CRA": accuracy(records, other_kind, lambda r: other_kind == "object" or r.style is not None),
+    }

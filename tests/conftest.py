@@ -48,3 +48,41 @@ def tiny_pipeline_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("foreign_pipeline")
     make_tiny_pipeline().save_pretrained(folder)
     return folder
+
+
+TINY_POINTS = {"object": "up_blocks.1.attentions.0", "style": "up_blocks.1.attentions.1"}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
+    """A tiny pipeline with the bundled layout: saeuron.json, SAEs, statistics, defaults, judge.
+
+    Random weights: for plumbing tests only (no claims about what gets unlearned).
+    """
+    import json
+    import shutil
+
+    from saeuron_core.judge import Judge, JudgeConfig
+    from saeuron_core.pipeline import load_pipeline
+    from saeuron_core.sae_train import TrainConfig, train_sae
+    from saeuron_core.sae import TopKSae
+    from saeuron_core.stats import compute_stats
+    from saeuron_core.store import PromptItem, cache_activations
+
+    root = tmp_path_factory.mktemp("bundle")
+    model = root / "model"
+    shutil.copytree(tiny_pipeline_dir, model)
+    objects, styles = ["star", "heart", "circle"], ["dots", "solid", "rings"]
+    meta = {"name": "tiny", "image_size": 16, "objects": objects, "styles": styles, "hook_points": TINY_POINTS, "default_steps": 3, "default_guidance": 4.0}
+    (model / "saeuron.json").write_text(json.dumps(meta))
+    pipe = load_pipeline(str(model))
+    items = [PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s}) for o in objects for s in styles for seed in (0, 1)]
+    store = cache_activations(pipe, items, list(TINY_POINTS.values()), root / "store", steps=3, guidance=4.0, items_per_shard=9)
+    for point in TINY_POINTS.values():
+        train_sae(store, point, TrainConfig(expansion_factor=4, k=4, batch_size=64, epochs=2), root / "sae")
+        compute_stats(store, point, TopKSae.load(root / "sae" / point), top_m=2).save(root / "stats" / point)
+    defaults = {"kinds": {"style": {"tau": 99.0, "gamma": -5.0}}, "concepts": {"star": {"tau": 98.0, "gamma": -10.0}}}
+    (root / "defaults.json").write_text(json.dumps(defaults))
+    torch.manual_seed(0)
+    Judge(JudgeConfig(channels=[8, 8], image_size=16)).save(root / "judge")
+    return root

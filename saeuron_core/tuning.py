@@ -1,0 +1,72 @@
+"""Choosing tau and gamma per concept: the paper's sweep, on seeds disjoint from evaluation.
+
+The paper's grid is tau in {99.99, 99.995, 99.999} x gamma in {-1, ..., -30}, picked by
+(UA + IRA) / 2. Those percentiles select 3 / 2 / 1 latents per step at 20480 latents; the grid
+here is expressed in *selected latents per step* and converted for the SAE's width, so a
+1024-latent SAE gets the same selection sizes (``tau_for_count``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import minicanvas as mc
+from .errors import SaeuronError
+from .evaluation import judge_generated, removal_metrics, removal_pairs
+from .interventions import apply_interventions
+
+PAPER_GAMMAS = (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
+
+
+def tau_for_count(count: int, num_latents: int) -> float:
+    """The percentile whose strict-greater selection keeps ``count`` latents (ties aside)."""
+    if not 1 <= count < num_latents:
+        raise SaeuronError(f"cannot select {count} of {num_latents} latents")
+    # torch.quantile interpolates at position q * (n - 1) of the sorted scores; put it halfway
+    # between the (count+1)-th and the count-th largest so exactly ``count`` lie strictly above.
+    return 100.0 * (num_latents - count - 0.5) / (num_latents - 1)
+
+
+def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, steps: int, guidance: float, retain_per_concept: int = 2) -> list[dict]:
+    """(UA, IRA, CRA) of removing ``concept`` for every (count, gamma) of the grid."""
+    for s in seeds:
+        if mc.split_of(s) != "sweep":
+            raise SaeuronError(f"seed {s} is not in the sweep split {mc.SPLITS['sweep']}; tuning must not see evaluation seeds")
+    kind = bundle.kind_of(concept)
+    point = bundle.point_of_kind[kind]
+    n = bundle.saes[point].num_latents
+    target, retain = removal_pairs(concept, retain_per_concept)
+    rows = []
+    for count in counts:
+        tau = tau_for_count(count, n)
+        for gamma in gammas:
+            ivs = bundle.unlearn([concept], tau=tau, gamma=gamma)
+            t0 = time.time()
+            with apply_interventions(pipe.unet, bundle.saes, ivs, stats=bundle.concept_stats(ivs)):
+                records, _ = judge_generated(pipe, judge, target + retain, seeds, steps, guidance)
+            m = removal_metrics(records, concept)
+            rows.append({"concept": concept, "kind": kind, "count": count, "tau": tau, "gamma": gamma, **m, "score": (m["UA"] + m["IRA"]) / 2, "seconds": round(time.time() - t0, 1)})
+    return rows
+
+
+def pick(rows: list[dict]) -> dict:
+    """The row with the best (UA + IRA) / 2; ties go to the smaller edit (fewer latents, smaller |gamma|)."""
+    return max(rows, key=lambda r: (round(r["score"], 6), -r["count"], r["gamma"]))
+
+
+def defaults_table(style_rows: list[dict], object_rows: list[dict]) -> dict:
+    """Styles share one setting (best mean score over styles, as in the paper); objects each get their own."""
+    table: dict = {"kinds": {}, "concepts": {}, "selection": "(UA + IRA) / 2 on the sweep split"}
+    if style_rows:
+        settings = {}
+        for r in style_rows:
+            settings.setdefault((r["count"], r["tau"], r["gamma"]), []).append(r["score"])
+        (count, tau, gamma), scores = max(settings.items(), key=lambda kv: (round(sum(kv[1]) / len(kv[1]), 6), -kv[0][0], kv[0][2]))
+        table["kinds"]["style"] = {"tau": tau, "gamma": gamma, "latents_per_step": count, "mean_score": sum(scores) / len(scores)}
+    by_object: dict[str, list[dict]] = {}
+    for r in object_rows:
+        by_object.setdefault(r["concept"], []).append(r)
+    for concept, rows in by_object.items():
+        best = pick(rows)
+        table["concepts"][concept] = {"tau": best["tau"], "gamma": best["gamma"], "latents_per_step": best["count"], "score": best["score"]}
+    return table

@@ -1,0 +1,82 @@
+"""Unlearning end to end on the tiny bundle (plumbing) and on the bundled model (behaviour)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_POINTS, needs_bundled
+from saeuron_core.errors import SaeuronError
+from saeuron_core.pipeline import generate, load_pipeline, model_info
+from saeuron_core.unlearning import SaeBundle, generate_with
+
+
+def open_bundle(root):
+    pipe = load_pipeline(str(root / "model"))
+    info = model_info(pipe)
+    return pipe, SaeBundle.load(info, root / "sae", root / "stats", root / "defaults.json")
+
+
+def test_concepts_route_to_their_hook_point_with_defaults(tiny_bundle):
+    _, bundle = open_bundle(tiny_bundle)
+    assert bundle.kind_of("dots") == "style" and bundle.kind_of("star") == "object"
+    ivs = bundle.unlearn(["dots", "star", "solid"])
+    by_point = {iv.point: iv for iv in ivs}
+    assert by_point[TINY_POINTS["style"]].per_concept() == [("dots", 99.0, -5.0), ("solid", 99.0, -5.0)]
+    assert by_point[TINY_POINTS["object"]].per_concept() == [("star", 98.0, -10.0)]
+    assert bundle.unlearn(["dots"], tau=90.0, gamma=-2.0)[0].per_concept() == [("dots", 90.0, -2.0)]
+    with pytest.raises(SaeuronError, match="unknown concept 'dog'"):
+        bundle.unlearn(["dog"])
+    with pytest.raises(SaeuronError, match="no default tau/gamma for 'heart'"):
+        bundle.unlearn(["heart"])
+
+
+def test_no_intervention_is_bit_identical_and_unlearning_changes_images(tiny_bundle):
+    pipe, bundle = open_bundle(tiny_bundle)
+    prompt = "An image of star in dots style."
+    plain = generate(pipe, prompt, [3], 3, 4.0, output_type="np")[0]
+    same = generate_with(pipe, bundle, [], prompt, [3], 3, 4.0, output_type="np")[0]
+    assert np.array_equal(plain, same)
+    edited = generate_with(pipe, bundle, bundle.unlearn(["dots"], tau=50.0, gamma=-30.0), prompt, [3], 3, 4.0, output_type="np")[0]
+    assert not np.array_equal(plain, edited)
+    again = generate(pipe, prompt, [3], 3, 4.0, output_type="np")[0]
+    assert np.array_equal(plain, again)  # hooks are gone
+
+
+def test_unlearn_command_writes_before_after_grid(tiny_bundle, tmp_path):
+    out = tmp_path / "pair.png"
+    base = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "unlearn", "--model", str(tiny_bundle / "model"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--defaults", str(tiny_bundle / "defaults.json")]
+    proc = subprocess.run(base + ["--concept", "dots", "--prompt", "An image of star in dots style.", "--seed", "1", "--seed", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (4 * 16, 16)
+    bad = subprocess.run(base + ["--concept", "vangogh", "--prompt", "x", "--out", str(tmp_path / "b.png")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown concept 'vangogh'" in bad.stderr and "Traceback" not in bad.stderr
+    half = subprocess.run(base + ["--concept", "dots", "--tau", "99", "--out", str(tmp_path / "c.png")], capture_output=True, text=True, timeout=300)
+    assert half.returncode == 2 and "both --tau and --gamma" in half.stderr
+
+
+def test_missing_sae_is_a_clear_error(tiny_bundle, tmp_path):
+    pipe = load_pipeline(str(tiny_bundle / "model"))
+    with pytest.raises(SaeuronError, match="no SAE for hook point"):
+        SaeBundle.load(model_info(pipe), tmp_path, tiny_bundle / "stats")
+
+
+@needs_bundled
+def test_unlearning_a_style_on_the_bundled_model_changes_it_and_spares_others():
+    from saeuron_core import minicanvas as mc
+
+    pipe = load_pipeline("minicanvas")
+    info = model_info(pipe, "minicanvas")
+    bundle = SaeBundle.load(info)
+    seeds = mc.split_seeds("heldout", 2)
+    target = [mc.prompt(o, "dots") for o in mc.OBJECTS[:3]]
+    others = [mc.prompt(o, s) for o in mc.OBJECTS[:3] for s in ("stripes", "solid")]
+    steps, g = info.default_steps, info.default_guidance
+    before = np.stack(generate(pipe, target + others, seeds, steps, g, output_type="np"))
+    after = np.stack(generate_with(pipe, bundle, bundle.unlearn(["dots"]), target + others, seeds, steps, g, output_type="np"))
+    diff = np.abs(before - after).mean(axis=(1, 2, 3))
+    n_target = len(target) * len(seeds)
+    assert diff[:n_target].mean() > 3 * diff[n_target:].mean()
