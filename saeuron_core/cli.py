@@ -183,6 +183,41 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import shutil
+
+    from . import minicanvas as mc
+    from .benchmark import EvalPlan, default_concepts, run
+    from .judge import Judge
+    from .paths import ASSETS
+    from .pipeline import load_pipeline, model_info
+    from .unlearning import SaeBundle
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise_error(f"{out} exists; pass --overwrite to replace its reports")
+    n_seeds = args.seeds or (1 if args.quick else 3)
+    seeds = tuple(args.seed) if args.seed else tuple(mc.split_seeds("heldout", n_seeds))
+    concepts = tuple(args.concept) if args.concept else default_concepts(args.domain)
+    multi = ()
+    if args.multi:
+        styles = mc.STYLES
+        multi = tuple(tuple(styles[:n]) for n in (2, 3, 4)) + ((styles[0], mc.OBJECTS[0]),)
+    pipe = load_pipeline(args.model)
+    info = model_info(pipe, args.model)
+    if not info.objects:
+        raise_error(f"{args.model} has no benchmark vocabulary; evaluate runs on MiniCanvas-style models")
+    plan = EvalPlan(args.method, args.domain, concepts, seeds, args.steps or info.default_steps, args.guidance if args.guidance is not None else info.default_guidance, multi)
+    bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults) if args.method == "saeuron" else None
+    judge = Judge.load(args.judge or ASSETS / "judge")
+    if out.exists() and args.overwrite:
+        shutil.rmtree(out)
+    result = run(pipe, bundle, judge, plan, out)
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
+    return 0
+
+
 def raise_error(message: str):
     from .errors import SaeuronError
 
@@ -281,6 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--report", default=None, help="also write every grid row as JSON")
     tu.add_argument("--out", required=True, help="defaults table to write, e.g. assets/unlearn_defaults.json")
     tu.set_defaults(func=cmd_tune)
+
+    ev = sub.add_parser("evaluate", help="the MiniCanvas unlearning benchmark: UA / IRA / CRA, fidelity, cost", description="Generate the full protocol (every pair and unstyled prompt, held-out seeds) with each concept removed, judge it, and write metrics.json, metrics.csv, table.md and report.html.")
+    ev.add_argument("--model", default="minicanvas")
+    ev.add_argument("--method", default="saeuron", help="saeuron or none (the un-edited reference)")
+    ev.add_argument("--domain", default="style", help="style, object or both")
+    ev.add_argument("--concept", action="append", help="only these concepts (repeat)")
+    ev.add_argument("--seeds", type=int, default=None, help="held-out seeds per prompt (default 3, 1 with --quick)")
+    ev.add_argument("--seed", type=int, action="append", help="explicit held-out seeds (repeat)")
+    ev.add_argument("--multi", action="store_true", help="also remove 2, 3, 4 styles at once and a style with an object")
+    ev.add_argument("--quick", action="store_true", help="fewer seeds, for CI")
+    ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--guidance", type=float, default=None)
+    ev.add_argument("--sae", default=None)
+    ev.add_argument("--stats", default=None)
+    ev.add_argument("--defaults", default=None)
+    ev.add_argument("--judge", default=None)
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    ev.add_argument("--out", required=True, help="output folder for the reports")
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 

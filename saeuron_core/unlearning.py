@@ -32,6 +32,8 @@ class SaeBundle:
     stats: dict[str, FeatureStats]
     point_of_kind: dict[str, str]
     defaults: dict
+    folders: tuple[Path, ...] = ()
+    """SAE and statistics folders this bundle was read from."""
 
     @classmethod
     def load(cls, info: ModelInfo, sae_dir: str | Path | None = None, stats_dir: str | Path | None = None, defaults: str | Path | None = None) -> "SaeBundle":
@@ -49,7 +51,12 @@ class SaeBundle:
                 raise SaeuronError(f"statistics in {stats_dir / point} cover {stats[point].n_latents} latents, the SAE has {saes[point].num_latents}")
         defaults_path = Path(defaults) if defaults else ASSETS / DEFAULTS_FILE
         table = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
-        return cls(saes, stats, dict(info.hook_points), table)
+        folders = tuple(d / p for p in saes for d in (sae_dir, stats_dir))
+        return cls(saes, stats, dict(info.hook_points), table, folders)
+
+    def storage_bytes(self) -> int:
+        """Bytes on disk of the SAE and statistics files (training state excluded)."""
+        return sum(f.stat().st_size for d in self.folders for f in d.iterdir() if f.is_file() and f.name != "train_state.pt")
 
     def kind_of(self, concept: str) -> str:
         for kind, point in self.point_of_kind.items():
