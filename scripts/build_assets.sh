@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Rebuild everything in assets/ from scratch, in order; each step resumes if interrupted.
+# Wall times measured on 2 CPU cores are in README.md ("Build record").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SAEURON=${SAEURON:-.venv/bin/saeuron}
+WORK=${WORK:-build}
+
+# 1. the bundled pipeline and judge (data, autoencoder, judge, latents on 2 threads; the U-Net on 1)
+$SAEURON --threads 2 build-model --work "$WORK/minicanvas" --unet-minutes 85
+# 2. activations of the train-split MiniCanvas prompts at both default hook points
+$SAEURON --threads 2 cache --model minicanvas --seeds-per-pair 4 --out "$WORK/store"
+# 3. one TopK SAE per hook point (64 -> 1024 latents, k = 16)
+$SAEURON --threads 2 train-sae --store "$WORK/store" --out assets/sae --expansion-factor 16 --k 16 --epochs 5
+# 4. feature statistics for scoring and for the explorer
+$SAEURON --threads 2 stats --store "$WORK/store" --sae assets/sae --out assets/stats
+# 5. tau / gamma per concept on the sweep split
+$SAEURON --threads 2 tune --domain both --count 1 --count 2 --count 3 --gamma -1 --gamma -5 --gamma -10 --gamma -20 --out assets/unlearn_defaults.json --report "$WORK/tune_rows.json"
