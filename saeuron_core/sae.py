@@ -138,8 +138,10 @@ class TopKSae(nn.Module):
 
     def encode(self, x: Tensor) -> EncoderOutput:
         """The k largest pre-activations of each token x [..., d_in] and their latent ids."""
-        top_acts, top_indices = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
-        return EncoderOutput(top_acts, top_indices)
+        self._check_width(x)
+        # TopK before ReLU: the same result (ReLU is monotone) without a pass over all latents.
+        top_pre, top_indices = self.encoder(x.to(self.dtype) - self.b_dec).topk(self.cfg.k, dim=-1, sorted=False)
+        return EncoderOutput(F.relu(top_pre), top_indices)
 
     def decode(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
         """x_hat [..., d_in] = sum of top_acts-weighted W_dec rows + b_dec (a sparse gather)."""
@@ -150,25 +152,24 @@ class TopKSae(nn.Module):
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
         """Reconstruct tokens x [N, d_in] (leading dims are flattened) with FVU and AuxK losses."""
         x = x.reshape(-1, x.shape[-1]).to(self.dtype)
-        pre = self.pre_acts(x)
-        top_acts, top_indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        self._check_width(x)
+        num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+        k_aux = min(self.d_in // 2, num_dead)
+        top_acts, top_indices, aux_acts, aux_indices = _SparseTopKEncoder.apply(
+            x - self.b_dec, self.encoder.weight, self.encoder.bias, self.cfg.k, dead_mask if k_aux else None, k_aux
+        )
         sae_out = self.decode(top_acts, top_indices)
         residual = x - sae_out
         total_variance = (x - x.mean(0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
-        auxk_loss = self._auxk_loss(pre, residual, dead_mask, total_variance)
+        auxk_loss = self._auxk_loss(aux_acts, aux_indices, num_dead, residual, total_variance)
         return ForwardOutput(sae_out, top_acts, top_indices, fvu, auxk_loss)
 
-    def _auxk_loss(self, pre: Tensor, residual: Tensor, dead_mask: Tensor | None, total_variance: Tensor) -> Tensor:
+    def _auxk_loss(self, aux_acts: Tensor, aux_indices: Tensor, num_dead: int, residual: Tensor, total_variance: Tensor) -> Tensor:
         """Dead latents' reconstruction of the residual, as in sparsify (Gao et al., App. B.1)."""
-        num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
         if num_dead == 0:
             return residual.new_tensor(0.0)
-        k_aux = self.d_in // 2
-        scale = min(num_dead / k_aux, 1.0)  # fewer dead latents than k_aux: a smaller loss
-        k_aux = min(k_aux, num_dead)
-        dead_pre = torch.where(dead_mask[None], pre, -torch.inf)
-        aux_acts, aux_indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
+        scale = min(num_dead / (self.d_in // 2), 1.0)  # fewer dead latents than k_aux: a smaller loss
         # The residual already accounts for b_dec, so the dead latents' rows are summed without it.
         residual_hat = _weighted_row_sum(self.W_dec, aux_indices, aux_acts)
         return scale * (residual_hat - residual.detach()).pow(2).sum() / total_variance
@@ -252,6 +253,43 @@ def load_many(root: str | Path, device: str | torch.device = "cpu", dtype: torch
     if not folders:
         raise SaeuronError(f"{root} holds no SAE (no subfolder with {CONFIG_FILE})")
     return {f.name: TopKSae.load(f, device=device, dtype=dtype) for f in folders}
+
+
+class _SparseTopKEncoder(torch.autograd.Function):
+    """ReLU(x W^T + b) -> per-token TopK (and the AuxK top among dead latents), with a backward
+    pass that touches only the selected latents: N*(k + k_aux) rows instead of N*n_latents.
+
+    Unlike sparsify's fused encoder, the AuxK selection also sends its gradient into the encoder.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, k: int, dead_mask, k_aux: int):
+        pre = F.linear(x, weight, bias)
+        top_pre, top_indices = pre.topk(k, dim=-1, sorted=False)
+        if k_aux:
+            aux_pre, aux_indices = pre.masked_fill(~dead_mask[None], -torch.inf).topk(k_aux, dim=-1, sorted=False)
+        else:
+            aux_pre = pre.new_zeros(pre.shape[0], 0)
+            aux_indices = top_indices.new_zeros(pre.shape[0], 0)
+        top_acts, aux_acts = F.relu(top_pre), F.relu(aux_pre)
+        ctx.save_for_backward(x, weight, torch.cat([top_indices, aux_indices], 1), torch.cat([top_acts, aux_acts], 1))
+        ctx.k = k
+        return top_acts, top_indices, aux_acts, aux_indices
+
+    @staticmethod
+    def backward(ctx, grad_top, _grad_top_indices, grad_aux, _grad_aux_indices):
+        x, weight, indices, acts = ctx.saved_tensors
+        widths = (ctx.k, indices.shape[1] - ctx.k)
+        parts = [g if g is not None else acts.new_zeros(acts.shape[0], w) for g, w in zip((grad_top, grad_aux), widths)]
+        grad = torch.cat(parts, 1) * (acts > 0)  # ReLU: no gradient where the latent is off
+        n_tokens, width = indices.shape
+        grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad.to(weight.dtype), mode="sum")
+        # dL/dW = G^T x with G sparse [n_latents, N]: one sparse matmul, no [N, n_latents] tensor
+        rows = torch.arange(n_tokens, device=x.device).repeat_interleave(width)
+        g_sparse = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), rows]), grad.reshape(-1), (weight.shape[0], n_tokens), check_invariants=False)
+        grad_w = torch.sparse.mm(g_sparse, x.to(grad.dtype)).to(weight.dtype)
+        grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device).index_add_(0, indices.reshape(-1), grad.reshape(-1).to(weight.dtype))
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def _weighted_row_sum(rows: Tensor, indices: Tensor, weights: Tensor) -> Tensor:

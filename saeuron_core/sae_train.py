@@ -67,7 +67,7 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
     folder = Path(out) / point
     state_path = folder / "train_state.pt"
     torch.manual_seed(cfg.seed)
-    sae = TopKSae(SaeConfig(d_in=d_in, num_latents=d_in * cfg.expansion_factor, k=cfg.k))
+    sae = TopKSae(SaeConfig(d_in=d_in, num_latents=d_in * cfg.expansion_factor, k=cfg.k, dead_feature_threshold=cfg.dead_feature_threshold, auxk_alpha=cfg.auxk_alpha))
     lr = cfg.lr or 2e-4 / math.sqrt(sae.num_latents / 2**14)
     opt = torch.optim.Adam(sae.parameters(), lr=lr, eps=6.25e-10)
     step, tokens_since_fired = 0, torch.zeros(sae.num_latents, dtype=torch.long)

@@ -16,7 +16,7 @@ Saved as one ``stats.safetensors`` + ``stats.json`` (concepts, items, timesteps,
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,13 +50,22 @@ class FeatureStats:
     top_step: torch.Tensor
     top_pos: torch.Tensor
     top_maps: torch.Tensor  # [n_latents, n_buckets, M, H*W] fp16
+    _by_kind: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_latents(self) -> int:
         return self.frequency.shape[0]
 
+    def concepts_of_kind(self, kind: str) -> tuple[str, ...]:
+        return tuple(c for c, k in zip(self.concepts, self.concept_kinds) if k == kind)
+
     def concept_stats(self, kind: str | None = None) -> ConceptStats:
         """Per-concept means for scoring, optionally only one kind (object / style) of concept."""
+        if kind not in self._by_kind:
+            self._by_kind[kind] = self._concept_stats(kind)
+        return self._by_kind[kind]
+
+    def _concept_stats(self, kind: str | None) -> ConceptStats:
         keep = [i for i, k in enumerate(self.concept_kinds) if kind is None or k == kind]
         if not keep:
             raise SaeuronError(f"no concepts of kind {kind!r} in these statistics")
@@ -147,7 +156,7 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, n_buc
     concept_sums = torch.zeros(len(concepts), n_steps, n)
     active = torch.zeros(n, dtype=torch.long)
     n_bins = len(HIST_EDGES) - 1
-    histogram = torch.zeros(n * n_bins, dtype=torch.long)
+    histogram = torch.zeros(n * n_bins, dtype=torch.int32)
     tokens = 0
     top_values = torch.zeros(n, n_buckets, top_m)
     top_key = torch.full((n, n_buckets, top_m, 3), -1, dtype=torch.long)
@@ -172,7 +181,7 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, n_buc
             fired_idx, fired_vals = idx[fired], vals[fired]
             active.index_add_(0, fired_idx, torch.ones_like(fired_idx))
             bins = torch.bucketize(fired_vals, HIST_EDGES[1:-1])
-            histogram.index_add_(0, fired_idx * n_bins + bins, torch.ones_like(fired_idx))
+            histogram.index_add_(0, fired_idx * n_bins + bins, torch.ones_like(fired_idx, dtype=torch.int32))
             map_max = torch.zeros(m, n).scatter_reduce_(1, idx.reshape(m, -1), vals.reshape(m, -1), "amax")
             _update_top(top_values, top_key, top_maps, map_max, vals, idx, it, st, step_bucket)
     done_items = [i for s in store.completed for i in store.shard_items(s)]

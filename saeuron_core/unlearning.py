@@ -60,9 +60,9 @@ class SaeBundle:
 
     def kind_of(self, concept: str) -> str:
         for kind, point in self.point_of_kind.items():
-            if concept in self.stats[point].concept_stats(kind).concepts:
+            if concept in self.stats[point].concepts_of_kind(kind):
                 return kind
-        known = sorted({c for k, p in self.point_of_kind.items() for c in self.stats[p].concept_stats(k).concepts})
+        known = sorted({c for k, p in self.point_of_kind.items() for c in self.stats[p].concepts_of_kind(k)})
         raise SaeuronError(f"unknown concept {concept!r}; the statistics know {', '.join(known)}")
 
     def default_params(self, concept: str) -> tuple[float, float]:
