@@ -156,6 +156,14 @@ def cmd_tune(args) -> int:
 
     if args.domain not in ("style", "object", "both"):
         raise_error(f"unknown domain {args.domain!r}; use style, object or both")
+    if args.from_report:
+        # Rebuild the table from saved sweep rows (e.g. styles and objects swept in parallel).
+        rows = [r for path in args.from_report for r in _read_rows(path)]
+        table = defaults_table([r for r in rows if r["kind"] == "style"], [r for r in rows if r["kind"] == "object"])
+        table["reports"] = list(args.from_report)
+        write_json(args.out, table)
+        print(f"wrote {args.out} from {len(rows)} sweep rows")
+        return 0
     pipe = load_pipeline(args.model)
     info = model_info(pipe, args.model)
     if not info.objects:
@@ -216,6 +224,13 @@ def cmd_evaluate(args) -> int:
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
     return 0
+
+
+def _read_rows(path: str) -> list[dict]:
+    try:
+        return json.loads(Path(path).read_text())["rows"]
+    except (OSError, ValueError, KeyError) as e:
+        raise_error(f"{path} is not a sweep report written by `saeuron tune --report` ({e})")
 
 
 def raise_error(message: str):
@@ -314,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--stats", default=None)
     tu.add_argument("--judge", default=None, help="judge folder (default assets/judge)")
     tu.add_argument("--report", default=None, help="also write every grid row as JSON")
+    tu.add_argument("--from-report", action="append", help="build the table from saved sweep reports instead of sweeping (repeat)")
     tu.add_argument("--out", required=True, help="defaults table to write, e.g. assets/unlearn_defaults.json")
     tu.set_defaults(func=cmd_tune)
 

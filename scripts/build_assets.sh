@@ -14,5 +14,10 @@ $SAEURON --threads 2 cache --model minicanvas --seeds-per-pair 4 --out "$WORK/st
 $SAEURON --threads 2 train-sae --store "$WORK/store" --out assets/sae --expansion-factor 16 --k 16 --epochs 5
 # 4. feature statistics for scoring and for the explorer
 $SAEURON --threads 2 stats --store "$WORK/store" --sae assets/sae --out assets/stats
-# 5. tau / gamma per concept on the sweep split
-$SAEURON --threads 2 tune --domain both --count 1 --count 2 --count 3 --gamma -1 --gamma -5 --gamma -10 --gamma -20 --out assets/unlearn_defaults.json --report "$WORK/tune_rows.json"
+# 5. tau / gamma per concept on the sweep split: styles and objects swept in parallel (1 thread
+#    each), then one table from both reports
+GRID="--count 1 --count 2 --count 3 --gamma -1 --gamma -5 --gamma -10 --gamma -20"
+$SAEURON --threads 1 tune --domain style $GRID --out "$WORK/defaults_style.json" --report "$WORK/tune_style.json" &
+$SAEURON --threads 1 tune --domain object $GRID --out "$WORK/defaults_object.json" --report "$WORK/tune_object.json" &
+wait
+$SAEURON tune --from-report "$WORK/tune_style.json" --from-report "$WORK/tune_object.json" --out assets/unlearn_defaults.json

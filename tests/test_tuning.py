@@ -90,3 +90,24 @@ def test_tune_command_writes_a_defaults_table(tiny_bundle, tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert len(rows) == 4 and all(0 <= r["UA"] <= 1 and 0 <= r["IRA"] <= 1 for r in rows)
     assert table["seeds"] == [2_000_000]
+
+
+def test_table_from_saved_reports(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    rows = [
+        {"concept": "dots", "kind": "style", "count": 1, "tau": 99.9, "gamma": -1.0, "score": 0.9},
+        {"concept": "star", "kind": "object", "count": 2, "tau": 99.8, "gamma": -10.0, "score": 0.7},
+    ]
+    (tmp_path / "a.json").write_text(json.dumps({"rows": rows[:1]}))
+    (tmp_path / "b.json").write_text(json.dumps({"rows": rows[1:]}))
+    out = tmp_path / "table.json"
+    cmd = [sys.executable, "-m", "saeuron_core.cli", "tune", "--from-report", str(tmp_path / "a.json"), "--from-report", str(tmp_path / "b.json"), "--out", str(out)]
+    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+    table = json.loads(out.read_text())
+    assert table["kinds"]["style"]["gamma"] == -1.0 and table["concepts"]["star"]["gamma"] == -10.0
+    (tmp_path / "bad.json").write_text("{}")
+    bad = subprocess.run(cmd[:5] + [str(tmp_path / "bad.json"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "not a sweep report" in bad.stderr
