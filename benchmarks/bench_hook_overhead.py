@@ -60,9 +60,9 @@ import torch  # noqa: E402
 
 from saeuron_core.errors import SaeuronError  # noqa: E402
 from saeuron_core.hooks import Step, capture_activations, edit_block_output, from_tokens, to_tokens  # noqa: E402
-from saeuron_core.interventions import Unlearn, apply_interventions  # noqa: E402
+from saeuron_core.interventions import Unlearn, UnlearnEdit, apply_interventions  # noqa: E402
 from saeuron_core.sae import SaeConfig, TopKSae  # noqa: E402
-from saeuron_core.scoring import ConceptStats, mean_activation_all, score, select  # noqa: E402
+from saeuron_core.scoring import ConceptStats  # noqa: E402
 
 ARMS = ("plain", "sparse", "dense")
 
@@ -71,25 +71,12 @@ ARMS = ("plain", "sparse", "dense")
 class DenseUnlearn:
     """The reference computation of one ``Unlearn`` at one hook point: dense codes, two full
     decodes, error term added. Selection / threshold / multiplier are compiled as in
-    ``saeuron_core.interventions`` (public scoring functions only), so the edit is the same."""
+    ``saeuron_core.interventions.UnlearnEdit``, so the edit is the same."""
 
     def __init__(self, sae: TopKSae, unlearn: Unlearn, stats: ConceptStats):
         self.sae, self.stats = sae, stats
-        n_steps, n = stats.means.shape[1:]
-        selected = torch.zeros(n_steps, n, dtype=torch.bool)
-        factors = torch.zeros(n_steps, n)
-        for concept, tau, gamma in unlearn.per_concept():
-            chosen = torch.zeros_like(selected)
-            for row, ids in enumerate(select(score(stats, concept), tau)):
-                chosen[row, ids] = True
-            candidate = gamma * stats.means[stats.index(concept)].float()
-            wins = chosen & (~selected | (candidate.abs() > factors.abs()))
-            factors = torch.where(wins, candidate, factors)
-            selected |= chosen
-        thresholds = mean_activation_all(stats).float()
-        self.rows = [r.nonzero().squeeze(1) for r in selected]
-        self.factors = [factors[t, ids] for t, ids in enumerate(self.rows)]
-        self.thresholds = [thresholds[t, ids] for t, ids in enumerate(self.rows)]
+        compiled = UnlearnEdit(unlearn, stats, sae.device)  # the same selection as the sparse hook
+        self.rows, self.factors, self.thresholds = compiled.latents_per_row, compiled.multipliers_per_row, compiled.thresholds_per_row
         self.calls = 0
         self.selected_total = 0
         self.edited_tokens_total = 0

@@ -156,7 +156,7 @@ class Steer:
 Intervention = Union[Unlearn, ScaleFeatures, Steer]
 
 
-class _UnlearnEdit:
+class UnlearnEdit:
     """An ``Unlearn`` compiled against its statistics: per statistics step, the selected latents,
     their multipliers gamma_c * m_c[t][i] and firing thresholds (mean over all concepts)."""
 
@@ -176,18 +176,18 @@ class _UnlearnEdit:
             selected |= chosen
         thresholds = mean_activation_all(stats).float()
         rows = [row.nonzero().squeeze(1) for row in selected]
-        self._latents = [ids.to(device) for ids in rows]
-        self._factors = [factors[r, ids].to(device) for r, ids in enumerate(rows)]
-        self._thresholds = [thresholds[r, ids].to(device) for r, ids in enumerate(rows)]
+        self.latents_per_row = [ids.to(device) for ids in rows]
+        self.multipliers_per_row = [factors[r, ids].to(device) for r, ids in enumerate(rows)]
+        self.thresholds_per_row = [thresholds[r, ids].to(device) for r, ids in enumerate(rows)]
 
     def latents(self, step: Step) -> Tensor:
-        return self._latents[self.stats.row_for_timestep(step.timestep)]
+        return self.latents_per_row[self.stats.row_for_timestep(step.timestep)]
 
     def apply(self, z: Tensor, columns: Tensor, step: Step, grid: tuple[int, int, int]) -> None:
         row = self.stats.row_for_timestep(step.timestep)
         current = z[:, columns]
-        fired = current > self._thresholds[row]
-        z[:, columns] = torch.where(fired, current * self._factors[row], current)
+        fired = current > self.thresholds_per_row[row]
+        z[:, columns] = torch.where(fired, current * self.multipliers_per_row[row], current)
 
 
 class _FeatureEdit:
@@ -216,13 +216,13 @@ class PointEditor:
         self.point, self.sae = point, sae
         self._edits = [self._compile(iv, stats) for iv in interventions]
 
-    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> _UnlearnEdit | _FeatureEdit:
+    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | _FeatureEdit:
         if isinstance(iv, Unlearn):
             if stats is None:
                 raise SaeuronError(f"unlearning at {self.point} needs concept statistics for that point")
             if stats.n_latents != self.sae.num_latents:
                 raise SaeuronError(f"statistics for {self.point} cover {stats.n_latents} latents but its SAE has {self.sae.num_latents}")
-            return _UnlearnEdit(iv, stats, self.sae.device)
+            return UnlearnEdit(iv, stats, self.sae.device)
         bad = [f for f in iv.features if not isinstance(f, int) or not 0 <= f < self.sae.num_latents]
         if bad:
             raise SaeuronError(f"feature ids {bad} are out of range for the SAE at {self.point} ({self.sae.num_latents} latents)")
