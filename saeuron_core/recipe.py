@@ -179,6 +179,29 @@ def _load_state(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class _Progress:
+    """A progress bar that also runs ``save`` every ``minutes`` of wall time (atomic checkpoints)."""
+
+    def __init__(self, desc: str, total: int, initial: int, minutes: float, save, every: int = 50):
+        self.bar = tqdm(total=total, initial=initial, desc=desc, mininterval=5)
+        self.minutes, self.save, self.every = minutes, save, every
+        self.last_save = time.time()
+
+    def tick(self, step: int, **postfix) -> bool:
+        """Count one step; True when it saved a checkpoint."""
+        self.bar.update(1)
+        if step % self.every == 0:
+            self.bar.set_postfix(**postfix)
+        if time.time() - self.last_save > self.minutes * 60:
+            self.save()
+            self.last_save = time.time()
+            return True
+        return False
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class _StopRequest:
     """While active, SIGTERM asks the training loop to checkpoint and stop at a step boundary."""
 
@@ -249,8 +272,8 @@ def stage_vae(cfg: RecipeConfig, work: Path) -> dict:
         _log(f"vae: resumed at step {step}")
     rng = np.random.default_rng(cfg.seed + step)
     crop = 32
-    t_start, last_ckpt = time.time() - elapsed, time.time()
-    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", mininterval=5)
+    t_start = time.time() - elapsed
+    progress = _Progress("vae", cfg.vae_steps, step, cfg.checkpoint_minutes, lambda: _save_state(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.time() - t_start}))
     while step < cfg.vae_steps:
         idx = rng.integers(0, len(images), cfg.vae_batch)
         ys, xs = rng.integers(0, mc.IMAGE_SIZE - crop + 1, size=(2, cfg.vae_batch))
@@ -267,13 +290,8 @@ def stage_vae(cfg: RecipeConfig, work: Path) -> dict:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-            _save_state(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.time() - t_start})
-            last_ckpt = time.time()
-    bar.close()
+        progress.tick(step, loss=f"{loss.item():.4f}")
+    progress.close()
     vae.eval()
     held, _ = _load_split(work, "heldout")
     with torch.inference_mode():
@@ -345,8 +363,7 @@ def stage_judge(cfg: RecipeConfig, work: Path) -> dict:
         step = state["step"]
     gen = torch.Generator().manual_seed(cfg.seed + step)
     rng = np.random.default_rng(cfg.seed + step)
-    last_ckpt = time.time()
-    bar = tqdm(total=cfg.judge_steps, initial=step, desc="judge", mininterval=5)
+    progress = _Progress("judge", cfg.judge_steps, step, cfg.checkpoint_minutes, lambda: _save_state(ckpt, {"model": judge.state_dict(), "opt": opt.state_dict(), "step": step}))
     judge.train()
     while step < cfg.judge_steps:
         idx = rng.integers(0, len(pool), cfg.judge_batch)
@@ -360,13 +377,8 @@ def stage_judge(cfg: RecipeConfig, work: Path) -> dict:
         loss.backward()
         opt.step()
         step += 1
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-            _save_state(ckpt, {"model": judge.state_dict(), "opt": opt.state_dict(), "step": step})
-            last_ckpt = time.time()
-    bar.close()
+        progress.tick(step, loss=f"{loss.item():.4f}")
+    progress.close()
     judge.eval()
     acc_clean = judge_accuracy(judge, held, held_labels)
     acc_rt = judge_accuracy(judge, _roundtrip(vae, held), held_labels)
@@ -456,8 +468,8 @@ def stage_unet(cfg: RecipeConfig, work: Path, log_every: int = 50) -> dict:
         _save_state(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step, "elapsed": elapsed, "seen": seen})
         export_pipeline(cfg, work, work / "unet" / "pipeline", unet, text_encoder, ema, tokenizer, {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1)})
 
-    run_start, last_ckpt = time.time() - elapsed, time.time()
-    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", mininterval=10)
+    run_start = time.time() - elapsed
+    progress = _Progress("unet", cfg.unet_steps, step, cfg.checkpoint_minutes, save_checkpoint, every=log_every)
     unet.train()
     text_encoder.train()
     running = None
@@ -494,14 +506,9 @@ def stage_unet(cfg: RecipeConfig, work: Path, log_every: int = 50) -> dict:
             seen += cfg.unet_batch
             elapsed = time.time() - run_start
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            bar.update(1)
-            if step % log_every == 0:
-                bar.set_postfix(loss=f"{running:.4f}", seen=seen, min=f"{elapsed / 60:.1f}")
-            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-                save_checkpoint()
+            if progress.tick(step, loss=f"{running:.4f}", seen=seen, min=f"{elapsed / 60:.1f}"):
                 _log(f"unet: checkpoint at step {step}, {seen} images, loss {running:.4f}")
-                last_ckpt = time.time()
-    bar.close()
+    progress.close()
     save_checkpoint()
     return _mark_done(work, "unet", {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1), "final_loss": running})
 
