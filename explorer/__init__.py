@@ -1,1 +1,6 @@
-"""SAeUron Explorer: the Gradio app on top of ``saeuron_core`` (built in a later issue)."""
+"""SAeUron Explorer: a Gradio app to inspect SAE features and edit generation live.
+
+The app logic (``session``, ``features``, ``editing``, ``unlearn_grid``, ``recipes``) is plain
+Python with no Gradio import, so it is tested directly; ``app`` and ``panels`` only lay out
+components and wire events.
+"""

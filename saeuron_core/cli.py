@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--work", default="build/minicanvas", help="folder for data, checkpoints and stage markers (default: build/minicanvas)")
     b.add_argument("--out", default=None, help="pipeline folder to write (default: the bundled assets/minicanvas)")
     b.add_argument("--judge-out", default=None, help="judge folder to write (default: assets/judge)")
-    b.add_argument("--unet-minutes", type=float, default=None, help="wall-clock budget of U-Net training (default 90)")
+    b.add_argument("--unet-minutes", type=float, default=None, help="wall-clock budget of U-Net training in minutes (default 75)")
     b.add_argument("--config", default=None, help='JSON overrides of RecipeConfig fields, e.g. \'{"unet_steps": 10}\'')
     b.set_defaults(func=cmd_build_model)
     g = sub.add_parser(

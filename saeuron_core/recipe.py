@@ -59,7 +59,7 @@ class RecipeConfig:
     text_layers: int = 2
     unet_steps: int = 1_000_000
     """Upper bound on U-Net optimiser steps; training also stops at ``unet_minutes``."""
-    unet_minutes: float = 90.0
+    unet_minutes: float = 75.0
     """Wall-clock budget for U-Net training, summed over resumed runs."""
     unet_batch: int = 48
     unet_lr: float = 5e-4

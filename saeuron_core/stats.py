@@ -40,6 +40,8 @@ class FeatureStats:
     width: int
     bucket_edges: tuple[int, ...]
     """Step indices where timestep buckets start (last bucket runs to the end)."""
+    guidance: float
+    """Guidance scale the store was generated with (to regenerate an item's image exactly)."""
     bin_edges: torch.Tensor
     concept_sums: torch.Tensor
     concept_counts: torch.Tensor
@@ -81,7 +83,7 @@ class FeatureStats:
         folder = Path(folder)
         tensors = {k: getattr(self, k) for k in ("bin_edges", "concept_sums", "concept_counts", "frequency", "histogram", "top_values", "top_item", "top_step", "top_pos", "top_maps")}
         save_safetensors(tensors, folder / "stats.safetensors")
-        meta = {k: getattr(self, k) for k in ("concepts", "concept_kinds", "timesteps", "items", "height", "width", "bucket_edges")}
+        meta = {k: getattr(self, k) for k in ("concepts", "concept_kinds", "timesteps", "items", "height", "width", "bucket_edges", "guidance")}
         write_json(folder / "stats.json", meta)
 
     @classmethod
@@ -193,6 +195,7 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, n_buc
         height=h,
         width=w,
         bucket_edges=edges,
+        guidance=float(store.meta["guidance"]),
         bin_edges=HIST_EDGES.clone(),
         concept_sums=concept_sums,
         concept_counts=membership[done_items].sum(0),

@@ -7,7 +7,7 @@ SAEURON=${SAEURON:-.venv/bin/saeuron}
 WORK=${WORK:-build}
 
 # 1. the bundled pipeline and judge (data, autoencoder, judge, latents on 2 threads; the U-Net on 1)
-$SAEURON --threads 2 build-model --work "$WORK/minicanvas" --unet-minutes 85
+$SAEURON --threads 2 build-model --work "$WORK/minicanvas" --unet-minutes 75
 # 2. activations of the train-split MiniCanvas prompts at both default hook points
 $SAEURON --threads 2 cache --model minicanvas --seeds-per-pair 4 --out "$WORK/store"
 # 3. one TopK SAE per hook point (64 -> 1024 latents, k = 16)

@@ -1,0 +1,17 @@
+"""Hugging Face Spaces entry point: the same app as ``saeuron-explorer``, on the bundled model.
+
+Options come from the environment: SAEURON_MODEL, SAEURON_SAE, SAEURON_STATS, SAEURON_DEFAULTS,
+SAEURON_JUDGE, SAEURON_THREADS. GPU-bound events go through ``explorer.zerogpu.gpu``: ZeroGPU
+tasks on a ZeroGPU Space, plain calls elsewhere.
+"""
+
+import os
+
+from explorer.app import build_app, open_session, parse_args
+
+_FLAGS = {"--model": "SAEURON_MODEL", "--sae": "SAEURON_SAE", "--stats": "SAEURON_STATS", "--defaults": "SAEURON_DEFAULTS", "--judge": "SAEURON_JUDGE", "--threads": "SAEURON_THREADS"}
+args = parse_args([x for flag, var in _FLAGS.items() if var in os.environ for x in (flag, os.environ[var])])
+demo = build_app(open_session(args))
+
+if __name__ == "__main__":
+    demo.launch(server_name=args.host, server_port=args.port)

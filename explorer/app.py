@@ -1,0 +1,78 @@
+"""``saeuron-explorer``: the Gradio app. This module only lays out the panels and launches."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from saeuron_core.errors import SaeuronError  # noqa: E402
+
+from .context import Explorer  # noqa: E402
+from .panels import features, generate, recipe, unlearn  # noqa: E402
+from .session import ExplorerSession  # noqa: E402
+
+TITLE = "SAeUron Explorer"
+
+
+def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8) -> gr.Blocks:
+    """The Blocks app for a loaded session. U-Net access is serialised inside the session, so
+    events may run concurrently (``concurrency`` per event)."""
+    ex = Explorer.build(session, map_cache_dir)
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nModel `{session.sources.model}` · SAEs at {', '.join(f'`{p}`' for p in session.points)} · judge: {'yes' if session.judge else 'none'}")
+        with gr.Tabs():
+            with gr.Tab("Features", id="features"):
+                features_panel = features.layout(ex)
+            with gr.Tab("Generate", id="generate"):
+                generate_panel = generate.layout(ex)
+            with gr.Tab("Unlearn", id="unlearn"):
+                unlearn_panel = unlearn.layout(ex)
+            with gr.Tab("Recipe", id="recipe"):
+                recipe_panel = recipe.layout(ex)
+        features.wire(ex, features_panel, generate_panel.interventions)
+        generate.wire(ex, generate_panel, recipe_panel.outputs)
+        unlearn.wire(ex, unlearn_panel)
+        recipe.wire(ex, recipe_panel, generate_panel, demo)
+    demo.queue(default_concurrency_limit=concurrency)
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="saeuron-explorer", description="Inspect SAE features of a diffusion model and edit its generation live.")
+    parser.add_argument("--model", default="minicanvas", help="'minicanvas' (bundled), a diffusers pipeline folder or a hub id")
+    parser.add_argument("--sae", default=None, help="SAE folder, one subfolder per hook point (default: bundled)")
+    parser.add_argument("--stats", default=None, help="feature statistics folder (default: bundled)")
+    parser.add_argument("--defaults", default=None, help="unlearning defaults table (default: bundled)")
+    parser.add_argument("--judge", default=None, help="judge folder (default: bundled, for the bundled model)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    return parser.parse_args(argv)
+
+
+def open_session(args: argparse.Namespace) -> ExplorerSession:
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))  # UMAP's worker threads
+    torch.set_num_threads(args.threads)
+    return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        session = open_session(args)
+    except SaeuronError as e:
+        print(f"saeuron-explorer: error: {e}", file=sys.stderr)
+        return 2
+    build_app(session).launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

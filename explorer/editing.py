@@ -1,0 +1,119 @@
+"""The Generate panel: an image with interventions next to the unedited image of the same seed,
+their difference, and the SAE features active at a chosen patch of the edited image."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from saeuron_core.hooks import capture_activations, to_tokens
+from saeuron_core.interventions import apply_interventions
+from saeuron_core.pipeline import generate
+
+from .features import FeatureExplorer
+from .imaging import difference_heatmap, token_at
+from .limits import check_int
+from .recipes import Recipe, recipe_to_dict
+from .session import ExplorerSession, LruCache
+
+
+@dataclass(frozen=True)
+class EditResult:
+    recipe: Recipe
+    """The validated recipe that produced ``after``."""
+    before: np.ndarray
+    """uint8 [H, W, 3]: the same prompt and seed without interventions."""
+    after: np.ndarray
+    difference: np.ndarray
+    """uint8 heat colours of |after - before|, scaled to its maximum."""
+    max_difference: float
+    """Largest per-pixel mean absolute difference, in [0, 1]."""
+
+
+@dataclass(frozen=True)
+class Preview:
+    step: int
+    image: np.ndarray
+    """uint8 [H, W, 3]: the decoded latents after denoising step ``step``."""
+
+
+@dataclass(frozen=True)
+class ActiveFeature:
+    feature: int
+    activation: float
+    top_concept: str
+
+
+class Editor:
+    def __init__(self, session: ExplorerSession, features: FeatureExplorer, capture_cache_size: int = 8):
+        self.session = session
+        self.features = features
+        self._captures = LruCache(capture_cache_size)
+
+    def generate(self, recipe: Recipe) -> EditResult:
+        recipe = self.session.complete(recipe)
+        before = self.session.render(recipe.with_interventions(()))
+        after = self.session.render(recipe)
+        difference, peak = difference_heatmap(before, after)
+        return EditResult(recipe, before, after, difference, peak)
+
+    def stream(self, recipe: Recipe, previews: int = 4) -> Iterator[Preview | EditResult]:
+        """``Preview``s of the edited image while it is generated, then the ``EditResult``.
+
+        The generation runs in its own thread and finishes (releasing the U-Net) even when the
+        consumer stops iterating.
+        """
+        recipe = self.session.complete(recipe)
+        before = self.session.render(recipe.with_interventions(()))
+        updates: queue.Queue = queue.Queue()
+
+        def work():
+            try:
+                updates.put(self.session.render(recipe, on_preview=lambda step, image: updates.put(Preview(step, image)), previews=previews))
+            except BaseException as e:  # handed to the consumer, raised there
+                updates.put(e)
+
+        threading.Thread(target=work, daemon=True).start()
+        while isinstance(item := updates.get(), Preview):
+            yield item
+        if isinstance(item, BaseException):
+            raise item
+        difference, peak = difference_heatmap(before, item)
+        yield EditResult(recipe, before, item, difference, peak)
+
+    def features_at(self, recipe: Recipe, point: str, step: int, x: float, y: float, image_size: tuple[int, int], limit: int = 12) -> list[ActiveFeature]:
+        """SAE features active at the token under pixel (x, y) of the recipe's (edited) image,
+        at denoising ``step``, conditional CFG half, strongest first."""
+        recipe = self.session.complete(recipe)
+        point = self.session.check_point(point)
+        step = check_int("step", step, 0, recipe.steps - 1)
+        maps = self._block_outputs(recipe, point)  # [T, C, H, W]
+        row, col = token_at(x, y, image_size, tuple(maps.shape[-2:]))
+        token = to_tokens(maps[step : step + 1])[0, row * maps.shape[-1] + col]
+        sae = self.session.bundle.saes[point]
+        with torch.inference_mode():
+            acts, ids = sae.encode(token)
+        order = acts.argsort(descending=True)
+        return [ActiveFeature(int(ids[i]), float(acts[i]), self.features.top_concept(point, int(ids[i]))) for i in order[:limit].tolist() if acts[i] > 0]
+
+    @torch.inference_mode()
+    def _block_outputs(self, recipe: Recipe, point: str) -> torch.Tensor:
+        key = (json.dumps(recipe_to_dict(recipe), sort_keys=True), point)
+        maps = self._captures.get(key)
+        if maps is None:
+            session = self.session
+            ivs = list(recipe.interventions)
+            with session.unet():
+                with apply_interventions(session.pipe.unet, session.bundle.saes, ivs, stats=session.bundle.concept_stats(ivs)):
+                    # registered after the edits: records the edited block output
+                    with capture_activations(session.pipe.unet, point, halves="cond", cfg=recipe.guidance > 1) as recorder:
+                        generate(session.pipe, recipe.prompt, [recipe.seed], recipe.steps, recipe.guidance, output_type="latent")
+            maps = recorder.stacked(point)[:, 0]
+            self._captures.put(key, maps)
+        return maps

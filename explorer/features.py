@@ -1,0 +1,244 @@
+"""The Features panel and the feature card: ranking by importance score (METHOD section 3),
+how many features a percentile selects, top-activating patches and per-feature plots' data,
+and a UMAP map of decoder directions."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saeuron_core.errors import SaeuronError
+from saeuron_core.io import atomic_path
+from saeuron_core.scoring import score, select
+from saeuron_core.stats import FeatureStats
+
+from .imaging import crop_around, overlay, upscale
+from .limits import check_float, check_int
+from .session import ExplorerSession
+
+
+@dataclass(frozen=True)
+class RankedFeature:
+    feature: int
+    score: float
+    """Score for the chosen concept, or for the feature's top concept when none is chosen."""
+    frequency: float
+    """Fraction of tokens where the feature is active."""
+    top_concept: str
+    """The concept with the highest score for this feature (at the chosen step)."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    image: object
+    """PIL: the whole regenerated image with the feature's activation map overlaid."""
+    crop: object
+    """PIL: the tokens around the activation peak, enlarged."""
+    value: float
+    prompt: str
+    seed: int
+    step: int
+    timestep: int
+    row: int
+    col: int
+    placeholder: bool = False
+    """True when the image was not generated yet (grey background)."""
+
+
+@dataclass(frozen=True)
+class FeatureCard:
+    point: str
+    feature: int
+    step: int | None
+    patches: list[Patch]
+    timesteps: list[int]
+    activation_by_step: dict[str, list[float]]
+    """Mean spatially averaged activation per step: "all concepts" and, if chosen, the concept."""
+    histogram_edges: list[float]
+    histogram_counts: list[int]
+    concept_means: dict[str, float]
+    """Mean activation per concept at the chosen step (all steps: averaged over steps)."""
+    frequency: float
+    top_concept: str
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    point: str
+    xy: np.ndarray
+    """[n_latents, 2] UMAP coordinates of the decoder directions."""
+    top_concept: list[str]
+    top_score: np.ndarray
+
+
+ALL_CONCEPTS = "all concepts"
+
+
+class FeatureExplorer:
+    """Ranking, selection counts, feature cards and feature maps for one session."""
+
+    def __init__(self, session: ExplorerSession, map_cache_dir: str | Path | None = None):
+        self.session = session
+        self.map_cache_dir = Path(map_cache_dir) if map_cache_dir else Path.home() / ".cache" / "saeuron-explorer"
+        self._scores: dict[str, tuple[tuple[str, ...], torch.Tensor]] = {}
+        self._maps: dict[str, FeatureMap] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ facts
+    def stats(self, point: str) -> FeatureStats:
+        return self.session.bundle.stats[self.session.check_point(point)]
+
+    def concepts(self, point: str | None = None) -> list[str]:
+        point = point or self.session.points[0]
+        return list(self.concept_scores(point)[0])
+
+    def timesteps(self, point: str) -> list[int]:
+        return list(self.stats(point).timesteps)
+
+    def check_step(self, point: str, step) -> int | None:
+        if step is None:
+            return None
+        return check_int("step", step, 0, len(self.stats(point).timesteps) - 1)
+
+    def check_feature(self, point: str, feature) -> int:
+        return check_int("feature id", feature, 0, self.stats(point).n_latents - 1)
+
+    def concept_scores(self, point: str) -> tuple[tuple[str, ...], torch.Tensor]:
+        """Every concept of every kind and its score [n_concepts, T, n_latents] at ``point`` (cached)."""
+        with self._lock:
+            if point not in self._scores:
+                stats = self.stats(point)
+                names, rows = [], []
+                for kind in dict.fromkeys(stats.concept_kinds):
+                    by_kind = stats.concept_stats(kind)
+                    for concept in by_kind.concepts:
+                        names.append(concept)
+                        rows.append(score(by_kind, concept).float())
+                self._scores[point] = (tuple(names), torch.stack(rows))
+            return self._scores[point]
+
+    def _scores_at(self, point: str, step: int | None) -> tuple[tuple[str, ...], torch.Tensor]:
+        names, scores = self.concept_scores(point)
+        return names, scores.mean(1) if step is None else scores[:, step]  # [n_concepts, n_latents]
+
+    def _concept_index(self, point: str, concept: str) -> int:
+        names = self.concept_scores(point)[0]
+        if concept not in names:
+            raise SaeuronError(f"unknown concept {concept!r}; the statistics at {point} know {', '.join(names)}")
+        return names.index(concept)
+
+    def top_concept(self, point: str, feature: int, step: int | None = None) -> str:
+        names, scores = self._scores_at(point, self.check_step(point, step))
+        return names[int(scores[:, self.check_feature(point, feature)].argmax())]
+
+    # ------------------------------------------------------------------ ranking
+    def rank(self, point: str, concept: str | None = None, step: int | None = None, limit: int = 50) -> list[RankedFeature]:
+        """Features by descending score for ``concept`` at ``step`` (None: averaged over steps).
+
+        Without a concept each feature is scored for its top concept, which ranks the most
+        concept-specific features of any concept first.
+        """
+        step = self.check_step(point, step)
+        limit = check_int("number of rows", limit, 1, self.session.limits.max_ranked_rows)
+        names, scores = self._scores_at(point, step)
+        best_score, best = scores.max(0)
+        chosen = best_score if concept is None else scores[self._concept_index(point, concept)]
+        order = chosen.argsort(descending=True)[:limit].tolist()
+        frequency = self.stats(point).frequency
+        return [RankedFeature(i, float(chosen[i]), float(frequency[i]), names[int(best[i])]) for i in order]
+
+    def selection_counts(self, point: str, concept: str, percentile: float) -> list[int]:
+        """How many features the ``percentile`` threshold selects for ``concept`` at each step."""
+        percentile = check_float("percentile", percentile, 1e-9, 100 - 1e-9)
+        return [len(ids) for ids in select(self.concept_scores(point)[1][self._concept_index(point, concept)], percentile)]
+
+    # ------------------------------------------------------------------ feature card
+    def card(self, point: str, feature: int, step: int | None = None, concept: str | None = None, generate_images: bool = True) -> FeatureCard:
+        """Everything the feature card shows. With ``generate_images`` False, patches whose image
+        is not cached yet show their heatmap on a grey background (``Patch.placeholder``): a
+        card that is fast to serve first, before the one with regenerated images."""
+        stats = self.stats(point)
+        feature, step = self.check_feature(point, feature), self.check_step(point, step)
+        all_means = stats.concept_sums[:, :, feature] / stats.concept_counts.clamp(min=1)[:, None]  # [C, T]
+        by_step = {ALL_CONCEPTS: all_means.mean(0).tolist()}
+        if concept is not None:
+            self._concept_index(point, concept)
+            by_step[concept] = all_means[stats.concepts.index(concept)].tolist()
+        at_step = all_means.mean(1) if step is None else all_means[:, step]
+        return FeatureCard(
+            point=point,
+            feature=feature,
+            step=step,
+            patches=self._patches(stats, feature, step, generate_images),
+            timesteps=list(stats.timesteps),
+            activation_by_step=by_step,
+            histogram_edges=stats.bin_edges.tolist(),
+            histogram_counts=stats.histogram[feature].tolist(),
+            concept_means=dict(zip(stats.concepts, at_step.tolist())),
+            frequency=float(stats.frequency[feature]),
+            top_concept=self.top_concept(point, feature, step),
+        )
+
+    def _patches(self, stats: FeatureStats, feature: int, step: int | None, generate_images: bool) -> list[Patch]:
+        """Top-activating entries of the step's timestep bucket (all buckets: the best overall)."""
+        buckets = range(len(stats.bucket_edges)) if step is None else [stats.bucket_of_step(step)]
+        entries = [
+            (float(stats.top_values[feature, b, m]), int(stats.top_item[feature, b, m]), int(stats.top_step[feature, b, m]), int(stats.top_pos[feature, b, m]), stats.top_maps[feature, b, m])
+            for b in buckets
+            for m in range(stats.top_values.shape[2])
+            if int(stats.top_item[feature, b, m]) >= 0
+        ]
+        entries = sorted(entries, key=lambda e: -e[0])[: stats.top_values.shape[2]]
+        if not entries:
+            return []
+        items = [stats.items[e[1]] for e in entries]
+        jobs, steps, guidance = [(it["prompt"], it["seed"]) for it in items], len(stats.timesteps), stats.guidance
+        if generate_images:
+            images = self.session.plain_images(jobs, steps, guidance)
+        else:
+            images = [self.session.images.get((prompt, seed, steps, float(guidance))) for prompt, seed in jobs]
+        size = self.session.info.image_size
+        peak = entries[0][0]
+        grid = (stats.height, stats.width)
+        patches = []
+        for (value, _item, item_step, pos, act_map), item, image in zip(entries, items, images):
+            row, col = divmod(pos, stats.width)
+            background = np.full((size, size, 3), 128, dtype=np.uint8) if image is None else image
+            heat = overlay(background, act_map.float().reshape(grid).numpy(), peak)
+            crop = upscale(crop_around(heat, row, col, grid), 96)
+            patches.append(Patch(upscale(heat), crop, value, item["prompt"], item["seed"], item_step, int(stats.timesteps[item_step]), row, col, image is None))
+        return patches
+
+    # ------------------------------------------------------------------ UMAP
+    def feature_map(self, point: str) -> FeatureMap:
+        """UMAP of the SAE's decoder directions, computed once per SAE and cached on disk."""
+        self.session.check_point(point)
+        with self._lock:
+            if point not in self._maps:
+                self._maps[point] = self._compute_map(point)
+            return self._maps[point]
+
+    def _compute_map(self, point: str) -> FeatureMap:
+        w_dec = self.session.bundle.saes[point].W_dec.detach().float().numpy()
+        key = hashlib.sha256(np.ascontiguousarray(w_dec).tobytes()).hexdigest()[:16]
+        cache = self.map_cache_dir / f"umap-{key}.npy"
+        if cache.is_file():
+            xy = np.load(cache)
+        else:
+            import umap
+
+            unit = w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True).clip(1e-12)
+            try:
+                xy = umap.UMAP(n_neighbors=min(15, len(unit) - 1), metric="cosine", random_state=0, n_jobs=1).fit_transform(unit).astype(np.float32)
+            finally:
+                torch.set_num_threads(self.session.threads)  # numba changes it
+            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+                np.save(f, xy)
+        names, scores = self._scores_at(point, None)
+        best_score, best = scores.max(0)
+        return FeatureMap(point, xy, [names[i] for i in best.tolist()], best_score.numpy())

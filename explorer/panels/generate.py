@@ -1,0 +1,115 @@
+"""Generate panel: prompt, seed, steps, guidance and the intervention list; the edited image next
+to the unedited one and their difference; features active at a clicked patch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from saeuron_core.interventions import ScaleFeatures
+
+from ..context import Explorer
+from ..editing import Preview
+from ..imaging import upscale, upscale_factor
+from ..recipes import Recipe, recipe_to_json, recipe_to_python, recipe_to_query
+from ..zerogpu import gpu
+from . import served, ui_errors
+from .features import append_intervention, parse_interventions
+
+ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
+DISPLAY_SIDE = 256
+
+
+@dataclass
+class GeneratePanel:
+    prompt: gr.Textbox
+    seed: gr.Number
+    steps: gr.Slider
+    guidance: gr.Slider
+    interventions: gr.Code
+    clear_button: gr.Button
+    generate_button: gr.Button
+    before: gr.Image
+    after: gr.Image
+    difference: gr.Image
+    note: gr.Markdown
+    patch_point: gr.Dropdown
+    patch_step: gr.Slider
+    active: gr.Dataframe
+
+
+def layout(ex: Explorer) -> GeneratePanel:
+    info, limits = ex.session.info, ex.session.limits
+    example = f"An image of {info.objects[0]} in {info.styles[0]} style." if info.objects and info.styles else "A photo of a cat."
+    with gr.Row():
+        prompt = gr.Textbox(example, label="Prompt", max_length=limits.max_prompt_chars, elem_id="prompt", scale=3)
+        seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+        steps = gr.Slider(1, limits.max_steps, value=info.default_steps, step=1, label="Steps")
+        guidance = gr.Slider(0, limits.max_guidance, value=info.default_guidance, step=0.5, label="Guidance")
+    interventions = gr.Code("[]", language="json", label="Interventions (add them from the feature card, or edit)", interactive=True, elem_id="interventions")
+    with gr.Row():
+        clear_button = gr.Button("Clear interventions")
+        generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+    with gr.Row():
+        before = gr.Image(label="Without interventions", type="pil", format="png", interactive=False, elem_id="before")
+        after = gr.Image(label="With interventions (click a patch)", type="pil", format="png", interactive=False, elem_id="after")
+        difference = gr.Image(label="Difference", type="pil", format="png", interactive=False)
+    note = gr.Markdown()
+    with gr.Row():
+        patch_point = gr.Dropdown(ex.session.points, value=ex.session.points[0], label="Hook point of the clicked patch")
+        patch_step = gr.Slider(0, limits.max_steps - 1, value=0, step=1, label="Step of the clicked patch")
+    active = gr.Dataframe(headers=ACTIVE_COLUMNS, interactive=False, label="Features active at the clicked patch (select one to ablate it)", elem_id="active")
+    return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active)
+
+
+def read_recipe(ex: Explorer, prompt, seed, steps, guidance, interventions) -> Recipe:
+    base = ex.session.default_recipe(prompt)
+    return Recipe(prompt, int(seed) if seed is not None else 0, int(steps), float(guidance), tuple(parse_interventions(interventions)), base.model, base.sae, base.stats)
+
+
+def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list) -> None:
+    recipe_inputs = [p.prompt, p.seed, p.steps, p.guidance, p.interventions]
+
+    @gpu
+    @ui_errors
+    def generate(prompt, seed, steps, guidance, interventions, request: gr.Request):
+        for update in ex.editor.stream(read_recipe(ex, prompt, seed, steps, guidance, interventions)):
+            if isinstance(update, Preview):
+                yield gr.skip(), served(upscale(update.image, DISPLAY_SIDE)), gr.skip(), f"Step {update.step + 1} of {steps}…", gr.skip(), gr.skip(), gr.skip()
+                continue
+            recipe = update.recipe
+            note = f"Largest pixel change: {update.max_difference:.1%} (mean over channels)." if recipe.interventions else "No interventions: the two images are the same."
+            recipe_json = recipe_to_json(recipe)
+            yield (served(upscale(update.before, DISPLAY_SIDE), recipe_to_json(recipe.with_interventions(()))), served(upscale(update.after, DISPLAY_SIDE), recipe_json), served(upscale(update.difference, DISPLAY_SIDE)), note,
+                   recipe_json, page_url(request) + "?" + recipe_to_query(recipe), recipe_to_python(recipe, ex.session.sources.defaults))
+
+    @gpu
+    @ui_errors
+    def features_at(prompt, seed, steps, guidance, interventions, point, step, evt: gr.SelectData):
+        x, y = evt.index
+        side = ex.session.info.image_size * upscale_factor(ex.session.info.image_size, DISPLAY_SIDE)  # the shown image
+        found = ex.editor.features_at(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, int(step), x, y, (side, side))
+        return pd.DataFrame([[f.feature, f.activation, f.top_concept] for f in found], columns=ACTIVE_COLUMNS)
+
+    @ui_errors
+    def ablate_row(current, point, table, evt: gr.SelectData):
+        return append_intervention(current, ScaleFeatures((int(table.iloc[evt.index[0], 0]),), 0.0, None, point))
+
+    p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8)
+    p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions")
+    p.after.select(features_at, [*recipe_inputs, p.patch_point, p.patch_step], p.active, api_name="features_at_patch", concurrency_id="unet")
+    p.active.select(ablate_row, [p.interventions, p.patch_point, p.active], p.interventions, api_visibility="private")
+
+
+def page_url(request: gr.Request | None) -> str:
+    """The app's address as the browser sees it (empty when unknown: the query alone is shown)."""
+    if request is None:
+        return ""
+    headers = request.headers
+    host = headers.get("x-forwarded-host") or headers.get("host")
+    if not host:
+        return ""
+    scheme = headers.get("x-forwarded-proto", "http")
+    return f"{scheme}://{host}/"

@@ -1,0 +1,238 @@
+"""Recipes: everything that reproduces an output (model, SAE, prompt, seed, steps, guidance,
+interventions), as JSON, as a URL query string and as a Python snippet using ``saeuron_core``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from urllib.parse import parse_qs, urlencode
+
+from saeuron_core.errors import SaeuronError
+from saeuron_core.interventions import Intervention, ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.unlearning import SaeBundle
+
+from .limits import Limits, check_float, check_int, check_prompt
+
+FORMAT = "saeuron-recipe/1"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    interventions: tuple[Intervention, ...] = ()
+    model: str = "minicanvas"
+    sae: str | None = None
+    """SAE folder; None: the bundled SAEs."""
+    stats: str | None = None
+    """Feature statistics folder; None: the bundled statistics."""
+
+    def with_interventions(self, interventions) -> "Recipe":
+        return replace(self, interventions=tuple(interventions))
+
+
+# --------------------------------------------------------------------------- interventions <-> dicts
+def _window(steps: StepWindow | None) -> list | None:
+    return None if steps is None else [steps.start, steps.stop]
+
+
+def intervention_to_dict(iv: Intervention) -> dict:
+    if isinstance(iv, ScaleFeatures):
+        return {"type": "ScaleFeatures", "point": iv.point, "features": list(iv.features), "factor": iv.factor, "steps": _window(iv.steps)}
+    if isinstance(iv, Steer):
+        mask = None if iv.mask is None else [list(r) if isinstance(r, tuple) else r for r in iv.mask]
+        return {"type": "Steer", "point": iv.point, "features": list(iv.features), "strength": iv.strength, "mask": mask, "steps": _window(iv.steps)}
+    if isinstance(iv, Unlearn):
+        as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+        return {"type": "Unlearn", "point": iv.point, "concepts": list(iv.concepts), "tau": as_list(iv.tau), "gamma": as_list(iv.gamma), "steps": _window(iv.steps)}
+    raise SaeuronError(f"not an intervention: {iv!r}")
+
+
+_FIELDS = {
+    "ScaleFeatures": ({"type", "point", "features", "factor"}, {"steps"}),
+    "Steer": ({"type", "point", "features", "strength"}, {"steps", "mask"}),
+    "Unlearn": ({"type", "point", "concepts", "tau", "gamma"}, {"steps"}),
+}
+
+
+def intervention_from_dict(data) -> Intervention:
+    if not isinstance(data, dict) or data.get("type") not in _FIELDS:
+        raise SaeuronError(f"an intervention must be an object with type one of {', '.join(_FIELDS)}; got {data!r:.120}")
+    required, optional = _FIELDS[data["type"]]
+    missing, unknown = required - set(data), set(data) - required - optional
+    if missing or unknown:
+        raise SaeuronError(f"{data['type']} intervention: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}")
+    steps = _read_window(data.get("steps"))
+    try:
+        if data["type"] == "ScaleFeatures":
+            return ScaleFeatures(tuple(data["features"]), float(data["factor"]), steps, data["point"])
+        if data["type"] == "Steer":
+            return Steer(tuple(data["features"]), float(data["strength"]), data.get("mask"), steps, data["point"])
+        return Unlearn(tuple(data["concepts"]), _number_or_tuple(data["tau"]), _number_or_tuple(data["gamma"]), steps, point=data["point"])
+    except (TypeError, ValueError) as e:
+        if isinstance(e, SaeuronError):
+            raise
+        raise SaeuronError(f"{data['type']} intervention has a malformed field ({e})") from None
+
+
+def _read_window(steps) -> StepWindow | None:
+    if steps is None:
+        return None
+    if not isinstance(steps, list) or len(steps) != 2 or not isinstance(steps[0], int) or not (steps[1] is None or isinstance(steps[1], int)):
+        raise SaeuronError(f"a step window is [start, stop] (stop may be null), got {steps!r}")
+    return StepWindow(steps[0], steps[1])
+
+
+def _number_or_tuple(value):
+    return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
+
+
+# --------------------------------------------------------------------------- validation
+def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tuple[Intervention, ...]:
+    """Interventions that this bundle can apply and that stay within ``limits``."""
+    interventions = tuple(interventions)
+    if len(interventions) > limits.max_interventions:
+        raise SaeuronError(f"{len(interventions)} interventions; the limit is {limits.max_interventions}")
+    for iv in interventions:
+        if iv.point not in bundle.saes:
+            raise SaeuronError(f"no SAE for hook point {iv.point!r}; this app has SAEs for {', '.join(bundle.saes)}")
+        if isinstance(iv, Unlearn):
+            for concept, _tau, gamma in iv.per_concept():
+                bundle.kind_of(concept)
+                check_float("gamma", gamma, -limits.max_gamma, limits.max_gamma)
+            continue
+        n_latents = bundle.saes[iv.point].num_latents
+        if len(iv.features) > limits.max_features_per_intervention:
+            raise SaeuronError(f"{len(iv.features)} features in one intervention; the limit is {limits.max_features_per_intervention}")
+        for f in iv.features:
+            check_int("feature id", f, 0, n_latents - 1)
+        if isinstance(iv, ScaleFeatures):
+            check_float("scale factor", iv.factor, -limits.max_scale_factor, limits.max_scale_factor)
+        else:
+            check_float("steering strength", iv.strength, -limits.max_steer_strength, limits.max_steer_strength)
+    return interventions
+
+
+def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits) -> Recipe:
+    return replace(
+        recipe,
+        prompt=check_prompt(recipe.prompt, limits),
+        seed=check_int("seed", recipe.seed, 0, limits.max_seed),
+        steps=check_int("steps", recipe.steps, 1, limits.max_steps),
+        guidance=check_float("guidance", recipe.guidance, 0.0, limits.max_guidance),
+        interventions=check_interventions(recipe.interventions, bundle, limits),
+    )
+
+
+# --------------------------------------------------------------------------- JSON
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return {
+        "format": FORMAT,
+        "model": recipe.model,
+        "sae": recipe.sae,
+        "stats": recipe.stats,
+        "prompt": recipe.prompt,
+        "seed": recipe.seed,
+        "steps": recipe.steps,
+        "guidance": recipe.guidance,
+        "interventions": [intervention_to_dict(iv) for iv in recipe.interventions],
+    }
+
+
+def recipe_to_json(recipe: Recipe) -> str:
+    return json.dumps(recipe_to_dict(recipe), indent=2)
+
+
+_RECIPE_KEYS = {"format", "model", "sae", "stats", "prompt", "seed", "steps", "guidance", "interventions"}
+
+
+def recipe_from_json(text: str) -> Recipe:
+    try:
+        data = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as e:
+        raise SaeuronError(f"the recipe is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise SaeuronError("a recipe is a JSON object")
+    if data.get("format") != FORMAT:
+        raise SaeuronError(f"not a recipe of format {FORMAT!r} (format: {data.get('format')!r})")
+    missing, unknown = {"prompt", "seed", "steps", "guidance"} - set(data), set(data) - _RECIPE_KEYS
+    if missing or unknown:
+        raise SaeuronError(f"recipe: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}")
+    return _recipe_from_fields(data)
+
+
+def _recipe_from_fields(data: dict) -> Recipe:
+    interventions = data.get("interventions") or []
+    if not isinstance(interventions, list):
+        raise SaeuronError("recipe: interventions must be a list")
+    return Recipe(
+        prompt=data["prompt"],
+        seed=data["seed"],
+        steps=data["steps"],
+        guidance=data["guidance"],
+        interventions=tuple(intervention_from_dict(d) for d in interventions),
+        model=data.get("model", "minicanvas"),
+        sae=data.get("sae"),
+        stats=data.get("stats"),
+    )
+
+
+# --------------------------------------------------------------------------- URL
+def recipe_to_query(recipe: Recipe) -> str:
+    """A URL query string (without "?") that restores the recipe in the app."""
+    fields = {"prompt": recipe.prompt, "seed": recipe.seed, "steps": recipe.steps, "guidance": recipe.guidance}
+    if recipe.interventions:
+        fields["interventions"] = json.dumps([intervention_to_dict(iv) for iv in recipe.interventions], separators=(",", ":"))
+    return urlencode(fields)
+
+
+def recipe_from_query(query: str | dict, model: str = "minicanvas", sae: str | None = None, stats: str | None = None) -> Recipe | None:
+    """The recipe in a query string (or a dict of query parameters); None when it holds none."""
+    params = {k: v[-1] for k, v in parse_qs(query).items()} if isinstance(query, str) else dict(query)
+    if "prompt" not in params:
+        return None
+    try:
+        data = {
+            "prompt": params["prompt"],
+            "seed": int(params.get("seed", 0)),
+            "steps": int(params["steps"]),
+            "guidance": float(params["guidance"]),
+            "interventions": json.loads(params.get("interventions", "[]")),
+            "model": model,
+            "sae": sae,
+            "stats": stats,
+        }
+    except (KeyError, ValueError) as e:
+        raise SaeuronError(f"the URL does not hold a valid recipe ({type(e).__name__}: {e})") from None
+    return _recipe_from_fields(data)
+
+
+# --------------------------------------------------------------------------- Python snippet
+def _core_repr(iv: Intervention) -> str:
+    window = "None" if iv.steps is None else f"StepWindow({iv.steps.start}, {iv.steps.stop})"
+    if isinstance(iv, ScaleFeatures):
+        return f"ScaleFeatures(features={iv.features!r}, factor={iv.factor!r}, steps={window}, point={iv.point!r})"
+    if isinstance(iv, Steer):
+        return f"Steer(features={iv.features!r}, strength={iv.strength!r}, mask={iv.mask!r}, steps={window}, point={iv.point!r})"
+    return f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, point={iv.point!r})"
+
+
+def recipe_to_python(recipe: Recipe, defaults: str | None = None) -> str:
+    """A script that reproduces the recipe's edited image with ``saeuron_core`` alone."""
+    ivs = ",\n    ".join(_core_repr(iv) for iv in recipe.interventions)
+    return f"""import torch
+from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.pipeline import load_pipeline, model_info
+from saeuron_core.unlearning import SaeBundle, generate_with
+
+torch.set_num_threads(1)
+pipe = load_pipeline({recipe.model!r})
+bundle = SaeBundle.load(model_info(pipe, {recipe.model!r}), {recipe.sae!r}, {recipe.stats!r}, {defaults!r})
+interventions = [
+    {ivs}
+]
+image = generate_with(pipe, bundle, interventions, {recipe.prompt!r}, [{recipe.seed}], {recipe.steps}, {recipe.guidance!r})[0]
+image.save("recipe.png")
+"""

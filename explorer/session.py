@@ -1,0 +1,191 @@
+"""The loaded model, SAEs, statistics and judge of one explorer process, and the one lock that
+serialises every use of the U-Net.
+
+U-Net hooks are global state on a shared module, so every hooked (or plain) generation runs inside
+``session.unet()``: two requests with different interventions each get exactly their own
+result. Generated images are kept in a bounded LRU cache keyed by what decides them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saeuron_core.errors import SaeuronError
+from saeuron_core.hooks import resolve_point
+from saeuron_core.interventions import apply_interventions
+from saeuron_core.judge import Judge
+from saeuron_core.paths import ASSETS
+from saeuron_core.pipeline import ModelInfo, generate, load_pipeline, model_info
+from saeuron_core.unlearning import SaeBundle, generate_with
+
+from .limits import Limits
+from .recipes import Recipe, check_recipe
+
+
+class LruCache:
+    """A thread-safe mapping that keeps the ``capacity`` most recently used entries."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise SaeuronError(f"cache capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key]
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the session's parts came from, as recipes name them (None: bundled)."""
+
+    model: str
+    sae: str | None
+    stats: str | None
+    defaults: str | None
+
+
+class ExplorerSession:
+    """Pipeline + SaeBundle + judge, the U-Net lock and the image cache."""
+
+    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None):
+        """``threads``: torch CPU threads for every generation (default: the current setting)."""
+        for point in bundle.saes:
+            resolve_point(pipe.unet, point)  # a model without the SAEs' hook points fails here
+        self.pipe, self.info, self.bundle, self.judge = pipe, info, bundle, judge
+        self.sources, self.limits = sources, limits
+        self.threads = threads or torch.get_num_threads()
+        self.images = LruCache(image_cache_size)
+        self._unet_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def unet(self):
+        """Exclusive use of the U-Net (and its hooks) by the calling thread.
+
+        The thread count is set again on every use: it is per thread for new request threads, and
+        other libraries (numba, via UMAP) change it; a different count changes the bits of a result.
+        """
+        with self._unet_lock:
+            torch.set_num_threads(self.threads)
+            yield self.pipe
+
+    @classmethod
+    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None) -> "ExplorerSession":
+        """Load a model and its SAEs, statistics and (when available) judge.
+
+        Without ``judge`` the bundled judge is used for the bundled model; other models have none
+        unless given (the unlearn grid then asks for one).
+        """
+        pipe = load_pipeline(model, device)
+        info = model_info(pipe, model)
+        bundle = SaeBundle.load(info, sae, stats, defaults)
+        judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
+        loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None
+        as_text = lambda p: None if p is None else str(p)  # noqa: E731
+        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def points(self) -> list[str]:
+        return list(self.bundle.saes)
+
+    def check_point(self, point: str) -> str:
+        if point not in self.bundle.saes:
+            raise SaeuronError(f"no SAE for hook point {point!r}; choose one of {', '.join(self.bundle.saes)}")
+        return point
+
+    def default_recipe(self, prompt: str) -> Recipe:
+        return Recipe(prompt, 0, self.info.default_steps, self.info.default_guidance, (), self.sources.model, self.sources.sae, self.sources.stats)
+
+    def complete(self, recipe: Recipe) -> Recipe:
+        """``recipe`` validated against this session's caps and SAEs, naming this session's sources."""
+        for name in ("model", "sae", "stats"):
+            theirs, ours = getattr(recipe, name), getattr(self.sources, name)
+            if theirs != ours:
+                raise SaeuronError(f"the recipe is for {name} {theirs!r} but this app runs {ours!r}")
+        return check_recipe(recipe, self.bundle, self.limits)
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def render(self, recipe: Recipe, on_preview=None, previews: int = 4) -> np.ndarray:
+        """The recipe's image as uint8 [H, W, 3] (cached when it has no interventions).
+
+        ``on_preview(step, image)``, if given, receives the decoded latents at about ``previews``
+        evenly spaced steps while the image is generated.
+        """
+        recipe = self.complete(recipe)
+        if on_preview is None and not recipe.interventions:
+            return self.plain_images([(recipe.prompt, recipe.seed)], recipe.steps, recipe.guidance)[0]
+        interventions = list(recipe.interventions)
+        with self.unet():
+            if on_preview is None:
+                image = generate_with(self.pipe, self.bundle, interventions, recipe.prompt, [recipe.seed], recipe.steps, recipe.guidance)[0]
+            else:
+                with apply_interventions(self.pipe.unet, self.bundle.saes, interventions, stats=self.bundle.concept_stats(interventions)):
+                    image = self._generate_with_previews(recipe, on_preview, previews)
+        return np.asarray(image.convert("RGB"))
+
+    def _generate_with_previews(self, recipe: Recipe, on_preview, previews: int):
+        every = max(1, recipe.steps // max(previews, 1))
+
+        def callback(_pipe, index, _timestep, tensors):
+            if (index + 1) % every == 0 and index + 1 < recipe.steps:
+                on_preview(index, self._decode(tensors["latents"]))
+            return tensors
+
+        # the arguments of saeuron_core.pipeline.generate_jobs for one job, plus the callback
+        out = self.pipe(
+            prompt=[recipe.prompt],
+            negative_prompt=[""],
+            num_inference_steps=recipe.steps,
+            guidance_scale=recipe.guidance,
+            generator=[torch.Generator("cpu").manual_seed(recipe.seed)],
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+        return out.images[0]
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        pixels = vae.decode(latents[:1] / vae.config.scaling_factor, return_dict=False)[0][0]
+        return ((pixels.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+    @torch.inference_mode()
+    def plain_images(self, jobs: list[tuple[str, int]], steps: int, guidance: float) -> list[np.ndarray]:
+        """Unedited uint8 images of (prompt, seed) jobs, from the cache or generated.
+
+        Each image is generated alone (batch of one), so a cached image is bit-identical to what
+        ``saeuron_core.pipeline.generate`` gives for that prompt and seed.
+        """
+        found = {}
+        for prompt, seed in dict.fromkeys(jobs):
+            key = (prompt, seed, steps, float(guidance))
+            image = self.images.get(key)
+            if image is None:
+                with self.unet():
+                    image = np.asarray(generate(self.pipe, prompt, [seed], steps, guidance)[0].convert("RGB"))
+                self.images.put(key, image)
+            found[(prompt, seed)] = image
+        return [found[job] for job in jobs]

@@ -1,0 +1,157 @@
+"""The Gradio app, launched in-process on a free port and driven through gradio_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+from explorer.app import build_app  # noqa: E402
+from explorer.session import ExplorerSession  # noqa: E402
+
+PROMPT = "An image of star in dots style."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    r = tiny_bundle
+    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge"))
+    demo = build_app(session, tmp_path_factory.mktemp("maps"))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield session, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def new_client(url: str, downloads) -> Client:
+    # Downloads go to their own folder: the default is the server's own file cache (same process),
+    # where a download and a concurrent serve of the same file would race.
+    return Client(url, verbose=False, download_files=str(downloads))
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    return new_client(server[1], tmp_path_factory.mktemp("downloads"))
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def generate(client, interventions="[]", prompt=PROMPT, seed=0):
+    before, after, difference, note, recipe, url, python = client.predict(prompt, seed, 3, 4.0, interventions, api_name="/generate")
+    return pixels(before), pixels(after), recipe
+
+
+def test_rank_and_open_a_feature(server, client):
+    session = server[0]
+    point = session.points[0]
+    table, _scores, counts = client.predict("dots", point, False, 1, 95.0, api_name="/rank_features")
+    assert table["headers"] == ["feature", "score", "frequency", "top concept"]
+    scores = [row[1] for row in table["data"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 50
+    assert counts is not None  # a concept is chosen: the selection chart is drawn
+    feature = table["data"][0][0]
+    summary, gallery, *_plots = client.predict(point, feature, "dots", False, 1, api_name="/feature_card")
+    assert f"**Feature {feature}**" in summary and "step 1" in summary
+    assert gallery and all(pixels(item["image"]).shape[0] >= 96 for item in gallery)
+
+
+def test_an_ablation_changes_the_image_and_its_recipe_reproduces_it(server, client):
+    point = server[0].points[0]
+    table, *_ = client.predict("dots", point, True, 0, 95.0, api_name="/rank_features")
+    interventions = client.predict("[]", point, table["data"][0][0], 0, 0, 0, None, api_name="/add_ablation")
+    assert json.loads(interventions)[0]["factor"] == 0.0
+    plain_before, plain_after, _ = generate(client)
+    assert np.array_equal(plain_before, plain_after)
+    before, after, recipe = generate(client, interventions)
+    assert np.array_equal(before, plain_before) and not np.array_equal(before, after)
+    fields = client.predict(recipe, api_name="/import_recipe")
+    prompt, seed, steps, guidance, imported = fields
+    assert (prompt, seed, steps, guidance) == (PROMPT, 0, 3, 4.0)
+    assert np.array_equal(generate(client, imported)[1], after)
+
+
+def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
+    point = server[0].points[0]
+    cases = [
+        (("", 0, 3, 4.0, "[]"), "/generate", "the prompt is empty"),
+        ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [99999], "factor": 0}]' % point), "/generate", "feature id must be in"),
+        ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 1e9}]' % point), "/generate", "scale factor must be in"),
+        (("{broken",), "/import_recipe", "not valid JSON"),
+        ((point, 99999, None, True, 0), "/feature_card", "feature id must be in"),
+    ]
+    for args, api, message in cases:
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, api_name=api)
+    before, after, _ = generate(client)
+    assert before.shape == after.shape == (256, 256, 3)
+
+
+def test_eight_concurrent_clients_get_their_own_interventions(server, tmp_path):
+    session, url = server
+    point = session.points[0]
+    jobs = [json.dumps([{"type": "ScaleFeatures", "point": point, "features": [i], "factor": 0.0 if i % 2 else 4.0}]) for i in range(8)]
+    sequential = [generate(new_client(url, tmp_path / "sequential"), iv)[1] for iv in jobs]
+    clients = [new_client(url, tmp_path / f"client{i}") for i in range(len(jobs))]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda args: generate(*args)[1], zip(clients, jobs)))
+    assert all(np.array_equal(a, b) for a, b in zip(concurrent, sequential))
+    assert len({a.tobytes() for a in sequential}) > 1
+
+
+def test_served_images_carry_their_recipe(server, client):
+    point = server[0].points[0]
+    interventions = json.dumps([{"type": "ScaleFeatures", "point": point, "features": [2], "factor": 0.0}])
+    before, after, *_rest, recipe, url, python = client.predict(PROMPT, 4, 3, 4.0, interventions, api_name="/generate")
+    assert Image.open(after).info["saeuron-recipe"] == recipe
+    assert json.loads(Image.open(before).info["saeuron-recipe"])["interventions"] == []
+    assert "?prompt=An+image+of+star" in url and "interventions=" in url
+    assert "generate_with(" in python
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "explorer.app", "--model", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("saeuron-explorer: error: unknown model spec") and "Traceback" not in proc.stderr
+
+
+def test_spaces_entry_point_builds_the_app(tiny_bundle):
+    r = tiny_bundle
+    env = {**os.environ, "SAEURON_MODEL": str(r / "model"), "SAEURON_SAE": str(r / "sae"), "SAEURON_STATS": str(r / "stats"), "SAEURON_JUDGE": str(r / "judge")}
+    code = "import app, gradio; assert isinstance(app.demo, gradio.Blocks); print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_steering_with_a_painted_mask(server, client, tmp_path):
+    from gradio_client import handle_file
+
+    point = server[0].points[0]
+    layer = np.zeros((256, 256, 4), dtype=np.uint8)
+    layer[:40, :40] = (255, 48, 48, 255)  # the top-left corner: token 0 only
+    Image.fromarray(layer).save(tmp_path / "layer.png")
+    painting = {"background": None, "layers": [handle_file(str(tmp_path / "layer.png"))], "composite": None}
+    added = json.loads(client.predict("[]", point, 3, 30.0, 1, 0, painting, api_name="/add_steering"))
+    assert added == [{"type": "Steer", "point": point, "features": [3], "strength": 30.0, "mask": [0], "steps": [1, None]}]
+    everywhere = json.loads(client.predict("[]", point, 3, 30.0, 0, 0, None, api_name="/add_steering"))
+    assert everywhere[0]["mask"] is None and everywhere[0]["steps"] is None
+    before, after, _ = generate(client, json.dumps(added))
+    assert not np.array_equal(before, after)

@@ -1,0 +1,288 @@
+"""The explorer's app logic, called directly on the tiny bundle (no Gradio)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from saeuron_core.errors import SaeuronError
+from saeuron_core.hooks import capture_activations, to_tokens
+from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.pipeline import generate
+from saeuron_core.scoring import score, select
+from saeuron_core.unlearning import SaeBundle
+
+from explorer.context import Explorer
+from explorer.limits import Limits
+from explorer.recipes import Recipe, recipe_from_json, recipe_from_query, recipe_to_json, recipe_to_python, recipe_to_query
+from explorer.session import ExplorerSession, LruCache
+
+PROMPT = "An image of star in dots style."
+
+
+@pytest.fixture(scope="module")
+def ex(tiny_bundle, tmp_path_factory) -> Explorer:
+    r = tiny_bundle
+    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge"))
+    return Explorer.build(session, tmp_path_factory.mktemp("maps"))
+
+
+@pytest.fixture(scope="module")
+def point(ex) -> str:
+    return ex.session.points[0]
+
+
+def recipe(ex, *interventions, **changes) -> Recipe:
+    return replace(ex.session.default_recipe(PROMPT), interventions=tuple(interventions), **changes)
+
+
+# --------------------------------------------------------------------------- ranking
+def test_rank_follows_the_method_score(ex, point):
+    stats = ex.session.bundle.stats[point]
+    expected = score(stats.concept_stats("style"), "dots")[1]
+    rows = ex.features.rank(point, "dots", step=1, limit=10)
+    assert [r.feature for r in rows] == expected.argsort(descending=True)[:10].tolist()
+    assert [r.score for r in rows] == pytest.approx(expected.sort(descending=True).values[:10].tolist())
+    assert all(r.frequency == pytest.approx(float(stats.frequency[r.feature])) for r in rows)
+    averaged = ex.features.rank(point, "dots", step=None, limit=3)
+    assert averaged[0].score == pytest.approx(float(score(stats.concept_stats("style"), "dots").mean(0).max()))
+
+
+def test_rank_without_concept_uses_each_features_top_concept(ex, point):
+    rows = ex.features.rank(point, None, step=0, limit=20)
+    assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
+    for r in rows[:5]:
+        own = ex.features.rank(point, r.top_concept, step=0, limit=200)
+        assert next(o.score for o in own if o.feature == r.feature) == pytest.approx(r.score)
+
+
+def test_selection_counts_match_select_and_shrink_with_the_percentile(ex, point):
+    scores = score(ex.session.bundle.stats[point].concept_stats("object"), "star")
+    assert ex.features.selection_counts(point, "star", 90) == [len(ids) for ids in select(scores, 90)]
+    low, high = ex.features.selection_counts(point, "star", 50), ex.features.selection_counts(point, "star", 99)
+    assert all(h <= lo for h, lo in zip(high, low)) and sum(high) < sum(low)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda f, p: f.rank(p, "vangogh"), "unknown concept 'vangogh'"),
+    (lambda f, p: f.rank(p, "dots", step=99), "step must be in"),
+    (lambda f, p: f.rank("up_blocks.9.attentions.0"), "no SAE for hook point"),
+    (lambda f, p: f.card(p, 10_000), "feature id must be in"),
+    (lambda f, p: f.card(p, -1), "feature id must be in"),
+    (lambda f, p: f.selection_counts(p, "dots", 100), "percentile must be in"),
+])
+def test_bad_feature_requests_name_the_problem(ex, point, call, message):
+    with pytest.raises(SaeuronError, match=message):
+        call(ex.features, point)
+
+
+# --------------------------------------------------------------------------- feature card
+def test_card_patches_come_from_the_steps_bucket_with_deterministic_images(ex, point):
+    stats = ex.session.bundle.stats[point]
+    feature = ex.features.rank(point, "dots", step=0, limit=1)[0].feature
+    for step in (0, 2):
+        card = ex.features.card(point, feature, step, "dots")
+        bucket = stats.bucket_of_step(step)
+        stored = sorted((v for v in stats.top_values[feature, bucket].tolist() if v > 0), reverse=True)
+        assert [p.value for p in card.patches] == pytest.approx(stored)
+        assert all(stats.bucket_of_step(p.step) == bucket for p in card.patches)
+    patch = card.patches[0]
+    regenerated = np.asarray(generate(ex.session.pipe, patch.prompt, [patch.seed], len(stats.timesteps), ex.session.info.default_guidance)[0])
+    cached = ex.session.images.get((patch.prompt, patch.seed, len(stats.timesteps), ex.session.info.default_guidance))
+    assert np.array_equal(regenerated, cached)
+    assert patch.image.size[0] >= 192 and patch.crop.size[0] >= 96
+
+
+def test_card_plots_data(ex, point):
+    stats = ex.session.bundle.stats[point]
+    card = ex.features.card(point, 5, None, "star")
+    means = stats.concept_sums[:, :, 5] / stats.concept_counts[:, None]
+    assert card.activation_by_step["star"] == pytest.approx(means[stats.concepts.index("star")].tolist())
+    assert card.activation_by_step["all concepts"] == pytest.approx(means.mean(0).tolist())
+    assert card.histogram_counts == stats.histogram[5].tolist()
+    assert card.concept_means["star"] == pytest.approx(float(means[stats.concepts.index("star")].mean()))
+
+
+def test_lru_cache_is_bounded():
+    cache = LruCache(2)
+    cache.put("a", 1), cache.put("b", 2), cache.get("a"), cache.put("c", 3)
+    assert len(cache) == 2 and cache.get("b") is None and cache.get("a") == 1
+
+
+def test_feature_map_is_computed_once_and_cached_on_disk(ex, point):
+    fmap = ex.features.feature_map(point)
+    n = ex.session.bundle.saes[point].num_latents
+    assert fmap.xy.shape == (n, 2) and np.isfinite(fmap.xy).all() and len(fmap.top_concept) == n
+    again = Explorer.build(ex.session, ex.features.map_cache_dir).features.feature_map(point)
+    assert np.array_equal(again.xy, fmap.xy)
+    assert len(list(ex.features.map_cache_dir.glob("umap-*.npy"))) == 1
+
+
+# --------------------------------------------------------------------------- generation
+def test_generate_before_after_and_difference(ex, point):
+    plain = ex.editor.generate(recipe(ex))
+    assert np.array_equal(plain.before, plain.after) and plain.max_difference == 0
+    feature = ex.features.rank(point, "dots", limit=1)[0].feature
+    edited = ex.editor.generate(recipe(ex, ScaleFeatures((feature,), 0.0, None, point), Steer((1, 2), 25.0, (0, 5), StepWindow(0, 2), ex.session.points[1])))
+    assert np.array_equal(edited.before, plain.before)
+    assert not np.array_equal(edited.before, edited.after) and edited.max_difference > 0
+    assert edited.difference.shape == edited.after.shape
+
+
+def test_concurrent_requests_get_their_own_interventions(ex, point):
+    recipes = [recipe(ex, ScaleFeatures((f,), 0.0 if f % 2 else 3.0, None, point)) for f in range(6)]
+    sequential = [ex.session.render(r) for r in recipes]
+    results = [None] * len(recipes)
+
+    def run(i):
+        results[i] = ex.session.render(recipes[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(recipes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(a, b) for a, b in zip(results, sequential))
+    assert len({r.tobytes() for r in sequential}) > 1
+
+
+def test_features_at_a_patch_are_the_saes_top_k_of_that_token(ex, point):
+    r = recipe(ex, ScaleFeatures((3,), 0.0, None, point))
+    found = ex.editor.features_at(r, point, 1, x=12, y=3, image_size=(16, 16))
+    session = ex.session
+    from saeuron_core.interventions import apply_interventions
+
+    with torch.inference_mode(), apply_interventions(session.pipe.unet, session.bundle.saes, list(r.interventions)), capture_activations(session.pipe.unet, point, halves="cond") as rec:
+        generate(session.pipe, r.prompt, [r.seed], r.steps, r.guidance, output_type="latent")
+        maps = rec.stacked(point)[1]
+        _, _, height, width = maps.shape
+        token = to_tokens(maps)[0, (3 * height // 16) * width + 12 * width // 16]
+        acts, ids = session.bundle.saes[point].encode(token)
+    expected = sorted(((float(a), int(i)) for a, i in zip(acts, ids) if a > 0), reverse=True)
+    assert [f.feature for f in found] == [i for _, i in expected]
+    assert [f.activation for f in found] == pytest.approx([a for a, _ in expected])
+
+
+# --------------------------------------------------------------------------- recipes
+def test_recipe_json_query_and_snippet_reproduce_the_image(ex, point, tmp_path, monkeypatch):
+    r = ex.session.complete(recipe(ex, ScaleFeatures((7,), 0.0, StepWindow(1, None), point), Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1]), seed=5))
+    image = ex.session.render(r)
+    assert recipe_from_json(recipe_to_json(r)) == r
+    assert recipe_from_query(recipe_to_query(r), r.model, r.sae, r.stats) == r
+    assert recipe_from_query("") is None
+    monkeypatch.chdir(tmp_path)
+    exec(recipe_to_python(r, ex.session.sources.defaults), {})
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "recipe.png").convert("RGB")), image)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ("[]", "a recipe is a JSON object"),
+    ('{"format": "other"}', "not a recipe of format"),
+    ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3}', r"missing fields \['guidance'\]"),
+    ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "Ablate"}]}', "type one of"),
+    ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "Steer", "point": "p", "features": [1]}]}', r"missing fields \['strength'\]"),
+    ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "ScaleFeatures", "point": "p", "features": [1], "factor": 0, "steps": [3, 1]}]}', "step window needs"),
+])
+def test_malformed_recipes_are_refused(text, message):
+    with pytest.raises(SaeuronError, match=message):
+        recipe_from_json(text)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda ex, p: recipe(ex, prompt="  "), "prompt is empty"),
+    (lambda ex, p: recipe(ex, prompt="x" * 301), "the limit is 300"),
+    (lambda ex, p: recipe(ex, steps=51), r"steps must be in \[1, 50\]"),
+    (lambda ex, p: recipe(ex, seed=-1), "seed must be in"),
+    (lambda ex, p: recipe(ex, guidance=1e9), "guidance must be in"),
+    (lambda ex, p: recipe(ex, *[ScaleFeatures((i,), 0.0, None, p) for i in range(13)]), "13 interventions; the limit is 12"),
+    (lambda ex, p: recipe(ex, ScaleFeatures((1,), 1e6, None, p)), "scale factor must be in"),
+    (lambda ex, p: recipe(ex, Steer((1,), float("nan"), None, None, p)), "steering strength must be a number"),
+    (lambda ex, p: recipe(ex, ScaleFeatures((100_000,), 0.0, None, p)), "feature id must be in"),
+    (lambda ex, p: recipe(ex, ScaleFeatures((1,), 0.0, None, "up_blocks.7.attentions.0")), "no SAE for hook point"),
+    (lambda ex, p: recipe(ex, Unlearn(("vangogh",), 90.0, -1.0, point=p)), "unknown concept 'vangogh'"),
+    (lambda ex, p: replace(recipe(ex), model="other/model"), "the recipe is for model"),
+])
+def test_inputs_beyond_the_caps_are_refused(ex, point, make, message):
+    with pytest.raises(SaeuronError, match=message):
+        ex.session.render(make(ex, point))
+
+
+def test_a_model_without_the_sae_hook_points_is_refused(ex):
+    s = ex.session
+    bundle = SaeBundle({"up_blocks.9.attentions.0": next(iter(s.bundle.saes.values()))}, {}, {}, {})
+    with pytest.raises(SaeuronError, match="hook point 'up_blocks.9.attentions.0' does not exist"):
+        ExplorerSession(s.pipe, s.info, bundle, None, s.sources, Limits())
+
+
+# --------------------------------------------------------------------------- unlearn grid
+def test_unlearn_grid_judges_before_and_after(ex):
+    grid = ex.audit.run(["dots", "star"], seed=3)
+    assert {iv.point for iv in grid.interventions} == set(ex.session.points)
+    roles = [c.role for c in grid.cells]
+    assert len(roles) <= ex.session.limits.max_grid_prompts and "target" in roles and "retained" in roles
+    for c in grid.cells:
+        assert ("dots" in (c.object_name, c.style) or "star" in (c.object_name, c.style)) == (c.role == "target")
+    assert set(grid.metrics_after) == {"dots", "star"}
+    assert all(0 <= v <= 1 for m in grid.metrics_after.values() for v in m.values() if v == v)
+    verdict = ex.session.judge.classify(np.stack([grid.cells[0].after]))
+    assert grid.cells[0].after_verdict == (verdict["object"][0], verdict["style"][0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(concepts=[]), "choose at least one concept"),
+    (dict(concepts=["vangogh"]), "unknown concept 'vangogh'"),
+    (dict(concepts=["dots"], tau=90.0), "give both tau and gamma"),
+    (dict(concepts=["heart"]), "no default tau/gamma for 'heart'"),
+    (dict(concepts=["dots"], tau=90.0, gamma=-1e6), "gamma must be in"),
+])
+def test_unlearn_grid_bad_input(ex, kwargs, message):
+    with pytest.raises(SaeuronError, match=message):
+        ex.audit.run(**kwargs)
+
+
+def test_streamed_generation_previews_steps_and_ends_with_the_rendered_image(ex, point):
+    r = recipe(ex, ScaleFeatures((9,), 0.0, None, point), steps=5)
+    updates = list(ex.editor.stream(r, previews=2))
+    previews, final = updates[:-1], updates[-1]
+    assert [p.step for p in previews] == [1, 3]
+    assert all(p.image.shape == final.after.shape for p in previews)
+    assert np.array_equal(final.after, ex.session.render(r))
+    assert np.array_equal(final.before, ex.session.render(r.with_interventions(())))
+
+
+def test_a_failing_stream_raises_and_leaves_the_unet_free(ex, point):
+    with pytest.raises(SaeuronError, match="feature id must be in"):
+        list(ex.editor.stream(recipe(ex, ScaleFeatures((10**6,), 0.0, None, point))))
+    stream = ex.editor.stream(recipe(ex, ScaleFeatures((9,), 0.0, None, point), steps=4), previews=4)
+    next(stream)
+    stream.close()  # the consumer leaves early; the generation still finishes and unlocks
+    assert np.array_equal(ex.session.render(recipe(ex)), ex.editor.generate(recipe(ex)).after)
+
+
+def test_a_painted_mask_selects_the_tokens_it_touches():
+    from explorer.imaging import tokens_from_mask
+
+    mask = np.zeros((256, 256), dtype=np.uint8)
+    mask[0:10, 0:10] = 255  # top-left cell
+    mask[200:210, 250:256] = 255  # row 6, last column of an 8x8 grid
+    assert tokens_from_mask(mask, (8, 8)) == (0, 6 * 8 + 7)
+    assert tokens_from_mask(np.zeros((64, 32)), (4, 2)) == ()
+
+
+def test_a_card_without_image_generation_uses_only_cached_images(ex, point):
+    feature = ex.features.rank(point, "rings", step=2, limit=1)[0].feature
+    ex.session.images = LruCache(64)  # nothing cached
+    quick = ex.features.card(point, feature, 2, generate_images=False)
+    assert quick.patches and all(p.placeholder for p in quick.patches) and len(ex.session.images) == 0
+    full = ex.features.card(point, feature, 2)
+    assert not any(p.placeholder for p in full.patches) and len(ex.session.images) > 0
+    again = ex.features.card(point, feature, 2, generate_images=False)
+    assert not any(p.placeholder for p in again.patches)
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(again.patches, full.patches))
