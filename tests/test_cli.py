@@ -67,3 +67,14 @@ def test_unwritable_output_leaves_nothing_behind(tiny_pipeline_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
     bad_ext = run("generate", "--model", str(tiny_pipeline_dir), "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "img.unknown"))
     assert_one_line_error(bad_ext, "cannot tell the image format")
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+
+    from saeuron_core.io import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
