@@ -67,7 +67,7 @@ def test_reference_row_only(tiny_bundle, tmp_path):
 @pytest.mark.slow
 def test_quick_style_benchmark_on_the_bundled_model(tmp_path):
     """Unlearning a style drives its accuracy far below the reference; another style stays close."""
-    cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "evaluate", "--method", "saeuron", "--domain", "style", "--concept", "dots", "--quick", "--out", str(tmp_path / "q")]
+    cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "evaluate", "--method", "saeuron", "--domain", "style", "--concept", "stripes", "--quick", "--out", str(tmp_path / "q")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     m = json.loads((tmp_path / "q" / "metrics.json").read_text())
