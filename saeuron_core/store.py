@@ -138,8 +138,11 @@ class ActivationStore:
                     yield tokens[i : i + batch_size].float()
 
     def token_count(self, point: str) -> int:
+        """Tokens stored at ``point`` in the completed shards."""
+        self._check_point(point)
         p = self.meta["points"][point]
-        return len(self.items) * self.meta["steps"] * p["height"] * p["width"] * len(self.completed) // max(self.n_shards, 1)
+        items = sum(len(self.shard_items(s)) for s in self.completed)
+        return items * self.meta["steps"] * p["height"] * p["width"]
 
 
 def cache_activations(pipe, items: list[PromptItem], points: list[str], root: str | Path, steps: int, guidance: float, items_per_shard: int = 16, model_name: str = "") -> ActivationStore:
@@ -162,7 +165,8 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
     root = Path(root)
     plan = {
         "model": model_name,
-        "points": {},
+        "hook_points": list(points),
+        "points": {},  # shapes per point, filled in by the first shard
         "items": [asdict(it) for it in items],
         "steps": steps,
         "guidance": guidance,
@@ -172,7 +176,7 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
     manifest = root / MANIFEST
     if manifest.is_file():
         old = json.loads(manifest.read_text())
-        same = all(old.get(k) == plan[k] for k in ("items", "steps", "guidance", "items_per_shard")) and set(old["points"]) == set(points)
+        same = all(old.get(k) == plan[k] for k in ("items", "steps", "guidance", "items_per_shard")) and set(old["hook_points"]) == set(points)
         if not same:
             raise SaeuronError(f"{root} holds a store with a different plan; use another folder")
         plan = old

@@ -135,3 +135,15 @@ def test_kill_9_during_cache_then_resume(tiny_pipeline_dir, tmp_path):
     assert store.is_complete
     assert sum(s["acts"].shape[0] for s in store.iter_shards(POINTS[1])) == 40 * 4
     assert not list(out.rglob("*.tmp"))
+
+
+def test_resume_when_killed_before_the_first_shard(tiny_pipeline_dir, tiny_store, tmp_path):
+    """A store killed right after its manifest was created (no shard, no shapes yet) resumes."""
+    meta = json.loads((tiny_store.root / "store.json").read_text())
+    meta.update(points={}, completed_shards=[], timesteps=[])
+    root = tmp_path / "fresh"
+    root.mkdir()
+    (root / "store.json").write_text(json.dumps(meta))
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    store = cache_activations(pipe, ITEMS, POINTS, root, steps=3, guidance=4.0, items_per_shard=3)
+    assert store.is_complete and store.token_count(POINTS[0]) == tiny_store.token_count(POINTS[0])
