@@ -35,7 +35,7 @@ def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8
                 unlearn_panel = unlearn.layout(ex)
             with gr.Tab("Recipe", id="recipe"):
                 recipe_panel = recipe.layout(ex)
-        features.wire(ex, features_panel, generate_panel.interventions)
+        features.wire(ex, features_panel, generate_panel.interventions, demo)
         generate.wire(ex, generate_panel, recipe_panel.outputs)
         unlearn.wire(ex, unlearn_panel)
         recipe.wire(ex, recipe_panel, generate_panel, demo)

@@ -98,7 +98,7 @@ def layout(ex: Explorer) -> FeaturesPanel:
     return FeaturesPanel(concept, point_box, all_steps, step, rank_button, ranked, scores, percentile, counts, map_colour, map_button, feature_map, feature, open_button, summary, patches, sparkline, histogram, concept_bars, strength, window_start, window_stop, ablate_button, scale_button, steer_button, steer_mask)
 
 
-def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code) -> None:
+def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks | None = None) -> None:
     def chosen(concept, all_steps, step):
         return (None if concept in (None, NO_CONCEPT) else concept), (None if all_steps else int(step))
 
@@ -180,6 +180,8 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code) -> None:
     card_inputs = [p.point, p.feature, p.concept, p.all_steps, p.step]
     card_outputs = [p.summary, p.patches, p.sparkline, p.histogram, p.concept_bars]
     p.rank_button.click(rank, ranking_inputs, ranking_outputs, api_name="rank_features")
+    if demo is not None:  # a visitor lands on a ranked table, not an empty one
+        demo.load(rank, ranking_inputs, ranking_outputs, api_visibility="private")
     p.concept.change(rank, ranking_inputs, ranking_outputs, api_visibility="private")
     p.point.change(rank, ranking_inputs, ranking_outputs, api_visibility="private")
     p.percentile.release(counts, ranking_inputs, p.counts, api_name="selection_counts")
