@@ -28,7 +28,7 @@ import torch
 
 from . import minicanvas as mc
 from .errors import SaeuronError
-from .evaluation import JudgedImage, accuracy, removal_metrics
+from .evaluation import JudgedImage, accuracy, judge_images, removal_metrics, to_uint8
 from .interventions import apply_interventions
 from .io import atomic_path, write_json
 from .pipeline import generate_jobs
@@ -94,23 +94,9 @@ def generate_protocol(pipe, judge, seeds, steps: int, guidance: float, batch_siz
     t0 = time.perf_counter()
     out = generate_jobs(pipe, jobs, steps, guidance, batch_size=batch_size, output_type="np")
     seconds = time.perf_counter() - t0
-    images = (np.clip(np.stack(out), 0, 1) * 255 + 0.5).astype(np.uint8)
-    verdict, feats = judge_with_features(judge, images)
-    records = [
-        JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i])
-        for i, ((o, s), seed) in enumerate(((p, seed) for p in prompts for seed in seeds))
-    ]
+    images = to_uint8(out)
+    records, feats = judge_images(judge, images, prompts, seeds)
     return ImageSet(records, images, feats, seconds)
-
-
-@torch.inference_mode()
-def judge_with_features(judge, images: np.ndarray, batch: int = 256):
-    from .judge import to_tensor
-
-    verdict = judge.classify(images)
-    x = to_tensor(images)
-    feats = torch.cat([judge(x[i : i + batch]).features for i in range(0, len(x), batch)])
-    return verdict, feats
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -131,7 +117,7 @@ def reference_features(judge, pairs, n_per_pair: int) -> torch.Tensor:
     """Judge features of MiniCanvas renders of ``pairs`` (held-out seeds far from generation's)."""
     seeds = mc.split_seeds("heldout", n_per_pair, offset=900_000)
     renders = np.stack([mc.render(o, s, seed) for o, s in pairs for seed in seeds])
-    return judge_with_features(judge, renders)[1]
+    return judge.classify(renders)["features"]
 
 
 def _retained(records, removed: tuple[str, ...]) -> np.ndarray:

@@ -26,14 +26,21 @@ def judge_generated(pipe, judge, pairs, seeds, steps: int, guidance: float, batc
     """
     prompts = [mc.prompt(o, s) for o, s in pairs]
     images = generate(pipe, prompts, list(seeds), steps, guidance, batch_size=batch_size, output_type="np")
-    arr = (np.clip(np.stack(images), 0, 1) * 255 + 0.5).astype(np.uint8)
-    verdict = judge.classify(arr)
-    records, i = [], 0
-    for o, s in pairs:
-        for seed in seeds:
-            records.append(JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i]))
-            i += 1
-    return records, arr
+    arr = to_uint8(images)
+    return judge_images(judge, arr, pairs, seeds)[0], arr
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float images in [0, 1] (diffusers' "np" output) -> uint8 [N, H, W, 3]."""
+    return (np.clip(np.stack(images), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def judge_images(judge, images: np.ndarray, pairs, seeds):
+    """Records for images laid out pair-major ([p0s0, p0s1, ..., p1s0, ...]) and their judge features."""
+    verdict = judge.classify(images)
+    jobs = [(o, s, seed) for o, s in pairs for seed in seeds]
+    records = [JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i]) for i, (o, s, seed) in enumerate(jobs)]
+    return records, verdict["features"]
 
 
 def accuracy(records, kind: str, where=lambda r: True) -> float:

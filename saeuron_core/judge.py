@@ -81,18 +81,20 @@ class Judge(nn.Module):
 
     @torch.inference_mode()
     def classify(self, images, batch_size: int = 256) -> dict[str, list]:
-        """Predicted object and style names (and confidences) for uint8 HWC or float NCHW images."""
+        """Predicted object and style names (and confidences) for uint8 HWC or float NCHW images,
+        plus the penultimate ``features`` [N, D] of the same pass (for Frechet distances)."""
         x = to_tensor(images)
-        objs, styles, po, ps = [], [], [], []
+        objs, styles, po, ps, feats = [], [], [], [], []
         for i in range(0, len(x), batch_size):
             v = self(x[i : i + batch_size])
+            feats.append(v.features)
             o = v.object_logits.softmax(-1)
             s = v.style_logits.softmax(-1)
             objs += [self.cfg.objects[j] for j in o.argmax(-1).tolist()]
             styles += [self.cfg.styles[j] for j in s.argmax(-1).tolist()]
             po += o.max(-1).values.tolist()
             ps += s.max(-1).values.tolist()
-        return {"object": objs, "style": styles, "object_conf": po, "style_conf": ps}
+        return {"object": objs, "style": styles, "object_conf": po, "style_conf": ps, "features": torch.cat(feats)}
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
