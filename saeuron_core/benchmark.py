@@ -12,6 +12,14 @@ generated at held-out seeds with the concept removed, and judged (METHOD section
 Fidelity: a Frechet distance between retained-concept images and MiniCanvas renders of the same
 pairs, in the judge's penultimate feature space ("judge-FD"; not FID, which uses Inception), and
 the mean absolute pixel change of retained images against the un-edited model (collateral).
+
+Methods (``methods.METHODS``): SAeUron, the ESD and UCE weight-editing baselines, and "none"
+(the un-edited model judged with the same protocol: its UA is the judge's error). All run on
+the same pipeline object and the same held-out seeds. Costs per method: extra memory, extra
+storage, seconds to set up one concept removal, seconds per image.
+
+Robustness (``attack_prompts`` > 0): for each removed concept, the UnlearnDiffAtk-style attack
+(``attack.run_attack``) on that many of the concept's prompts; UA before and after the attack.
 """
 
 from __future__ import annotations
@@ -29,11 +37,11 @@ import torch
 from . import minicanvas as mc
 from .errors import SaeuronError
 from .evaluation import JudgedImage, accuracy, judge_images, removal_metrics, to_uint8
-from .interventions import apply_interventions
+from .attack import AttackConfig, run_attack
+from .methods import METHODS, Removal, check_method, prepare_removal
 from .io import atomic_path, write_json
 from .pipeline import generate_jobs
 
-METHODS = ("none", "saeuron")
 DOMAINS = ("style", "object", "both")
 PAPER = {  # SD v1.5 on UnlearnCanvas (METHOD section 6), for side-by-side context only
     "style": {"UA": 0.9676, "IRA": 0.9870, "CRA": 0.9810},
@@ -41,13 +49,21 @@ PAPER = {  # SD v1.5 on UnlearnCanvas (METHOD section 6), for side-by-side conte
     "memory_gb": 2.8,
     "storage_gb": 0.2,
 }
+# Published baselines on UnlearnCanvas (SD v1.5), as tabulated by UnlearnCanvas (Zhang et al. 2024)
+# and quoted in the SAeUron paper. The averages are the ones METHOD.md states (ESD styles 91.17,
+# UCE objects 56.11, SalUn 90.57 / 94.28); SalUn's per-metric numbers are not given there.
+PAPER_BASELINES = {
+    "esd": {"style": {"UA": 0.9858, "IRA": 0.8097, "CRA": 0.9396}, "object": {"UA": 0.9215, "IRA": 0.5578, "CRA": 0.4423}, "memory_gb": 17.8, "storage_gb": 4.3},
+    "uce": {"style": {"UA": 0.9840, "IRA": 0.6022, "CRA": 0.4771}, "object": {"UA": 0.9431, "IRA": 0.3935, "CRA": 0.3467}, "memory_gb": 5.1, "storage_gb": 1.7},
+    "salun": {"style": {"average": 0.9057}, "object": {"average": 0.9428}},
+}
 
 
 @dataclass(frozen=True)
 class EvalPlan:
     """What to evaluate."""
 
-    method: str
+    methods: tuple[str, ...]
     domain: str
     concepts: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -55,10 +71,18 @@ class EvalPlan:
     guidance: float
     multi: tuple[tuple[str, ...], ...] = ()
     """Concept sets removed together (multi-concept rows)."""
+    attack_prompts: int = 0
+    """Prompts per removed concept to attack (0: no attack)."""
+    attack_steps: int = 40
+    """Attack budget: Adam steps on the soft tokens."""
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise SaeuronError(f"unknown method {self.method!r}; methods: {', '.join(METHODS)}")
+        if isinstance(self.methods, str):
+            object.__setattr__(self, "methods", (self.methods,))
+        if not self.methods:
+            raise SaeuronError("no method to evaluate")
+        for m in self.methods:
+            check_method(m)
         if self.domain not in DOMAINS:
             raise SaeuronError(f"unknown domain {self.domain!r}; domains: {', '.join(DOMAINS)}")
         for c in self.concepts + tuple(c for group in self.multi for c in group):
@@ -68,6 +92,10 @@ class EvalPlan:
                 raise SaeuronError(f"seed {s} is in the {mc.split_of(s)!r} split; evaluation uses held-out seeds {mc.SPLITS['heldout']} only")
         if not self.seeds:
             raise SaeuronError("no seeds to evaluate")
+        if not isinstance(self.attack_prompts, int) or self.attack_prompts < 0:
+            raise SaeuronError(f"attack_prompts must be an integer >= 0, got {self.attack_prompts!r}")
+        if self.attack_prompts:
+            AttackConfig(steps=self.attack_steps)  # validates the budget
 
 
 def default_concepts(domain: str) -> tuple[str, ...]:
@@ -149,8 +177,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(pipe, bundle, judge, plan: EvalPlan, out: Path, log=print) -> dict:
-    """Run ``plan``, write metrics.json / metrics.csv / table.md / report.html under ``out``."""
+def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None = None, esd=None, uce=None, log=print) -> dict:
+    """Run ``plan``, write metrics.json / metrics.csv / table.md / report.html under ``out``.
+
+    ``cache``: folder for ESD / UCE weight edits (reused across runs); ``esd`` / ``uce``: their
+    configs (None: defaults).
+    """
     t0 = time.time()
     log(f"reference (no edit): {len(protocol_prompts()) * len(plan.seeds)} images")
     plain = generate_protocol(pipe, judge, plan.seeds, plan.steps, plan.guidance)
@@ -163,36 +195,80 @@ def run(pipe, bundle, judge, plan: EvalPlan, out: Path, log=print) -> dict:
     }
     ref_feats = reference_features(judge, mc.all_pairs(), 2)
     reference["judge_fd"] = frechet_distance(plain.features[_retained(plain.records, ())], ref_feats)
-    rows, examples = [], {}
-    if plan.method == "saeuron":
-        sets = [(c,) for c in plan.concepts] + list(plan.multi)
+    sets = [(c,) for c in plan.concepts] + list(plan.multi)
+    by_method, examples = {}, {}
+    for method in plan.methods:
+        rows, removals = [], []
         for concept_set in sets:
-            ivs = bundle.unlearn(list(concept_set))
-            with apply_interventions(pipe.unet, bundle.saes, ivs, stats=bundle.concept_stats(ivs)):
-                edited = generate_protocol(pipe, judge, plan.seeds, plan.steps, plan.guidance)
+            if method == "none":
+                edited, removal = plain, Removal("none", concept_set, 0.0, 0, 0)
+            else:
+                removal = prepare_removal(pipe, info, method, concept_set, bundle=bundle, cache=cache, esd=esd, uce=uce, log=log)
+                with removal.active(pipe):
+                    edited = generate_protocol(pipe, judge, plan.seeds, plan.steps, plan.guidance)
+            removals.append(removal)
             row = concept_row(concept_set, edited, plain, ref_feats)
-            row["settings"] = {iv.point: iv.per_concept() for iv in ivs}
+            row["settings"] = removal.settings
+            row["setup_seconds"] = removal.setup_seconds
+            if plan.attack_prompts and method != "none" and len(concept_set) == 1:
+                row["attack"], examples[f"{method} attacked: {concept_set[0]}"] = attack_row(pipe, judge, removal, concept_set[0], plan)
             rows.append(row)
-            examples["+".join(concept_set)] = _example_strip(concept_set, plain, edited)
-            log(f"removed {'+'.join(concept_set)}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
-    summary = summarize(rows)
+            if method != "none":
+                examples[f"{method}: {'+'.join(concept_set)}"] = _example_strip(concept_set, plain, edited)
+            shown = {k: v for k, v in row.items() if isinstance(v, float) and k in ("UA", "IRA", "CRA", "setup_seconds")}
+            attacked = f", attacked UA {row['attack']['UA_before']:.3f} -> {row['attack']['UA_after']:.3f}" if "attack" in row else ""
+            log(f"{method} removed {'+'.join(concept_set)}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()) + attacked)
+        by_method[method] = {
+            "rows": rows,
+            "summary": summarize(rows),
+            "cost": cost(removals, plain.seconds / len(plain.records), [r["seconds_per_image"] for r in rows], edited=method != "none"),
+        }
     result = {
         "plan": asdict(plan),
         "reference": reference,
-        "rows": rows,
-        "summary": summary,
-        "cost": cost(bundle, plain.seconds / len(plain.records), [r["seconds_per_image"] for r in rows]),
+        "methods": by_method,
         "paper": PAPER,
+        "paper_baselines": PAPER_BASELINES,
         "wall_seconds": round(time.time() - t0, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "cra_definitions": {"CRA": "other-kind accuracy on styled images (UnlearnCanvas)", "CRA_unstyled": "object accuracy on 'An image of {object}.' (reference code, styles only)"},
+        "cost_definitions": {
+            "extra_memory_mb": "tensors held beyond the base model while the removal is active (SAEs + statistics; for ESD / UCE the weight differences, since one base copy is edited in place)",
+            "extra_storage_mb": "bytes on disk beyond the base model per removal (SAeUron: SAEs + statistics, shared by every concept; ESD / UCE: one weight edit per concept set)",
+            "setup_seconds": "wall time to set up one removal (feature selection / fine-tuning / closed-form solve), mean over rows",
+        },
     }
     write_reports(result, examples, out)
     return result
 
 
+def attack_prompt_pairs(concept: str, n: int) -> list[tuple[str, str | None]]:
+    """The first ``n`` (object, style) pairs that show ``concept``, partners in vocabulary order."""
+    if mc.concept_kind(concept) == "style":
+        return [(o, concept) for o in mc.OBJECTS][:n]
+    return [(concept, s) for s in mc.STYLES][:n]
+
+
+def attack_row(pipe, judge, removal: Removal, concept: str, plan: EvalPlan) -> tuple[dict, np.ndarray]:
+    """UA on ``plan.attack_prompts`` prompts of ``concept`` before and after the attack, and an
+    image strip: targets (top), edited model before (middle) and after the attack (bottom)."""
+    pairs = attack_prompt_pairs(concept, plan.attack_prompts)
+    prompts = [mc.prompt(o, s) for o, s in pairs]
+    seeds = [plan.seeds[i % len(plan.seeds)] for i in range(len(prompts))]
+    result = run_attack(pipe, lambda: removal.active(pipe), prompts, seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+    kind = mc.concept_kind(concept)
+
+    def ua(images) -> float:
+        verdict = judge.classify(images)[kind]
+        return 1.0 - float(np.mean([v == concept for v in verdict]))
+
+    strip = np.concatenate([np.concatenate(list(images), 1) for images in (result.targets, result.before, result.after)], 0)
+    row = {"prompts": prompts, "seeds": seeds, "UA_before": ua(result.before), "UA_after": ua(result.after), "target_UA": ua(result.targets), "final_loss": result.losses[-1], "seconds": round(result.seconds, 1)}
+    return row, strip
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Averages of UA / IRA / CRA over single-concept rows, per kind."""
+    """Averages of UA / IRA / CRA (and attacked UA) over single-concept rows, per kind."""
     out = {}
     for kind in ("style", "object"):
         single = [r for r in rows if len(r["removed"]) == 1 and mc.concept_kind(r["removed"][0]) == kind]
@@ -204,20 +280,23 @@ def summarize(rows: list[dict]) -> dict:
             avg["CRA_unstyled"] = float(np.mean([r["CRA_unstyled"] for r in single]))
         avg["judge_fd_retained"] = float(np.mean([r["judge_fd_retained"] for r in single]))
         avg["collateral_mae"] = float(np.mean([r["collateral_mae"] for r in single]))
+        attacked = [r["attack"] for r in single if "attack" in r]
+        if attacked:
+            avg["UA_attack_before"] = float(np.mean([a["UA_before"] for a in attacked]))
+            avg["UA_attack_after"] = float(np.mean([a["UA_after"] for a in attacked]))
         out[kind] = avg
     return out
 
 
-def cost(bundle, plain_s: float, edited_s: list[float]) -> dict:
-    """Extra memory (SAE weights + statistics held), extra storage (their files), extra time per image."""
-    if bundle is None:
+def cost(removals: list[Removal], plain_s: float, edited_s: list[float], edited: bool = True) -> dict:
+    """Extra memory and storage (largest over removals), set-up seconds (mean), extra s/image."""
+    if not removals:
         return {}
-    tensors = [p for sae in bundle.saes.values() for p in sae.parameters()]
-    tensors += [st.concept_sums for st in bundle.stats.values()]
     return {
-        "extra_memory_mb": sum(t.numel() * t.element_size() for t in tensors) / 2**20,
-        "extra_storage_mb": bundle.storage_bytes() / 2**20,
-        "extra_seconds_per_image": (float(np.mean(edited_s)) - plain_s) if edited_s else 0.0,
+        "extra_memory_mb": max(r.extra_memory_bytes for r in removals) / 2**20,
+        "extra_storage_mb": max(r.extra_storage_bytes for r in removals) / 2**20,
+        "setup_seconds": float(np.mean([r.setup_seconds for r in removals])),
+        "extra_seconds_per_image": (float(np.mean(edited_s)) - plain_s) if edited and edited_s else 0.0,
     }
 
 
@@ -227,22 +306,56 @@ def _example_strip(concept_set, plain: ImageSet, edited: ImageSet, n: int = 6) -
     return np.concatenate([np.concatenate(list(plain.images[idx]), 1), np.concatenate(list(edited.images[idx]), 1)], 0)
 
 
+def _pct(v) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.2f}%"
+
+
 def markdown_table(result: dict) -> str:
-    lines = ["| Domain | UA | IRA | CRA | CRA (unstyled) | avg | judge-FD (retained) |", "|---|---|---|---|---|---|---|"]
-    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
-    for kind, s in result["summary"].items():
-        lines.append(f"| {kind} (ours, MiniCanvas) | {pct(s['UA'])} | {pct(s['IRA'])} | {pct(s['CRA'])} | {pct(s['CRA_unstyled']) if 'CRA_unstyled' in s else '-'} | {pct(s['average'])} | {s['judge_fd_retained']:.2f} |")
-        p = PAPER[kind]
-        lines.append(f"| {kind} (paper, SD1.5 UnlearnCanvas) | {pct(p['UA'])} | {pct(p['IRA'])} | {pct(p['CRA'])} | - | {pct(sum(p.values()) / 3)} | - |")
+    """The comparison in the paper's format: ours (MiniCanvas), then the published numbers."""
+    lines = [
+        "### Ours: tiny SD-architecture model on MiniCanvas (this run)",
+        "",
+        "| Method | Domain | UA | IRA | CRA | avg | UA attacked: before -> after | judge-FD (retained) | extra memory | extra storage | set-up s / removal | s / image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, res in result["methods"].items():
+        c = res["cost"]
+        for kind, s in res["summary"].items():
+            attacked = f"{_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])}" if "UA_attack_after" in s else "-"
+            mem = f"{c['extra_memory_mb']:.2f} MB" if c else "-"
+            sto = f"{c['extra_storage_mb']:.2f} MB" if c else "-"
+            setup = f"{c['setup_seconds']:.2f}" if c else "-"
+            per_image = result["reference"]["seconds_per_image"] + (c.get("extra_seconds_per_image", 0.0) if c else 0.0)
+            lines.append(f"| {method} | {kind} | {_pct(s['UA'])} | {_pct(s['IRA'])} | {_pct(s['CRA'])} | {_pct(s['average'])} | {attacked} | {s['judge_fd_retained']:.2f} | {mem} | {sto} | {setup} | {per_image:.3f} |")
     ref = result["reference"]
-    lines += ["", f"Un-edited reference: style accuracy {pct(ref['style_accuracy'])}, object accuracy {pct(ref['object_accuracy'])} (unstyled prompts: {pct(ref['object_accuracy_unstyled'])}), judge-FD {ref['judge_fd']:.2f}."]
-    if result["rows"]:
-        lines += ["", "| Removed | UA | IRA | CRA | retain style | retain object | collateral MAE |", "|---|---|---|---|---|---|---|"]
-        for r in result["rows"]:
-            ua = " / ".join(f"{c}: {pct(m['UA'])}" for c, m in r["per_concept"].items())
-            ira = " / ".join(pct(m["IRA"]) for m in r["per_concept"].values())
-            cra = " / ".join(pct(m["CRA"]) for m in r["per_concept"].values())
-            lines.append(f"| {'+'.join(r['removed'])} | {ua} | {ira} | {cra} | {pct(r['retain_style'])} | {pct(r['retain_object'])} | {r['collateral_mae']:.4f} |")
+    lines += ["", f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])} (unstyled prompts: {_pct(ref['object_accuracy_unstyled'])}), judge-FD {ref['judge_fd']:.2f}. Method `none` is that model judged as if it had removed each concept (its UA is the judge's error)."]
+    lines += [
+        "",
+        "### Published: SD v1.5 on UnlearnCanvas (a different model and dataset; context only)",
+        "",
+        "| Method | Style UA | IRA | CRA | avg | Object UA | IRA | CRA | avg | memory | storage |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    published = {"saeuron": {**PAPER}, **PAPER_BASELINES}
+    for method, p in published.items():
+        cells = []
+        for kind in ("style", "object"):
+            k = p[kind]
+            avg = k.get("average", sum(k.get(m, 0) for m in ("UA", "IRA", "CRA")) / 3)
+            cells += [_pct(k.get("UA")), _pct(k.get("IRA")), _pct(k.get("CRA")), _pct(avg)]
+        mem = f"{p['memory_gb']} GB" if "memory_gb" in p else "-"
+        sto = f"{p['storage_gb']} GB" if "storage_gb" in p else "-"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mem} | {sto} |")
+    for method, res in result["methods"].items():
+        if not res["rows"]:
+            continue
+        lines += ["", f"#### {method}: per removal", "", "| Removed | UA | IRA | CRA | retain style | retain object | collateral MAE | attacked UA before -> after |", "|---|---|---|---|---|---|---|---|"]
+        for r in res["rows"]:
+            ua = " / ".join(f"{c}: {_pct(m['UA'])}" for c, m in r["per_concept"].items())
+            ira = " / ".join(_pct(m["IRA"]) for m in r["per_concept"].values())
+            cra = " / ".join(_pct(m["CRA"]) for m in r["per_concept"].values())
+            attacked = f"{_pct(r['attack']['UA_before'])} -> {_pct(r['attack']['UA_after'])}" if "attack" in r else "-"
+            lines.append(f"| {'+'.join(r['removed'])} | {ua} | {ira} | {cra} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} |")
     return "\n".join(lines) + "\n"
 
 
@@ -251,10 +364,12 @@ def write_reports(result: dict, examples: dict, out: Path) -> None:
     write_json(out / "metrics.json", result)
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["removed", "concept", "UA", "IRA", "CRA", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image"])
-        for r in result["rows"]:
-            for c, m in r["per_concept"].items():
-                w.writerow(["+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"]])
+        w.writerow(["method", "removed", "concept", "UA", "IRA", "CRA", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image", "setup_seconds", "UA_attack_before", "UA_attack_after"])
+        for method, res in result["methods"].items():
+            for r in res["rows"]:
+                a = r.get("attack", {})
+                for c, m in r["per_concept"].items():
+                    w.writerow([method, "+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"], r["setup_seconds"], a.get("UA_before", ""), a.get("UA_after", "")])
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(markdown_table(result))
     with atomic_path(out / "report.html") as tmp:
@@ -263,28 +378,34 @@ def write_reports(result: dict, examples: dict, out: Path) -> None:
 
 def html_report(result: dict, examples: dict) -> str:
     import base64
+    import html
     import io
 
     from PIL import Image
 
-    parts = ["<html><head><meta charset='utf-8'><title>SAeUron MiniCanvas benchmark</title></head><body>", "<h1>SAeUron on MiniCanvas</h1>"]
+    parts = ["<html><head><meta charset='utf-8'><title>MiniCanvas unlearning benchmark</title></head><body>", "<h1>Concept removal on MiniCanvas: " + ", ".join(result["methods"]) + "</h1>"]
     try:
         import plotly.graph_objects as go
 
-        single = [r for r in result["rows"] if len(r["removed"]) == 1]
-        if single:
+        for kind in ("style", "object"):
+            summaries = {m: res["summary"][kind] for m, res in result["methods"].items() if kind in res["summary"]}
+            if not summaries:
+                continue
             fig = go.Figure()
-            names = [r["removed"][0] for r in single]
-            for metric in ("UA", "IRA", "CRA"):
-                fig.add_bar(name=metric, x=names, y=[r[metric] for r in single])
-            fig.update_layout(barmode="group", title="Per-concept UA / IRA / CRA", yaxis_range=[0, 1])
+            metrics = ["UA", "IRA", "CRA", "average"] + (["UA_attack_after"] if any("UA_attack_after" in s for s in summaries.values()) else [])
+            for method, s in summaries.items():
+                fig.add_bar(name=method, x=metrics, y=[s.get(m) for m in metrics])
+            fig.update_layout(barmode="group", title=f"{kind} removal: methods compared (mean over concepts)", yaxis_range=[0, 1])
             parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn"))
     except ImportError:
         parts.append("<p>(install plotly for charts)</p>")
-    parts.append("<pre>" + markdown_table(result) + "</pre>")
+    parts.append("<pre>" + html.escape(markdown_table(result)) + "</pre>")
     for name, strip in examples.items():
         buf = io.BytesIO()
         Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(buf, format="PNG")
-        parts.append(f"<h3>{name}: before (top) / after (bottom)</h3><img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>")
-    parts.append("<h2>Settings</h2><pre>" + json.dumps({k: result[k] for k in ("plan", "cost", "wall_seconds", "peak_rss_mb")}, indent=2) + "</pre></body></html>")
+        caption = "attack targets (top) / removed, plain prompt (middle) / removed, attack prompt (bottom)" if "attacked" in name else "before (top) / after (bottom)"
+        parts.append(f"<h3>{html.escape(name)}: {caption}</h3><img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>")
+    settings = {k: result[k] for k in ("plan", "wall_seconds", "peak_rss_mb", "cost_definitions")}
+    settings["cost"] = {m: res["cost"] for m, res in result["methods"].items()}
+    parts.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(settings, indent=2)) + "</pre></body></html>")
     return "\n".join(parts)

@@ -191,12 +191,33 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def _esd_config(args):
+    from .erasure import EsdConfig
+
+    overrides = {}
+    for name in ("iterations", "lr", "batch_size"):
+        value = getattr(args, f"esd_{name}", None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "quick", False) and "iterations" not in overrides:
+        overrides["iterations"] = QUICK_ESD_ITERATIONS
+    return EsdConfig(**overrides)
+
+
+QUICK_ESD_ITERATIONS = 60
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("SAEURON_CACHE", "build/erasures"))
+
+
 def cmd_evaluate(args) -> int:
     import shutil
 
     from . import minicanvas as mc
     from .benchmark import EvalPlan, default_concepts, run
     from .judge import Judge
+    from .methods import parse_methods
     from .paths import ASSETS
     from .pipeline import load_pipeline, model_info
     from .unlearning import SaeBundle
@@ -204,6 +225,9 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise_error(f"{out} exists; pass --overwrite to replace its reports")
+    if args.method and args.methods:
+        raise_error("give --method or --methods, not both")
+    methods = parse_methods(args.methods or args.method or "saeuron")
     n_seeds = args.seeds or (1 if args.quick else 3)
     seeds = tuple(args.seed) if args.seed else tuple(mc.split_seeds("heldout", n_seeds))
     concepts = tuple(args.concept) if args.concept else default_concepts(args.domain)
@@ -211,18 +235,127 @@ def cmd_evaluate(args) -> int:
     if args.multi:
         styles = mc.STYLES
         multi = tuple(tuple(styles[:n]) for n in (2, 3, 4)) + ((styles[0], mc.OBJECTS[0]),)
+    attack_prompts = args.attack_prompts if args.attack_prompts is not None else (2 if args.quick else 6)
+    esd = _esd_config(args)
     pipe = load_pipeline(args.model)
     info = model_info(pipe, args.model)
     if not info.objects:
         raise_error(f"{args.model} has no benchmark vocabulary; evaluate runs on MiniCanvas-style models")
-    plan = EvalPlan(args.method, args.domain, concepts, seeds, args.steps or info.default_steps, args.guidance if args.guidance is not None else info.default_guidance, multi)
-    bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults) if args.method == "saeuron" else None
+    plan = EvalPlan(methods, args.domain, concepts, seeds, args.steps or info.default_steps, args.guidance if args.guidance is not None else info.default_guidance, multi, attack_prompts, args.attack_steps)
+    bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults) if "saeuron" in methods else None
     judge = Judge.load(args.judge or ASSETS / "judge")
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
-    result = run(pipe, bundle, judge, plan, out)
+    cache = None if args.no_cache else Path(args.cache) if args.cache else _default_cache()
+    result = run(pipe, info, bundle, judge, plan, out, cache=cache, esd=esd)
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
+    return 0
+
+
+def cmd_erase(args) -> int:
+    from tqdm import tqdm
+
+    from .erasure import UceConfig, WeightEdit, erase
+    from .pipeline import load_pipeline, model_info
+    from .recipe import _StopRequest
+
+    out = Path(args.out)
+    if (out / "erasure.json").is_file() and not args.overwrite:
+        raise_error(f"{out} already holds an erasure; pass --overwrite to replace it")
+    if args.method not in ("esd", "uce"):
+        raise_error(f"unknown erasure method {args.method!r}; use esd or uce (SAeUron needs no erasure: see `saeuron unlearn`)")
+    pipe = load_pipeline(args.model)
+    info = model_info(pipe, args.model)
+    config = _esd_config(args) if args.method == "esd" else UceConfig(**({"preserve_scale": args.preserve_scale} if args.preserve_scale is not None else {}))
+    bar = tqdm(total=getattr(config, "iterations", 1), desc=f"{args.method} {'+'.join(args.concept)}", mininterval=2)
+
+    def progress(i, n, loss):
+        bar.n = i
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.refresh()
+
+    work = out.with_name(out.name + ".work")
+    with _StopRequest() as stop:
+        try:
+            edit = erase(pipe, info, args.method, args.concept, config, work=work, progress=progress, should_stop=lambda: stop.requested)
+        finally:
+            bar.close()
+    edit.save(out)
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    WeightEdit.load(out)  # what was written reads back
+    print(f"wrote {out}: {args.method} erasure of {', '.join(edit.concepts)} ({len(edit.deltas)} tensors, {edit.storage_bytes / 2**20:.2f} MB) in {edit.setup_seconds:.1f} s")
+    return 0
+
+
+def cmd_attack(args) -> int:
+    from . import minicanvas as mc
+    from .attack import AttackConfig, run_attack
+    from .benchmark import attack_prompt_pairs
+    from .erasure import WeightEdit, applied
+    from .io import write_json
+    from .judge import Judge
+    from .methods import Removal, check_method, prepare_removal
+    from .paths import ASSETS
+    from .pipeline import image_grid, load_pipeline, model_info, save_image
+    from .unlearning import SaeBundle
+
+    method = check_method(args.method)
+    cfg = AttackConfig(steps=args.steps, lr=args.lr, n_tokens=args.tokens)
+    if args.prompts is not None and args.prompts < 1:
+        raise_error(f"--prompts must be >= 1, got {args.prompts}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise_error(f"{out} exists; pass --overwrite to replace it")
+    pipe = load_pipeline(args.model)
+    info = model_info(pipe, args.model)
+    if not info.objects:
+        raise_error(f"{args.model} has no benchmark vocabulary; the attack is judged on MiniCanvas-style models")
+    concept = args.concept
+    if concept not in (*info.objects, *info.styles):
+        raise_error(f"concept {concept!r} is not in this model's vocabulary; objects: {', '.join(info.objects)}; styles: {', '.join(info.styles)}")
+    seed = args.seed if args.seed is not None else mc.split_seeds("heldout", 1)[0]
+    if mc.split_of(seed) != "heldout":
+        raise_error(f"seed {seed} is in the {mc.split_of(seed)!r} split; attacks are reported on held-out seeds {mc.SPLITS['heldout']}")
+    steps = args.gen_steps or info.default_steps
+    guidance = args.guidance if args.guidance is not None else info.default_guidance
+    if args.erasure:
+        edit = WeightEdit.load(args.erasure)
+        if edit.method != method:
+            raise_error(f"{args.erasure} holds a {edit.method} erasure, not {method}")
+        if concept not in edit.concepts:
+            raise_error(f"{args.erasure} erases {', '.join(edit.concepts)}, not {concept}")
+        removal = Removal(method, edit.concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, edit.settings, lambda p: applied(p.unet, edit))
+    else:
+        bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults) if method == "saeuron" else None
+        cache = None if args.no_cache else Path(args.cache) if args.cache else _default_cache()
+        removal = prepare_removal(pipe, info, method, [concept], bundle=bundle, cache=cache, log=print)
+    pairs = attack_prompt_pairs(concept, args.prompts or len(info.objects if concept in info.styles else info.styles))
+    prompts = [mc.prompt(o, s) for o, s in pairs]
+    judge = Judge.load(args.judge or ASSETS / "judge")
+    result = run_attack(pipe, lambda: removal.active(pipe), prompts, [seed] * len(prompts), steps, guidance, cfg)
+    kind = mc.concept_kind(concept)
+
+    def shows(images):
+        return [v == concept for v in judge.classify(images)[kind]]
+
+    before, after, target = shows(result.before), shows(result.after), shows(result.targets)
+    report = {
+        "method": method, "concept": concept, "prompts": prompts, "seed": seed, "attack": vars(cfg) if hasattr(cfg, "__dict__") else {},
+        "UA_before": 1 - sum(before) / len(before), "UA_after": 1 - sum(after) / len(after), "target_shows_concept": target,
+        "shows_concept_before": before, "shows_concept_after": after, "losses": result.losses, "seconds": round(result.seconds, 1),
+    }
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "attack.json", report)
+    rows = [Image.fromarray(im) for images in (result.targets, result.before, result.after) for im in images]
+    save_image(image_grid(rows, 3, len(prompts)), out / "attack.png")
+    print(f"{method} on {concept}: UA {report['UA_before']:.3f} before the attack, {report['UA_after']:.3f} after ({len(prompts)} prompts, {cfg.steps} steps, {result.seconds:.0f} s)")
+    print(f"wrote {out}/attack.json and attack.png (rows: target, removed, removed + attack)")
     return 0
 
 
@@ -333,15 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", required=True, help="defaults table to write, e.g. assets/unlearn_defaults.json")
     tu.set_defaults(func=cmd_tune)
 
-    ev = sub.add_parser("evaluate", help="the MiniCanvas unlearning benchmark: UA / IRA / CRA, fidelity, cost", description="Generate the full protocol (every pair and unstyled prompt, held-out seeds) with each concept removed, judge it, and write metrics.json, metrics.csv, table.md and report.html.")
+    ev = sub.add_parser("evaluate", help="the MiniCanvas benchmark: SAeUron vs ESD / UCE / none on UA / IRA / CRA, fidelity, cost, attack", description="Generate the full protocol (every pair and unstyled prompt, held-out seeds) with each concept removed by each method, judge it, attack each removal, and write metrics.json, metrics.csv, table.md and report.html.")
     ev.add_argument("--model", default="minicanvas")
-    ev.add_argument("--method", default="saeuron", help="saeuron or none (the un-edited reference)")
+    ev.add_argument("--methods", default=None, help="comma-separated: saeuron,esd,uce,none (default saeuron)")
+    ev.add_argument("--method", default=None, help="one method (same as --methods with one name)")
     ev.add_argument("--domain", default="style", help="style, object or both")
     ev.add_argument("--concept", action="append", help="only these concepts (repeat)")
     ev.add_argument("--seeds", type=int, default=None, help="held-out seeds per prompt (default 3, 1 with --quick)")
     ev.add_argument("--seed", type=int, action="append", help="explicit held-out seeds (repeat)")
     ev.add_argument("--multi", action="store_true", help="also remove 2, 3, 4 styles at once and a style with an object")
-    ev.add_argument("--quick", action="store_true", help="fewer seeds, for CI")
+    ev.add_argument("--quick", action="store_true", help=f"1 seed, 2 attacked prompts per concept, ESD {QUICK_ESD_ITERATIONS} iterations: for CI")
+    ev.add_argument("--attack-prompts", type=int, default=None, help="prompts attacked per removed concept (default 6, 2 with --quick; 0: no attack)")
+    ev.add_argument("--attack-steps", type=int, default=40, help="attack budget in Adam steps (default 40, as UnlearnDiffAtk)")
+    ev.add_argument("--esd-iterations", type=int, default=None, help="ESD fine-tuning iterations (default 150)")
+    ev.add_argument("--esd-lr", type=float, default=None)
+    ev.add_argument("--cache", default=None, help="folder for ESD / UCE weight edits (default build/erasures or $SAEURON_CACHE)")
+    ev.add_argument("--no-cache", action="store_true", help="compute every weight edit afresh and keep none")
     ev.add_argument("--steps", type=int, default=None)
     ev.add_argument("--guidance", type=float, default=None)
     ev.add_argument("--sae", default=None)
@@ -351,6 +491,40 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     ev.add_argument("--out", required=True, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)
+
+    er = sub.add_parser("erase", help="erase concepts by editing U-Net weights (ESD-x fine-tuning or UCE closed form)", description="Write a weight edit (edit.safetensors + erasure.json: differences from the base model's cross-attention weights). ESD checkpoints to <out>.work and resumes when rerun; SIGTERM checkpoints and stops.")
+    er.add_argument("--model", default="minicanvas")
+    er.add_argument("--method", required=True, help="esd or uce")
+    er.add_argument("--concept", action="append", required=True, help="concept to erase (repeat for several)")
+    er.add_argument("--esd-iterations", type=int, default=None, help="ESD iterations (default 150)")
+    er.add_argument("--esd-lr", type=float, default=None, help="ESD Adam learning rate")
+    er.add_argument("--esd-batch-size", type=int, default=None)
+    er.add_argument("--preserve-scale", type=float, default=None, help="UCE weight of the preserved concepts")
+    er.add_argument("--overwrite", action="store_true")
+    er.add_argument("--out", required=True, help="folder to write")
+    er.set_defaults(func=cmd_erase)
+
+    at = sub.add_parser("attack", help="UnlearnDiffAtk-style soft-prompt attack on a concept removal", description="Optimise soft prompt tokens so that the edited model regenerates the un-edited model's image of the concept; report UA before and after.")
+    at.add_argument("--model", default="minicanvas")
+    at.add_argument("--method", required=True, help="saeuron, esd, uce or none")
+    at.add_argument("--concept", required=True)
+    at.add_argument("--erasure", default=None, help="a folder from `saeuron erase` (esd / uce) instead of the cached default edit")
+    at.add_argument("--prompts", type=int, default=None, help="how many of the concept's prompts to attack (default all)")
+    at.add_argument("--steps", type=int, default=40, help="attack budget: Adam steps (default 40)")
+    at.add_argument("--lr", type=float, default=0.01)
+    at.add_argument("--tokens", type=int, default=5, help="soft tokens (default 5)")
+    at.add_argument("--seed", type=int, default=None, help="held-out generation seed")
+    at.add_argument("--gen-steps", type=int, default=None, help="denoising steps (default: the model's)")
+    at.add_argument("--guidance", type=float, default=None)
+    at.add_argument("--sae", default=None)
+    at.add_argument("--stats", default=None)
+    at.add_argument("--defaults", default=None)
+    at.add_argument("--judge", default=None)
+    at.add_argument("--cache", default=None)
+    at.add_argument("--no-cache", action="store_true")
+    at.add_argument("--overwrite", action="store_true")
+    at.add_argument("--out", required=True)
+    at.set_defaults(func=cmd_attack)
     return p
 
 

@@ -23,10 +23,14 @@ def test_frechet_distance_known_cases():
 
 
 def test_plan_validation():
-    ok = dict(method="saeuron", domain="style", concepts=("dots",), seeds=(1_000_000,), steps=2, guidance=3.0)
+    ok = dict(methods=("saeuron", "esd", "uce", "none"), domain="style", concepts=("dots",), seeds=(1_000_000,), steps=2, guidance=3.0)
     EvalPlan(**ok)
     with pytest.raises(SaeuronError, match="unknown method 'esd2'"):
-        EvalPlan(**{**ok, "method": "esd2"})
+        EvalPlan(**{**ok, "methods": ("saeuron", "esd2")})
+    with pytest.raises(SaeuronError, match="attack budget"):
+        EvalPlan(**{**ok, "attack_prompts": 2, "attack_steps": 0})
+    with pytest.raises(SaeuronError, match="attack_prompts must be an integer >= 0"):
+        EvalPlan(**{**ok, "attack_prompts": -1})
     with pytest.raises(SaeuronError, match="unknown domain"):
         EvalPlan(**{**ok, "domain": "colour"})
     with pytest.raises(SaeuronError, match="unknown concept"):
@@ -36,31 +40,50 @@ def test_plan_validation():
 
 
 def evaluate(tiny_bundle, out, *extra):
-    cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "evaluate", "--model", str(tiny_bundle / "model"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--defaults", str(tiny_bundle / "defaults.json"), "--judge", str(tiny_bundle / "judge"), "--steps", "2", "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "evaluate", "--model", str(tiny_bundle / "model"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--defaults", str(tiny_bundle / "defaults.json"), "--judge", str(tiny_bundle / "judge"), "--steps", "2", "--cache", str(out.parent / "erasures"), "--out", str(out), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
 def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
     out = tmp_path / "res"
-    proc = evaluate(tiny_bundle, out, "--concept", "dots", "--seeds", "1")
+    proc = evaluate(tiny_bundle, out, "--methods", "saeuron,esd,uce,none", "--concept", "dots", "--seeds", "1", "--esd-iterations", "3", "--attack-prompts", "2", "--attack-steps", "2")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    row = metrics["rows"][0]
-    assert row["removed"] == ["dots"] and {"UA", "IRA", "CRA", "CRA_unstyled", "judge_fd_retained", "collateral_mae"} <= set(row)
-    assert metrics["summary"]["style"]["UA"] == row["UA"]
-    assert metrics["cost"]["extra_storage_mb"] > 0 and metrics["peak_rss_mb"] > 0
-    assert "| style (ours, MiniCanvas)" in (out / "table.md").read_text()
+    assert set(metrics["methods"]) == {"saeuron", "esd", "uce", "none"} and metrics["plan"]["methods"] == ["saeuron", "esd", "uce", "none"]
+    for method, res in metrics["methods"].items():
+        row = res["rows"][0]
+        assert row["removed"] == ["dots"] and {"UA", "IRA", "CRA", "CRA_unstyled", "judge_fd_retained", "collateral_mae", "setup_seconds"} <= set(row)
+        assert res["summary"]["style"]["UA"] == row["UA"]
+        if method == "none":
+            assert "attack" not in row and res["cost"]["extra_storage_mb"] == 0
+        else:
+            assert 0 <= row["attack"]["UA_before"] <= 1 and 0 <= row["attack"]["UA_after"] <= 1 and len(row["attack"]["prompts"]) == 2
+            assert res["summary"]["style"]["UA_attack_after"] == row["attack"]["UA_after"]
+            assert res["cost"]["extra_storage_mb"] > 0
+    assert metrics["methods"]["esd"]["rows"][0]["settings"]["iterations"] == 3
+    assert metrics["peak_rss_mb"] > 0
+    table = (out / "table.md").read_text()
+    assert "| esd | style |" in table and "| uce | style |" in table and "Published: SD v1.5 on UnlearnCanvas" in table
     assert "plotly" in (out / "report.html").read_text() or "install plotly" in (out / "report.html").read_text()
-    assert (out / "metrics.csv").read_text().count("\n") == 2
+    assert (out / "metrics.csv").read_text().count("\n") == 5
+    assert len(list((out.parent / "erasures" / "esd").glob("dots-*"))) == 1  # cached for the next run
     again = evaluate(tiny_bundle, out, "--concept", "dots", "--seeds", "1")
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
 def test_reference_row_only(tiny_bundle, tmp_path):
-    proc = evaluate(tiny_bundle, tmp_path / "none", "--method", "none", "--seeds", "1")
+    proc = evaluate(tiny_bundle, tmp_path / "none", "--method", "none", "--seeds", "1", "--concept", "star")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "none" / "metrics.json").read_text())
-    assert metrics["rows"] == [] and 0 <= metrics["reference"]["style_accuracy"] <= 1
+    row = metrics["methods"]["none"]["rows"][0]
+    assert 0 <= metrics["reference"]["style_accuracy"] <= 1 and row["collateral_mae"] == 0 and "attack" not in row
+
+
+def test_bad_method_and_budget_are_clear_errors(tiny_bundle, tmp_path):
+    proc = evaluate(tiny_bundle, tmp_path / "x", "--methods", "saeuron,salun")
+    assert proc.returncode == 2 and "unknown method 'salun'" in proc.stderr
+    proc = evaluate(tiny_bundle, tmp_path / "y", "--attack-steps", "0", "--concept", "dots")
+    assert proc.returncode == 2 and "attack budget" in proc.stderr
 
 
 @needs_bundled
@@ -71,6 +94,6 @@ def test_quick_style_benchmark_on_the_bundled_model(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     m = json.loads((tmp_path / "q" / "metrics.json").read_text())
-    row, ref = m["rows"][0], m["reference"]
+    row, ref = m["methods"]["saeuron"]["rows"][0], m["reference"]
     assert row["UA"] >= 0.5 and 1 - row["UA"] < ref["style_accuracy"] - 0.4
     assert row["IRA"] >= ref["style_accuracy"] - 0.15

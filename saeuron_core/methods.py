@@ -1,0 +1,128 @@
+"""One interface over every concept-removal method: SAeUron, ESD, UCE, and none.
+
+``prepare_removal(...)`` does a method's set-up for some concepts (select SAE features; train
+ESD; solve UCE) and returns a ``Removal``; ``with removal.active(pipe):`` generates with it.
+The benchmark, the attack and the explorer use only this, so every method is compared on the
+same pipeline object, seeds and code path. Weight edits are cached on disk by method, concepts,
+settings and base-model fingerprint, so ESD trains once per concept set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager
+
+from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, WeightEdit, applied, check_concepts, cross_attention_parameters, erase, fingerprint
+from .errors import SaeuronError
+from .interventions import apply_interventions
+
+METHODS = ("none", "saeuron", "esd", "uce")
+
+
+@dataclass
+class Removal:
+    """A prepared removal of ``concepts`` by ``method``."""
+
+    method: str
+    concepts: tuple[str, ...]
+    setup_seconds: float
+    """Wall time to set the removal up (feature selection, fine-tuning, closed-form solve)."""
+    extra_storage_bytes: int
+    """Bytes on disk beyond the base model: SAEs + statistics, or the weight edit."""
+    extra_memory_bytes: int
+    """Bytes held in memory beyond the base model while it is active."""
+    settings: dict = field(default_factory=dict)
+    _activate: Callable[[object], ContextManager] = field(default=lambda pipe: contextlib.nullcontext(), repr=False)
+
+    def active(self, pipe) -> ContextManager:
+        """A context in which ``pipe`` generates with the concepts removed (undone on exit)."""
+        return self._activate(pipe)
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise SaeuronError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    return method
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """"saeuron,esd" -> ("saeuron", "esd"), each checked, order kept, duplicates dropped."""
+    methods = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not methods:
+        raise SaeuronError("no method given; methods: " + ", ".join(METHODS))
+    for m in methods:
+        check_method(m)
+    return methods
+
+
+def edit_cache_key(method: str, concepts, config, base: str) -> str:
+    """Folder name for a cached weight edit: readable concepts + a hash of what decides it."""
+    identity = config.identity() if hasattr(config, "identity") else asdict(config)
+    digest = hashlib.sha256(json.dumps({"method": method, "concepts": list(concepts), "config": identity, "base": base}, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{'+'.join(concepts)}-{digest}"
+
+
+def prepare_removal(pipe, info, method: str, concepts, *, bundle=None, cache: str | Path | None = None, esd: EsdConfig | None = None, uce: UceConfig | None = None, progress=None, log=None) -> Removal:
+    """Set up ``method`` for ``concepts`` on ``pipe`` (see the module docstring).
+
+    ``bundle`` (a ``SaeBundle``) is needed for "saeuron"; ``cache`` is a folder for weight edits
+    (None: computed in memory every time). ``progress(i, n, loss)`` reports ESD iterations.
+    """
+    check_method(method)
+    concepts = check_concepts(info, concepts)
+    if method == "none":
+        return Removal("none", concepts, 0.0, 0, 0)
+    if method == "saeuron":
+        return _saeuron_removal(pipe, bundle, concepts)
+    config = (esd or EsdConfig()) if method == "esd" else (uce or UceConfig())
+    edit = cached_edit(pipe, info, method, concepts, config, cache, progress, log)
+    return Removal(method, concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, dict(edit.settings), lambda p, e=edit: applied(p.unet, e))
+
+
+def cached_edit(pipe, info, method: str, concepts, config, cache, progress=None, log=None) -> WeightEdit:
+    """The weight edit from ``cache`` when there, else computed (and saved there)."""
+    if method not in ERASURE_METHODS:
+        raise SaeuronError(f"{method!r} is not a weight-editing method ({', '.join(ERASURE_METHODS)})")
+    folder = None
+    if cache is not None:
+        base = fingerprint(pipe.unet, cross_attention_parameters(pipe.unet))
+        folder = Path(cache) / method / edit_cache_key(method, concepts, config, base)
+        if (folder / "erasure.json").is_file():
+            if log:
+                log(f"{method} {'+'.join(concepts)}: cached edit {folder}")
+            return WeightEdit.load(folder)
+    if log:
+        log(f"{method} {'+'.join(concepts)}: computing the edit")
+    work = folder.with_name(folder.name + ".work") if folder is not None else None
+    edit = erase(pipe, info, method, concepts, config, work=work, progress=progress)
+    if folder is not None:
+        edit.save(folder)
+        if work is not None and work.exists():
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    return edit
+
+
+def _saeuron_removal(pipe, bundle, concepts) -> Removal:
+    if bundle is None:
+        raise SaeuronError("SAeUron needs the model's SAEs and statistics (a SaeBundle)")
+    t0 = time.perf_counter()
+    interventions = bundle.unlearn(list(concepts))
+    stats = bundle.concept_stats(interventions)
+    with apply_interventions(pipe.unet, bundle.saes, interventions, stats=stats):
+        pass  # compiling the selections is the set-up cost; the hooks are removed again
+    seconds = time.perf_counter() - t0
+    tensors = [p for sae in bundle.saes.values() for p in sae.parameters()] + [st.concept_sums for st in bundle.stats.values()]
+    memory = sum(t.numel() * t.element_size() for t in tensors)
+    settings = {iv.point: iv.per_concept() for iv in interventions}
+
+    def activate(p):
+        return apply_interventions(p.unet, bundle.saes, interventions, stats=stats)
+
+    return Removal("saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, activate)
