@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stats", default=None, help="feature statistics folder (default: bundled)")
     parser.add_argument("--defaults", default=None, help="unlearning defaults table (default: bundled)")
     parser.add_argument("--judge", default=None, help="judge folder (default: bundled, for the bundled model)")
+    parser.add_argument("--erasure-cache", default=None, help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
@@ -60,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def open_session(args: argparse.Namespace) -> ExplorerSession:
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))  # UMAP's worker threads
     torch.set_num_threads(args.threads)
-    return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads)
+    from saeuron_core.methods import default_cache_dir
+
+    return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import resolve_point
 from saeuron_core.interventions import apply_interventions
 from saeuron_core.judge import Judge
+from saeuron_core.methods import Removal, prepare_removal
 from saeuron_core.paths import ASSETS
 from saeuron_core.pipeline import ModelInfo, generate, load_pipeline, model_info
 from saeuron_core.unlearning import SaeBundle, generate_with
@@ -70,14 +71,17 @@ class Sources:
 class ExplorerSession:
     """Pipeline + SaeBundle + judge, the U-Net lock and the image cache."""
 
-    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None):
-        """``threads``: torch CPU threads for every generation (default: the current setting)."""
+    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None):
+        """``threads``: torch CPU threads for every generation (default: the current setting).
+        ``erasure_cache``: folder for ESD / UCE weight edits (None: kept in memory only)."""
         for point in bundle.saes:
             resolve_point(pipe.unet, point)  # a model without the SAEs' hook points fails here
         self.pipe, self.info, self.bundle, self.judge = pipe, info, bundle, judge
         self.sources, self.limits = sources, limits
         self.threads = threads or torch.get_num_threads()
         self.images = LruCache(image_cache_size)
+        self.erasure_cache = Path(erasure_cache) if erasure_cache is not None else None
+        self.removals = LruCache(16)
         self._unet_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -92,7 +96,7 @@ class ExplorerSession:
             yield self.pipe
 
     @classmethod
-    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None) -> "ExplorerSession":
+    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None) -> "ExplorerSession":
         """Load a model and its SAEs, statistics and (when available) judge.
 
         Without ``judge`` the bundled judge is used for the bundled model; other models have none
@@ -104,7 +108,7 @@ class ExplorerSession:
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
         loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None
         as_text = lambda p: None if p is None else str(p)  # noqa: E731
-        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads)
+        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads, erasure_cache=erasure_cache)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -171,6 +175,47 @@ class ExplorerSession:
         vae = self.pipe.vae
         pixels = vae.decode(latents[:1] / vae.config.scaling_factor, return_dict=False)[0][0]
         return ((pixels.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+    # ------------------------------------------------------------------ baselines
+    def removal(self, method: str, concepts: list[str], progress=None) -> Removal:
+        """A prepared ESD / UCE removal (memory cache, then the erasure cache, then computed).
+
+        Computing happens under the U-Net lock: ESD trains the shared U-Net's weights in place
+        (and restores them), so no other request may generate meanwhile."""
+        key = (method, tuple(concepts))
+        found = self.removals.get(key)
+        if found is not None:
+            return found
+        if method == "esd" and not self.limits.train_esd and not self._esd_cached(concepts):
+            raise SaeuronError(f"ESD for {'+'.join(concepts)} is not precomputed on this server, and training it here is off (Limits.train_esd)")
+
+        def report(i, n, loss):
+            if progress is not None:
+                progress(i / n, f"ESD fine-tuning {i}/{n} (loss {loss:.4f})")
+
+        with self.unet():
+            removal = prepare_removal(self.pipe, self.info, method, concepts, cache=self.erasure_cache, progress=report)
+        self.removals.put(key, removal)
+        return removal
+
+    def _esd_cached(self, concepts) -> bool:
+        from saeuron_core.erasure import EsdConfig, cross_attention_parameters, fingerprint
+        from saeuron_core.methods import edit_cache_key
+
+        if self.erasure_cache is None:
+            return False
+        base = fingerprint(self.pipe.unet, cross_attention_parameters(self.pipe.unet))
+        return (self.erasure_cache / "esd" / edit_cache_key("esd", tuple(concepts), EsdConfig(), base) / "erasure.json").is_file()
+
+    @torch.inference_mode()
+    def images_with_removal(self, removal: Removal, jobs: list[tuple[str, int]], steps: int, guidance: float) -> list[np.ndarray]:
+        """uint8 images of (prompt, seed) jobs generated with ``removal`` active, one at a time
+        (bit-identical to a lone ``generate`` call, like ``plain_images``)."""
+        images = []
+        with self.unet(), removal.active(self.pipe):
+            for prompt, seed in jobs:
+                images.append(np.asarray(generate(self.pipe, prompt, [seed], steps, guidance)[0].convert("RGB")))
+        return images
 
     @torch.inference_mode()
     def plain_images(self, jobs: list[tuple[str, int]], steps: int, guidance: float) -> list[np.ndarray]:

@@ -1,5 +1,8 @@
-"""The Unlearn panel: target-concept and retained prompts, before and after unlearning, with the
-judge's verdicts and UA / IRA / CRA (METHOD section 6) for that small grid."""
+"""The Unlearn panel: target-concept and retained prompts, before and after a concept removal,
+with the judge's verdicts and UA / IRA / CRA (METHOD section 6) for that small grid.
+
+Any removal method runs here (SAeUron, and the ESD / UCE weight-editing baselines) and
+``compare`` runs several on the same prompts and seed, side by side."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
 from saeuron_core.evaluation import JudgedImage, removal_metrics
 from saeuron_core.interventions import Unlearn
+from saeuron_core.methods import check_method
 
 from .limits import check_float, check_int
 from .recipes import Recipe
@@ -38,11 +42,19 @@ class GridCell:
 class UnlearnGrid:
     concepts: tuple[str, ...]
     interventions: tuple[Unlearn, ...]
+    """SAeUron's interventions (empty for the weight-editing methods)."""
     seed: int
     cells: list[GridCell]
     metrics_before: dict[str, dict[str, float]]
     """Per removed concept: UA, IRA, CRA of the unedited images (UA there is the judge's error)."""
     metrics_after: dict[str, dict[str, float]]
+    method: str = "saeuron"
+    setup_seconds: float = 0.0
+    """Wall time the removal took to set up (0 when it came from a cache)."""
+
+
+METHODS = ("saeuron", "uce", "esd")
+"""Removal methods the panel offers ("none" is the before column)."""
 
 
 class UnlearnAudit:
@@ -52,12 +64,31 @@ class UnlearnAudit:
     def concepts(self) -> list[str]:
         return [*self.session.info.objects, *self.session.info.styles]
 
+    def methods(self) -> list[str]:
+        return list(METHODS)
+
+    def compare(self, concepts: list[str], methods: list[str], seed: int = 0, tau: float | None = None, gamma: float | None = None, progress=None) -> list[UnlearnGrid]:
+        """One grid per method on the same prompts and seed (the before images are shared)."""
+        methods = list(dict.fromkeys(methods or []))
+        if not methods:
+            raise SaeuronError(f"choose at least one method ({', '.join(METHODS)})")
+        for m in methods:
+            if m not in METHODS:
+                raise SaeuronError(f"unknown method {m!r}; the panel offers {', '.join(METHODS)}")
+        return [self.run(concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, method=m, progress=progress) for m in methods]
+
     def defaults(self, concept: str) -> tuple[float, float]:
         """(tau, gamma) of ``concept`` in the bundled defaults table."""
         return self.session.bundle.default_params(concept)
 
-    def run(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, seed: int = 0) -> UnlearnGrid:
+    def run(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, seed: int = 0, method: str = "saeuron", progress=None) -> UnlearnGrid:
+        """Remove ``concepts`` with ``method`` and judge a small grid before and after.
+
+        ``progress(fraction, text)`` hears about ESD fine-tuning (the one slow set-up)."""
         session = self.session
+        check_method(method)
+        if method not in METHODS:
+            raise SaeuronError(f"unknown method {method!r}; the panel offers {', '.join(METHODS)}")
         if session.judge is None:
             raise SaeuronError("the unlearn grid needs a judge; start the app with --judge <folder>")
         if not session.info.objects or not session.info.styles:
@@ -70,20 +101,27 @@ class UnlearnAudit:
                 raise SaeuronError(f"unknown concept {c!r}; this model knows {', '.join(self.concepts())}")
         if (tau is None) != (gamma is None):
             raise SaeuronError("give both tau and gamma, or neither (then the defaults table applies)")
+        if tau is not None and method != "saeuron":
+            raise SaeuronError(f"tau and gamma are SAeUron's settings; {method} takes none here")
         if tau is not None:
             tau = check_float("tau", tau, 1e-6, 100 - 1e-6)
             gamma = check_float("gamma", gamma, -session.limits.max_gamma, session.limits.max_gamma)
         seed = check_int("seed", seed, 0, session.limits.max_seed)
-        interventions = tuple(session.bundle.unlearn(concepts, tau, gamma))
         steps, guidance = session.info.default_steps, session.info.default_guidance
         pairs = self._pairs(concepts)
         jobs = [(mc.prompt(o, s), seed) for o, s, _ in pairs]
         before = session.plain_images(jobs, steps, guidance)
-        base = session.default_recipe(jobs[0][0])
-        after = [session.render(Recipe(p, seed, steps, guidance, interventions, base.model, base.sae, base.stats)) for p, _ in jobs]
+        if method == "saeuron":
+            interventions, setup = tuple(session.bundle.unlearn(concepts, tau, gamma)), 0.0
+            base = session.default_recipe(jobs[0][0])
+            after = [session.render(Recipe(p, seed, steps, guidance, interventions, base.model, base.sae, base.stats)) for p, _ in jobs]
+        else:
+            removal = session.removal(method, concepts, progress)
+            interventions, setup = (), removal.setup_seconds
+            after = session.images_with_removal(removal, jobs, steps, guidance)
         seen_before, seen_after = self._judge(before), self._judge(after)
         cells = [GridCell(o, s, role, b, a, vb, va) for (o, s, role), b, a, vb, va in zip(pairs, before, after, seen_before, seen_after)]
-        return UnlearnGrid(tuple(concepts), interventions, seed, cells, self._metrics(cells, concepts, "before_verdict"), self._metrics(cells, concepts, "after_verdict"))
+        return UnlearnGrid(tuple(concepts), interventions, seed, cells, self._metrics(cells, concepts, "before_verdict"), self._metrics(cells, concepts, "after_verdict"), method, setup)
 
     def _pairs(self, concepts: list[str]) -> list[tuple[str, str, str]]:
         """(object, style, role) of the grid: half target prompts, half retained, within the cap."""

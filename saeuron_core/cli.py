@@ -159,7 +159,7 @@ def cmd_tune(args) -> int:
     if args.from_report:
         # Rebuild the table from saved sweep rows (e.g. styles and objects swept in parallel).
         rows = [r for path in args.from_report for r in _read_rows(path)]
-        table = defaults_table([r for r in rows if r["kind"] == "style"], [r for r in rows if r["kind"] == "object"])
+        table = defaults_table([r for r in rows if r["kind"] == "style"], [r for r in rows if r["kind"] == "object"], args.style_settings)
         table["reports"] = list(args.from_report)
         write_json(args.out, table)
         print(f"wrote {args.out} from {len(rows)} sweep rows")
@@ -182,7 +182,7 @@ def cmd_tune(args) -> int:
         (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
         best = max(rows, key=lambda r: r["score"])
         print(f"{concept}: best (UA+IRA)/2 = {best['score']:.3f} at {best['count']} latents/step, gamma {best['gamma']}")
-    table = defaults_table(style_rows, object_rows)
+    table = defaults_table(style_rows, object_rows, args.style_settings)
     table.update(seeds=seeds, steps=steps, guidance=guidance, counts=counts, gammas=gammas)
     write_json(args.out, table)
     if args.report:
@@ -208,7 +208,9 @@ QUICK_ESD_ITERATIONS = 60
 
 
 def _default_cache() -> Path:
-    return Path(os.environ.get("SAEURON_CACHE", "build/erasures"))
+    from .methods import default_cache_dir
+
+    return default_cache_dir()
 
 
 def cmd_evaluate(args) -> int:
@@ -247,7 +249,7 @@ def cmd_evaluate(args) -> int:
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
     cache = None if args.no_cache else Path(args.cache) if args.cache else _default_cache()
-    result = run(pipe, info, bundle, judge, plan, out, cache=cache, esd=esd)
+    result = run(pipe, info, bundle, judge, plan, out, cache=cache, esd=esd, log=lambda m: print(m, flush=True))
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
     return 0
@@ -449,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out", default=None)
     u.set_defaults(func=cmd_unlearn)
 
-    tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table", description="The paper's per-concept sweep, picking by (UA + IRA) / 2 on seeds of the sweep split (never the evaluation seeds). Styles share one setting; objects get one each.")
+    tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table", description="The paper's per-concept sweep, picking by (UA + IRA) / 2 on seeds of the sweep split (never the evaluation seeds). Styles share one setting (or each its own, --style-settings per-concept); objects get one each.")
     tu.add_argument("--model", default="minicanvas")
     tu.add_argument("--domain", default="both", help="style, object or both")
     tu.add_argument("--concept", action="append", help="only these concepts (repeat)")
@@ -463,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--judge", default=None, help="judge folder (default assets/judge)")
     tu.add_argument("--report", default=None, help="also write every grid row as JSON")
     tu.add_argument("--from-report", action="append", help="build the table from saved sweep reports instead of sweeping (repeat)")
+    tu.add_argument("--style-settings", default="shared", help="shared: one setting for every style (the paper); per-concept: each style its own")
     tu.add_argument("--out", required=True, help="defaults table to write, e.g. assets/unlearn_defaults.json")
     tu.set_defaults(func=cmd_tune)
 
@@ -480,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attack-steps", type=int, default=40, help="attack budget in Adam steps (default 40, as UnlearnDiffAtk)")
     ev.add_argument("--esd-iterations", type=int, default=None, help="ESD fine-tuning iterations (default 150)")
     ev.add_argument("--esd-lr", type=float, default=None)
-    ev.add_argument("--cache", default=None, help="folder for ESD / UCE weight edits (default build/erasures or $SAEURON_CACHE)")
+    ev.add_argument("--cache", default=None, help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)")
     ev.add_argument("--no-cache", action="store_true", help="compute every weight edit afresh and keep none")
     ev.add_argument("--steps", type=int, default=None)
     ev.add_argument("--guidance", type=float, default=None)

@@ -24,6 +24,14 @@ from .interventions import apply_interventions
 METHODS = ("none", "saeuron", "esd", "uce")
 
 
+def default_cache_dir() -> Path:
+    """Where weight edits are cached: $SAEURON_CACHE, else ~/.cache/saeuron/erasures."""
+    import os
+
+    env = os.environ.get("SAEURON_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "saeuron" / "erasures"
+
+
 @dataclass
 class Removal:
     """A prepared removal of ``concepts`` by ``method``."""

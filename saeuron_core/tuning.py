@@ -54,19 +54,26 @@ def pick(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (round(r["score"], 6), -r["count"], r["gamma"]))
 
 
-def defaults_table(style_rows: list[dict], object_rows: list[dict]) -> dict:
-    """Styles share one setting (best mean score over styles, as in the paper); objects each get their own."""
-    table: dict = {"kinds": {}, "concepts": {}, "selection": "(UA + IRA) / 2 on the sweep split"}
+STYLE_SETTINGS = ("shared", "per-concept")
+
+
+def defaults_table(style_rows: list[dict], object_rows: list[dict], style_settings: str = "shared") -> dict:
+    """Objects each get their own setting. Styles share one (best mean score over styles, as in
+    the paper) or, with ``style_settings="per-concept"``, each style gets its own like objects."""
+    if style_settings not in STYLE_SETTINGS:
+        raise SaeuronError(f"style settings must be one of {', '.join(STYLE_SETTINGS)}, got {style_settings!r}")
+    table: dict = {"kinds": {}, "concepts": {}, "selection": "(UA + IRA) / 2 on the sweep split", "style_settings": style_settings}
     if style_rows:
         settings = {}
         for r in style_rows:
             settings.setdefault((r["count"], r["tau"], r["gamma"]), []).append(r["score"])
         (count, tau, gamma), scores = max(settings.items(), key=lambda kv: (round(sum(kv[1]) / len(kv[1]), 6), -kv[0][0], kv[0][2]))
         table["kinds"]["style"] = {"tau": tau, "gamma": gamma, "latents_per_step": count, "mean_score": sum(scores) / len(scores)}
-    by_object: dict[str, list[dict]] = {}
-    for r in object_rows:
-        by_object.setdefault(r["concept"], []).append(r)
-    for concept, rows in by_object.items():
+    per_concept = object_rows + (style_rows if style_settings == "per-concept" else [])
+    by_concept: dict[str, list[dict]] = {}
+    for r in per_concept:
+        by_concept.setdefault(r["concept"], []).append(r)
+    for concept, rows in by_concept.items():
         best = pick(rows)
         table["concepts"][concept] = {"tau": best["tau"], "gamma": best["gamma"], "latents_per_step": best["count"], "score": best["score"]}
     return table

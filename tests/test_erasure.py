@@ -186,3 +186,37 @@ def test_removals_share_one_interface_and_cache_edits(tiny, tiny_bundle, tmp_pat
         pass
     with pytest.raises(SaeuronError, match="needs the model's SAEs"):
         prepare_removal(pipe, info, "saeuron", ["dots"])
+
+
+def cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "saeuron_core.cli", "--threads", "1", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_erase_and_attack_commands(tiny_bundle, tmp_path):
+    model = str(tiny_bundle / "model")
+    proc = cli("erase", "--model", model, "--method", "uce", "--concept", "dots", "--out", str(tmp_path / "uce"))
+    assert proc.returncode == 0, proc.stderr
+    assert WeightEdit.load(tmp_path / "uce").concepts == ("dots",)
+    again = cli("erase", "--model", model, "--method", "uce", "--concept", "dots", "--out", str(tmp_path / "uce"))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    proc = cli("attack", "--model", model, "--judge", str(tiny_bundle / "judge"), "--method", "uce", "--erasure", str(tmp_path / "uce"), "--concept", "dots", "--prompts", "2", "--steps", "3", "--gen-steps", "2", "--out", str(tmp_path / "atk"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "atk" / "attack.json").read_text())
+    assert report["method"] == "uce" and len(report["prompts"]) == 2 and len(report["losses"]) == 3 and 0 <= report["UA_after"] <= 1
+    assert (tmp_path / "atk" / "attack.png").is_file()
+    bad = [
+        (("erase", "--model", model, "--method", "salun", "--concept", "dots", "--out", str(tmp_path / "x")), "unknown erasure method 'salun'"),
+        (("erase", "--model", model, "--method", "esd", "--concept", "dog", "--out", str(tmp_path / "x")), "'dog' is not in this model's vocabulary"),
+        (("attack", "--model", model, "--method", "uce", "--concept", "dots", "--steps", "0", "--out", str(tmp_path / "y")), "attack budget"),
+        (("attack", "--model", model, "--method", "uce", "--concept", "dots", "--steps", "-2", "--out", str(tmp_path / "y")), "attack budget"),
+        (("attack", "--model", model, "--method", "esd3", "--concept", "dots", "--out", str(tmp_path / "y")), "unknown method 'esd3'"),
+        (("attack", "--model", model, "--method", "uce", "--concept", "vangogh", "--out", str(tmp_path / "y")), "'vangogh' is not in this model's vocabulary"),
+        (("attack", "--model", model, "--method", "esd", "--erasure", str(tmp_path / "uce"), "--concept", "dots", "--out", str(tmp_path / "y")), "holds a uce erasure"),
+    ]
+    for args, message in bad:
+        proc = cli(*args)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -155,3 +155,13 @@ def test_steering_with_a_painted_mask(server, client, tmp_path):
     assert everywhere[0]["mask"] is None and everywhere[0]["steps"] is None
     before, after, _ = generate(client, json.dumps(added))
     assert not np.array_equal(before, after)
+
+
+def test_unlearn_panel_compares_methods_side_by_side(client):
+    gallery, verdicts, metrics = client.predict(["dots"], ["saeuron", "uce"], None, None, 1, api_name="/unlearn_grid")
+    rows = verdicts["data"]
+    assert {r[2] for r in rows} == {"saeuron", "uce"}
+    assert gallery["columns"] == 3 and len(gallery["value"]) == 3 * (len(rows) // 2)  # per prompt: before + one after per method
+    assert [r[:2] for r in metrics["data"]] == [["dots", "saeuron"], ["dots", "uce"]]
+    with pytest.raises(Exception, match="choose at least one method"):
+        client.predict(["dots"], [], None, None, 1, api_name="/unlearn_grid")

@@ -235,7 +235,32 @@ def test_unlearn_grid_judges_before_and_after(ex):
     assert grid.cells[0].after_verdict == (verdict["object"][0], verdict["style"][0])
 
 
+def test_unlearn_compare_runs_methods_side_by_side_on_shared_befores(ex):
+    weights = {k: v.clone() for k, v in ex.session.pipe.unet.state_dict().items()}
+    heard = []
+    grids = ex.audit.compare(["dots"], ["saeuron", "uce", "esd"], seed=2, progress=lambda f, text: heard.append(text))
+    assert [g.method for g in grids] == ["saeuron", "uce", "esd"]
+    assert any("ESD fine-tuning" in h for h in heard)
+    first = grids[0]
+    for g in grids[1:]:
+        assert [c.prompt for c in g.cells] == [c.prompt for c in first.cells]
+        assert all(np.array_equal(a.before, b.before) for a, b in zip(g.cells, first.cells))
+        assert g.interventions == () and set(g.metrics_after) == {"dots"}
+    assert not all(np.array_equal(a.after, b.after) for a, b in zip(grids[1].cells, first.cells))
+    assert all(torch.equal(weights[k], v) for k, v in ex.session.pipe.unet.state_dict().items())  # no edit left behind
+    assert ex.audit.run(["dots"], seed=2, method="uce").cells[0].after.tobytes() == grids[1].cells[0].after.tobytes()
+
+
+def test_esd_training_can_be_switched_off_for_public_servers(ex):
+    s = ex.session
+    locked = ExplorerSession(s.pipe, s.info, s.bundle, s.judge, s.sources, Limits(train_esd=False))
+    with pytest.raises(SaeuronError, match="not precomputed on this server"):
+        locked.removal("esd", ["rings"])
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(concepts=["dots"], method="salun"), "unknown method 'salun'"),
+    (dict(concepts=["dots"], method="uce", tau=90.0, gamma=-2.0), "tau and gamma are SAeUron's settings"),
     (dict(concepts=[]), "choose at least one concept"),
     (dict(concepts=["vangogh"]), "unknown concept 'vangogh'"),
     (dict(concepts=["dots"], tau=90.0), "give both tau and gamma"),

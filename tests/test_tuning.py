@@ -61,6 +61,12 @@ def test_defaults_table_picks_best_shared_style_setting_and_per_object():
     assert table["kinds"]["style"]["gamma"] == -5.0 and table["kinds"]["style"]["latents_per_step"] == 2
     assert table["concepts"]["star"]["latents_per_step"] == 1  # tie: the smaller edit
     assert pick(objects)["gamma"] == -5.0
+    assert "dots" not in table["concepts"]
+    own = defaults_table(rows, objects, "per-concept")
+    assert own["concepts"]["dots"]["gamma"] == -1.0 and own["concepts"]["solid"]["gamma"] == -5.0  # each style its best
+    assert own["kinds"]["style"] == table["kinds"]["style"]  # the shared setting stays as the fallback
+    with pytest.raises(SaeuronError, match="style settings must be one of"):
+        defaults_table(rows, objects, "per-style")
 
 
 def test_tune_refuses_evaluation_seeds(tiny_bundle):

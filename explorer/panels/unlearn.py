@@ -1,5 +1,6 @@
-"""Unlearn panel: concepts, tau and gamma; target and retained prompts before and after, the
-judge's verdicts and UA / IRA / CRA of that grid."""
+"""Unlearn panel: concepts and methods (SAeUron, UCE, ESD; tau and gamma for SAeUron); target and
+retained prompts before and after each method side by side, the judge's verdicts and UA / IRA /
+CRA of that grid per method."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from ..imaging import upscale
 from ..zerogpu import gpu
 from . import served, ui_errors
 
-VERDICT_COLUMNS = ["role", "prompt", "judged before", "judged after"]
-METRIC_COLUMNS = ["concept", "UA before", "UA after", "IRA before", "IRA after", "CRA before", "CRA after"]
+VERDICT_COLUMNS = ["role", "prompt", "method", "judged before", "judged after"]
+METRIC_COLUMNS = ["concept", "method", "UA before", "UA after", "IRA before", "IRA after", "CRA before", "CRA after", "set-up s"]
 
 
 @dataclass
 class UnlearnPanel:
     concepts: gr.Dropdown
+    methods: gr.CheckboxGroup
     defaults: gr.Markdown
     tau: gr.Number
     gamma: gr.Number
@@ -35,16 +37,17 @@ class UnlearnPanel:
 def layout(ex: Explorer) -> UnlearnPanel:
     with gr.Row():
         concepts = gr.Dropdown(ex.audit.concepts(), multiselect=True, label="Concepts to unlearn")
+        methods = gr.CheckboxGroup(ex.audit.methods(), value=["saeuron"], label="Methods (side by side; ESD trains once per concept set, then is cached)")
         tau = gr.Number(None, label="tau (percentile; empty: defaults table)")
         gamma = gr.Number(None, label="gamma (empty: defaults table)")
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
         run_button = gr.Button("Unlearn", variant="primary")
     defaults = gr.Markdown()
-    grid = gr.Gallery(label="Before | after, per prompt", columns=4, height=420, format="png")
+    grid = gr.Gallery(label="Per prompt: before, then each method's after", columns=4, height=420, format="png")
     with gr.Row():
         verdicts = gr.Dataframe(headers=VERDICT_COLUMNS, interactive=False, label="Judge verdicts (object, style)")
         metrics = gr.Dataframe(headers=METRIC_COLUMNS, interactive=False, label="Metrics on this grid")
-    return UnlearnPanel(concepts, defaults, tau, gamma, seed, run_button, grid, verdicts, metrics)
+    return UnlearnPanel(concepts, methods, defaults, tau, gamma, seed, run_button, grid, verdicts, metrics)
 
 
 def wire(ex: Explorer, p: UnlearnPanel) -> None:
@@ -61,18 +64,21 @@ def wire(ex: Explorer, p: UnlearnPanel) -> None:
 
     @gpu
     @ui_errors
-    def run(concepts, tau, gamma, seed):
-        grid = ex.audit.run(concepts, tau, gamma, int(seed or 0))
-        images = []
-        for cell in grid.cells:
+    def run(concepts, methods, tau, gamma, seed, progress=gr.Progress()):
+        grids = ex.audit.compare(concepts, methods, int(seed or 0), tau, gamma, progress=lambda f, text: progress(f, desc=text))
+        images, verdict_rows = [], []
+        for i, cell in enumerate(grids[0].cells):
             images.append((served(upscale(cell.before, 128)), f"{cell.role} before: {cell.prompt} → {' / '.join(cell.before_verdict)}"))
-            images.append((served(upscale(cell.after, 128)), f"{cell.role} after → {' / '.join(cell.after_verdict)}"))
-        verdicts = pd.DataFrame([[c.role, c.prompt, " / ".join(c.before_verdict), " / ".join(c.after_verdict)] for c in grid.cells], columns=VERDICT_COLUMNS)
+            for grid in grids:
+                after = grid.cells[i]
+                images.append((served(upscale(after.after, 128)), f"{grid.method} → {' / '.join(after.after_verdict)}"))
+                verdict_rows.append([cell.role, cell.prompt, grid.method, " / ".join(cell.before_verdict), " / ".join(after.after_verdict)])
+        verdicts = pd.DataFrame(verdict_rows, columns=VERDICT_COLUMNS)
         metrics = pd.DataFrame(
-            [[c, *(grid_value for m in ("UA", "IRA", "CRA") for grid_value in (grid.metrics_before[c][m], grid.metrics_after[c][m]))] for c in grid.concepts],
+            [[c, g.method, *(v for m in ("UA", "IRA", "CRA") for v in (g.metrics_before[c][m], g.metrics_after[c][m])), round(g.setup_seconds, 2)] for g in grids for c in g.concepts],
             columns=METRIC_COLUMNS,
         )
-        return images, verdicts, metrics
+        return gr.Gallery(images, columns=1 + len(grids)), verdicts, metrics
 
     p.concepts.change(show_defaults, p.concepts, p.defaults, api_name="unlearn_defaults")
-    p.run_button.click(run, [p.concepts, p.tau, p.gamma, p.seed], [p.grid, p.verdicts, p.metrics], api_name="unlearn_grid", concurrency_id="unet")
+    p.run_button.click(run, [p.concepts, p.methods, p.tau, p.gamma, p.seed], [p.grid, p.verdicts, p.metrics], api_name="unlearn_grid", concurrency_id="unet")
