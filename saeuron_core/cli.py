@@ -54,10 +54,14 @@ def cmd_generate(args) -> int:
     steps = args.steps if args.steps is not None else info.default_steps
     guidance = args.guidance if args.guidance is not None else info.default_guidance
     seeds = args.seed or [0]
-    images = generate(pipe, prompts, seeds, steps, guidance)
+    from .erasure import WeightEdit, applied
+
+    edit = WeightEdit.load(args.erasure) if args.erasure else None
+    with applied(pipe.unet, edit):
+        images = generate(pipe, prompts, seeds, steps, guidance)
     image = images[0] if len(images) == 1 else image_grid(images, len(prompts), len(seeds))
     save_image(image, out)
-    print(f"wrote {out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {steps} steps, guidance {guidance})")
+    print(f"wrote {out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {steps} steps, guidance {guidance}" + (f", {edit.method} erasure of {'+'.join(edit.concepts)})" if edit else ")"))
     return 0
 
 
@@ -402,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", action="append", type=int, help="generation seed; repeat for several columns (default 0)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 20 for minicanvas)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    g.add_argument("--erasure", default=None, help="generate with a weight edit from `saeuron erase` applied")
     g.add_argument("--out", default=None, help="output image path (.png, .jpg, .webp)")
     g.set_defaults(func=cmd_generate)
 

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,10 +95,6 @@ def fingerprint(unet: nn.Module, names) -> str:
         h.update(name.encode())
         h.update(params[name].detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-# One edit at a time per U-Net: a second one would be checked against an already edited base.
-_APPLY_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ import time
 
 from . import minicanvas as mc
 from .errors import SaeuronError
-from .evaluation import judge_generated, removal_metrics, removal_pairs
+from .evaluation import JudgedImage, removal_metrics, removal_pairs, to_uint8
+from .pipeline import generate_jobs
 from .interventions import apply_interventions
 
 PAPER_GAMMAS = (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
@@ -25,6 +26,33 @@ def tau_for_count(count: int, num_latents: int) -> float:
     # torch.quantile interpolates at position q * (n - 1) of the sorted scores; put it halfway
     # between the (count+1)-th and the count-th largest so exactly ``count`` lie strictly above.
     return 100.0 * (num_latents - count - 0.5) / (num_latents - 1)
+
+
+PAIR_SEED_STRIDE = 7919
+"""Seed offset between pairs in a sweep (see ``pair_seeds``)."""
+
+
+def pair_seeds(seeds, n_pairs: int) -> list[list[int]]:
+    """Per pair, its own seeds: seeds[i] + PAIR_SEED_STRIDE * pair, all inside the sweep split.
+
+    Sharing seeds across pairs shares the initial noise, and whether an edit flips an image
+    depends strongly on that noise: one shared seed made every prompt of a concept agree and
+    the sweep's winner did not carry over to held-out seeds (outline: UA 1.0 swept, 0.0 held out).
+    """
+    out = [[s + PAIR_SEED_STRIDE * j for s in seeds] for j in range(n_pairs)]
+    for row in out:
+        for s in row:
+            if s not in mc.SPLITS["sweep"]:
+                raise SaeuronError(f"sweep seed {s} left the sweep split; use smaller base seeds")
+    return out
+
+
+def _judge_decorrelated(pipe, judge, pairs, seeds, steps, guidance):
+    jobs = [(mc.prompt(o, s), seed) for (o, s), row in zip(pairs, pair_seeds(seeds, len(pairs))) for seed in row]
+    images = to_uint8(generate_jobs(pipe, jobs, steps, guidance, batch_size=24, output_type="np"))
+    verdict = judge.classify(images)
+    flat = [(o, s) for o, s in pairs for _ in seeds]
+    return [JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i]) for i, ((o, s), (_, seed)) in enumerate(zip(flat, jobs))]
 
 
 def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, steps: int, guidance: float, retain_per_concept: int = 2) -> list[dict]:
@@ -43,7 +71,7 @@ def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, step
             ivs = bundle.unlearn([concept], tau=tau, gamma=gamma)
             t0 = time.time()
             with apply_interventions(pipe.unet, bundle.saes, ivs, stats=bundle.concept_stats(ivs)):
-                records, _ = judge_generated(pipe, judge, target + retain, seeds, steps, guidance)
+                records = _judge_decorrelated(pipe, judge, target + retain, seeds, steps, guidance)
             m = removal_metrics(records, concept)
             rows.append({"concept": concept, "kind": kind, "count": count, "tau": tau, "gamma": gamma, **m, "score": (m["UA"] + m["IRA"]) / 2, "seconds": round(time.time() - t0, 1)})
     return rows

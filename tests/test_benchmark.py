@@ -97,3 +97,24 @@ def test_quick_style_benchmark_on_the_bundled_model(tmp_path):
     row, ref = m["methods"]["saeuron"]["rows"][0], m["reference"]
     assert row["UA"] >= 0.5 and 1 - row["UA"] < ref["style_accuracy"] - 0.4
     assert row["IRA"] >= ref["style_accuracy"] - 0.15
+
+
+@needs_bundled
+@pytest.mark.slow
+def test_quick_comparison_of_every_method_on_the_bundled_model(tmp_path):
+    """The issue's one command: every method on every style, on the same seeds, each removal
+    attacked. Each method removes far more than the un-edited model "removes" and keeps the
+    other styles."""
+    cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "evaluate", "--methods", "saeuron,esd,uce,none", "--domain", "style", "--quick", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "cmp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "cmp" / "metrics.json").read_text())
+    summary = {method: res["summary"]["style"] for method, res in m["methods"].items()}
+    for method in ("saeuron", "esd", "uce"):
+        s = summary[method]
+        assert s["UA"] > summary["none"]["UA"] + 0.25, (method, s)
+        assert s["IRA"] >= 0.85 and s["CRA"] >= 0.7, (method, s)
+        assert 0 <= s["UA_attack_before"] <= 1 and 0 <= s["UA_attack_after"] <= 1
+        assert all(len(r["attack"]["prompts"]) == 2 for r in m["methods"][method]["rows"])
+    assert m["methods"]["esd"]["cost"]["setup_seconds"] > m["methods"]["uce"]["cost"]["setup_seconds"]
+    assert "| uce | style |" in (tmp_path / "cmp" / "table.md").read_text()

@@ -200,6 +200,14 @@ def test_erase_and_attack_commands(tiny_bundle, tmp_path):
     proc = cli("erase", "--model", model, "--method", "uce", "--concept", "dots", "--out", str(tmp_path / "uce"))
     assert proc.returncode == 0, proc.stderr
     assert WeightEdit.load(tmp_path / "uce").concepts == ("dots",)
+    gen = [("generate", "--model", model, "--prompt", "An image of star in dots style.", "--steps", "2", "--out", str(tmp_path / name)) for name in ("plain.png", "erased.png")]
+    assert cli(*gen[0]).returncode == 0
+    proc = cli(*gen[1], "--erasure", str(tmp_path / "uce"))
+    assert proc.returncode == 0 and "uce erasure of dots" in proc.stdout, proc.stderr
+    from PIL import Image
+    import numpy as np
+
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "plain.png")), np.asarray(Image.open(tmp_path / "erased.png")))
     again = cli("erase", "--model", model, "--method", "uce", "--concept", "dots", "--out", str(tmp_path / "uce"))
     assert again.returncode == 2 and "--overwrite" in again.stderr
     proc = cli("attack", "--model", model, "--judge", str(tiny_bundle / "judge"), "--method", "uce", "--erasure", str(tmp_path / "uce"), "--concept", "dots", "--prompts", "2", "--steps", "3", "--gen-steps", "2", "--out", str(tmp_path / "atk"))

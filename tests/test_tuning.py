@@ -117,3 +117,14 @@ def test_table_from_saved_reports(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     bad = subprocess.run(cmd[:5] + [str(tmp_path / "bad.json"), "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not a sweep report" in bad.stderr
+
+
+def test_sweep_pairs_get_their_own_seeds_inside_the_sweep_split():
+    from saeuron_core import minicanvas as mc
+    from saeuron_core.tuning import pair_seeds
+
+    rows = pair_seeds([2_000_000, 2_000_001], 20)
+    flat = [s for row in rows for s in row]
+    assert len(set(flat)) == len(flat) and all(mc.split_of(s) == "sweep" for s in flat)
+    with pytest.raises(SaeuronError, match="left the sweep split"):
+        pair_seeds([2_999_990], 3)
