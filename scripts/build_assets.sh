@@ -14,10 +14,14 @@ $SAEURON --threads 2 cache --model minicanvas --seeds-per-pair 4 --out "$WORK/st
 $SAEURON --threads 2 train-sae --store "$WORK/store" --out assets/sae --expansion-factor 16 --k 16 --epochs 5
 # 4. feature statistics for scoring and for the explorer
 $SAEURON --threads 2 stats --store "$WORK/store" --sae assets/sae --out assets/stats
-# 5. tau / gamma per concept on the sweep split: styles and objects swept in parallel (1 thread
-#    each), then one table from both reports
+# 5. tau / gamma per concept on the sweep split (1 thread per process, in parallel): objects on
+#    the paper's grid with 1 seed; styles on a wider grid (up to 8 latents per step) with 2 seeds
+#    per pair (each pair its own seeds), split over two processes. Then one table from the
+#    reports, each style with its own setting.
 GRID="--count 1 --count 2 --count 3 --gamma -1 --gamma -5 --gamma -10 --gamma -20"
-$SAEURON --threads 1 tune --domain style $GRID --out "$WORK/defaults_style.json" --report "$WORK/tune_style.json" &
+STYLE_GRID="--count 1 --count 2 --count 3 --count 5 --count 8 --gamma -5 --gamma -10 --gamma -20 --gamma -30 --seeds 2"
 $SAEURON --threads 1 tune --domain object $GRID --out "$WORK/defaults_object.json" --report "$WORK/tune_object.json" &
+$SAEURON --threads 1 tune --domain style --concept solid --concept stripes --concept dots --concept checkerboard $STYLE_GRID --out "$WORK/defaults_style_a.json" --report "$WORK/tune_style_a.json" &
+$SAEURON --threads 1 tune --domain style --concept gradient --concept outline --concept rings --concept mosaic $STYLE_GRID --out "$WORK/defaults_style_b.json" --report "$WORK/tune_style_b.json" &
 wait
-$SAEURON tune --from-report "$WORK/tune_style.json" --from-report "$WORK/tune_object.json" --out assets/unlearn_defaults.json
+$SAEURON tune --from-report "$WORK/tune_style_a.json" --from-report "$WORK/tune_style_b.json" --from-report "$WORK/tune_object.json" --style-settings per-concept --out assets/unlearn_defaults.json
