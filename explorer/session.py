@@ -199,13 +199,10 @@ class ExplorerSession:
         return removal
 
     def _esd_cached(self, concepts) -> bool:
-        from saeuron_core.erasure import EsdConfig, cross_attention_parameters, fingerprint
-        from saeuron_core.methods import edit_cache_key
+        from saeuron_core.erasure import EsdConfig
+        from saeuron_core.methods import edit_folder
 
-        if self.erasure_cache is None:
-            return False
-        base = fingerprint(self.pipe.unet, cross_attention_parameters(self.pipe.unet))
-        return (self.erasure_cache / "esd" / edit_cache_key("esd", tuple(concepts), EsdConfig(), base) / "erasure.json").is_file()
+        return self.erasure_cache is not None and (edit_folder(self.pipe, "esd", concepts, EsdConfig(), self.erasure_cache) / "erasure.json").is_file()
 
     @torch.inference_mode()
     def images_with_removal(self, removal: Removal, jobs: list[tuple[str, int]], steps: int, guidance: float) -> list[np.ndarray]:

@@ -14,7 +14,6 @@ from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
 from saeuron_core.evaluation import JudgedImage, removal_metrics
 from saeuron_core.interventions import Unlearn
-from saeuron_core.methods import check_method
 
 from .limits import check_float, check_int
 from .recipes import Recipe
@@ -86,7 +85,6 @@ class UnlearnAudit:
 
         ``progress(fraction, text)`` hears about ESD fine-tuning (the one slow set-up)."""
         session = self.session
-        check_method(method)
         if method not in METHODS:
             raise SaeuronError(f"unknown method {method!r}; the panel offers {', '.join(METHODS)}")
         if session.judge is None:

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 from .errors import SaeuronError
+from .erasure import text_embeddings
 from .hooks import HookSet
+from .pipeline import generate_jobs
 
 
 @dataclass(frozen=True)
@@ -115,15 +117,13 @@ def _images(pipe, latents: Tensor) -> np.ndarray:
 
 
 def _generate(pipe, seeds, steps, guidance, prompts=None, embeds=None) -> Tensor:
-    """Latents from prompts or prompt embeddings, one generator per seed (as ``pipeline.generate``)."""
-    n = len(seeds)
-    kw = {"prompt": prompts, "negative_prompt": [""] * n} if embeds is None else {"prompt_embeds": embeds, "negative_prompt_embeds": None}
-    if embeds is not None:
-        from .erasure import text_embeddings
-
-        kw["negative_prompt_embeds"] = text_embeddings(pipe, [""] * n)[1].to(embeds.dtype)
+    """Latents [N, 4, h, w] from prompts or prompt embeddings, one generator per seed (as
+    ``pipeline.generate``)."""
+    if embeds is None:
+        return torch.stack(generate_jobs(pipe, list(zip(prompts, seeds)), steps, guidance, output_type="latent"))
+    negative = text_embeddings(pipe, [""] * len(seeds))[1].to(embeds.dtype)
     with torch.no_grad():
-        out = pipe(**kw, num_inference_steps=steps, guidance_scale=guidance, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent")
+        out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=steps, guidance_scale=guidance, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent")
     return out.images
 
 

@@ -36,7 +36,7 @@ import torch
 
 from . import minicanvas as mc
 from .errors import SaeuronError
-from .evaluation import JudgedImage, accuracy, judge_images, removal_metrics, to_uint8
+from .evaluation import JudgedImage, accuracy, judge_images, removal_metrics, shows_concept, to_uint8
 from .attack import AttackConfig, run_attack
 from .methods import METHODS, Removal, check_method, prepare_removal
 from .io import atomic_path, write_json
@@ -256,11 +256,9 @@ def attack_row(pipe, judge, removal: Removal, concept: str, plan: EvalPlan) -> t
     prompts = [mc.prompt(o, s) for o, s in pairs]
     seeds = [plan.seeds[i % len(plan.seeds)] for i in range(len(prompts))]
     result = run_attack(pipe, lambda: removal.active(pipe), prompts, seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
-    kind = mc.concept_kind(concept)
 
     def ua(images) -> float:
-        verdict = judge.classify(images)[kind]
-        return 1.0 - float(np.mean([v == concept for v in verdict]))
+        return 1.0 - float(np.mean(shows_concept(judge, images, concept)))
 
     strip = np.concatenate([np.concatenate(list(images), 1) for images in (result.targets, result.before, result.after)], 0)
     row = {"prompts": prompts, "seeds": seeds, "UA_before": ua(result.before), "UA_after": ua(result.after), "target_UA": ua(result.targets), "final_loss": result.losses[-1], "seconds": round(result.seconds, 1)}

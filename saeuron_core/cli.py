@@ -211,10 +211,11 @@ def _esd_config(args):
 QUICK_ESD_ITERATIONS = 60
 
 
-def _default_cache() -> Path:
+def _cache_dir(args) -> Path | None:
+    """--cache, else the default erasure cache; None with --no-cache."""
     from .methods import default_cache_dir
 
-    return default_cache_dir()
+    return None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir()
 
 
 def cmd_evaluate(args) -> int:
@@ -252,8 +253,7 @@ def cmd_evaluate(args) -> int:
     judge = Judge.load(args.judge or ASSETS / "judge")
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
-    cache = None if args.no_cache else Path(args.cache) if args.cache else _default_cache()
-    result = run(pipe, info, bundle, judge, plan, out, cache=cache, esd=esd, log=lambda m: print(m, flush=True))
+    result = run(pipe, info, bundle, judge, plan, out, cache=_cache_dir(args), esd=esd, log=lambda m: print(m, flush=True))
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
     return 0
@@ -262,7 +262,8 @@ def cmd_evaluate(args) -> int:
 def cmd_erase(args) -> int:
     from tqdm import tqdm
 
-    from .erasure import UceConfig, WeightEdit, erase
+    from .erasure import UceConfig, WeightEdit
+    from .methods import erase_to
     from .pipeline import load_pipeline, model_info
     from .recipe import _StopRequest
 
@@ -281,27 +282,24 @@ def cmd_erase(args) -> int:
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.refresh()
 
-    work = out.with_name(out.name + ".work")
     with _StopRequest() as stop:
         try:
-            edit = erase(pipe, info, args.method, args.concept, config, work=work, progress=progress, should_stop=lambda: stop.requested)
+            edit = erase_to(out, pipe, info, args.method, args.concept, config, progress=progress, should_stop=lambda: stop.requested)
         finally:
             bar.close()
-    edit.save(out)
-    if work.exists():
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
     WeightEdit.load(out)  # what was written reads back
     print(f"wrote {out}: {args.method} erasure of {', '.join(edit.concepts)} ({len(edit.deltas)} tensors, {edit.storage_bytes / 2**20:.2f} MB) in {edit.setup_seconds:.1f} s")
     return 0
 
 
 def cmd_attack(args) -> int:
+    from dataclasses import asdict
+
     from . import minicanvas as mc
     from .attack import AttackConfig, run_attack
     from .benchmark import attack_prompt_pairs
-    from .erasure import WeightEdit, applied
+    from .erasure import WeightEdit, check_concepts
+    from .evaluation import shows_concept
     from .io import write_json
     from .judge import Judge
     from .methods import Removal, check_method, prepare_removal
@@ -320,9 +318,7 @@ def cmd_attack(args) -> int:
     info = model_info(pipe, args.model)
     if not info.objects:
         raise_error(f"{args.model} has no benchmark vocabulary; the attack is judged on MiniCanvas-style models")
-    concept = args.concept
-    if concept not in (*info.objects, *info.styles):
-        raise_error(f"concept {concept!r} is not in this model's vocabulary; objects: {', '.join(info.objects)}; styles: {', '.join(info.styles)}")
+    (concept,) = check_concepts(info, [args.concept])
     seed = args.seed if args.seed is not None else mc.split_seeds("heldout", 1)[0]
     if mc.split_of(seed) != "heldout":
         raise_error(f"seed {seed} is in the {mc.split_of(seed)!r} split; attacks are reported on held-out seeds {mc.SPLITS['heldout']}")
@@ -334,23 +330,17 @@ def cmd_attack(args) -> int:
             raise_error(f"{args.erasure} holds a {edit.method} erasure, not {method}")
         if concept not in edit.concepts:
             raise_error(f"{args.erasure} erases {', '.join(edit.concepts)}, not {concept}")
-        removal = Removal(method, edit.concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, edit.settings, lambda p: applied(p.unet, edit))
+        removal = Removal.from_edit(edit)
     else:
         bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults) if method == "saeuron" else None
-        cache = None if args.no_cache else Path(args.cache) if args.cache else _default_cache()
-        removal = prepare_removal(pipe, info, method, [concept], bundle=bundle, cache=cache, log=print)
+        removal = prepare_removal(pipe, info, method, [concept], bundle=bundle, cache=_cache_dir(args), log=print)
     pairs = attack_prompt_pairs(concept, args.prompts or len(info.objects if concept in info.styles else info.styles))
     prompts = [mc.prompt(o, s) for o, s in pairs]
     judge = Judge.load(args.judge or ASSETS / "judge")
     result = run_attack(pipe, lambda: removal.active(pipe), prompts, [seed] * len(prompts), steps, guidance, cfg)
-    kind = mc.concept_kind(concept)
-
-    def shows(images):
-        return [v == concept for v in judge.classify(images)[kind]]
-
-    before, after, target = shows(result.before), shows(result.after), shows(result.targets)
+    before, after, target = (shows_concept(judge, images, concept) for images in (result.before, result.after, result.targets))
     report = {
-        "method": method, "concept": concept, "prompts": prompts, "seed": seed, "attack": vars(cfg) if hasattr(cfg, "__dict__") else {},
+        "method": method, "concept": concept, "prompts": prompts, "seed": seed, "attack": asdict(cfg),
         "UA_before": 1 - sum(before) / len(before), "UA_after": 1 - sum(after) / len(after), "target_shows_concept": target,
         "shows_concept_before": before, "shows_concept_after": after, "losses": result.losses, "seconds": round(result.seconds, 1),
     }

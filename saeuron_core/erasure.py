@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .errors import SaeuronError
 from .io import atomic_dir, load_safetensors, save_safetensors, write_json
+from .pipeline import generate_jobs
 
 CROSS_ATTENTION = "attn2"
 """diffusers' name for the text cross-attention in every ``BasicTransformerBlock``."""
@@ -369,20 +370,9 @@ def _esd_pool(pipe, info, concepts, cfg: EsdConfig) -> tuple[list[str], list[str
     pairs = [pa for c in concepts for pa in zip(concept_prompts(info, c), anchor_prompts(info, c, cfg.anchor))]
     jobs = [(pairs[i % len(pairs)][0], cfg.seed * 100_003 + i) for i in range(cfg.pool_size)]
     anchors = [pairs[i % len(pairs)][1] for i in range(cfg.pool_size)]
-    latents = []
-    for i in range(0, len(jobs), 12):
-        chunk = jobs[i : i + 12]
-        with torch.no_grad():
-            out = pipe(
-                prompt=[p for p, _ in chunk],
-                negative_prompt=[""] * len(chunk),
-                num_inference_steps=cfg.pool_steps or info.default_steps,
-                guidance_scale=cfg.pool_guidance if cfg.pool_guidance is not None else info.default_guidance,
-                generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
-                output_type="latent",
-            )
-        latents.append(out.images)
-    return [p for p, _ in jobs], anchors, torch.cat(latents)
+    guidance = cfg.pool_guidance if cfg.pool_guidance is not None else info.default_guidance
+    latents = generate_jobs(pipe, jobs, cfg.pool_steps or info.default_steps, guidance, batch_size=12, output_type="latent")
+    return [p for p, _ in jobs], anchors, torch.stack(latents)
 
 
 def esd_loss(unet: nn.Module, frozen: dict[str, Tensor], x_t: Tensor, t: Tensor, cond: Tensor, anchor: Tensor, eta: float) -> Tensor:

@@ -37,10 +37,19 @@ def to_uint8(images) -> np.ndarray:
 
 def judge_images(judge, images: np.ndarray, pairs, seeds):
     """Records for images laid out pair-major ([p0s0, p0s1, ..., p1s0, ...]) and their judge features."""
+    return judge_jobs(judge, images, [(o, s, seed) for o, s in pairs for seed in seeds])
+
+
+def judge_jobs(judge, images: np.ndarray, jobs):
+    """Records for images of (object, style, seed) jobs, in order, and their judge features."""
     verdict = judge.classify(images)
-    jobs = [(o, s, seed) for o, s in pairs for seed in seeds]
     records = [JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i]) for i, (o, s, seed) in enumerate(jobs)]
     return records, verdict["features"]
+
+
+def shows_concept(judge, images: np.ndarray, concept: str) -> list[bool]:
+    """Per image: does the judge see ``concept`` (in its own kind)?"""
+    return [v == concept for v in judge.classify(images)[mc.concept_kind(concept)]]
 
 
 def accuracy(records, kind: str, where=lambda r: True) -> float:

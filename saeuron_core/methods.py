@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,11 @@ class Removal:
         """A context in which ``pipe`` generates with the concepts removed (undone on exit)."""
         return self._activate(pipe)
 
+    @classmethod
+    def from_edit(cls, edit: WeightEdit) -> "Removal":
+        """An ESD / UCE weight edit as a removal (its deltas are the extra storage and memory)."""
+        return cls(edit.method, edit.concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, dict(edit.settings), lambda p: applied(p.unet, edit))
+
 
 def check_method(method: str) -> str:
     if method not in METHODS:
@@ -88,33 +94,40 @@ def prepare_removal(pipe, info, method: str, concepts, *, bundle=None, cache: st
     if method == "saeuron":
         return _saeuron_removal(pipe, bundle, concepts)
     config = (esd or EsdConfig()) if method == "esd" else (uce or UceConfig())
-    edit = cached_edit(pipe, info, method, concepts, config, cache, progress, log)
-    return Removal(method, concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, dict(edit.settings), lambda p, e=edit: applied(p.unet, e))
+    return Removal.from_edit(cached_edit(pipe, info, method, concepts, config, cache, progress, log))
+
+
+def edit_folder(pipe, method: str, concepts, config, cache: str | Path) -> Path:
+    """Where ``cache`` keeps the edit of ``method`` for ``concepts`` on this pipeline's weights."""
+    base = fingerprint(pipe.unet, cross_attention_parameters(pipe.unet))
+    return Path(cache) / method / edit_cache_key(method, tuple(concepts), config, base)
+
+
+def erase_to(folder: str | Path, pipe, info, method: str, concepts, config, progress=None, should_stop=None) -> WeightEdit:
+    """Compute an edit (ESD checkpoints in ``<folder>.work``, resumed when there), save it to
+    ``folder`` and drop the checkpoints."""
+    folder = Path(folder)
+    work = folder.with_name(folder.name + ".work")
+    edit = erase(pipe, info, method, concepts, config, work=work, progress=progress, should_stop=should_stop)
+    edit.save(folder)
+    shutil.rmtree(work, ignore_errors=True)
+    return edit
 
 
 def cached_edit(pipe, info, method: str, concepts, config, cache, progress=None, log=None) -> WeightEdit:
     """The weight edit from ``cache`` when there, else computed (and saved there)."""
     if method not in ERASURE_METHODS:
         raise SaeuronError(f"{method!r} is not a weight-editing method ({', '.join(ERASURE_METHODS)})")
-    folder = None
-    if cache is not None:
-        base = fingerprint(pipe.unet, cross_attention_parameters(pipe.unet))
-        folder = Path(cache) / method / edit_cache_key(method, concepts, config, base)
-        if (folder / "erasure.json").is_file():
-            if log:
-                log(f"{method} {'+'.join(concepts)}: cached edit {folder}")
-            return WeightEdit.load(folder)
+    folder = edit_folder(pipe, method, concepts, config, cache) if cache is not None else None
+    if folder is not None and (folder / "erasure.json").is_file():
+        if log:
+            log(f"{method} {'+'.join(concepts)}: cached edit {folder}")
+        return WeightEdit.load(folder)
     if log:
         log(f"{method} {'+'.join(concepts)}: computing the edit")
-    work = folder.with_name(folder.name + ".work") if folder is not None else None
-    edit = erase(pipe, info, method, concepts, config, work=work, progress=progress)
-    if folder is not None:
-        edit.save(folder)
-        if work is not None and work.exists():
-            import shutil
-
-            shutil.rmtree(work, ignore_errors=True)
-    return edit
+    if folder is None:
+        return erase(pipe, info, method, concepts, config, progress=progress)
+    return erase_to(folder, pipe, info, method, concepts, config, progress)
 
 
 def _saeuron_removal(pipe, bundle, concepts) -> Removal:

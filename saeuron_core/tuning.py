@@ -12,7 +12,7 @@ import time
 
 from . import minicanvas as mc
 from .errors import SaeuronError
-from .evaluation import JudgedImage, removal_metrics, removal_pairs, to_uint8
+from .evaluation import judge_jobs, removal_metrics, removal_pairs, to_uint8
 from .pipeline import generate_jobs
 from .interventions import apply_interventions
 
@@ -48,11 +48,9 @@ def pair_seeds(seeds, n_pairs: int) -> list[list[int]]:
 
 
 def _judge_decorrelated(pipe, judge, pairs, seeds, steps, guidance):
-    jobs = [(mc.prompt(o, s), seed) for (o, s), row in zip(pairs, pair_seeds(seeds, len(pairs))) for seed in row]
-    images = to_uint8(generate_jobs(pipe, jobs, steps, guidance, batch_size=24, output_type="np"))
-    verdict = judge.classify(images)
-    flat = [(o, s) for o, s in pairs for _ in seeds]
-    return [JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i]) for i, ((o, s), (_, seed)) in enumerate(zip(flat, jobs))]
+    jobs = [(o, s, seed) for (o, s), row in zip(pairs, pair_seeds(seeds, len(pairs))) for seed in row]
+    images = to_uint8(generate_jobs(pipe, [(mc.prompt(o, s), seed) for o, s, seed in jobs], steps, guidance, batch_size=24, output_type="np"))
+    return judge_jobs(judge, images, jobs)[0]
 
 
 def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, steps: int, guidance: float, retain_per_concept: int = 2) -> list[dict]:
