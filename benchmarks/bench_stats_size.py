@@ -160,7 +160,7 @@ def build_demo(root: Path, seeds: int, steps: int) -> tuple[Path, Path]:
     from _common import _conftest
 
     from saeuron_core import minicanvas as mc
-    from saeuron_core.recipe import DEFAULT_HOOKS
+    from saeuron_core.minicanvas.build import DEFAULT_HOOKS
     from saeuron_core.sae import SaeConfig, TopKSae
     from saeuron_core.stats import compute_stats
     from saeuron_core.store import PromptItem, cache_activations

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from saeuron_core import minicanvas as mc
-from saeuron_core.evaluation import accuracy_table, judge_generated
-from saeuron_core.judge import Judge
+from saeuron_core.minicanvas.evaluation import accuracy_table, judge_generated
+from saeuron_core.minicanvas.judge import Judge
 from saeuron_core.paths import ASSETS
 from saeuron_core.pipeline import load_pipeline, model_info
 

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def open_session(args: argparse.Namespace) -> ExplorerSession:
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))  # UMAP's worker threads
     torch.set_num_threads(args.threads)
-    from saeuron_core.methods import default_cache_dir
+    from saeuron_core.baselines.methods import default_cache_dir
 
     return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir())
 

@@ -20,8 +20,8 @@ import torch
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import resolve_point
 from saeuron_core.interventions import apply_interventions
-from saeuron_core.judge import Judge
-from saeuron_core.methods import Removal, prepare_removal
+from saeuron_core.minicanvas.judge import Judge
+from saeuron_core.baselines.methods import Removal, prepare_removal
 from saeuron_core.paths import ASSETS
 from saeuron_core.pipeline import ModelInfo, generate, load_pipeline, model_info
 from saeuron_core.unlearning import SaeBundle, generate_with
@@ -199,10 +199,11 @@ class ExplorerSession:
         return removal
 
     def _esd_cached(self, concepts) -> bool:
-        from saeuron_core.erasure import EsdConfig
-        from saeuron_core.methods import edit_folder
+        from saeuron_core.baselines.erasure import EsdConfig
+        from saeuron_core.edits import META_FILE
+        from saeuron_core.baselines.methods import edit_folder
 
-        return self.erasure_cache is not None and (edit_folder(self.pipe, "esd", concepts, EsdConfig(), self.erasure_cache) / "erasure.json").is_file()
+        return self.erasure_cache is not None and (edit_folder(self.pipe, "esd", concepts, EsdConfig(), self.erasure_cache) / META_FILE).is_file()
 
     @torch.inference_mode()
     def images_with_removal(self, removal: Removal, jobs: list[tuple[str, int]], steps: int, guidance: float) -> list[np.ndarray]:

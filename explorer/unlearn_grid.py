@@ -12,7 +12,7 @@ import numpy as np
 
 from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
-from saeuron_core.evaluation import JudgedImage, removal_metrics
+from saeuron_core.minicanvas.evaluation import JudgedImage, removal_metrics
 from saeuron_core.interventions import Unlearn
 
 from .limits import check_float, check_int

@@ -18,12 +18,12 @@ def _threads(n: int | None) -> None:
 
 def cmd_build_model(args) -> int:
     from .paths import ASSETS
-    from .recipe import RecipeConfig, build_model
+    from .minicanvas.build import BuildConfig, build_model
 
     overrides = json.loads(args.config) if args.config else {}
     if args.unet_minutes is not None:
         overrides["unet_minutes"] = args.unet_minutes
-    cfg = RecipeConfig(**overrides)
+    cfg = BuildConfig(**overrides)
     out = Path(args.out) if args.out else ASSETS / "minicanvas"
     judge_out = Path(args.judge_out) if args.judge_out else ASSETS / "judge"
     report = build_model(cfg, Path(args.work), out, judge_out)
@@ -54,7 +54,7 @@ def cmd_generate(args) -> int:
     steps = args.steps if args.steps is not None else info.default_steps
     guidance = args.guidance if args.guidance is not None else info.default_guidance
     seeds = args.seed or [0]
-    from .erasure import WeightEdit, applied
+    from .edits import WeightEdit, applied
 
     edit = WeightEdit.load(args.erasure) if args.erasure else None
     with applied(pipe.unet, edit):
@@ -67,14 +67,15 @@ def cmd_generate(args) -> int:
 
 def cmd_cache(args) -> int:
     from .pipeline import load_pipeline, model_info
-    from .store import cache_activations, minicanvas_items, read_prompt_file
+    from .minicanvas import prompt_items
+    from .store import cache_activations, read_prompt_file
 
     pipe = load_pipeline(args.model)
     info = model_info(pipe, args.model)
     if args.prompts:
         items = read_prompt_file(args.prompts)
     elif info.objects:
-        items = minicanvas_items(args.seeds_per_pair, split="train")
+        items = prompt_items(args.seeds_per_pair, split="train")
     else:
         raise_error(f"{args.model} has no built-in prompt set; pass --prompts FILE (.txt or .csv)")
     points = args.point or sorted(set(info.hook_points.values()))
@@ -152,10 +153,10 @@ def cmd_unlearn(args) -> int:
 def cmd_tune(args) -> int:
     from . import minicanvas as mc
     from .io import write_json
-    from .judge import Judge
+    from .minicanvas.judge import Judge
     from .paths import ASSETS
     from .pipeline import load_pipeline, model_info
-    from .tuning import PAPER_GAMMAS, defaults_table, sweep_concept
+    from .minicanvas.tuning import PAPER_GAMMAS, defaults_table, sweep_concept
     from .unlearning import SaeBundle
 
     if args.domain not in ("style", "object", "both"):
@@ -196,7 +197,7 @@ def cmd_tune(args) -> int:
 
 
 def _esd_config(args):
-    from .erasure import EsdConfig
+    from .baselines.erasure import EsdConfig
 
     overrides = {}
     for name in ("iterations", "lr", "batch_size"):
@@ -213,7 +214,7 @@ QUICK_ESD_ITERATIONS = 60
 
 def _cache_dir(args) -> Path | None:
     """--cache, else the default erasure cache; None with --no-cache."""
-    from .methods import default_cache_dir
+    from .baselines.methods import default_cache_dir
 
     return None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir()
 
@@ -222,9 +223,9 @@ def cmd_evaluate(args) -> int:
     import shutil
 
     from . import minicanvas as mc
-    from .benchmark import EvalPlan, default_concepts, run
-    from .judge import Judge
-    from .methods import parse_methods
+    from .minicanvas.benchmark import EvalPlan, default_concepts, run
+    from .minicanvas.judge import Judge
+    from .baselines.methods import parse_methods
     from .paths import ASSETS
     from .pipeline import load_pipeline, model_info
     from .unlearning import SaeBundle
@@ -262,13 +263,16 @@ def cmd_evaluate(args) -> int:
 def cmd_erase(args) -> int:
     from tqdm import tqdm
 
-    from .erasure import UceConfig, WeightEdit
-    from .methods import erase_to
+    from .baselines.erasure import UceConfig
+    from .edits import WeightEdit
+    from .baselines.methods import erase_to
     from .pipeline import load_pipeline, model_info
-    from .recipe import _StopRequest
+    from .minicanvas.build import _StopRequest
+
+    from .edits import META_FILE
 
     out = Path(args.out)
-    if (out / "erasure.json").is_file() and not args.overwrite:
+    if (out / META_FILE).is_file() and not args.overwrite:
         raise_error(f"{out} already holds an erasure; pass --overwrite to replace it")
     if args.method not in ("esd", "uce"):
         raise_error(f"unknown erasure method {args.method!r}; use esd or uce (SAeUron needs no erasure: see `saeuron unlearn`)")
@@ -296,13 +300,14 @@ def cmd_attack(args) -> int:
     from dataclasses import asdict
 
     from . import minicanvas as mc
-    from .attack import AttackConfig, run_attack
-    from .benchmark import attack_prompt_pairs
-    from .erasure import WeightEdit, check_concepts
-    from .evaluation import shows_concept
+    from .baselines.attack import AttackConfig, run_attack
+    from .minicanvas.benchmark import attack_prompt_pairs
+    from .baselines.erasure import check_concepts
+    from .edits import WeightEdit
+    from .minicanvas.evaluation import shows_concept
     from .io import write_json
-    from .judge import Judge
-    from .methods import Removal, check_method, prepare_removal
+    from .minicanvas.judge import Judge
+    from .baselines.methods import Removal, check_method, prepare_removal
     from .paths import ASSETS
     from .pipeline import image_grid, load_pipeline, model_info, save_image
     from .unlearning import SaeBundle
@@ -382,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="pipeline folder to write (default: the bundled assets/minicanvas)")
     b.add_argument("--judge-out", default=None, help="judge folder to write (default: assets/judge)")
     b.add_argument("--unet-minutes", type=float, default=None, help="wall-clock budget of U-Net training in minutes (default 75)")
-    b.add_argument("--config", default=None, help='JSON overrides of RecipeConfig fields, e.g. \'{"unet_steps": 10}\'')
+    b.add_argument("--config", default=None, help='JSON overrides of BuildConfig fields, e.g. \'{"unet_steps": 10}\'')
     b.set_defaults(func=cmd_build_model)
     g = sub.add_parser(
         "generate",

@@ -37,17 +37,6 @@ class PromptItem:
     labels: dict = field(default_factory=dict)
 
 
-def minicanvas_items(seeds_per_pair: int, split: str = "train", unstyled: bool = True) -> list[PromptItem]:
-    """Every (object, style) prompt (and every unstyled prompt) at ``seeds_per_pair`` seeds."""
-    from . import minicanvas as mc
-
-    seeds = mc.split_seeds(split, seeds_per_pair)
-    items = [PromptItem(mc.prompt(o, s), seed, {"object": o, "style": s}) for o, s in mc.all_pairs() for seed in seeds]
-    if unstyled:
-        items += [PromptItem(mc.prompt(o), seed, {"object": o}) for o in mc.OBJECTS for seed in seeds]
-    return items
-
-
 def read_prompt_file(path: str | Path) -> list[PromptItem]:
     """Prompts for real SD: a .txt (one prompt per line) or a .csv with columns prompt[,seed][,<label>...]."""
     import csv

@@ -22,11 +22,11 @@ def make_tiny_pipeline(sample_size: int = 8):
     """A random SD-architecture pipeline built here, as a stand-in for a foreign SD1.x folder."""
     from diffusers import StableDiffusionPipeline
 
-    from saeuron_core.recipe import RecipeConfig, make_schedulers, make_text_encoder, make_unet, make_vae
-    from saeuron_core.tokenizer import write_tokenizer
+    from saeuron_core.minicanvas.build import BuildConfig, make_schedulers, make_text_encoder, make_unet, make_vae
+    from saeuron_core.minicanvas.tokenizer import write_tokenizer
 
     torch.manual_seed(0)
-    cfg = RecipeConfig(vae_channels=[16, 16], unet_channels=[32, 32, 32], text_hidden=32, text_layers=1)
+    cfg = BuildConfig(vae_channels=[16, 16], unet_channels=[32, 32, 32], text_hidden=32, text_layers=1)
     import tempfile
 
     tok = write_tokenizer(tempfile.mkdtemp())
@@ -62,7 +62,7 @@ def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
     import json
     import shutil
 
-    from saeuron_core.judge import Judge, JudgeConfig
+    from saeuron_core.minicanvas.judge import Judge, JudgeConfig
     from saeuron_core.pipeline import load_pipeline
     from saeuron_core.sae_train import TrainConfig, train_sae
     from saeuron_core.sae import TopKSae

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import needs_bundled
-from saeuron_core.attack import AttackConfig, run_attack, soft_prompt_embeddings
+from saeuron_core.baselines.attack import AttackConfig, run_attack, soft_prompt_embeddings
 from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import ScaleFeatures, apply_interventions
 from saeuron_core.pipeline import load_pipeline, model_info
@@ -73,7 +73,7 @@ def test_attack_feeds_the_unet_scheduler_timesteps(tiny):
 def test_attack_pulls_the_target_concept_back_on_an_unedited_model():
     """Sanity: from 'solid' prompts, soft tokens fitted to 'stripes' targets raise the judge's
     stripes probability of what the model then generates."""
-    from saeuron_core.judge import Judge, to_tensor
+    from saeuron_core.minicanvas.judge import Judge, to_tensor
     from saeuron_core.paths import ASSETS
     import saeuron_core.minicanvas as mc
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import needs_bundled
-from saeuron_core.benchmark import EvalPlan, frechet_distance
+from saeuron_core.minicanvas.benchmark import EvalPlan, frechet_distance
 from saeuron_core.errors import SaeuronError
 
 

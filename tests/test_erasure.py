@@ -5,24 +5,21 @@ import json
 import pytest
 import torch
 
-from saeuron_core.erasure import (
+from saeuron_core.baselines.erasure import (
     EsdConfig,
     UceConfig,
-    WeightEdit,
-    applied,
     check_concepts,
-    cross_attention_parameters,
     erase,
     esd_erase,
     esd_loss,
-    text_embeddings,
     uce_erase,
     uce_pairs,
     uce_solve,
 )
+from saeuron_core.edits import META_FILE, WeightEdit, applied, cross_attention_parameters
 from saeuron_core.errors import SaeuronError
-from saeuron_core.methods import parse_methods, prepare_removal
-from saeuron_core.pipeline import load_pipeline, model_info
+from saeuron_core.baselines.methods import parse_methods, prepare_removal
+from saeuron_core.pipeline import load_pipeline, model_info, text_embeddings
 
 
 def brute_force_uce(w_old, c, v, p, se, sp, lamb):
@@ -103,7 +100,7 @@ def test_weight_edit_round_trip_and_bad_files(tiny, tmp_path):
     assert all(torch.equal(back.deltas[k], v) for k, v in edit.deltas.items())
     with pytest.raises(SaeuronError, match="not a saved erasure"):
         WeightEdit.load(tmp_path)
-    (tmp_path / "e" / "erasure.json").write_text("{not json")
+    (tmp_path / "e" / META_FILE).write_text("{not json")
     with pytest.raises(SaeuronError, match="malformed"):
         WeightEdit.load(tmp_path / "e")
     other = WeightEdit("uce", ("dots",), {"no.such.weight": torch.zeros(1)}, "x")
@@ -180,7 +177,7 @@ def test_removals_share_one_interface_and_cache_edits(tiny, tiny_bundle, tmp_pat
     assert "computing" in logs[0] and "cached" in logs[1]
     assert first.extra_storage_bytes == again.extra_storage_bytes > 0
     saved = next((tmp_path / "uce").iterdir())
-    assert json.loads((saved / "erasure.json").read_text())["concepts"] == ["dots"]
+    assert json.loads((saved / META_FILE).read_text())["concepts"] == ["dots"]
     none = prepare_removal(pipe, info, "none", ["dots"])
     with none.active(pipe), again.active(pipe):
         pass

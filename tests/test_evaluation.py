@@ -1,4 +1,4 @@
-from saeuron_core.evaluation import JudgedImage, accuracy, accuracy_table
+from saeuron_core.minicanvas.evaluation import JudgedImage, accuracy, accuracy_table
 
 
 def rec(o, s, po, ps):

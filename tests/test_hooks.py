@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(1)
 
 from diffusers.models.modeling_outputs import Transformer2DModelOutput  # noqa: E402
 
@@ -18,7 +17,7 @@ from saeuron_core.hooks import (  # noqa: E402
     from_tokens,
     to_tokens,
 )
-from saeuron_core.recipe import RecipeConfig, make_unet  # noqa: E402
+from saeuron_core.minicanvas.build import BuildConfig, make_unet  # noqa: E402
 
 POINT = "up_blocks.1.attentions.1"
 
@@ -27,7 +26,7 @@ POINT = "up_blocks.1.attentions.1"
 def unet():
     torch.manual_seed(0)
     # the bundled model's architecture at width 32
-    return make_unet(RecipeConfig(unet_channels=[32, 32, 32], text_hidden=32), 8).eval()
+    return make_unet(BuildConfig(unet_channels=[32, 32, 32], text_hidden=32), 8).eval()
 
 
 def run(unet, timestep, batch: int = 2, height: int = 8, width: int = 8):

@@ -7,7 +7,6 @@ import contextlib
 import pytest
 import torch
 
-torch.set_num_threads(1)
 
 from saeuron_core.errors import SaeuronError  # noqa: E402
 from saeuron_core.hooks import Step, capture_activations, to_tokens  # noqa: E402
@@ -19,7 +18,7 @@ from saeuron_core.interventions import (  # noqa: E402
     Unlearn,
     apply_interventions,
 )
-from saeuron_core.recipe import RecipeConfig, make_unet  # noqa: E402
+from saeuron_core.minicanvas.build import BuildConfig, make_unet  # noqa: E402
 from saeuron_core.sae import SaeConfig, TopKSae  # noqa: E402
 from saeuron_core.scoring import ConceptStats, mean_activation_all, score, select  # noqa: E402
 
@@ -31,7 +30,7 @@ TIMESTEPS = (900, 500, 100)
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)
-    return make_unet(RecipeConfig(unet_channels=[32, 32, 32], text_hidden=32), 8).eval()
+    return make_unet(BuildConfig(unet_channels=[32, 32, 32], text_hidden=32), 8).eval()
 
 
 @pytest.fixture(scope="module")

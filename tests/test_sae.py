@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(1)
 
 from saeuron_core.errors import SaeuronError  # noqa: E402
 from saeuron_core.sae import SaeConfig, TopKSae, load_many  # noqa: E402

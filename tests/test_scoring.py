@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(1)
 
 from saeuron_core.errors import SaeuronError  # noqa: E402
 from saeuron_core.scoring import ConceptStats, concept_means, mean_activation_all, score, select  # noqa: E402

@@ -1,5 +1,5 @@
 from saeuron_core import minicanvas as mc
-from saeuron_core.tokenizer import PROMPT_WORDS, write_tokenizer
+from saeuron_core.minicanvas.tokenizer import PROMPT_WORDS, write_tokenizer
 
 
 def test_every_prompt_word_is_one_token_and_any_text_tokenizes(tmp_path):

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.evaluation import JudgedImage, removal_metrics, removal_pairs
+from saeuron_core.minicanvas.evaluation import JudgedImage, removal_metrics, removal_pairs
 from saeuron_core.scoring import select
-from saeuron_core.tuning import defaults_table, pick, tau_for_count
+from saeuron_core.minicanvas.tuning import defaults_table, pick, tau_for_count
 
 
 @pytest.mark.parametrize("n", [1024, 20480])
@@ -70,9 +70,9 @@ def test_defaults_table_picks_best_shared_style_setting_and_per_object():
 
 
 def test_tune_refuses_evaluation_seeds(tiny_bundle):
-    from saeuron_core.judge import Judge
+    from saeuron_core.minicanvas.judge import Judge
     from saeuron_core.pipeline import load_pipeline, model_info
-    from saeuron_core.tuning import sweep_concept
+    from saeuron_core.minicanvas.tuning import sweep_concept
     from saeuron_core.unlearning import SaeBundle
 
     pipe = load_pipeline(str(tiny_bundle / "model"))
@@ -121,7 +121,7 @@ def test_table_from_saved_reports(tmp_path):
 
 def test_sweep_pairs_get_their_own_seeds_inside_the_sweep_split():
     from saeuron_core import minicanvas as mc
-    from saeuron_core.tuning import pair_seeds
+    from saeuron_core.minicanvas.tuning import pair_seeds
 
     rows = pair_seeds([2_000_000, 2_000_001], 20)
     flat = [s for row in rows for s in row]

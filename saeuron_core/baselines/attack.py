@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import SaeuronError
-from .erasure import text_embeddings
-from .hooks import HookSet
-from .pipeline import generate_jobs
+from ..errors import SaeuronError
+from ..hooks import HookSet
+from ..pipeline import generate_jobs, text_embeddings
 
 
 @dataclass(frozen=True)

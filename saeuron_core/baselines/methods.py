@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, WeightEdit, applied, check_concepts, cross_attention_parameters, erase, fingerprint
-from .errors import SaeuronError
-from .interventions import apply_interventions
+from ..edits import META_FILE, WeightEdit, applied, cross_attention_parameters, fingerprint
+from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, check_concepts, erase
+from ..errors import SaeuronError
+from ..interventions import apply_interventions
 
 METHODS = ("none", "saeuron", "esd", "uce")
 
@@ -119,7 +120,7 @@ def cached_edit(pipe, info, method: str, concepts, config, cache, progress=None,
     if method not in ERASURE_METHODS:
         raise SaeuronError(f"{method!r} is not a weight-editing method ({', '.join(ERASURE_METHODS)})")
     folder = edit_folder(pipe, method, concepts, config, cache) if cache is not None else None
-    if folder is not None and (folder / "erasure.json").is_file():
+    if folder is not None and (folder / META_FILE).is_file():
         if log:
             log(f"{method} {'+'.join(concepts)}: cached edit {folder}")
         return WeightEdit.load(folder)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 
-from . import minicanvas as mc
-from .errors import SaeuronError
+from . import dataset as mc
+from ..errors import SaeuronError
 from .evaluation import judge_jobs, removal_metrics, removal_pairs, to_uint8
-from .pipeline import generate_jobs
-from .interventions import apply_interventions
+from ..pipeline import generate_jobs
+from ..interventions import apply_interventions
 
 PAPER_GAMMAS = (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
 

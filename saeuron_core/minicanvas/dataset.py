@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SaeuronError
+from ..errors import SaeuronError
+from ..pipeline import concept_prompt
+from ..store import PromptItem
 
 OBJECTS: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "heart")
 STYLES: tuple[str, ...] = (
@@ -43,12 +45,11 @@ _SUPERSAMPLE = 2
 
 
 def prompt(object_name: str, style: str | None = None) -> str:
-    """The paper's prompt: "An image of {object} in {style} style." or "An image of {object}."."""
+    """The paper's prompt for MiniCanvas's own concepts: "An image of {object} in {style} style." or "An image of {object}."."""
     check_object(object_name)
-    if style is None:
-        return f"An image of {object_name}."
-    check_style(style)
-    return f"An image of {object_name} in {style} style."
+    if style is not None:
+        check_style(style)
+    return concept_prompt(object_name, style)
 
 
 def check_object(name: str) -> str:
@@ -311,3 +312,12 @@ def render_batch(
     if len(pairs) != len(seeds):
         raise SaeuronError(f"{len(pairs)} pairs but {len(seeds)} seeds")
     return np.stack([render(o, s, seed, size) for (o, s), seed in zip(pairs, seeds)])
+
+
+def prompt_items(seeds_per_pair: int, split: str = "train", unstyled: bool = True) -> list[PromptItem]:
+    """Every (object, style) prompt (and every unstyled prompt) at ``seeds_per_pair`` seeds."""
+    seeds = split_seeds(split, seeds_per_pair)
+    items = [PromptItem(prompt(o, s), seed, {"object": o, "style": s}) for o, s in all_pairs() for seed in seeds]
+    if unstyled:
+        items += [PromptItem(prompt(o), seed, {"object": o}) for o in OBJECTS for seed in seeds]
+    return items

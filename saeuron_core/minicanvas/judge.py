@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import SaeuronError
-from .io import load_safetensors, save_safetensors, write_json
-from .minicanvas import IMAGE_SIZE, OBJECTS, STYLES
+from ..errors import SaeuronError
+from ..io import load_safetensors, save_safetensors, write_json
+from .dataset import IMAGE_SIZE, OBJECTS, STYLES
 
 
 @dataclass

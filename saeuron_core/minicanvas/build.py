@@ -1,4 +1,4 @@
-"""`saeuron build-model`: the recipe that trains the bundled MiniCanvas model from scratch.
+"""`saeuron build-model`: train the bundled MiniCanvas model from scratch (data, autoencoder, judge, text encoder + U-Net).
 
 Stages, each resumable and each recorded in ``<work>/<stage>/done.json`` when finished:
 
@@ -29,15 +29,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import minicanvas as mc
-from .errors import SaeuronError
-from .io import atomic_dir, atomic_path, write_json
+from . import dataset as mc
+from ..errors import SaeuronError
+from ..io import atomic_dir, atomic_path, write_json
 
 BUNDLED_CONFIG_NAME = "saeuron.json"
 
 
 @dataclass
-class RecipeConfig:
+class BuildConfig:
     """Everything that decides the bundled model. Defaults are the shipped recipe."""
 
     images_per_pair: int = 625
@@ -88,7 +88,7 @@ DEFAULT_HOOKS = {"object": "up_blocks.1.attentions.0", "style": "up_blocks.1.att
 
 
 # --------------------------------------------------------------------------- model factories
-def make_vae(cfg: RecipeConfig):
+def make_vae(cfg: BuildConfig):
     from diffusers import AutoencoderKL
 
     n = len(cfg.vae_channels)
@@ -105,7 +105,7 @@ def make_vae(cfg: RecipeConfig):
     )
 
 
-def make_text_encoder(cfg: RecipeConfig, vocab_size: int):
+def make_text_encoder(cfg: BuildConfig, vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(
@@ -124,7 +124,7 @@ def make_text_encoder(cfg: RecipeConfig, vocab_size: int):
     )
 
 
-def make_unet(cfg: RecipeConfig, latent_size: int):
+def make_unet(cfg: BuildConfig, latent_size: int):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -230,7 +230,7 @@ def _log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- stages
-def stage_data(cfg: RecipeConfig, work: Path) -> dict:
+def stage_data(cfg: BuildConfig, work: Path) -> dict:
     if (info := _done(work, "data")) is not None:
         return info
     t0 = time.time()
@@ -257,7 +257,7 @@ def _load_split(work: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.load(d / f"{split}_images.npy"), np.load(d / f"{split}_labels.npy")
 
 
-def stage_vae(cfg: RecipeConfig, work: Path) -> dict:
+def stage_vae(cfg: BuildConfig, work: Path) -> dict:
     if (info := _done(work, "vae")) is not None:
         return info
     images, _ = _load_split(work, "train")
@@ -329,7 +329,7 @@ def judge_accuracy(judge, images: np.ndarray, labels: np.ndarray) -> dict[str, f
     }
 
 
-def stage_judge(cfg: RecipeConfig, work: Path) -> dict:
+def stage_judge(cfg: BuildConfig, work: Path) -> dict:
     from diffusers import AutoencoderKL
 
     from .judge import Judge, JudgeConfig, augment, to_tensor
@@ -387,10 +387,10 @@ def stage_judge(cfg: RecipeConfig, work: Path) -> dict:
     return _mark_done(work, "judge", {"steps": step, "seconds": round(time.time() - t0, 1), "heldout_renders": acc_clean, "heldout_roundtrips": acc_rt, "heldout_images": int(len(held))})
 
 
-def stage_latents(cfg: RecipeConfig, work: Path) -> dict:
+def stage_latents(cfg: BuildConfig, work: Path) -> dict:
     from diffusers import AutoencoderKL
 
-    from .io import save_safetensors
+    from ..io import save_safetensors
 
     if (info := _done(work, "latents")) is not None:
         return info
@@ -418,11 +418,11 @@ def _caption_table(tokenizer) -> tuple[torch.Tensor, int]:
     return ids, len(mc.OBJECTS) * len(mc.STYLES)
 
 
-def stage_unet(cfg: RecipeConfig, work: Path, log_every: int = 50) -> dict:
+def stage_unet(cfg: BuildConfig, work: Path, log_every: int = 50) -> dict:
     from diffusers import AutoencoderKL
     from transformers import CLIPTokenizer
 
-    from .io import load_safetensors
+    from ..io import load_safetensors
     from .tokenizer import write_tokenizer
 
     budget = cfg.unet_minutes * 60
@@ -551,7 +551,7 @@ def export_pipeline(cfg, work: Path, out: Path, unet, text_encoder, ema, tokeniz
     return out
 
 
-def build_model(cfg: RecipeConfig, work: Path, out: Path, judge_out: Path) -> dict:
+def build_model(cfg: BuildConfig, work: Path, out: Path, judge_out: Path) -> dict:
     """Run every stage (skipping finished ones) and copy the results to ``out`` and ``judge_out``."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import minicanvas as mc
-from .pipeline import generate
+from . import dataset as mc
+from ..pipeline import generate
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import minicanvas as mc
-from .errors import SaeuronError
+from . import dataset as mc
+from ..errors import SaeuronError
 from .evaluation import JudgedImage, accuracy, judge_images, removal_metrics, shows_concept, to_uint8
-from .attack import AttackConfig, run_attack
-from .methods import METHODS, Removal, check_method, prepare_removal
-from .io import atomic_path, write_json
-from .pipeline import generate_jobs
+from ..baselines.attack import AttackConfig, run_attack
+from ..baselines.methods import METHODS, Removal, check_method, prepare_removal
+from ..io import atomic_path, write_json
+from ..pipeline import generate_jobs
 
 DOMAINS = ("style", "object", "both")
 PAPER = {  # SD v1.5 on UnlearnCanvas (METHOD section 6), for side-by-side context only

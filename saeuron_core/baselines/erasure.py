@@ -21,139 +21,22 @@ benchmark templates, "An image of {object} in {style} style." with every partner
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .errors import SaeuronError
-from .io import atomic_dir, load_safetensors, save_safetensors, write_json
-from .pipeline import generate_jobs
+from ..edits import WeightEdit, cross_attention_parameters, fingerprint, restoring
+from ..errors import SaeuronError
+from ..io import load_safetensors, save_safetensors
+from ..pipeline import concept_prompt, generate_jobs, text_embeddings
 
-CROSS_ATTENTION = "attn2"
-"""diffusers' name for the text cross-attention in every ``BasicTransformerBlock``."""
-EDIT_FILE, META_FILE = "edit.safetensors", "erasure.json"
 ERASURE_METHODS = ("esd", "uce")
-
-
-# --------------------------------------------------------------------------- the edit object
-@dataclass(frozen=True)
-class WeightEdit:
-    """New values for some U-Net parameters, stored as differences from the base model."""
-
-    method: str
-    """"esd" or "uce"."""
-    concepts: tuple[str, ...]
-    deltas: dict[str, Tensor] = field(repr=False, compare=False)
-    """Parameter name (as in ``unet.named_parameters()``) -> new value minus base value."""
-    base_fingerprint: str
-    """SHA-256 of the base values of the edited parameters: an edit only applies to its base."""
-    settings: dict = field(default_factory=dict, compare=False)
-    """The method's configuration, for reports and caching."""
-    setup_seconds: float = 0.0
-    """Wall time it took to compute the edit."""
-
-    @property
-    def storage_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.deltas.values())
-
-    def save(self, folder: str | Path) -> Path:
-        """``folder/edit.safetensors`` + ``folder/erasure.json``, swapped into place atomically."""
-        folder = Path(folder)
-        with atomic_dir(folder) as tmp:
-            save_safetensors(self.deltas, tmp / EDIT_FILE)
-            meta = {"method": self.method, "concepts": list(self.concepts), "base_fingerprint": self.base_fingerprint, "settings": self.settings, "setup_seconds": self.setup_seconds}
-            write_json(tmp / META_FILE, meta)
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "WeightEdit":
-        folder = Path(folder)
-        meta_file = folder / META_FILE
-        if not meta_file.is_file():
-            raise SaeuronError(f"{folder} is not a saved erasure (no {META_FILE}); write one with `saeuron erase`")
-        try:
-            meta = json.loads(meta_file.read_text())
-            return cls(meta["method"], tuple(meta["concepts"]), load_safetensors(folder / EDIT_FILE), meta["base_fingerprint"], meta.get("settings", {}), float(meta.get("setup_seconds", 0.0)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise SaeuronError(f"{meta_file} is malformed ({e})") from None
-
-
-def fingerprint(unet: nn.Module, names) -> str:
-    """SHA-256 over the names and float32 bytes of the parameters ``names`` (sorted)."""
-    params = dict(unet.named_parameters())
-    h = hashlib.sha256()
-    for name in sorted(names):
-        if name not in params:
-            raise SaeuronError(f"the U-Net has no parameter {name!r}")
-        h.update(name.encode())
-        h.update(params[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def applied(unet: nn.Module, edit: WeightEdit | None) -> Iterator[nn.Module]:
-    """The U-Net with ``edit`` applied; the original tensors are restored on exit, always.
-
-    ``None`` applies nothing. A mismatched base (another model, or an edit already applied)
-    raises before anything changes.
-    """
-    if edit is None:
-        yield unet
-        return
-    params = dict(unet.named_parameters())
-    missing = [n for n in edit.deltas if n not in params]
-    if missing:
-        raise SaeuronError(f"this {edit.method} edit changes parameters the U-Net lacks ({', '.join(missing[:3])}...): it was made for another model")
-    for name, delta in edit.deltas.items():
-        if params[name].shape != delta.shape:
-            raise SaeuronError(f"{edit.method} edit of {name} has shape {tuple(delta.shape)}, the U-Net's is {tuple(params[name].shape)}")
-    if fingerprint(unet, edit.deltas) != edit.base_fingerprint:
-        raise SaeuronError(f"this {edit.method} edit was made for other weights (fingerprint mismatch): another model, or an edit is already applied")
-    originals = {n: params[n].detach().clone() for n in edit.deltas}
-    try:
-        with torch.no_grad():
-            for name, delta in edit.deltas.items():
-                params[name].add_(delta.to(params[name].device, params[name].dtype))
-        yield unet
-    finally:
-        with torch.no_grad():
-            for name, value in originals.items():
-                params[name].copy_(value)
-
-
-@contextlib.contextmanager
-def _restoring(unet: nn.Module, names) -> Iterator[dict[str, Tensor]]:
-    """Yield copies of the named parameters' current values; put them back on exit, always."""
-    params = dict(unet.named_parameters())
-    originals = {n: params[n].detach().clone() for n in names}
-    try:
-        yield originals
-    finally:
-        with torch.no_grad():
-            for name, value in originals.items():
-                params[name].copy_(value)
-
-
-def cross_attention_parameters(unet: nn.Module, projections: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out")) -> dict[str, nn.Parameter]:
-    """Parameters of every ``attn2`` module whose sub-module name starts with one of ``projections``."""
-    out = {}
-    for name, p in unet.named_parameters():
-        parts = name.split(".")
-        if CROSS_ATTENTION in parts:
-            sub = parts[parts.index(CROSS_ATTENTION) + 1]
-            if sub in projections:
-                out[name] = p
-    if not out:
-        raise SaeuronError("this U-Net has no cross-attention (attn2) parameters to edit")
-    return out
 
 
 # --------------------------------------------------------------------------- prompts
@@ -170,33 +53,19 @@ def check_concepts(info, concepts) -> tuple[str, ...]:
     return concepts
 
 
-def template(object_name: str, style: str | None) -> str:
-    """The benchmark prompt (``minicanvas.prompt`` without its vocabulary check)."""
-    return f"An image of {object_name}." if style is None else f"An image of {object_name} in {style} style."
-
-
 def concept_prompts(info, concept: str) -> list[str]:
     """Prompts that show ``concept``: every template pairing on a vocabulary model, else the text."""
     if concept in info.styles:
-        return [template(o, concept) for o in info.objects]
+        return [concept_prompt(o, concept) for o in info.objects]
     if concept in info.objects:
-        return [template(concept, s) for s in info.styles] + [template(concept, None)]
+        return [concept_prompt(concept, s) for s in info.styles] + [concept_prompt(concept, None)]
     return [concept]
 
 
 def retained_prompts(info, concepts) -> list[str]:
     """Vocabulary prompts that show none of ``concepts`` (styled and unstyled)."""
     pairs = [(o, s) for o in info.objects for s in (*info.styles, None)]
-    return [template(o, s) for o, s in pairs if o not in concepts and s not in concepts]
-
-
-def text_embeddings(pipe, prompts: list[str]) -> tuple[Tensor, Tensor]:
-    """(token ids [N, L], last hidden states [N, L, d]) of the pipeline's text encoder."""
-    tok = pipe.tokenizer
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-    with torch.no_grad():
-        hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
-    return ids, hidden.float()
+    return [concept_prompt(o, s) for o, s in pairs if o not in concepts and s not in concepts]
 
 
 # --------------------------------------------------------------------------- UCE
@@ -279,7 +148,7 @@ def uce_targets(info, concept: str, prompts: list[str], target: str) -> list[str
     if target != "auto":
         return [target] * len(prompts)
     if concept in info.styles:
-        return [template(o, None) for o in info.objects]
+        return [concept_prompt(o, None) for o in info.objects]
     return [""] * len(prompts)
 
 
@@ -361,7 +230,7 @@ def anchor_prompts(info, concept: str, anchor: str = "auto") -> list[str]:
     """ESD's reference prompt for each of ``concept_prompts(info, concept)``."""
     prompts = concept_prompts(info, concept)
     if anchor == "auto" and concept in info.styles:
-        return [template(o, None) for o in info.objects]
+        return [concept_prompt(o, None) for o in info.objects]
     return [""] * len(prompts)
 
 
@@ -416,7 +285,7 @@ def esd_erase(pipe, info, concepts, cfg: EsdConfig = EsdConfig(), work: str | Pa
     pool_prompts, pool_anchors, pool = _esd_pool(pipe, info, concepts, cfg)  # from the frozen (base) model
     _, pool_emb = text_embeddings(pipe, pool_prompts)
     _, anchor_emb = text_embeddings(pipe, pool_anchors)
-    with _restoring(unet, names) as originals:
+    with restoring(unet, names) as originals:
         opt = torch.optim.Adam([params[n] for n in names], lr=cfg.lr)
         start, elapsed = _esd_resume(work, identity, params, names, opt) if work else (0, 0.0)
         frozen = {n: originals[n] for n in names}

@@ -1,4 +1,4 @@
-"""A micro run of the build-model recipe: every stage runs, resumes and exports a loadable pipeline."""
+"""A micro run of `saeuron build-model`: every stage runs, resumes and exports a loadable pipeline."""
 
 import json
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.judge import Judge
+from saeuron_core.minicanvas.judge import Judge
 from saeuron_core.pipeline import generate, load_pipeline, model_info
-from saeuron_core.recipe import RecipeConfig, build_model
+from saeuron_core.minicanvas.build import BuildConfig, build_model
 
 MICRO = dict(
     images_per_pair=2,
@@ -30,7 +30,7 @@ MICRO = dict(
 @pytest.fixture(scope="module")
 def micro_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipe")
-    report = build_model(RecipeConfig(**MICRO), root / "work", root / "pipe", root / "judge")
+    report = build_model(BuildConfig(**MICRO), root / "work", root / "pipe", root / "judge")
     return root, report
 
 
@@ -52,7 +52,7 @@ def test_micro_run_exports_a_pipeline_and_judge(micro_build):
 def test_rerun_skips_finished_stages_and_extends_a_grown_budget(micro_build):
     root, _ = micro_build
     state_before = torch.load(root / "work" / "unet" / "state.pt", weights_only=True)["step"]
-    report = build_model(RecipeConfig(**{**MICRO, "unet_steps": 3}), root / "work", root / "pipe", root / "judge")
+    report = build_model(BuildConfig(**{**MICRO, "unet_steps": 3}), root / "work", root / "pipe", root / "judge")
     assert state_before == 2
     assert report["unet"]["steps"] == 3  # resumed from step 2, did one more
     assert report["vae"]["steps"] == 2  # finished stages are not redone
@@ -61,12 +61,12 @@ def test_rerun_skips_finished_stages_and_extends_a_grown_budget(micro_build):
 def test_a_different_recipe_in_the_same_work_folder_is_refused(micro_build):
     root, _ = micro_build
     with pytest.raises(SaeuronError, match="different recipe \\(text_hidden\\)"):
-        build_model(RecipeConfig(**{**MICRO, "text_hidden": 64}), root / "work", root / "pipe2", root / "judge2")
+        build_model(BuildConfig(**{**MICRO, "text_hidden": 64}), root / "work", root / "pipe2", root / "judge2")
     assert not (root / "pipe2").exists()
 
 
 def test_recipe_config_validation():
     with pytest.raises(SaeuronError, match="vae_steps must be >= 1"):
-        RecipeConfig(vae_steps=0)
+        BuildConfig(vae_steps=0)
     with pytest.raises(SaeuronError, match="caption_dropout"):
-        RecipeConfig(caption_dropout=0.7, object_only=0.5)
+        BuildConfig(caption_dropout=0.7, object_only=0.5)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .minicanvas import OBJECTS, STYLES
+from .dataset import OBJECTS, STYLES
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 PROMPT_WORDS = ("an", "image", "of", "in", "style", "a", "the", ".", ",") + OBJECTS + STYLES
