@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -16,6 +17,98 @@ def _threads(n: int | None) -> None:
     torch.set_num_threads(n or max(1, min(4, os.cpu_count() or 1)))
 
 
+# --------------------------------------------------------------------------- shared options
+# Each option group is declared once here and added to the commands that take it.
+
+
+def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
+    """--model, the denoising steps and the guidance scale (each defaults to the model's own)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="minicanvas", help="'minicanvas' (bundled), a diffusers pipeline folder or a hub id")
+    g.add_argument(steps_flag, dest="gen_steps", type=int, default=None, help="denoising steps (default: the model's, 20 for minicanvas)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+
+
+def add_bundle_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Where SAeUron's SAEs, statistics and (optionally) tau / gamma table come from."""
+    g = p.add_argument_group("SAeUron")
+    g.add_argument("--sae", default=None, help="folder with one SAE subfolder per hook point (default: bundled assets/sae)")
+    g.add_argument("--stats", default=None, help="statistics folder, one subfolder per hook point (default: bundled assets/stats)")
+    if defaults:
+        g.add_argument("--defaults", default=None, help="tau/gamma table (default: assets/unlearn_defaults.json)")
+
+
+def add_judge_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge", default=None, help="judge folder (default: bundled assets/judge)")
+
+
+def add_cache_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("weight-edit cache")
+    g.add_argument("--cache", default=None, help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)")
+    g.add_argument("--no-cache", action="store_true", help="compute every weight edit afresh and keep none")
+
+
+def add_esd_options(p: argparse.ArgumentParser, batch_size: bool = False) -> None:
+    g = p.add_argument_group("ESD")
+    g.add_argument("--esd-iterations", type=int, default=None, help="ESD fine-tuning iterations (default 150)")
+    g.add_argument("--esd-lr", type=float, default=None, help="ESD Adam learning rate")
+    if batch_size:
+        g.add_argument("--esd-batch-size", type=int, default=None)
+
+
+def add_output_options(p: argparse.ArgumentParser, required: bool = True, help: str = "output folder", overwrite: bool = True) -> None:
+    p.add_argument("--out", required=required, default=None, help=help)
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+@dataclass
+class Opened:
+    """A command's model, resolved once: the pipeline, what the project knows of it, and the
+    steps / guidance the command runs at (the command's flags, else the model's defaults)."""
+
+    pipe: object
+    info: object
+    steps: int
+    guidance: float
+
+
+def open_model(args, need_vocabulary: str | None = None) -> Opened:
+    """Load ``args.model`` and resolve steps / guidance; ``need_vocabulary`` names what needs a
+    benchmark vocabulary (refused on models without one)."""
+    from .pipeline import load_pipeline, model_info
+
+    pipe = load_pipeline(args.model)
+    info = model_info(pipe, args.model)
+    if need_vocabulary and not info.objects:
+        raise_error(f"{args.model} has no benchmark vocabulary; {need_vocabulary} runs on MiniCanvas-style models")
+    steps = args.gen_steps if args.gen_steps is not None else info.default_steps
+    guidance = args.guidance if args.guidance is not None else info.default_guidance
+    return Opened(pipe, info, steps, guidance)
+
+
+def open_bundle(args, info):
+    from .unlearning import SaeBundle
+
+    return SaeBundle.load(info, args.sae, args.stats, getattr(args, "defaults", None))
+
+
+def open_judge(args):
+    from .minicanvas.judge import Judge
+    from .paths import ASSETS
+
+    return Judge.load(args.judge or ASSETS / "judge")
+
+
+def check_output_folder(args) -> Path:
+    """The output folder; refused before any work if it holds something and --overwrite is off."""
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise_error(f"{out} exists; pass --overwrite to replace it")
+    return out
+
+
+# --------------------------------------------------------------------------- commands
 def cmd_build_model(args) -> int:
     from .paths import ASSETS
     from .minicanvas.build import BuildConfig, build_model
@@ -33,7 +126,8 @@ def cmd_build_model(args) -> int:
 
 def cmd_generate(args) -> int:
     from . import minicanvas as mc
-    from .pipeline import generate, image_grid, load_pipeline, model_info, save_image
+    from .edits import WeightEdit, applied
+    from .pipeline import generate, image_grid, save_image
 
     if args.out is None:
         raise_error("--out is required (an image path such as img.png)")
@@ -48,41 +142,31 @@ def cmd_generate(args) -> int:
         raise_error("give --prompt TEXT or --object NAME [--style NAME]")
     if any(not p.strip() for p in prompts):
         raise_error("empty prompt")
-    out = Path(args.out)
-    pipe = load_pipeline(args.model)
-    info = model_info(pipe, args.model)
-    steps = args.steps if args.steps is not None else info.default_steps
-    guidance = args.guidance if args.guidance is not None else info.default_guidance
-    seeds = args.seed or [0]
-    from .edits import WeightEdit, applied
-
     edit = WeightEdit.load(args.erasure) if args.erasure else None
-    with applied(pipe.unet, edit):
-        images = generate(pipe, prompts, seeds, steps, guidance)
+    m = open_model(args)
+    seeds = args.seed or [0]
+    with applied(m.pipe.unet, edit):
+        images = generate(m.pipe, prompts, seeds, m.steps, m.guidance)
     image = images[0] if len(images) == 1 else image_grid(images, len(prompts), len(seeds))
-    save_image(image, out)
-    print(f"wrote {out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {steps} steps, guidance {guidance}" + (f", {edit.method} erasure of {'+'.join(edit.concepts)})" if edit else ")"))
+    save_image(image, Path(args.out))
+    erased = f", {edit.method} erasure of {'+'.join(edit.concepts)}" if edit else ""
+    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {m.steps} steps, guidance {m.guidance}{erased})")
     return 0
 
 
 def cmd_cache(args) -> int:
-    from .pipeline import load_pipeline, model_info
     from .minicanvas import prompt_items
     from .store import cache_activations, read_prompt_file
 
-    pipe = load_pipeline(args.model)
-    info = model_info(pipe, args.model)
-    if args.prompts:
-        items = read_prompt_file(args.prompts)
-    elif info.objects:
+    items = read_prompt_file(args.prompts) if args.prompts else None
+    m = open_model(args)
+    if items is None:
+        if not m.info.objects:
+            raise_error(f"{args.model} has no built-in prompt set; pass --prompts FILE (.txt or .csv)")
         items = prompt_items(args.seeds_per_pair, split="train")
-    else:
-        raise_error(f"{args.model} has no built-in prompt set; pass --prompts FILE (.txt or .csv)")
-    points = args.point or sorted(set(info.hook_points.values()))
-    steps = args.steps or info.default_steps
-    guidance = args.guidance if args.guidance is not None else info.default_guidance
-    store = cache_activations(pipe, items, points, args.out, steps, guidance, items_per_shard=args.items_per_shard, model_name=args.model)
-    print(f"store {args.out}: {len(store.items)} images x {steps} steps at {', '.join(points)}; {len(store.completed)}/{store.n_shards} shards")
+    points = args.point or sorted(set(m.info.hook_points.values()))
+    store = cache_activations(m.pipe, items, points, args.out, m.steps, m.guidance, items_per_shard=args.items_per_shard, model_name=args.model)
+    print(f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)}; {len(store.completed)}/{store.n_shards} shards")
     return 0
 
 
@@ -114,20 +198,21 @@ def cmd_stats(args) -> int:
 
 def cmd_unlearn(args) -> int:
     from . import minicanvas as mc
-    from .pipeline import image_grid, load_pipeline, model_info, save_image
-    from .unlearning import SaeBundle, generate_with
+    from .pipeline import image_grid, save_image
+    from .unlearning import generate_with
 
     if args.out is None:
         raise_error("--out is required (an image path such as pair.png)")
     if (args.tau is None) != (args.gamma is None):
         raise_error("give both --tau and --gamma, or neither (then the bundled defaults apply)")
-    pipe = load_pipeline(args.model)
-    info = model_info(pipe, args.model)
-    bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults)
+    if args.prompt and any(not p.strip() for p in args.prompt):
+        raise_error("empty prompt")
+    m = open_model(args)
+    bundle = open_bundle(args, m.info)
     interventions = bundle.unlearn(args.concept, args.tau, args.gamma)
     prompts = list(args.prompt or [])
     if not prompts:
-        if not info.objects:
+        if not m.info.objects:
             raise_error("give --prompt TEXT")
         # default: the removed concepts in a few contexts
         for c in args.concept:
@@ -135,17 +220,12 @@ def cmd_unlearn(args) -> int:
                 prompts += [mc.prompt(o, c) for o in mc.OBJECTS[:3]]
             else:
                 prompts += [mc.prompt(c, s) for s in mc.STYLES[:3]]
-    if any(not p.strip() for p in prompts):
-        raise_error("empty prompt")
-    steps = args.steps or info.default_steps
-    guidance = args.guidance if args.guidance is not None else info.default_guidance
     seeds = args.seed or [0]
-    before = generate_with(pipe, bundle, [], prompts, seeds, steps, guidance)
-    after = generate_with(pipe, bundle, interventions, prompts, seeds, steps, guidance)
+    before = generate_with(m.pipe, bundle, [], prompts, seeds, m.steps, m.guidance)
+    after = generate_with(m.pipe, bundle, interventions, prompts, seeds, m.steps, m.guidance)
     # rows: prompts; columns: (before, after) for each seed
     cells = [im for i in range(len(before)) for im in (before[i], after[i])]
-    grid = image_grid(cells, len(prompts), 2 * len(seeds))
-    save_image(grid, args.out)
+    save_image(image_grid(cells, len(prompts), 2 * len(seeds)), args.out)
     print(f"wrote {args.out}: rows = prompts, columns = before/after per seed; " + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions))
     return 0
 
@@ -153,9 +233,6 @@ def cmd_unlearn(args) -> int:
 def cmd_tune(args) -> int:
     from . import minicanvas as mc
     from .io import write_json
-    from .minicanvas.judge import Judge
-    from .paths import ASSETS
-    from .pipeline import load_pipeline, model_info
     from .minicanvas.tuning import PAPER_GAMMAS, defaults_table, sweep_concept
     from .unlearning import SaeBundle
 
@@ -169,26 +246,21 @@ def cmd_tune(args) -> int:
         write_json(args.out, table)
         print(f"wrote {args.out} from {len(rows)} sweep rows")
         return 0
-    pipe = load_pipeline(args.model)
-    info = model_info(pipe, args.model)
-    if not info.objects:
-        raise_error(f"{args.model} has no benchmark vocabulary; tuning needs MiniCanvas-style concepts and a judge")
-    bundle = SaeBundle.load(info, args.sae, args.stats, defaults=None)
-    judge = Judge.load(args.judge or ASSETS / "judge")
-    steps = args.steps or info.default_steps
-    guidance = args.guidance if args.guidance is not None else info.default_guidance
+    m = open_model(args, need_vocabulary="tuning (with a judge)")
+    bundle = SaeBundle.load(m.info, args.sae, args.stats, defaults=None)
+    judge = open_judge(args)
     seeds = mc.split_seeds("sweep", args.seeds)
     gammas = tuple(args.gamma or PAPER_GAMMAS)
     counts = tuple(args.count or (1, 2, 3))
     wanted = args.concept or ([*mc.STYLES] if args.domain in ("style", "both") else []) + ([*mc.OBJECTS] if args.domain in ("object", "both") else [])
     style_rows, object_rows = [], []
     for concept in wanted:
-        rows = sweep_concept(pipe, bundle, judge, concept, counts, gammas, seeds, steps, guidance)
+        rows = sweep_concept(m.pipe, bundle, judge, concept, counts, gammas, seeds, m.steps, m.guidance)
         (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
         best = max(rows, key=lambda r: r["score"])
         print(f"{concept}: best (UA+IRA)/2 = {best['score']:.3f} at {best['count']} latents/step, gamma {best['gamma']}")
     table = defaults_table(style_rows, object_rows, args.style_settings)
-    table.update(seeds=seeds, steps=steps, guidance=guidance, counts=counts, gammas=gammas)
+    table.update(seeds=seeds, steps=m.steps, guidance=m.guidance, counts=counts, gammas=gammas)
     write_json(args.out, table)
     if args.report:
         write_json(args.report, {"rows": style_rows + object_rows})
@@ -196,7 +268,8 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def _esd_config(args):
+def esd_config(args):
+    """The ESD configuration from --esd-* flags (fewer iterations with --quick)."""
     from .baselines.erasure import EsdConfig
 
     overrides = {}
@@ -212,7 +285,7 @@ def _esd_config(args):
 QUICK_ESD_ITERATIONS = 60
 
 
-def _cache_dir(args) -> Path | None:
+def cache_dir(args) -> Path | None:
     """--cache, else the default erasure cache; None with --no-cache."""
     from .baselines.methods import default_cache_dir
 
@@ -223,16 +296,10 @@ def cmd_evaluate(args) -> int:
     import shutil
 
     from . import minicanvas as mc
-    from .minicanvas.benchmark import EvalPlan, default_concepts, run
-    from .minicanvas.judge import Judge
     from .baselines.methods import parse_methods
-    from .paths import ASSETS
-    from .pipeline import load_pipeline, model_info
-    from .unlearning import SaeBundle
+    from .minicanvas.benchmark import EvalPlan, default_concepts, run
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise_error(f"{out} exists; pass --overwrite to replace its reports")
+    out = check_output_folder(args)
     if args.method and args.methods:
         raise_error("give --method or --methods, not both")
     methods = parse_methods(args.methods or args.method or "saeuron")
@@ -244,17 +311,14 @@ def cmd_evaluate(args) -> int:
         styles = mc.STYLES
         multi = tuple(tuple(styles[:n]) for n in (2, 3, 4)) + ((styles[0], mc.OBJECTS[0]),)
     attack_prompts = args.attack_prompts if args.attack_prompts is not None else (2 if args.quick else 6)
-    esd = _esd_config(args)
-    pipe = load_pipeline(args.model)
-    info = model_info(pipe, args.model)
-    if not info.objects:
-        raise_error(f"{args.model} has no benchmark vocabulary; evaluate runs on MiniCanvas-style models")
-    plan = EvalPlan(methods, args.domain, concepts, seeds, args.steps or info.default_steps, args.guidance if args.guidance is not None else info.default_guidance, multi, attack_prompts, args.attack_steps)
-    bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults) if "saeuron" in methods else None
-    judge = Judge.load(args.judge or ASSETS / "judge")
+    esd = esd_config(args)
+    m = open_model(args, need_vocabulary="evaluate")
+    plan = EvalPlan(methods, args.domain, concepts, seeds, m.steps, m.guidance, multi, attack_prompts, args.attack_steps)
+    bundle = open_bundle(args, m.info) if "saeuron" in methods else None
+    judge = open_judge(args)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
-    result = run(pipe, info, bundle, judge, plan, out, cache=_cache_dir(args), esd=esd, log=lambda m: print(m, flush=True))
+    result = run(m.pipe, m.info, bundle, judge, plan, out, cache=cache_dir(args), esd=esd, log=lambda msg: print(msg, flush=True))
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
     return 0
@@ -264,21 +328,17 @@ def cmd_erase(args) -> int:
     from tqdm import tqdm
 
     from .baselines.erasure import UceConfig
-    from .edits import WeightEdit
     from .baselines.methods import erase_to
-    from .pipeline import load_pipeline, model_info
+    from .edits import META_FILE, WeightEdit
     from .minicanvas.build import _StopRequest
-
-    from .edits import META_FILE
 
     out = Path(args.out)
     if (out / META_FILE).is_file() and not args.overwrite:
         raise_error(f"{out} already holds an erasure; pass --overwrite to replace it")
     if args.method not in ("esd", "uce"):
         raise_error(f"unknown erasure method {args.method!r}; use esd or uce (SAeUron needs no erasure: see `saeuron unlearn`)")
-    pipe = load_pipeline(args.model)
-    info = model_info(pipe, args.model)
-    config = _esd_config(args) if args.method == "esd" else UceConfig(**({"preserve_scale": args.preserve_scale} if args.preserve_scale is not None else {}))
+    config = esd_config(args) if args.method == "esd" else UceConfig(**({"preserve_scale": args.preserve_scale} if args.preserve_scale is not None else {}))
+    m = open_model(args)
     bar = tqdm(total=getattr(config, "iterations", 1), desc=f"{args.method} {'+'.join(args.concept)}", mininterval=2)
 
     def progress(i, n, loss):
@@ -288,7 +348,7 @@ def cmd_erase(args) -> int:
 
     with _StopRequest() as stop:
         try:
-            edit = erase_to(out, pipe, info, args.method, args.concept, config, progress=progress, should_stop=lambda: stop.requested)
+            edit = erase_to(out, m.pipe, m.info, args.method, args.concept, config, progress=progress, should_stop=lambda: stop.requested)
         finally:
             bar.close()
     WeightEdit.load(out)  # what was written reads back
@@ -300,62 +360,44 @@ def cmd_attack(args) -> int:
     from dataclasses import asdict
 
     from . import minicanvas as mc
-    from .baselines.attack import AttackConfig, run_attack
-    from .minicanvas.benchmark import attack_prompt_pairs
+    from .baselines.attack import AttackConfig
     from .baselines.erasure import check_concepts
-    from .edits import WeightEdit
-    from .minicanvas.evaluation import shows_concept
-    from .io import write_json
-    from .minicanvas.judge import Judge
     from .baselines.methods import Removal, check_method, prepare_removal
-    from .paths import ASSETS
-    from .pipeline import image_grid, load_pipeline, model_info, save_image
-    from .unlearning import SaeBundle
+    from .edits import WeightEdit
+    from .io import write_json
+    from .minicanvas.benchmark import attack_row
+    from .pipeline import save_image
 
     method = check_method(args.method)
     cfg = AttackConfig(steps=args.steps, lr=args.lr, n_tokens=args.tokens)
     if args.prompts is not None and args.prompts < 1:
         raise_error(f"--prompts must be >= 1, got {args.prompts}")
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise_error(f"{out} exists; pass --overwrite to replace it")
-    pipe = load_pipeline(args.model)
-    info = model_info(pipe, args.model)
-    if not info.objects:
-        raise_error(f"{args.model} has no benchmark vocabulary; the attack is judged on MiniCanvas-style models")
-    (concept,) = check_concepts(info, [args.concept])
+    out = check_output_folder(args)
     seed = args.seed if args.seed is not None else mc.split_seeds("heldout", 1)[0]
     if mc.split_of(seed) != "heldout":
         raise_error(f"seed {seed} is in the {mc.split_of(seed)!r} split; attacks are reported on held-out seeds {mc.SPLITS['heldout']}")
-    steps = args.gen_steps or info.default_steps
-    guidance = args.guidance if args.guidance is not None else info.default_guidance
-    if args.erasure:
-        edit = WeightEdit.load(args.erasure)
-        if edit.method != method:
-            raise_error(f"{args.erasure} holds a {edit.method} erasure, not {method}")
+    edit = WeightEdit.load(args.erasure) if args.erasure else None
+    if edit is not None and edit.method != method:
+        raise_error(f"{args.erasure} holds a {edit.method} erasure, not {method}")
+    m = open_model(args, need_vocabulary="the attack (judged)")
+    (concept,) = check_concepts(m.info, [args.concept])
+    if edit is not None:
         if concept not in edit.concepts:
             raise_error(f"{args.erasure} erases {', '.join(edit.concepts)}, not {concept}")
         removal = Removal.from_edit(edit)
     else:
-        bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults) if method == "saeuron" else None
-        removal = prepare_removal(pipe, info, method, [concept], bundle=bundle, cache=_cache_dir(args), log=print)
-    pairs = attack_prompt_pairs(concept, args.prompts or len(info.objects if concept in info.styles else info.styles))
-    prompts = [mc.prompt(o, s) for o, s in pairs]
-    judge = Judge.load(args.judge or ASSETS / "judge")
-    result = run_attack(pipe, lambda: removal.active(pipe), prompts, [seed] * len(prompts), steps, guidance, cfg)
-    before, after, target = (shows_concept(judge, images, concept) for images in (result.before, result.after, result.targets))
-    report = {
-        "method": method, "concept": concept, "prompts": prompts, "seed": seed, "attack": asdict(cfg),
-        "UA_before": 1 - sum(before) / len(before), "UA_after": 1 - sum(after) / len(after), "target_shows_concept": target,
-        "shows_concept_before": before, "shows_concept_after": after, "losses": result.losses, "seconds": round(result.seconds, 1),
-    }
+        bundle = open_bundle(args, m.info) if method == "saeuron" else None
+        removal = prepare_removal(m.pipe, m.info, method, [concept], bundle=bundle, cache=cache_dir(args), log=print)
+    judge = open_judge(args)
+    n_prompts = args.prompts or len(m.info.objects if concept in m.info.styles else m.info.styles)
+    row, strip = attack_row(m.pipe, judge, removal, concept, n_prompts, (seed,), m.steps, m.guidance, cfg)
+    report = {"method": method, "concept": concept, "attack": asdict(cfg), **row}
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "attack.json", report)
-    rows = [Image.fromarray(im) for images in (result.targets, result.before, result.after) for im in images]
-    save_image(image_grid(rows, 3, len(prompts)), out / "attack.png")
-    print(f"{method} on {concept}: UA {report['UA_before']:.3f} before the attack, {report['UA_after']:.3f} after ({len(prompts)} prompts, {cfg.steps} steps, {result.seconds:.0f} s)")
+    save_image(Image.fromarray(strip), out / "attack.png")
+    print(f"{method} on {concept}: UA {row['UA_before']:.3f} before the attack, {row['UA_after']:.3f} after ({len(row['prompts'])} prompts, {cfg.steps} steps, {row['seconds']:.0f} s)")
     print(f"wrote {out}/attack.json and attack.png (rows: target, removed, removed + attack)")
     return 0
 
@@ -389,43 +431,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--unet-minutes", type=float, default=None, help="wall-clock budget of U-Net training in minutes (default 75)")
     b.add_argument("--config", default=None, help='JSON overrides of BuildConfig fields, e.g. \'{"unet_steps": 10}\'')
     b.set_defaults(func=cmd_build_model)
-    g = sub.add_parser(
-        "generate",
-        help="generate an image (or a grid: rows = prompts, columns = seeds)",
-        description="Generate images with a Stable Diffusion pipeline. Several prompts or seeds make a grid.",
-    )
-    g.add_argument("--model", default="minicanvas", help="'minicanvas' (bundled), a diffusers pipeline folder or a hub id")
+
+    g = sub.add_parser("generate", help="generate an image (or a grid: rows = prompts, columns = seeds)", description="Generate images with a Stable Diffusion pipeline. Several prompts or seeds make a grid.")
+    add_model_options(g)
     g.add_argument("--prompt", action="append", help="prompt text; repeat for several rows")
     g.add_argument("--object", action="append", help="MiniCanvas object; builds 'An image of {object} in {style} style.'")
     g.add_argument("--style", action="append", help="MiniCanvas style (with --object); repeat for several")
     g.add_argument("--seed", action="append", type=int, help="generation seed; repeat for several columns (default 0)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 20 for minicanvas)")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     g.add_argument("--erasure", default=None, help="generate with a weight edit from `saeuron erase` applied")
-    g.add_argument("--out", default=None, help="output image path (.png, .jpg, .webp)")
+    add_output_options(g, required=False, help="output image path (.png, .jpg, .webp)", overwrite=False)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("cache", help="store block activations of a prompt set at every denoising step", description="Run the pipeline over a prompt set and write the conditional half of each hook point's output, per step, as sharded fp16 safetensors. Resumable.")
-    c.add_argument("--model", default="minicanvas", help="'minicanvas', a pipeline folder or a hub id")
+    add_model_options(c)
     c.add_argument("--prompts", default=None, help="a .txt (one prompt per line) or .csv (prompt[,seed][,labels...]); default: MiniCanvas prompts")
     c.add_argument("--seeds-per-pair", type=int, default=6, help="MiniCanvas: train-split seeds per prompt (default 6)")
     c.add_argument("--point", action="append", help="hook point (repeat); default: the model's default points")
-    c.add_argument("--steps", type=int, default=None)
-    c.add_argument("--guidance", type=float, default=None)
     c.add_argument("--items-per-shard", type=int, default=16, help="images per shard (the resume granularity)")
-    c.add_argument("--out", required=True, help="store folder")
+    add_output_options(c, help="store folder", overwrite=False)
     c.set_defaults(func=cmd_cache)
 
     t = sub.add_parser("train-sae", help="train a TopK SAE per hook point of an activation store", description="Train TopK SAEs (sparsify layout: <out>/<point>/cfg.json + sae.safetensors) with periodic checkpoints; rerun to resume.")
     t.add_argument("--store", required=True)
     t.add_argument("--point", action="append", help="hook point (repeat); default: every point of the store")
-    t.add_argument("--out", required=True, help="folder for one subfolder per hook point")
     t.add_argument("--expansion-factor", type=int, default=16)
     t.add_argument("--k", type=int, default=16)
     t.add_argument("--batch-size", type=int, default=4096)
     t.add_argument("--epochs", type=int, default=5)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--seed", type=int, default=0)
+    add_output_options(t, help="folder for one subfolder per hook point", overwrite=False)
     t.set_defaults(func=cmd_train_sae)
 
     st = sub.add_parser("stats", help="feature statistics (concept means per step, top patches, histograms)", description="Encode a store with its SAEs once and write compact feature statistics per hook point.")
@@ -433,44 +468,41 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--sae", required=True, help="folder with one SAE subfolder per hook point")
     st.add_argument("--point", action="append")
     st.add_argument("--top-m", type=int, default=8, help="top-activating entries kept per feature and timestep bucket")
-    st.add_argument("--out", required=True)
+    add_output_options(st, help="statistics folder", overwrite=False)
     st.set_defaults(func=cmd_stats)
 
     u = sub.add_parser("unlearn", help="generate before/after pairs with concepts removed (SAeUron)", description="Remove one or more concepts with SAeUron and write a grid: rows = prompts, columns = before/after per seed.")
-    u.add_argument("--model", default="minicanvas")
+    add_model_options(u)
+    add_bundle_options(u)
     u.add_argument("--concept", action="append", required=True, help="concept to remove (repeat for several)")
     u.add_argument("--prompt", action="append", help="prompt (repeat); default: the concept in three contexts")
     u.add_argument("--seed", action="append", type=int)
     u.add_argument("--tau", type=float, default=None, help="selection percentile in (0, 100) (default: per-concept table)")
     u.add_argument("--gamma", type=float, default=None, help="negative multiplier (default: per-concept table)")
-    u.add_argument("--steps", type=int, default=None)
-    u.add_argument("--guidance", type=float, default=None)
-    u.add_argument("--sae", default=None, help="SAE folder (default: bundled assets/sae)")
-    u.add_argument("--stats", default=None, help="statistics folder (default: bundled assets/stats)")
-    u.add_argument("--defaults", default=None, help="tau/gamma table (default: assets/unlearn_defaults.json)")
-    u.add_argument("--out", default=None)
+    add_output_options(u, required=False, help="output image path", overwrite=False)
     u.set_defaults(func=cmd_unlearn)
 
     tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table", description="The paper's per-concept sweep, picking by (UA + IRA) / 2 on seeds of the sweep split (never the evaluation seeds). Styles share one setting (or each its own, --style-settings per-concept); objects get one each.")
-    tu.add_argument("--model", default="minicanvas")
+    add_model_options(tu)
+    add_bundle_options(tu, defaults=False)
+    add_judge_option(tu)
     tu.add_argument("--domain", default="both", help="style, object or both")
     tu.add_argument("--concept", action="append", help="only these concepts (repeat)")
     tu.add_argument("--seeds", type=int, default=1, help="sweep-split seeds per pair (default 1)")
     tu.add_argument("--count", type=int, action="append", help="latents selected per step (repeat; default 1 2 3, the paper's tau grid)")
     tu.add_argument("--gamma", type=float, action="append", help="multipliers (repeat; default the paper's -1 ... -30)")
-    tu.add_argument("--steps", type=int, default=None)
-    tu.add_argument("--guidance", type=float, default=None)
-    tu.add_argument("--sae", default=None)
-    tu.add_argument("--stats", default=None)
-    tu.add_argument("--judge", default=None, help="judge folder (default assets/judge)")
     tu.add_argument("--report", default=None, help="also write every grid row as JSON")
     tu.add_argument("--from-report", action="append", help="build the table from saved sweep reports instead of sweeping (repeat)")
     tu.add_argument("--style-settings", default="shared", help="shared: one setting for every style (the paper); per-concept: each style its own")
-    tu.add_argument("--out", required=True, help="defaults table to write, e.g. assets/unlearn_defaults.json")
+    add_output_options(tu, help="defaults table to write, e.g. assets/unlearn_defaults.json", overwrite=False)
     tu.set_defaults(func=cmd_tune)
 
     ev = sub.add_parser("evaluate", help="the MiniCanvas benchmark: SAeUron vs ESD / UCE / none on UA / IRA / CRA, fidelity, cost, attack", description="Generate the full protocol (every pair and unstyled prompt, held-out seeds) with each concept removed by each method, judge it, attack each removal, and write metrics.json, metrics.csv, table.md and report.html.")
-    ev.add_argument("--model", default="minicanvas")
+    add_model_options(ev)
+    add_bundle_options(ev)
+    add_judge_option(ev)
+    add_cache_options(ev)
+    add_esd_options(ev)
     ev.add_argument("--methods", default=None, help="comma-separated: saeuron,esd,uce,none (default saeuron)")
     ev.add_argument("--method", default=None, help="one method (same as --methods with one name)")
     ev.add_argument("--domain", default="style", help="style, object or both")
@@ -481,34 +513,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help=f"1 seed, 2 attacked prompts per concept, ESD {QUICK_ESD_ITERATIONS} iterations: for CI")
     ev.add_argument("--attack-prompts", type=int, default=None, help="prompts attacked per removed concept (default 6, 2 with --quick; 0: no attack)")
     ev.add_argument("--attack-steps", type=int, default=40, help="attack budget in Adam steps (default 40, as UnlearnDiffAtk)")
-    ev.add_argument("--esd-iterations", type=int, default=None, help="ESD fine-tuning iterations (default 150)")
-    ev.add_argument("--esd-lr", type=float, default=None)
-    ev.add_argument("--cache", default=None, help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)")
-    ev.add_argument("--no-cache", action="store_true", help="compute every weight edit afresh and keep none")
-    ev.add_argument("--steps", type=int, default=None)
-    ev.add_argument("--guidance", type=float, default=None)
-    ev.add_argument("--sae", default=None)
-    ev.add_argument("--stats", default=None)
-    ev.add_argument("--defaults", default=None)
-    ev.add_argument("--judge", default=None)
-    ev.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    ev.add_argument("--out", required=True, help="output folder for the reports")
+    add_output_options(ev, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)
 
     er = sub.add_parser("erase", help="erase concepts by editing U-Net weights (ESD-x fine-tuning or UCE closed form)", description="Write a weight edit (edit.safetensors + erasure.json: differences from the base model's cross-attention weights). ESD checkpoints to <out>.work and resumes when rerun; SIGTERM checkpoints and stops.")
-    er.add_argument("--model", default="minicanvas")
+    add_model_options(er)
+    add_esd_options(er, batch_size=True)
     er.add_argument("--method", required=True, help="esd or uce")
     er.add_argument("--concept", action="append", required=True, help="concept to erase (repeat for several)")
-    er.add_argument("--esd-iterations", type=int, default=None, help="ESD iterations (default 150)")
-    er.add_argument("--esd-lr", type=float, default=None, help="ESD Adam learning rate")
-    er.add_argument("--esd-batch-size", type=int, default=None)
     er.add_argument("--preserve-scale", type=float, default=None, help="UCE weight of the preserved concepts")
-    er.add_argument("--overwrite", action="store_true")
-    er.add_argument("--out", required=True, help="folder to write")
+    add_output_options(er, help="folder to write")
     er.set_defaults(func=cmd_erase)
 
     at = sub.add_parser("attack", help="UnlearnDiffAtk-style soft-prompt attack on a concept removal", description="Optimise soft prompt tokens so that the edited model regenerates the un-edited model's image of the concept; report UA before and after.")
-    at.add_argument("--model", default="minicanvas")
+    # --steps is the attack budget here, so the denoising steps are --gen-steps
+    add_model_options(at, steps_flag="--gen-steps")
+    add_bundle_options(at)
+    add_judge_option(at)
+    add_cache_options(at)
     at.add_argument("--method", required=True, help="saeuron, esd, uce or none")
     at.add_argument("--concept", required=True)
     at.add_argument("--erasure", default=None, help="a folder from `saeuron erase` (esd / uce) instead of the cached default edit")
@@ -517,16 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--lr", type=float, default=0.01)
     at.add_argument("--tokens", type=int, default=5, help="soft tokens (default 5)")
     at.add_argument("--seed", type=int, default=None, help="held-out generation seed")
-    at.add_argument("--gen-steps", type=int, default=None, help="denoising steps (default: the model's)")
-    at.add_argument("--guidance", type=float, default=None)
-    at.add_argument("--sae", default=None)
-    at.add_argument("--stats", default=None)
-    at.add_argument("--defaults", default=None)
-    at.add_argument("--judge", default=None)
-    at.add_argument("--cache", default=None)
-    at.add_argument("--no-cache", action="store_true")
-    at.add_argument("--overwrite", action="store_true")
-    at.add_argument("--out", required=True)
+    add_output_options(at)
     at.set_defaults(func=cmd_attack)
     return p
 

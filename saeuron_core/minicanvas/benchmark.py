@@ -211,7 +211,7 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
             row["settings"] = removal.settings
             row["setup_seconds"] = removal.setup_seconds
             if plan.attack_prompts and method != "none" and len(concept_set) == 1:
-                row["attack"], examples[f"{method} attacked: {concept_set[0]}"] = attack_row(pipe, judge, removal, concept_set[0], plan)
+                row["attack"], examples[f"{method} attacked: {concept_set[0]}"] = attack_row(pipe, judge, removal, concept_set[0], plan.attack_prompts, plan.seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
             rows.append(row)
             if method != "none":
                 examples[f"{method}: {'+'.join(concept_set)}"] = _example_strip(concept_set, plain, edited)
@@ -249,19 +249,25 @@ def attack_prompt_pairs(concept: str, n: int) -> list[tuple[str, str | None]]:
     return [(concept, s) for s in mc.STYLES][:n]
 
 
-def attack_row(pipe, judge, removal: Removal, concept: str, plan: EvalPlan) -> tuple[dict, np.ndarray]:
-    """UA on ``plan.attack_prompts`` prompts of ``concept`` before and after the attack, and an
-    image strip: targets (top), edited model before (middle) and after the attack (bottom)."""
-    pairs = attack_prompt_pairs(concept, plan.attack_prompts)
+def attack_row(pipe, judge, removal: Removal, concept: str, n_prompts: int, seeds, steps: int, guidance: float, cfg: AttackConfig) -> tuple[dict, np.ndarray]:
+    """UA on ``n_prompts`` prompts of ``concept`` before and after the attack (prompt i at
+    ``seeds[i % len(seeds)]``), and an image strip: targets (top), edited model before (middle)
+    and after the attack (bottom). ``saeuron attack`` and the benchmark both report through this."""
+    pairs = attack_prompt_pairs(concept, n_prompts)
     prompts = [mc.prompt(o, s) for o, s in pairs]
-    seeds = [plan.seeds[i % len(plan.seeds)] for i in range(len(prompts))]
-    result = run_attack(pipe, lambda: removal.active(pipe), prompts, seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+    seeds = [seeds[i % len(seeds)] for i in range(len(prompts))]
+    result = run_attack(pipe, lambda: removal.active(pipe), prompts, seeds, steps, guidance, cfg)
+    shown = {name: shows_concept(judge, images, concept) for name, images in (("before", result.before), ("after", result.after), ("target", result.targets))}
 
-    def ua(images) -> float:
-        return 1.0 - float(np.mean(shows_concept(judge, images, concept)))
+    def ua(flags) -> float:
+        return 1.0 - float(np.mean(flags))
 
     strip = np.concatenate([np.concatenate(list(images), 1) for images in (result.targets, result.before, result.after)], 0)
-    row = {"prompts": prompts, "seeds": seeds, "UA_before": ua(result.before), "UA_after": ua(result.after), "target_UA": ua(result.targets), "final_loss": result.losses[-1], "seconds": round(result.seconds, 1)}
+    row = {
+        "prompts": prompts, "seeds": seeds, "UA_before": ua(shown["before"]), "UA_after": ua(shown["after"]), "target_UA": ua(shown["target"]),
+        "shows_concept_before": [bool(x) for x in shown["before"]], "shows_concept_after": [bool(x) for x in shown["after"]],
+        "losses": [float(x) for x in result.losses], "final_loss": float(result.losses[-1]), "seconds": round(result.seconds, 1),
+    }
     return row, strip
 
 
