@@ -57,7 +57,11 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
         if method == "none":
             assert "attack" not in row and res["cost"]["extra_storage_mb"] == 0
         else:
-            assert 0 <= row["attack"]["UA_before"] <= 1 and 0 <= row["attack"]["UA_after"] <= 1 and len(row["attack"]["prompts"]) == 2
+            attack = row["attack"]
+            assert len(attack["prompts"]) == 2 and len(attack["shows_concept_after"]) == 2
+            # the row's UA is what the per-prompt verdicts say, before and after
+            assert attack["UA_before"] == pytest.approx(1 - sum(attack["shows_concept_before"]) / 2)
+            assert attack["UA_after"] == pytest.approx(1 - sum(attack["shows_concept_after"]) / 2)
             assert res["summary"]["style"]["UA_attack_after"] == row["attack"]["UA_after"]
             assert res["cost"]["extra_storage_mb"] > 0
     assert metrics["methods"]["esd"]["rows"][0]["settings"]["iterations"] == 3
@@ -76,7 +80,8 @@ def test_reference_row_only(tiny_bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "none" / "metrics.json").read_text())
     row = metrics["methods"]["none"]["rows"][0]
-    assert 0 <= metrics["reference"]["style_accuracy"] <= 1 and row["collateral_mae"] == 0 and "attack" not in row
+    # the un-edited model changes nothing and is not attacked
+    assert row["collateral_mae"] == 0 and "attack" not in row and metrics["reference"]["seconds_per_image"] > 0
 
 
 def test_bad_method_and_budget_are_clear_errors(tiny_bundle, tmp_path):
@@ -101,6 +106,7 @@ def test_quick_style_benchmark_on_the_bundled_model(tmp_path):
 
 @needs_bundled
 @pytest.mark.slow
+@pytest.mark.timeout(2700)
 def test_quick_comparison_of_every_method_on_the_bundled_model(tmp_path):
     """The issue's one command: every method on every style, on the same seeds, each removal
     attacked. Each method removes far more than the un-edited model "removes", keeps the other
@@ -114,7 +120,6 @@ def test_quick_comparison_of_every_method_on_the_bundled_model(tmp_path):
         s = summary[method]
         assert s["UA"] > summary["none"]["UA"] + 0.25, (method, s)
         assert s["IRA"] >= 0.85 and s["CRA"] >= 0.5, (method, s)
-        assert 0 <= s["UA_attack_before"] <= 1 and 0 <= s["UA_attack_after"] <= 1
         assert all(len(r["attack"]["prompts"]) == 2 for r in m["methods"][method]["rows"])
     assert m["methods"]["esd"]["cost"]["setup_seconds"] > m["methods"]["uce"]["cost"]["setup_seconds"]
     assert "| uce | style |" in (tmp_path / "cmp" / "table.md").read_text()
