@@ -7,11 +7,13 @@ Stages, each resumable and each recorded in ``<work>/<stage>/done.json`` when fi
 3. ``judge``  train the object/style judge on renders and their autoencoder round trips
 4. ``latents`` encode the train images once (posterior mean and std)
 5. ``unet``   train ``CLIPTextModel`` + ``UNet2DConditionModel`` jointly, DDPM epsilon loss
-             with min-SNR weighting, EMA; checkpoints (atomic) and exports a pipeline as it goes
+             with min-SNR weighting, EMA and LR warm-up (diffusers' ``compute_snr``,
+             ``EMAModel``, ``get_scheduler``); checkpoints (atomic) and exports a pipeline as it goes
 6. ``export`` write the EMA weights as a ``StableDiffusionPipeline`` folder + the judge
 
-Every stage that trains checkpoints atomically; killing the process and running the same command
-again continues from the last checkpoint.
+Every stage that trains checkpoints atomically (``saeuron_core.training``); SIGTERM checkpoints
+and stops; killing the process and running the same command again continues from the last
+checkpoint.
 """
 
 from __future__ import annotations
