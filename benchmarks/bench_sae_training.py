@@ -51,7 +51,7 @@ one_thread()
 
 import torch  # noqa: E402
 
-from saeuron_core.sae import TopKSae  # noqa: E402
+from saeuron_core.sae import SaeConfig, TopKSae  # noqa: E402
 from saeuron_core.sae_train import TrainConfig, train_sae  # noqa: E402
 
 with contextlib.redirect_stdout(sys.stderr):  # sparsify prints "Triton not installed ..." on import
@@ -256,7 +256,7 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
             state["prof"].__exit__(None, None, None)  # before train_sae's final checkpoint
 
         store = FeedStore("p", d_in, iter(xs), len(xs), args.batch_size, before_yield=before, after_last=after)
-        cfg = TrainConfig(expansion_factor=num_latents // d_in, k=args.k, batch_size=args.batch_size, epochs=1, lr=lr, auxk_alpha=args.auxk_alpha, dead_feature_threshold=args.dead_threshold, checkpoint_every=10**9, seed=args.seed)
+        cfg = TrainConfig(SaeConfig(num_latents=num_latents, k=args.k, auxk_alpha=args.auxk_alpha, dead_feature_threshold=args.dead_threshold), batch_size=args.batch_size, epochs=1, lr=lr, checkpoint_every=10**9, seed=args.seed)
         with open("/dev/null", "w") as devnull, contextlib.redirect_stderr(devnull):
             train_sae(store, "p", cfg, tmp)
     out["ours"] = _top_ops(state["prof"], steps)
@@ -281,12 +281,12 @@ def main() -> None:
     ap.add_argument("--active", type=int, default=8, help="--synthetic: directions per token")
     ap.add_argument("--noise", type=float, default=0.05, help="--synthetic: gaussian noise std")
     ap.add_argument("--expansion", type=int, default=16, help="num_latents = expansion * d_in")
-    ap.add_argument("--k", type=int, default=16, help="TopK k (TrainConfig default 16; the paper: 32)")
+    ap.add_argument("--k", type=int, default=16, help="TopK k (the bundled SAEs: 16; SaeConfig default and the paper: 32)")
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=300, help="optimiser steps (equal tokens: steps * batch size for both)")
     ap.add_argument("--lr", type=float, default=None, help="default: 2e-4 / sqrt(num_latents / 2**14), both projects' rule")
     ap.add_argument("--auxk-alpha", type=float, default=1 / 32)
-    ap.add_argument("--dead-threshold", type=int, default=TrainConfig.dead_feature_threshold, help="tokens without firing before a latent is dead")
+    ap.add_argument("--dead-threshold", type=int, default=1_000_000, help="tokens without firing before a latent is dead (1M: the bundled SAEs' setting; SaeConfig's default is 10M)")
     ap.add_argument("--sparsify-warmup", type=int, default=0, help="sparsify Trainer's linear LR warmup/decay (its default: 1000); 0 = constant LR like ours")
     ap.add_argument("--heldout", type=int, default=8192, help="held-out tokens for the final FVU")
     ap.add_argument("--skip", type=int, default=2, help="first steps left out of the steady-state throughput")
@@ -311,7 +311,7 @@ def main() -> None:
         sparsify_seconds.append(time.perf_counter() - t0)
 
     store = FeedStore("point", d_in, batches, args.steps, args.batch_size, before_yield=sparsify_step)
-    cfg = TrainConfig(expansion_factor=args.expansion, k=args.k, batch_size=args.batch_size, epochs=1, lr=lr, auxk_alpha=args.auxk_alpha, dead_feature_threshold=args.dead_threshold, checkpoint_every=10**9, seed=args.seed)
+    cfg = TrainConfig(SaeConfig(expansion_factor=args.expansion, k=args.k, auxk_alpha=args.auxk_alpha, dead_feature_threshold=args.dead_threshold), batch_size=args.batch_size, epochs=1, lr=lr, checkpoint_every=10**9, seed=args.seed)
     log(f"training {args.steps} steps of {args.batch_size} tokens: d_in={d_in}, num_latents={num_latents}, k={args.k}, lr={lr:.3g}")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -322,7 +322,6 @@ def main() -> None:
     sparsify_seconds = sparsify_seconds[:steps_done]
     init_same = None  # checked on fresh models: same seed -> same encoder
     torch.manual_seed(args.seed)
-    from saeuron_core.sae import SaeConfig
 
     a = TopKSae(SaeConfig(d_in=d_in, num_latents=num_latents, k=args.k))
     torch.manual_seed(args.seed)

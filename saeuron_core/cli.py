@@ -171,11 +171,15 @@ def cmd_cache(args) -> int:
 
 
 def cmd_train_sae(args) -> int:
+    from .sae import SaeConfig
     from .sae_train import TrainConfig, train_sae
     from .store import ActivationStore
 
+    if args.expansion_factor is not None and args.num_latents is not None:
+        raise_error("give --expansion-factor or --num-latents, not both")
+    given = {"expansion_factor": args.expansion_factor, "num_latents": args.num_latents, "k": args.k, "dead_feature_threshold": args.dead_feature_threshold}
     store = ActivationStore(args.store)
-    cfg = TrainConfig(expansion_factor=args.expansion_factor, k=args.k, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    cfg = TrainConfig(sae=SaeConfig(**{k: v for k, v in given.items() if v is not None}), batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=args.seed)
     for point in args.point or store.points:
         metrics = train_sae(store, point, cfg, args.out)
         print(f"{point}: " + json.dumps(metrics))
@@ -330,7 +334,7 @@ def cmd_erase(args) -> int:
     from .baselines.erasure import UceConfig
     from .baselines.methods import erase_to
     from .edits import META_FILE, WeightEdit
-    from .minicanvas.build import _StopRequest
+    from .training import StopRequest
 
     out = Path(args.out)
     if (out / META_FILE).is_file() and not args.overwrite:
@@ -346,7 +350,7 @@ def cmd_erase(args) -> int:
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.refresh()
 
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         try:
             edit = erase_to(out, m.pipe, m.info, args.method, args.concept, config, progress=progress, should_stop=lambda: stop.requested)
         finally:
@@ -454,8 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-sae", help="train a TopK SAE per hook point of an activation store", description="Train TopK SAEs (sparsify layout: <out>/<point>/cfg.json + sae.safetensors) with periodic checkpoints; rerun to resume.")
     t.add_argument("--store", required=True)
     t.add_argument("--point", action="append", help="hook point (repeat); default: every point of the store")
-    t.add_argument("--expansion-factor", type=int, default=16)
-    t.add_argument("--k", type=int, default=16)
+    t.add_argument("--expansion-factor", type=int, default=None, help="num_latents = expansion factor * channels (default: SaeConfig.expansion_factor)")
+    t.add_argument("--num-latents", type=int, default=None, help="dictionary size, instead of --expansion-factor")
+    t.add_argument("--k", type=int, default=None, help="active latents per token (default: SaeConfig.k)")
+    t.add_argument("--dead-feature-threshold", type=int, default=None, help="tokens without firing before a latent is dead (default: SaeConfig.dead_feature_threshold)")
     t.add_argument("--batch-size", type=int, default=4096)
     t.add_argument("--epochs", type=int, default=5)
     t.add_argument("--lr", type=float, default=None)

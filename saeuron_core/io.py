@@ -13,10 +13,25 @@ from typing import Iterator
 from .errors import SaeuronError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux >= 4.7 shows it in
+    /proc/self/status). Elsewhere it is set and restored once, at import, before any thread of
+    ours can be creating files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
+"""The umask at import; files written here get the permissions a plain ``open`` would give them.
+Never changed afterwards: setting the umask, even for a moment, is process-wide, and in the
+threaded explorer another thread could create a file with the wrong permissions meanwhile."""
 
 
 @contextlib.contextmanager
@@ -33,7 +48,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any file
+    os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600; the result should look like any file
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -75,7 +90,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~UMASK)
     try:
         yield tmp
         old = None

@@ -9,7 +9,7 @@ ours open in sparsify. Checkpoints are read from safetensors only, never unpickl
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,38 +35,53 @@ _UNSUPPORTED_OPTIONS = {
 
 @dataclass(frozen=True)
 class SaeConfig:
-    """Shape and training constants of one TopK SAE."""
+    """Shape and training constants of one TopK SAE (the fields of ``cfg.json``).
 
-    d_in: int
-    """Width of an input token: the hook point's channel count C."""
+    The defaults are the paper's. ``d_in`` may be left 0 in a training config: the trainer sets
+    it from the hook point (``with_d_in``), which also resolves ``num_latents``.
+    """
+
+    d_in: int = 0
+    """Width of an input token: the hook point's channel count C (0: not known yet)."""
     num_latents: int = 0
-    """Dictionary size n; 0 means ``expansion_factor * d_in`` (resolved on construction)."""
+    """Dictionary size n; 0 means ``expansion_factor * d_in`` (resolved once d_in is known)."""
     expansion_factor: int = 16
-    """n / d_in when ``num_latents`` is 0 (the paper: 16); ignored otherwise."""
+    """n / d_in when ``num_latents`` is 0 (the paper: 16). When ``num_latents`` is given and a
+    multiple of d_in, it is set to their ratio so that cfg.json says what was built."""
     k: int = 32
     """Non-zero latents per token (the paper: 32)."""
     normalize_decoder: bool = True
     """Keep decoder rows at unit norm (renormalised after every optimiser step)."""
     dead_feature_threshold: int = 10_000_000
-    """Tokens without firing after which a latent counts as dead and joins the AuxK loss."""
+    """Tokens without firing after which a latent counts as dead and joins the AuxK loss (the
+    paper: 10M)."""
     auxk_alpha: float = 1 / 32
     """Weight of the AuxK loss next to the FVU."""
 
     def __post_init__(self):
-        if not isinstance(self.d_in, int) or self.d_in < 1:
+        if not isinstance(self.d_in, int) or self.d_in < 0:
             raise SaeuronError(f"d_in must be a positive integer, got {self.d_in!r}")
-        if self.num_latents < 0 or self.expansion_factor < 1:
+        if not isinstance(self.num_latents, int) or self.num_latents < 0 or not isinstance(self.expansion_factor, int) or self.expansion_factor < 1:
             raise SaeuronError(
                 f"num_latents must be >= 0 and expansion_factor >= 1, got {self.num_latents} and {self.expansion_factor}"
             )
-        if self.num_latents == 0:
-            object.__setattr__(self, "num_latents", self.d_in * self.expansion_factor)
-        if not 1 <= self.k <= self.num_latents:
+        if self.d_in:
+            if self.num_latents == 0:
+                object.__setattr__(self, "num_latents", self.d_in * self.expansion_factor)
+            elif self.num_latents % self.d_in == 0:
+                object.__setattr__(self, "expansion_factor", self.num_latents // self.d_in)
+        if self.k < 1 or (self.num_latents and self.k > self.num_latents):
             raise SaeuronError(f"k must be in [1, num_latents={self.num_latents}], got {self.k}")
         if self.dead_feature_threshold < 1:
             raise SaeuronError(f"dead_feature_threshold must be >= 1, got {self.dead_feature_threshold}")
         if self.auxk_alpha < 0:
             raise SaeuronError(f"auxk_alpha must be >= 0, got {self.auxk_alpha}")
+
+    def with_d_in(self, d_in: int) -> "SaeConfig":
+        """This config for inputs of width ``d_in`` (num_latents resolved from expansion_factor if unset)."""
+        if self.d_in and self.d_in != d_in:
+            raise SaeuronError(f"the SAE config is for d_in={self.d_in}, but the inputs have {d_in} channels")
+        return replace(self, d_in=d_in)
 
 
 class EncoderOutput(NamedTuple):
@@ -106,6 +121,8 @@ class TopKSae(nn.Module):
 
     def __init__(self, cfg: SaeConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
         super().__init__()
+        if cfg.d_in < 1:
+            raise SaeuronError("the SAE config has no d_in; set it with cfg.with_d_in(channels)")
         self.cfg = cfg
         self.encoder = nn.Linear(cfg.d_in, cfg.num_latents, device=device, dtype=dtype)
         self.encoder.bias.data.zero_()

@@ -107,31 +107,52 @@ class ActivationStore:
         for shard in shards if shards is not None else self.completed:
             yield load_safetensors(self.shard_path(point, shard))
 
-    def iter_token_batches(self, point: str, batch_size: int, shuffle: bool = True, seed: int = 0, epochs: int = 1, shards_in_memory: int = 4) -> Iterator[torch.Tensor]:
+    def iter_token_batches(self, point: str, batch_size: int, shuffle: bool = True, seed: int = 0, epochs: int = 1, shards_in_memory: int = 4, start: int = 0) -> Iterator[torch.Tensor]:
         """float32 token batches [batch_size, C] for SAE training, streamed.
 
         Shuffling mixes tokens across ``shards_in_memory`` shards at a time: enough to break up
-        single images and steps while keeping memory bounded.
+        single images and steps while keeping memory bounded. Tokens left over at the end of such a
+        group (fewer than a batch) are dropped.
+
+        ``start``: skip the first ``start`` batches of the stream (a resumed run). Groups wholly
+        before it are not read: their token counts come from the manifest, and the shuffle
+        generator is advanced exactly as reading them would have, so the batches from ``start``
+        on are the same as those of an uninterrupted stream.
         """
+        self._check_point(point)
         gen = torch.Generator().manual_seed(seed)
+        skip = start
         for epoch in range(epochs):
             order = self.completed
             if shuffle:
                 order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
             for g in range(0, len(order), shards_in_memory):
                 group = order[g : g + shards_in_memory]
+                n_tokens = sum(self.shard_token_count(point, s) for s in group)
+                n_batches = n_tokens // batch_size
+                if skip >= n_batches:
+                    if shuffle:
+                        torch.randperm(n_tokens, generator=gen)  # the draw reading the group would make
+                    skip -= n_batches
+                    continue
                 tokens = torch.cat([s["acts"].reshape(-1, s["acts"].shape[-1]) for s in self.iter_shards(point, group)])
+                if len(tokens) != n_tokens:
+                    raise SaeuronError(f"{self.root}: shards {group} at {point} hold {len(tokens)} tokens, the manifest says {n_tokens}")
                 if shuffle:
                     tokens = tokens[torch.randperm(len(tokens), generator=gen)]
-                for i in range(0, len(tokens) - batch_size + 1, batch_size):
+                for i in range(skip * batch_size, n_batches * batch_size, batch_size):
                     yield tokens[i : i + batch_size].float()
+                skip = 0
+
+    def shard_token_count(self, point: str, shard: int) -> int:
+        """Tokens in one shard at ``point``, from the manifest (the shard is not read)."""
+        p = self.meta["points"][point]
+        return len(self.shard_items(shard)) * self.meta["steps"] * p["height"] * p["width"]
 
     def token_count(self, point: str) -> int:
         """Tokens stored at ``point`` in the completed shards."""
         self._check_point(point)
-        p = self.meta["points"][point]
-        items = sum(len(self.shard_items(s)) for s in self.completed)
-        return items * self.meta["steps"] * p["height"] * p["width"]
+        return sum(self.shard_token_count(point, s) for s in self.completed)
 
 
 def cache_activations(pipe, items: list[PromptItem], points: list[str], root: str | Path, steps: int, guidance: float, items_per_shard: int = 16, model_name: str = "") -> ActivationStore:

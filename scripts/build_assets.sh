@@ -11,7 +11,7 @@ $SAEURON --threads 2 build-model --work "$WORK/minicanvas" --unet-minutes 75
 # 2. activations of the train-split MiniCanvas prompts at both default hook points
 $SAEURON --threads 2 cache --model minicanvas --seeds-per-pair 4 --out "$WORK/store"
 # 3. one TopK SAE per hook point (64 -> 1024 latents, k = 16)
-$SAEURON --threads 2 train-sae --store "$WORK/store" --out assets/sae --expansion-factor 16 --k 16 --epochs 5
+$SAEURON --threads 2 train-sae --store "$WORK/store" --out assets/sae --expansion-factor 16 --k 16 --dead-feature-threshold 1000000 --epochs 5
 # 4. feature statistics for scoring and for the explorer
 $SAEURON --threads 2 stats --store "$WORK/store" --sae assets/sae --out assets/stats
 # 5. tau / gamma per concept on the sweep split (1 thread per process, in parallel): objects on

@@ -65,7 +65,7 @@ def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
     from saeuron_core.minicanvas.judge import Judge, JudgeConfig
     from saeuron_core.pipeline import load_pipeline
     from saeuron_core.sae_train import TrainConfig, train_sae
-    from saeuron_core.sae import TopKSae
+    from saeuron_core.sae import SaeConfig, TopKSae
     from saeuron_core.stats import compute_stats
     from saeuron_core.store import PromptItem, cache_activations
 
@@ -79,7 +79,7 @@ def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
     items = [PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s}) for o in objects for s in styles for seed in (0, 1)]
     store = cache_activations(pipe, items, list(TINY_POINTS.values()), root / "store", steps=3, guidance=4.0, items_per_shard=9)
     for point in TINY_POINTS.values():
-        train_sae(store, point, TrainConfig(expansion_factor=4, k=4, batch_size=64, epochs=2), root / "sae")
+        train_sae(store, point, TrainConfig(SaeConfig(expansion_factor=4, k=4), batch_size=64, epochs=2), root / "sae")
         compute_stats(store, point, TopKSae.load(root / "sae" / point), top_m=2).save(root / "stats" / point)
     defaults = {"kinds": {"style": {"tau": 99.0, "gamma": -5.0}}, "concepts": {"star": {"tau": 98.0, "gamma": -10.0}}}
     (root / "defaults.json").write_text(json.dumps(defaults))

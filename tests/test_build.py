@@ -58,6 +58,31 @@ def test_rerun_skips_finished_stages_and_extends_a_grown_budget(micro_build):
     assert report["vae"]["steps"] == 2  # finished stages are not redone
 
 
+def test_a_checkpoint_from_before_diffusers_helpers_still_resumes(micro_build):
+    """Old U-Net checkpoints kept the EMA as a bare list and no LR schedule; they resume with the
+    EMA step count and the warm-up position taken from the step."""
+    root, _ = micro_build
+    ckpt = root / "work" / "unet" / "state.pt"
+    state = torch.load(ckpt, weights_only=True)
+    step = state["step"]
+    shadow = state["ema"]["shadow_params"]
+    legacy = {k: v for k, v in state.items() if k != "lr_scheduler"}
+    legacy["ema"] = shadow
+    torch.save(legacy, ckpt)
+    (root / "work" / "unet" / "done.json").unlink()
+    report = build_model(BuildConfig(**{**MICRO, "unet_steps": step + 1}), root / "work", root / "pipe", root / "judge")
+    assert report["unet"]["steps"] == step + 1
+    after = torch.load(ckpt, weights_only=True)
+    assert after["ema"]["optimization_step"] == step + 1
+    assert after["lr_scheduler"]["last_epoch"] == step + 1
+    lr = BuildConfig().unet_lr * (step + 1) / 300  # still warming up
+    assert after["opt"]["param_groups"][0]["lr"] == pytest.approx(lr)
+    # the average carried on from the old one: shadow <- d * shadow + (1 - d) * weights
+    decay = (1 + step) / (10 + step)
+    expected = decay * shadow[0] + (1 - decay) * after["unet"]["conv_in.weight"]
+    assert torch.allclose(after["ema"]["shadow_params"][0], expected, atol=1e-6)
+
+
 def test_a_different_recipe_in_the_same_work_folder_is_refused(micro_build):
     root, _ = micro_build
     with pytest.raises(SaeuronError, match="different recipe \\(text_hidden\\)"):

@@ -160,7 +160,7 @@ def test_esd_resumes_bit_identically(tiny, tmp_path):
     calls = []
     with pytest.raises(SaeuronError, match="checkpoint saved"):
         esd_erase(pipe, info, ["star"], cfg, work=tmp_path, progress=lambda i, n, l: calls.append(i), should_stop=lambda: len(calls) >= 5)
-    assert (tmp_path / "esd_state.safetensors").is_file()
+    assert (tmp_path / "esd_state.pt").is_file()
     resumed_from = []
     edit = esd_erase(pipe, info, ["star"], cfg, work=tmp_path, progress=lambda i, n, l: resumed_from.append(i))
     assert resumed_from[0] == 6  # iterations 1-5 were not redone

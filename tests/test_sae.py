@@ -28,7 +28,15 @@ def test_config_resolves_and_validates():
     with pytest.raises(SaeuronError, match="k must be in"):
         SaeConfig(d_in=2, num_latents=4, k=5)
     with pytest.raises(SaeuronError, match="d_in"):
-        SaeConfig(d_in=0)
+        SaeConfig(d_in=-1)
+    unset = SaeConfig(expansion_factor=4)  # a training config: d_in comes from the hook point
+    assert unset.num_latents == 0 and unset.with_d_in(8).num_latents == 32
+    with pytest.raises(SaeuronError, match="no d_in"):
+        TopKSae(unset)
+    with pytest.raises(SaeuronError, match="d_in=8"):
+        SaeConfig(d_in=8).with_d_in(16)
+    # num_latents given: expansion_factor records the ratio (cfg.json says what was built)
+    assert SaeConfig(d_in=8, num_latents=64, k=4).expansion_factor == 8
 
 
 def test_initialisation_follows_the_paper():

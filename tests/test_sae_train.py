@@ -1,17 +1,23 @@
-"""SAE training on a store: it learns, checkpoints atomically, and resumes after kill -9."""
+"""SAE training on a store: it learns, records what it trained, checkpoints atomically beside the
+artefact, stops on SIGTERM and resumes (seeking in the data) to the same SAE, also after kill -9."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 
 import pytest
 import torch
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.sae import TopKSae
-from saeuron_core.sae_train import TrainConfig, train_sae
+from saeuron_core.cli import main as cli_main
+from saeuron_core.paths import ASSETS
+from saeuron_core.sae import SaeConfig, TopKSae, load_many
+from saeuron_core.sae_train import STATE_FILE, TrainConfig, train_dir, train_sae
+from saeuron_core.training import load_state
 from saeuron_core.store import ActivationStore, PromptItem, cache_activations
 
 POINT = "up_blocks.1.attentions.1"
@@ -27,34 +33,88 @@ def store(tiny_pipeline_dir, tmp_path_factory):
 
 
 def test_training_lowers_fvu_and_saves_sparsify_layout(store, tmp_path):
-    cfg = TrainConfig(expansion_factor=4, k=8, batch_size=64, epochs=3, checkpoint_every=10)
+    cfg = TrainConfig(SaeConfig(expansion_factor=4, k=8), batch_size=64, epochs=3, checkpoint_every=10)
     metrics = train_sae(store, POINT, cfg, tmp_path)
-    history = torch.load(tmp_path / POINT / "train_state.pt", weights_only=True)["history"]
+    history = load_state(train_dir(tmp_path, POINT) / STATE_FILE)["history"]
     assert history[-1]["fvu"] < 0.5 * history[0]["fvu"]
     assert metrics["steps"] == 3 * (store.token_count(POINT) // 64)
+    # the artefact holds only what sparsify's does; training state and metrics live beside it
+    assert sorted(p.name for p in (tmp_path / POINT).iterdir()) == ["cfg.json", "sae.safetensors"]
+    assert json.loads((train_dir(tmp_path, POINT) / "metrics.json").read_text())["steps"] == metrics["steps"]
     saved = json.loads((tmp_path / POINT / "cfg.json").read_text())
-    assert saved["d_in"] == 32 and saved["k"] == 8
+    assert (saved["d_in"], saved["k"], saved["expansion_factor"], saved["num_latents"]) == (32, 8, 4, 128)
+    assert load_many(tmp_path).keys() == {POINT}  # the .train folder is not taken for an SAE
     sae = TopKSae.load(tmp_path / POINT)
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.num_latents), atol=1e-5)
     again = train_sae(store, POINT, cfg, tmp_path)  # finished: resuming does nothing more
     assert again["steps"] == metrics["steps"]
 
 
-def test_bad_training_requests(store, tmp_path):
-    with pytest.raises(SaeuronError, match="not in the store"):
-        train_sae(store, "down_blocks.0", TrainConfig(), tmp_path)
-    with pytest.raises(SaeuronError, match="fewer than one batch"):
-        train_sae(store, POINT, TrainConfig(batch_size=10**9), tmp_path)
-    with pytest.raises(SaeuronError, match="k must be|k=.*exceeds"):
-        train_sae(store, POINT, TrainConfig(expansion_factor=1, k=64), tmp_path)
-    with pytest.raises(SaeuronError):
-        TrainConfig(epochs=0)
+def test_train_config_nests_the_sae_config_with_one_set_of_defaults():
+    names = {f.name for f in fields(TrainConfig)}
+    assert "sae" in names and not names & {"k", "expansion_factor", "num_latents", "dead_feature_threshold", "auxk_alpha"}
+    assert TrainConfig().sae == SaeConfig()
+    assert (SaeConfig().k, SaeConfig().dead_feature_threshold, SaeConfig().expansion_factor) == (32, 10_000_000, 16)
+    with pytest.raises(SaeuronError, match="must be a SaeConfig"):
+        TrainConfig(sae={"k": 4})
 
 
+def test_bundled_saes_still_load():
+    for point in ("up_blocks.1.attentions.0", "up_blocks.1.attentions.1"):
+        sae = TopKSae.load(ASSETS / "sae" / point)
+        assert (sae.d_in, sae.num_latents, sae.cfg.k, sae.cfg.expansion_factor) == (64, 1024, 16, 16)
+
+
+def test_cli_records_what_was_trained(store, tmp_path):
+    base = ["--threads", "1", "train-sae", "--store", str(store.root), "--point", POINT, "--k", "8", "--batch-size", "64", "--epochs", "1"]
+    assert cli_main([*base, "--out", str(tmp_path / "a"), "--expansion-factor", "8"]) == 0
+    saved = json.loads((tmp_path / "a" / POINT / "cfg.json").read_text())
+    assert (saved["expansion_factor"], saved["num_latents"], saved["k"]) == (8, 256, 8)
+    assert cli_main([*base, "--out", str(tmp_path / "b"), "--num-latents", "96"]) == 0
+    saved = json.loads((tmp_path / "b" / POINT / "cfg.json").read_text())
+    assert (saved["expansion_factor"], saved["num_latents"]) == (3, 96)
+    assert TopKSae.load(tmp_path / "b" / POINT).num_latents == 96
+    assert cli_main([*base, "--out", str(tmp_path / "c"), "--num-latents", "96", "--expansion-factor", "8"]) == 2
+    assert not (tmp_path / "c").exists()
+
+
+def test_sigterm_then_resume_seeks_and_gives_the_same_sae(store, tmp_path, monkeypatch):
+    # a low dead threshold so that the AuxK path and the dead-latent counters take part
+    cfg = TrainConfig(SaeConfig(expansion_factor=4, k=4, dead_feature_threshold=300), batch_size=64, epochs=3, checkpoint_every=25)
+    straight = train_sae(store, POINT, cfg, tmp_path / "straight")
+
+    def stop_at_60(rec):
+        if rec["step"] == 60:
+            os.kill(os.getpid(), signal.SIGTERM)  # StopRequest turns it into a checkpoint and a stop
+
+    with pytest.raises(SaeuronError, match="stopped by SIGTERM at step 60"):
+        train_sae(store, POINT, cfg, tmp_path / "resumed", log=stop_at_60)
+    assert load_state(train_dir(tmp_path / "resumed", POINT) / STATE_FILE)["step"] == 60
+    read = []
+    original = store.iter_shards
+    monkeypatch.setattr(store, "iter_shards", lambda point, shards=None: (read.append(list(shards)), original(point, shards))[1])
+    resumed = train_sae(store, POINT, cfg, tmp_path / "resumed")
+    # 36 batches per epoch in groups of 24 + 12: step 60 is the start of epoch 2's second group,
+    # so the resumed run reads that group (2 shards) and epoch 3 (6 shards), nothing before.
+    assert sum(len(g) for g in read) == 2 + 6
+    assert resumed["steps"] == straight["steps"] == 108
+    a, b = TopKSae.load(tmp_path / "straight" / POINT), TopKSae.load(tmp_path / "resumed" / POINT)
+    for name, tensor in a.state_dict().items():
+        assert torch.allclose(tensor, b.state_dict()[name], atol=1e-6, rtol=1e-5), name
+    state_a = load_state(train_dir(tmp_path / "straight", POINT) / STATE_FILE)
+    state_b = load_state(train_dir(tmp_path / "resumed", POINT) / STATE_FILE)
+    assert torch.equal(state_a["tokens_since_fired"], state_b["tokens_since_fired"])
+    assert any(r["dead_fraction"] > 0 for r in state_a["history"])  # AuxK did run
+    assert [r["step"] for r in state_a["history"]] == [r["step"] for r in state_b["history"]]
+    with pytest.raises(SaeuronError, match="different training config"):
+        train_sae(store, POINT, TrainConfig(SaeConfig(expansion_factor=4, k=5), batch_size=64, epochs=3), tmp_path / "resumed")
+
+
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume(store, tmp_path):
     cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "train-sae", "--store", str(store.root), "--out", str(tmp_path), "--expansion-factor", "8", "--k", "8", "--batch-size", "32", "--epochs", "30"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / POINT / "train_state.pt"
+    state = train_dir(tmp_path, POINT) / STATE_FILE
     deadline = time.time() + 120
     while time.time() < deadline and not state.is_file():
         time.sleep(0.05)

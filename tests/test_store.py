@@ -64,6 +64,25 @@ def test_token_batches_stream_every_token(tiny_store):
     assert torch.allclose(shuffled.sum(0), torch.cat(batches).sum(0), atol=1e-2)
 
 
+def test_token_batches_seek_to_a_batch_without_reading_earlier_shards(tiny_store, monkeypatch):
+    """start=s gives exactly batches s, s+1, ... of the full stream (shuffled, several epochs,
+    shards of unequal size, leftovers dropped), reading only the shards from s's group on."""
+    kw = dict(batch_size=20, seed=3, epochs=3, shards_in_memory=2)  # 144 / 144 / 96 tokens per shard
+    full = list(tiny_store.iter_token_batches(POINTS[0], **kw))
+    per_epoch = len(list(tiny_store.iter_token_batches(POINTS[0], **{**kw, "epochs": 1})))  # the first epoch's
+    assert len(full) > 2 * per_epoch >= 20
+    read = []
+    original = tiny_store.iter_shards
+    monkeypatch.setattr(tiny_store, "iter_shards", lambda point, shards=None: (read.append(list(shards)), original(point, shards))[1])
+    for start in (0, 1, per_epoch - 1, per_epoch, per_epoch + 7, len(full) - 1, len(full)):
+        read.clear()
+        seeked = list(tiny_store.iter_token_batches(POINTS[0], start=start, **kw))
+        assert len(seeked) == len(full) - start
+        assert all(torch.equal(a, b) for a, b in zip(seeked, full[start:]))
+        if start >= per_epoch:  # the first epoch's shards are not read at all
+            assert sum(len(g) for g in read) <= 2 * tiny_store.n_shards
+
+
 def test_resume_rewrites_only_missing_shards(tiny_pipeline_dir, tiny_store, tmp_path):
     import shutil
 

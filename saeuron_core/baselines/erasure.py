@@ -21,7 +21,6 @@ benchmark templates, "An image of {object} in {style} style." with every partner
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -33,8 +32,8 @@ from torch import Tensor, nn
 
 from ..edits import WeightEdit, cross_attention_parameters, fingerprint, restoring
 from ..errors import SaeuronError
-from ..io import load_safetensors, save_safetensors
 from ..pipeline import concept_prompt, generate_jobs, text_embeddings
+from ..training import load_state, save_state
 
 ERASURE_METHODS = ("esd", "uce")
 
@@ -259,7 +258,7 @@ def esd_loss(unet: nn.Module, frozen: dict[str, Tensor], x_t: Tensor, t: Tensor,
 
 
 def _esd_state_file(work: Path) -> Path:
-    return work / "esd_state.safetensors"
+    return work / "esd_state.pt"
 
 
 def esd_erase(pipe, info, concepts, cfg: EsdConfig = EsdConfig(), work: str | Path | None = None, progress: Callable[[int, int, float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> WeightEdit:
@@ -320,41 +319,22 @@ def esd_erase(pipe, info, concepts, cfg: EsdConfig = EsdConfig(), work: str | Pa
 
 
 def _esd_checkpoint(work: Path, identity: dict, params, names, opt, iteration: int, seconds: float) -> None:
-    tensors = {f"param/{n}": params[n].detach() for n in names}
-    for i, n in enumerate(names):
-        state = opt.state.get(params[n], {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                tensors[f"{key}/{n}"] = state[key]
-        if "step" in state:
-            tensors[f"step/{n}"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
-    meta = {"identity": json.dumps(identity, sort_keys=True), "iteration": str(iteration), "seconds": str(seconds)}
-    save_safetensors(tensors, _esd_state_file(work), metadata=meta)
+    state = {"identity": identity, "iteration": iteration, "seconds": seconds, "params": {n: params[n].detach() for n in names}, "opt": opt.state_dict()}
+    save_state(_esd_state_file(work), state)
 
 
 def _esd_resume(work: Path, identity: dict, params, names, opt) -> tuple[int, float]:
     """Load a matching checkpoint into params and optimiser; (iteration, seconds spent) or (0, 0)."""
     path = _esd_state_file(work)
-    if not path.is_file():
+    if (state := load_state(path)) is None:
         return 0, 0.0
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("identity") != json.dumps(identity, sort_keys=True):
+    if state["identity"] != identity:
         raise SaeuronError(f"{path} is a checkpoint of another ESD run (model, concepts or settings differ); use another work folder or delete it")
-    tensors = load_safetensors(path)
     with torch.no_grad():
         for n in names:
-            params[n].copy_(tensors[f"param/{n}"])
-    for n in names:
-        if f"exp_avg/{n}" in tensors:
-            opt.state[params[n]] = {
-                "step": tensors[f"step/{n}"].reshape(()).clone(),
-                "exp_avg": tensors[f"exp_avg/{n}"].clone(),
-                "exp_avg_sq": tensors[f"exp_avg_sq/{n}"].clone(),
-            }
-    return int(meta["iteration"]), float(meta.get("seconds", 0.0))
+            params[n].copy_(state["params"][n])
+    opt.load_state_dict(state["opt"])
+    return state["iteration"], state["seconds"]
 
 
 def erase(pipe, info, method: str, concepts, config=None, work=None, progress=None, should_stop=None) -> WeightEdit:

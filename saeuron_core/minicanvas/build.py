@@ -7,11 +7,13 @@ Stages, each resumable and each recorded in ``<work>/<stage>/done.json`` when fi
 3. ``judge``  train the object/style judge on renders and their autoencoder round trips
 4. ``latents`` encode the train images once (posterior mean and std)
 5. ``unet``   train ``CLIPTextModel`` + ``UNet2DConditionModel`` jointly, DDPM epsilon loss
-             with min-SNR weighting, EMA; checkpoints (atomic) and exports a pipeline as it goes
+             with min-SNR weighting, EMA and LR warm-up (diffusers' ``compute_snr``,
+             ``EMAModel``, ``get_scheduler``); checkpoints (atomic) and exports a pipeline as it goes
 6. ``export`` write the EMA weights as a ``StableDiffusionPipeline`` folder + the judge
 
-Every stage that trains checkpoints atomically; killing the process and running the same command
-again continues from the last checkpoint.
+Every stage that trains checkpoints atomically (``saeuron_core.training``); SIGTERM checkpoints
+and stops; killing the process and running the same command again continues from the last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 from . import dataset as mc
 from ..errors import SaeuronError
 from ..io import atomic_dir, atomic_path, write_json
+from ..training import Progress, StopRequest, load_state, mark_stage_done, save_state, stage_done
 
 BUNDLED_CONFIG_NAME = "saeuron.json"
 
@@ -157,68 +160,29 @@ def make_schedulers():
 
 
 # --------------------------------------------------------------------------- helpers
-def _done(work: Path, stage: str) -> dict | None:
-    f = work / stage / "done.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+def _lr_schedule(name: str, opt, state: dict | None, step: int, **kwargs):
+    """diffusers' LR schedule ``name`` for ``opt``, at ``step`` when resuming.
+
+    Create it before loading the optimizer state (it records the base learning rates). A
+    checkpoint from before schedules were saved is positioned by its step count.
+    """
+    from diffusers.optimization import get_scheduler
+
+    sched = get_scheduler(name, opt, **kwargs)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        if "lr_scheduler" in state:
+            sched.load_state_dict(state["lr_scheduler"])
+        else:
+            sched.last_epoch = step
+            for group, base, rule in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * rule(step)
+    return sched
 
 
-def _mark_done(work: Path, stage: str, info: dict) -> dict:
-    write_json(work / stage / "done.json", info)
-    return info
-
-
-def _save_state(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_state(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    # Our own checkpoint; weights_only keeps it free of arbitrary unpickling anyway.
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class _Progress:
-    """A progress bar that also runs ``save`` every ``minutes`` of wall time (atomic checkpoints)."""
-
-    def __init__(self, desc: str, total: int, initial: int, minutes: float, save, every: int = 50):
-        self.bar = tqdm(total=total, initial=initial, desc=desc, mininterval=5)
-        self.minutes, self.save, self.every = minutes, save, every
-        self.last_save = time.time()
-
-    def tick(self, step: int, **postfix) -> bool:
-        """Count one step; True when it saved a checkpoint."""
-        self.bar.update(1)
-        if step % self.every == 0:
-            self.bar.set_postfix(**postfix)
-        if time.time() - self.last_save > self.minutes * 60:
-            self.save()
-            self.last_save = time.time()
-            return True
-        return False
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-class _StopRequest:
-    """While active, SIGTERM asks the training loop to checkpoint and stop at a step boundary."""
-
-    def __enter__(self):
-        import signal
-
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        import signal
-
-        signal.signal(signal.SIGTERM, self._previous)
+def _stop(save, stage: str, step: int):
+    save()
+    raise SaeuronError(f"{stage}: stopped by SIGTERM at step {step}; checkpoint saved, run the same command to resume")
 
 
 def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -231,7 +195,7 @@ def _log(msg: str) -> None:
 
 # --------------------------------------------------------------------------- stages
 def stage_data(cfg: BuildConfig, work: Path) -> dict:
-    if (info := _done(work, "data")) is not None:
+    if (info := stage_done(work, "data")) is not None:
         return info
     t0 = time.time()
     out = work / "data"
@@ -249,7 +213,7 @@ def stage_data(cfg: BuildConfig, work: Path) -> dict:
             with atomic_path(out / name) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, arr)
-    return _mark_done(work, "data", {"seconds": round(time.time() - t0, 1)})
+    return mark_stage_done(work, "data", {"seconds": round(time.time() - t0, 1)})
 
 
 def _load_split(work: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -258,14 +222,14 @@ def _load_split(work: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stage_vae(cfg: BuildConfig, work: Path) -> dict:
-    if (info := _done(work, "vae")) is not None:
+    if (info := stage_done(work, "vae")) is not None:
         return info
     images, _ = _load_split(work, "train")
     vae = make_vae(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     ckpt = work / "vae" / "state.pt"
     step, elapsed = 0, 0.0
-    if (state := _load_state(ckpt)) is not None:
+    if (state := load_state(ckpt)) is not None:
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, elapsed = state["step"], state["elapsed"]
@@ -273,24 +237,32 @@ def stage_vae(cfg: BuildConfig, work: Path) -> dict:
     rng = np.random.default_rng(cfg.seed + step)
     crop = 32
     t_start = time.time() - elapsed
-    progress = _Progress("vae", cfg.vae_steps, step, cfg.checkpoint_minutes, lambda: _save_state(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.time() - t_start}))
-    while step < cfg.vae_steps:
-        idx = rng.integers(0, len(images), cfg.vae_batch)
-        ys, xs = rng.integers(0, mc.IMAGE_SIZE - crop + 1, size=(2, cfg.vae_batch))
-        batch = np.stack([images[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs)])
-        x = _images_to_tensor(batch)
-        lr = 1e-3 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        progress.tick(step, loss=f"{loss.item():.4f}")
+
+    def save():
+        save_state(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.time() - t_start})
+
+    progress = Progress("vae", cfg.vae_steps, step, save, minutes=cfg.checkpoint_minutes)
+    with StopRequest() as stop:
+        while step < cfg.vae_steps:
+            if stop.requested:
+                _stop(save, "vae", step)
+            idx = rng.integers(0, len(images), cfg.vae_batch)
+            ys, xs = rng.integers(0, mc.IMAGE_SIZE - crop + 1, size=(2, cfg.vae_batch))
+            batch = np.stack([images[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs)])
+            x = _images_to_tensor(batch)
+            # Warm-up, then cosine down to a floor of 0.1: not one of diffusers' schedules.
+            lr = 1e-3 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample
+            loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            step += 1
+            progress.tick(step, loss=f"{loss.item():.4f}")
     progress.close()
     vae.eval()
     held, _ = _load_split(work, "heldout")
@@ -305,7 +277,7 @@ def stage_vae(cfg: BuildConfig, work: Path) -> dict:
         vae.save_pretrained(tmp)
     psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
     _log(f"vae: held-out PSNR {psnr:.2f} dB, latent scaling factor {scaling:.4f}")
-    return _mark_done(work, "vae", {"steps": step, "seconds": round(time.time() - t_start, 1), "heldout_psnr_db": round(psnr, 2), "scaling_factor": scaling})
+    return mark_stage_done(work, "vae", {"steps": step, "seconds": round(time.time() - t_start, 1), "heldout_psnr_db": round(psnr, 2), "scaling_factor": scaling})
 
 
 def _roundtrip(vae, images: np.ndarray, batch: int = 128) -> np.ndarray:
@@ -334,7 +306,7 @@ def stage_judge(cfg: BuildConfig, work: Path) -> dict:
 
     from .judge import Judge, JudgeConfig, augment, to_tensor
 
-    if (info := _done(work, "judge")) is not None:
+    if (info := stage_done(work, "judge")) is not None:
         return info
     images, labels = _load_split(work, "train")
     held, held_labels = _load_split(work, "heldout")
@@ -357,34 +329,40 @@ def stage_judge(cfg: BuildConfig, work: Path) -> dict:
     opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
     ckpt = work / "judge" / "state.pt"
     step, t0 = 0, time.time()
-    if (state := _load_state(ckpt)) is not None:
+    if (state := load_state(ckpt)) is not None:
         judge.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
         step = state["step"]
+    sched = _lr_schedule("cosine", opt, state, step, num_warmup_steps=0, num_training_steps=cfg.judge_steps)
     gen = torch.Generator().manual_seed(cfg.seed + step)
     rng = np.random.default_rng(cfg.seed + step)
-    progress = _Progress("judge", cfg.judge_steps, step, cfg.checkpoint_minutes, lambda: _save_state(ckpt, {"model": judge.state_dict(), "opt": opt.state_dict(), "step": step}))
+
+    def save():
+        save_state(ckpt, {"model": judge.state_dict(), "opt": opt.state_dict(), "lr_scheduler": sched.state_dict(), "step": step})
+
+    progress = Progress("judge", cfg.judge_steps, step, save, minutes=cfg.checkpoint_minutes)
     judge.train()
-    while step < cfg.judge_steps:
-        idx = rng.integers(0, len(pool), cfg.judge_batch)
-        x = augment(to_tensor(pool[idx]), gen)
-        y = torch.from_numpy(pool_labels[idx])
-        for g in opt.param_groups:
-            g["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.judge_steps))
-        v = judge(x)
-        loss = torch.nn.functional.cross_entropy(v.object_logits, y[:, 0]) + torch.nn.functional.cross_entropy(v.style_logits, y[:, 1])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        progress.tick(step, loss=f"{loss.item():.4f}")
+    with StopRequest() as stop:
+        while step < cfg.judge_steps:
+            if stop.requested:
+                _stop(save, "judge", step)
+            idx = rng.integers(0, len(pool), cfg.judge_batch)
+            x = augment(to_tensor(pool[idx]), gen)
+            y = torch.from_numpy(pool_labels[idx])
+            v = judge(x)
+            loss = torch.nn.functional.cross_entropy(v.object_logits, y[:, 0]) + torch.nn.functional.cross_entropy(v.style_logits, y[:, 1])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            progress.tick(step, loss=f"{loss.item():.4f}")
     progress.close()
     judge.eval()
     acc_clean = judge_accuracy(judge, held, held_labels)
     acc_rt = judge_accuracy(judge, _roundtrip(vae, held), held_labels)
     judge.save(work / "judge" / "model")
     _log(f"judge: held-out renders {acc_clean}, their autoencoder round trips {acc_rt}")
-    return _mark_done(work, "judge", {"steps": step, "seconds": round(time.time() - t0, 1), "heldout_renders": acc_clean, "heldout_roundtrips": acc_rt, "heldout_images": int(len(held))})
+    return mark_stage_done(work, "judge", {"steps": step, "seconds": round(time.time() - t0, 1), "heldout_renders": acc_clean, "heldout_roundtrips": acc_rt, "heldout_images": int(len(held))})
 
 
 def stage_latents(cfg: BuildConfig, work: Path) -> dict:
@@ -392,7 +370,7 @@ def stage_latents(cfg: BuildConfig, work: Path) -> dict:
 
     from ..io import save_safetensors
 
-    if (info := _done(work, "latents")) is not None:
+    if (info := stage_done(work, "latents")) is not None:
         return info
     t0 = time.time()
     images, labels = _load_split(work, "train")
@@ -407,7 +385,7 @@ def stage_latents(cfg: BuildConfig, work: Path) -> dict:
         {"mean": torch.cat(means), "std": torch.cat(stds), "labels": torch.from_numpy(labels)},
         work / "latents" / "latents.safetensors",
     )
-    return _mark_done(work, "latents", {"seconds": round(time.time() - t0, 1), "count": int(len(images))})
+    return mark_stage_done(work, "latents", {"seconds": round(time.time() - t0, 1), "count": int(len(images))})
 
 
 def _caption_table(tokenizer) -> tuple[torch.Tensor, int]:
@@ -420,13 +398,14 @@ def _caption_table(tokenizer) -> tuple[torch.Tensor, int]:
 
 def stage_unet(cfg: BuildConfig, work: Path, log_every: int = 50) -> dict:
     from diffusers import AutoencoderKL
+    from diffusers.training_utils import EMAModel, compute_snr
     from transformers import CLIPTokenizer
 
     from ..io import load_safetensors
     from .tokenizer import write_tokenizer
 
     budget = cfg.unet_minutes * 60
-    if (info := _done(work, "unet")) is not None:
+    if (info := stage_done(work, "unet")) is not None:
         spent = info.get("seconds", info["minutes"] * 60)
         if info["steps"] >= cfg.unet_steps or spent >= budget - 1:
             return info
@@ -444,40 +423,38 @@ def stage_unet(cfg: BuildConfig, work: Path, log_every: int = 50) -> dict:
     unet = make_unet(cfg, latent_size)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
-    ema = [p.detach().clone() for p in params]
+    ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
     noise_sched, _ = make_schedulers()
-    alphas = noise_sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR-gamma, epsilon target
 
     ckpt = work / "unet" / "state.pt"
     step, elapsed, seen = 0, 0.0, 0
-    if (state := _load_state(ckpt)) is not None:
+    if (state := load_state(ckpt)) is not None:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
-        opt.load_state_dict(state["opt"])
-        for e, s in zip(ema, state["ema"]):
-            e.copy_(s)
         step, elapsed, seen = state["step"], state["elapsed"], state["seen"]
+        if isinstance(state["ema"], list):  # a checkpoint from before EMAModel: the averages alone
+            ema.load_state_dict({"shadow_params": state["ema"], "optimization_step": step})
+        else:
+            ema.load_state_dict(state["ema"])
         _log(f"unet: resumed at step {step} ({seen} images seen, {elapsed / 60:.1f} min)")
+    lr_sched = _lr_schedule("constant_with_warmup", opt, state, step, num_warmup_steps=300)
     caption_ids, n_full = _caption_table(tokenizer)
     n_styles = len(mc.STYLES)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
 
     def save_checkpoint():
-        _save_state(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step, "elapsed": elapsed, "seen": seen})
-        export_pipeline(cfg, work, work / "unet" / "pipeline", unet, text_encoder, ema, tokenizer, {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1)})
+        save_state(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "ema": ema.state_dict(), "step": step, "elapsed": elapsed, "seen": seen})
+        export_pipeline(cfg, work, work / "unet" / "pipeline", unet, text_encoder, ema.shadow_params, tokenizer, {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1)})
 
     run_start = time.time() - elapsed
-    progress = _Progress("unet", cfg.unet_steps, step, cfg.checkpoint_minutes, save_checkpoint, every=log_every)
+    progress = Progress("unet", cfg.unet_steps, step, save_checkpoint, minutes=cfg.checkpoint_minutes, postfix_every=log_every)
     unet.train()
     text_encoder.train()
     running = None
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         while step < cfg.unet_steps and elapsed < budget:
             if stop.requested:
-                save_checkpoint()
-                raise SaeuronError(f"stopped by SIGTERM at step {step}; checkpoint saved, run the same command to resume")
+                _stop(save_checkpoint, "unet", step)
             idx = torch.randint(0, len(means), (cfg.unet_batch,), generator=gen)
             eps0 = torch.randn(means[idx].shape, generator=gen)
             x0 = (means[idx].float() + stds[idx].float() * eps0) * scaling
@@ -491,17 +468,15 @@ def stage_unet(cfg: BuildConfig, work: Path, log_every: int = 50) -> dict:
             noisy = noise_sched.add_noise(x0, noise, t)
             cond = text_encoder(caption_ids[cap]).last_hidden_state
             pred = unet(noisy, t, cond).sample
-            loss = (weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-            lr = cfg.unet_lr * min(1.0, (step + 1) / 300)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            snr = compute_snr(noise_sched, t)
+            weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR-gamma, epsilon target
+            loss = (weights * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+            lr_sched.step()
+            ema.step(params)
             step += 1
             seen += cfg.unet_batch
             elapsed = time.time() - run_start
@@ -510,7 +485,7 @@ def stage_unet(cfg: BuildConfig, work: Path, log_every: int = 50) -> dict:
                 _log(f"unet: checkpoint at step {step}, {seen} images, loss {running:.4f}")
     progress.close()
     save_checkpoint()
-    return _mark_done(work, "unet", {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1), "final_loss": running})
+    return mark_stage_done(work, "unet", {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1), "final_loss": running})
 
 
 def export_pipeline(cfg, work: Path, out: Path, unet, text_encoder, ema, tokenizer, training: dict) -> Path:
