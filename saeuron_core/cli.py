@@ -108,17 +108,18 @@ def cmd_stats(args) -> int:
     store = ActivationStore(args.store)
     points = args.point or store.points
     saes = {point: TopKSae.load(Path(args.sae) / point) for point in points}  # every SAE before any work
-    pipe = None
+    model = None
     if not args.no_thumbnails:
-        from .pipeline import load_pipeline
+        from .pipeline import load_pipeline, resolve_spec
 
         model = args.model or store.meta.get("model")
         if not model:
             raise_error(f"the store at {args.store} does not name its model; pass --model, or --no-thumbnails")
-        pipe = load_pipeline(model)
-        pipe.set_progress_bar_config(disable=True)
+        resolve_spec(model)  # a wrong model fails here; it is loaded only after the statistics (peak memory)
     all_stats = {point: compute_stats(store, point, sae, top_m=args.top_m, distinct=args.distinct) for point, sae in saes.items()}
-    if pipe is not None:
+    del saes
+    if model is not None:
+        pipe = load_pipeline(model)
         count = add_thumbnails(pipe, store, list(all_stats.values()), max_side=args.thumbnail_size)
         print(f"thumbnails: generated {count} images once ({args.thumbnail_size} px max)")
     for point, stats in all_stats.items():
