@@ -171,7 +171,8 @@ class FeatureExplorer:
         stats = self.stats(point)
         feature, step = self.check_feature(point, feature), self.check_step(point, step)
         all_means = stats.concept_sums[:, :, feature] / stats.concept_counts.clamp(min=1)[:, None]  # [C, T]
-        by_step = {ALL_CONCEPTS: all_means.mean(0).tolist()}
+        # statistics over a plain prompt list have no concepts: no per-concept curves, no top concept
+        by_step = {ALL_CONCEPTS: all_means.mean(0).tolist()} if stats.concepts else {}
         if concept is not None:
             self._concept_index(point, concept)
             by_step[concept] = all_means[stats.concepts.index(concept)].tolist()
@@ -187,7 +188,7 @@ class FeatureExplorer:
             histogram_counts=stats.histogram[feature].tolist(),
             concept_means=dict(zip(stats.concepts, at_step.tolist())),
             frequency=float(stats.frequency[feature]),
-            top_concept=self.top_concept(point, feature, step),
+            top_concept=self.top_concept(point, feature, step) if stats.concepts else "",
         )
 
     def _patches(self, stats: FeatureStats, feature: int, step: int | None, generate_images: bool) -> list[Patch]:

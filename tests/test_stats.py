@@ -11,6 +11,8 @@ from saeuron_core.sae import SaeConfig, TopKSae
 from saeuron_core.stats import FeatureStats, add_thumbnails, compute_stats
 from saeuron_core.store import PromptItem, cache_activations
 
+from explorer.features import FeatureExplorer
+
 POINT = "up_blocks.1.attentions.0"
 TOP_M = 3
 
@@ -144,6 +146,31 @@ def test_plain_prompt_list_has_zero_concepts(pipe, tmp_path):
         stats.concept_stats()
     stats.save(tmp_path / "stats")
     assert FeatureStats.load(tmp_path / "stats").concept_sums.shape == (0, 2, 16)
+    # the feature card of such statistics: examples, no concept curves, no crash, no generation
+    add_thumbnails(pipe, store, [stats], max_side=16)
+    card = FeatureExplorer(FakeSession(stats), tmp_path / "maps").card(POINT, int(stats.example_value[:, 0].argmax()))
+    assert card.top_concept == "" and card.concept_means == {} and card.activation_by_step == {}
+    assert card.patches and not any(p.placeholder for p in card.patches)
+
+
+class FakeSession:
+    """What FeatureExplorer.card reads from a session, with generation forbidden."""
+
+    def __init__(self, stats):
+        from types import SimpleNamespace
+
+        from explorer.session import LruCache
+
+        self.bundle = SimpleNamespace(stats={POINT: stats})
+        self.info = SimpleNamespace(image_size=16)
+        self.images = LruCache(4)
+        self.points = [POINT]
+
+    def check_point(self, point):
+        return point
+
+    def plain_images(self, *args, **kwargs):
+        raise AssertionError("the feature card must not generate")
 
 
 def test_mismatched_sae_and_bad_arguments_are_refused(setup):
