@@ -113,17 +113,17 @@ def synthetic_feature_stats(means: torch.Tensor, concepts: list[str], kinds: lis
         items=[],
         height=height,
         width=width,
-        bucket_edges=(0,),
+        guidance=0.0,
         bin_edges=HIST_EDGES.clone(),
         concept_sums=means * counts[:, None, None],
         concept_counts=counts,
         frequency=torch.zeros(n),
         histogram=torch.zeros(n, len(HIST_EDGES) - 1, dtype=torch.long),
-        top_values=torch.zeros(n, 1, 1),
-        top_item=torch.full((n, 1, 1), -1, dtype=torch.int32),
-        top_step=torch.full((n, 1, 1), -1, dtype=torch.int32),
-        top_pos=torch.full((n, 1, 1), -1, dtype=torch.int32),
-        top_maps=torch.zeros(n, 1, 1, height * width, dtype=torch.float16),
+        example_value=torch.zeros(n, 1),
+        example_item=torch.full((n, 1), -1, dtype=torch.int32),
+        example_step=torch.zeros(n, 1, dtype=torch.int32),
+        example_pos=torch.zeros(n, 1, dtype=torch.int32),
+        example_map=torch.zeros(n, 1, height * width, dtype=torch.uint8),
     )
 
 

@@ -1,28 +1,26 @@
-"""Feature-statistics size on disk vs the dense fp16 arrays the reference code stores.
+"""Feature statistics at the paper's size: bytes on disk per hook point and peak memory of
+``saeuron stats``, plus the feature card's first-open time on real statistics.
 
-Ours, per hook point: ``stats.safetensors`` + ``stats.json`` (``saeuron stats``). The reference
-stores dense pickles of spatially averaged codes per prompt and step::
+Paper size: an SAE of 20480 latents (k = 32) on a 1280-channel block with a 16 x 16 map (SD1.5
+``up_blocks.1`` at 512 px), 50 steps. Each phase runs in its own child process and reports that
+process's peak RSS (``ru_maxrss``):
 
-    dense_prompt_step = n_images x steps x n_latents x 2 bytes      (fp16)
+- ``real_path``: ``compute_stats`` itself (shard read a slice at a time, the paper-size SAE
+  encoding in bounded calls, the streaming accumulator) on a synthetic on-disk store of
+  ``--real-images`` images (random fp16 activations: the SAE's real encoder, a few images only
+  because encoding 1280 -> 20480 is slow on CPU);
+- ``synthetic_codes``: the same accumulator (``StatsBuilder``) fed synthetic top-k codes for
+  ``--images`` images x 50 steps with ``--concepts`` concepts, then thumbnails of every image
+  among the examples (smooth synthetic 512 px images, stored at 128 px), saved: the file
+  size per hook point, by tensor.
 
-and, for context, dense per-token codes would take::
+The concept table ``concept_sums [C, T, n]`` is float32 and grows with concepts x steps
+(4.1 MB per concept at 50 steps x 20480 latents); the output says how many concepts fit the
+goal alongside the rest. Goal (issue 11 item 7): <= 50 MB per hook point, <= 2 GB peak.
 
-    dense_tokens      = n_images x steps x H*W x n_latents x 2 bytes
-
-Counts come from ``stats.json`` (items, timesteps, map size), the width from the safetensors
-header and, with ``--store``, the number of cached images from ``store.json``. Because part of
-our statistics is per latent (top-activating maps, histograms), not per image, the ratio falls
-as images grow; the output also projects the same layout to SD1.5 / paper scale (``--project-*``).
-
-Measure real statistics::
-
-    .venv/bin/python benchmarks/bench_stats_size.py --stats assets/stats --store build/store --out bench_stats_size.json
-
-Validate on a tiny store + random SAE built here (tiny random pipeline, a few seconds)::
-
-    .venv/bin/python benchmarks/bench_stats_size.py --demo
-
-Goal (issue): ours <= 5% of dense_prompt_step.
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_stats_size.py --out results/stats_size.json
+    # also time first opens of feature cards on built statistics (bundled model):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_stats_size.py --card-stats assets/stats --out ...
 """
 
 from __future__ import annotations
@@ -30,208 +28,214 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, environment, log, one_thread  # noqa: E402
+from _common import ROOT, emit, environment, log, one_thread  # noqa: E402
+
+sys.path.insert(0, str(ROOT))  # this checkout's packages, not an installed copy
 
 one_thread()
 
 import torch  # noqa: E402
-from safetensors import safe_open  # noqa: E402
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-FP16 = 2
+GOAL_BYTES, GOAL_PEAK_MB = 50e6, 2048
 
 
-def tensor_table(path: Path) -> dict:
-    """name -> {shape, dtype, bytes} from the safetensors header (no tensor is loaded)."""
-    out = {}
-    with safe_open(str(path), framework="pt") as f:
-        for name in f.keys():
-            sl = f.get_slice(name)
-            shape, dtype = list(sl.get_shape()), sl.get_dtype()
-            numel = 1
-            for s in shape:
-                numel *= s
-            out[name] = {"shape": shape, "dtype": dtype, "bytes": numel * DTYPE_BYTES[dtype]}
-    return out
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def point_folders(stats_root: Path) -> dict[str, Path]:
-    if (stats_root / "stats.json").is_file():
-        return {stats_root.name: stats_root}
-    found = {p.name: p for p in sorted(stats_root.iterdir()) if (p / "stats.json").is_file()} if stats_root.is_dir() else {}
-    if not found:
-        raise SystemExit(f"{stats_root} holds no statistics (no stats.json in it or in a subfolder)")
-    return found
+def synthetic_codes(m: int, hw: int, n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k codes [m, hw, k]: distinct ids per token (one per band of n / k latents, skewed to
+    the band's start so some latents are popular), exponential values."""
+    band = n // k
+    offset = (torch.rand(m, hw, k, generator=gen) ** 3 * band).long()
+    idx = offset + torch.arange(k) * band
+    vals = torch.empty(m, hw, k).exponential_(generator=gen)
+    return vals, idx
 
 
-def store_counts(store_root: Path | None) -> dict | None:
-    if store_root is None:
-        return None
-    meta = json.loads((store_root / "store.json").read_text())
-    n, per = len(meta["items"]), meta["items_per_shard"]
-    done = sum(len(range(s * per, min((s + 1) * per, n))) for s in meta["completed_shards"])
-    return {"items": n, "items_cached": done, "steps": meta["steps"], "points": meta["points"], "root": store_root}
+def smooth_image(seed: int, side: int = 512):
+    """A PIL image of smooth random colour fields (compresses like a generated picture, unlike noise)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = (rng.random((6, 6, 3)) * 255).astype(np.uint8)
+    return Image.fromarray(small).resize((side, side), Image.BICUBIC)
 
 
-def measure_point(point: str, folder: Path, store: dict | None) -> dict:
-    meta = json.loads((folder / "stats.json").read_text())
-    tensors = tensor_table(folder / "stats.safetensors")
-    n_latents = tensors["frequency"]["shape"][0]
-    steps = len(meta["timesteps"])
-    n_images = len(meta["items"])
-    height, width = meta["height"], meta["width"]
-    source = "stats.json"
-    if store is not None:
-        n_images = store["items_cached"]
-        steps = store["steps"]
-        dims = store["points"].get(point)
-        if dims:
-            height, width = dims["height"], dims["width"]
-        source = "store.json"
-    ours = os.path.getsize(folder / "stats.safetensors") + os.path.getsize(folder / "stats.json")
-    dense = n_images * steps * n_latents * FP16
-    dense_tokens = dense * height * width
-    out = {
-        "counts": {"n_images": n_images, "steps": steps, "n_latents": n_latents, "height": height, "width": width, "n_concepts": len(meta["concepts"]), "source": source},
-        "ours_bytes": ours,
-        "stats_safetensors_bytes": os.path.getsize(folder / "stats.safetensors"),
-        "stats_json_bytes": os.path.getsize(folder / "stats.json"),
-        "dense_prompt_step_fp16_bytes": dense,
-        "dense_tokens_fp16_bytes": dense_tokens,
-        "ratio_vs_dense_prompt_step": round(ours / dense, 5) if dense else None,
-        "ratio_vs_dense_tokens": round(ours / dense_tokens, 7) if dense_tokens else None,
-        "tensors": {name: {**t, "share": round(t["bytes"] / ours, 4)} for name, t in sorted(tensors.items(), key=lambda kv: -kv[1]["bytes"])},
-    }
-    if store is not None:
-        pdir = store["root"] / point
-        if pdir.is_dir():
-            out["store_activation_bytes_on_disk"] = sum(p.stat().st_size for p in pdir.glob("*.safetensors"))
-    return out
+def phase_synthetic(a) -> dict:
+    from saeuron_core.stats import StatsBuilder
 
-
-def project(tensors: dict, json_bytes: int, measured_images: int, n_images: int, steps: int, n_latents: int, hw: int, n_concepts: int) -> dict:
-    """The same file layout (saeuron_core/stats.py: concept_sums [C, T, n], histogram [n, bins],
-    top_* [n, buckets, M], top_maps [n, buckets, M, H*W], ...) at another scale. Buckets, M and
-    bins are taken from the measured file; stats.json is scaled by its per-image item list."""
-    size = {}
-    for name, t in tensors.items():
-        shape, unit = list(t["shape"]), t["bytes"] // max(1, _numel(t["shape"]))
-        if name == "concept_sums":
-            shape = [n_concepts, steps, n_latents]
-        elif name == "concept_counts":
-            shape = [n_concepts]
-        elif name in ("frequency",):
-            shape = [n_latents]
-        elif name == "histogram":
-            shape = [n_latents, shape[1]]
-        elif name in ("top_values", "top_item", "top_step", "top_pos"):
-            shape = [n_latents, *shape[1:]]
-        elif name == "top_maps":
-            shape = [n_latents, shape[1], shape[2], hw]
-        size[name] = _numel(shape) * unit
-    per_image_json = json_bytes / max(measured_images, 1)
-    ours = sum(size.values()) + int(per_image_json * n_images)
-    dense = n_images * steps * n_latents * FP16
+    n, hw, steps = a.latents, a.grid * a.grid, a.steps
+    items = [{"prompt": f"prompt {i}", "seed": i, "labels": {"concept": f"c{i % a.concepts}"} if a.concepts else {}} for i in range(a.images)]
+    builder = StatsBuilder(n, a.grid, a.grid, steps, [[i % a.concepts] if a.concepts else [] for i in range(a.images)], a.concepts, list(range(a.images)), a.top_m)
+    gen = torch.Generator().manual_seed(0)
+    t = time.perf_counter()
+    per_call = 64
+    maps = [(i, s) for i in range(a.images) for s in range(steps)]
+    for j in range(0, len(maps), per_call):
+        chunk = maps[j : j + per_call]
+        vals, idx = synthetic_codes(len(chunk), hw, n, a.k, gen)
+        builder.add(vals, idx, torch.tensor([c[0] for c in chunk]), torch.tensor([c[1] for c in chunk]))
+    accumulate_s = time.perf_counter() - t
+    stats = builder.finish(
+        concepts=tuple(f"c{i}" for i in range(a.concepts)),
+        concept_kinds=("concept",) * a.concepts,
+        timesteps=tuple(range(999, 0, -(999 // steps)))[:steps],
+        items=items,
+        guidance=7.5,
+        distinct="image",
+        concept_counts=builder.membership.sum(0),
+    )
+    del builder
+    needed = stats.needed_items()
+    t = time.perf_counter()
+    stats.set_thumbnails({i: smooth_image(i) for i in needed}, a.thumb_side)
+    thumbs_s = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        stats.save(tmp)
+        files = {f.name: f.stat().st_size for f in Path(tmp).iterdir()}
+    tensors = {name: getattr(stats, name).numel() * getattr(stats, name).element_size() for name in ("concept_sums", "example_map", "example_value", "example_item", "example_step", "example_pos", "histogram", "frequency", "thumb_data", "thumb_offset", "thumb_item")}
+    total = sum(files.values())
+    per_concept = steps * n * 4
+    rest = total - tensors["concept_sums"]
     return {
-        "assumed": {"n_images": n_images, "steps": steps, "n_latents": n_latents, "hw": hw, "n_concepts": n_concepts},
-        "ours_bytes": ours,
-        "dense_prompt_step_fp16_bytes": dense,
-        "dense_tokens_fp16_bytes": dense * hw,
-        "ratio_vs_dense_prompt_step": round(ours / dense, 5),
-        "tensor_bytes": dict(sorted(size.items(), key=lambda kv: -kv[1])),
+        "images": a.images,
+        "maps": len(maps),
+        "concepts": a.concepts,
+        "thumbnails": len(needed),
+        "thumbnail_mean_bytes": round(tensors["thumb_data"] / max(len(needed), 1)),
+        "accumulate_s": round(accumulate_s, 1),
+        "thumbnails_encode_s": round(thumbs_s, 1),
+        "bytes_per_point": total,
+        "files": files,
+        "tensor_bytes": dict(sorted(tensors.items(), key=lambda kv: -kv[1])),
+        "concept_table_bytes_per_concept": per_concept,
+        "bytes_without_concept_table": rest,
+        "concepts_that_fit_the_goal": max(0, int((GOAL_BYTES - rest) // per_concept)),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def build_demo(root: Path, seeds: int, steps: int) -> tuple[Path, Path]:
-    """A tiny store (tests/conftest.py's random pipeline, MiniCanvas prompts), a random SAE per
-    hook point and their statistics, under ``root``."""
-    from _common import _conftest
-
-    from saeuron_core import minicanvas as mc
-    from saeuron_core.minicanvas.build import DEFAULT_HOOKS
+def phase_real(a) -> dict:
+    from saeuron_core.io import save_safetensors, write_json
     from saeuron_core.sae import SaeConfig, TopKSae
     from saeuron_core.stats import compute_stats
-    from saeuron_core.store import PromptItem, cache_activations
+    from saeuron_core.store import ActivationStore
 
-    pipe = _conftest().make_tiny_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    seed_list = mc.split_seeds("train", seeds)
-    items = [PromptItem(mc.prompt(o, s), sd, {"object": o, "style": s}) for o, s in mc.all_pairs() for sd in seed_list]
-    items += [PromptItem(mc.prompt(o), sd, {"object": o}) for o in mc.OBJECTS for sd in seed_list]
-    points = sorted(set(DEFAULT_HOOKS.values()))
-    log(f"demo: caching {len(items)} images x {steps} steps at {', '.join(points)}")
-    store = cache_activations(pipe, items, points, root / "store", steps=steps, guidance=6.0, items_per_shard=32, model_name="tiny-random")
-    for point in points:
+    hw, steps, point = a.grid * a.grid, a.steps, "up_blocks.1.attentions.1"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        items = [{"prompt": f"prompt {i}", "seed": i, "labels": {"style": f"s{i % 2}"}} for i in range(a.real_images)]
+        meta = {"model": "", "hook_points": [point], "points": {point: {"channels": a.channels, "height": a.grid, "width": a.grid}}, "items": items, "steps": steps, "guidance": 7.5, "items_per_shard": a.real_images, "dtype": "float16", "completed_shards": [0], "timesteps": list(range(steps))}
+        write_json(root / "store.json", meta)
+        gen = torch.Generator().manual_seed(0)
+        acts = torch.randn(a.real_images * steps, hw, a.channels, generator=gen).half()
+        save_safetensors({"acts": acts, "item": torch.arange(a.real_images).repeat_interleave(steps), "step": torch.arange(steps).repeat(a.real_images), "timestep": torch.arange(steps).repeat(a.real_images)}, ActivationStore(root).shard_path(point, 0))
+        del acts
+        before = peak_rss_mb()
         torch.manual_seed(0)
-        sae = TopKSae(SaeConfig(d_in=store.meta["points"][point]["channels"], expansion_factor=16, k=8))
-        log(f"demo: statistics at {point}")
-        compute_stats(store, point, sae).save(root / "stats" / point)
-    return root / "stats", root / "store"
+        sae = TopKSae(SaeConfig(d_in=a.channels, num_latents=a.latents, k=a.k))
+        t = time.perf_counter()
+        stats = compute_stats(ActivationStore(root), point, sae, top_m=a.top_m)
+        seconds = time.perf_counter() - t
+    return {
+        "images": a.real_images,
+        "tokens": a.real_images * steps * hw,
+        "compute_stats_s": round(seconds, 1),
+        "examples_filled": int((stats.example_item >= 0).sum()),
+        "peak_rss_mb_before_stats (store written in this process)": round(before, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def phase_card(a) -> dict:
+    """First opens of feature cards on built statistics (bundled model: scores warmed by one ranking)."""
+    from explorer.context import Explorer
+    from explorer.session import ExplorerSession
+
+    session = ExplorerSession.open("minicanvas", None, a.card_stats, None, None, threads=1)
+    calls = {"n": 0}
+    original = session.plain_images
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    session.plain_images = counting
+    features = Explorer.build(session).features
+    out = {}
+    for point in session.points:
+        t = time.perf_counter()
+        features.card(point, 0)
+        cold_process = time.perf_counter() - t
+        stats = session.bundle.stats[point]
+        order = stats.example_value[:, 0].argsort(descending=True).tolist()
+        chosen = order[1 : 1 + a.card_repeats]
+        times = []
+        for feature in chosen:  # each opened for the first time
+            t = time.perf_counter()
+            card = features.card(point, feature)
+            times.append(1000 * (time.perf_counter() - t))
+            assert card.patches and not any(p.placeholder for p in card.patches)
+        times.sort()
+        out[point] = {
+            "first_card_of_the_process_ms (scores computed)": round(1000 * cold_process, 1),
+            "first_open_ms": {"median": round(times[len(times) // 2], 1), "max": round(times[-1], 1), "n": len(times)},
+            "stats_mb": round(sum(f.stat().st_size for f in (Path(a.card_stats) / point).iterdir()) / 1e6, 2),
+        }
+    out["pipeline_calls"] = calls["n"]
+    return out
+
+
+PHASES = {"synthetic_codes": phase_synthetic, "real_path": phase_real, "card": phase_card}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stats", help="statistics root (one subfolder per hook point) or one point's folder")
-    ap.add_argument("--store", help="activation store the statistics were computed on (for counts)")
-    ap.add_argument("--demo", action="store_true", help="build a tiny store + random SAE + statistics in a temp dir and measure them")
-    ap.add_argument("--demo-seeds", type=int, default=4, help="--demo: seeds per (object, style) pair")
-    ap.add_argument("--demo-steps", type=int, default=10, help="--demo: denoising steps")
-    ap.add_argument("--project-images", type=int, default=2000, help="projection: images (2000 x 50 x 20480 x 2 B = 4.1 GB dense, METHOD's 4-7 GB)")
-    ap.add_argument("--project-steps", type=int, default=50)
-    ap.add_argument("--project-latents", type=int, default=20480)
-    ap.add_argument("--project-hw", type=int, default=256, help="projection: tokens per map (SD1.5 up_blocks.1 at 512 px: 16x16)")
-    ap.add_argument("--project-concepts", type=int, default=80, help="projection: concepts with a mean (UnlearnCanvas: 60 styles + 20 objects)")
+    ap.add_argument("--latents", type=int, default=20480)
+    ap.add_argument("--channels", type=int, default=1280)
+    ap.add_argument("--grid", type=int, default=16, help="map side in tokens (SD1.5 up_blocks.1 at 512 px: 16)")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--images", type=int, default=400, help="synthetic_codes: images (x steps maps)")
+    ap.add_argument("--concepts", type=int, default=4, help="synthetic_codes: concepts (0 = a plain prompt list)")
+    ap.add_argument("--top-m", type=int, default=8)
+    ap.add_argument("--thumb-side", type=int, default=128)
+    ap.add_argument("--real-images", type=int, default=2, help="real_path: images in the on-disk store")
+    ap.add_argument("--card-stats", default=None, help="also time feature cards on these statistics (bundled model)")
+    ap.add_argument("--card-repeats", type=int, default=20)
+    ap.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    if not args.demo and not args.stats:
-        raise SystemExit("give --stats DIR [--store DIR], or --demo")
-    result = {"environment": environment()}
-    with tempfile.TemporaryDirectory(prefix="bench_stats_") as tmp:
-        if args.demo:
-            stats_root, store_root = build_demo(Path(tmp), args.demo_seeds, args.demo_steps)
-            result["demo"] = "tiny random pipeline + random SAE (expansion 16, k 8): validates the measurement; the ratio at this toy scale is dominated by per-latent tables, see 'projection'"
-        else:
-            stats_root, store_root = Path(args.stats), Path(args.store) if args.store else None
-        store = store_counts(store_root)
-        points = {p: measure_point(p, f, store) for p, f in point_folders(stats_root).items()}
-    total_ours = sum(p["ours_bytes"] for p in points.values())
-    total_dense = sum(p["dense_prompt_step_fp16_bytes"] for p in points.values())
-    result["points"] = points
-    result["total"] = {
-        "ours_bytes": total_ours,
-        "dense_prompt_step_fp16_bytes": total_dense,
-        "dense_tokens_fp16_bytes": sum(p["dense_tokens_fp16_bytes"] for p in points.values()),
-        "ratio_vs_dense_prompt_step": round(total_ours / total_dense, 5) if total_dense else None,
+    a = ap.parse_args()
+    if a.phase:  # child process
+        print(json.dumps(PHASES[a.phase](a)))
+        return
+    result = {"environment": environment(), "assumed": {k: getattr(a, k) for k in ("latents", "channels", "grid", "k", "steps", "top_m", "thumb_side")}}
+    phases = ["synthetic_codes", "real_path"] + (["card"] if a.card_stats else [])
+    for phase in phases:
+        log(f"phase {phase}")
+        argv = [sys.executable, __file__, *sys.argv[1:], "--phase", phase]  # a child prints its JSON and ignores --out
+        done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        if done.returncode:
+            raise SystemExit(f"phase {phase} failed:\n{done.stderr[-3000:]}")
+        result[phase] = json.loads(done.stdout.strip().splitlines()[-1])
+    syn, real = result["synthetic_codes"], result["real_path"]
+    result["goal"] = {
+        "bytes_per_point_max": int(GOAL_BYTES),
+        "peak_rss_mb_max": GOAL_PEAK_MB,
+        "size_met": syn["bytes_per_point"] <= GOAL_BYTES,
+        "peak_met": max(syn["peak_rss_mb"], real["peak_rss_mb"]) <= GOAL_PEAK_MB,
     }
-    first_point, first = next(iter(points.items()))
-    scenarios = {
-        "sd15_paper_scale": (args.project_images, args.project_steps, args.project_latents, args.project_hw, args.project_concepts),
-        # `saeuron cache` defaults on the bundled model: (48 pairs + 6 unstyled) x 6 seeds, 20 steps,
-        # 64 channels x 16 = 1024 latents, 8x8 maps, 6 objects + 8 styles
-        "minicanvas_cli_defaults": (324, 20, 1024, 64, 14),
-    }
-    c = first["counts"]
-    same_scale = project(first["tensors"], first["stats_json_bytes"], c["n_images"], c["n_images"], c["steps"], c["n_latents"], c["height"] * c["width"], c["n_concepts"])
-    result["projection"] = {
-        "from_point": first_point,
-        "self_check_projected_over_measured_at_measured_scale": round(same_scale["ours_bytes"] / first["ours_bytes"], 4),
-        "note": "same file layout and the measured buckets / top-M / bins, at another scale (not measured)",
-        **{name: project(first["tensors"], first["stats_json_bytes"], first["counts"]["n_images"], *dims) for name, dims in scenarios.items()},
-    }
-    result["goal"] = "ratio_vs_dense_prompt_step <= 0.05"
-    emit(result, args.out)
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class RankedFeature:
 @dataclass(frozen=True)
 class Patch:
     image: object
-    """PIL: the whole regenerated image with the feature's activation map overlaid."""
+    """PIL: the whole image (the stored thumbnail) with the feature's activation map overlaid."""
     crop: object
     """PIL: the tokens around the activation peak, enlarged."""
     value: float
@@ -47,7 +47,13 @@ class Patch:
     row: int
     col: int
     placeholder: bool = False
-    """True when the image was not generated yet (grey background)."""
+    """True when no image is available (grey background)."""
+    raw: object = None
+    """PIL: the same image without the overlay, enlarged like ``image``."""
+    heatmap: np.ndarray | None = None
+    """float32 [grid rows, grid cols]: the feature's activation map at ``step``, in activation units."""
+    box: tuple[int, int, int, int] | None = None
+    """(left, top, right, bottom) of the peak token in the pixels of ``image`` / ``raw``."""
 
 
 @dataclass(frozen=True)
@@ -159,13 +165,14 @@ class FeatureExplorer:
 
     # ------------------------------------------------------------------ feature card
     def card(self, point: str, feature: int, step: int | None = None, concept: str | None = None, generate_images: bool = True) -> FeatureCard:
-        """Everything the feature card shows. With ``generate_images`` False, patches whose image
-        is not cached yet show their heatmap on a grey background (``Patch.placeholder``): a
-        card that is fast to serve first, before the one with regenerated images."""
+        """Everything the feature card shows. Patches come from the statistics' stored examples
+        and thumbnails; ``generate_images`` only matters for statistics stored without
+        thumbnails (then False shows uncached images as heatmaps on grey, ``Patch.placeholder``)."""
         stats = self.stats(point)
         feature, step = self.check_feature(point, feature), self.check_step(point, step)
         all_means = stats.concept_sums[:, :, feature] / stats.concept_counts.clamp(min=1)[:, None]  # [C, T]
-        by_step = {ALL_CONCEPTS: all_means.mean(0).tolist()}
+        # statistics over a plain prompt list have no concepts: no per-concept curves, no top concept
+        by_step = {ALL_CONCEPTS: all_means.mean(0).tolist()} if stats.concepts else {}
         if concept is not None:
             self._concept_index(point, concept)
             by_step[concept] = all_means[stats.concepts.index(concept)].tolist()
@@ -181,37 +188,39 @@ class FeatureExplorer:
             histogram_counts=stats.histogram[feature].tolist(),
             concept_means=dict(zip(stats.concepts, at_step.tolist())),
             frequency=float(stats.frequency[feature]),
-            top_concept=self.top_concept(point, feature, step),
+            top_concept=self.top_concept(point, feature, step) if stats.concepts else "",
         )
 
     def _patches(self, stats: FeatureStats, feature: int, step: int | None, generate_images: bool) -> list[Patch]:
-        """Top-activating entries of the step's timestep bucket (all buckets: the best overall)."""
-        buckets = range(len(stats.bucket_edges)) if step is None else [stats.bucket_of_step(step)]
-        entries = [
-            (float(stats.top_values[feature, b, m]), int(stats.top_item[feature, b, m]), int(stats.top_step[feature, b, m]), int(stats.top_pos[feature, b, m]), stats.top_maps[feature, b, m])
-            for b in buckets
-            for m in range(stats.top_values.shape[2])
-            if int(stats.top_item[feature, b, m]) >= 0
-        ]
-        entries = sorted(entries, key=lambda e: -e[0])[: stats.top_values.shape[2]]
-        if not entries:
+        """The feature's stored top examples (diverse: one per image, each at its own step, the
+        same whatever ``step``), drawn on their stored thumbnails: nothing is generated.
+
+        Only statistics stored without thumbnails fall back to the session's image cache, and,
+        with ``generate_images``, to generating the missing images."""
+        examples = stats.examples(feature)
+        if not examples:
             return []
-        items = [stats.items[e[1]] for e in entries]
-        jobs, steps, guidance = [(it["prompt"], it["seed"]) for it in items], len(stats.timesteps), stats.guidance
-        if generate_images:
-            images = self.session.plain_images(jobs, steps, guidance)
-        else:
-            images = [self.session.images.get((prompt, seed, steps, float(guidance))) for prompt, seed in jobs]
+        images = {ex.item: stats.thumbnail(ex.item) for ex in examples}
+        missing = [ex for ex in examples if images[ex.item] is None]
+        if missing:
+            steps, guidance = len(stats.timesteps), stats.guidance
+            jobs = [(ex.prompt, ex.seed) for ex in missing]
+            found = self.session.plain_images(jobs, steps, guidance) if generate_images else [self.session.images.get((p, s, steps, float(guidance))) for p, s in jobs]
+            images.update({ex.item: img for ex, img in zip(missing, found)})
         size = self.session.info.image_size
-        peak = entries[0][0]
+        peak = examples[0].value
         grid = (stats.height, stats.width)
         patches = []
-        for (value, _item, item_step, pos, act_map), item, image in zip(entries, items, images):
-            row, col = divmod(pos, stats.width)
-            background = np.full((size, size, 3), 128, dtype=np.uint8) if image is None else image
-            heat = overlay(background, act_map.float().reshape(grid).numpy(), peak)
-            crop = upscale(crop_around(heat, row, col, grid), 96)
-            patches.append(Patch(upscale(heat), crop, value, item["prompt"], item["seed"], item_step, int(stats.timesteps[item_step]), row, col, image is None))
+        for ex in examples:
+            image = images[ex.item]
+            raw = np.full((size, size, 3), 128, dtype=np.uint8) if image is None else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+            heat = overlay(raw, ex.activation_map, peak)
+            enlarged = upscale(heat)
+            factor = enlarged.size[0] // raw.shape[1]
+            cell_h, cell_w = raw.shape[0] / stats.height, raw.shape[1] / stats.width
+            box = (round(ex.col * cell_w) * factor, round(ex.row * cell_h) * factor, round((ex.col + 1) * cell_w) * factor, round((ex.row + 1) * cell_h) * factor)
+            crop = upscale(crop_around(heat, ex.row, ex.col, grid), 96)
+            patches.append(Patch(enlarged, crop, ex.value, ex.prompt, ex.seed, ex.step, ex.timestep, ex.row, ex.col, image is None, upscale(raw), ex.activation_map, box))
         return patches
 
     # ------------------------------------------------------------------ UMAP

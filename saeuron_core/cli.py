@@ -188,15 +188,33 @@ def cmd_train_sae(args) -> int:
 
 def cmd_stats(args) -> int:
     from .sae import TopKSae
-    from .stats import compute_stats
+    from .stats import add_thumbnails, compute_stats
     from .store import ActivationStore
 
+    if args.top_m < 1 or args.thumbnail_size < 8:
+        raise_error(f"--top-m must be >= 1 and --thumbnail-size >= 8, got {args.top_m} and {args.thumbnail_size}")
     store = ActivationStore(args.store)
-    for point in args.point or store.points:
-        sae = TopKSae.load(Path(args.sae) / point)
-        stats = compute_stats(store, point, sae, top_m=args.top_m)
-        stats.save(Path(args.out) / point)
-        print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts -> {Path(args.out) / point}")
+    points = args.point or store.points
+    saes = {point: TopKSae.load(Path(args.sae) / point) for point in points}  # every SAE before any work
+    model = None
+    if not args.no_thumbnails:
+        from .pipeline import load_pipeline, resolve_spec
+
+        model = args.model or store.meta.get("model")
+        if not model:
+            raise_error(f"the store at {args.store} does not name its model; pass --model, or --no-thumbnails")
+        resolve_spec(model)  # a wrong model fails here; it is loaded only after the statistics (peak memory)
+    all_stats = {point: compute_stats(store, point, sae, top_m=args.top_m, distinct=args.distinct) for point, sae in saes.items()}
+    del saes
+    if model is not None:
+        pipe = load_pipeline(model)
+        count = add_thumbnails(pipe, store, list(all_stats.values()), max_side=args.thumbnail_size)
+        print(f"thumbnails: generated {count} images once ({args.thumbnail_size} px max)")
+    for point, stats in all_stats.items():
+        out = Path(args.out) / point
+        stats.save(out)
+        size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
+        print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts, {stats.top_m} examples per feature ({size:.1f} MB) -> {out}")
     return 0
 
 
@@ -473,7 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--store", required=True)
     st.add_argument("--sae", required=True, help="folder with one SAE subfolder per hook point")
     st.add_argument("--point", action="append")
-    st.add_argument("--top-m", type=int, default=8, help="top-activating entries kept per feature and timestep bucket")
+    st.add_argument("--top-m", type=int, default=8, help="top examples kept per feature (diverse: see --distinct)")
+    st.add_argument("--distinct", choices=("image", "prompt"), default="image", help="at most one example per image (prompt + seed) or per prompt")
+    st.add_argument("--model", default=None, help="pipeline that renders the examples' thumbnails (default: the store's model)")
+    st.add_argument("--thumbnail-size", type=int, default=128, help="longest side of the stored thumbnails in pixels")
+    st.add_argument("--no-thumbnails", action="store_true", help="store no thumbnails (feature cards then show heatmaps on grey)")
     add_output_options(st, help="statistics folder", overwrite=False)
     st.set_defaults(func=cmd_stats)
 

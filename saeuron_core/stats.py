@@ -1,24 +1,39 @@
 """Feature statistics of one SAE on one activation store, computed once and stored compactly.
 
 From the SAE's sparse codes (top-k values + indices per token, never dense [n_latents] arrays
-per token) this builds, in one streaming pass over the store:
+per token) this builds, in one streaming pass over the store with bounded memory:
 
 - ``concept_sums [n_concepts, T, n_latents]`` and ``concept_counts [n_concepts]``: per concept
-  and step, the sum of spatially averaged codes (the input of the importance score);
+  and step, the sum of spatially averaged codes (the input of the importance score). A plain
+  prompt list has no concepts: these are then empty ([0, T, n]) and everything else still works;
 - ``frequency [n_latents]``: fraction of tokens where each latent is active;
 - ``histogram [n_latents, n_bins]``: counts of nonzero activations in log-spaced bins;
-- per latent and timestep bucket, the top-M (item, step, position, value) entries together with
-  the latent's activation map [H*W] at that (item, step), for top-activating patches.
+- per latent, its top-M **diverse** examples: at most one per image (or, with
+  ``distinct="prompt"``, per prompt), each at the step and token where the latent peaks on that
+  image, with its activation map over the block's grid quantised to 4 bits per token (16
+  levels of ``value / 15``, two tokens per byte: the peak is exactly ``value``, any token within
+  ``value / 30``). At 20480 latents x 8 examples x 16x16 maps that is 21 MB instead of 84 MB in
+  fp16: a heatmap needs no more, and the paper-size budget (50 MB per hook point) needs it;
+- optionally (``add_thumbnails``) a small JPEG / PNG thumbnail of every image that appears among
+  the examples, so a feature card never regenerates an image.
 
-Saved as one ``stats.safetensors`` + ``stats.json`` (concepts, items, timesteps, bins).
+Saved as one ``stats.safetensors`` + ``stats.json`` (concepts, items, timesteps).
+
+Thumbnails come from generating each needed (prompt, seed) once, in batches, after the
+statistics are computed: the store keeps block activations only (``cache`` generates with
+``output_type="latent"``), stats already knows which images any card can show (often far fewer
+than the store's), and the cost is one more pass of plain generation over those images only,
+paid once at build time rather than on every first card open.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,6 +41,36 @@ from .errors import SaeuronError
 from .io import load_safetensors, save_safetensors, write_json
 from .scoring import ConceptStats
 from .store import ActivationStore
+
+#: Histogram bin edges in absolute activation units, log-spaced: wide enough for SD and MiniCanvas.
+HIST_EDGES = torch.logspace(-3, 3, 33)
+
+#: Dense pre-activations the SAE encoder may hold at once (bytes): bounds ``saeuron stats``' memory
+#: at 20480 latents (about 3000 tokens per encoder call).
+ENCODE_BYTES = 256 * 2**20
+
+_TENSORS = ("bin_edges", "concept_sums", "concept_counts", "frequency", "histogram", "example_value", "example_item", "example_step", "example_pos", "example_map", "thumb_item", "thumb_offset", "thumb_data")
+_META = ("concepts", "concept_kinds", "timesteps", "items", "height", "width", "guidance", "distinct")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One stored top example of a feature: where on which image it peaks, and how."""
+
+    value: float
+    """Peak activation of the feature on this image (over its steps and tokens)."""
+    item: int
+    """Index of the image in the store's item list."""
+    prompt: str
+    seed: int
+    step: int
+    """Denoising step (index) where the peak is."""
+    timestep: int
+    row: int
+    """Token row of the peak on the block's grid."""
+    col: int
+    activation_map: np.ndarray
+    """float32 [height, width]: the feature's activation over the grid at ``step`` (dequantised)."""
 
 
 @dataclass
@@ -38,8 +83,6 @@ class FeatureStats:
     items: list[dict]
     height: int
     width: int
-    bucket_edges: tuple[int, ...]
-    """Step indices where timestep buckets start (last bucket runs to the end)."""
     guidance: float
     """Guidance scale the store was generated with (to regenerate an item's image exactly)."""
     bin_edges: torch.Tensor
@@ -47,16 +90,35 @@ class FeatureStats:
     concept_counts: torch.Tensor
     frequency: torch.Tensor
     histogram: torch.Tensor
-    top_values: torch.Tensor  # [n_latents, n_buckets, M] (0 where empty)
-    top_item: torch.Tensor  # [n_latents, n_buckets, M] int32 (-1 where empty)
-    top_step: torch.Tensor
-    top_pos: torch.Tensor
-    top_maps: torch.Tensor  # [n_latents, n_buckets, M, H*W] fp16
+    example_value: torch.Tensor
+    """[n_latents, M] float32, descending per row; 0 where a slot is empty."""
+    example_item: torch.Tensor
+    """[n_latents, M] int32 image index; -1 where empty."""
+    example_step: torch.Tensor
+    """[n_latents, M] int32 step of the peak."""
+    example_pos: torch.Tensor
+    """[n_latents, M] int32 token (row * width + col) of the peak."""
+    example_map: torch.Tensor
+    """[n_latents, M, ceil(height * width / 2)] uint8: the activation map in levels of value / 15,
+    4 bits per token, token 2i in the low nibble of byte i and token 2i + 1 in the high one."""
+    thumb_item: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))
+    """[K] int32: images that have a thumbnail."""
+    thumb_offset: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int64))
+    """[K + 1] int64: thumbnail i is ``thumb_data[thumb_offset[i]:thumb_offset[i + 1]]``."""
+    thumb_data: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.uint8))
+    """Encoded (PNG / JPEG) thumbnails, back to back."""
+    distinct: str = "image"
+    """Diversity rule of the examples: at most one per ``image`` or per ``prompt``."""
     _by_kind: dict = field(default_factory=dict, repr=False, compare=False)
+    _thumb_index: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_latents(self) -> int:
         return self.frequency.shape[0]
+
+    @property
+    def top_m(self) -> int:
+        return self.example_value.shape[1]
 
     def concepts_of_kind(self, kind: str) -> tuple[str, ...]:
         return tuple(c for c, k in zip(self.concepts, self.concept_kinds) if k == kind)
@@ -70,21 +132,65 @@ class FeatureStats:
     def _concept_stats(self, kind: str | None) -> ConceptStats:
         keep = [i for i, k in enumerate(self.concept_kinds) if kind is None or k == kind]
         if not keep:
-            raise SaeuronError(f"no concepts of kind {kind!r} in these statistics")
+            raise SaeuronError(f"no concepts of kind {kind!r} in these statistics" if kind else "these statistics hold no concepts (computed over a plain prompt list)")
         sums = self.concept_sums[keep]
         counts = self.concept_counts[keep]
         means = sums / counts.clamp(min=1)[:, None, None]
         return ConceptStats(means=means, counts=counts, concepts=tuple(self.concepts[i] for i in keep), timesteps=self.timesteps)
 
-    def bucket_of_step(self, step: int) -> int:
-        return max(i for i, e in enumerate(self.bucket_edges) if step >= e)
+    # ------------------------------------------------------------------ examples
+    def examples(self, feature: int) -> list[Example]:
+        """The feature's stored top examples, strongest first (no image is generated)."""
+        out = []
+        for slot in range(self.top_m):
+            item = int(self.example_item[feature, slot])
+            if item < 0:
+                continue
+            value = float(self.example_value[feature, slot])
+            pos, step = int(self.example_pos[feature, slot]), int(self.example_step[feature, slot])
+            amap = unpack_levels(self.example_map[feature, slot], self.height * self.width).float().mul_(value / MAP_LEVELS).reshape(self.height, self.width).numpy()
+            row, col = divmod(pos, self.width)
+            info = self.items[item]
+            out.append(Example(value, item, info["prompt"], int(info["seed"]), step, int(self.timesteps[step]), row, col, amap))
+        return out
 
+    def has_thumbnail(self, item: int) -> bool:
+        return item in self._thumbs()
+
+    def thumbnail(self, item: int):
+        """The stored thumbnail of image ``item`` (PIL RGB), or None if none was stored."""
+        from PIL import Image
+
+        i = self._thumbs().get(item)
+        if i is None:
+            return None
+        lo, hi = int(self.thumb_offset[i]), int(self.thumb_offset[i + 1])
+        return Image.open(io.BytesIO(self.thumb_data[lo:hi].numpy().tobytes())).convert("RGB")
+
+    def _thumbs(self) -> dict[int, int]:
+        if len(self._thumb_index) != len(self.thumb_item):
+            self._thumb_index.clear()
+            self._thumb_index.update({int(it): i for i, it in enumerate(self.thumb_item.tolist())})
+        return self._thumb_index
+
+    def needed_items(self) -> list[int]:
+        """Images that appear among the examples (the ones a card can show)."""
+        return sorted(set(self.example_item[self.example_item >= 0].tolist()))
+
+    def set_thumbnails(self, images: dict[int, object], max_side: int = 128) -> None:
+        """Store ``images`` (item -> PIL image) as thumbnails of at most ``max_side`` pixels."""
+        blobs = {item: encode_thumbnail(img, max_side) for item, img in sorted(images.items())}
+        sizes = torch.tensor([len(b) for b in blobs.values()], dtype=torch.int64)
+        self.thumb_item = torch.tensor(list(blobs), dtype=torch.int32)
+        self.thumb_offset = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
+        self.thumb_data = torch.frombuffer(bytearray(b"".join(blobs.values())), dtype=torch.uint8) if blobs else torch.zeros(0, dtype=torch.uint8)
+        self._thumb_index.clear()
+
+    # ------------------------------------------------------------------ disk
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
-        tensors = {k: getattr(self, k) for k in ("bin_edges", "concept_sums", "concept_counts", "frequency", "histogram", "top_values", "top_item", "top_step", "top_pos", "top_maps")}
-        save_safetensors(tensors, folder / "stats.safetensors")
-        meta = {k: getattr(self, k) for k in ("concepts", "concept_kinds", "timesteps", "items", "height", "width", "bucket_edges", "guidance")}
-        write_json(folder / "stats.json", meta)
+        save_safetensors({k: getattr(self, k).contiguous() for k in _TENSORS}, folder / "stats.safetensors")
+        write_json(folder / "stats.json", {k: getattr(self, k) for k in _META})
 
     @classmethod
     def load(cls, folder: str | Path) -> "FeatureStats":
@@ -93,10 +199,45 @@ class FeatureStats:
         if not meta_path.is_file():
             raise SaeuronError(f"{folder} holds no feature statistics (no stats.json)")
         meta = json.loads(meta_path.read_text())
+        if "bucket_edges" in meta:
+            raise SaeuronError(f"{folder} holds statistics in the old format (per-bucket top patches); rerun `saeuron stats`")
         tensors = load_safetensors(folder / "stats.safetensors")
-        for key in ("concepts", "concept_kinds", "timesteps", "bucket_edges"):
+        for key in ("concepts", "concept_kinds", "timesteps"):
             meta[key] = tuple(meta[key])
         return cls(**meta, **tensors)
+
+
+#: Quantisation levels of the stored activation maps (4 bits).
+MAP_LEVELS = 15
+
+
+def pack_levels(levels: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., hw] levels in [0, 15] -> [..., ceil(hw / 2)] bytes, two tokens per byte."""
+    if levels.shape[-1] % 2:
+        levels = torch.cat([levels, torch.zeros_like(levels[..., :1])], -1)
+    pairs = levels.reshape(*levels.shape[:-1], -1, 2)
+    return pairs[..., 0] | (pairs[..., 1] << 4)
+
+
+def unpack_levels(packed: torch.Tensor, hw: int) -> torch.Tensor:
+    """Inverse of ``pack_levels``: [..., ceil(hw / 2)] bytes -> uint8 [..., hw] levels."""
+    return torch.stack([packed & 15, packed >> 4], -1).reshape(*packed.shape[:-1], -1)[..., :hw]
+
+
+def encode_thumbnail(image, max_side: int = 128) -> bytes:
+    """PNG (up to 64 px, lossless and small there) or JPEG (quality 90) of ``image`` shrunk to ``max_side``."""
+    from PIL import Image
+
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    pil = pil.convert("RGB")
+    if max(pil.size) > max_side:
+        pil.thumbnail((max_side, max_side), Image.LANCZOS)
+    buf = io.BytesIO()
+    if max(pil.size) <= 64:
+        pil.save(buf, format="PNG", optimize=True)
+    else:
+        pil.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 def _concept_table(store: ActivationStore) -> tuple[list[str], list[str], list[list[int]]]:
@@ -107,38 +248,144 @@ def _concept_table(store: ActivationStore) -> tuple[list[str], list[str], list[l
     return names, kinds, [[index[n] for n in it.labels.values()] for it in store.items]
 
 
-def _update_top(top_values, top_key, top_maps, map_max, vals, idx, items, steps, step_bucket):
-    """Merge one batch of maps into the running per-(latent, bucket) top-M entries."""
-    m_top = top_values.shape[-1]
-    buckets = step_bucket[steps]
-    for b in buckets.unique().tolist():
-        rows = (buckets == b).nonzero().squeeze(1)
-        cand = map_max[rows].T  # [n, m_b]
-        merged = torch.cat([top_values[:, b], cand], dim=1)
-        best, order = merged.topk(m_top, dim=1)
-        keys = torch.cat([top_key[:, b], torch.stack([items[rows], steps[rows], torch.zeros_like(rows)], 1).expand(cand.shape[0], -1, -1)], dim=1)
-        new_keys = keys.gather(1, order[..., None].expand(-1, -1, 3))
-        maps = torch.cat([top_maps[:, b], torch.zeros(cand.shape[0], cand.shape[1], top_maps.shape[-1], dtype=top_maps.dtype)], dim=1)
-        new_maps = maps.gather(1, order[..., None].expand(-1, -1, top_maps.shape[-1]))
-        # activation maps (and the peak position) only for the entries this batch contributed
-        lat, slot = (order >= m_top).nonzero(as_tuple=True)
-        if len(lat):
-            j = rows[order[lat, slot] - m_top]
-            amap = (vals[j] * (idx[j] == lat[:, None, None])).sum(-1)  # [S, hw]
-            new_maps[lat, slot] = amap.to(top_maps.dtype)
-            new_keys[lat, slot, 2] = amap.argmax(-1)
-        empty = best <= 0
-        new_keys[empty] = -1
-        top_values[:, b], top_key[:, b], top_maps[:, b] = best.clamp(min=0), new_keys, new_maps
+class StatsBuilder:
+    """Streaming accumulator: feed sparse codes of whole maps with ``add``, then ``finish``.
+
+    Memory: concept sums [C, T, n] float32, the running examples (their maps fp16
+    [n, M, H*W]) and per call O(maps x n) dense reductions; nothing grows with the store.
+    """
+
+    def __init__(self, n_latents: int, height: int, width: int, n_steps: int, item_concepts: list[list[int]], n_concepts: int, item_groups: list[int], top_m: int = 8):
+        if top_m < 1:
+            raise SaeuronError(f"top_m must be >= 1, got {top_m}")
+        n, hw = n_latents, height * width
+        self.n, self.hw, self.top_m = n, hw, top_m
+        self.membership = torch.zeros(len(item_concepts), n_concepts)  # item -> concepts (0/1)
+        for i, cis in enumerate(item_concepts):
+            self.membership[i, cis] = 1.0
+        self.group_of_item = torch.tensor(item_groups, dtype=torch.long)
+        self.concept_sums = torch.zeros(n_concepts, n_steps, n)
+        self.active = torch.zeros(n, dtype=torch.long)
+        self.n_bins = len(HIST_EDGES) - 1
+        self.histogram = torch.zeros(n * self.n_bins, dtype=torch.int32)
+        self.tokens = 0
+        # running examples, unsorted slots; value -1 marks an empty slot
+        self.value = torch.full((n, top_m), -1.0)
+        self.group = torch.full((n, top_m), -1, dtype=torch.long)
+        self.item = torch.full((n, top_m), -1, dtype=torch.long)
+        self.step = torch.zeros(n, top_m, dtype=torch.long)
+        self.pos = torch.zeros(n, top_m, dtype=torch.long)
+        self.maps = torch.zeros(n, top_m, hw, dtype=torch.float16)
+        self.height, self.width = height, width
+
+    @torch.inference_mode()
+    def add(self, vals: torch.Tensor, idx: torch.Tensor, items: torch.Tensor, steps: torch.Tensor) -> None:
+        """Codes of ``m`` whole maps: vals / idx [m, H*W, k] (ReLU'd values, latent ids), and each map's item and step [m]."""
+        m, hw = vals.shape[:2]
+        n = self.n
+        vals, idx, items, steps = vals.float(), idx.long(), items.long(), steps.long()
+        flat_idx, flat_vals = idx.reshape(m, -1), vals.reshape(m, -1)
+        # spatially averaged code of each map, added to each of its item's concepts at its step
+        if self.membership.shape[1]:
+            mean_code = torch.zeros(m, n).scatter_add_(1, flat_idx, flat_vals) / hw
+            for s_ in steps.unique().tolist():
+                sel = steps == s_
+                self.concept_sums[:, s_] += self.membership[items[sel]].T @ mean_code[sel]
+        self.tokens += m * hw
+        fired = vals > 0
+        fired_idx, fired_vals = idx[fired], vals[fired]
+        self.active.index_add_(0, fired_idx, torch.ones_like(fired_idx))
+        bins = torch.bucketize(fired_vals, HIST_EDGES[1:-1])
+        self.histogram.index_add_(0, fired_idx * self.n_bins + bins, torch.ones_like(fired_idx, dtype=torch.int32))
+        map_max = torch.zeros(m, n).scatter_reduce_(1, flat_idx, flat_vals, "amax")
+        self._merge_examples(map_max, vals, idx, items, steps)
+
+    def _merge_examples(self, map_max, vals, idx, items, steps) -> None:
+        m, n, top_m = map_max.shape[0], self.n, self.top_m
+        groups = self.group_of_item[items]
+        uniq, inv = groups.unique(return_inverse=True)  # diversity groups in this batch
+        u = len(uniq)
+        g_max = torch.zeros(u, n).scatter_reduce_(0, inv[:, None].expand(-1, n), map_max, "amax")
+        # the map where each (group, latent) peaks: the first map that reaches the group's max
+        is_peak = map_max == g_max[inv]
+        map_ids = torch.where(is_peak, torch.arange(m)[:, None], m)
+        peak_map = torch.full((u, n), m, dtype=torch.long).scatter_reduce_(0, inv[:, None].expand(-1, n), map_ids, "amin")
+        cand_val, cand_u = g_max.T.topk(min(top_m, u), dim=1)  # [n, M']
+        cand_group = uniq[cand_u]
+        cand_map = peak_map.T.gather(1, cand_u)
+        cand_val = torch.where(cand_val > 0, cand_val, torch.full_like(cand_val, -2.0))
+        # a group already held: keep whichever entry is larger
+        same = (self.group[:, :, None] == cand_group[:, None, :]) & (self.group[:, :, None] >= 0)
+        cand_wins = same & (cand_val[:, None, :] > self.value[:, :, None])
+        old_value = torch.where(cand_wins.any(2), torch.full_like(self.value, -3.0), self.value)
+        cand_val = torch.where((same & ~cand_wins).any(1), torch.full_like(cand_val, -2.0), cand_val)
+        merged = torch.cat([old_value, cand_val], 1)
+        chosen = torch.zeros_like(merged, dtype=torch.bool).scatter_(1, merged.topk(top_m, dim=1).indices, True)
+        freed = ~chosen[:, :top_m]
+        entering = chosen[:, top_m:]
+        rows_f, slots_f = freed.nonzero(as_tuple=True)
+        rows_n, cands_n = entering.nonzero(as_tuple=True)  # row-major like rows_f, same count per row
+        if len(rows_n) == 0:
+            return
+        value = cand_val[rows_n, cands_n]
+        empty = value <= 0  # only when a freed slot is taken by nothing real
+        j = cand_map[rows_n, cands_n].clamp(max=m - 1)
+        # activation maps of the entering entries, one dense [hw, n] map at a time (bounded memory)
+        amap = torch.zeros(len(j), self.hw)
+        for jj in j.unique().tolist():
+            sel = (j == jj).nonzero().squeeze(1)
+            dense = torch.zeros(self.hw, n).scatter_(1, idx[jj], vals[jj])
+            amap[sel] = dense[:, rows_n[sel]].T
+        self.value[rows_f, slots_f] = torch.where(empty, torch.full_like(value, -1.0), value)
+        self.group[rows_f, slots_f] = torch.where(empty, -1, cand_group[rows_n, cands_n])
+        self.item[rows_f, slots_f] = torch.where(empty, -1, items[j])
+        self.step[rows_f, slots_f] = steps[j]
+        self.pos[rows_f, slots_f] = amap.argmax(-1)
+        self.maps[rows_f, slots_f] = amap.to(torch.float16)
+
+    def finish(self, **meta) -> FeatureStats:
+        """The statistics; ``meta``: concepts, concept_kinds, timesteps, items, guidance, distinct, concept_counts."""
+        order = self.value.argsort(1, descending=True)
+        value = self.value.gather(1, order)
+        empty = value <= 0
+        item = self.item.gather(1, order).masked_fill(empty, -1)
+        maps = self.maps.gather(1, order[..., None].expand(-1, -1, self.hw)).float()
+        scale = (value.clamp(min=1e-30) / MAP_LEVELS)[..., None]
+        levels = (maps / scale).round_().clamp_(0, MAP_LEVELS).to(torch.uint8).masked_fill_(empty[..., None], 0)
+        del maps
+        return FeatureStats(
+            height=self.height,
+            width=self.width,
+            bin_edges=HIST_EDGES.clone(),
+            concept_sums=self.concept_sums,
+            frequency=self.active.float() / max(self.tokens, 1),
+            histogram=self.histogram.view(self.n, self.n_bins),
+            example_value=value.clamp(min=0),
+            example_item=item.int(),
+            example_step=self.step.gather(1, order).masked_fill(empty, 0).int(),
+            example_pos=self.pos.gather(1, order).masked_fill(empty, 0).int(),
+            example_map=pack_levels(levels),
+            **meta,
+        )
 
 
-#: Histogram bin edges in absolute activation units, log-spaced: wide enough for SD and MiniCanvas.
-HIST_EDGES = torch.logspace(-3, 3, 33)
+def _maps_per_call(hw: int, n_latents: int, budget: int = ENCODE_BYTES) -> int:
+    return max(1, budget // (hw * n_latents * 4))
 
 
 @torch.inference_mode()
-def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, n_buckets: int = 4, batch_maps: int = 256) -> FeatureStats:
-    """One streaming pass over ``store`` at ``point`` through ``sae``; see the module docstring."""
+def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, distinct: str = "image", batch_maps: int | None = None) -> FeatureStats:
+    """One streaming pass over ``store`` at ``point`` through ``sae``; see the module docstring.
+
+    ``distinct``: diversity of the examples, at most one per ``image`` (prompt + seed) or per
+    ``prompt``. ``batch_maps``: maps per encoder call (default: what fits ``ENCODE_BYTES``).
+    """
+    from safetensors import safe_open
+
+    if distinct not in ("image", "prompt"):
+        raise SaeuronError(f"distinct must be 'image' or 'prompt', got {distinct!r}")
+    if top_m < 1:
+        raise SaeuronError(f"top_m must be >= 1, got {top_m}")
     if not store.completed:
         raise SaeuronError(f"the store at {store.root} has no completed shards")
     dims = store.meta["points"].get(point)
@@ -148,62 +395,54 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, n_buc
     if c != sae.cfg.d_in:
         raise SaeuronError(f"SAE d_in {sae.cfg.d_in} does not match hook point {point} with {c} channels")
     n, hw, n_steps = sae.num_latents, h * w, store.meta["steps"]
+    batch_maps = batch_maps or _maps_per_call(hw, n)
     concepts, kinds, item_concepts = _concept_table(store)
-    edges = tuple(round(i * n_steps / n_buckets) for i in range(n_buckets))
-    step_bucket = torch.tensor([max(i for i, e in enumerate(edges) if s >= e) for s in range(n_steps)])
-    membership = torch.zeros(len(store.items), len(concepts))  # item -> concepts (0/1)
-    for i, cis in enumerate(item_concepts):
-        membership[i, cis] = 1.0
+    if distinct == "prompt":
+        prompt_ids = {p: i for i, p in enumerate(dict.fromkeys(it.prompt for it in store.items))}
+        groups = [prompt_ids[it.prompt] for it in store.items]
+    else:
+        groups = list(range(len(store.items)))
+    builder = StatsBuilder(n, h, w, n_steps, item_concepts, len(concepts), groups, top_m)
 
-    concept_sums = torch.zeros(len(concepts), n_steps, n)
-    active = torch.zeros(n, dtype=torch.long)
-    n_bins = len(HIST_EDGES) - 1
-    histogram = torch.zeros(n * n_bins, dtype=torch.int32)
-    tokens = 0
-    top_values = torch.zeros(n, n_buckets, top_m)
-    top_key = torch.full((n, n_buckets, top_m, 3), -1, dtype=torch.long)
-    top_maps = torch.zeros(n, n_buckets, top_m, hw, dtype=torch.float16)
-
-    for data in tqdm(store.iter_shards(point), total=len(store.completed), desc=f"stats {point}", mininterval=5):
-        acts, items, steps = data["acts"], data["item"].long(), data["step"].long()
-        for i in range(0, len(acts), batch_maps):
-            x = acts[i : i + batch_maps].float()  # [m, hw, c]
-            m = x.shape[0]
-            enc = sae.encode(x.reshape(-1, c))
-            vals = enc.top_acts.reshape(m, hw, -1)
-            idx = enc.top_indices.reshape(m, hw, -1)
-            it, st = items[i : i + m], steps[i : i + m]
-            # spatially averaged code of each map, added to each of its item's concepts at its step
-            mean_code = torch.zeros(m, n).scatter_add_(1, idx.reshape(m, -1), vals.reshape(m, -1)) / hw
-            for s_ in st.unique().tolist():
-                sel = st == s_
-                concept_sums[:, s_] += membership[it[sel]].T @ mean_code[sel]
-            tokens += m * hw
-            fired = vals > 0
-            fired_idx, fired_vals = idx[fired], vals[fired]
-            active.index_add_(0, fired_idx, torch.ones_like(fired_idx))
-            bins = torch.bucketize(fired_vals, HIST_EDGES[1:-1])
-            histogram.index_add_(0, fired_idx * n_bins + bins, torch.ones_like(fired_idx, dtype=torch.int32))
-            map_max = torch.zeros(m, n).scatter_reduce_(1, idx.reshape(m, -1), vals.reshape(m, -1), "amax")
-            _update_top(top_values, top_key, top_maps, map_max, vals, idx, it, st, step_bucket)
+    for shard in tqdm(store.completed, desc=f"stats {point}", mininterval=5):
+        # read the shard a slice at a time: a paper-scale shard is ~0.5 GB of fp16 maps
+        with safe_open(str(store.shard_path(point, shard)), framework="pt") as f:
+            acts = f.get_slice("acts")
+            items, steps = f.get_tensor("item").long(), f.get_tensor("step").long()
+            for i in range(0, len(items), batch_maps):
+                x = acts[i : i + batch_maps].float()  # [m, hw, c]
+                m = x.shape[0]
+                enc = sae.encode(x.reshape(-1, c))
+                builder.add(enc.top_acts.reshape(m, hw, -1), enc.top_indices.reshape(m, hw, -1), items[i : i + m], steps[i : i + m])
     done_items = [i for s in store.completed for i in store.shard_items(s)]
-    return FeatureStats(
+    return builder.finish(
         concepts=tuple(concepts),
         concept_kinds=tuple(kinds),
         timesteps=tuple(store.meta["timesteps"]),
         items=store.meta["items"],
-        height=h,
-        width=w,
-        bucket_edges=edges,
         guidance=float(store.meta["guidance"]),
-        bin_edges=HIST_EDGES.clone(),
-        concept_sums=concept_sums,
-        concept_counts=membership[done_items].sum(0),
-        frequency=active.float() / max(tokens, 1),
-        histogram=histogram.view(n, n_bins),
-        top_values=top_values,
-        top_item=top_key[..., 0].int(),
-        top_step=top_key[..., 1].int(),
-        top_pos=top_key[..., 2].int(),
-        top_maps=top_maps,
+        distinct=distinct,
+        concept_counts=builder.membership[done_items].sum(0),
     )
+
+
+@torch.inference_mode()
+def add_thumbnails(pipe, store: ActivationStore, stats: list[FeatureStats], max_side: int = 128, batch_size: int = 16) -> int:
+    """Generate every image that any of ``stats`` shows among its examples, once, in batches (the
+    store's steps and guidance), and store its thumbnail in each. Returns the number generated."""
+    from .pipeline import generate_jobs
+
+    needed = sorted(set().union(*(st.needed_items() for st in stats)))
+    images: dict[int, object] = {}
+    steps, guidance = store.meta["steps"], float(store.meta["guidance"])
+    for i in tqdm(range(0, len(needed), batch_size), desc="thumbnails", mininterval=5):
+        chunk = needed[i : i + batch_size]
+        jobs = [(store.items[j].prompt, store.items[j].seed) for j in chunk]
+        for j, image in zip(chunk, generate_jobs(pipe, jobs, steps, guidance, batch_size=batch_size)):
+            image = image.convert("RGB")
+            if max(image.size) > max_side:
+                image.thumbnail((max_side, max_side))
+            images[j] = image
+    for st in stats:
+        st.set_thumbnails({j: images[j] for j in st.needed_items()}, max_side)
+    return len(needed)

@@ -81,15 +81,16 @@ def test_bad_feature_requests_name_the_problem(ex, point, call, message):
 
 
 # --------------------------------------------------------------------------- feature card
-def test_card_patches_come_from_the_steps_bucket_with_deterministic_images(ex, point):
+def test_card_patches_are_the_stored_diverse_examples_with_deterministic_images(ex, point):
     stats = ex.session.bundle.stats[point]
     feature = ex.features.rank(point, "dots", step=0, limit=1)[0].feature
     for step in (0, 2):
         card = ex.features.card(point, feature, step, "dots")
-        bucket = stats.bucket_of_step(step)
-        stored = sorted((v for v in stats.top_values[feature, bucket].tolist() if v > 0), reverse=True)
-        assert [p.value for p in card.patches] == pytest.approx(stored)
-        assert all(stats.bucket_of_step(p.step) == bucket for p in card.patches)
+        stored = stats.examples(feature)
+        assert [p.value for p in card.patches] == pytest.approx([e.value for e in stored])
+        assert [(p.prompt, p.seed, p.step) for p in card.patches] == [(e.prompt, e.seed, e.step) for e in stored]
+        assert len({(p.prompt, p.seed) for p in card.patches}) == len(card.patches)  # one per image
+    # the tiny bundle's statistics carry no thumbnails: the fallback regenerates them exactly
     patch = card.patches[0]
     regenerated = np.asarray(generate(ex.session.pipe, patch.prompt, [patch.seed], len(stats.timesteps), ex.session.info.default_guidance)[0])
     cached = ex.session.images.get((patch.prompt, patch.seed, len(stats.timesteps), ex.session.info.default_guidance))
