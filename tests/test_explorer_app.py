@@ -193,5 +193,6 @@ def test_unlearn_panel_compares_methods_side_by_side(client):
 
 def test_features_at_patch_from_the_api(server, client):
     point = server[0].points[0]
-    table = client.predict(PROMPT, 0, 3, 4.0, "[]", point, 2, 10.0, 10.0, api_name="/features_at_patch")
-    assert table["headers"] == ["feature", "activation", "top concept"] and table["data"]
+    found = client.predict(PROMPT, 0, 3, 4.0, "[]", point, 2, 10.0, 10.0, api_name="/features_at_patch")
+    assert found and set(found[0]) == {"feature", "activation", "top_concept"}
+    assert [f["activation"] for f in found] == sorted((f["activation"] for f in found), reverse=True)

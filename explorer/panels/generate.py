@@ -103,21 +103,22 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list) -> None:
 
     def features_at(prompt, seed, steps, guidance, interventions, point, step, x, y):
         side = ex.session.info.image_size * upscale_factor(ex.session.info.image_size, DISPLAY_SIDE)  # the shown image
-        found = ex.editor.features_at(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, step, x, y, (side, side))
-        return pd.DataFrame([[f.feature, sig3(f.activation), f.top_concept] for f in found], columns=ACTIVE_COLUMNS)
+        return ex.editor.features_at(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, step, x, y, (side, side))
 
     @gpu
     @ui_errors
     def features_at_click(prompt, seed, steps, guidance, interventions, point, step, evt: gr.SelectData):
         if evt is None or not evt.index:
             raise SaeuronError("click a patch of the edited image")
-        return features_at(prompt, seed, steps, guidance, interventions, point, step, *evt.index[:2])
+        found = features_at(prompt, seed, steps, guidance, interventions, point, step, *evt.index[:2])
+        return pd.DataFrame([[f.feature, sig3(f.activation), f.top_concept] for f in found], columns=ACTIVE_COLUMNS)
 
     @gpu
     @ui_errors
-    def features_at_patch(prompt: str, seed: int, steps: int, guidance: float, interventions: str, point: str, step: int, x: float, y: float) -> pd.DataFrame:
-        """Features active at pixel (x, y) of the 256-px edited image, at denoising ``step``."""
-        return features_at(prompt, seed, steps, guidance, interventions, point, step, x, y)
+    def features_at_patch(prompt: str, seed: int, steps: int, guidance: float, interventions: str, point: str, step: int, x: float, y: float) -> list[dict]:
+        """Features active at pixel (x, y) of the 256-px edited image, at denoising ``step``:
+        [{"feature", "activation", "top_concept"}], strongest first."""
+        return [{"feature": f.feature, "activation": f.activation, "top_concept": f.top_concept} for f in features_at(prompt, seed, steps, guidance, interventions, point, step, x, y)]
 
     def follow_steps(steps, step):
         """The patch inspector's step range follows the generation's steps."""
