@@ -39,7 +39,7 @@ def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8
             with gr.Tab("Recipe", id="recipe"):
                 recipe_panel = recipe.layout(ex)
         features.wire(ex, features_panel, generate_panel.interventions, demo)
-        generate.wire(ex, generate_panel, recipe_panel.outputs)
+        generate.wire(ex, generate_panel, recipe_panel.outputs, features_panel.steer_mask)
         unlearn.wire(ex, unlearn_panel)
         recipe.wire(ex, recipe_panel, generate_panel, demo)
     demo.queue(default_concurrency_limit=concurrency)

@@ -113,7 +113,7 @@ def test_ablate_a_feature_and_see_before_after_then_click_a_patch(app_url, page,
     open_first_ranked_feature(page, app_url[1])
     page.locator("#add-ablation").click()
     page.get_by_role("tab", name="Generate").click()
-    expect(page.locator("#interventions")).to_contain_text('"factor": 0.0')
+    expect(page.locator("#intervention-table")).to_contain_text("ablate")
     page.locator("#generate").click()
     expect(page.locator("#before img")).to_be_visible()
     expect(page.get_by_text("Largest pixel change")).to_be_visible()
@@ -128,7 +128,7 @@ def test_steer_with_the_default_strength_changes_the_image(app_url, page, shots)
     open_first_ranked_feature(page, app_url[1])
     page.locator("#add-steering").click()  # strength untouched: 4x the typical top activation
     page.get_by_role("tab", name="Generate").click()
-    expect(page.locator("#interventions")).to_contain_text('"Steer"')
+    expect(page.locator("#intervention-table")).to_contain_text("steer")
     page.locator("#generate").click()
     note = page.get_by_text("Largest pixel change")
     expect(note).to_be_visible()
@@ -181,4 +181,19 @@ def test_a_recipe_url_restores_the_generate_panel(app_url, page):
     page.goto(url + "?" + query.replace('"', "%22").replace(" ", "%20"))
     page.get_by_role("tab", name="Generate").click()
     expect(page.locator("#prompt textarea")).to_have_value("An image of heart in rings style.")
-    expect(page.locator("#interventions")).to_contain_text('"features": [')
+    expect(page.locator("#intervention-table")).to_contain_text("ablate")
+
+
+def test_the_intervention_editor_toggles_and_deletes_rows(app_url, page):
+    open_first_ranked_feature(page, app_url[1])
+    page.locator("#add-ablation").click()
+    page.get_by_role("tab", name="Generate").click()
+    rows = page.locator("#intervention-table [role=row][data-index]")
+    expect(rows).to_have_count(1)
+    page.locator("#intervention-table [data-testid=cell-0-0] input[type=checkbox]").click()  # switch it off
+    page.locator("#generate").click()
+    expect(page.get_by_text("No interventions")).to_be_visible()  # the row that is off is not applied
+    expect(rows).to_have_count(1)  # but kept
+    page.locator("#intervention-table [data-testid=cell-0-3]").click()
+    page.locator("#delete-intervention").click()
+    expect(rows).to_have_count(0)

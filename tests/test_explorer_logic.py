@@ -395,3 +395,30 @@ def test_unknown_words_are_found_only_for_a_closed_vocabulary(ex):
     tokenizer = ex.session.pipe.tokenizer
     assert unknown_words(tokenizer, "An image of star in dots style.") == []
     assert unknown_words(tokenizer, "An image of a zebra in dots style.") == ["zebra"]
+
+
+def test_the_intervention_table_keeps_rows_that_are_off_and_checks_edits(point):
+    import json
+
+    from explorer import intervention_table as table
+
+    ablate = json.dumps([{"type": "ScaleFeatures", "point": point, "features": [3], "factor": 0.0}])
+    rows = table.synced_rows(ablate, [])
+    assert [r[:7] for r in rows] == [[True, "ablate", point, "3", "0", "0", ""]]
+    rows[0][0] = False  # switched off: the JSON drops it, the table keeps it
+    rows, text = table.edited(rows)
+    assert json.loads(text) == [] and len(rows) == 1 and table.synced_rows(text, rows) is None
+    grown = json.dumps([{"type": "Steer", "point": point, "features": [1], "strength": 2.5}])
+    rows = table.synced_rows(grown, rows)  # an added intervention is appended after the one that is off
+    assert [r[0] for r in rows] == [False, True] and rows[1][1] == "steer"
+    rows[1][4], rows[1][6] = "5", "2"
+    rows, text = table.edited(rows)
+    assert json.loads(text)[0]["strength"] == 5.0 and json.loads(text)[0]["steps"] == [0, 2]
+    rows, text = table.without(rows, 1)
+    assert len(rows) == 1 and json.loads(text) == []
+    bad = [list(rows[0])]
+    bad[0][3] = "x"
+    with pytest.raises(SaeuronError, match="row 1: features must be whole numbers"):
+        table.edited(bad)
+    with pytest.raises(SaeuronError, match="select a row"):
+        table.without(rows, None)

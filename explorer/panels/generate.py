@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from saeuron_core.errors import SaeuronError
@@ -16,6 +17,7 @@ from ..editing import Preview, unknown_words
 from ..imaging import upscale, upscale_factor
 from ..recipes import Recipe, recipe_to_json, recipe_to_python, recipe_to_query
 from ..zerogpu import gpu
+from .. import intervention_table as table
 from ..formatting import sig3
 from ..limits import check_int, check_prompt
 from . import served, ui_errors, validator
@@ -42,6 +44,9 @@ class GeneratePanel:
     patch_step: gr.Slider
     active: gr.Dataframe
     prompt_note: gr.Markdown
+    editor: gr.Dataframe
+    delete_button: gr.Button
+    selected_row: gr.State
 
 
 def layout(ex: Explorer) -> GeneratePanel:
@@ -54,8 +59,16 @@ def layout(ex: Explorer) -> GeneratePanel:
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
         steps = gr.Slider(1, limits.max_steps, value=info.default_steps, step=1, label="Steps", elem_id="steps")
         guidance = gr.Slider(0, limits.max_guidance, value=info.default_guidance, step=0.5, label="Guidance", elem_id="guidance")
-    interventions = gr.Code("[]", language="json", label="Interventions (add them from the feature card, or edit)", interactive=True, elem_id="interventions")
+    editor = gr.Dataframe(
+        value=pd.DataFrame(columns=table.COLUMNS), headers=table.COLUMNS, datatype=table.DATATYPES, interactive=True,
+        static_columns=[1, 2, 7, 8], column_widths=["6%", "8%", "17%", "12%", "9%", "8%", "8%", "10%", "22%"], show_row_numbers=True,
+        label="Interventions: add them from the feature card; toggle 'on', edit features, value (scale factor or steering strength) and steps; select a row to delete it",
+        elem_id="intervention-table",
+    )
+    with gr.Accordion("Interventions as JSON (what the recipe holds: the rows that are on)", open=False):
+        interventions = gr.Code("[]", language="json", label="Interventions (JSON)", interactive=True, elem_id="interventions")
     with gr.Row():
+        delete_button = gr.Button("Delete selected row", elem_id="delete-intervention")
         clear_button = gr.Button("Clear interventions")
         generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
     with gr.Row():
@@ -67,7 +80,7 @@ def layout(ex: Explorer) -> GeneratePanel:
         patch_point = gr.Dropdown(ex.session.points, value=ex.session.points[0], label="Hook point of the clicked patch")
         patch_step = gr.Slider(0, info.default_steps - 1, value=info.default_steps - 1, step=1, label="Step of the clicked patch (follows the steps above)", elem_id="patch-step")
     active = gr.Dataframe(headers=ACTIVE_COLUMNS, interactive=False, label="Features active at the clicked patch (select one to ablate it)", elem_id="active")
-    return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active, prompt_note)
+    return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active, prompt_note, editor, delete_button, gr.State(None))
 
 
 def read_recipe(ex: Explorer, prompt, seed, steps, guidance, interventions) -> Recipe:
@@ -83,7 +96,14 @@ def prompt_warning(ex: Explorer, prompt) -> str:
     return f"⚠️ Not in the model's vocabulary (the model has not learned them): {', '.join(repr(w) for w in words)}"
 
 
-def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list) -> None:
+def mask_canvas(image):
+    """The steering mask's canvas with ``image`` (the generated image) under it, nothing painted."""
+    if image is None:
+        return gr.skip()
+    return {"background": np.asarray(image.convert("RGBA").resize((DISPLAY_SIDE, DISPLAY_SIDE))), "layers": [], "composite": None}
+
+
+def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) -> None:
     recipe_inputs = [p.prompt, p.seed, p.steps, p.guidance, p.interventions]
 
     @gpu
@@ -141,8 +161,36 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list) -> None:
     def ablate_row(current, point, table, evt: gr.SelectData):
         return append_intervention(current, ScaleFeatures((int(table.iloc[evt.index[0], 0]),), 0.0, None, point))
 
-    p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8, validator=generate_checks())
-    p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions")
+    generated = p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8, validator=generate_checks())
+    if steer_mask is not None:  # the mask is painted over the image being steered
+        generated.success(mask_canvas, p.before, steer_mask, api_visibility="private")
+    p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions").then(lambda: pd.DataFrame(columns=table.COLUMNS), None, p.editor, api_visibility="private")
+
+    def rows_of(frame) -> list[list]:
+        return [] if frame is None else frame.values.tolist()
+
+    @ui_errors
+    def sync_editor(text, frame):
+        rows = table.synced_rows(text, rows_of(frame))
+        return gr.skip() if rows is None else pd.DataFrame(rows, columns=table.COLUMNS)
+
+    @ui_errors
+    def apply_edits(frame):
+        rows, text = table.edited(rows_of(frame))
+        return pd.DataFrame(rows, columns=table.COLUMNS), text
+
+    def select_row(evt: gr.SelectData):
+        return evt.index[0] if evt is not None and evt.index else None
+
+    @ui_errors
+    def delete_row(frame, index):
+        rows, text = table.without(rows_of(frame), index)
+        return pd.DataFrame(rows, columns=table.COLUMNS), text, None
+
+    p.interventions.change(sync_editor, [p.interventions, p.editor], p.editor, api_visibility="private")
+    p.editor.input(apply_edits, p.editor, [p.editor, p.interventions], api_visibility="private")
+    p.editor.select(select_row, None, p.selected_row, api_visibility="private")
+    p.delete_button.click(delete_row, [p.editor, p.selected_row], [p.editor, p.interventions, p.selected_row], api_visibility="private")
     p.after.select(features_at_click, [*recipe_inputs, p.patch_point, p.patch_step], p.active, api_visibility="private", concurrency_id="unet")
     gr.api(features_at_patch, api_name="features_at_patch", concurrency_id="unet")
     p.steps.change(follow_steps, [p.steps, p.patch_step], p.patch_step, api_visibility="private")
