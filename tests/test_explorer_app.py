@@ -196,3 +196,17 @@ def test_features_at_patch_from_the_api(server, client):
     found = client.predict(PROMPT, 0, 3, 4.0, "[]", point, 2, 10.0, 10.0, api_name="/features_at_patch")
     assert found and set(found[0]) == {"feature", "activation", "top_concept"}
     assert [f["activation"] for f in found] == sorted((f["activation"] for f in found), reverse=True)
+
+
+def test_every_endpoint_answers_empty_input_with_a_clear_message(server, client):
+    """None in every field (what an API caller may send): a result or a one-line input error from
+    every named endpoint, never an internal error, and the server keeps serving."""
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/generate", "/features_at_patch", "/feature_card", "/unlearn_grid", "/rank_features"} <= set(endpoints)
+    for name, spec in endpoints.items():
+        args = [None] * len(spec["parameters"])
+        try:
+            client.predict(*args, api_name=name)
+        except Exception as e:
+            assert "internal error" not in str(e) and "Traceback" not in str(e), f"{name}: {e}"
+    assert generate(client)[0].shape == (256, 256, 3)
