@@ -94,6 +94,7 @@ def test_rank_features_for_a_style_and_open_its_card(app_url, page, shots):
     expect(summary).to_contain_text(f"Feature {feature}")
     expect(summary).to_contain_text("typical top activation")
     expect(page.locator("#patches img").first).to_be_visible()
+    expect(summary).not_to_contain_text("Regenerating")  # the card with its top images, not placeholders
     page.screenshot(path=str(shots / "explorer_features.png"), full_page=True)
     # one step control: the ranking, the card and the plots follow it, titles included
     choose(page, "#step", f"step 1 (timestep {session.bundle.stats[style_point].timesteps[1]})")
