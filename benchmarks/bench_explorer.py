@@ -80,13 +80,13 @@ def served(args) -> dict:
         wait_for_page(url, process)
         cold = time.perf_counter() - start
         client = Client(url, verbose=False)
-        table, *_ = client.predict("(none)", args.point, True, 0, 99.0, api_name="/rank_features")
+        table, *_ = client.predict("(none)", args.point, "all", 99.0, api_name="/rank_features")
         feature = table["data"][0][0]
         t = time.perf_counter()
-        client.predict(args.point, feature, "(none)", True, 0, api_name="/feature_card")
+        client.predict(args.point, str(feature), "(none)", "all", api_name="/feature_card")
         card_first = time.perf_counter() - t
-        card = timed(lambda: client.predict(args.point, feature, "(none)", True, 0, api_name="/feature_card"), args.repeats)
-        ablation = client.predict("[]", args.point, feature, 0, 0, 0, None, api_name="/add_ablation")
+        card = timed(lambda: client.predict(args.point, str(feature), "(none)", "all", api_name="/feature_card"), args.repeats)
+        ablation = client.predict("[]", args.point, str(feature), 4.0, 4.0, 0, "", None, api_name="/add_ablation")
         prompt = args.prompt
         seeds = iter(range(10_000, 10_000 + 10 * args.repeats))
         generation = timed(lambda: client.predict(prompt, next(seeds), args.steps, args.guidance, ablation, api_name="/generate"), args.repeats)

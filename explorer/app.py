@@ -20,10 +20,13 @@ from .session import ExplorerSession  # noqa: E402
 TITLE = "SAeUron Explorer"
 
 
-def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8) -> gr.Blocks:
+def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8, precompute_maps: bool = True) -> gr.Blocks:
     """The Blocks app for a loaded session. U-Net access is serialised inside the session, so
-    events may run concurrently (``concurrency`` per event)."""
+    events may run concurrently (``concurrency`` per event). ``precompute_maps``: start the UMAPs
+    in a background thread now (they hold no U-Net lock; the map view says when they are ready)."""
     ex = Explorer.build(session, map_cache_dir)
+    if precompute_maps:
+        ex.features.start_maps()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nModel `{session.sources.model}` · SAEs at {', '.join(f'`{p}`' for p in session.points)} · judge: {'yes' if session.judge else 'none'}")
         with gr.Tabs():
@@ -36,7 +39,7 @@ def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8
             with gr.Tab("Recipe", id="recipe"):
                 recipe_panel = recipe.layout(ex)
         features.wire(ex, features_panel, generate_panel.interventions, demo)
-        generate.wire(ex, generate_panel, recipe_panel.outputs)
+        generate.wire(ex, generate_panel, recipe_panel.outputs, features_panel.steer_mask)
         unlearn.wire(ex, unlearn_panel)
         recipe.wire(ex, recipe_panel, generate_panel, demo)
     demo.queue(default_concurrency_limit=concurrency)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -48,6 +49,20 @@ class ActiveFeature:
     feature: int
     activation: float
     top_concept: str
+
+
+CLOSED_VOCABULARY = 5000
+"""Tokenizers with fewer tokens than this have a closed vocabulary (the bundled model's knows only
+its prompt words), where a word that splits into pieces is one the model never saw."""
+
+
+def unknown_words(tokenizer, prompt: str) -> list[str]:
+    """Words of ``prompt`` that are not whole tokens of a closed-vocabulary tokenizer ([] for an
+    open vocabulary such as CLIP's, where rare words legitimately split into pieces)."""
+    if tokenizer is None or len(tokenizer) >= CLOSED_VOCABULARY:
+        return []
+    words = re.findall(r"[\w']+", prompt.lower())
+    return list(dict.fromkeys(w for w in words if len(tokenizer.tokenize(w)) != 1))
 
 
 class Editor:

@@ -93,7 +93,11 @@ class FeatureExplorer:
         self.map_cache_dir = Path(map_cache_dir) if map_cache_dir else Path.home() / ".cache" / "saeuron-explorer"
         self._scores: dict[str, tuple[tuple[str, ...], torch.Tensor]] = {}
         self._maps: dict[str, FeatureMap] = {}
-        self._lock = threading.RLock()
+        # Separate locks: a UMAP being computed (seconds) never holds up ranking or a card.
+        self._scores_lock = threading.Lock()
+        self._map_lock = threading.Lock()
+        self._map_errors: dict[str, str] = {}
+        self._map_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ facts
     def stats(self, point: str) -> FeatureStats:
@@ -116,7 +120,7 @@ class FeatureExplorer:
 
     def concept_scores(self, point: str) -> tuple[tuple[str, ...], torch.Tensor]:
         """Every concept of every kind and its score [n_concepts, T, n_latents] at ``point`` (cached)."""
-        with self._lock:
+        with self._scores_lock:
             if point not in self._scores:
                 stats = self.stats(point)
                 names, rows = [], []
@@ -127,6 +131,18 @@ class FeatureExplorer:
                         rows.append(score(by_kind, concept).float())
                 self._scores[point] = (tuple(names), torch.stack(rows))
             return self._scores[point]
+
+    def point_of(self, concept: str) -> str:
+        """The hook point of ``concept``'s kind (``saeuron.json``'s hook points)."""
+        bundle = self.session.bundle
+        return bundle.point_of_kind[bundle.kind_of(concept)]
+
+    def typical_top_activation(self, point: str, feature: int) -> float:
+        """Median of the feature's stored top activations (0 when it never fired): the unit of
+        steering strength, so that "1x" means "as strongly as where it fires most"."""
+        values = self.stats(point).top_values[self.check_feature(point, feature)].flatten().float()
+        values = values[values > 0]
+        return float(values.median()) if len(values) else 0.0
 
     def _scores_at(self, point: str, step: int | None) -> tuple[tuple[str, ...], torch.Tensor]:
         names, scores = self.concept_scores(point)
@@ -160,8 +176,17 @@ class FeatureExplorer:
 
     def selection_counts(self, point: str, concept: str, percentile: float) -> list[int]:
         """How many features the ``percentile`` threshold selects for ``concept`` at each step."""
+        return [len(ids) for ids in self.selection(point, concept, percentile)]
+
+    def selection(self, point: str, concept: str, percentile: float) -> list[list[int]]:
+        """The feature ids the ``percentile`` threshold selects for ``concept`` at each step."""
         percentile = check_float("percentile", percentile, 1e-9, 100 - 1e-9)
-        return [len(ids) for ids in select(self.concept_scores(point)[1][self._concept_index(point, concept)], percentile)]
+        return [ids.tolist() for ids in select(self.concept_scores(point)[1][self._concept_index(point, concept)], percentile)]
+
+    def concept_score_table(self, point: str, step: int | None, features: list[int]) -> torch.Tensor:
+        """[len(features), n_concepts] scores of ``features`` for every concept at ``step``."""
+        names, scores = self._scores_at(point, self.check_step(point, step))
+        return scores[:, features].T
 
     # ------------------------------------------------------------------ feature card
     def card(self, point: str, feature: int, step: int | None = None, concept: str | None = None, generate_images: bool = True) -> FeatureCard:
@@ -227,10 +252,34 @@ class FeatureExplorer:
     def feature_map(self, point: str) -> FeatureMap:
         """UMAP of the SAE's decoder directions, computed once per SAE and cached on disk."""
         self.session.check_point(point)
-        with self._lock:
+        with self._map_lock:
             if point not in self._maps:
                 self._maps[point] = self._compute_map(point)
             return self._maps[point]
+
+    def ready_map(self, point: str) -> FeatureMap | None:
+        """The map if it is computed already, else None (never waits for a computation)."""
+        self.session.check_point(point)
+        if point in self._map_errors:
+            raise SaeuronError(f"the UMAP of {point} failed: {self._map_errors[point]}")
+        return self._maps.get(point)
+
+    def start_maps(self) -> threading.Thread:
+        """Compute every hook point's map in a background thread (cached on disk for later starts).
+
+        It takes no U-Net lock; views ask ``ready_map`` and show "computing" until it is done."""
+
+        def work():
+            for point in self.session.points:
+                try:
+                    self.feature_map(point)
+                except Exception as e:  # reported by ready_map, never fatal to the app
+                    self._map_errors[point] = f"{type(e).__name__}: {e}"
+
+        if self._map_thread is None:
+            self._map_thread = threading.Thread(target=work, name="umap", daemon=True)
+            self._map_thread.start()
+        return self._map_thread
 
     def _compute_map(self, point: str) -> FeatureMap:
         w_dec = self.session.bundle.saes[point].W_dec.detach().float().numpy()

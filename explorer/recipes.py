@@ -116,13 +116,19 @@ def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tup
 
 
 def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits) -> Recipe:
+    steps = check_int("steps", recipe.steps, 1, limits.max_steps)
+    interventions = check_interventions(recipe.interventions, bundle, limits)
+    for i, iv in enumerate(interventions, 1):
+        # a window that starts after the last step would silently do nothing
+        if iv.steps is not None and iv.steps.start >= steps:
+            raise SaeuronError(f"intervention {i} starts at step {iv.steps.start}, but the generation has only {steps} steps (0 to {steps - 1})")
     return replace(
         recipe,
         prompt=check_prompt(recipe.prompt, limits),
         seed=check_int("seed", recipe.seed, 0, limits.max_seed),
-        steps=check_int("steps", recipe.steps, 1, limits.max_steps),
+        steps=steps,
         guidance=check_float("guidance", recipe.guidance, 0.0, limits.max_guidance),
-        interventions=check_interventions(recipe.interventions, bundle, limits),
+        interventions=interventions,
     )
 
 

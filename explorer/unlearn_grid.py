@@ -15,6 +15,7 @@ from saeuron_core.errors import SaeuronError
 from saeuron_core.minicanvas.evaluation import JudgedImage, removal_metrics
 from saeuron_core.interventions import Unlearn
 
+from .formatting import optional_number, percent, wilson_interval
 from .limits import check_float, check_int
 from .recipes import Recipe
 from .session import ExplorerSession
@@ -50,6 +51,9 @@ class UnlearnGrid:
     method: str = "saeuron"
     setup_seconds: float = 0.0
     """Wall time the removal took to set up (0 when it came from a cache)."""
+    counts_before: dict[str, dict[str, tuple[int, int]]] | None = None
+    """Per removed concept and metric: (successes, images) behind ``metrics_before``."""
+    counts_after: dict[str, dict[str, tuple[int, int]]] | None = None
 
 
 METHODS = ("saeuron", "uce", "esd")
@@ -67,7 +71,10 @@ class UnlearnAudit:
         return list(METHODS)
 
     def compare(self, concepts: list[str], methods: list[str], seed: int = 0, tau: float | None = None, gamma: float | None = None, progress=None) -> list[UnlearnGrid]:
-        """One grid per method on the same prompts and seed (the before images are shared)."""
+        """One grid per method on the same prompts and seed (the before images are shared).
+
+        ``tau`` / ``gamma`` may be None or empty text (the defaults table applies) or numbers."""
+        tau, gamma = optional_number("tau", tau), optional_number("gamma", gamma)
         methods = list(dict.fromkeys(methods or []))
         if not methods:
             raise SaeuronError(f"choose at least one method ({', '.join(METHODS)})")
@@ -75,6 +82,22 @@ class UnlearnAudit:
             if m not in METHODS:
                 raise SaeuronError(f"unknown method {m!r}; the panel offers {', '.join(METHODS)}")
         return [self.run(concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, method=m, progress=progress) for m in methods]
+
+    def best_default_concept(self) -> str | None:
+        """The concept the defaults table says it removes best (its "score"), so that the panel's
+        untouched defaults show a removal that works; else the first concept with defaults."""
+        table = self.session.bundle.defaults.get("concepts", {})
+        known = [c for c in self.concepts() if self._has_defaults(c)]
+        if not known:
+            return None
+        return max(known, key=lambda c: float(table.get(c, {}).get("score", 0.0)))
+
+    def _has_defaults(self, concept: str) -> bool:
+        try:
+            self.defaults(concept)
+        except SaeuronError:
+            return False
+        return True
 
     def defaults(self, concept: str) -> tuple[float, float]:
         """(tau, gamma) of ``concept`` in the bundled defaults table."""
@@ -85,6 +108,7 @@ class UnlearnAudit:
 
         ``progress(fraction, text)`` hears about ESD fine-tuning (the one slow set-up)."""
         session = self.session
+        tau, gamma = optional_number("tau", tau), optional_number("gamma", gamma)
         if method not in METHODS:
             raise SaeuronError(f"unknown method {method!r}; the panel offers {', '.join(METHODS)}")
         if session.judge is None:
@@ -119,7 +143,10 @@ class UnlearnAudit:
             after = session.images_with_removal(removal, jobs, steps, guidance)
         seen_before, seen_after = self._judge(before), self._judge(after)
         cells = [GridCell(o, s, role, b, a, vb, va) for (o, s, role), b, a, vb, va in zip(pairs, before, after, seen_before, seen_after)]
-        return UnlearnGrid(tuple(concepts), interventions, seed, cells, self._metrics(cells, concepts, "before_verdict"), self._metrics(cells, concepts, "after_verdict"), method, setup)
+        return UnlearnGrid(
+            tuple(concepts), interventions, seed, cells, self._metrics(cells, concepts, "before_verdict"), self._metrics(cells, concepts, "after_verdict"), method, setup,
+            self._counts(cells, concepts, "before_verdict"), self._counts(cells, concepts, "after_verdict"),
+        )
 
     def _pairs(self, concepts: list[str]) -> list[tuple[str, str, str]]:
         """(object, style, role) of the grid: half target prompts, half retained, within the cap."""
@@ -147,15 +174,89 @@ class UnlearnAudit:
         return list(zip(verdict["object"], verdict["style"]))
 
     @staticmethod
-    def _metrics(cells: list[GridCell], concepts: list[str], verdict: str) -> dict[str, dict[str, float]]:
-        """UA / IRA / CRA per removed concept, over the cells that show no other removed concept."""
+    def _records(cells: list[GridCell], concept: str, concepts: list[str], verdict: str) -> list[JudgedImage]:
+        """Judged cells for ``concept``'s metrics: those that show no other removed concept."""
+        others = set(concepts) - {concept}
+        return [JudgedImage(c.object_name, c.style, 0, *getattr(c, verdict)) for c in cells if not others & {c.object_name, c.style}]
+
+    @classmethod
+    def _counts(cls, cells: list[GridCell], concepts: list[str], verdict: str) -> dict[str, dict[str, tuple[int, int]]]:
+        """(successes, images) behind UA / IRA / CRA: the images each rate is taken over, as in
+        ``removal_metrics`` (UA: images showing the concept; IRA: the others; CRA: all)."""
         out = {}
         for concept in concepts:
-            others = set(concepts) - {concept}
-            records = [
-                JudgedImage(c.object_name, c.style, 0, *getattr(c, verdict))
-                for c in cells
-                if not others & {c.object_name, c.style}
-            ]
-            out[concept] = removal_metrics(records, concept)
+            records = cls._records(cells, concept, concepts, verdict)
+            kind = mc.concept_kind(concept)
+            shown = sum((r.style if kind == "style" else r.object_name) == concept for r in records)
+            sizes = {"UA": shown, "IRA": len(records) - shown, "CRA": len(records)}
+            rates = removal_metrics(records, concept)
+            out[concept] = {m: (round(rates[m] * n) if n else 0, n) for m, n in sizes.items()}
         return out
+
+    @classmethod
+    def _metrics(cls, cells: list[GridCell], concepts: list[str], verdict: str) -> dict[str, dict[str, float]]:
+        """UA / IRA / CRA per removed concept, over the cells that show no other removed concept."""
+        return {concept: removal_metrics(cls._records(cells, concept, concepts, verdict), concept) for concept in concepts}
+
+
+# --------------------------------------------------------------------------- tables and export
+METRIC_NAMES = {"UA": "unlearning accuracy", "IRA": "in-domain retain accuracy", "CRA": "cross-domain retain accuracy"}
+
+
+def verdict_rows(grids: list[UnlearnGrid]) -> list[dict]:
+    """One row per prompt and column of the matrix (before, then each method): what the judge saw."""
+    rows = []
+    for i, cell in enumerate(grids[0].cells):
+        rows.append({"row": i, "role": cell.role, "prompt": cell.prompt, "object": cell.object_name, "style": cell.style, "column": "before", "judged object": cell.before_verdict[0], "judged style": cell.before_verdict[1]})
+        for grid in grids:
+            after = grid.cells[i]
+            rows.append({"row": i, "role": cell.role, "prompt": cell.prompt, "object": cell.object_name, "style": cell.style, "column": grid.method, "judged object": after.after_verdict[0], "judged style": after.after_verdict[1]})
+    return rows
+
+
+def metric_rows(grids: list[UnlearnGrid]) -> list[dict]:
+    """One row per (concept, metric, column): the rate, its Wilson 95% interval and its counts.
+
+    The "before" column is measured once (the unedited images are shared by every method)."""
+    rows = []
+    first = grids[0]
+    columns = [("before", first.counts_before, 0.0)] + [(g.method, g.counts_after, g.setup_seconds) for g in grids]
+    for concept in first.concepts:
+        for metric in METRIC_NAMES:
+            for column, counts, setup in columns:
+                k, n = counts[concept][metric]
+                low, high = wilson_interval(k, n)
+                rows.append({"concept": concept, "metric": metric, "column": column, "successes": k, "images": n, "rate": k / n if n else None, "low95": low, "high95": high, "setup_s": round(setup, 2)})
+    return rows
+
+
+def to_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def grid_export(grids: list[UnlearnGrid]) -> dict:
+    """Everything the Unlearn view shows, as plain data (images left out): for JSON export."""
+    first = grids[0]
+    return {
+        "concepts": list(first.concepts),
+        "seed": first.seed,
+        "methods": [g.method for g in grids],
+        "interventions": [repr(iv) for g in grids for iv in g.interventions],
+        "verdicts": verdict_rows(grids),
+        "metrics": metric_rows(grids),
+    }
+
+
+def metric_cell(k: int, n: int) -> str:
+    """"62.5% (5/8)\\n[30.6–86.3%]": a rate, its counts and its Wilson 95% interval."""
+    if n == 0:
+        return "n/a (no images)"
+    low, high = wilson_interval(k, n)
+    return f"{percent(k / n)} ({k}/{n}) [{percent(low)}–{percent(high)}]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def free_port() -> int:
 def server(tiny_bundle, tmp_path_factory):
     r = tiny_bundle
     session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge"))
-    demo = build_app(session, tmp_path_factory.mktemp("maps"))
+    demo = build_app(session, tmp_path_factory.mktemp("maps"), precompute_maps=False)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield session, f"http://127.0.0.1:{port}/"
@@ -63,21 +64,23 @@ def generate(client, interventions="[]", prompt=PROMPT, seed=0):
 def test_rank_and_open_a_feature(server, client):
     session = server[0]
     point = session.points[0]
-    table, _scores, counts = client.predict("dots", point, False, 1, 95.0, api_name="/rank_features")
-    assert table["headers"] == ["feature", "score", "frequency", "top concept"]
-    scores = [row[1] for row in table["data"]]
+    table, _scores, counts = client.predict("dots", point, "1", 95.0, api_name="/rank_features")
+    assert table["headers"] == ["feature", "score", "active on", "top concept"]
+    scores = [float(row[1]) for row in table["data"]]
+    assert all(len(row[1].replace("-", "").replace(".", "").lstrip("0")) <= 3 for row in table["data"] if "e" not in row[1])  # 3 significant digits
+    assert all(row[2].endswith("%") for row in table["data"])
     assert scores == sorted(scores, reverse=True) and len(scores) == 50
     assert counts is not None  # a concept is chosen: the selection chart is drawn
     feature = table["data"][0][0]
-    summary, gallery, *_plots = client.predict(point, feature, "dots", False, 1, api_name="/feature_card")
+    summary, gallery, *_plots = client.predict(point, str(feature), "dots", "1", api_name="/feature_card")
     assert f"**Feature {feature}**" in summary and "step 1" in summary
     assert gallery and all(pixels(item["image"]).shape[0] >= 96 for item in gallery)
 
 
 def test_an_ablation_changes_the_image_and_its_recipe_reproduces_it(server, client):
     point = server[0].points[0]
-    table, *_ = client.predict("dots", point, True, 0, 95.0, api_name="/rank_features")
-    interventions = client.predict("[]", point, table["data"][0][0], 0, 0, 0, None, api_name="/add_ablation")
+    table, *_ = client.predict("dots", point, "all", 95.0, api_name="/rank_features")
+    interventions = client.predict("[]", point, str(table["data"][0][0]), 4.0, 4.0, 0, "", None, api_name="/add_ablation")
     assert json.loads(interventions)[0]["factor"] == 0.0
     plain_before, plain_after, _ = generate(client)
     assert np.array_equal(plain_before, plain_after)
@@ -96,7 +99,16 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
         ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [99999], "factor": 0}]' % point), "/generate", "feature id must be in"),
         ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 1e9}]' % point), "/generate", "scale factor must be in"),
         (("{broken",), "/import_recipe", "not valid JSON"),
-        ((point, 99999, None, True, 0), "/feature_card", "feature id must be in"),
+        ((point, "99999", None, "all"), "/feature_card", "feature id must be in"),
+        ((point, "", None, "all"), "/feature_card", "enter a feature id"),
+        ((point, "2.5", None, "all"), "/feature_card", "whole number"),
+        ((PROMPT, 0, 2.5, 4.0, "[]"), "/generate", "steps must be an integer"),
+        ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 0, "steps": [5, null]}]' % point), "/generate", "starts at step 5, but the generation has only 3 steps"),
+        (("[]", point, "99999", 4.0, 4.0, 0, "", None), "/add_ablation", "feature id must be in"),
+        (("[]", point, "1", 4.0, 4.0, 2, "1", None), "/add_steering", "until step must be after"),
+        ((["dots"], ["saeuron"], "abc", "", 0), "/unlearn_grid", "tau must be a number"),
+        ((["dots"], ["saeuron"], "99", "", 0), "/unlearn_grid", "give gamma too"),
+        ((PROMPT, 0, 3, 4.0, "[]", point, 9, 10.0, 10.0), "/features_at_patch", "step must be in"),
     ]
     for args, api, message in cases:
         with pytest.raises(Exception, match=message):
@@ -149,19 +161,52 @@ def test_steering_with_a_painted_mask(server, client, tmp_path):
     layer[:40, :40] = (255, 48, 48, 255)  # the top-left corner: token 0 only
     Image.fromarray(layer).save(tmp_path / "layer.png")
     painting = {"background": None, "layers": [handle_file(str(tmp_path / "layer.png"))], "composite": None}
-    added = json.loads(client.predict("[]", point, 3, 30.0, 1, 0, painting, api_name="/add_steering"))
-    assert added == [{"type": "Steer", "point": point, "features": [3], "strength": 30.0, "mask": [0], "steps": [1, None]}]
-    everywhere = json.loads(client.predict("[]", point, 3, 30.0, 0, 0, None, api_name="/add_steering"))
+    from explorer.features import FeatureExplorer
+
+    typical = FeatureExplorer(server[0]).typical_top_activation(point, 3)
+    added = json.loads(client.predict("[]", point, "3", 4.0, 30.0, 1, "", painting, api_name="/add_steering"))
+    assert added == [{"type": "Steer", "point": point, "features": [3], "strength": pytest.approx(30.0 * typical), "mask": [0], "steps": [1, None]}]
+    everywhere = json.loads(client.predict("[]", point, "3", 4.0, 30.0, 0, "", None, api_name="/add_steering"))
     assert everywhere[0]["mask"] is None and everywhere[0]["steps"] is None
     before, after, _ = generate(client, json.dumps(added))
     assert not np.array_equal(before, after)
 
 
 def test_unlearn_panel_compares_methods_side_by_side(client):
-    gallery, verdicts, metrics = client.predict(["dots"], ["saeuron", "uce"], None, None, 1, api_name="/unlearn_grid")
-    rows = verdicts["data"]
-    assert {r[2] for r in rows} == {"saeuron", "uce"}
-    assert gallery["columns"] == 3 and len(gallery["value"]) == 3 * (len(rows) // 2)  # per prompt: before + one after per method
-    assert [r[:2] for r in metrics["data"]] == [["dots", "saeuron"], ["dots", "uce"]]
+    matrix, metrics, files = client.predict(["dots"], ["saeuron", "uce"], None, None, 1, api_name="/unlearn_grid")
+    header = matrix[matrix.index("<thead>"):matrix.index("</thead>")]
+    assert [h for h in ("prompt", "before", "saeuron", "uce") if f"<th>{h}</th>" in header] == ["prompt", "before", "saeuron", "uce"]
+    rows = matrix.count("<tr class=\"u-")
+    assert matrix.count("<img ") == 3 * rows and matrix.index("u-target") < matrix.index("u-retained")
+    assert metrics["headers"] == ["concept", "metric", "before", "saeuron", "uce"]
+    assert [r[1].split()[0] for r in metrics["data"]] == ["UA", "IRA", "CRA"]
+    assert all(re.fullmatch(r"[\d.]+% \(\d+/\d+\) \[[\d.]+%–[\d.]+%\]", cell) for r in metrics["data"] for cell in r[2:])
+    names = sorted(Path(f).name for f in files)
+    assert names == ["unlearn_dots_seed1.json", "unlearn_dots_seed1_metrics.csv", "unlearn_dots_seed1_verdicts.csv"]
+    exported = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
+    assert exported["methods"] == ["saeuron", "uce"] and len(exported["verdicts"]) == 3 * rows
+    # the untouched tau / gamma fields send empty text: the defaults table applies
+    assert client.predict(["dots"], ["saeuron"], "", "", 1, api_name="/unlearn_grid")[0].count("<img ") == 2 * rows
     with pytest.raises(Exception, match="choose at least one method"):
         client.predict(["dots"], [], None, None, 1, api_name="/unlearn_grid")
+
+
+def test_features_at_patch_from_the_api(server, client):
+    point = server[0].points[0]
+    found = client.predict(PROMPT, 0, 3, 4.0, "[]", point, 2, 10.0, 10.0, api_name="/features_at_patch")
+    assert found and set(found[0]) == {"feature", "activation", "top_concept"}
+    assert [f["activation"] for f in found] == sorted((f["activation"] for f in found), reverse=True)
+
+
+def test_every_endpoint_answers_empty_input_with_a_clear_message(server, client):
+    """None in every field (what an API caller may send): a result or a one-line input error from
+    every named endpoint, never an internal error, and the server keeps serving."""
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/generate", "/features_at_patch", "/feature_card", "/unlearn_grid", "/rank_features"} <= set(endpoints)
+    for name, spec in endpoints.items():
+        args = [None] * len(spec["parameters"])
+        try:
+            client.predict(*args, api_name=name)
+        except Exception as e:
+            assert "internal error" not in str(e) and "Traceback" not in str(e), f"{name}: {e}"
+    assert generate(client)[0].shape == (256, 256, 3)

@@ -1,7 +1,11 @@
-"""A real Chromium (Debian's ``chromium``, driven by Playwright) clicks through the explorer:
-pick a concept, open a feature, add it as an ablation, generate, see the before/after pair, click
-a patch of the edited image; and a recipe URL restores the Generate panel. The screenshot goes to
-$SAEURON_SCREENSHOTS (default: the test's temporary folder)."""
+"""A real Chromium (Debian's ``chromium``, driven by Playwright) clicks through every workflow of
+the explorer with every field at its default, and checks what appears: rank features for a style,
+open a feature card, ablate a feature and see before / after, steer with the default strength,
+click a patch, export and restore a recipe, run Unlearn untouched.
+
+Screenshots of each panel go to $SAEURON_SCREENSHOTS (default: the test's temporary folder).
+With SAEURON_EXPLORER_BUNDLED=1 the app runs the bundled MiniCanvas model instead of the tiny
+random one (the README's screenshots: ``SAEURON_SCREENSHOTS=results``)."""
 
 from __future__ import annotations
 
@@ -14,53 +18,183 @@ import pytest
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")]
 
-from test_explorer_app import server  # noqa: E402,F401  (the in-process app fixture)
+from test_explorer_app import free_port, server  # noqa: E402,F401  (the in-process app fixture)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+expect = sync_api.expect
+expect.set_options(timeout=120_000)  # a shared 2-core machine: generations take seconds
 
 
-def test_click_through_concept_feature_ablation_generate(server, tmp_path):  # noqa: F811
-    session, url = server
-    shots = Path(os.environ.get("SAEURON_SCREENSHOTS", tmp_path))
+@pytest.fixture(scope="module")
+def app_url(request, tmp_path_factory):
+    """The tiny app (shared fixture), or the bundled model's with SAEURON_EXPLORER_BUNDLED=1."""
+    if os.environ.get("SAEURON_EXPLORER_BUNDLED") != "1":
+        yield request.getfixturevalue("server")
+        return
+    from explorer.app import build_app
+    from explorer.session import ExplorerSession
+
+    session = ExplorerSession.open()
+    demo = build_app(session, tmp_path_factory.mktemp("maps"))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield session, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("SAEURON_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture()
+def page(app_url):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(url)
-        page.locator("#concept input").click()
-        page.get_by_role("option", name="dots", exact=True).click()
-        first_cell = page.locator("#ranked [role=row] [role=gridcell]").first
-        sync_api.expect(first_cell).not_to_be_empty()
-        feature = first_cell.inner_text().strip()
-        first_cell.click()
-        sync_api.expect(page.get_by_text(f"Feature {feature}", exact=False).first).to_be_visible()
-        sync_api.expect(page.locator("#patches img").first).to_be_visible()
-        page.locator("#add-ablation").click()
-        page.get_by_role("tab", name="Generate").click()
-        sync_api.expect(page.locator("#interventions")).to_contain_text('"factor": 0.0')
-        page.locator("#generate").click()
-        before, after = page.locator("#before img"), page.locator("#after img")
-        sync_api.expect(after).to_be_visible()
-        sync_api.expect(before).to_be_visible()
-        assert before.get_attribute("src") != after.get_attribute("src")
-        after.click(position={"x": 20, "y": 20})  # the features active at that patch
-        sync_api.expect(page.locator("#active [role=row] [role=gridcell]").first).not_to_be_empty()
-        page.screenshot(path=str(shots / "explorer_before_after.png"), full_page=True)
+        page.set_default_timeout(120_000)
+        yield page
         browser.close()
-    assert (shots / "explorer_before_after.png").stat().st_size > 10_000
 
 
-def test_a_recipe_url_restores_the_generate_panel(server):  # noqa: F811
-    session, url = server
+def choose(page, dropdown: str, option: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def open_first_ranked_feature(page, url) -> str:
+    page.goto(url)
+    first = page.locator("#ranked [role=row] [role=gridcell]").first
+    expect(first).not_to_be_empty()  # the ranking on arrival is done
+    choose(page, "#concept", "style · dots")
+    expect(page.locator("#scores-plot")).to_contain_text("Score for dots")
+    feature = first.inner_text().strip()
+    first.click()
+    expect(page.locator("#card-summary")).to_contain_text(f"Feature {feature}")
+    return feature
+
+
+def test_rank_features_for_a_style_and_open_its_card(app_url, page, shots):
+    session, url = app_url
+    style_point = session.bundle.point_of_kind["style"]
+    page.goto(url)
+    expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()  # ranked on arrival
+    choose(page, "#concept", "style · dots")
+    expect(page.locator("#point input")).to_have_value(style_point)  # the style's hook point follows
+    expect(page.locator("#scores-plot")).to_contain_text("Score for dots, all steps")
+    cells = page.locator("#ranked [role=row] [role=gridcell]")
+    assert cells.nth(2).inner_text().strip().endswith("%")  # "active on" as a percentage
+    feature = cells.first.inner_text().strip()
+    cells.first.click()
+    summary = page.locator("#card-summary")
+    expect(summary).to_contain_text(f"Feature {feature}")
+    expect(summary).to_contain_text("typical top activation")
+    expect(page.locator("#patches img").first).to_be_visible()
+    expect(summary).not_to_contain_text("Regenerating")  # the card with its top images, not placeholders
+    page.screenshot(path=str(shots / "explorer_features.png"), full_page=True)
+    # one step control: the ranking, the card and the plots follow it, titles included
+    choose(page, "#step", f"step 1 (timestep {session.bundle.stats[style_point].timesteps[1]})")
+    expect(page.locator("#scores-plot")).to_contain_text("Score for dots, step 1")
+    expect(summary).to_contain_text("step 1 (timestep")
+    expect(page.locator("#concept-bars")).to_contain_text("step 1")
+
+
+def test_open_feature_with_an_empty_id_says_so_at_the_field(app_url, page):
+    page.goto(app_url[1])
+    page.locator("#open-feature").click()
+    expect(page.get_by_text("enter a feature id").first).to_be_visible()
+    expect(page.locator("#card-summary")).not_to_contain_text("Feature 0")
+
+
+def test_ablate_a_feature_and_see_before_after_then_click_a_patch(app_url, page, shots):
+    open_first_ranked_feature(page, app_url[1])
+    page.locator("#add-ablation").click()
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#intervention-table")).to_contain_text("ablate")
+    page.locator("#generate").click()
+    expect(page.locator("#before img")).to_be_visible()
+    expect(page.get_by_text("Largest pixel change")).to_be_visible()
+    before, after = page.locator("#before img"), page.locator("#after img")
+    assert before.get_attribute("src") != after.get_attribute("src")
+    after.click(position={"x": 40, "y": 40})  # the features active at that patch
+    expect(page.locator("#active [role=row] [role=gridcell]").first).not_to_be_empty()
+    page.screenshot(path=str(shots / "explorer_generate.png"), full_page=True)
+
+
+def test_steer_with_the_default_strength_changes_the_image(app_url, page, shots):
+    open_first_ranked_feature(page, app_url[1])
+    page.locator("#add-steering").click()  # strength untouched: 4x the typical top activation
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#intervention-table")).to_contain_text("steer")
+    page.locator("#generate").click()
+    note = page.get_by_text("Largest pixel change")
+    expect(note).to_be_visible()
+    changed = float(note.inner_text().split(":")[1].split("%")[0])
+    assert changed > 1.0, f"default steering changed the image by only {changed}%"
+
+
+def test_export_and_restore_a_recipe(app_url, page, shots):
+    page.goto(app_url[1])
+    page.get_by_role("tab", name="Generate").click()
+    prompt = page.locator("#prompt textarea").input_value()
+    page.locator("#generate").click()
+    expect(page.get_by_text("No interventions")).to_be_visible()
+    page.get_by_role("tab", name="Recipe").click()
+    recipe = page.locator("#recipe-json")
+    expect(recipe).to_contain_text('"format": "saeuron-recipe/1"')
+    text = page.evaluate("() => document.querySelector('#recipe-json .cm-content').innerText")
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill("An image of something else.")
+    page.get_by_role("tab", name="Recipe").click()
+    page.locator("#recipe-import .cm-content").fill(text)
+    page.locator("#import-recipe").click()
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#prompt textarea")).to_have_value(prompt)
+    page.get_by_role("tab", name="Recipe").click()
+    page.screenshot(path=str(shots / "explorer_recipe.png"), full_page=True)
+
+
+def test_unlearn_with_every_field_untouched(app_url, page, shots):
+    page.goto(app_url[1])
+    page.get_by_role("tab", name="Unlearn").click()
+    expect(page.locator("#unlearn-tau input, #unlearn-tau textarea").first).to_have_value("")
+    page.locator("#unlearn").click()
+    matrix = page.locator("#unlearn-matrix table")
+    expect(matrix).to_be_visible()
+    rows = matrix.locator("tbody tr")
+    assert rows.count() >= 2 and matrix.locator("tbody tr img").count() == 2 * rows.count()  # before + saeuron
+    expect(matrix.locator("thead")).to_contain_text("before")
+    expect(matrix.locator("tbody tr").first).to_contain_text("target")
+    expect(page.locator("#unlearn-metrics")).to_contain_text("UA (unlearning accuracy)")
+    expect(page.locator("#unlearn-metrics")).to_contain_text("%")
+    for suffix in ("_verdicts.csv", "_metrics.csv", ".json"):  # downloadable exports
+        expect(page.locator(f"#unlearn-exports a[href$='{suffix}']")).to_have_count(1)
+    page.screenshot(path=str(shots / "explorer_unlearn.png"), full_page=True)
+
+
+def test_a_recipe_url_restores_the_generate_panel(app_url, page):
+    session, url = app_url
     query = "prompt=An+image+of+heart+in+rings+style.&seed=7&steps=2&guidance=3.0&interventions=" + '[{"type":"ScaleFeatures","point":"%s","features":[4],"factor":0.0}]' % session.points[0]
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(url + "?" + query.replace('"', "%22").replace(" ", "%20"))
-        page.get_by_role("tab", name="Generate").click()
-        sync_api.expect(page.locator("#prompt textarea")).to_have_value("An image of heart in rings style.")
-        sync_api.expect(page.locator("#interventions")).to_contain_text('"features": [')
-        browser.close()
+    page.goto(url + "?" + query.replace('"', "%22").replace(" ", "%20"))
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#prompt textarea")).to_have_value("An image of heart in rings style.")
+    expect(page.locator("#intervention-table")).to_contain_text("ablate")
+
+
+def test_the_intervention_editor_toggles_and_deletes_rows(app_url, page):
+    open_first_ranked_feature(page, app_url[1])
+    page.locator("#add-ablation").click()
+    page.get_by_role("tab", name="Generate").click()
+    rows = page.locator("#intervention-table [role=row][data-index]")
+    expect(rows).to_have_count(1)
+    page.locator("#intervention-table [data-testid=cell-0-0] input[type=checkbox]").click()  # switch it off
+    page.locator("#generate").click()
+    expect(page.get_by_text("No interventions")).to_be_visible()  # the row that is off is not applied
+    expect(rows).to_have_count(1)  # but kept
+    page.locator("#intervention-table [data-testid=cell-0-3]").click()
+    page.locator("#delete-intervention").click()
+    expect(rows).to_have_count(0)

@@ -312,3 +312,114 @@ def test_a_card_without_image_generation_uses_only_cached_images(ex, point):
     again = ex.features.card(point, feature, 2, generate_images=False)
     assert not any(p.placeholder for p in again.patches)
     assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(again.patches, full.patches))
+
+
+# --------------------------------------------------------------------------- formatting and fields
+def test_wilson_interval_matches_the_textbook_values():
+    from explorer.formatting import wilson_interval
+
+    assert wilson_interval(5, 8) == pytest.approx((0.3057, 0.8632), abs=1e-4)  # Newcombe (1998), table I
+    assert wilson_interval(0, 4) == pytest.approx((0.0, 0.4899), abs=1e-4)
+    assert wilson_interval(4, 4) == pytest.approx((0.5101, 1.0), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(SaeuronError, match="successes <= n"):
+        wilson_interval(5, 4)
+
+
+def test_numbers_are_shown_with_three_significant_digits_and_rates_as_percentages():
+    from explorer.formatting import percent, rate_with_interval, sig3
+
+    assert [sig3(v) for v in (0.028053712, 12345.678, 3, 2.0, None)] == ["0.0281", "1.23e+04", "3", "2", ""]
+    assert [percent(v) for v in (0.0503, 1.0, 0.375, 0.0)] == ["5.03%", "100%", "37.5%", "0%"]
+    assert rate_with_interval(5, 8) == "62.5% [30.6%, 86.3%] (5/8)"
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("", None), ("  ", None), ("3", 3.0), (" -2.5 ", -2.5), (7, 7.0)])
+def test_empty_optional_numbers_are_none(value, expected):
+    from explorer.formatting import optional_number
+
+    assert optional_number("tau", value) == expected
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: __import__("explorer.formatting").formatting.optional_number("tau", "abc"), "tau must be a number"),
+    (lambda: __import__("explorer.formatting").formatting.optional_number("tau", float("nan")), "finite number"),
+    (lambda: __import__("explorer.formatting").formatting.optional_int("feature id", "2.5"), "whole number"),
+])
+def test_bad_optional_numbers_name_the_field(call, message):
+    with pytest.raises(SaeuronError, match=message):
+        call()
+
+
+def test_unlearn_grid_counts_agree_with_its_rates_and_export(ex):
+    from explorer.unlearn_grid import grid_export, metric_rows, to_csv, verdict_rows
+
+    grid = ex.audit.run(["dots"], seed=3, tau="", gamma="")  # empty fields: the defaults table
+    for when in ("before", "after"):
+        counts, rates = getattr(grid, f"counts_{when}")["dots"], getattr(grid, f"metrics_{when}")["dots"]
+        for metric, (k, n) in counts.items():
+            assert n > 0 and k / n == pytest.approx(rates[metric])
+    assert counts["CRA"][1] == len(grid.cells) and counts["UA"][1] == sum(c.role == "target" for c in grid.cells)
+    rows = metric_rows([grid])
+    assert {(r["column"], r["metric"]) for r in rows} == {(c, m) for c in ("before", "saeuron") for m in ("UA", "IRA", "CRA")}
+    assert all(r["low95"] <= (r["rate"] or 0) <= r["high95"] for r in rows)
+    assert len(verdict_rows([grid])) == 2 * len(grid.cells)
+    assert to_csv(rows).splitlines()[0] == "concept,metric,column,successes,images,rate,low95,high95,setup_s"
+    assert grid_export([grid])["methods"] == ["saeuron"]
+
+
+def test_steering_unit_is_the_features_typical_top_activation(ex, point):
+    stats = ex.session.bundle.stats[point]
+    feature = ex.features.rank(point, "dots", limit=1)[0].feature
+    stored = stats.top_values[feature].flatten()
+    assert ex.features.typical_top_activation(point, feature) == pytest.approx(float(stored[stored > 0].median()))
+
+
+def test_a_concept_selects_its_kinds_hook_point(ex):
+    bundle = ex.session.bundle
+    for concept in ("dots", "star"):
+        assert ex.features.point_of(concept) == bundle.point_of_kind[bundle.kind_of(concept)]
+
+
+def test_the_map_is_computed_in_the_background_without_blocking_ranking(ex, point, tmp_path):
+    fresh = Explorer.build(ex.session, tmp_path).features
+    assert fresh.ready_map(point) is None  # not computed yet: the view says so instead of waiting
+    thread = fresh.start_maps()
+    fresh.rank(point, "dots")  # ranking does not wait for the map
+    thread.join(300)
+    assert fresh.ready_map(point) is not None
+
+
+def test_unknown_words_are_found_only_for_a_closed_vocabulary(ex):
+    from explorer.editing import unknown_words
+
+    tokenizer = ex.session.pipe.tokenizer
+    assert unknown_words(tokenizer, "An image of star in dots style.") == []
+    assert unknown_words(tokenizer, "An image of a zebra in dots style.") == ["zebra"]
+
+
+def test_the_intervention_table_keeps_rows_that_are_off_and_checks_edits(point):
+    import json
+
+    from explorer import intervention_table as table
+
+    ablate = json.dumps([{"type": "ScaleFeatures", "point": point, "features": [3], "factor": 0.0}])
+    rows = table.synced_rows(ablate, [])
+    assert [r[:7] for r in rows] == [[True, "ablate", point, "3", "0", "0", ""]]
+    rows[0][0] = False  # switched off: the JSON drops it, the table keeps it
+    rows, text = table.edited(rows)
+    assert json.loads(text) == [] and len(rows) == 1 and table.synced_rows(text, rows) is None
+    grown = json.dumps([{"type": "Steer", "point": point, "features": [1], "strength": 2.5}])
+    rows = table.synced_rows(grown, rows)  # an added intervention is appended after the one that is off
+    assert [r[0] for r in rows] == [False, True] and rows[1][1] == "steer"
+    rows[1][4], rows[1][6] = "5", "2"
+    rows, text = table.edited(rows)
+    assert json.loads(text)[0]["strength"] == 5.0 and json.loads(text)[0]["steps"] == [0, 2]
+    rows, text = table.without(rows, 1)
+    assert len(rows) == 1 and json.loads(text) == []
+    bad = [list(rows[0])]
+    bad[0][3] = "x"
+    with pytest.raises(SaeuronError, match="row 1: features must be whole numbers"):
+        table.edited(bad)
+    with pytest.raises(SaeuronError, match="select a row"):
+        table.without(rows, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import uuid
 
 import gradio as gr
@@ -11,16 +12,30 @@ import gradio as gr
 from saeuron_core.errors import SaeuronError
 
 
+log = logging.getLogger("saeuron.explorer")
+
+
+def _as_ui_error(e: Exception) -> gr.Error:
+    if isinstance(e, SaeuronError):
+        return gr.Error(str(e))
+    # a bug, not bad input: logged with its traceback, reported in one line, the server keeps serving
+    log.exception("internal error in an explorer event")
+    return gr.Error(f"internal error ({type(e).__name__}: {e}); the server keeps serving")
+
+
 def ui_errors(fn):
-    """Show the library's input errors as a visible ``gr.Error``; the server keeps serving."""
+    """Show every error as a visible one-line ``gr.Error`` (input errors as they are, anything
+    else as an internal error); no event raises an unhandled exception."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def streaming(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except SaeuronError as e:
-                raise gr.Error(str(e)) from None
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise _as_ui_error(e) from None
 
         return streaming
 
@@ -28,10 +43,50 @@ def ui_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SaeuronError as e:
-            raise gr.Error(str(e)) from None
+        except gr.Error:
+            raise
+        except Exception as e:
+            raise _as_ui_error(e) from None
 
     return wrapper
+
+
+def fail(message: str):
+    """Raise ``SaeuronError(message)`` (usable inside an expression)."""
+    raise SaeuronError(message)
+
+
+def validator(checks: dict):
+    """A Gradio event ``validator``: ``checks`` maps an input's position to a function of all
+    input values that raises ``SaeuronError``; its message is shown at that input, and the event
+    does not run."""
+
+    def validate(*values):
+        out = []
+        for i in range(len(values)):
+            message = ""
+            if i in checks:
+                try:
+                    checks[i](values)
+                except SaeuronError as e:
+                    message = str(e)
+                except Exception as e:  # a check must never break the page
+                    message = f"cannot check this field ({type(e).__name__}: {e})"
+            out.append(gr.validate(not message, message))
+        return out
+
+    return validate
+
+
+def grouped_concepts(bundle, concepts) -> list[tuple[str, str]]:
+    """(label, concept) choices grouped by kind ("object · star", then "style · dots")."""
+    kinds = {}
+    for concept in concepts:
+        try:
+            kinds.setdefault(bundle.kind_of(concept), []).append(concept)
+        except SaeuronError:
+            kinds.setdefault("other", []).append(concept)
+    return [(f"{kind} · {c}", c) for kind in sorted(kinds) for c in kinds[kind]]
 
 
 

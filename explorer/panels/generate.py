@@ -6,16 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
+from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import ScaleFeatures
 
 from ..context import Explorer
-from ..editing import Preview
+from ..editing import Preview, unknown_words
 from ..imaging import upscale, upscale_factor
 from ..recipes import Recipe, recipe_to_json, recipe_to_python, recipe_to_query
 from ..zerogpu import gpu
-from . import served, ui_errors
+from .. import intervention_table as table
+from ..formatting import sig3
+from ..limits import check_int, check_prompt
+from . import served, ui_errors, validator
 from .features import append_intervention, parse_interventions
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
@@ -38,18 +43,32 @@ class GeneratePanel:
     patch_point: gr.Dropdown
     patch_step: gr.Slider
     active: gr.Dataframe
+    prompt_note: gr.Markdown
+    editor: gr.Dataframe
+    delete_button: gr.Button
+    selected_row: gr.State
 
 
 def layout(ex: Explorer) -> GeneratePanel:
     info, limits = ex.session.info, ex.session.limits
     example = f"An image of {info.objects[0]} in {info.styles[0]} style." if info.objects and info.styles else "A photo of a cat."
     with gr.Row():
-        prompt = gr.Textbox(example, label="Prompt", max_length=limits.max_prompt_chars, elem_id="prompt", scale=3)
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(example, label="Prompt", max_length=limits.max_prompt_chars, elem_id="prompt")
+            prompt_note = gr.Markdown(elem_id="prompt-note")
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-        steps = gr.Slider(1, limits.max_steps, value=info.default_steps, step=1, label="Steps")
-        guidance = gr.Slider(0, limits.max_guidance, value=info.default_guidance, step=0.5, label="Guidance")
-    interventions = gr.Code("[]", language="json", label="Interventions (add them from the feature card, or edit)", interactive=True, elem_id="interventions")
+        steps = gr.Slider(1, limits.max_steps, value=info.default_steps, step=1, label="Steps", elem_id="steps")
+        guidance = gr.Slider(0, limits.max_guidance, value=info.default_guidance, step=0.5, label="Guidance", elem_id="guidance")
+    editor = gr.Dataframe(
+        value=pd.DataFrame(columns=table.COLUMNS), headers=table.COLUMNS, datatype=table.DATATYPES, interactive=True,
+        static_columns=[1, 2, 7, 8], column_widths=["6%", "8%", "17%", "12%", "9%", "8%", "8%", "10%", "22%"], show_row_numbers=True,
+        label="Interventions: add them from the feature card; toggle 'on', edit features, value (scale factor or steering strength) and steps; select a row to delete it",
+        elem_id="intervention-table",
+    )
+    with gr.Accordion("Interventions as JSON (what the recipe holds: the rows that are on)", open=False):
+        interventions = gr.Code("[]", language="json", label="Interventions (JSON)", interactive=True, elem_id="interventions")
     with gr.Row():
+        delete_button = gr.Button("Delete selected row", elem_id="delete-intervention")
         clear_button = gr.Button("Clear interventions")
         generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
     with gr.Row():
@@ -59,22 +78,39 @@ def layout(ex: Explorer) -> GeneratePanel:
     note = gr.Markdown()
     with gr.Row():
         patch_point = gr.Dropdown(ex.session.points, value=ex.session.points[0], label="Hook point of the clicked patch")
-        patch_step = gr.Slider(0, limits.max_steps - 1, value=0, step=1, label="Step of the clicked patch")
+        patch_step = gr.Slider(0, info.default_steps - 1, value=info.default_steps - 1, step=1, label="Step of the clicked patch (follows the steps above)", elem_id="patch-step")
     active = gr.Dataframe(headers=ACTIVE_COLUMNS, interactive=False, label="Features active at the clicked patch (select one to ablate it)", elem_id="active")
-    return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active)
+    return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active, prompt_note, editor, delete_button, gr.State(None))
 
 
 def read_recipe(ex: Explorer, prompt, seed, steps, guidance, interventions) -> Recipe:
+    """The fields as a recipe; numbers are passed on as given (2.5 steps is refused, not rounded)."""
     base = ex.session.default_recipe(prompt)
-    return Recipe(prompt, int(seed) if seed is not None else 0, int(steps), float(guidance), tuple(parse_interventions(interventions)), base.model, base.sae, base.stats)
+    return ex.session.complete(Recipe(prompt, seed, steps, guidance, tuple(parse_interventions(interventions)), base.model, base.sae, base.stats))
 
 
-def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list) -> None:
+def prompt_warning(ex: Explorer, prompt) -> str:
+    words = unknown_words(ex.session.pipe.tokenizer, prompt) if isinstance(prompt, str) else []
+    if not words:
+        return ""
+    return f"⚠️ Not in the model's vocabulary (the model has not learned them): {', '.join(repr(w) for w in words)}"
+
+
+def mask_canvas(image):
+    """The steering mask's canvas with ``image`` (the generated image) under it, nothing painted."""
+    if image is None:
+        return gr.skip()
+    return {"background": np.asarray(image.convert("RGBA").resize((DISPLAY_SIDE, DISPLAY_SIDE))), "layers": [], "composite": None}
+
+
+def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) -> None:
     recipe_inputs = [p.prompt, p.seed, p.steps, p.guidance, p.interventions]
 
     @gpu
     @ui_errors
     def generate(prompt, seed, steps, guidance, interventions, request: gr.Request):
+        if warning := prompt_warning(ex, prompt):
+            gr.Warning(warning)
         for update in ex.editor.stream(read_recipe(ex, prompt, seed, steps, guidance, interventions)):
             if isinstance(update, Preview):
                 yield gr.skip(), served(upscale(update.image, DISPLAY_SIDE)), gr.skip(), f"Step {update.step + 1} of {steps}…", gr.skip(), gr.skip(), gr.skip()
@@ -85,21 +121,80 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list) -> None:
             yield (served(upscale(update.before, DISPLAY_SIDE), recipe_to_json(recipe.with_interventions(()))), served(upscale(update.after, DISPLAY_SIDE), recipe_json), served(upscale(update.difference, DISPLAY_SIDE)), note,
                    recipe_json, page_url(request) + "?" + recipe_to_query(recipe), recipe_to_python(recipe, ex.session.sources.defaults))
 
+    def features_at(prompt, seed, steps, guidance, interventions, point, step, x, y):
+        side = ex.session.info.image_size * upscale_factor(ex.session.info.image_size, DISPLAY_SIDE)  # the shown image
+        return ex.editor.features_at(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, step, x, y, (side, side))
+
     @gpu
     @ui_errors
-    def features_at(prompt, seed, steps, guidance, interventions, point, step, evt: gr.SelectData):
-        x, y = evt.index
-        side = ex.session.info.image_size * upscale_factor(ex.session.info.image_size, DISPLAY_SIDE)  # the shown image
-        found = ex.editor.features_at(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, int(step), x, y, (side, side))
-        return pd.DataFrame([[f.feature, f.activation, f.top_concept] for f in found], columns=ACTIVE_COLUMNS)
+    def features_at_click(prompt, seed, steps, guidance, interventions, point, step, evt: gr.SelectData):
+        if evt is None or not evt.index:
+            raise SaeuronError("click a patch of the edited image")
+        found = features_at(prompt, seed, steps, guidance, interventions, point, step, *evt.index[:2])
+        return pd.DataFrame([[f.feature, sig3(f.activation), f.top_concept] for f in found], columns=ACTIVE_COLUMNS)
+
+    @gpu
+    @ui_errors
+    def features_at_patch(prompt: str, seed: int, steps: int, guidance: float, interventions: str, point: str, step: int, x: float, y: float) -> list[dict]:
+        """Features active at pixel (x, y) of the 256-px edited image, at denoising ``step``:
+        [{"feature", "activation", "top_concept"}], strongest first."""
+        return [{"feature": f.feature, "activation": f.activation, "top_concept": f.top_concept} for f in features_at(prompt, seed, steps, guidance, interventions, point, step, x, y)]
+
+    def follow_steps(steps, step):
+        """The patch inspector's step range follows the generation's steps."""
+        try:
+            last = max(int(steps) - 1, 0)
+        except (TypeError, ValueError):
+            return gr.skip()
+        return gr.Slider(minimum=0, maximum=max(last, 1), value=min(int(step or 0), last) if step is not None else last)
+
+    def generate_checks():
+        def steps_ok(v):
+            check_int("steps", v[2], 1, ex.session.limits.max_steps)
+
+        def interventions_ok(v):
+            read_recipe(ex, v[0] if isinstance(v[0], str) and v[0].strip() else "x", v[1] if v[1] is not None else 0, v[2], v[3], v[4])
+
+        return validator({0: lambda v: check_prompt(v[0], ex.session.limits), 1: lambda v: check_int("seed", v[1], 0, ex.session.limits.max_seed), 2: steps_ok, 4: interventions_ok})
 
     @ui_errors
     def ablate_row(current, point, table, evt: gr.SelectData):
         return append_intervention(current, ScaleFeatures((int(table.iloc[evt.index[0], 0]),), 0.0, None, point))
 
-    p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8)
-    p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions")
-    p.after.select(features_at, [*recipe_inputs, p.patch_point, p.patch_step], p.active, api_name="features_at_patch", concurrency_id="unet")
+    generated = p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8, validator=generate_checks())
+    if steer_mask is not None:  # the mask is painted over the image being steered
+        generated.success(mask_canvas, p.before, steer_mask, api_visibility="private")
+    p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions").then(lambda: pd.DataFrame(columns=table.COLUMNS), None, p.editor, api_visibility="private")
+
+    def rows_of(frame) -> list[list]:
+        return [] if frame is None else frame.values.tolist()
+
+    @ui_errors
+    def sync_editor(text, frame):
+        rows = table.synced_rows(text, rows_of(frame))
+        return gr.skip() if rows is None else pd.DataFrame(rows, columns=table.COLUMNS)
+
+    @ui_errors
+    def apply_edits(frame):
+        rows, text = table.edited(rows_of(frame))
+        return pd.DataFrame(rows, columns=table.COLUMNS), text
+
+    def select_row(evt: gr.SelectData):
+        return evt.index[0] if evt is not None and evt.index else None
+
+    @ui_errors
+    def delete_row(frame, index):
+        rows, text = table.without(rows_of(frame), index)
+        return pd.DataFrame(rows, columns=table.COLUMNS), text, None
+
+    p.interventions.change(sync_editor, [p.interventions, p.editor], p.editor, api_visibility="private")
+    p.editor.input(apply_edits, p.editor, [p.editor, p.interventions], api_visibility="private")
+    p.editor.select(select_row, None, p.selected_row, api_visibility="private")
+    p.delete_button.click(delete_row, [p.editor, p.selected_row], [p.editor, p.interventions, p.selected_row], api_visibility="private")
+    p.after.select(features_at_click, [*recipe_inputs, p.patch_point, p.patch_step], p.active, api_visibility="private", concurrency_id="unet")
+    gr.api(features_at_patch, api_name="features_at_patch", concurrency_id="unet")
+    p.steps.change(follow_steps, [p.steps, p.patch_step], p.patch_step, api_visibility="private")
+    p.prompt.change(lambda prompt: prompt_warning(ex, prompt), p.prompt, p.prompt_note, api_visibility="private")
     p.active.select(ablate_row, [p.interventions, p.patch_point, p.active], p.interventions, api_visibility="private")
 
 

@@ -1,10 +1,17 @@
-"""Unlearn panel: concepts and methods (SAeUron, UCE, ESD; tau and gamma for SAeUron); target and
-retained prompts before and after each method side by side, the judge's verdicts and UA / IRA /
-CRA of that grid per method."""
+"""Unlearn panel: concepts and methods (SAeUron, UCE, ESD; tau and gamma for SAeUron); a matrix of
+prompts (rows: target, then retained) by columns (before, then each method) with the judge's
+verdict under every image; UA / IRA / CRA per method as percentages with Wilson 95% intervals;
+CSV and JSON export."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -12,12 +19,14 @@ import pandas as pd
 from saeuron_core.errors import SaeuronError
 
 from ..context import Explorer
+from ..formatting import optional_number
 from ..imaging import upscale
+from ..unlearn_grid import METRIC_NAMES, UnlearnGrid, grid_export, metric_cell, metric_rows, to_csv, verdict_rows
 from ..zerogpu import gpu
-from . import served, ui_errors
+from . import fail, grouped_concepts, ui_errors, validator
 
-VERDICT_COLUMNS = ["role", "prompt", "method", "judged before", "judged after"]
-METRIC_COLUMNS = ["concept", "method", "UA before", "UA after", "IRA before", "IRA after", "CRA before", "CRA after", "set-up s"]
+CELL_SIDE = 160
+"""Shown side of each image in the matrix (integer upscaling of the model's images)."""
 
 
 @dataclass
@@ -25,60 +34,116 @@ class UnlearnPanel:
     concepts: gr.Dropdown
     methods: gr.CheckboxGroup
     defaults: gr.Markdown
-    tau: gr.Number
-    gamma: gr.Number
+    tau: gr.Textbox
+    gamma: gr.Textbox
     seed: gr.Number
     run_button: gr.Button
-    grid: gr.Gallery
-    verdicts: gr.Dataframe
+    matrix: gr.HTML
     metrics: gr.Dataframe
+    exports: gr.File
 
 
 def layout(ex: Explorer) -> UnlearnPanel:
+    concepts_list = ex.audit.concepts()
+    first = ex.audit.best_default_concept()
     with gr.Row():
-        concepts = gr.Dropdown(ex.audit.concepts(), multiselect=True, label="Concepts to unlearn")
-        methods = gr.CheckboxGroup(ex.audit.methods(), value=["saeuron"], label="Methods (side by side; ESD trains once per concept set, then is cached)")
-        tau = gr.Number(None, label="tau (percentile; empty: defaults table)")
-        gamma = gr.Number(None, label="gamma (empty: defaults table)")
-        seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-        run_button = gr.Button("Unlearn", variant="primary")
-    defaults = gr.Markdown()
-    grid = gr.Gallery(label="Per prompt: before, then each method's after", columns=4, height=420, format="png")
+        concepts = gr.Dropdown(grouped_concepts(ex.session.bundle, concepts_list), value=[first] if first else [], multiselect=True, label="Concepts to unlearn", elem_id="unlearn-concepts")
+        methods = gr.CheckboxGroup(ex.audit.methods(), value=["saeuron"], label="Methods (side by side; ESD trains once per concept set, then is cached)", elem_id="unlearn-methods")
     with gr.Row():
-        verdicts = gr.Dataframe(headers=VERDICT_COLUMNS, interactive=False, label="Judge verdicts (object, style)")
-        metrics = gr.Dataframe(headers=METRIC_COLUMNS, interactive=False, label="Metrics on this grid")
-    return UnlearnPanel(concepts, methods, defaults, tau, gamma, seed, run_button, grid, verdicts, metrics)
+        tau = gr.Textbox("", label="tau: percentile (empty: defaults table)", placeholder="defaults table", elem_id="unlearn-tau")
+        gamma = gr.Textbox("", label="gamma: multiplier (empty: defaults table)", placeholder="defaults table", elem_id="unlearn-gamma")
+        seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="unlearn-seed")
+        run_button = gr.Button("Unlearn", variant="primary", elem_id="unlearn")
+    defaults = gr.Markdown(elem_id="unlearn-defaults")
+    matrix = gr.HTML(elem_id="unlearn-matrix")
+    metrics = gr.Dataframe(interactive=False, label="Metrics on this grid: rate (judged images) [Wilson 95% interval]", wrap=True, elem_id="unlearn-metrics")
+    exports = gr.File(label="Export: verdicts and metrics (CSV, JSON)", file_count="multiple", interactive=False, elem_id="unlearn-exports")
+    return UnlearnPanel(concepts, methods, defaults, tau, gamma, seed, run_button, matrix, metrics, exports)
+
+
+def image_tag(image, alt: str) -> str:
+    buffer = io.BytesIO()
+    upscale(image, CELL_SIDE).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="width:{CELL_SIDE}px;height:{CELL_SIDE}px;image-rendering:pixelated;display:block;margin:auto">'
+
+
+def verdict_html(cell, verdict: tuple[str, str], removed: set[str]) -> str:
+    """The judge's (object, style) under an image; a removed concept the judge still sees is red."""
+    parts = []
+    for seen, truth in zip(verdict, (cell.object_name, cell.style)):
+        colour = "#c62828" if seen in removed else ("#2e7d32" if seen == truth else "#8d6e00")
+        parts.append(f'<span style="color:{colour}">{html.escape(seen)}</span>')
+    return " / ".join(parts)
+
+
+def matrix_html(grids: list[UnlearnGrid]) -> str:
+    """Rows: prompts (target, then retained); columns: before, then each method's after."""
+    removed = set(grids[0].concepts)
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in ["prompt", "before", *(g.method for g in grids)])
+    body = []
+    for i, cell in enumerate(grids[0].cells):
+        label = f'<b>{html.escape(cell.role)}</b><br>{html.escape(cell.object_name)} in {html.escape(cell.style)}'
+        cells = [f'<td class="u-img">{image_tag(cell.before, cell.prompt + " before")}<div>{verdict_html(cell, cell.before_verdict, removed)}</div></td>']
+        for grid in grids:
+            after = grid.cells[i]
+            cells.append(f'<td class="u-img">{image_tag(after.after, f"{cell.prompt} {grid.method}")}<div>{verdict_html(cell, after.after_verdict, removed)}</div></td>')
+        body.append(f'<tr class="u-{cell.role}"><th scope="row">{label}</th>{"".join(cells)}</tr>')
+    legend = ('<p style="font-size:0.9em">Under each image: the judge\'s verdict (object / style). '
+              '<span style="color:#2e7d32">green</span>: as prompted; <span style="color:#c62828">red</span>: a removed concept is still seen; '
+              '<span style="color:#8d6e00">amber</span>: something else.</p>')
+    style = "<style>#unlearn-table{border-collapse:collapse}#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.9em}#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}</style>"
+    return f'{style}{legend}<div style="overflow-x:auto"><table id="unlearn-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def metrics_frame(grids: list[UnlearnGrid]) -> pd.DataFrame:
+    """One row per (concept, metric); one column per matrix column (before, then each method)."""
+    columns = ["before", *(g.method for g in grids)]
+    rows = {}
+    for r in metric_rows(grids):
+        key = (r["concept"], r["metric"])
+        rows.setdefault(key, {"concept": r["concept"], "metric": f"{r['metric']} ({METRIC_NAMES[r['metric']]})"})[r["column"]] = metric_cell(r["successes"], r["images"])
+    return pd.DataFrame(list(rows.values()), columns=["concept", "metric", *columns])
+
+
+def export_files(grids: list[UnlearnGrid]) -> list[str]:
+    folder = Path(tempfile.mkdtemp(prefix="saeuron-unlearn-"))
+    stem = "unlearn_" + "+".join(grids[0].concepts) + f"_seed{grids[0].seed}"
+    files = {f"{stem}_verdicts.csv": to_csv(verdict_rows(grids)), f"{stem}_metrics.csv": to_csv(metric_rows(grids)), f"{stem}.json": json.dumps(grid_export(grids), indent=1)}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return [str(folder / name) for name in files]
 
 
 def wire(ex: Explorer, p: UnlearnPanel) -> None:
-    @ui_errors
     def show_defaults(concepts):
         rows = []
         for c in concepts or []:
             try:
                 tau, gamma = ex.audit.defaults(c)
-                rows.append(f"{c}: tau {tau:g}, gamma {gamma:g}")
+                rows.append(f"{c}: tau {tau:.4g}, gamma {gamma:.3g}")
             except SaeuronError as e:  # a concept without defaults is shown, not fatal
                 rows.append(f"{c}: {e}")
-        return "Defaults: " + "; ".join(rows) if rows else ""
+        return "Defaults table (used while tau and gamma are empty): " + "; ".join(rows) if rows else ""
 
     @gpu
     @ui_errors
     def run(concepts, methods, tau, gamma, seed, progress=gr.Progress()):
         grids = ex.audit.compare(concepts, methods, int(seed or 0), tau, gamma, progress=lambda f, text: progress(f, desc=text))
-        images, verdict_rows = [], []
-        for i, cell in enumerate(grids[0].cells):
-            images.append((served(upscale(cell.before, 128)), f"{cell.role} before: {cell.prompt} → {' / '.join(cell.before_verdict)}"))
-            for grid in grids:
-                after = grid.cells[i]
-                images.append((served(upscale(after.after, 128)), f"{grid.method} → {' / '.join(after.after_verdict)}"))
-                verdict_rows.append([cell.role, cell.prompt, grid.method, " / ".join(cell.before_verdict), " / ".join(after.after_verdict)])
-        verdicts = pd.DataFrame(verdict_rows, columns=VERDICT_COLUMNS)
-        metrics = pd.DataFrame(
-            [[c, g.method, *(v for m in ("UA", "IRA", "CRA") for v in (g.metrics_before[c][m], g.metrics_after[c][m])), round(g.setup_seconds, 2)] for g in grids for c in g.concepts],
-            columns=METRIC_COLUMNS,
-        )
-        return gr.Gallery(images, columns=1 + len(grids)), verdicts, metrics
+        return matrix_html(grids), metrics_frame(grids), export_files(grids)
 
-    p.concepts.change(show_defaults, p.concepts, p.defaults, api_name="unlearn_defaults")
-    p.run_button.click(run, [p.concepts, p.methods, p.tau, p.gamma, p.seed], [p.grid, p.verdicts, p.metrics], api_name="unlearn_grid", concurrency_id="unet")
+    def check_tau(values):
+        tau = optional_number("tau", values[2])
+        if tau is not None and not 0 < tau < 100:
+            raise SaeuronError(f"tau is a percentile in (0, 100), got {tau:g}")
+        if tau is None and optional_number("gamma", values[3]) is not None:
+            raise SaeuronError("give tau too, or leave both empty (defaults table)")
+
+    def check_gamma(values):
+        gamma = optional_number("gamma", values[3])
+        if gamma is None and optional_number("tau", values[2]) is not None:
+            raise SaeuronError("give gamma too, or leave both empty (defaults table)")
+
+    check = validator({0: lambda v: v[0] or fail("choose at least one concept to unlearn"), 1: lambda v: v[1] or fail("choose at least one method"), 2: check_tau, 3: check_gamma})
+    p.concepts.change(ui_errors(show_defaults), p.concepts, p.defaults, api_name="unlearn_defaults")
+    p.run_button.click(run, [p.concepts, p.methods, p.tau, p.gamma, p.seed], [p.matrix, p.metrics, p.exports], api_name="unlearn_grid", concurrency_id="unet", validator=check)

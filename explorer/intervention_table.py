@@ -1,0 +1,106 @@
+"""The intervention editor's table: one row per intervention with an on / off toggle and editable
+features, value and step window. The recipe's JSON list holds the rows that are on; the table
+also keeps the ones switched off, so toggling loses nothing."""
+
+from __future__ import annotations
+
+import json
+
+from saeuron_core.errors import SaeuronError
+
+from .formatting import optional_int, optional_number, sig3
+from .recipes import intervention_from_dict, intervention_to_dict
+
+COLUMNS = ["on", "kind", "point", "features", "value", "from step", "until step", "mask", "spec"]
+DATATYPES = ["bool", "str", "str", "str", "str", "str", "str", "str", "str"]
+KIND = {"ScaleFeatures": "scale", "Steer": "steer", "Unlearn": "unlearn"}
+
+
+def row_of(spec: dict, on: bool = True) -> list:
+    """A table row for one intervention dict (``spec``: its JSON, the row's source of truth for
+    what the table does not edit: the point, a mask, Unlearn's tau and gamma)."""
+    kind = KIND[spec["type"]]
+    if kind == "unlearn":
+        features, value = ", ".join(spec["concepts"]), f"tau {spec['tau']}, gamma {spec['gamma']}"
+    else:
+        features = ", ".join(str(f) for f in spec["features"])
+        value = sig3(spec["factor"] if kind == "scale" else spec["strength"])
+        if kind == "scale" and spec["factor"] == 0:
+            kind = "ablate"
+    start, stop = spec.get("steps") or [0, None]
+    mask = spec.get("mask")
+    mask_text = "everywhere" if kind in ("steer",) and not mask else (f"{len(mask)} tokens" if mask else "")
+    return [bool(on), kind, spec["point"], features, value, str(start), "" if stop is None else str(stop), mask_text, json.dumps(spec, separators=(",", ":"))]
+
+
+def rows_from_json(text: str) -> list[list]:
+    return [row_of(intervention_to_dict(iv)) for iv in _parse(text)]
+
+
+def _parse(text: str):
+    try:
+        data = json.loads(text or "[]")
+    except json.JSONDecodeError as e:
+        raise SaeuronError(f"the interventions are not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise SaeuronError("the interventions must be a JSON list")
+    return [intervention_from_dict(d) for d in data]
+
+
+def spec_of(row: list, number: int) -> dict:
+    """The intervention dict of an edited row (``number``: 1-based, for messages)."""
+    try:
+        spec = json.loads(row[8])
+    except (TypeError, json.JSONDecodeError):
+        raise SaeuronError(f"row {number}: not an intervention of this editor (add rows from the feature card)") from None
+    if spec.get("type") != "Unlearn":
+        try:
+            spec["features"] = [int(f) for f in str(row[3]).replace(",", " ").split()]
+        except ValueError:
+            raise SaeuronError(f"row {number}: features must be whole numbers separated by commas, got {row[3]!r}") from None
+        if not spec["features"]:
+            raise SaeuronError(f"row {number}: no feature")
+        value = optional_number(f"row {number} value", row[4])
+        if value is None:
+            raise SaeuronError(f"row {number}: enter a value (scale factor or steering strength)")
+        spec["factor" if spec["type"] == "ScaleFeatures" else "strength"] = value
+    start = optional_int(f"row {number} from step", row[5]) or 0
+    stop = optional_int(f"row {number} until step", row[6])
+    if stop is not None and stop <= start:
+        raise SaeuronError(f"row {number}: until step must be after from step ({start}), got {stop}")
+    spec["steps"] = None if start == 0 and stop is None else [start, stop]
+    return intervention_to_dict(intervention_from_dict(spec))  # the same checks as a recipe's
+
+
+def edited(rows: list[list]) -> tuple[list[list], str]:
+    """After the user edited the table: its rows redrawn from their checked specs, and the JSON
+    list of the rows that are on."""
+    specs = [(spec_of(row, i), _on(row[0])) for i, row in enumerate(rows, 1)]
+    return [row_of(spec, on) for spec, on in specs], json.dumps([spec for spec, on in specs if on], indent=1)
+
+
+def without(rows: list[list], index: int | None) -> tuple[list[list], str]:
+    """The table without row ``index`` (0-based) and the JSON of the remaining rows that are on."""
+    if index is None or not 0 <= index < len(rows):
+        raise SaeuronError("select a row of the table first (click any of its cells)")
+    return edited([r for i, r in enumerate(rows) if i != index])
+
+
+def _on(value) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"))
+
+
+def synced_rows(text: str, rows: list[list]) -> list[list] | None:
+    """The table after the JSON changed: None when the JSON is just the table's rows that are on
+    (the change came from the table), the table plus new rows when the JSON only grew at the end
+    (an intervention was added), else the JSON's rows (an import, a hand edit, a clear)."""
+    new = [intervention_to_dict(iv) for iv in _parse(text)]
+    try:
+        current = [json.loads(r[8]) for r in rows if _on(r[0])]
+    except (TypeError, json.JSONDecodeError):
+        current = None
+    if current is not None and new == current:
+        return None
+    if current is not None and new[: len(current)] == current:
+        return [list(r) for r in rows] + [row_of(spec) for spec in new[len(current):]]
+    return [row_of(spec) for spec in new]
