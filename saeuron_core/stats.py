@@ -346,6 +346,7 @@ class StatsBuilder:
 
     _EXAMPLE_FIELDS = ("value", "group", "item", "step", "pos", "maps")
 
+    @torch.inference_mode()
     def merge(self, others: list["StatsBuilder"]) -> None:
         """Fold in builders that saw other maps of the same store (other ranks' shards), exactly:
         sums and counts add up, and each latent keeps the top-M of the union of the example
@@ -358,6 +359,7 @@ class StatsBuilder:
             self.tokens += o.tokens
         self._merge_tables([{f: getattr(b, f) for f in self._EXAMPLE_FIELDS} for b in [self, *others]])
 
+    @torch.inference_mode()
     def merge_across_ranks(self) -> None:
         """``merge`` with every other rank's builder (under torchrun); every rank ends up with the
         merged statistics. A no-op in one process."""
