@@ -220,7 +220,7 @@ def test_torchrun_cache_killed_mid_run_resumes_to_the_same_tokens(tiny_pipeline_
     prompts = tmp_path / "prompts.csv"
     prompts.write_text("prompt,seed,object,style\n" + "".join(f"{it.prompt},{it.seed},{it.labels['object']},{it.labels['style']}\n" for it in ITEMS))
     out = tmp_path / "store"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0", "-m", "saeuron_core", "--threads", "1", "cache", "--model", str(tiny_pipeline_dir), "--steps", "3", "--guidance", "4", "--prompts", str(prompts), "--items-per-shard", "1", "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "saeuron_core", "--threads", "1", "cache", "--model", str(tiny_pipeline_dir), "--steps", "3", "--guidance", "4", "--prompts", str(prompts), "--items-per-shard", "1", "--out", str(out)]
     cmd[cmd.index("cache") + 1 : cmd.index("cache") + 1] = sum((["--point", p] for p in POINTS), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
