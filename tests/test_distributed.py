@@ -81,6 +81,8 @@ def _worker(rank: int, world: int, init_file: str, out: str, pipeline_dir: str, 
         ref_store = ActivationStore(Path(reference) / "store")
         metrics = train_sae(ref_store, POINTS[1], TRAIN, out / "sae")
         (out / f"train-{rank}.json").write_text(json.dumps(metrics))
+        # hook points on different ranks (--by-point): each rank trains its own point alone
+        train_sae(ref_store, POINTS[rank], TRAIN, out / "by_point", data_parallel=False)
         # statistics over both ranks' shards, with the reference SAE
         sae = TopKSae.load(Path(reference) / "sae" / POINTS[1])
         for distinct in ("image", "prompt"):
@@ -126,6 +128,14 @@ def test_two_rank_ddp_training_gives_the_one_process_sae(reference, two_ranks):
     assert [round(h["fvu"], 4) for h in s1["history"]] == [round(h["fvu"], 4) for h in s2["history"]]
     m0, m1 = (json.loads((two_ranks / f"train-{r}.json").read_text()) for r in (0, 1))
     assert m0["steps"] == m1["steps"] == s1["step"] and m0["ranks"] == 2
+
+
+@pytest.mark.slow
+def test_by_point_trains_each_point_alone_on_its_rank(reference, two_ranks):
+    one, alone = TopKSae.load(reference / "sae" / POINTS[1]), TopKSae.load(two_ranks / "by_point" / POINTS[1])
+    for name, p in one.state_dict().items():
+        assert torch.equal(p, alone.state_dict()[name]), name  # no collective: the one-process computation
+    assert TopKSae.load(two_ranks / "by_point" / POINTS[0]).d_in == 32
 
 
 @pytest.mark.slow
