@@ -155,6 +155,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_cache(args) -> int:
+    from . import distributed as dist
+
+    with dist.session():
+        return _cache(args)
+
+
+def _cache(args) -> int:
+    from . import distributed as dist
     from .minicanvas import prompt_items
     from .store import cache_activations, read_prompt_file
 
@@ -166,11 +174,21 @@ def cmd_cache(args) -> int:
         items = prompt_items(args.seeds_per_pair, split="train")
     points = args.point or sorted(set(m.info.hook_points.values()))
     store = cache_activations(m.pipe, items, points, args.out, m.steps, m.guidance, items_per_shard=args.items_per_shard, model_name=args.model)
-    print(f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)}; {len(store.completed)}/{store.n_shards} shards")
+    if dist.is_main():
+        ranks = f" ({dist.world()} ranks)" if dist.world() > 1 else ""
+        print(f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)}; {len(store.completed)}/{store.n_shards} shards{ranks}")
     return 0
 
 
 def cmd_train_sae(args) -> int:
+    from . import distributed as dist
+
+    with dist.session():
+        return _train_sae(args)
+
+
+def _train_sae(args) -> int:
+    from . import distributed as dist
     from .sae import SaeConfig
     from .sae_train import TrainConfig, train_sae
     from .store import ActivationStore
@@ -180,13 +198,33 @@ def cmd_train_sae(args) -> int:
     given = {"expansion_factor": args.expansion_factor, "num_latents": args.num_latents, "k": args.k, "dead_feature_threshold": args.dead_feature_threshold}
     store = ActivationStore(args.store)
     cfg = TrainConfig(sae=SaeConfig(**{k: v for k, v in given.items() if v is not None}), batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=args.seed)
-    for point in args.point or store.points:
-        metrics = train_sae(store, point, cfg, args.out)
-        print(f"{point}: " + json.dumps(metrics))
+    points = args.point or store.points
+    for point in points:  # every point checked on every rank before any work
+        store._check_point(point)
+    if args.by_point:
+        # hook points on different ranks, each SAE trained by one process (sparsify's --distribute_modules)
+        mine = [points[i] for i in dist.split(len(points))]
+        if not mine:
+            print(f"train-sae: rank {dist.rank()} of {dist.world()} has no hook point ({len(points)} points); it idles")
+    else:
+        mine = points
+    for point in mine:
+        metrics = train_sae(store, point, cfg, args.out, data_parallel=not args.by_point)
+        if args.by_point or dist.is_main():
+            print(f"{point}: " + json.dumps(metrics))
+    dist.barrier()
     return 0
 
 
 def cmd_stats(args) -> int:
+    from . import distributed as dist
+
+    with dist.session():
+        return _stats(args)
+
+
+def _stats(args) -> int:
+    from . import distributed as dist
     from .sae import TopKSae
     from .stats import add_thumbnails, compute_stats
     from .store import ActivationStore
@@ -209,12 +247,15 @@ def cmd_stats(args) -> int:
     if model is not None:
         pipe = load_pipeline(model)
         count = add_thumbnails(pipe, store, list(all_stats.values()), max_side=args.thumbnail_size)
-        print(f"thumbnails: generated {count} images once ({args.thumbnail_size} px max)")
-    for point, stats in all_stats.items():
-        out = Path(args.out) / point
-        stats.save(out)
-        size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
-        print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts, {stats.top_m} examples per feature ({size:.1f} MB) -> {out}")
+        if dist.is_main():
+            print(f"thumbnails: generated {count} images once ({args.thumbnail_size} px max)")
+    if dist.is_main():  # every rank holds the merged statistics; one writes them
+        for point, stats in all_stats.items():
+            out = Path(args.out) / point
+            stats.save(out)
+            size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
+            print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts, {stats.top_m} examples per feature ({size:.1f} MB) -> {out}")
+    dist.barrier()
     return 0
 
 
@@ -484,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=5)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--by-point", action="store_true", help="under torchrun: train each hook point's SAE on one rank (round-robin) instead of every SAE data-parallel on all ranks")
     add_output_options(t, help="folder for one subfolder per hook point", overwrite=False)
     t.set_defaults(func=cmd_train_sae)
 

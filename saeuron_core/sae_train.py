@@ -11,6 +11,14 @@ Output, as sparsify lays it out: the artefact ``<out>/<point>/`` holds only ``cf
 Checkpoints are atomic and periodic; SIGTERM checkpoints and stops. Running the same command again
 resumes: the data stream seeks to the checkpoint's batch (skipped shards are not read), so a
 resumed run trains the same SAE as an uninterrupted one.
+
+Under torchrun the training is data parallel: every rank reads the same global batch of
+``batch_size`` tokens and trains on its contiguous slice of it; each rank's loss is its part of
+the global batch's FVU (and AuxK) loss, both divided by the global batch's variance, and the
+gradients are summed over ranks, so the step is the one-process step up to float rounding. The
+decoder is then projected and renormalised identically on every rank, the fired-latent masks are
+all-reduced (the dead-latent counters stay equal), rank 0 alone writes checkpoints, and a run
+resumes with any world size. Every rank still reads the whole stream (only the compute is split).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed as dist
 from .errors import SaeuronError
 from .io import write_json
 from .sae import SaeConfig, TopKSae
@@ -73,12 +82,17 @@ def train_dir(out: str | Path, point: str) -> Path:
     return Path(out) / TRAIN_DIR / point
 
 
-def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | Path, log=None) -> dict:
+def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | Path, log=None, data_parallel: bool = True) -> dict:
     """Train (or resume training) the SAE for ``point``; returns final metrics.
 
     ``log(record)`` receives a record every 20 steps. SIGTERM (in the main thread) checkpoints
-    and raises SaeuronError; the same call resumes.
+    and raises SaeuronError; the same call resumes. ``data_parallel``: under torchrun, train this
+    SAE together with every rank (DDP, see the module docstring); False trains it in this process
+    alone (hook points on different ranks).
     """
+    ddp = data_parallel and dist.active()
+    world, rank = (dist.world(), dist.rank()) if ddp else (1, 0)
+    writer = rank == 0  # the one process that writes checkpoints and metrics
     if point not in store.points:
         raise SaeuronError(f"hook point {point!r} is not in the store; it holds {', '.join(store.points)}")
     if not store.completed:
@@ -88,6 +102,8 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
     total = cfg.epochs * (tokens_per_epoch // cfg.batch_size)  # an upper bound: group leftovers are dropped
     if total < 1:
         raise SaeuronError(f"the store holds {tokens_per_epoch} tokens at {point}: fewer than one batch of {cfg.batch_size}")
+    if cfg.batch_size < 2 * world:
+        raise SaeuronError(f"batch_size {cfg.batch_size} is too small for {world} ranks: each rank needs at least 2 tokens of every batch")
     folder, state_path = Path(out) / point, train_dir(out, point) / STATE_FILE
     identity = cfg.identity(sae_cfg.d_in)
     torch.manual_seed(cfg.seed)
@@ -102,8 +118,12 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
         sae.load_state_dict(state["sae"])
         opt.load_state_dict(state["opt"])
         step, tokens_since_fired, history = state["step"], state["tokens_since_fired"], state["history"]
+    if ddp:
+        dist.broadcast_tensors(list(sae.parameters()))  # start from rank 0's weights, whatever happened before
 
     def checkpoint():
+        if not writer:
+            return
         # The state holds the weights too: it is one atomic file, consistent with the optimizer
         # even if the process dies between writing it and exporting the artefact.
         save_state(state_path, {"sae": sae.state_dict(), "opt": opt.state_dict(), "step": step, "tokens_since_fired": tokens_since_fired, "history": history, "train_config": identity})
@@ -114,29 +134,45 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
     progress = Progress(f"train-sae {point}", total, step, checkpoint, every_steps=cfg.checkpoint_every, postfix_every=20)
     with StopRequest() as stop:
         for x in batches:
-            if stop.requested:
+            stop_now = stop.requested
+            if ddp:  # any rank's SIGTERM stops every rank at the same step
+                stop_now = bool(dist.all_reduce(torch.tensor([float(stop_now)]), "max").item())
+            if stop_now:
                 checkpoint()
                 progress.close()
                 raise SaeuronError(f"train-sae {point} stopped by SIGTERM at step {step}; checkpoint saved, run the same command to resume")
             if step == 0:
                 sae.init_b_dec_geometric_median(x)
             dead = tokens_since_fired > sae_cfg.dead_feature_threshold
-            res = sae(x, dead_mask=dead if dead.any() else None)
+            xr = x.tensor_split(world)[rank] if ddp else x
+            res = sae(xr, dead_mask=dead if dead.any() else None)
             loss = res.fvu + sae_cfg.auxk_alpha * res.auxk_loss
+            if ddp:
+                # both losses are divided by this slice's variance; rescale to the global batch's,
+                # so that the sum over ranks is the one-process loss of the whole batch
+                share = (xr - xr.mean(0)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+                loss = loss * share
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if ddp:
+                dist.all_reduce_grads(list(sae.parameters()))
             sae.remove_gradient_parallel_to_decoder_directions()
             opt.step()
             sae.set_decoder_norm_to_unit_norm()
             fired = torch.zeros(sae.num_latents, dtype=torch.bool)
             fired[res.latent_indices[res.latent_acts > 0]] = True
+            if ddp:
+                fired = dist.all_reduce(fired.to(torch.uint8), "max").bool()
             tokens_since_fired += x.shape[0]
             tokens_since_fired[fired] = 0
             step += 1
             postfix = {}
             if step % 20 == 0 or step == total:
-                l0 = (res.latent_acts > 0).sum(-1).float().mean().item()
-                rec = {"step": step, "fvu": res.fvu.item(), "dead_fraction": dead.float().mean().item(), "l0": l0}
+                fvu, l0 = res.fvu.detach(), (res.latent_acts > 0).sum(-1).float().mean()
+                if ddp:  # the global batch's FVU and mean L0
+                    fvu, l0 = dist.all_reduce(torch.stack([fvu * share.detach(), l0 * len(xr) / len(x)])).unbind()
+                fvu, l0 = fvu.item(), l0.item()
+                rec = {"step": step, "fvu": fvu, "dead_fraction": dead.float().mean().item(), "l0": l0}
                 history.append(rec)
                 postfix = {"fvu": f"{rec['fvu']:.4f}", "dead": f"{rec['dead_fraction']:.3f}", "l0": f"{l0:.1f}"}
                 if log:
@@ -146,5 +182,10 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
     checkpoint()
     final = history[-1] if history else {}
     metrics = {**final, "steps": step, "tokens": step * cfg.batch_size, "seconds_this_run": round(time.time() - t0, 1), "num_latents": sae.num_latents, "k": sae_cfg.k}
-    write_json(train_dir(out, point) / METRICS_FILE, metrics)
+    if ddp:
+        metrics["ranks"] = world
+    if writer:
+        write_json(train_dir(out, point) / METRICS_FILE, metrics)
+    if ddp:
+        dist.barrier()  # every rank returns once the artefact is on disk
     return metrics

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from .errors import SaeuronError
 from .io import load_safetensors, save_safetensors, write_json
 from .scoring import ConceptStats
@@ -343,6 +344,50 @@ class StatsBuilder:
         self.pos[rows_f, slots_f] = amap.argmax(-1)
         self.maps[rows_f, slots_f] = amap.to(torch.float16)
 
+    _EXAMPLE_FIELDS = ("value", "group", "item", "step", "pos", "maps")
+
+    @torch.inference_mode()
+    def merge(self, others: list["StatsBuilder"]) -> None:
+        """Fold in builders that saw other maps of the same store (other ranks' shards), exactly:
+        sums and counts add up, and each latent keeps the top-M of the union of the example
+        tables, one per diversity group (its largest; on a tie the smaller item, i.e. the earlier
+        shard, as one process streaming the shards in order keeps)."""
+        for o in others:
+            self.concept_sums += o.concept_sums
+            self.active += o.active
+            self.histogram += o.histogram
+            self.tokens += o.tokens
+        self._merge_tables([{f: getattr(b, f) for f in self._EXAMPLE_FIELDS} for b in [self, *others]])
+
+    @torch.inference_mode()
+    def merge_across_ranks(self) -> None:
+        """``merge`` with every other rank's builder (under torchrun); every rank ends up with the
+        merged statistics. A no-op in one process."""
+        if not dist.active():
+            return
+        for name in ("concept_sums", "active", "histogram"):
+            setattr(self, name, dist.all_reduce(getattr(self, name)))
+        self.tokens = int(dist.all_reduce(torch.tensor([self.tokens], dtype=torch.long)).item())
+        gathered = {f: dist.all_gather(getattr(self, f)) for f in self._EXAMPLE_FIELDS}
+        self._merge_tables([{f: gathered[f][r] for f in self._EXAMPLE_FIELDS} for r in range(dist.world())])
+
+    def _merge_tables(self, tables: list[dict]) -> None:
+        cat = {f: torch.cat([t[f] for t in tables], 1) for f in self._EXAMPLE_FIELDS}  # [n, R*M, ...]
+        value, group, item = cat["value"], cat["group"], cat["item"]
+        valid = (group >= 0) & (value > 0)
+        same = (group[:, :, None] == group[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+        wins = (value[:, :, None] > value[:, None, :]) | ((value[:, :, None] == value[:, None, :]) & (item[:, :, None] < item[:, None, :]))
+        beaten = (same & wins).any(1)  # [n, R*M]: another entry of its group is preferred
+        ranked = torch.where(valid & ~beaten, value, torch.full_like(value, -1.0))
+        keep = ranked.topk(self.top_m, dim=1).indices
+        kept_valid = ranked.gather(1, keep) > 0
+        for f in self._EXAMPLE_FIELDS:
+            t = cat[f]
+            picked = t.gather(1, keep[..., None].expand(-1, -1, t.shape[-1])) if t.dim() == 3 else t.gather(1, keep)
+            if f in ("value", "group", "item"):
+                picked = torch.where(kept_valid, picked, torch.full_like(picked, -1))
+            setattr(self, f, picked.contiguous())
+
     def finish(self, **meta) -> FeatureStats:
         """The statistics; ``meta``: concepts, concept_kinds, timesteps, items, guidance, distinct, concept_counts."""
         order = self.value.argsort(1, descending=True)
@@ -374,11 +419,14 @@ def _maps_per_call(hw: int, n_latents: int, budget: int = ENCODE_BYTES) -> int:
 
 
 @torch.inference_mode()
-def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, distinct: str = "image", batch_maps: int | None = None) -> FeatureStats:
+def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, distinct: str = "image", batch_maps: int | None = None, shards: list[int] | None = None, data_parallel: bool = True) -> FeatureStats:
     """One streaming pass over ``store`` at ``point`` through ``sae``; see the module docstring.
 
     ``distinct``: diversity of the examples, at most one per ``image`` (prompt + seed) or per
     ``prompt``. ``batch_maps``: maps per encoder call (default: what fits ``ENCODE_BYTES``).
+    ``shards``: only these completed shards (default all); under torchrun with ``data_parallel``
+    each rank reads every world-th of them and the partial statistics are merged exactly
+    (``StatsBuilder.merge_across_ranks``), so every rank returns the statistics of all of them.
     """
     from safetensors import safe_open
 
@@ -403,8 +451,13 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, disti
     else:
         groups = list(range(len(store.items)))
     builder = StatsBuilder(n, h, w, n_steps, item_concepts, len(concepts), groups, top_m)
+    shards = store.completed if shards is None else sorted(shards)
+    if unknown := set(shards) - set(store.completed):
+        raise SaeuronError(f"shards {sorted(unknown)} are not completed shards of {store.root}")
+    ddp = data_parallel and dist.active()
+    mine = [shards[i] for i in dist.split(len(shards))] if ddp else shards
 
-    for shard in tqdm(store.completed, desc=f"stats {point}", mininterval=5):
+    for shard in tqdm(mine, desc=f"stats {point}" if not ddp else f"stats {point} rank {dist.rank()}", mininterval=5):
         # read the shard a slice at a time: a paper-scale shard is ~0.5 GB of fp16 maps
         with safe_open(str(store.shard_path(point, shard)), framework="pt") as f:
             acts = f.get_slice("acts")
@@ -414,7 +467,9 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, disti
                 m = x.shape[0]
                 enc = sae.encode(x.reshape(-1, c))
                 builder.add(enc.top_acts.reshape(m, hw, -1), enc.top_indices.reshape(m, hw, -1), items[i : i + m], steps[i : i + m])
-    done_items = [i for s in store.completed for i in store.shard_items(s)]
+    if ddp:
+        builder.merge_across_ranks()
+    done_items = [i for s in shards for i in store.shard_items(s)]
     return builder.finish(
         concepts=tuple(concepts),
         concept_kinds=tuple(kinds),
@@ -429,20 +484,27 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, disti
 @torch.inference_mode()
 def add_thumbnails(pipe, store: ActivationStore, stats: list[FeatureStats], max_side: int = 128, batch_size: int = 16) -> int:
     """Generate every image that any of ``stats`` shows among its examples, once, in batches (the
-    store's steps and guidance), and store its thumbnail in each. Returns the number generated."""
+    store's steps and guidance), and store its thumbnail in each. Returns the number generated.
+
+    Under torchrun the images are split round-robin over the ranks and the thumbnails gathered:
+    every image is still generated once, and every rank ends with all thumbnails.
+    """
     from .pipeline import generate_jobs
 
     needed = sorted(set().union(*(st.needed_items() for st in stats)))
     images: dict[int, object] = {}
     steps, guidance = store.meta["steps"], float(store.meta["guidance"])
-    for i in tqdm(range(0, len(needed), batch_size), desc="thumbnails", mininterval=5):
-        chunk = needed[i : i + batch_size]
+    mine = [needed[i] for i in dist.split(len(needed))]
+    for i in tqdm(range(0, len(mine), batch_size), desc="thumbnails", mininterval=5):
+        chunk = mine[i : i + batch_size]
         jobs = [(store.items[j].prompt, store.items[j].seed) for j in chunk]
         for j, image in zip(chunk, generate_jobs(pipe, jobs, steps, guidance, batch_size=batch_size)):
             image = image.convert("RGB")
             if max(image.size) > max_side:
                 image.thumbnail((max_side, max_side))
             images[j] = image
+    if dist.active():
+        images = {j: im for part in dist.all_gather_object(images) for j, im in part.items()}
     for st in stats:
         st.set_thumbnails({j: images[j] for j in st.needed_items()}, max_side)
     return len(needed)

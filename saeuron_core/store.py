@@ -155,11 +155,20 @@ class ActivationStore:
         return sum(self.shard_token_count(point, s) for s in self.completed)
 
 
-def cache_activations(pipe, items: list[PromptItem], points: list[str], root: str | Path, steps: int, guidance: float, items_per_shard: int = 16, model_name: str = "") -> ActivationStore:
+def cache_activations(pipe, items: list[PromptItem], points: list[str], root: str | Path, steps: int, guidance: float, items_per_shard: int = 16, model_name: str = "", log=print) -> ActivationStore:
     """Generate every item, capturing the conditional CFG half of each hook point at every step.
 
-    Resumes a store with the same plan; refuses a folder that holds a different plan.
+    Resumes a store with the same plan; refuses a folder that holds a different plan (other
+    prompts, steps, guidance, shard size, hook points or model).
+
+    Under torchrun (``distributed.session()`` active) the shards are split round-robin over the
+    ranks (shard s goes to rank s mod world); each rank writes its own shards' files and then a
+    completion marker ``.parts/shard-NNNNN.json``; only rank 0 writes ``store.json``, folding in
+    the markers, so the manifest lists a shard only once all its files are on disk. A rank with no
+    shard (world size > number of shards) idles and says so. Rerunning after any rank was killed
+    resumes at the shards without a marker, with any world size (also 1).
     """
+    from . import distributed as dist
     from .hooks import capture_activations
     from .pipeline import generate_jobs
 
@@ -183,36 +192,95 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
         "items_per_shard": items_per_shard,
         "dtype": "float16",
     }
+    dist.agree({k: plan[k] for k in ("model", "items", "steps", "guidance", "items_per_shard")} | {"hook_points": sorted(points)}, "the cache plan")
     manifest = root / MANIFEST
-    if manifest.is_file():
-        old = json.loads(manifest.read_text())
-        same = all(old.get(k) == plan[k] for k in ("items", "steps", "guidance", "items_per_shard")) and set(old["hook_points"]) == set(points)
-        if not same:
-            raise SaeuronError(f"{root} holds a store with a different plan; use another folder")
-        plan = old
-    else:
-        plan["completed_shards"] = []
-        plan["timesteps"] = []
-        write_json(manifest, plan)
+    old = json.loads(manifest.read_text()) if manifest.is_file() else None
+    dist.raise_together(_plan_mismatch(old, plan, root) if old is not None else None)
+    if dist.is_main():
+        if old is None:
+            write_json(manifest, {**plan, "completed_shards": [], "timesteps": []})
+        _fold_markers(root)  # shards finished by ranks of an earlier, killed run
+    dist.barrier()
     store = ActivationStore(root)
-    todo = [s for s in range(store.n_shards) if s not in set(store.completed)]
-    for shard in tqdm(todo, desc="cache", mininterval=5):
+    plan = store.meta
+    mine = dist.split(store.n_shards)
+    if not mine:
+        log(f"cache: rank {dist.rank()} of {dist.world()} has no shard to write (the store has {store.n_shards} shards; use a smaller --items-per-shard to use every rank); it idles")
+    todo = [s for s in mine if s not in set(store.completed)]
+    for shard in tqdm(todo, desc="cache" if dist.world() == 1 else f"cache rank {dist.rank()}", mininterval=5):
         ids = list(store.shard_items(shard))
         with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1) as rec:
             generate_jobs(pipe, [(items[i].prompt, items[i].seed) for i in ids], steps, guidance, batch_size=len(ids), output_type="latent")
+        dims = {}
         for point in points:
             acts = rec.stacked(point)  # [T, B, C, H, W], steps in denoising order
             t_, b, c, h, w = acts.shape
-            plan["points"][point] = {"channels": c, "height": h, "width": w}
+            dims[point] = {"channels": c, "height": h, "width": w}
             maps = acts.permute(1, 0, 3, 4, 2).reshape(b * t_, h * w, c).half()
             item = torch.tensor(ids).repeat_interleave(t_)
             step = torch.arange(t_).repeat(b)
             timestep = torch.tensor(rec.timesteps, dtype=torch.long).repeat(b)
             save_safetensors({"acts": maps, "item": item, "step": step, "timestep": timestep}, store.shard_path(point, shard))
-        plan["timesteps"] = list(rec.timesteps)
-        plan["completed_shards"] = sorted(set(plan["completed_shards"]) | {shard})
-        write_json(manifest, plan)
+        if dist.world() == 1:
+            plan["points"].update(dims)
+            plan["timesteps"] = list(rec.timesteps)
+            plan["completed_shards"] = sorted(set(plan["completed_shards"]) | {shard})
+            write_json(manifest, plan)
+        else:
+            # every point's file is on disk: now the shard may be listed
+            write_json(_marker(root, shard), {"shard": shard, "points": dims, "timesteps": list(rec.timesteps)})
+            if dist.is_main():
+                _fold_markers(root)
+    dist.barrier()
+    if dist.is_main():
+        _fold_markers(root)
+    dist.barrier()
     return ActivationStore(root)
+
+
+PARTS = ".parts"
+
+
+def _marker(root: Path, shard: int) -> Path:
+    return root / PARTS / f"shard-{shard:05d}.json"
+
+
+def _plan_mismatch(old: dict, plan: dict, root: Path) -> str | None:
+    """Why a store folder's plan cannot be continued with ``plan`` (None: it can)."""
+    if old.get("model") and plan["model"] and old["model"] != plan["model"]:
+        return f"{root} holds a store written with model {old['model']!r}, not {plan['model']!r}; use another folder"
+    if set(old["hook_points"]) != set(plan["hook_points"]):
+        return f"{root} holds a store of hook points {', '.join(sorted(old['hook_points']))}, not {', '.join(sorted(plan['hook_points']))}; use another folder"
+    if not all(old.get(k) == plan[k] for k in ("items", "steps", "guidance", "items_per_shard")):
+        return f"{root} holds a store with a different plan; use another folder"
+    return None
+
+
+def _fold_markers(root: Path) -> None:
+    """List in ``store.json`` every shard whose completion marker is on disk (rank 0 only: the
+    single writer of the manifest), then remove those markers."""
+    markers = sorted((root / PARTS).glob("shard-*.json"))
+    if not markers:
+        return
+    manifest = root / MANIFEST
+    plan = json.loads(manifest.read_text())
+    done = set(plan["completed_shards"])
+    for path in markers:
+        rec = json.loads(path.read_text())
+        if set(rec["points"]) != set(plan["hook_points"]):
+            raise SaeuronError(f"{path} records hook points {', '.join(sorted(rec['points']))}, but the store holds {', '.join(sorted(plan['hook_points']))}; remove {root / PARTS}")
+        for point, dims in rec["points"].items():
+            if plan["points"].get(point, dims) != dims:
+                raise SaeuronError(f"{path}: hook point {point} has shape {dims} there but {plan['points'][point]} in the store; stores of different models cannot be mixed")
+        if plan["timesteps"] and rec["timesteps"] != plan["timesteps"]:
+            raise SaeuronError(f"{path} was generated with timesteps {rec['timesteps']}, the store with {plan['timesteps']}; stores of different schedulers cannot be mixed")
+        plan["points"].update(rec["points"])
+        plan["timesteps"] = rec["timesteps"]
+        done.add(rec["shard"])
+    plan["completed_shards"] = sorted(done)
+    write_json(manifest, plan)
+    for path in markers:  # after the manifest: a kill in between only folds them again
+        path.unlink(missing_ok=True)
 
 
 def item_label_matrix(store: ActivationStore, key: str) -> tuple[list[str], np.ndarray]:
