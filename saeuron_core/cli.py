@@ -21,10 +21,16 @@ def _threads(n: int | None) -> None:
 # Each option group is declared once here and added to the commands that take it.
 
 
-def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
-    """--model, the denoising steps and the guidance scale (each defaults to the model's own)."""
+def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps", size: bool = True) -> None:
+    """--model, where and in what precision it runs, the image size, the denoising steps and
+    the guidance scale (each defaults to the model's own)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="minicanvas", help="'minicanvas' (bundled), a diffusers pipeline folder or a hub id")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16; SAEs always compute in float32")
+    if size:
+        g.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of the model's downsampling factor (default: the model's)")
+        g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     g.add_argument(steps_flag, dest="gen_steps", type=int, default=None, help="denoising steps (default: the model's, 20 for minicanvas)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
 
@@ -32,10 +38,11 @@ def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps") -
 def add_bundle_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """Where SAeUron's SAEs, statistics and (optionally) tau / gamma table come from."""
     g = p.add_argument_group("SAeUron")
-    g.add_argument("--sae", default=None, help="folder with one SAE subfolder per hook point (default: bundled assets/sae)")
+    g.add_argument("--sae", default=None, help="folder with one SAE subfolder per hook point (<point> or unet.<point>), or a hub id org/name[/subfolder] (default: bundled assets/sae)")
     g.add_argument("--stats", default=None, help="statistics folder, one subfolder per hook point (default: bundled assets/stats)")
     if defaults:
-        g.add_argument("--defaults", default=None, help="tau/gamma table (default: assets/unlearn_defaults.json)")
+        g.add_argument("--defaults", default=None, help="tau/gamma table written by `saeuron tune` (default: the bundled table, for the bundled model only)")
+        g.add_argument("--preset", default=None, choices=["paper"], help="paper: the paper's settings (styles 99.999 / -1, objects from its Table 4 where names match)")
 
 
 def add_judge_option(p: argparse.ArgumentParser) -> None:
@@ -72,13 +79,35 @@ class Opened:
     steps: int
     guidance: float
 
+    @property
+    def height(self) -> int:
+        from .pipeline import image_size
+
+        return image_size(self.pipe)[0]
+
+    @property
+    def width(self) -> int:
+        from .pipeline import image_size
+
+        return image_size(self.pipe)[1]
+
+    def describe(self) -> str:
+        """Device, precision and size, for a command's output."""
+        from .device import dtype_name
+
+        return f"{self.pipe.device} {dtype_name(self.pipe.unet.dtype)}, {self.height}x{self.width} px"
+
 
 def open_model(args, need_vocabulary: str | None = None) -> Opened:
-    """Load ``args.model`` and resolve steps / guidance; ``need_vocabulary`` names what needs a
-    benchmark vocabulary (refused on models without one)."""
+    """Load ``args.model`` on --device in --dtype at --height x --width and resolve steps /
+    guidance; ``need_vocabulary`` names what needs a benchmark vocabulary (refused on models
+    without one). Device and dtype are checked before the weights are read."""
+    from .device import resolve_device, resolve_dtype
     from .pipeline import load_pipeline, model_info
 
-    pipe = load_pipeline(args.model)
+    device = resolve_device(getattr(args, "device", "cpu"))
+    dtype = resolve_dtype(getattr(args, "dtype", "float32"), device)
+    pipe = load_pipeline(args.model, device, dtype, getattr(args, "height", None), getattr(args, "width", None))
     info = model_info(pipe, args.model)
     if need_vocabulary and not info.objects:
         raise_error(f"{args.model} has no benchmark vocabulary; {need_vocabulary} runs on MiniCanvas-style models")
@@ -87,10 +116,16 @@ def open_model(args, need_vocabulary: str | None = None) -> Opened:
     return Opened(pipe, info, steps, guidance)
 
 
-def open_bundle(args, info):
+def open_bundle(args, info, pipe=None):
+    """SAEs, statistics and tau/gamma table of the command; with ``pipe``, SAEs sit on its device
+    and each SAE's width is checked against its block before anything is generated."""
     from .unlearning import SaeBundle
 
-    return SaeBundle.load(info, args.sae, args.stats, getattr(args, "defaults", None))
+    device = pipe.device if pipe is not None else "cpu"
+    bundle = SaeBundle.load(info, args.sae, args.stats, getattr(args, "defaults", None), device=device, preset=getattr(args, "preset", None))
+    if pipe is not None:
+        bundle.check_fits(pipe.unet)
+    return bundle
 
 
 def open_judge(args):
@@ -150,7 +185,7 @@ def cmd_generate(args) -> int:
     image = images[0] if len(images) == 1 else image_grid(images, len(prompts), len(seeds))
     save_image(image, Path(args.out))
     erased = f", {edit.method} erasure of {'+'.join(edit.concepts)}" if edit else ""
-    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {m.steps} steps, guidance {m.guidance}{erased})")
+    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {m.steps} steps, guidance {m.guidance}, {m.describe()}{erased})")
     return 0
 
 
@@ -187,9 +222,19 @@ def cmd_stats(args) -> int:
     from .stats import compute_stats
     from .store import ActivationStore
 
+    from .hooks import normalize_point
+    from .hub import point_folder, resolve_sae_dir
+
     store = ActivationStore(args.store)
-    for point in args.point or store.points:
-        sae = TopKSae.load(Path(args.sae) / point)
+    points = [normalize_point(p) for p in args.point] if args.point else store.points
+    sae_root = resolve_sae_dir(args.sae, points)
+    folders = {}
+    for point in points:
+        folders[point] = point_folder(sae_root, point)
+        if folders[point] is None:
+            raise_error(f"no SAE for hook point {point} in {sae_root} (looked for {point}/ and unet.{point}/)")
+    for point in points:
+        sae = TopKSae.load(folders[point])
         stats = compute_stats(store, point, sae, top_m=args.top_m)
         stats.save(Path(args.out) / point)
         print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts -> {Path(args.out) / point}")
@@ -204,12 +249,15 @@ def cmd_unlearn(args) -> int:
     if args.out is None:
         raise_error("--out is required (an image path such as pair.png)")
     if (args.tau is None) != (args.gamma is None):
-        raise_error("give both --tau and --gamma, or neither (then the bundled defaults apply)")
+        raise_error("give both --tau and --gamma, or neither (then --defaults, --preset or, for the bundled model, its table applies)")
     if args.prompt and any(not p.strip() for p in args.prompt):
         raise_error("empty prompt")
     m = open_model(args)
-    bundle = open_bundle(args, m.info)
+    bundle = open_bundle(args, m.info, m.pipe)
     interventions = bundle.unlearn(args.concept, args.tau, args.gamma)
+    for concept in dict.fromkeys(args.concept):
+        source = "--tau/--gamma" if args.tau is not None else bundle.params_source(concept)
+        print(f"{concept}: tau/gamma from {source}")
     prompts = list(args.prompt or [])
     if not prompts:
         if not m.info.objects:
@@ -226,7 +274,7 @@ def cmd_unlearn(args) -> int:
     # rows: prompts; columns: (before, after) for each seed
     cells = [im for i in range(len(before)) for im in (before[i], after[i])]
     save_image(image_grid(cells, len(prompts), 2 * len(seeds)), args.out)
-    print(f"wrote {args.out}: rows = prompts, columns = before/after per seed; " + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions))
+    print(f"wrote {args.out} ({m.describe()}): rows = prompts, columns = before/after per seed; " + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions))
     return 0
 
 
@@ -247,7 +295,8 @@ def cmd_tune(args) -> int:
         print(f"wrote {args.out} from {len(rows)} sweep rows")
         return 0
     m = open_model(args, need_vocabulary="tuning (with a judge)")
-    bundle = SaeBundle.load(m.info, args.sae, args.stats, defaults=None)
+    bundle = SaeBundle.load(m.info, args.sae, args.stats, defaults=None, device=m.pipe.device)
+    bundle.check_fits(m.pipe.unet)
     judge = open_judge(args)
     seeds = mc.split_seeds("sweep", args.seeds)
     gammas = tuple(args.gamma or PAPER_GAMMAS)
@@ -314,7 +363,7 @@ def cmd_evaluate(args) -> int:
     esd = esd_config(args)
     m = open_model(args, need_vocabulary="evaluate")
     plan = EvalPlan(methods, args.domain, concepts, seeds, m.steps, m.guidance, multi, attack_prompts, args.attack_steps)
-    bundle = open_bundle(args, m.info) if "saeuron" in methods else None
+    bundle = open_bundle(args, m.info, m.pipe) if "saeuron" in methods else None
     judge = open_judge(args)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
@@ -386,7 +435,7 @@ def cmd_attack(args) -> int:
             raise_error(f"{args.erasure} erases {', '.join(edit.concepts)}, not {concept}")
         removal = Removal.from_edit(edit)
     else:
-        bundle = open_bundle(args, m.info) if method == "saeuron" else None
+        bundle = open_bundle(args, m.info, m.pipe) if method == "saeuron" else None
         removal = prepare_removal(m.pipe, m.info, method, [concept], bundle=bundle, cache=cache_dir(args), log=print)
     judge = open_judge(args)
     n_prompts = args.prompts or len(m.info.objects if concept in m.info.styles else m.info.styles)
@@ -465,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("stats", help="feature statistics (concept means per step, top patches, histograms)", description="Encode a store with its SAEs once and write compact feature statistics per hook point.")
     st.add_argument("--store", required=True)
-    st.add_argument("--sae", required=True, help="folder with one SAE subfolder per hook point")
+    st.add_argument("--sae", required=True, help="folder with one SAE subfolder per hook point (<point> or unet.<point>), or a hub id org/name[/subfolder]")
     st.add_argument("--point", action="append")
     st.add_argument("--top-m", type=int, default=8, help="top-activating entries kept per feature and timestep bucket")
     add_output_options(st, help="statistics folder", overwrite=False)
