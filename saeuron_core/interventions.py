@@ -262,7 +262,9 @@ class PointEditor:
         update = delta[changed] @ rows
         if scale is not None:
             update = update * scale[changed]
-        return _to_map(tokens.index_add(0, changed, update.to(device=x.device, dtype=x.dtype)), x.shape)
+        # the sum in float32, rounded once to x's dtype (a half-precision add would round twice)
+        new_rows = (tokens[changed].to(update.dtype) + update.to(tokens.device)).to(x.dtype)
+        return _to_map(tokens.index_copy(0, changed, new_rows), x.shape)
 
 
 def _to_map(flat_tokens: Tensor, shape: torch.Size) -> Tensor:
