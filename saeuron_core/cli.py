@@ -46,7 +46,7 @@ def add_bundle_options(p: argparse.ArgumentParser, defaults: bool = True) -> Non
 
 
 def add_judge_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--judge", default=None, help="judge folder (default: bundled assets/judge)")
+    p.add_argument("--judge", default=None, help="judge folder (default: bundled assets/judge; prepare: no tuning without one)")
 
 
 def add_cache_options(p: argparse.ArgumentParser) -> None:
@@ -276,6 +276,68 @@ def cmd_unlearn(args) -> int:
     save_image(image_grid(cells, len(prompts), 2 * len(seeds)), args.out)
     print(f"wrote {args.out} ({m.describe()}): rows = prompts, columns = before/after per seed; " + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions))
     return 0
+
+
+def cmd_prepare(args) -> int:
+    from .hooks import normalize_point
+    from .prepare import RunSpec, prepare, route_kinds
+    from .sae_train import TrainConfig
+    from .store import read_prompt_file
+
+    items = read_prompt_file(args.concepts)  # a bad concepts file fails before the model loads
+    kind_points = {}
+    for entry in args.kind_point or []:
+        kind, sep, point = entry.partition("=")
+        if not sep or not kind.strip() or not point.strip():
+            raise_error(f"--kind-point takes KIND=POINT, got {entry!r}")
+        kind_points[kind.strip()] = point.strip()
+    train = TrainConfig(expansion_factor=args.expansion_factor, k=args.k, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed)
+    m = open_model(args)
+    defaults = {kind: normalize_point(p) for kind, p in m.info.hook_points.items()}
+    if args.point:
+        points = [normalize_point(p) for p in args.point]
+        defaults = {kind: p for kind, p in defaults.items() if p in points} or {"features": points[0]}
+        extra = [p for p in points if p not in defaults.values()]
+        defaults.update({f"point{i}": p for i, p in enumerate(extra)})
+    routing, notes = route_kinds(items, defaults, kind_points)
+    for note in notes:
+        print(note)
+    given = args.sae
+    if given is not None and Path(given).expanduser().exists():
+        given = str(Path(given).expanduser().resolve())
+    kinds = {}
+    for it in items:
+        for kind, name in it.labels.items():
+            kinds.setdefault(kind, [])
+            if name not in kinds[kind]:
+                kinds[kind].append(name)
+    model = str(Path(args.model).resolve()) if Path(args.model).expanduser().is_dir() else args.model
+    spec = RunSpec(model=model, hook_points=routing, height=m.height, width=m.width, steps=m.steps, guidance=m.guidance, sae=given or "sae", concept_kinds=kinds, n_prompts=len(items))
+    tune = _prepare_tuner(args, m) if args.judge else None
+    print(f"prepare {args.out}: {args.model} on {m.describe()}, {m.steps} steps, guidance {m.guidance}; {len(items)} prompts, "
+          + (", ".join(f"{len(v)} {k} concept(s)" for k, v in kinds.items()) or "no concept labels (statistics will have frequencies only)"))
+    prepare(m.pipe, spec, items, args.out, train_config=train, given_sae=given, top_m=args.top_m, items_per_shard=args.items_per_shard, tune=tune)
+    return 0
+
+
+def _prepare_tuner(args, m):
+    """The tuning stage of prepare: the MiniCanvas sweep with the judge (benchmark models only)."""
+    from . import minicanvas as mc
+    from .minicanvas.tuning import PAPER_GAMMAS, defaults_table, sweep_concept
+
+    if not m.info.objects:
+        raise_error(f"tuning with a judge needs a model with a benchmark vocabulary (MiniCanvas-style); {args.model} has none: leave out --judge and pass --tau/--gamma or --preset paper later")
+    judge = open_judge(args)
+    seeds = mc.split_seeds("sweep", 1)
+
+    def tune(pipe, bundle):
+        style_rows, object_rows = [], []
+        for concept in [*mc.STYLES, *mc.OBJECTS]:
+            rows = sweep_concept(pipe, bundle, judge, concept, (1, 2, 3), tuple(PAPER_GAMMAS), seeds, m.steps, m.guidance)
+            (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
+        return defaults_table(style_rows, object_rows, "shared")
+
+    return tune
 
 
 def cmd_tune(args) -> int:
@@ -530,6 +592,27 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--gamma", type=float, default=None, help="negative multiplier (default: per-concept table)")
     add_output_options(u, required=False, help="output image path", overwrite=False)
     u.set_defaults(func=cmd_unlearn)
+
+    pr = sub.add_parser(
+        "prepare",
+        help="one resumable command from a model and a concepts file to a folder the explorer opens",
+        description="Cache activations of the concepts file's prompts, train one SAE per hook point (unless --sae gives them), compute feature statistics and, with --judge, tune tau/gamma; write a run folder for `saeuron-explorer --run DIR`. Rerun the same command to resume.",
+    )
+    add_model_options(pr)
+    pr.add_argument("--concepts", required=True, help="prompts and concepts: .csv (prompt[,seed][,<kind>...]: each label column is a concept kind), .json / .yaml (rows), or .txt (one prompt per line, no concepts)")
+    pr.add_argument("--sae", default=None, help="existing SAEs (folder or hub id org/name[/subfolder]) instead of training")
+    pr.add_argument("--point", action="append", help="hook point (repeat); default: the model's object and style points")
+    pr.add_argument("--kind-point", action="append", help="KIND=POINT: route a concept kind (label column) to a hook point (repeat)")
+    pr.add_argument("--expansion-factor", type=int, default=16, help="SAE latents per channel (default 16, the paper)")
+    pr.add_argument("--k", type=int, default=32, help="active latents per token (default 32, the paper)")
+    pr.add_argument("--batch-size", type=int, default=4096, help="tokens per step (shrinks on small stores, with a note)")
+    pr.add_argument("--epochs", type=int, default=5)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--top-m", type=int, default=8, help="top-activating entries kept per feature and timestep bucket")
+    pr.add_argument("--items-per-shard", type=int, default=16, help="images per activation shard (the resume granularity)")
+    add_judge_option(pr)
+    add_output_options(pr, help="run folder (rerun the same command to resume)", overwrite=False)
+    pr.set_defaults(func=cmd_prepare)
 
     tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table", description="The paper's per-concept sweep, picking by (UA + IRA) / 2 on seeds of the sweep split (never the evaluation seeds). Styles share one setting (or each its own, --style-settings per-concept); objects get one each.")
     add_model_options(tu)
