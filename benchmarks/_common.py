@@ -114,6 +114,7 @@ def synthetic_feature_stats(means: torch.Tensor, concepts: list[str], kinds: lis
         height=height,
         width=width,
         bucket_edges=(0,),
+        guidance=0.0,  # no images behind synthetic statistics
         bin_edges=HIST_EDGES.clone(),
         concept_sums=means * counts[:, None, None],
         concept_counts=counts,
