@@ -201,7 +201,7 @@ def cmd_cache(args) -> int:
         items = prompt_items(args.seeds_per_pair, split="train")
     points = args.point or sorted(set(m.info.hook_points.values()))
     store = cache_activations(m.pipe, items, points, args.out, m.steps, m.guidance, items_per_shard=args.items_per_shard, model_name=args.model)
-    print(f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)}; {len(store.completed)}/{store.n_shards} shards")
+    print(f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)} ({m.describe()}); {len(store.completed)}/{store.n_shards} shards")
     return 0
 
 

@@ -94,6 +94,13 @@ def test_plain_prompt_list_ranks_by_frequency(sd_folder, tmp_path, capsys):
     assert freq == sorted(freq, reverse=True) and ranked[0].top_concept == NO_CONCEPT
     card = ex.features.card("up_blocks.1.attentions.1", ranked[0].feature, generate_images=False)
     assert card.frequency == freq[0] and card.concept_means == {}
+    # existing SAEs (here: this run's) skip training; the run records where they came from
+    concepts = tmp_path / "concepts.csv"
+    concepts.write_text(CONCEPTS)
+    reuse = tmp_path / "reuse"
+    assert main(["--threads", "1", "prepare", "--model", str(sd_folder), "--concepts", str(concepts), "--steps", "2", "--device", "cpu", "--point", "up_blocks.1.attentions.1", "--sae", str(run / "sae"), "--out", str(reuse)]) == 0
+    assert "[2/4] train: skipped" in capsys.readouterr().out and not (reuse / "sae").exists()
+    assert json.loads((reuse / "run.json").read_text())["sae"] == str((run / "sae").resolve())
 
 
 def test_prepare_bad_input_is_one_line_before_work(sd_folder, tmp_path, capsys):
@@ -123,6 +130,7 @@ def test_explorer_run_flag_refuses_an_unfinished_run(tmp_path):
         load_run(tmp_path)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: 5-20 s on a shared machine
 def test_gpu_check_skips_cleanly_without_cuda():
     """scripts/gpu_check.sh prints one JSON line {"status": "skipped"} and exits 0 without CUDA."""
     import subprocess
