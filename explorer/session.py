@@ -118,7 +118,8 @@ class ExplorerSession:
         pipe = load_pipeline(model, device, dtype, height, width)
         info = model_info(pipe, model)
         if run is not None:
-            info = replace(info, hook_points=dict(hook_points), default_steps=spec.steps, default_guidance=spec.guidance, image_size=spec.height)
+            info = replace(info, hook_points=dict(hook_points), default_steps=spec.steps, default_guidance=spec.guidance)
+        info = replace(info, image_size=image_size(pipe)[0])  # the size this session generates at
         bundle = SaeBundle.load(info, sae, stats, defaults, device=pipe.device, preset=preset)
         bundle.check_fits(pipe.unet)
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)

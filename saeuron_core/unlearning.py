@@ -9,7 +9,7 @@ the object block, styles to the style block) with the per-concept default tau / 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -87,8 +87,11 @@ class SaeBundle:
     def load(cls, info: ModelInfo, sae_dir: str | Path | None = None, stats_dir: str | Path | None = None, defaults: str | Path | None = None, device: str | torch.device = "cpu", preset: str | None = None) -> "SaeBundle":
         """SAEs (``sae_dir``: a folder or a hub id, default the bundled ones) and statistics of
         every hook point of ``info``; SAEs on ``device`` in float32 whatever the model's dtype."""
+        from .hooks import normalize_point
         from .hub import point_folder, resolve_sae_dir
 
+        # the paper's "unet." spelling and ours name the same block: one key per block
+        info = replace(info, hook_points={kind: normalize_point(p) for kind, p in info.hook_points.items()})
         points = list(dict.fromkeys(info.hook_points.values()))
         sae_root = resolve_sae_dir(sae_dir, points) if sae_dir else ASSETS / "sae"
         stats_dir = Path(stats_dir) if stats_dir else ASSETS / "stats"

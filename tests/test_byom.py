@@ -246,8 +246,10 @@ def test_paper_preset_matches_names_by_kind(tiny_bundle):
     from saeuron_core.pipeline import ModelInfo
     from saeuron_core.unlearning import PRESETS, SaeBundle
 
-    info = ModelInfo("elsewhere", 16, {"object": "up_blocks.1.attentions.0", "style": "up_blocks.1.attentions.1"})
+    # hook points spelled the paper's way (unet. prefix) name the same blocks
+    info = ModelInfo("elsewhere", 16, {"object": "unet.up_blocks.1.attentions.0", "style": "unet.up_blocks.1.attentions.1"})
     bundle = SaeBundle.load(info, tiny_bundle / "sae", tiny_bundle / "stats", preset="paper")
+    assert sorted(bundle.saes) == ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
     assert bundle.default_params("rings") == (99.999, -1.0)  # every style
     with pytest.raises(SaeuronError, match="no default tau/gamma for 'star'"):
         bundle.default_params("star")  # not a Table 4 object
