@@ -254,7 +254,7 @@ class PointEditor:
         if reference_form:
             x_hat = self.sae.decode(top_acts, top_indices, tokens)
             direction = delta @ rows if scale is None else (delta @ rows) * scale
-            out = (2 * x_hat - tokens.to(x_hat.dtype) + direction).to(x.dtype)
+            out = (2 * x_hat - tokens.to(device=x_hat.device, dtype=x_hat.dtype) + direction).to(device=x.device, dtype=x.dtype)
             return _to_map(out, x.shape)
         changed = delta.ne(0).any(1).nonzero().squeeze(1)
         if not len(changed):
@@ -262,7 +262,9 @@ class PointEditor:
         update = delta[changed] @ rows
         if scale is not None:
             update = update * scale[changed]
-        # the sum in float32, rounded once to x's dtype (a half-precision add would round twice)
+        # the sum in float32, rounded once to x's dtype (a half-precision add would round twice);
+        # the SAE may sit on another device than the block (e.g. a CPU SAE on a GPU model)
+        changed = changed.to(tokens.device)
         new_rows = (tokens[changed].to(update.dtype) + update.to(tokens.device)).to(x.dtype)
         return _to_map(tokens.index_copy(0, changed, new_rows), x.shape)
 
