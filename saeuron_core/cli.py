@@ -21,16 +21,15 @@ def _threads(n: int | None) -> None:
 # Each option group is declared once here and added to the commands that take it.
 
 
-def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps", size: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
     """--model, where and in what precision it runs, the image size, the denoising steps and
     the guidance scale (each defaults to the model's own)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="minicanvas", help="'minicanvas' (bundled), a diffusers pipeline folder or a hub id")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16; SAEs always compute in float32")
-    if size:
-        g.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of the model's downsampling factor (default: the model's)")
-        g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    g.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of the model's downsampling factor (default: the model's)")
+    g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     g.add_argument(steps_flag, dest="gen_steps", type=int, default=None, help="denoising steps (default: the model's, 20 for minicanvas)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
 
@@ -219,11 +218,10 @@ def cmd_train_sae(args) -> int:
 
 def cmd_stats(args) -> int:
     from .sae import TopKSae
-    from .stats import compute_stats
-    from .store import ActivationStore
-
     from .hooks import normalize_point
     from .hub import point_folder, resolve_sae_dir
+    from .stats import compute_stats
+    from .store import ActivationStore
 
     store = ActivationStore(args.store)
     points = [normalize_point(p) for p in args.point] if args.point else store.points
@@ -235,9 +233,11 @@ def cmd_stats(args) -> int:
             raise_error(f"no SAE for hook point {point} in {sae_root} (looked for {point}/ and unet.{point}/)")
     for point in points:
         sae = TopKSae.load(folders[point])
+        print(f"{point}: SAE of {sae.num_latents} latents, {sae.cfg.inference_topk()}")
         stats = compute_stats(store, point, sae, top_m=args.top_m)
         stats.save(Path(args.out) / point)
-        print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts -> {Path(args.out) / point}")
+        unlabelled = "" if stats.concepts else " (the prompts carry no concept labels: frequencies and top examples only)"
+        print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts{unlabelled} -> {Path(args.out) / point}")
     return 0
 
 
@@ -255,6 +255,9 @@ def cmd_unlearn(args) -> int:
     m = open_model(args)
     bundle = open_bundle(args, m.info, m.pipe)
     interventions = bundle.unlearn(args.concept, args.tau, args.gamma)
+    for point in dict.fromkeys(iv.point for iv in interventions):
+        sae = bundle.saes[point]
+        print(f"{point}: SAE of {sae.num_latents} latents, {sae.cfg.inference_topk()}")
     for concept in dict.fromkeys(args.concept):
         source = "--tau/--gamma" if args.tau is not None else bundle.params_source(concept)
         print(f"{concept}: tau/gamma from {source}")

@@ -139,6 +139,7 @@ def prepare(
             sae = TopKSae.load(point_folder(sae_root, p))
             if channels[p] is not None and sae.d_in != channels[p]:
                 raise SaeuronError(f"the SAE for {p} in {given_sae} has d_in={sae.d_in}, but that block outputs {channels[p]} channels")
+            log(f"{p}: given SAE of {sae.num_latents} latents, {sae.cfg.inference_topk()}")
     run_file = out / RUN_FILE
     plan = asdict(spec)
     if run_file.is_file():

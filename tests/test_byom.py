@@ -237,7 +237,7 @@ def test_unlearn_with_paper_saes_and_sources(capsys, tiny_bundle, tmp_path):
     code, _, err = cli(capsys, *common, "--concept", "dots", "--out", str(tmp_path / "a.png"))
     assert code == 2 and "no default tau/gamma for 'dots' in none" in err and not (tmp_path / "a.png").exists()
     code, out, _ = cli(capsys, *common, "--concept", "dots", "--preset", "paper", "--out", str(tmp_path / "b.png"))
-    assert code == 0 and "dots: tau/gamma from preset paper" in out
+    assert code == 0 and "dots: tau/gamma from preset paper" in out and "per-token TopK, k=4 (trained with per-token TopK)" in out
     code, out, _ = cli(capsys, *common, "--concept", "star", "--defaults", str(tiny_bundle / "defaults.json"), "--out", str(tmp_path / "c.png"))
     assert code == 0 and f"star: tau/gamma from table {tiny_bundle / 'defaults.json'}" in out
 
