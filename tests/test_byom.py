@@ -265,3 +265,35 @@ def test_sae_that_does_not_fit_fails_before_generating(capsys, tiny_bundle, tmp_
     code, _, err = cli(capsys, "unlearn", "--model", str(tiny_bundle / "model"), "--sae", str(wrong), "--stats", str(tiny_bundle / "stats"), "--concept", "dots", "--tau", "99", "--gamma", "-5", "--prompt", "x", "--out", str(tmp_path / "x.png"))
     assert code == 2 and "d_in=" in err and "outputs 32 channels" in err and one_line(err)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_zerogpu_moves_the_session_to_cuda_inside_gpu_calls(monkeypatch):
+    """On a ZeroGPU Space, each GPU-decorated call first moves the registered session to CUDA
+    (a GPU exists only inside such calls); elsewhere ``gpu`` returns the function unchanged."""
+    import sys
+    import types
+
+    from explorer import zerogpu
+
+    def plain(x):
+        return x + 1
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert zerogpu.gpu(plain) is plain
+
+    decorated = []
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=lambda fn: decorated.append(fn) or fn))
+    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    monkeypatch.setattr(zerogpu, "_ON_GPU", [])
+    moves = []
+    session = types.SimpleNamespace(to_device=moves.append)
+    zerogpu.place_on_gpu(session)
+    zerogpu.place_on_gpu(session)  # registered once
+
+    def stream(n):
+        yield from range(n)
+
+    on_gpu, on_gpu_stream = zerogpu.gpu(plain), zerogpu.gpu(stream)
+    assert len(decorated) == 2 and moves == []  # nothing moves at decoration time
+    assert on_gpu(1) == 2 and moves == ["cuda"]
+    assert list(on_gpu_stream(3)) == [0, 1, 2] and moves == ["cuda", "cuda"]
