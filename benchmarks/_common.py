@@ -113,7 +113,7 @@ def synthetic_feature_stats(means: torch.Tensor, concepts: list[str], kinds: lis
         items=[],
         height=height,
         width=width,
-        guidance=0.0,
+        guidance=0.0,  # no images behind synthetic statistics
         bin_edges=HIST_EDGES.clone(),
         concept_sums=means * counts[:, None, None],
         concept_counts=counts,

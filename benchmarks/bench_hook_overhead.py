@@ -67,6 +67,12 @@ from saeuron_core.scoring import ConceptStats  # noqa: E402
 ARMS = ("plain", "sparse", "dense")
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so that a wall-clock interval covers the work it times."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 # --------------------------------------------------------------------------- dense reference edit
 class DenseUnlearn:
     """The reference computation of one ``Unlearn`` at one hook point: dense codes, two full
@@ -135,8 +141,10 @@ def interleaved(runners: dict, repeats: int, warmup: int) -> tuple[dict, dict]:
     for r in range(repeats):
         order = arms if r % 2 == 0 else arms[::-1]
         for arm in order:
+            _sync()
             t0 = time.perf_counter()
             out = runners[arm]()
+            _sync()
             times[arm].append(time.perf_counter() - t0)
             outputs.setdefault(arm, out)
         log("round %d/%d: %s" % (r + 1, repeats, ", ".join(f"{a} {times[a][-1]:.2f}s" for a in arms)))
@@ -170,8 +178,10 @@ def hook_microbench(editors: dict, maps: dict, timesteps: list, reps: int) -> di
                 fn(x, step)  # warm
                 samples = []
                 for _ in range(reps):
+                    _sync()
                     t0 = time.perf_counter()
                     fn(x, step)
+                    _sync()
                     samples.append(time.perf_counter() - t0)
                 total += statistics.median(samples)
             per_step.append(total)
@@ -207,12 +217,16 @@ def run_pipeline(args) -> dict:
         atexit.register(tmp.cleanup)
         spec = str(tiny_pipeline_folder(folder=tmp.name))
         log(f"tiny random pipeline written to {spec}")
-    pipe = load_pipeline(spec)
+    pipe = load_pipeline(spec, args.device, args.dtype, args.height, args.width)
     info = model_info(pipe, args.model)
     steps = args.steps or info.default_steps
     guidance = args.guidance if args.guidance is not None else info.default_guidance
     seeds = list(range(args.seed, args.seed + args.batch))
-    result = {"mode": "pipeline", "model": args.model, "steps": steps, "guidance": guidance, "images_per_run": args.batch, "output_type": args.output_type}
+    from saeuron_core.device import dtype_name
+    from saeuron_core.pipeline import image_size
+
+    result = {"mode": "pipeline", "model": args.model, "steps": steps, "guidance": guidance, "images_per_run": args.batch, "output_type": args.output_type,
+              "device": str(pipe.device), "dtype": dtype_name(pipe.unet.dtype), "size": list(image_size(pipe))}
 
     if args.synthetic_sae:
         concept = args.concept or "style_0"
@@ -231,7 +245,7 @@ def run_pipeline(args) -> dict:
         for point in points:
             acts = rec.stacked(point)  # [T, B, C, H, W]
             _, _, channels, height, width = acts.shape
-            sae = TopKSae(SaeConfig(d_in=channels, expansion_factor=16, k=args.k))
+            sae = TopKSae(SaeConfig(d_in=channels, expansion_factor=16, k=args.k), device=pipe.device)
             mean_codes = _mean_codes(sae, acts)
             means = calibrated_means(mean_codes, len(concepts), concepts.index(concept), args.boost_latents, args.seed)
             saes[point], stats[point] = sae, synthetic_feature_stats(means, concepts, concept_kinds, rec.timesteps, height, width)
@@ -245,7 +259,7 @@ def run_pipeline(args) -> dict:
             "boosted_latents_per_step": args.boost_latents,
         }
     else:
-        bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults)
+        bundle = SaeBundle.load(info, args.sae, args.stats, args.defaults, device=pipe.device)
         concept = args.concept or _first_concept(bundle, "style")
         tau, gamma = args.tau, args.gamma
         if args.prompt:
@@ -294,7 +308,8 @@ def run_pipeline(args) -> dict:
 
 
 def _microbench(unet, saes: dict, interventions: list, stats_by_point: dict, rec, reps: int) -> dict:
-    maps = {iv.point: rec.stacked(iv.point) for iv in interventions}
+    device = next(iter(saes.values())).device
+    maps = {iv.point: rec.stacked(iv.point).to(device) for iv in interventions}
     with torch.inference_mode():
         with apply_interventions(unet, saes, interventions, stats=stats_by_point) as editors:
             sparse_fns = dict(editors)
@@ -320,8 +335,8 @@ def _mean_codes(sae: TopKSae, acts: torch.Tensor) -> torch.Tensor:
     for maps in acts:
         tokens = to_tokens(maps.float()).reshape(-1, maps.shape[1])
         top_acts, top_indices = sae.encode(tokens)
-        dense = torch.zeros(sae.num_latents).index_add_(0, top_indices.reshape(-1), top_acts.reshape(-1))
-        out.append(dense / tokens.shape[0])
+        dense = torch.zeros(sae.num_latents, device=sae.device).index_add_(0, top_indices.reshape(-1), top_acts.reshape(-1))
+        out.append((dense / tokens.shape[0]).cpu())
     return torch.stack(out)
 
 
@@ -450,6 +465,10 @@ def main() -> None:
     ap.add_argument("--points", nargs="+", default=None, help="--sd15: hook points (default up_blocks.1.attentions.2)")
     ap.add_argument("--num-latents", type=int, default=20480, help="--sd15: SAE width")
     ap.add_argument("--micro-reps", type=int, default=5, help="calls per step in the per-hook-call microbenchmark")
+    ap.add_argument("--device", default="cpu", help="pipeline mode: cpu, cuda, cuda:N, mps or auto")
+    ap.add_argument("--dtype", default="float32", help="pipeline mode: float32, float16, bfloat16 or auto")
+    ap.add_argument("--height", type=int, default=None, help="pipeline mode: image height (default: the model's)")
+    ap.add_argument("--width", type=int, default=None, help="pipeline mode: image width (default: the model's)")
     ap.add_argument("--out", default=None, help="also write the JSON result here")
     args = ap.parse_args()
     if args.repeats is None:

@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stats", default=None, help="feature statistics folder (default: bundled)")
     parser.add_argument("--defaults", default=None, help="unlearning defaults table (default: bundled)")
     parser.add_argument("--judge", default=None, help="judge folder (default: bundled, for the bundled model)")
+    parser.add_argument("--run", default=None, help="a folder written by `saeuron prepare`: model, size, SAEs, statistics and routing in one flag")
+    parser.add_argument("--preset", default=None, choices=["paper"], help="tau/gamma: the paper's settings (styles 99.999 / -1, objects from its Table 4 where names match)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16")
+    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's or the run's)")
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's or the run's)")
     parser.add_argument("--erasure-cache", default=None, help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
@@ -66,7 +72,15 @@ def open_session(args: argparse.Namespace) -> ExplorerSession:
     torch.set_num_threads(args.threads)
     from saeuron_core.baselines.methods import default_cache_dir
 
-    return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir())
+    from .zerogpu import place_on_gpu
+
+    zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
+    # ZeroGPU: load on the CPU; each GPU-decorated call moves the session to CUDA
+    device = "cpu" if zero_gpu else args.device
+    session = ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, device=device, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir(), dtype=args.dtype, height=args.height, width=args.width, run=args.run, preset=args.preset)
+    if zero_gpu:
+        place_on_gpu(session)
+    return session
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,7 @@ class FeatureMap:
 
 
 ALL_CONCEPTS = "all concepts"
+NO_CONCEPT = "(no concepts in the statistics)"
 
 
 class FeatureExplorer:
@@ -129,7 +130,9 @@ class FeatureExplorer:
                     for concept in by_kind.concepts:
                         names.append(concept)
                         rows.append(score(by_kind, concept).float())
-                self._scores[point] = (tuple(names), torch.stack(rows))
+                # statistics of a plain prompt list have no concepts: an empty score table
+                empty = torch.zeros(0, len(stats.timesteps), stats.n_latents)
+                self._scores[point] = (tuple(names), torch.stack(rows) if rows else empty)
             return self._scores[point]
 
     def point_of(self, concept: str) -> str:
@@ -156,18 +159,26 @@ class FeatureExplorer:
 
     def top_concept(self, point: str, feature: int, step: int | None = None) -> str:
         names, scores = self._scores_at(point, self.check_step(point, step))
-        return names[int(scores[:, self.check_feature(point, feature)].argmax())]
+        feature = self.check_feature(point, feature)
+        return names[int(scores[:, feature].argmax())] if names else NO_CONCEPT
 
     # ------------------------------------------------------------------ ranking
     def rank(self, point: str, concept: str | None = None, step: int | None = None, limit: int = 50) -> list[RankedFeature]:
         """Features by descending score for ``concept`` at ``step`` (None: averaged over steps).
 
         Without a concept each feature is scored for its top concept, which ranks the most
-        concept-specific features of any concept first.
+        concept-specific features of any concept first. Statistics without concepts (a plain
+        prompt list) rank by activation frequency; the score column is then that frequency.
         """
         step = self.check_step(point, step)
         limit = check_int("number of rows", limit, 1, self.session.limits.max_ranked_rows)
         names, scores = self._scores_at(point, step)
+        if not names:
+            if concept is not None:
+                self._concept_index(point, concept)  # raises: no concepts here
+            frequency = self.stats(point).frequency
+            order = frequency.argsort(descending=True)[:limit].tolist()
+            return [RankedFeature(i, float(frequency[i]), float(frequency[i]), NO_CONCEPT) for i in order]
         best_score, best = scores.max(0)
         chosen = best_score if concept is None else scores[self._concept_index(point, concept)]
         order = chosen.argsort(descending=True)[:limit].tolist()
@@ -282,7 +293,7 @@ class FeatureExplorer:
         return self._map_thread
 
     def _compute_map(self, point: str) -> FeatureMap:
-        w_dec = self.session.bundle.saes[point].W_dec.detach().float().numpy()
+        w_dec = self.session.bundle.saes[point].W_dec.detach().float().cpu().numpy()
         key = hashlib.sha256(np.ascontiguousarray(w_dec).tobytes()).hexdigest()[:16]
         cache = self.map_cache_dir / f"umap-{key}.npy"
         if cache.is_file():
@@ -298,5 +309,7 @@ class FeatureExplorer:
             with atomic_path(cache) as tmp, open(tmp, "wb") as f:
                 np.save(f, xy)
         names, scores = self._scores_at(point, None)
+        if not names:
+            return FeatureMap(point, xy, [NO_CONCEPT] * len(xy), self.stats(point).frequency.numpy())
         best_score, best = scores.max(0)
         return FeatureMap(point, xy, [names[i] for i in best.tolist()], best_score.numpy())

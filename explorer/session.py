@@ -23,7 +23,7 @@ from saeuron_core.interventions import apply_interventions
 from saeuron_core.minicanvas.judge import Judge
 from saeuron_core.baselines.methods import Removal, prepare_removal
 from saeuron_core.paths import ASSETS
-from saeuron_core.pipeline import ModelInfo, generate, load_pipeline, model_info
+from saeuron_core.pipeline import ModelInfo, generate, image_size, load_pipeline, model_info
 from saeuron_core.unlearning import SaeBundle, generate_with
 
 from .limits import Limits
@@ -96,15 +96,32 @@ class ExplorerSession:
             yield self.pipe
 
     @classmethod
-    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None) -> "ExplorerSession":
+    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None, dtype: str | None = "float32", height: int | None = None, width: int | None = None, run: str | Path | None = None, preset: str | None = None) -> "ExplorerSession":
         """Load a model and its SAEs, statistics and (when available) judge.
 
         Without ``judge`` the bundled judge is used for the bundled model; other models have none
-        unless given (the unlearn grid then asks for one).
+        unless given (the unlearn grid then asks for one). ``run``: a folder written by
+        ``saeuron prepare``, which gives the model, size, steps, guidance, hook points, SAEs,
+        statistics and tau / gamma table (``sae`` / ``stats`` / ``defaults`` / size override it).
         """
-        pipe = load_pipeline(model, device)
+        from dataclasses import replace
+
+        hook_points = None
+        if run is not None:
+            from saeuron_core.prepare import load_run
+
+            spec = load_run(run)
+            model, sae, stats = spec.model, sae or spec.sae, stats or spec.stats
+            defaults = defaults or spec.defaults
+            height, width = height or spec.height, width or spec.width
+            hook_points = spec.hook_points
+        pipe = load_pipeline(model, device, dtype, height, width)
         info = model_info(pipe, model)
-        bundle = SaeBundle.load(info, sae, stats, defaults)
+        if run is not None:
+            info = replace(info, hook_points=dict(hook_points), default_steps=spec.steps, default_guidance=spec.guidance)
+        info = replace(info, image_size=image_size(pipe)[0])  # the size this session generates at
+        bundle = SaeBundle.load(info, sae, stats, defaults, device=pipe.device, preset=preset)
+        bundle.check_fits(pipe.unet)
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
         loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None
         as_text = lambda p: None if p is None else str(p)  # noqa: E731
@@ -151,6 +168,14 @@ class ExplorerSession:
                     image = self._generate_with_previews(recipe, on_preview, previews)
         return np.asarray(image.convert("RGB"))
 
+    def to_device(self, device) -> None:
+        """Move the pipeline and the SAEs to ``device`` (ZeroGPU: inside the GPU-decorated call)."""
+        with self._unet_lock:
+            if self.pipe.device != torch.device(device):
+                self.pipe.to(device)
+                for sae in self.bundle.saes.values():
+                    sae.to(device)
+
     def _generate_with_previews(self, recipe: Recipe, on_preview, previews: int):
         every = max(1, recipe.steps // max(previews, 1))
 
@@ -160,7 +185,10 @@ class ExplorerSession:
             return tensors
 
         # the arguments of saeuron_core.pipeline.generate_jobs for one job, plus the callback
+        height, width = image_size(self.pipe)
         out = self.pipe(
+            height=height,
+            width=width,
             prompt=[recipe.prompt],
             negative_prompt=[""],
             num_inference_steps=recipe.steps,

@@ -22,9 +22,14 @@ def _threads(n: int | None) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
-    """--model, the denoising steps and the guidance scale (each defaults to the model's own)."""
+    """--model, where and in what precision it runs, the image size, the denoising steps and
+    the guidance scale (each defaults to the model's own)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="minicanvas", help="'minicanvas' (bundled), a diffusers pipeline folder or a hub id")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16; SAEs always compute in float32")
+    g.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of the model's downsampling factor (default: the model's)")
+    g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     g.add_argument(steps_flag, dest="gen_steps", type=int, default=None, help="denoising steps (default: the model's, 20 for minicanvas)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
 
@@ -32,14 +37,40 @@ def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps") -
 def add_bundle_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """Where SAeUron's SAEs, statistics and (optionally) tau / gamma table come from."""
     g = p.add_argument_group("SAeUron")
-    g.add_argument("--sae", default=None, help="folder with one SAE subfolder per hook point (default: bundled assets/sae)")
+    g.add_argument("--sae", default=None, help="folder with one SAE subfolder per hook point (<point> or unet.<point>), or a hub id org/name[/subfolder] (default: bundled assets/sae)")
     g.add_argument("--stats", default=None, help="statistics folder, one subfolder per hook point (default: bundled assets/stats)")
     if defaults:
-        g.add_argument("--defaults", default=None, help="tau/gamma table (default: assets/unlearn_defaults.json)")
+        g.add_argument("--defaults", default=None, help="tau/gamma table written by `saeuron tune` (default: the bundled table, for the bundled model only)")
+        g.add_argument("--preset", default=None, choices=["paper"], help="paper: the paper's settings (styles 99.999 / -1, objects from its Table 4 where names match)")
+
+
+def add_sae_training_options(p: argparse.ArgumentParser) -> None:
+    """SAE shape and training schedule (each default lives in SaeConfig / TrainConfig)."""
+    g = p.add_argument_group("SAE training")
+    g.add_argument("--expansion-factor", type=int, default=None, help="num_latents = expansion factor * channels (default: SaeConfig.expansion_factor, 16 as the paper)")
+    g.add_argument("--num-latents", type=int, default=None, help="dictionary size, instead of --expansion-factor")
+    g.add_argument("--k", type=int, default=None, help="active latents per token (default: SaeConfig.k, 32 as the paper)")
+    g.add_argument("--dead-feature-threshold", type=int, default=None, help="tokens without firing before a latent is dead (default: SaeConfig.dead_feature_threshold)")
+    g.add_argument("--batch-size", type=int, default=None, help="tokens per step (default: TrainConfig.batch_size)")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the store (default: TrainConfig.epochs)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: scaled with the dictionary size, as sparsify)")
+    g.add_argument("--seed", type=int, default=None, help="initialisation and shuffling seed (default: TrainConfig.seed)")
+
+
+def train_config(args):
+    """The TrainConfig (holding its SaeConfig) that the SAE-training flags ask for; unset flags keep the dataclasses' defaults."""
+    from .sae import SaeConfig
+    from .sae_train import TrainConfig
+
+    if args.expansion_factor is not None and args.num_latents is not None:
+        raise_error("give --expansion-factor or --num-latents, not both")
+    sae = {k: getattr(args, k) for k in ("expansion_factor", "num_latents", "k", "dead_feature_threshold") if getattr(args, k) is not None}
+    train = {k: getattr(args, k) for k in ("batch_size", "epochs", "lr", "seed") if getattr(args, k) is not None}
+    return TrainConfig(sae=SaeConfig(**sae), **train)
 
 
 def add_judge_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--judge", default=None, help="judge folder (default: bundled assets/judge)")
+    p.add_argument("--judge", default=None, help="judge folder (default: bundled assets/judge; prepare: no tuning without one)")
 
 
 def add_cache_options(p: argparse.ArgumentParser) -> None:
@@ -72,13 +103,35 @@ class Opened:
     steps: int
     guidance: float
 
+    @property
+    def height(self) -> int:
+        from .pipeline import image_size
+
+        return image_size(self.pipe)[0]
+
+    @property
+    def width(self) -> int:
+        from .pipeline import image_size
+
+        return image_size(self.pipe)[1]
+
+    def describe(self) -> str:
+        """Device, precision and size, for a command's output."""
+        from .device import dtype_name
+
+        return f"{self.pipe.device} {dtype_name(self.pipe.unet.dtype)}, {self.height}x{self.width} px"
+
 
 def open_model(args, need_vocabulary: str | None = None) -> Opened:
-    """Load ``args.model`` and resolve steps / guidance; ``need_vocabulary`` names what needs a
-    benchmark vocabulary (refused on models without one)."""
+    """Load ``args.model`` on --device in --dtype at --height x --width and resolve steps /
+    guidance; ``need_vocabulary`` names what needs a benchmark vocabulary (refused on models
+    without one). Device and dtype are checked before the weights are read."""
+    from .device import resolve_device, resolve_dtype
     from .pipeline import load_pipeline, model_info
 
-    pipe = load_pipeline(args.model)
+    device = resolve_device(getattr(args, "device", "cpu"))
+    dtype = resolve_dtype(getattr(args, "dtype", "float32"), device)
+    pipe = load_pipeline(args.model, device, dtype, getattr(args, "height", None), getattr(args, "width", None))
     info = model_info(pipe, args.model)
     if need_vocabulary and not info.objects:
         raise_error(f"{args.model} has no benchmark vocabulary; {need_vocabulary} runs on MiniCanvas-style models")
@@ -87,10 +140,16 @@ def open_model(args, need_vocabulary: str | None = None) -> Opened:
     return Opened(pipe, info, steps, guidance)
 
 
-def open_bundle(args, info):
+def open_bundle(args, info, pipe=None):
+    """SAEs, statistics and tau/gamma table of the command; with ``pipe``, SAEs sit on its device
+    and each SAE's width is checked against its block before anything is generated."""
     from .unlearning import SaeBundle
 
-    return SaeBundle.load(info, args.sae, args.stats, getattr(args, "defaults", None))
+    device = pipe.device if pipe is not None else "cpu"
+    bundle = SaeBundle.load(info, args.sae, args.stats, getattr(args, "defaults", None), device=device, preset=getattr(args, "preset", None))
+    if pipe is not None:
+        bundle.check_fits(pipe.unet)
+    return bundle
 
 
 def open_judge(args):
@@ -150,7 +209,7 @@ def cmd_generate(args) -> int:
     image = images[0] if len(images) == 1 else image_grid(images, len(prompts), len(seeds))
     save_image(image, Path(args.out))
     erased = f", {edit.method} erasure of {'+'.join(edit.concepts)}" if edit else ""
-    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {m.steps} steps, guidance {m.guidance}{erased})")
+    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {m.steps} steps, guidance {m.guidance}, {m.describe()}{erased})")
     return 0
 
 
@@ -176,7 +235,7 @@ def _cache(args) -> int:
     store = cache_activations(m.pipe, items, points, args.out, m.steps, m.guidance, items_per_shard=args.items_per_shard, model_name=args.model)
     if dist.is_main():
         ranks = f" ({dist.world()} ranks)" if dist.world() > 1 else ""
-        print(f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)}; {len(store.completed)}/{store.n_shards} shards{ranks}")
+        print(f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)} ({m.describe()}); {len(store.completed)}/{store.n_shards} shards{ranks}")
     return 0
 
 
@@ -189,15 +248,11 @@ def cmd_train_sae(args) -> int:
 
 def _train_sae(args) -> int:
     from . import distributed as dist
-    from .sae import SaeConfig
-    from .sae_train import TrainConfig, train_sae
+    from .sae_train import train_sae
     from .store import ActivationStore
 
-    if args.expansion_factor is not None and args.num_latents is not None:
-        raise_error("give --expansion-factor or --num-latents, not both")
-    given = {"expansion_factor": args.expansion_factor, "num_latents": args.num_latents, "k": args.k, "dead_feature_threshold": args.dead_feature_threshold}
+    cfg = train_config(args)
     store = ActivationStore(args.store)
-    cfg = TrainConfig(sae=SaeConfig(**{k: v for k, v in given.items() if v is not None}), batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=args.seed)
     points = args.point or store.points
     for point in points:  # every point checked on every rank before any work
         store._check_point(point)
@@ -226,14 +281,24 @@ def cmd_stats(args) -> int:
 def _stats(args) -> int:
     from . import distributed as dist
     from .sae import TopKSae
+    from .hooks import normalize_point
+    from .hub import point_folder, resolve_sae_dir
     from .stats import add_thumbnails, compute_stats
     from .store import ActivationStore
 
     if args.top_m < 1 or args.thumbnail_size < 8:
         raise_error(f"--top-m must be >= 1 and --thumbnail-size >= 8, got {args.top_m} and {args.thumbnail_size}")
     store = ActivationStore(args.store)
-    points = args.point or store.points
-    saes = {point: TopKSae.load(Path(args.sae) / point) for point in points}  # every SAE before any work
+    points = [normalize_point(p) for p in args.point] if args.point else store.points
+    sae_root = resolve_sae_dir(args.sae, points)
+    saes = {}
+    for point in points:  # every SAE before any work
+        folder = point_folder(sae_root, point)
+        if folder is None:
+            raise_error(f"no SAE for hook point {point} in {sae_root} (looked for {point}/ and unet.{point}/)")
+        saes[point] = TopKSae.load(folder)
+        if dist.is_main():
+            print(f"{point}: SAE of {saes[point].num_latents} latents, {saes[point].cfg.inference_topk()}")
     model = None
     if not args.no_thumbnails:
         from .pipeline import load_pipeline, resolve_spec
@@ -254,7 +319,8 @@ def _stats(args) -> int:
             out = Path(args.out) / point
             stats.save(out)
             size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
-            print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts, {stats.top_m} examples per feature ({size:.1f} MB) -> {out}")
+            unlabelled = "" if stats.concepts else " (the prompts carry no concept labels: frequencies and top examples only)"
+            print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts{unlabelled}, {stats.top_m} examples per feature ({size:.1f} MB) -> {out}")
     dist.barrier()
     return 0
 
@@ -267,12 +333,18 @@ def cmd_unlearn(args) -> int:
     if args.out is None:
         raise_error("--out is required (an image path such as pair.png)")
     if (args.tau is None) != (args.gamma is None):
-        raise_error("give both --tau and --gamma, or neither (then the bundled defaults apply)")
+        raise_error("give both --tau and --gamma, or neither (then --defaults, --preset or, for the bundled model, its table applies)")
     if args.prompt and any(not p.strip() for p in args.prompt):
         raise_error("empty prompt")
     m = open_model(args)
-    bundle = open_bundle(args, m.info)
+    bundle = open_bundle(args, m.info, m.pipe)
     interventions = bundle.unlearn(args.concept, args.tau, args.gamma)
+    for point in dict.fromkeys(iv.point for iv in interventions):
+        sae = bundle.saes[point]
+        print(f"{point}: SAE of {sae.num_latents} latents, {sae.cfg.inference_topk()}")
+    for concept in dict.fromkeys(args.concept):
+        source = "--tau/--gamma" if args.tau is not None else bundle.params_source(concept)
+        print(f"{concept}: tau/gamma from {source}")
     prompts = list(args.prompt or [])
     if not prompts:
         if not m.info.objects:
@@ -289,8 +361,69 @@ def cmd_unlearn(args) -> int:
     # rows: prompts; columns: (before, after) for each seed
     cells = [im for i in range(len(before)) for im in (before[i], after[i])]
     save_image(image_grid(cells, len(prompts), 2 * len(seeds)), args.out)
-    print(f"wrote {args.out}: rows = prompts, columns = before/after per seed; " + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions))
+    print(f"wrote {args.out} ({m.describe()}): rows = prompts, columns = before/after per seed; " + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions))
     return 0
+
+
+def cmd_prepare(args) -> int:
+    from .hooks import normalize_point
+    from .prepare import RunSpec, prepare, route_kinds
+    from .store import read_prompt_file
+
+    items = read_prompt_file(args.concepts)  # a bad concepts file fails before the model loads
+    kind_points = {}
+    for entry in args.kind_point or []:
+        kind, sep, point = entry.partition("=")
+        if not sep or not kind.strip() or not point.strip():
+            raise_error(f"--kind-point takes KIND=POINT, got {entry!r}")
+        kind_points[kind.strip()] = point.strip()
+    train = train_config(args)
+    m = open_model(args)
+    defaults = {kind: normalize_point(p) for kind, p in m.info.hook_points.items()}
+    if args.point:
+        points = [normalize_point(p) for p in args.point]
+        defaults = {kind: p for kind, p in defaults.items() if p in points} or {"features": points[0]}
+        extra = [p for p in points if p not in defaults.values()]
+        defaults.update({f"point{i}": p for i, p in enumerate(extra)})
+    routing, notes = route_kinds(items, defaults, kind_points)
+    for note in notes:
+        print(note)
+    given = args.sae
+    if given is not None and Path(given).expanduser().exists():
+        given = str(Path(given).expanduser().resolve())
+    kinds = {}
+    for it in items:
+        for kind, name in it.labels.items():
+            kinds.setdefault(kind, [])
+            if name not in kinds[kind]:
+                kinds[kind].append(name)
+    model = str(Path(args.model).resolve()) if Path(args.model).expanduser().is_dir() else args.model
+    spec = RunSpec(model=model, hook_points=routing, height=m.height, width=m.width, steps=m.steps, guidance=m.guidance, sae=given or "sae", concept_kinds=kinds, n_prompts=len(items))
+    tune = _prepare_tuner(args, m) if args.judge else None
+    print(f"prepare {args.out}: {args.model} on {m.describe()}, {m.steps} steps, guidance {m.guidance}; {len(items)} prompts, "
+          + (", ".join(f"{len(v)} {k} concept(s)" for k, v in kinds.items()) or "no concept labels (statistics will have frequencies only)"))
+    prepare(m.pipe, spec, items, args.out, train_config=train, given_sae=given, top_m=args.top_m, items_per_shard=args.items_per_shard, tune=tune)
+    return 0
+
+
+def _prepare_tuner(args, m):
+    """The tuning stage of prepare: the MiniCanvas sweep with the judge (benchmark models only)."""
+    from . import minicanvas as mc
+    from .minicanvas.tuning import PAPER_GAMMAS, defaults_table, sweep_concept
+
+    if not m.info.objects:
+        raise_error(f"tuning with a judge needs a model with a benchmark vocabulary (MiniCanvas-style); {args.model} has none: leave out --judge and pass --tau/--gamma or --preset paper later")
+    judge = open_judge(args)
+    seeds = mc.split_seeds("sweep", 1)
+
+    def tune(pipe, bundle):
+        style_rows, object_rows = [], []
+        for concept in [*mc.STYLES, *mc.OBJECTS]:
+            rows = sweep_concept(pipe, bundle, judge, concept, (1, 2, 3), tuple(PAPER_GAMMAS), seeds, m.steps, m.guidance)
+            (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
+        return defaults_table(style_rows, object_rows, "shared")
+
+    return tune
 
 
 def cmd_tune(args) -> int:
@@ -310,7 +443,8 @@ def cmd_tune(args) -> int:
         print(f"wrote {args.out} from {len(rows)} sweep rows")
         return 0
     m = open_model(args, need_vocabulary="tuning (with a judge)")
-    bundle = SaeBundle.load(m.info, args.sae, args.stats, defaults=None)
+    bundle = SaeBundle.load(m.info, args.sae, args.stats, defaults=None, device=m.pipe.device)
+    bundle.check_fits(m.pipe.unet)
     judge = open_judge(args)
     seeds = mc.split_seeds("sweep", args.seeds)
     gammas = tuple(args.gamma or PAPER_GAMMAS)
@@ -377,7 +511,7 @@ def cmd_evaluate(args) -> int:
     esd = esd_config(args)
     m = open_model(args, need_vocabulary="evaluate")
     plan = EvalPlan(methods, args.domain, concepts, seeds, m.steps, m.guidance, multi, attack_prompts, args.attack_steps)
-    bundle = open_bundle(args, m.info) if "saeuron" in methods else None
+    bundle = open_bundle(args, m.info, m.pipe) if "saeuron" in methods else None
     judge = open_judge(args)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
@@ -449,7 +583,7 @@ def cmd_attack(args) -> int:
             raise_error(f"{args.erasure} erases {', '.join(edit.concepts)}, not {concept}")
         removal = Removal.from_edit(edit)
     else:
-        bundle = open_bundle(args, m.info) if method == "saeuron" else None
+        bundle = open_bundle(args, m.info, m.pipe) if method == "saeuron" else None
         removal = prepare_removal(m.pipe, m.info, method, [concept], bundle=bundle, cache=cache_dir(args), log=print)
     judge = open_judge(args)
     n_prompts = args.prompts or len(m.info.objects if concept in m.info.styles else m.info.styles)
@@ -517,21 +651,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-sae", help="train a TopK SAE per hook point of an activation store", description="Train TopK SAEs (sparsify layout: <out>/<point>/cfg.json + sae.safetensors) with periodic checkpoints; rerun to resume.")
     t.add_argument("--store", required=True)
     t.add_argument("--point", action="append", help="hook point (repeat); default: every point of the store")
-    t.add_argument("--expansion-factor", type=int, default=None, help="num_latents = expansion factor * channels (default: SaeConfig.expansion_factor)")
-    t.add_argument("--num-latents", type=int, default=None, help="dictionary size, instead of --expansion-factor")
-    t.add_argument("--k", type=int, default=None, help="active latents per token (default: SaeConfig.k)")
-    t.add_argument("--dead-feature-threshold", type=int, default=None, help="tokens without firing before a latent is dead (default: SaeConfig.dead_feature_threshold)")
-    t.add_argument("--batch-size", type=int, default=4096)
-    t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    add_sae_training_options(t)
     t.add_argument("--by-point", action="store_true", help="under torchrun: train each hook point's SAE on one rank (round-robin) instead of every SAE data-parallel on all ranks")
     add_output_options(t, help="folder for one subfolder per hook point", overwrite=False)
     t.set_defaults(func=cmd_train_sae)
 
     st = sub.add_parser("stats", help="feature statistics (concept means per step, top patches, histograms)", description="Encode a store with its SAEs once and write compact feature statistics per hook point.")
     st.add_argument("--store", required=True)
-    st.add_argument("--sae", required=True, help="folder with one SAE subfolder per hook point")
+    st.add_argument("--sae", required=True, help="folder with one SAE subfolder per hook point (<point> or unet.<point>), or a hub id org/name[/subfolder]")
     st.add_argument("--point", action="append")
     st.add_argument("--top-m", type=int, default=8, help="top examples kept per feature (diverse: see --distinct)")
     st.add_argument("--distinct", choices=("image", "prompt"), default="image", help="at most one example per image (prompt + seed) or per prompt")
@@ -551,6 +678,23 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--gamma", type=float, default=None, help="negative multiplier (default: per-concept table)")
     add_output_options(u, required=False, help="output image path", overwrite=False)
     u.set_defaults(func=cmd_unlearn)
+
+    pr = sub.add_parser(
+        "prepare",
+        help="one resumable command from a model and a concepts file to a folder the explorer opens",
+        description="Cache activations of the concepts file's prompts, train one SAE per hook point (unless --sae gives them), compute feature statistics and, with --judge, tune tau/gamma; write a run folder for `saeuron-explorer --run DIR`. Rerun the same command to resume.",
+    )
+    add_model_options(pr)
+    pr.add_argument("--concepts", required=True, help="prompts and concepts: .csv (prompt[,seed][,<kind>...]: each label column is a concept kind), .json / .yaml (rows), or .txt (one prompt per line, no concepts)")
+    pr.add_argument("--sae", default=None, help="existing SAEs (folder or hub id org/name[/subfolder]) instead of training")
+    pr.add_argument("--point", action="append", help="hook point (repeat); default: the model's object and style points")
+    pr.add_argument("--kind-point", action="append", help="KIND=POINT: route a concept kind (label column) to a hook point (repeat)")
+    add_sae_training_options(pr)
+    pr.add_argument("--top-m", type=int, default=8, help="top-activating entries kept per feature and timestep bucket")
+    pr.add_argument("--items-per-shard", type=int, default=16, help="images per activation shard (the resume granularity)")
+    add_judge_option(pr)
+    add_output_options(pr, help="run folder (rerun the same command to resume)", overwrite=False)
+    pr.set_defaults(func=cmd_prepare)
 
     tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table", description="The paper's per-concept sweep, picking by (UA + IRA) / 2 on seeds of the sweep split (never the evaluation seeds). Styles share one setting (or each its own, --style-settings per-concept); objects get one each.")
     add_model_options(tu)

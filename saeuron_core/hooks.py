@@ -74,6 +74,21 @@ def resolve_point(unet: nn.Module, point: str) -> nn.Module:
     raise SaeuronError(f"hook point {point!r} does not exist in this U-Net{hint}; attention blocks: {', '.join(blocks) or 'none'}")
 
 
+def block_channels(unet: nn.Module, point: str) -> int | None:
+    """Channels C of ``point``'s output map, read from the block's config before anything runs
+    (Transformer2DModel: out_channels or in_channels; ResNet blocks: out_channels); None when
+    the block does not say."""
+    module = resolve_point(unet, point)
+    config = getattr(module, "config", None)
+    if config is not None:
+        for key in ("out_channels", "in_channels"):
+            value = config.get(key) if hasattr(config, "get") else getattr(config, key, None)
+            if isinstance(value, int):
+                return value
+    value = getattr(module, "out_channels", None)
+    return value if isinstance(value, int) else None
+
+
 def normalize_point(point: str) -> str:
     if not isinstance(point, str) or not point.strip():
         raise SaeuronError(f"hook point must be a dotted module path, got {point!r}")

@@ -241,21 +241,32 @@ class PointEditor:
         if not len(touched) and not reference_form:
             return x
         tokens = to_tokens(x).reshape(-1, channels)
+        # Codes, edits and the update are computed in the SAE's compute precision (float32 for
+        # 16-bit SAEs and for half-precision models); only the final update is cast to x's dtype.
         top_acts, top_indices = self.sae.encode(tokens)
         z = _codes_of(top_acts, top_indices, touched)  # [N, n_touched]
         z_edited = z.clone()
         for edit, latents in zip(active, latent_sets):
             edit.apply(z_edited, torch.searchsorted(touched, latents), step, (batch, height, width))
         delta = z_edited - z
+        rows = self.sae.W_dec[touched].to(delta.dtype)
+        scale = self.sae.token_scale(tokens)  # input_unit_norm: decoded directions are in std units
         if reference_form:
-            x_hat = self.sae.decode(top_acts, top_indices)
-            out = (2 * x_hat - tokens.to(x_hat.dtype) + delta @ self.sae.W_dec[touched]).to(x.dtype)
+            x_hat = self.sae.decode(top_acts, top_indices, tokens)
+            direction = delta @ rows if scale is None else (delta @ rows) * scale
+            out = (2 * x_hat - tokens.to(device=x_hat.device, dtype=x_hat.dtype) + direction).to(device=x.device, dtype=x.dtype)
             return _to_map(out, x.shape)
         changed = delta.ne(0).any(1).nonzero().squeeze(1)
         if not len(changed):
             return x
-        update = (delta[changed] @ self.sae.W_dec[touched]).to(x.dtype)
-        return _to_map(tokens.index_add(0, changed, update), x.shape)
+        update = delta[changed] @ rows
+        if scale is not None:
+            update = update * scale[changed]
+        # the sum in float32, rounded once to x's dtype (a half-precision add would round twice);
+        # the SAE may sit on another device than the block (e.g. a CPU SAE on a GPU model)
+        changed = changed.to(tokens.device)
+        new_rows = (tokens[changed].to(update.dtype) + update.to(tokens.device)).to(x.dtype)
+        return _to_map(tokens.index_copy(0, changed, new_rows), x.shape)
 
 
 def _to_map(flat_tokens: Tensor, shape: torch.Size) -> Tensor:

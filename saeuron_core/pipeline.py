@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .device import explain_dtype_failure, resolve_device, resolve_dtype
 from .errors import SaeuronError
 from .paths import ASSETS
 
@@ -72,10 +73,23 @@ def resolve_spec(spec: str) -> str:
     )
 
 
-def load_pipeline(spec: str = "minicanvas", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """Load a StableDiffusionPipeline from 'minicanvas', a local folder or a hub id."""
+def load_pipeline(
+    spec: str = "minicanvas",
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = torch.float32,
+    height: int | None = None,
+    width: int | None = None,
+):
+    """Load a StableDiffusionPipeline from 'minicanvas', a local folder or a hub id.
+
+    ``device`` / ``dtype`` as ``saeuron_core.device`` resolves them ("auto" allowed);
+    ``height`` / ``width`` set the image size every generation of this library uses with the
+    pipeline (default: the model's native size), checked against the downsampling factor.
+    """
     from diffusers import StableDiffusionPipeline
 
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     source = resolve_spec(spec)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -85,7 +99,48 @@ def load_pipeline(spec: str = "minicanvas", device: str | torch.device = "cpu", 
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SaeuronError(f"could not load pipeline {spec!r}: {first_line}") from None
     pipe.set_progress_bar_config(disable=True)
+    set_image_size(pipe, height, width)
     return pipe.to(device)
+
+
+# --------------------------------------------------------------------------- image size
+SIZE_ATTRIBUTE = "saeuron_image_size"
+
+
+def size_multiple(pipe) -> int:
+    """Pixels per side that height and width must be multiples of: the VAE's factor times the
+    U-Net's downsampling (2 per level below the top), so every level's map has whole cells."""
+    levels = len(pipe.unet.config.block_out_channels)
+    return int(pipe.vae_scale_factor) * 2 ** (levels - 1)
+
+
+def native_size(pipe) -> tuple[int, int]:
+    """(height, width) the model was configured for: U-Net sample_size x VAE factor."""
+    sample = pipe.unet.config.sample_size
+    h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    return int(h) * int(pipe.vae_scale_factor), int(w) * int(pipe.vae_scale_factor)
+
+
+def check_image_size(pipe, height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width), each defaulting to the native size, or one clear error."""
+    native_h, native_w = native_size(pipe)
+    multiple = size_multiple(pipe)
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < multiple or value % multiple):
+            raise SaeuronError(f"{name} {value!r} must be a positive multiple of {multiple} for this model (VAE factor {pipe.vae_scale_factor} x U-Net downsampling {multiple // pipe.vae_scale_factor}); native size {native_h}x{native_w}")
+    return (native_h if height is None else height), (native_w if width is None else width)
+
+
+def set_image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """Validate and remember the size ``generate`` uses for ``pipe``; returns (height, width)."""
+    size = check_image_size(pipe, height, width)
+    setattr(pipe, SIZE_ATTRIBUTE, size)
+    return size
+
+
+def image_size(pipe) -> tuple[int, int]:
+    """(height, width) generations with ``pipe`` run at (set by ``load_pipeline``, else native)."""
+    return getattr(pipe, SIZE_ATTRIBUTE, None) or native_size(pipe)
 
 
 def model_info(pipe, name: str | None = None) -> ModelInfo:
@@ -149,17 +204,27 @@ def generate(
 def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float, negative_prompt: str = "", batch_size: int = 16, output_type: str = "pil"):
     """One image per (prompt, seed) job, in order; see ``generate``."""
     _check_generation_args([p for p, _ in jobs], [s for _, s in jobs], steps, guidance)
+    height, width = image_size(pipe)
     images = []
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i : i + batch_size]
-        out = pipe(
-            prompt=[p for p, _ in chunk],
-            negative_prompt=[negative_prompt] * len(chunk),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
-            output_type=output_type,
-        )
+        try:
+            out = pipe(
+                prompt=[p for p, _ in chunk],
+                negative_prompt=[negative_prompt] * len(chunk),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                height=height,
+                width=width,
+                # CPU generators: the same seed gives the same initial noise on every device
+                generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
+                output_type=output_type,
+            )
+        except (RuntimeError, NotImplementedError) as e:
+            explained = explain_dtype_failure(e, pipe.device, pipe.unet.dtype)
+            if explained is None:
+                raise
+            raise explained from None
         images.extend(out.images)
     return images
 

@@ -26,11 +26,13 @@ WEIGHTS_FILE = "sae.safetensors"
 # cfg.json options of sparsify / the reference code that change what the SAE computes at
 # inference and that this implementation does not have; a checkpoint using one is refused.
 _UNSUPPORTED_OPTIONS = {
-    "activation": lambda v: v != "topk",
-    "skip_connection": bool,
-    "transcode": bool,
-    "input_unit_norm": bool,
+    "activation": (lambda v: v != "topk", "only TopK activations are implemented"),
+    "skip_connection": (bool, "a skip connection is not implemented"),
+    "transcode": (bool, "transcoders are not SAEs of one block's output"),
+    "sample_topk": (bool, "it selects the top k latents per whole image, not per token; only per-token TopK is implemented"),
 }
+#: Below 32 bits the SAE's matmuls and sums run in float32 (weights upcast per call).
+_HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,16 @@ class SaeConfig:
     paper: 10M)."""
     auxk_alpha: float = 1 / 32
     """Weight of the AuxK loss next to the FVU."""
+    input_unit_norm: bool = False
+    """Standardise each token (minus its channel mean, divided by its channel std + 1e-5) before
+    encoding and undo it after decoding: an option of the paper's reference code, honoured at
+    inference (encode, decode, interventions); training with it is not implemented."""
+    batch_topk: bool = False
+    """Recorded from the reference code: trained with BatchTopK (top k*N over a batch). Inference
+    here is per-token TopK either way, as the reference code's inference is."""
+    multi_topk: bool = False
+    """Recorded from sparsify / the reference code: trained with the Multi-TopK loss (a training
+    objective only; inference is plain per-token TopK)."""
 
     def __post_init__(self):
         if not isinstance(self.d_in, int) or self.d_in < 0:
@@ -82,6 +94,13 @@ class SaeConfig:
         if self.d_in and self.d_in != d_in:
             raise SaeuronError(f"the SAE config is for d_in={self.d_in}, but the inputs have {d_in} channels")
         return replace(self, d_in=d_in)
+
+    def inference_topk(self) -> str:
+        """Which TopK encodes tokens at inference, and what the checkpoint was trained with."""
+        trained = "BatchTopK" if self.batch_topk else "per-token TopK"
+        extra = ", Multi-TopK loss" if self.multi_topk else ""
+        norm = ", inputs standardised per token (input_unit_norm)" if self.input_unit_norm else ""
+        return f"per-token TopK, k={self.k} (trained with {trained}{extra}){norm}"
 
 
 class EncoderOutput(NamedTuple):
@@ -147,29 +166,62 @@ class TopKSae(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.encoder.weight.dtype
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Precision of the SAE's arithmetic: float32 for 16-bit weights (sums over thousands of
+        channels lose too much in half precision), else the weights' own."""
+        return torch.float32 if self.dtype in _HALF else self.dtype
+
+    def _input(self, x: Tensor) -> Tensor:
+        """Tokens on the SAE's device in its compute precision, standardised if the config says so."""
+        self._check_width(x)
+        x = x.to(device=self.device, dtype=self.compute_dtype)
+        return _standardise(x)[0] if self.cfg.input_unit_norm else x
+
+    def token_scale(self, x: Tensor) -> Tensor | None:
+        """Per-token std (+1e-5) [..., 1] that maps decoded directions back to the block's units
+        when ``input_unit_norm`` is on; None otherwise (directions are already in those units)."""
+        if not self.cfg.input_unit_norm:
+            return None
+        return _standardise(x.to(device=self.device, dtype=self.compute_dtype))[2]
+
+    def _pre(self, x: Tensor) -> Tensor:
+        cd = self.compute_dtype
+        return F.linear(self._input(x) - self.b_dec.to(cd), self.encoder.weight.to(cd), self.encoder.bias.to(cd))
+
     # ------------------------------------------------------------------ computation
     def pre_acts(self, x: Tensor) -> Tensor:
-        """ReLU(W_enc (x - b_dec) + b_enc) for tokens x [..., d_in]: dense [..., n_latents]."""
-        self._check_width(x)
-        return F.relu(self.encoder(x.to(self.dtype) - self.b_dec))
+        """ReLU(W_enc (x - b_dec) + b_enc) for tokens x [..., d_in]: dense [..., n_latents]
+        (in ``compute_dtype``, on the SAE's device)."""
+        return F.relu(self._pre(x))
 
     def encode(self, x: Tensor) -> EncoderOutput:
-        """The k largest pre-activations of each token x [..., d_in] and their latent ids."""
-        self._check_width(x)
+        """The k largest pre-activations of each token x [..., d_in] and their latent ids
+        (per-token TopK; values in ``compute_dtype``, on the SAE's device)."""
         # TopK before ReLU: the same result (ReLU is monotone) without a pass over all latents.
-        top_pre, top_indices = self.encoder(x.to(self.dtype) - self.b_dec).topk(self.cfg.k, dim=-1, sorted=False)
+        top_pre, top_indices = self._pre(x).topk(self.cfg.k, dim=-1, sorted=False)
         return EncoderOutput(F.relu(top_pre), top_indices)
 
-    def decode(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
-        """x_hat [..., d_in] = sum of top_acts-weighted W_dec rows + b_dec (a sparse gather)."""
+    def decode(self, top_acts: Tensor, top_indices: Tensor, x: Tensor | None = None) -> Tensor:
+        """x_hat [..., d_in] = sum of top_acts-weighted W_dec rows + b_dec (a sparse gather).
+
+        With ``input_unit_norm`` the result is in standardised units unless the tokens ``x``
+        that were encoded are given, whose mean and std it is then mapped back with."""
         lead = top_acts.shape[:-1]
-        summed = _weighted_row_sum(self.W_dec, top_indices.reshape(-1, top_indices.shape[-1]), top_acts.reshape(-1, top_acts.shape[-1]))
-        return summed.reshape(*lead, self.d_in) + self.b_dec
+        cd = self.compute_dtype
+        summed = _weighted_row_sum(self.W_dec.to(cd), top_indices.reshape(-1, top_indices.shape[-1]), top_acts.reshape(-1, top_acts.shape[-1]).to(cd))
+        out = summed.reshape(*lead, self.d_in) + self.b_dec.to(cd)
+        if self.cfg.input_unit_norm and x is not None:
+            _, mean, std = _standardise(x.to(device=self.device, dtype=cd))
+            out = out * std + mean
+        return out
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
         """Reconstruct tokens x [N, d_in] (leading dims are flattened) with FVU and AuxK losses."""
         x = x.reshape(-1, x.shape[-1]).to(self.dtype)
         self._check_width(x)
+        if self.cfg.input_unit_norm:
+            raise SaeuronError("training an SAE with input_unit_norm is not implemented (inference with one is)")
         num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
         k_aux = min(self.d_in // 2, num_dead)
         top_acts, top_indices, aux_acts, aux_indices = _SparseTopKEncoder.apply(
@@ -262,14 +314,15 @@ class TopKSae(nn.Module):
 
 
 def load_many(root: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> dict[str, TopKSae]:
-    """Every SAE under ``root``, keyed by its subfolder name (the hook point), sorted by name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise SaeuronError(f"no such SAE folder: {root}")
-    folders = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
+    """Every SAE under ``root`` (a folder or a hub id, see ``hub``), keyed by its hook point:
+    the subfolder name without the paper's ``unet.`` prefix; sorted by name."""
+    from .hub import folder_points, resolve_sae_dir
+
+    root = resolve_sae_dir(root)
+    folders = folder_points(root)
     if not folders:
         raise SaeuronError(f"{root} holds no SAE (no subfolder with {CONFIG_FILE})")
-    return {f.name: TopKSae.load(f, device=device, dtype=dtype) for f in folders}
+    return {point: TopKSae.load(f, device=device, dtype=dtype) for point, f in folders.items()}
 
 
 class _SparseTopKEncoder(torch.autograd.Function):
@@ -309,6 +362,15 @@ class _SparseTopKEncoder(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
+def _standardise(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(x - mean) / (std + 1e-5) per token over channels, with the mean and std + 1e-5 (the
+    reference code's ``input_unit_norm``)."""
+    mean = x.mean(dim=-1, keepdim=True)
+    centred = x - mean
+    std = centred.std(dim=-1, keepdim=True) + 1e-5
+    return centred / std, mean, std
+
+
 def _weighted_row_sum(rows: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
     """sum_j weights[:, j] * rows[indices[:, j]] for 2-D indices/weights, without a dense code."""
     return F.embedding_bag(indices, rows, per_sample_weights=weights.to(rows.dtype), mode="sum")
@@ -323,11 +385,14 @@ def _read_config(path: Path) -> SaeConfig:
         raise SaeuronError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(raw, dict) or "d_in" not in raw:
         raise SaeuronError(f"{path} is not an SAE config (no d_in)")
-    for option, unsupported in _UNSUPPORTED_OPTIONS.items():
+    if "k" not in raw:
+        # A silent default would change which latents fire; the paper's and sparsify's files say k.
+        raise SaeuronError(f"{path} does not say k (latents per token); add \"k\" to cfg.json")
+    for option, (unsupported, why) in _UNSUPPORTED_OPTIONS.items():
         if option in raw and unsupported(raw[option]):
-            raise SaeuronError(f"{path}: {option}={raw[option]!r} is not supported (only plain TopK SAEs)")
-    # Other unknown fields (sparsify's multi_topk, the reference's batch_topk...) only concern
-    # training; like sparsify, drop them.
+            raise SaeuronError(f"{path}: {option}={raw[option]!r} is not supported: {why}")
+    # Other unknown fields (training options of sparsify or the reference code) do not change
+    # inference; like sparsify, drop them.
     known = {f.name for f in fields(SaeConfig)}
     try:
         return SaeConfig(**{k: v for k, v in raw.items() if k in known})

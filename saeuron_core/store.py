@@ -38,29 +38,78 @@ class PromptItem:
 
 
 def read_prompt_file(path: str | Path) -> list[PromptItem]:
-    """Prompts for real SD: a .txt (one prompt per line) or a .csv with columns prompt[,seed][,<label>...]."""
-    import csv
+    """Prompts and their concepts from a file.
 
+    - ``.txt``: one prompt per line (no concepts: statistics then have frequencies only).
+    - ``.csv``: a ``prompt`` column, an optional ``seed`` column and any number of label columns;
+      each label column's name is a concept kind (``object``, ``style``, ``artist``...) and its
+      cells are concept names (an empty cell: no concept of that kind).
+    - ``.json`` / ``.yaml``: a list of such rows (objects) or of prompt strings, or an object
+      with that list under ``prompts``.
+
+    Seeds default to the row index.
+    """
     path = Path(path)
     if not path.is_file():
         raise SaeuronError(f"no such prompt file: {path}")
-    if path.suffix.lower() == ".csv":
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        import csv
+
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows or "prompt" not in rows[0]:
-            raise SaeuronError(f"{path}: a CSV prompt file needs a 'prompt' column")
-        items = []
-        for i, row in enumerate(rows):
-            seed = int(row.pop("seed", i) or i)
-            text = row.pop("prompt").strip()
-            items.append(PromptItem(text, seed, {k: v for k, v in row.items() if v}))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+        if "prompt" not in columns:
+            raise SaeuronError(f"{path}: a CSV prompt file needs a 'prompt' column (it has {', '.join(columns) or 'none'})")
+    elif suffix in (".json", ".yaml", ".yml"):
+        rows = _structured_rows(path)
     else:
-        items = [PromptItem(line.strip(), i, {}) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+        # a line's seed is its line number, so editing one line does not reseed the others
+        rows = [{"prompt": line, "seed": i} for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+    items = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        text = str(row.pop("prompt", "") or "").strip()
+        seed_text = row.pop("seed", None)
+        try:
+            seed = i if seed_text in (None, "") else int(seed_text)
+        except (TypeError, ValueError):
+            raise SaeuronError(f"{path}: row {i + 1} has seed {seed_text!r}, not an integer") from None
+        if seed < 0:
+            raise SaeuronError(f"{path}: row {i + 1} has a negative seed {seed}")
+        labels = {str(k).strip(): str(v).strip() for k, v in row.items() if k is not None and v not in (None, "") and str(v).strip()}
+        items.append(PromptItem(text, seed, labels))
     if not items:
         raise SaeuronError(f"{path} holds no prompts")
     if any(not it.prompt for it in items):
         raise SaeuronError(f"{path} has an empty prompt")
     return items
+
+
+def _structured_rows(path: Path) -> list[dict]:
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # json and yaml raise several types; all mean "not readable"
+        raise SaeuronError(f"{path} is not valid {path.suffix[1:].upper()} ({str(e).splitlines()[0]})") from None
+    if isinstance(data, dict):
+        data = data.get("prompts")
+    if not isinstance(data, list):
+        raise SaeuronError(f"{path}: expected a list of rows (or {{'prompts': [...]}})")
+    rows = []
+    for i, row in enumerate(data):
+        if isinstance(row, str):
+            row = {"prompt": row}
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise SaeuronError(f"{path}: row {i + 1} has no 'prompt'")
+        rows.append(row)
+    return rows
 
 
 class ActivationStore:
@@ -176,13 +225,17 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
         raise SaeuronError("no prompts to cache")
     if items_per_shard < 1:
         raise SaeuronError(f"items_per_shard must be >= 1, got {items_per_shard}")
+    from .hooks import normalize_point, resolve_point
+    from .pipeline import image_size
+
+    points = [normalize_point(p) for p in points]
     for point in points:
-        try:
-            pipe.unet.get_submodule(point)
-        except AttributeError:
-            raise SaeuronError(f"hook point {point!r} does not exist in this U-Net") from None
+        resolve_point(pipe.unet, point)
+    height, width = image_size(pipe)
     root = Path(root)
     plan = {
+        "height": height,
+        "width": width,
         "model": model_name,
         "hook_points": list(points),
         "points": {},  # shapes per point, filled in by the first shard
@@ -192,7 +245,7 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
         "items_per_shard": items_per_shard,
         "dtype": "float16",
     }
-    dist.agree({k: plan[k] for k in ("model", "items", "steps", "guidance", "items_per_shard")} | {"hook_points": sorted(points)}, "the cache plan")
+    dist.agree({k: plan[k] for k in ("model", "items", "steps", "guidance", "items_per_shard", "height", "width")} | {"hook_points": sorted(points)}, "the cache plan")
     manifest = root / MANIFEST
     old = json.loads(manifest.read_text()) if manifest.is_file() else None
     dist.raise_together(_plan_mismatch(old, plan, root) if old is not None else None)
@@ -252,7 +305,10 @@ def _plan_mismatch(old: dict, plan: dict, root: Path) -> str | None:
     if set(old["hook_points"]) != set(plan["hook_points"]):
         return f"{root} holds a store of hook points {', '.join(sorted(old['hook_points']))}, not {', '.join(sorted(plan['hook_points']))}; use another folder"
     if not all(old.get(k) == plan[k] for k in ("items", "steps", "guidance", "items_per_shard")):
-        return f"{root} holds a store with a different plan; use another folder"
+        return f"{root} holds a store with a different plan (prompts, steps or guidance); use another folder"
+    # stores written before sizes were recorded resume at whatever size they were started
+    if not all(old.get(k, plan[k]) == plan[k] for k in ("height", "width")):
+        return f"{root} holds a store generated at {old['height']}x{old['width']} px, not {plan['height']}x{plan['width']}; use another folder"
     return None
 
 

@@ -43,6 +43,54 @@ def make_tiny_pipeline(sample_size: int = 8):
     )
 
 
+def make_sd_architecture_pipeline(latent_size: int = 32, unet_channels=(32, 32, 64, 64), vae_channels=(16, 16), text_hidden: int = 32, text_layers: int = 1, seed: int = 0):
+    """A random pipeline with Stable Diffusion 1.x's U-Net layout (4 levels, 2 layers per block,
+    cross-attention in the top three: ``up_blocks.1.attentions.{0,1,2}`` exist as in SD1.5) at
+    any width. SD1.5's own sizes: unet_channels (320, 640, 1280, 1280), vae_channels
+    (128, 256, 512, 512), text_hidden 768, text_layers 12, latent_size 64 (512 px)."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+
+    from saeuron_core.minicanvas.build import BuildConfig, make_schedulers, make_text_encoder
+    from saeuron_core.minicanvas.tokenizer import write_tokenizer
+
+    torch.manual_seed(seed)
+    tok = write_tokenizer(tempfile.mkdtemp())
+    n = len(vae_channels)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(vae_channels),
+        layers_per_block=1 if vae_channels[0] < 64 else 2,
+        latent_channels=4,
+        norm_num_groups=min(32, vae_channels[0]),
+        sample_size=latent_size * 2 ** (n - 1),
+    )
+    unet = UNet2DConditionModel(
+        sample_size=latent_size,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=tuple(unet_channels),
+        layers_per_block=2,
+        cross_attention_dim=text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=min(32, unet_channels[0]),
+    )
+    text_cfg = BuildConfig(text_hidden=text_hidden, text_layers=text_layers)
+    _, ddim = make_schedulers()
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=make_text_encoder(text_cfg, len(tok)),
+        tokenizer=tok,
+        unet=unet,
+        scheduler=ddim,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("foreign_pipeline")

@@ -1,0 +1,66 @@
+"""Chromium clicks through `saeuron-explorer --run DIR` on a run folder written by `saeuron
+prepare` for a Stable Diffusion-architecture model (not the bundled one): every field at its
+default, pick a concept, open the top feature, ablate it, generate, see before / after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")]
+
+from test_explorer_browser import CHROMIUM_ARGS  # noqa: E402
+from test_explorer_app import free_port  # noqa: E402
+from test_prepare import CONCEPTS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_server(tmp_path_factory):
+    from conftest import make_sd_architecture_pipeline
+    from explorer.app import build_app, open_session, parse_args
+    from saeuron_core.cli import main
+
+    root = tmp_path_factory.mktemp("run_browser")
+    make_sd_architecture_pipeline(latent_size=32).save_pretrained(root / "model")
+    (root / "concepts.csv").write_text(CONCEPTS)
+    assert main(["--threads", "1", "prepare", "--model", str(root / "model"), "--concepts", str(root / "concepts.csv"), "--steps", "2", "--device", "cpu", "--kind-point", "painter=up_blocks.1.attentions.2", "--out", str(root / "run")]) == 0
+    session = open_session(parse_args(["--run", str(root / "run"), "--device", "cpu", "--threads", "1"]))
+    demo = build_app(session, root / "maps")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield session, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_run_folder_click_through(run_server, tmp_path):
+    session, url = run_server
+    shots = Path(os.environ.get("SAEURON_SCREENSHOTS", tmp_path))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        sync_api.expect.set_options(timeout=120_000)  # a shared 2-core machine: generation can take a while
+        page.goto(url)
+        page.locator("#concept input").click()
+        page.get_by_role("option", name="dots", exact=True).click()
+        first_cell = page.locator("#ranked [role=row] [role=gridcell]").first
+        sync_api.expect(first_cell).not_to_be_empty()
+        feature = first_cell.inner_text().strip()
+        first_cell.click()
+        sync_api.expect(page.get_by_text(f"Feature {feature}", exact=False).first).to_be_visible()
+        page.locator("#add-ablation").click()
+        page.get_by_role("tab", name="Generate").click()
+        sync_api.expect(page.locator("#interventions")).to_contain_text('"factor": 0.0')
+        page.locator("#generate").click()
+        before, after = page.locator("#before img"), page.locator("#after img")
+        sync_api.expect(after).to_be_visible()
+        sync_api.expect(before).to_be_visible()
+        page.screenshot(path=str(shots / "explorer_run_before_after.png"), full_page=True)
+        browser.close()
+    assert (shots / "explorer_run_before_after.png").stat().st_size > 10_000
