@@ -125,8 +125,9 @@ def prepare(
     from .hooks import block_channels
     from .hub import point_folder, resolve_sae_dir
     from .sae import TopKSae
-    from .stats import FeatureStats, compute_stats
+    from .stats import FeatureStats, add_thumbnails, compute_stats
     from .store import cache_activations
+    from .sae_train import METRICS_FILE, train_dir
 
     out = Path(out)
     points = list(dict.fromkeys(spec.hook_points.values()))
@@ -157,7 +158,7 @@ def prepare(
         sae_root = out / "sae"
         log(f"[2/4] train: one SAE per hook point into {sae_root}")
         for p in points:
-            if (sae_root / p / "train_metrics.json").is_file():
+            if (train_dir(sae_root, p) / METRICS_FILE).is_file():  # written once training finished
                 log(f"  {p}: trained already")
                 continue
             metrics = _train(store, p, train_config, sae_root, log)
@@ -173,8 +174,10 @@ def prepare(
             log(f"  {p}: computed already")
             continue
         stats = compute_stats(store, p, sae, top_m=top_m)
+        # the feature cards show stored thumbnails: each example image is generated once, here
+        count = add_thumbnails(pipe, store, [stats])
         stats.save(target)
-        log(f"  {p}: {stats.n_latents} latents over {len(stats.concepts)} concepts")
+        log(f"  {p}: {stats.n_latents} latents over {len(stats.concepts)} concepts, {count} example thumbnails")
 
     defaults = None
     if tune is not None:

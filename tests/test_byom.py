@@ -175,7 +175,7 @@ def test_input_unit_norm_is_honoured(tmp_path):
 # --------------------------------------------------------------------------- paper folders and hub ids
 def _paper_layout(tiny_bundle, dest):
     """The bundle's SAEs renamed the way the paper's release names them: unet.<point>."""
-    for folder in (tiny_bundle / "sae").iterdir():
+    for folder in (p for p in (tiny_bundle / "sae").iterdir() if not p.name.startswith(".")):  # .train holds training state
         shutil.copytree(folder, dest / f"unet.{folder.name}", ignore=shutil.ignore_patterns("train_state.pt"))
     return dest
 
@@ -217,7 +217,7 @@ def test_paper_layout_and_hub_id_load_offline(capsys, tiny_bundle, tmp_path, mon
     # statistics computed straight from the paper-layout folder and from the hub id
     store = tiny_bundle / "store"
     point = info.hook_points["style"]
-    code, out, _ = cli(capsys, "stats", "--store", str(store), "--sae", "someone/saeuron-saes/sd15", "--point", f"unet.{point}", "--top-m", "1", "--out", str(tmp_path / "stats"))
+    code, out, _ = cli(capsys, "stats", "--store", str(store), "--sae", "someone/saeuron-saes/sd15", "--point", f"unet.{point}", "--top-m", "1", "--no-thumbnails", "--out", str(tmp_path / "stats"))
     assert code == 0 and (tmp_path / "stats" / point / "stats.json").is_file(), out
     # not cached while offline: one clear line
     code, _, err = cli(capsys, "stats", "--store", str(store), "--sae", "someone/other-saes", "--out", str(tmp_path / "s2"))
@@ -259,7 +259,7 @@ def test_paper_preset_matches_names_by_kind(tiny_bundle):
 
 def test_sae_that_does_not_fit_fails_before_generating(capsys, tiny_bundle, tmp_path):
     wrong = tmp_path / "wrong"
-    for folder in (tiny_bundle / "sae").iterdir():
+    for folder in (p for p in (tiny_bundle / "sae").iterdir() if not p.name.startswith(".")):  # .train holds training state
         sae = TopKSae.load(folder)
         _write_sae(wrong / folder.name, {}, d_in=sae.d_in + 8, n=sae.num_latents)
     code, _, err = cli(capsys, "unlearn", "--model", str(tiny_bundle / "model"), "--sae", str(wrong), "--stats", str(tiny_bundle / "stats"), "--concept", "dots", "--tau", "99", "--gamma", "-5", "--prompt", "x", "--out", str(tmp_path / "x.png"))
