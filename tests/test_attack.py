@@ -70,6 +70,7 @@ def test_attack_feeds_the_unet_scheduler_timesteps(tiny):
 
 
 @needs_bundled
+@pytest.mark.slow
 def test_attack_pulls_the_target_concept_back_on_an_unedited_model():
     """Sanity: from 'solid' prompts, soft tokens fitted to 'stripes' targets raise the judge's
     stripes probability of what the model then generates."""

@@ -44,6 +44,7 @@ def evaluate(tiny_bundle, out, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
     out = tmp_path / "res"
     proc = evaluate(tiny_bundle, out, "--methods", "saeuron,esd,uce,none", "--concept", "dots", "--seeds", "1", "--esd-iterations", "3", "--attack-prompts", "2", "--attack-steps", "2")
@@ -75,6 +76,7 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
+@pytest.mark.slow
 def test_reference_row_only(tiny_bundle, tmp_path):
     proc = evaluate(tiny_bundle, tmp_path / "none", "--method", "none", "--seeds", "1", "--concept", "star")
     assert proc.returncode == 0, proc.stderr
@@ -84,6 +86,7 @@ def test_reference_row_only(tiny_bundle, tmp_path):
     assert row["collateral_mae"] == 0 and "attack" not in row and metrics["reference"]["seconds_per_image"] > 0
 
 
+@pytest.mark.slow
 def test_bad_method_and_budget_are_clear_errors(tiny_bundle, tmp_path):
     proc = evaluate(tiny_bundle, tmp_path / "x", "--methods", "saeuron,salun")
     assert proc.returncode == 2 and "unknown method 'salun'" in proc.stderr

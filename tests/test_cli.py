@@ -19,12 +19,14 @@ def assert_one_line_error(proc, fragment):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_help_lists_subcommands():
     out = run("--help").stdout
     assert "build-model" in out and "generate" in out
     assert "--guidance" in run("generate", "--help").stdout
 
 
+@pytest.mark.slow
 def test_generate_single_image_and_grid(tiny_pipeline_dir, tmp_path):
     one = tmp_path / "one.png"
     proc = run("generate", "--model", str(tiny_pipeline_dir), "--object", "star", "--style", "dots", "--steps", "2", "--out", str(one))
@@ -46,6 +48,7 @@ def test_generate_single_image_and_grid(tiny_pipeline_dir, tmp_path):
         (["--prompt", "x", "--steps", "0"], "steps must be a positive integer"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(args, fragment, tiny_pipeline_dir, tmp_path):
     if "--model" not in args:
         args = ["--model", str(tiny_pipeline_dir), *args]
@@ -54,11 +57,13 @@ def test_bad_input_is_one_clear_line(args, fragment, tiny_pipeline_dir, tmp_path
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_folder_that_is_not_a_pipeline(tmp_path):
     proc = run("generate", "--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "x.png"))
     assert_one_line_error(proc, "not a diffusers pipeline folder")
 
 
+@pytest.mark.slow
 def test_unwritable_output_leaves_nothing_behind(tiny_pipeline_dir, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")

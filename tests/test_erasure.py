@@ -128,6 +128,7 @@ def test_bad_concepts_and_methods(tiny):
 MICRO = dict(iterations=12, batch_size=2, pool_size=4, pool_steps=2, lr=3e-3, checkpoint_every=4)
 
 
+@pytest.mark.slow
 def test_esd_lowers_its_loss_and_changes_only_cross_attention(tiny):
     pipe, info = tiny
     original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
@@ -192,6 +193,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "saeuron_core.cli", "--threads", "1", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_erase_and_attack_commands(tiny_bundle, tmp_path):
     model = str(tiny_bundle / "model")
     proc = cli("erase", "--model", model, "--method", "uce", "--concept", "dots", "--out", str(tmp_path / "uce"))

@@ -117,6 +117,7 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
     assert before.shape == after.shape == (256, 256, 3)
 
 
+@pytest.mark.slow
 def test_eight_concurrent_clients_get_their_own_interventions(server, tmp_path):
     session, url = server
     point = session.points[0]
@@ -139,12 +140,14 @@ def test_served_images_carry_their_recipe(server, client):
     assert "generate_with(" in python
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "explorer.app", "--model", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("saeuron-explorer: error: unknown model spec") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_spaces_entry_point_builds_the_app(tiny_bundle):
     r = tiny_bundle
     env = {**os.environ, "SAEURON_MODEL": str(r / "model"), "SAEURON_SAE": str(r / "sae"), "SAEURON_STATS": str(r / "stats"), "SAEURON_JUDGE": str(r / "judge")}

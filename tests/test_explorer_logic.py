@@ -114,6 +114,7 @@ def test_lru_cache_is_bounded():
     assert len(cache) == 2 and cache.get("b") is None and cache.get("a") == 1
 
 
+@pytest.mark.slow
 def test_feature_map_is_computed_once_and_cached_on_disk(ex, point):
     fmap = ex.features.feature_map(point)
     n = ex.session.bundle.saes[point].num_latents
@@ -236,6 +237,7 @@ def test_unlearn_grid_judges_before_and_after(ex):
     assert grid.cells[0].after_verdict == (verdict["object"][0], verdict["style"][0])
 
 
+@pytest.mark.slow
 def test_unlearn_compare_runs_methods_side_by_side_on_shared_befores(ex):
     weights = {k: v.clone() for k, v in ex.session.pipe.unet.state_dict().items()}
     heard = []

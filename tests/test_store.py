@@ -130,6 +130,7 @@ def test_prompt_files(tmp_path):
         read_prompt_file(bad)
 
 
+@pytest.mark.slow
 def test_kill_9_during_cache_then_resume(tiny_pipeline_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"An image of star in dots style. {i}" for i in range(40)))

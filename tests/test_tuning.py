@@ -82,6 +82,7 @@ def test_tune_refuses_evaluation_seeds(tiny_bundle):
         sweep_concept(pipe, bundle, judge, "dots", [1], [-1.0], [1_000_000], 2, 4.0)
 
 
+@pytest.mark.slow
 def test_tune_command_writes_a_defaults_table(tiny_bundle, tmp_path):
     import json
     import subprocess
@@ -98,6 +99,7 @@ def test_tune_command_writes_a_defaults_table(tiny_bundle, tmp_path):
     assert table["seeds"] == [2_000_000]
 
 
+@pytest.mark.slow
 def test_table_from_saved_reports(tmp_path):
     import json
     import subprocess

@@ -46,6 +46,7 @@ def test_no_intervention_is_bit_identical_and_unlearning_changes_images(tiny_bun
     assert np.array_equal(plain, again)  # hooks are gone
 
 
+@pytest.mark.slow
 def test_unlearn_command_writes_before_after_grid(tiny_bundle, tmp_path):
     out = tmp_path / "pair.png"
     base = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "unlearn", "--model", str(tiny_bundle / "model"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--defaults", str(tiny_bundle / "defaults.json")]
@@ -65,6 +66,7 @@ def test_missing_sae_is_a_clear_error(tiny_bundle, tmp_path):
 
 
 @needs_bundled
+@pytest.mark.slow
 def test_unlearning_a_style_on_the_bundled_model_changes_it_and_spares_others():
     from saeuron_core import minicanvas as mc
 
