@@ -140,7 +140,7 @@ class FeatureExplorer:
     def typical_top_activation(self, point: str, feature: int) -> float:
         """Median of the feature's stored top activations (0 when it never fired): the unit of
         steering strength, so that "1x" means "as strongly as where it fires most"."""
-        values = self.stats(point).top_values[self.check_feature(point, feature)].flatten().float()
+        values = self.stats(point).example_value[self.check_feature(point, feature)].float()
         values = values[values > 0]
         return float(values.median()) if len(values) else 0.0
 

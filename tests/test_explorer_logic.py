@@ -371,7 +371,7 @@ def test_unlearn_grid_counts_agree_with_its_rates_and_export(ex):
 def test_steering_unit_is_the_features_typical_top_activation(ex, point):
     stats = ex.session.bundle.stats[point]
     feature = ex.features.rank(point, "dots", limit=1)[0].feature
-    stored = stats.top_values[feature].flatten()
+    stored = stats.example_value[feature]
     assert ex.features.typical_top_activation(point, feature) == pytest.approx(float(stored[stored > 0].median()))
 
 
