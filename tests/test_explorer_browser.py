@@ -95,6 +95,18 @@ def test_rank_features_for_a_style_and_open_its_card(app_url, page, shots):
     expect(summary).to_contain_text("typical top activation")
     expect(page.locator("#patches img").first).to_be_visible()
     expect(summary).not_to_contain_text("Regenerating")  # the card with its top images, not placeholders
+    expect(summary).to_contain_text("vs other")  # the automatic label
+    examples = page.locator("#patches .example")
+    expect(examples.first).to_be_visible()
+    n = examples.count()
+    expect(page.locator("#patches .peak-box")).to_have_count(2 * n)  # the peak token boxed on raw and overlay
+    expect(page.locator("#patches .colour-bar")).to_be_visible()
+    expect(examples.first.locator("figcaption")).to_contain_text("(timestep")
+    assert examples.first.locator("img.raw").bounding_box()["width"] >= 150  # shown at a readable size
+    caption = examples.first.locator("figcaption")
+    assert caption.evaluate("e => e.scrollWidth <= e.clientWidth + 1")  # not truncated
+    page.locator("#heat-opacity input[type=range]").fill("0.2")  # opacity: applied in the browser
+    expect(page.locator("#patches img.heat").first).to_have_css("opacity", "0.2")
     page.screenshot(path=str(shots / "explorer_features.png"), full_page=True)
     # one step control: the ranking, the card and the plots follow it, titles included
     choose(page, "#step", f"step 1 (timestep {session.bundle.stats[style_point].timesteps[1]})")
@@ -105,6 +117,7 @@ def test_rank_features_for_a_style_and_open_its_card(app_url, page, shots):
 
 def test_open_feature_with_an_empty_id_says_so_at_the_field(app_url, page):
     page.goto(app_url[1])
+    expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()  # the page's load events are done
     page.locator("#open-feature").click()
     expect(page.get_by_text("enter a feature id").first).to_be_visible()
     expect(page.locator("#card-summary")).not_to_contain_text("Feature 0")
@@ -198,3 +211,21 @@ def test_the_intervention_editor_toggles_and_deletes_rows(app_url, page):
     page.locator("#intervention-table [data-testid=cell-0-3]").click()
     page.locator("#delete-intervention").click()
     expect(rows).to_have_count(0)
+
+
+def test_search_features_by_concept_and_open_one_by_permalink(app_url, page, shots):
+    session, url = app_url
+    page.goto(url)
+    expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()
+    page.locator("#feature-search input, #feature-search textarea").first.fill("dots")
+    page.locator("#search-features").click()
+    label = page.locator("#ranked [role=row][data-index='0'] [role=gridcell]").nth(4)
+    expect(label).to_contain_text("dots x")
+    point = session.points[-1]
+    feature = session.bundle.stats[point].example_item.ne(-1).any(1).nonzero()[0].item()
+    page.goto(f"{url}?point={point}&feature={feature}")
+    summary = page.locator("#card-summary")
+    expect(summary).to_contain_text(f"Feature {feature}")
+    expect(summary).to_contain_text(point)
+    expect(page.locator("#patches .example").first).to_be_visible()
+    expect(summary.get_by_role("link", name="Permalink")).to_have_attribute("href", f"{url}?point={point.replace('.', '.')}&feature={feature}")

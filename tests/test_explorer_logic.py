@@ -98,6 +98,56 @@ def test_card_patches_are_the_stored_diverse_examples_with_deterministic_images(
     assert patch.image.size[0] >= 192 and patch.crop.size[0] >= 96
 
 
+def test_labels_name_the_concept_a_feature_is_most_specific_to(ex, point):
+    stats = ex.session.bundle.stats[point]
+    means = (stats.concept_sums / stats.concept_counts[:, None, None]).mean(1)  # [C, F]
+    labels = ex.features.labels(point)
+    assert len(labels) == stats.n_latents
+    checked = 0
+    for feature in range(stats.n_latents):
+        label = labels[feature]
+        if not (0 < label.ratio < float("inf")):
+            continue
+        kind = [i for i, k in enumerate(stats.concept_kinds) if k == label.kind]
+        own = means[stats.concepts.index(label.concept), feature]
+        others = (means[kind, feature].sum() - own) / (len(kind) - 1)
+        assert label.ratio == pytest.approx(float(own / others), rel=1e-4)
+        for c in kind:  # no concept of any kind is more specific
+            rest = (means[kind, feature].sum() - means[c, feature]) / (len(kind) - 1)
+            assert rest == 0 or float(means[c, feature] / rest) <= label.ratio * (1 + 1e-4)
+        assert label.text.startswith(f"{label.concept} x") and f"vs other {label.kind}s" in label.text
+        checked += 1
+    assert checked > 0
+
+
+def test_search_finds_features_by_label_and_by_id(ex, point):
+    found = ex.features.search(point, "dots")
+    assert found and all("dots" in r.label for r in found)
+    ratios = [ex.features.labels(point)[r.feature].ratio for r in found]
+    assert ratios == sorted(ratios, reverse=True)
+    assert [r.feature for r in ex.features.search(point, " 7 ")] == [7]
+    with pytest.raises(SaeuronError, match="enter a concept"):
+        ex.features.search(point, "  ")
+    assert ex.features.search(point, "no-such-concept") == []
+
+
+def test_the_card_html_shows_raw_and_overlay_with_the_box_and_a_colour_bar(ex, point):
+    from explorer.cardview import examples_html
+
+    feature = ex.features.rank(point, "dots", limit=1)[0].feature
+    card = ex.features.card(point, feature, None, "dots")
+    page = examples_html(card.patches)
+    assert page.count('class="example"') == len(card.patches) > 0
+    assert page.count('class="raw"') == page.count('class="heat"') == len(card.patches)
+    assert page.count('class="peak-box"') == 2 * len(card.patches)  # on the raw image and on the overlay
+    assert "colour-bar" in page and card.patches[0].prompt in page
+    first = card.patches[0]
+    assert f"step {first.step} (timestep {first.timestep})" in page
+    left, top, right, bottom = first.box
+    size = first.raw.shape[0] / first.heatmap.shape[0]
+    assert (left, top) == (round(first.col * size), round(first.row * size)) and right - left == round(size)
+
+
 def test_card_plots_data(ex, point):
     stats = ex.session.bundle.stats[point]
     card = ex.features.card(point, 5, None, "star")

@@ -20,7 +20,7 @@ from ..zerogpu import gpu
 from .. import intervention_table as table
 from ..formatting import sig3
 from ..limits import check_int, check_prompt
-from . import served, ui_errors, validator
+from . import page_url, served, ui_errors, validator
 from .features import append_intervention, parse_interventions
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
@@ -196,15 +196,3 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
     p.steps.change(follow_steps, [p.steps, p.patch_step], p.patch_step, api_visibility="private")
     p.prompt.change(lambda prompt: prompt_warning(ex, prompt), p.prompt, p.prompt_note, api_visibility="private")
     p.active.select(ablate_row, [p.interventions, p.patch_point, p.active], p.interventions, api_visibility="private")
-
-
-def page_url(request: gr.Request | None) -> str:
-    """The app's address as the browser sees it (empty when unknown: the query alone is shown)."""
-    if request is None:
-        return ""
-    headers = request.headers
-    host = headers.get("x-forwarded-host") or headers.get("host")
-    if not host:
-        return ""
-    scheme = headers.get("x-forwarded-proto", "http")
-    return f"{scheme}://{host}/"
