@@ -22,11 +22,12 @@ TITLE = "SAeUron Explorer"
 
 def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8, precompute_maps: bool = True) -> gr.Blocks:
     """The Blocks app for a loaded session. U-Net access is serialised inside the session, so
-    events may run concurrently (``concurrency`` per event). ``precompute_maps``: start the UMAPs
-    in a background thread now (they hold no U-Net lock; the map view says when they are ready)."""
+    events may run concurrently (``concurrency`` per event). ``precompute_maps``: warm up now in
+    a background thread (a deferred pipeline, then the UMAPs; they hold no U-Net lock and the map
+    view says when they are ready); otherwise call ``demo.explorer.warm_up()`` once serving."""
     ex = Explorer.build(session, map_cache_dir)
     if precompute_maps:
-        ex.features.start_maps()
+        ex.warm_up()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nModel `{session.sources.model}` · SAEs at {', '.join(f'`{p}`' for p in session.points)} · judge: {'yes' if session.judge else 'none'}")
         with gr.Tabs():
@@ -43,6 +44,7 @@ def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8
         unlearn.wire(ex, unlearn_panel)
         recipe.wire(ex, recipe_panel, generate_panel, demo)
     demo.queue(default_concurrency_limit=concurrency)
+    demo.explorer = ex  # for warm_up after launch
     return demo
 
 
@@ -66,7 +68,7 @@ def open_session(args: argparse.Namespace) -> ExplorerSession:
     torch.set_num_threads(args.threads)
     from saeuron_core.baselines.methods import default_cache_dir
 
-    return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir())
+    return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir(), defer_pipeline=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     except SaeuronError as e:
         print(f"saeuron-explorer: error: {e}", file=sys.stderr)
         return 2
-    build_app(session).launch(server_name=args.host, server_port=args.port, share=args.share)
+    # serve the first page first: the pipeline (diffusers) and the UMAPs load once it is up
+    demo = build_app(session, precompute_maps=False)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True)
+    demo.explorer.warm_up()
+    demo.block_thread()
     return 0
 
 

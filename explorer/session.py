@@ -9,6 +9,7 @@ result. Generated images are kept in a bounded LRU cache keyed by what decides t
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from saeuron_core.interventions import apply_interventions
 from saeuron_core.minicanvas.judge import Judge
 from saeuron_core.baselines.methods import Removal, prepare_removal
 from saeuron_core.paths import ASSETS
-from saeuron_core.pipeline import ModelInfo, generate, load_pipeline, model_info
+from saeuron_core.pipeline import ModelInfo, generate, load_pipeline, model_info, model_info_of_folder, resolve_spec
 from saeuron_core.unlearning import SaeBundle, generate_with
 
 from .limits import Limits
@@ -72,17 +73,41 @@ class ExplorerSession:
     """Pipeline + SaeBundle + judge, the U-Net lock and the image cache."""
 
     def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None):
-        """``threads``: torch CPU threads for every generation (default: the current setting).
+        """``pipe``: the loaded pipeline, or a function that loads it (called on first use or by
+        ``load_pipeline``, so the app can serve its first page before diffusers is even imported).
+        ``threads``: torch CPU threads for every generation (default: the current setting).
         ``erasure_cache``: folder for ESD / UCE weight edits (None: kept in memory only)."""
-        for point in bundle.saes:
-            resolve_point(pipe.unet, point)  # a model without the SAEs' hook points fails here
-        self.pipe, self.info, self.bundle, self.judge = pipe, info, bundle, judge
+        self.info, self.bundle, self.judge = info, bundle, judge
         self.sources, self.limits = sources, limits
         self.threads = threads or torch.get_num_threads()
         self.images = LruCache(image_cache_size)
         self.erasure_cache = Path(erasure_cache) if erasure_cache is not None else None
         self.removals = LruCache(16)
         self._unet_lock = threading.Lock()
+        self._pipe_lock = threading.Lock()
+        self._pipe, self._load = (None, pipe) if callable(pipe) and not hasattr(pipe, "unet") else (self._checked(pipe), None)
+
+    def _checked(self, pipe):
+        for point in self.bundle.saes:
+            resolve_point(pipe.unet, point)  # a model without the SAEs' hook points fails here
+        return pipe
+
+    @property
+    def pipe(self):
+        """The pipeline, loaded on first use when the session was opened with ``defer_pipeline``."""
+        if self._pipe is None:
+            self.load_pipeline()
+        return self._pipe
+
+    @property
+    def pipeline_loaded(self) -> bool:
+        return self._pipe is not None
+
+    def load_pipeline(self) -> None:
+        """Load a deferred pipeline now (once; concurrent callers wait for the same load)."""
+        with self._pipe_lock:
+            if self._pipe is None:
+                self._pipe = self._checked(self._load())
 
     @contextlib.contextmanager
     def unet(self):
@@ -96,14 +121,20 @@ class ExplorerSession:
             yield self.pipe
 
     @classmethod
-    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None) -> "ExplorerSession":
+    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None, defer_pipeline: bool = False) -> "ExplorerSession":
         """Load a model and its SAEs, statistics and (when available) judge.
 
         Without ``judge`` the bundled judge is used for the bundled model; other models have none
-        unless given (the unlearn grid then asks for one).
+        unless given (the unlearn grid then asks for one). ``defer_pipeline``: when the model's
+        folder describes it (``saeuron.json``), read that and load the pipeline itself later
+        (``load_pipeline``, or on first use); a model without it is loaded now.
         """
-        pipe = load_pipeline(model, device)
-        info = model_info(pipe, model)
+        info = model_info_of_folder(resolve_spec(model), model) if defer_pipeline else None
+        if info is None:
+            pipe = load_pipeline(model, device)
+            info = model_info(pipe, model)
+        else:
+            pipe = functools.partial(load_pipeline, model, device)
         bundle = SaeBundle.load(info, sae, stats, defaults)
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
         loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None

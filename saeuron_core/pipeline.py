@@ -90,21 +90,29 @@ def load_pipeline(spec: str = "minicanvas", device: str | torch.device = "cpu", 
 
 def model_info(pipe, name: str | None = None) -> ModelInfo:
     """The project's metadata for a loaded pipeline (bundled ``saeuron.json`` or SD1.x defaults)."""
-    folder = Path(pipe.name_or_path or "")
-    meta_file = folder / INFO_FILE
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        return ModelInfo(
-            name=name or meta.get("name", str(folder)),
-            image_size=int(meta["image_size"]),
-            hook_points=dict(meta["hook_points"]),
-            default_steps=int(meta["default_steps"]),
-            default_guidance=float(meta["default_guidance"]),
-            objects=tuple(meta.get("objects", ())),
-            styles=tuple(meta.get("styles", ())),
-        )
+    info = model_info_of_folder(pipe.name_or_path or "", name)
+    if info is not None:
+        return info
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     return ModelInfo(name=name or str(pipe.name_or_path), image_size=int(size), hook_points=dict(_SD1_HOOKS))
+
+
+def model_info_of_folder(folder: str | Path, name: str | None = None) -> ModelInfo | None:
+    """The metadata in a pipeline folder's ``saeuron.json`` without loading the pipeline (None
+    when the folder has none, e.g. a hub id or a plain diffusers folder)."""
+    meta_file = Path(folder) / INFO_FILE
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    return ModelInfo(
+        name=name or meta.get("name", str(folder)),
+        image_size=int(meta["image_size"]),
+        hook_points=dict(meta["hook_points"]),
+        default_steps=int(meta["default_steps"]),
+        default_guidance=float(meta["default_guidance"]),
+        objects=tuple(meta.get("objects", ())),
+        styles=tuple(meta.get("styles", ())),
+    )
 
 
 def _check_generation_args(prompts, seeds, steps, guidance) -> None:

@@ -272,6 +272,21 @@ def test_a_model_without_the_sae_hook_points_is_refused(ex):
         ExplorerSession(s.pipe, s.info, bundle, None, s.sources, Limits())
 
 
+def test_a_deferred_pipeline_is_loaded_on_first_use_and_checked_then(ex, tiny_bundle):
+    r = tiny_bundle
+    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), defer_pipeline=True)
+    assert not session.pipeline_loaded and session.info == ex.session.info
+    assert Explorer.build(session).features.rank(session.points[0], "dots", limit=3)  # the first page needs no pipeline
+    assert not session.pipeline_loaded
+    plain = replace(session.default_recipe(PROMPT), steps=2)
+    assert np.array_equal(session.render(plain), ex.session.render(plain))  # loaded on first use
+    assert session.pipeline_loaded
+    bundle = SaeBundle({"up_blocks.9.attentions.0": next(iter(session.bundle.saes.values()))}, {}, {}, {})
+    late = ExplorerSession(lambda: ex.session.pipe, session.info, bundle, None, session.sources)
+    with pytest.raises(SaeuronError, match="hook point 'up_blocks.9.attentions.0' does not exist"):
+        late.pipe
+
+
 # --------------------------------------------------------------------------- unlearn grid
 def test_unlearn_grid_judges_before_and_after(ex):
     grid = ex.audit.run(["dots", "star"], seed=3)
