@@ -1,11 +1,14 @@
-"""The feature card's top examples as HTML: for each example the raw image and the heatmap
+"""HTML views of images with activation maps. The feature card's top examples: for each example the raw image and the heatmap
 overlay side by side, the peak token's box drawn on both, and an untruncated caption (activation,
 step, token, prompt, seed); one colour bar in activation units for all of them.
 
 Images travel inline at their stored size (a 64-pixel thumbnail is about 2 kB) and the browser
 enlarges them, so a card is a few tens of kB and needs no files served. The heat layer is a
 separate RGBA image at the token grid's resolution whose opacity is the CSS variable
-``--heat-opacity`` (set by the opacity slider in the browser, no round trip)."""
+``--heat-opacity`` (set by the opacity slider in the browser, no round trip).
+
+Also: where a feature fires in a generated image at each step, and before / after / difference
+for several seeds."""
 
 from __future__ import annotations
 
@@ -78,3 +81,34 @@ def examples_html(patches: list[Patch]) -> str:
     cards = "".join(patch_html(i, p) for i, p in enumerate(patches))
     return (f'<div class="feature-examples">{colour_bar(patches[0].scale)}'
             f'<div style="display:flex;flex-wrap:wrap;gap:14px">{cards}</div></div>')
+
+
+def steps_html(found) -> str:
+    """``editing.FeatureInImage``: the feature's map over the image at each step, one colour bar."""
+    scale = float(found.maps.max())
+    raw = png_data_uri(found.image)
+    img = 'style="width:100%;height:100%;image-rendering:pixelated;display:block"'
+    cells = []
+    for step, amap in enumerate(found.maps):
+        heat = png_data_uri(heat_layer(amap, scale))
+        layers = (f'<img src="{raw}" alt="" {img}><img class="heat" src="{heat}" alt="activation map, step {step}" '
+                  f'style="position:absolute;left:0;top:0;width:100%;height:100%;opacity:var(--heat-opacity, {DEFAULT_OPACITY})">')
+        view = f'<div style="position:relative;width:{SIDE}px;height:{SIDE}px">{layers}</div>'
+        cells.append(f'<figure class="step-map" style="margin:0"><figcaption style="font-size:12px">step {step} (timestep {found.timesteps[step]}) · max {sig3(float(amap.max()))}</figcaption>{view}</figure>')
+    how = "" if found.chosen else " (no feature given: the image's most active one)"
+    head = f'<p style="margin:0 0 4px"><b>Feature {found.feature}</b> at <code>{html.escape(found.point)}</code>{how}</p>'
+    bar = colour_bar(scale) if scale > 0 else '<p class="never-fires">This feature does not fire in this image at any step.</p>'
+    return f'<div class="feature-in-image">{head}{bar}<div style="display:flex;flex-wrap:wrap;gap:10px">{"".join(cells)}</div></div>'
+
+
+def seeds_html(results) -> str:
+    """``editing.EditResult``s of several seeds: a row per seed, before | after | difference."""
+    img = f'style="width:{SIDE}px;height:{SIDE}px;image-rendering:pixelated;display:block"'
+    head = "<tr><th>seed</th><th>before</th><th>after</th><th>difference</th><th>largest change</th></tr>"
+    rows = "".join(
+        f'<tr class="seed-row"><th>{r.recipe.seed}</th>'
+        + "".join(f'<td><img src="{png_data_uri(a)}" alt="{what}, seed {r.recipe.seed}" {img}></td>' for what, a in (("before", r.before), ("after", r.after), ("difference", r.difference)))
+        + f"<td>{r.max_difference:.1%}</td></tr>"
+        for r in results
+    )
+    return f'<table class="seeds" style="border-collapse:collapse"><thead>{head}</thead><tbody>{rows}</tbody></table>'

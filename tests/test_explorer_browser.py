@@ -133,8 +133,17 @@ def test_ablate_a_feature_and_see_before_after_then_click_a_patch(app_url, page,
     expect(page.get_by_text("Largest pixel change")).to_be_visible()
     before, after = page.locator("#before img"), page.locator("#after img")
     assert before.get_attribute("src") != after.get_attribute("src")
+    expect(page.locator("#compare img")).to_have_count(2)  # the before / after slider
     after.click(position={"x": 40, "y": 40})  # the features active at that patch
     expect(page.locator("#active [role=row] [role=gridcell]").first).not_to_be_empty()
+    page.locator("#locate").click()  # feature field untouched: the image's most active feature
+    steps = int(page.locator("#steps input[type=number]").input_value())
+    expect(page.locator("#feature-in-image .step-map")).to_have_count(steps)
+    expect(page.locator("#feature-in-image")).to_contain_text("most active")
+    expect(page.locator("#feature-in-image .colour-bar")).to_be_visible()
+    page.locator("#compare-seeds").click()  # seeds untouched: 1, 2, 3
+    expect(page.locator("#seeds-grid tr.seed-row")).to_have_count(3)
+    expect(page.locator("#seeds-grid tr.seed-row img")).to_have_count(9)
     page.screenshot(path=str(shots / "explorer_generate.png"), full_page=True)
 
 

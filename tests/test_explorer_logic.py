@@ -11,7 +11,7 @@ import torch
 
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import capture_activations, to_tokens
-from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow, Unlearn, apply_interventions
 from saeuron_core.pipeline import generate
 from saeuron_core.scoring import score, select
 from saeuron_core.unlearning import SaeBundle
@@ -216,6 +216,39 @@ def test_features_at_a_patch_are_the_saes_top_k_of_that_token(ex, point):
     expected = sorted(((float(a), int(i)) for a, i in zip(acts, ids) if a > 0), reverse=True)
     assert [f.feature for f in found] == [i for _, i in expected]
     assert [f.activation for f in found] == pytest.approx([a for a, _ in expected])
+
+
+def test_where_a_feature_fires_in_my_image_at_each_step(ex, point):
+    r = ex.session.complete(recipe(ex, ScaleFeatures((3,), 0.0, None, point), steps=3))
+    auto = ex.editor.feature_in_image(r, point)  # no feature given: the image's most active one
+    assert not auto.chosen and auto.maps.shape[0] == 3 and auto.maps.max() > 0
+    assert np.array_equal(auto.image, ex.session.render(r)) and len(auto.timesteps) == 3
+    with ex.session.unet():
+        with apply_interventions(ex.session.pipe.unet, ex.session.bundle.saes, list(r.interventions)):
+            with capture_activations(ex.session.pipe.unet, point, halves="cond", cfg=r.guidance > 1) as rec:
+                generate(ex.session.pipe, r.prompt, [r.seed], r.steps, r.guidance, output_type="latent")
+    tokens = to_tokens(rec.stacked(point)[:, 0])  # [T, HW, C]
+    acts, ids = ex.session.bundle.saes[point].encode(tokens)
+    assert auto.feature == int(ids.flatten()[acts.flatten().argmax()])
+    chosen = ex.editor.feature_in_image(r, point, 3)  # the ablated feature: zero everywhere after the edit
+    assert chosen.chosen and chosen.feature == 3 and chosen.maps.max() == 0
+    other = int(ids[1, 0, 0])
+    found = ex.editor.feature_in_image(r, point, other)
+    expected = (acts * (ids == other)).sum(-1).reshape(found.maps.shape)
+    assert np.allclose(found.maps, expected.detach().numpy())
+    with pytest.raises(SaeuronError, match="feature id must be in"):
+        ex.editor.feature_in_image(r, point, 10**6)
+
+
+def test_several_seeds_give_each_seeds_before_and_after(ex, point):
+    r = recipe(ex, ScaleFeatures((3,), 0.0, None, point), steps=2)
+    results = ex.editor.seeds(r, [4, 5, 4])
+    assert [x.recipe.seed for x in results] == [4, 5]
+    for x in results:
+        single = ex.editor.generate(replace(r, seed=x.recipe.seed))
+        assert np.array_equal(x.before, single.before) and np.array_equal(x.after, single.after)
+    with pytest.raises(SaeuronError, match="the limit is"):
+        ex.editor.seeds(r, list(range(ex.session.limits.max_seeds + 1)))
 
 
 # --------------------------------------------------------------------------- recipes
