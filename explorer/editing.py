@@ -164,8 +164,8 @@ class Editor:
             raise SaeuronError("give at least one seed")
         if len(seeds) > self.session.limits.max_seeds:
             raise SaeuronError(f"{len(seeds)} seeds; the limit is {self.session.limits.max_seeds}")
-        recipe = self.session.complete(recipe)
-        return [self.generate(replace(recipe, seed=seed)) for seed in seeds]
+        base = self.session.complete(recipe).unchecked()
+        return [self.generate(self.session.complete(replace(base, seed=seed))) for seed in seeds]
 
     @torch.inference_mode()
     def _block_outputs(self, recipe: Recipe, point: str) -> torch.Tensor:

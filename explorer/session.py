@@ -28,7 +28,7 @@ from saeuron_core.pipeline import ModelInfo, generate, load_pipeline, model_info
 from saeuron_core.unlearning import SaeBundle, generate_with
 
 from .limits import Limits
-from .recipes import Recipe, check_recipe
+from .recipes import CheckedRecipe, Recipe, check_recipe
 
 
 class LruCache:
@@ -154,8 +154,17 @@ class ExplorerSession:
     def default_recipe(self, prompt: str) -> Recipe:
         return Recipe(prompt, 0, self.info.default_steps, self.info.default_guidance, (), self.sources.model, self.sources.sae, self.sources.stats)
 
-    def complete(self, recipe: Recipe) -> Recipe:
-        """``recipe`` validated against this session's caps and SAEs, naming this session's sources."""
+    def recipe(self, prompt, seed, steps, guidance, interventions=()) -> CheckedRecipe:
+        """The one constructor of a generation request from its fields (as typed: 2.5 steps is
+        refused, not rounded), checked once here; what it returns flows down unchecked."""
+        src = self.sources
+        return self.complete(Recipe(prompt, seed, steps, guidance, tuple(interventions), src.model, src.sae, src.stats))
+
+    def complete(self, recipe: Recipe) -> CheckedRecipe:
+        """``recipe`` validated against this session's caps and SAEs, naming this session's
+        sources (a ``CheckedRecipe`` is passed through: it was checked where it entered)."""
+        if isinstance(recipe, CheckedRecipe):
+            return recipe
         for name in ("model", "sae", "stats"):
             theirs, ours = getattr(recipe, name), getattr(self.sources, name)
             if theirs != ours:
@@ -190,17 +199,7 @@ class ExplorerSession:
                 on_preview(index, self._decode(tensors["latents"]))
             return tensors
 
-        # the arguments of saeuron_core.pipeline.generate_jobs for one job, plus the callback
-        out = self.pipe(
-            prompt=[recipe.prompt],
-            negative_prompt=[""],
-            num_inference_steps=recipe.steps,
-            guidance_scale=recipe.guidance,
-            generator=[torch.Generator("cpu").manual_seed(recipe.seed)],
-            callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=["latents"],
-        )
-        return out.images[0]
+        return generate(self.pipe, recipe.prompt, [recipe.seed], recipe.steps, recipe.guidance, callback_on_step_end=callback)[0]
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae

@@ -141,22 +141,26 @@ def generate(
     negative_prompt: str = "",
     batch_size: int = 16,
     output_type: str = "pil",
+    callback_on_step_end=None,
 ):
     """Images for every (prompt, seed) pair, prompt-major: [p0s0, p0s1, ..., p1s0, ...].
 
     Each image draws its initial noise from its own ``torch.Generator(seed)``, so an image
     depends on its prompt and seed only, not on what else is in the batch.
+    ``callback_on_step_end(pipe, step, timestep, {"latents": ...})``: diffusers' step callback
+    (e.g. previews), called for each batch; it returns the dict.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     _check_generation_args(prompts, seeds, steps, guidance)
     jobs = [(p, s) for p in prompts for s in seeds]
-    return generate_jobs(pipe, jobs, steps, guidance, negative_prompt, batch_size, output_type)
+    return generate_jobs(pipe, jobs, steps, guidance, negative_prompt, batch_size, output_type, callback_on_step_end)
 
 
-def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float, negative_prompt: str = "", batch_size: int = 16, output_type: str = "pil"):
+def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float, negative_prompt: str = "", batch_size: int = 16, output_type: str = "pil", callback_on_step_end=None):
     """One image per (prompt, seed) job, in order; see ``generate``."""
     _check_generation_args([p for p, _ in jobs], [s for _, s in jobs], steps, guidance)
+    step_callback = {} if callback_on_step_end is None else {"callback_on_step_end": callback_on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
     images = []
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i : i + batch_size]
@@ -167,6 +171,7 @@ def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float
             guidance_scale=guidance,
             generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
             output_type=output_type,
+            **step_callback,
         )
         images.extend(out.images)
     return images

@@ -320,6 +320,36 @@ def test_a_deferred_pipeline_is_loaded_on_first_use_and_checked_then(ex, tiny_bu
         late.pipe
 
 
+def test_a_request_is_checked_once_where_it_enters(ex, point, monkeypatch):
+    import explorer.session as session_module
+
+    calls = []
+    real = session_module.check_recipe
+    monkeypatch.setattr(session_module, "check_recipe", lambda *a: calls.append(1) or real(*a))
+    r = ex.session.recipe(PROMPT, 3, 2, 4.0, [ScaleFeatures((3,), 0.0, None, point)])
+    assert calls == [1]
+    result = ex.editor.generate(r)  # before and after, rendered: nothing is checked again
+    list(ex.editor.stream(r, previews=2))
+    assert calls == [1] and result.recipe is r
+    assert r == replace(r.unchecked()) and r.with_interventions(()) == replace(r.unchecked(), interventions=())
+    with pytest.raises(SaeuronError, match="steps must be an integer"):
+        ex.session.recipe(PROMPT, 0, 2.5, 4.0)
+
+
+def test_previews_come_through_the_librarys_step_callback(ex, point):
+    from saeuron_core.pipeline import generate as library_generate
+
+    seen = []
+
+    def callback(_pipe, index, _timestep, tensors):
+        seen.append((index, tuple(tensors["latents"].shape)))
+        return tensors
+
+    with_callback = library_generate(ex.session.pipe, PROMPT, [1], 3, 4.0, callback_on_step_end=callback)[0]
+    assert [i for i, _ in seen] == [0, 1, 2]
+    assert np.array_equal(np.asarray(with_callback), np.asarray(library_generate(ex.session.pipe, PROMPT, [1], 3, 4.0)[0]))
+
+
 # --------------------------------------------------------------------------- unlearn grid
 def test_unlearn_grid_judges_before_and_after(ex):
     grid = ex.audit.run(["dots", "star"], seed=3)

@@ -112,8 +112,7 @@ def read_seeds(text) -> list[int]:
 
 def read_recipe(ex: Explorer, prompt, seed, steps, guidance, interventions) -> Recipe:
     """The fields as a recipe; numbers are passed on as given (2.5 steps is refused, not rounded)."""
-    base = ex.session.default_recipe(prompt)
-    return ex.session.complete(Recipe(prompt, seed, steps, guidance, tuple(parse_interventions(interventions)), base.model, base.sae, base.stats))
+    return ex.session.recipe(prompt, seed, steps, guidance, parse_interventions(interventions))
 
 
 def prompt_warning(ex: Explorer, prompt) -> str:
