@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from saeuron_core.errors import SaeuronError  # noqa: E402
 
 from .context import Explorer  # noqa: E402
-from .panels import features, generate, recipe, unlearn  # noqa: E402
+from .panels import concept_map, features, generate, recipe, unlearn  # noqa: E402
 from .session import ExplorerSession  # noqa: E402
 
 TITLE = "SAeUron Explorer"
@@ -39,6 +39,9 @@ def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8
                 unlearn_panel = unlearn.layout(ex)
             with gr.Tab("Recipe", id="recipe"):
                 recipe_panel = recipe.layout(ex)
+            if session.concept_map is not None:  # only when a concept map was found
+                with gr.Tab("Concept map", id="concept-map"):
+                    concept_map.layout(ex)
         features.wire(ex, features_panel, generate_panel.interventions, demo)
         generate.wire(ex, generate_panel, recipe_panel.outputs, features_panel.steer_mask)
         unlearn.wire(ex, unlearn_panel)
@@ -55,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stats", default=None, help="feature statistics folder (default: bundled)")
     parser.add_argument("--defaults", default=None, help="unlearning defaults table (default: bundled)")
     parser.add_argument("--judge", default=None, help="judge folder (default: bundled, for the bundled model)")
+    parser.add_argument("--concept-map", default=None, help="concept map JSON (block x concept kind); default: the model folder's, if any")
     parser.add_argument("--erasure-cache", default=None, help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
@@ -68,7 +72,7 @@ def open_session(args: argparse.Namespace) -> ExplorerSession:
     torch.set_num_threads(args.threads)
     from saeuron_core.baselines.methods import default_cache_dir
 
-    return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir(), defer_pipeline=True)
+    return ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir(), defer_pipeline=True, concept_map=args.concept_map)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from saeuron_core.paths import ASSETS
 from saeuron_core.pipeline import ModelInfo, generate, load_pipeline, model_info, model_info_of_folder, resolve_spec
 from saeuron_core.unlearning import SaeBundle, generate_with
 
+from .concept_map import ConceptMap, find_concept_map
 from .limits import Limits
 from .recipes import CheckedRecipe, Recipe, check_recipe
 
@@ -72,12 +73,14 @@ class Sources:
 class ExplorerSession:
     """Pipeline + SaeBundle + judge, the U-Net lock and the image cache."""
 
-    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None):
+    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None, concept_map: ConceptMap | None = None):
         """``pipe``: the loaded pipeline, or a function that loads it (called on first use or by
         ``load_pipeline``, so the app can serve its first page before diffusers is even imported).
         ``threads``: torch CPU threads for every generation (default: the current setting).
-        ``erasure_cache``: folder for ESD / UCE weight edits (None: kept in memory only)."""
+        ``erasure_cache``: folder for ESD / UCE weight edits (None: kept in memory only).
+        ``concept_map``: the block x concept kind table to show (None: no concept map tab)."""
         self.info, self.bundle, self.judge = info, bundle, judge
+        self.concept_map = concept_map
         self.sources, self.limits = sources, limits
         self.threads = threads or torch.get_num_threads()
         self.images = LruCache(image_cache_size)
@@ -121,15 +124,18 @@ class ExplorerSession:
             yield self.pipe
 
     @classmethod
-    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None, defer_pipeline: bool = False) -> "ExplorerSession":
+    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None, defer_pipeline: bool = False, concept_map: str | Path | None = None) -> "ExplorerSession":
         """Load a model and its SAEs, statistics and (when available) judge.
 
         Without ``judge`` the bundled judge is used for the bundled model; other models have none
         unless given (the unlearn grid then asks for one). ``defer_pipeline``: when the model's
         folder describes it (``saeuron.json``), read that and load the pipeline itself later
-        (``load_pipeline``, or on first use); a model without it is loaded now.
+        (``load_pipeline``, or on first use); a model without it is loaded now. ``concept_map``: a
+        concept map file (default: the one the model folder names or holds, see ``concept_map``).
         """
-        info = model_info_of_folder(resolve_spec(model), model) if defer_pipeline else None
+        folder = resolve_spec(model)
+        cmap = find_concept_map(folder, concept_map)  # a bad file fails here, before the model loads
+        info = model_info_of_folder(folder, model) if defer_pipeline else None
         if info is None:
             pipe = load_pipeline(model, device)
             info = model_info(pipe, model)
@@ -139,7 +145,7 @@ class ExplorerSession:
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
         loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None
         as_text = lambda p: None if p is None else str(p)  # noqa: E731
-        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads, erasure_cache=erasure_cache)
+        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads, erasure_cache=erasure_cache, concept_map=cmap)
 
     # ------------------------------------------------------------------ facts
     @property

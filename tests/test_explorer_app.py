@@ -213,3 +213,28 @@ def test_every_endpoint_answers_empty_input_with_a_clear_message(server, client)
         except Exception as e:
             assert "internal error" not in str(e) and "Traceback" not in str(e), f"{name}: {e}"
     assert generate(client)[0].shape == (256, 256, 3)
+
+
+def test_the_concept_map_tab_appears_only_with_a_concept_map(server, tmp_path):
+    import copy
+    import json
+
+    import gradio as gr
+
+    from explorer.app import build_app
+    from explorer.concept_map import load_concept_map
+
+    def tabs(demo):
+        return [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+
+    session = server[0]
+    assert session.concept_map is None and "Concept map" not in tabs(build_app(session, tmp_path, precompute_maps=False))
+    (tmp_path / "map.json").write_text(json.dumps({"blocks": session.points, "kinds": ["object", "style"], "values": [[0.8, 0.1], [0.2, 0.7]], "metric": "flip rate"}))
+    with_map = copy.copy(session)
+    with_map.concept_map = load_concept_map(tmp_path / "map.json")
+    demo = build_app(with_map, tmp_path, precompute_maps=False)
+    assert "Concept map" in tabs(demo)
+    plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "concept-map-plot")
+    figure = json.loads(plot.value["plot"])
+    assert figure["data"][0]["y"] == session.points and figure["data"][0]["z"] == [[0.8, 0.1], [0.2, 0.7]]
+    assert len(figure["layout"]["shapes"]) == len(set(session.bundle.point_of_kind.items()) & {(k, p) for k in ("object", "style") for p in session.points})

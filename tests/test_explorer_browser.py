@@ -238,3 +238,35 @@ def test_search_features_by_concept_and_open_one_by_permalink(app_url, page, sho
     expect(summary).to_contain_text(point)
     expect(page.locator("#patches .example").first).to_be_visible()
     expect(summary.get_by_role("link", name="Permalink")).to_have_attribute("href", f"{url}?point={point.replace('.', '.')}&feature={feature}")
+
+
+def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, page, shots, tmp_path):
+    import copy
+    import json
+
+    from explorer.app import build_app
+    from explorer.concept_map import load_concept_map
+
+    session, url = app_url
+    page.goto(url)
+    expect(page.get_by_role("tab", name="Generate")).to_be_visible()
+    expect(page.get_by_role("tab", name="Concept map")).to_have_count(0)  # no concept map: no tab
+    blocks = ["down_blocks.1.attentions.0", *session.points, "mid_block.attentions.0"]
+    values = [[0.05, 0.1], [0.85, 0.2], [0.3, 0.9], [0.6, 0.05]][: len(blocks)]
+    (tmp_path / "map.json").write_text(json.dumps({"blocks": blocks, "kinds": ["object", "style"], "values": values, "metric": "judged flip rate"}))
+    with_map = copy.copy(session)
+    with_map.concept_map = load_concept_map(tmp_path / "map.json")
+    demo = build_app(with_map, tmp_path, precompute_maps=False)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_role("tab", name="Concept map").click()
+        plot = page.locator("#concept-map-plot")
+        expect(plot).to_contain_text("Where each concept kind enters the U-Net")
+        expect(plot).to_contain_text(session.points[0])
+        expect(plot).to_contain_text("0.85")
+        expect(page.locator("#concept-map-note")).to_contain_text("judged flip rate")
+        page.screenshot(path=str(shots / "explorer_concept_map.png"), full_page=True)
+    finally:
+        demo.close()

@@ -551,3 +551,46 @@ def test_the_intervention_table_keeps_rows_that_are_off_and_checks_edits(point):
         table.edited(bad)
     with pytest.raises(SaeuronError, match="select a row"):
         table.without(rows, None)
+
+
+# --------------------------------------------------------------------------- concept map
+CONCEPT_MAP = {"blocks": ["down_blocks.1.attentions.0", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"], "kinds": ["object", "style"],
+               "values": [[0.1, 0.0], [0.9, 0.2], [0.3, None]], "metric": "judged flip rate when only this block sees the swapped word"}
+
+
+def test_a_concept_map_is_found_beside_the_model_or_where_saeuron_json_says(tmp_path):
+    import json
+
+    from explorer.concept_map import find_concept_map, load_concept_map
+
+    assert find_concept_map(tmp_path) is None and find_concept_map(None) is None  # none: the tab is hidden
+    (tmp_path / "concept_map.json").write_text(json.dumps(CONCEPT_MAP))
+    found = find_concept_map(tmp_path)
+    assert found.blocks == tuple(CONCEPT_MAP["blocks"]) and found.kinds == ("object", "style") and found.metric.startswith("judged")
+    assert found.values[1] == (0.9, 0.2) and found.values[2][1] != found.values[2][1]  # null is NaN
+    assert found.strongest_block("object") == "up_blocks.1.attentions.0" and found.strongest_block("style") == "up_blocks.1.attentions.0"
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "locate.json").write_text(json.dumps({**CONCEPT_MAP, "metric": "named"}))
+    (tmp_path / "saeuron.json").write_text(json.dumps({"concept_map": "runs/locate.json"}))
+    assert find_concept_map(tmp_path).metric == "named"
+    assert load_concept_map(tmp_path / "concept_map.json").blocks == found.blocks
+
+
+@pytest.mark.parametrize("data, message", [
+    ("{", "not valid JSON"),
+    ({"blocks": ["a"], "kinds": ["object"]}, "needs"),
+    ({"blocks": [], "kinds": ["object"], "values": []}, "non-empty list of block names"),
+    ({"blocks": ["a", "b"], "kinds": ["object"], "values": [[1.0]]}, "one row per block"),
+    ({"blocks": ["a"], "kinds": ["object"], "values": [["x"]]}, "must be numbers"),
+])
+def test_a_bad_concept_map_is_refused_with_what_is_wrong(tmp_path, data, message):
+    import json
+
+    from explorer.concept_map import load_concept_map
+
+    path = tmp_path / "map.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    with pytest.raises(SaeuronError, match=message):
+        load_concept_map(path)
+    with pytest.raises(SaeuronError, match="cannot read"):
+        load_concept_map(tmp_path / "missing.json")
