@@ -42,12 +42,12 @@ def heat_layer(activation_map: np.ndarray, scale: float) -> np.ndarray:
     return np.concatenate([heat_colors(norm), alpha[..., None]], axis=-1)
 
 
-def colour_bar(scale: float) -> str:
+def colour_bar(scale: float, box: bool = True) -> str:
     stops = ", ".join(f"rgb({r},{g},{b}) {100 * i / (len(HEAT_ANCHORS) - 1):.0f}%" for i, (r, g, b) in enumerate(HEAT_ANCHORS.astype(int)))
     return (f'<div class="colour-bar" style="display:flex;align-items:center;gap:8px;margin:4px 0 10px;font-size:13px">'
             f'<span>0</span><div style="width:240px;height:14px;border:1px solid #888;background:linear-gradient(to right, {stops})"></div>'
-            f'<span>{sig3(scale)}</span><span style="color:#666">activation (top of the scale: the strongest example); '
-            f'<span style="border:2px solid {BOX_COLOUR};padding:0 4px">box</span> = the peak token</span></div>')
+            f'<span>{sig3(scale)}</span><span style="color:#666">activation (top of the scale: the strongest {"example" if box else "step"})'
+            + (f'; <span style="border:2px solid {BOX_COLOUR};padding:0 4px">box</span> = the peak token' if box else "") + "</span></div>")
 
 
 def _framed(layers: str, box: tuple[float, float, float, float]) -> str:
@@ -97,7 +97,7 @@ def steps_html(found) -> str:
         cells.append(f'<figure class="step-map" style="margin:0"><figcaption style="font-size:12px">step {step} (timestep {found.timesteps[step]}) · max {sig3(float(amap.max()))}</figcaption>{view}</figure>')
     how = "" if found.chosen else " (no feature given: the image's most active one)"
     head = f'<p style="margin:0 0 4px"><b>Feature {found.feature}</b> at <code>{html.escape(found.point)}</code>{how}</p>'
-    bar = colour_bar(scale) if scale > 0 else '<p class="never-fires">This feature does not fire in this image at any step.</p>'
+    bar = colour_bar(scale, box=False) if scale > 0 else '<p class="never-fires">This feature does not fire in this image at any step.</p>'
     return f'<div class="feature-in-image">{head}{bar}<div style="display:flex;flex-wrap:wrap;gap:10px">{"".join(cells)}</div></div>'
 
 

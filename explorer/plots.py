@@ -55,7 +55,7 @@ def selection_chart(timesteps: list[int], chosen: list[list[int]], percentile: f
 
 def activation_sparkline(card: FeatureCard) -> Figure:
     lines = [{"type": "scatter", "x": list(range(len(card.timesteps))), "y": values, "mode": "lines+markers", "name": name} for name, values in card.activation_by_step.items()]
-    layout = dict(title=f"Feature {card.feature}: mean activation per step", xaxis=_axis("denoising step"), yaxis=_axis("mean activation", tickformat=".3g"), legend={"orientation": "h", "y": -0.3})
+    layout = dict(title=f"Feature {card.feature}: mean activation per step", xaxis=_axis("denoising step"), yaxis=_axis("mean activation", tickformat=".3g"), legend={"orientation": "h", "y": -0.45}, margin=dict(l=60, r=20, t=60, b=90))
     if card.step is not None:
         layout["shapes"] = [{"type": "line", "xref": "x", "yref": "paper", "x0": card.step, "x1": card.step, "y0": 0, "y1": 1, "line": {"dash": "dot", "color": "#555"}}]
         layout["annotations"] = [{"xref": "x", "yref": "paper", "x": card.step, "y": 1, "text": f"step {card.step}", "showarrow": False, "yanchor": "bottom"}]

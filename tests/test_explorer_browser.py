@@ -105,9 +105,9 @@ def test_rank_features_for_a_style_and_open_its_card(app_url, page, shots):
     assert examples.first.locator("img.raw").bounding_box()["width"] >= 150  # shown at a readable size
     caption = examples.first.locator("figcaption")
     assert caption.evaluate("e => e.scrollWidth <= e.clientWidth + 1")  # not truncated
+    page.screenshot(path=str(shots / "explorer_features.png"), full_page=True)
     page.locator("#heat-opacity input[type=range]").fill("0.2")  # opacity: applied in the browser
     expect(page.locator("#patches img.heat").first).to_have_css("opacity", "0.2")
-    page.screenshot(path=str(shots / "explorer_features.png"), full_page=True)
     # one step control: the ranking, the card and the plots follow it, titles included
     choose(page, "#step", f"step 1 (timestep {session.bundle.stats[style_point].timesteps[1]})")
     expect(page.locator("#scores-plot")).to_contain_text("Score for dots, step 1")
@@ -253,7 +253,7 @@ def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, 
     expect(page.get_by_role("tab", name="Concept map")).to_have_count(0)  # no concept map: no tab
     blocks = ["down_blocks.1.attentions.0", *session.points, "mid_block.attentions.0"]
     values = [[0.05, 0.1], [0.85, 0.2], [0.3, 0.9], [0.6, 0.05]][: len(blocks)]
-    (tmp_path / "map.json").write_text(json.dumps({"blocks": blocks, "kinds": ["object", "style"], "values": values, "metric": "judged flip rate"}))
+    (tmp_path / "map.json").write_text(json.dumps({"blocks": blocks, "kinds": ["object", "style"], "values": values, "metric": "example values (test data, not measured)"}))
     with_map = copy.copy(session)
     with_map.concept_map = load_concept_map(tmp_path / "map.json")
     demo = build_app(with_map, tmp_path, precompute_maps=False)
@@ -266,7 +266,7 @@ def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, 
         expect(plot).to_contain_text("Where each concept kind enters the U-Net")
         expect(plot).to_contain_text(session.points[0])
         expect(plot).to_contain_text("0.85")
-        expect(page.locator("#concept-map-note")).to_contain_text("judged flip rate")
+        expect(page.locator("#concept-map-note")).to_contain_text("test data, not measured")
         page.screenshot(path=str(shots / "explorer_concept_map.png"), full_page=True)
     finally:
         demo.close()

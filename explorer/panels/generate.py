@@ -95,7 +95,7 @@ def layout(ex: Explorer) -> GeneratePanel:
         seeds_button = gr.Button("Compare these seeds (same prompt and interventions)", elem_id="compare-seeds")
     seeds_grid = gr.HTML(elem_id="seeds-grid")
     with gr.Row():
-        patch_point = gr.Dropdown(ex.session.points, value=ex.session.points[0], label="Hook point of the clicked patch")
+        patch_point = gr.Dropdown(ex.session.points, value=ex.session.points[0], label="Hook point (of the clicked patch and of 'where a feature fires')")
         patch_step = gr.Slider(0, info.default_steps - 1, value=info.default_steps - 1, step=1, label="Step of the clicked patch (follows the steps above)", elem_id="patch-step")
     active = gr.Dataframe(headers=ACTIVE_COLUMNS, interactive=False, label="Features active at the clicked patch (select one to ablate it)", elem_id="active")
     return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active, prompt_note, editor, delete_button, gr.State(None),
