@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from saeuron_core.errors import SaeuronError  # noqa: E402
 
 from .context import Explorer  # noqa: E402
-from .panels import features, generate, recipe, unlearn  # noqa: E402
+from .panels import concept_map, features, generate, recipe, unlearn  # noqa: E402
 from .session import ExplorerSession  # noqa: E402
 
 TITLE = "SAeUron Explorer"
@@ -22,11 +22,12 @@ TITLE = "SAeUron Explorer"
 
 def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8, precompute_maps: bool = True) -> gr.Blocks:
     """The Blocks app for a loaded session. U-Net access is serialised inside the session, so
-    events may run concurrently (``concurrency`` per event). ``precompute_maps``: start the UMAPs
-    in a background thread now (they hold no U-Net lock; the map view says when they are ready)."""
+    events may run concurrently (``concurrency`` per event). ``precompute_maps``: warm up now in
+    a background thread (a deferred pipeline, then the UMAPs; they hold no U-Net lock and the map
+    view says when they are ready); otherwise call ``demo.explorer.warm_up()`` once serving."""
     ex = Explorer.build(session, map_cache_dir)
     if precompute_maps:
-        ex.features.start_maps()
+        ex.warm_up()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nModel `{session.sources.model}` · SAEs at {', '.join(f'`{p}`' for p in session.points)} · judge: {'yes' if session.judge else 'none'}")
         with gr.Tabs():
@@ -38,11 +39,15 @@ def build_app(session: ExplorerSession, map_cache_dir=None, concurrency: int = 8
                 unlearn_panel = unlearn.layout(ex)
             with gr.Tab("Recipe", id="recipe"):
                 recipe_panel = recipe.layout(ex)
+            if session.concept_map is not None:  # only when a concept map was found
+                with gr.Tab("Concept map", id="concept-map"):
+                    concept_map.layout(ex)
         features.wire(ex, features_panel, generate_panel.interventions, demo)
         generate.wire(ex, generate_panel, recipe_panel.outputs, features_panel.steer_mask)
         unlearn.wire(ex, unlearn_panel)
         recipe.wire(ex, recipe_panel, generate_panel, demo)
     demo.queue(default_concurrency_limit=concurrency)
+    demo.explorer = ex  # for warm_up after launch
     return demo
 
 
@@ -59,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16")
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's or the run's)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's or the run's)")
+    parser.add_argument("--concept-map", default=None, help="concept map JSON (block x concept kind); default: the model folder's, if any")
     parser.add_argument("--erasure-cache", default=None, help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
@@ -77,7 +83,8 @@ def open_session(args: argparse.Namespace) -> ExplorerSession:
     zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
     # ZeroGPU: load on the CPU; each GPU-decorated call moves the session to CUDA
     device = "cpu" if zero_gpu else args.device
-    session = ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, device=device, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir(), dtype=args.dtype, height=args.height, width=args.width, run=args.run, preset=args.preset)
+    # the first page is served before the pipeline loads (it loads in the background)
+    session = ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, device=device, threads=args.threads, erasure_cache=args.erasure_cache or default_cache_dir(), dtype=args.dtype, height=args.height, width=args.width, run=args.run, preset=args.preset, defer_pipeline=not zero_gpu, concept_map=args.concept_map)
     if zero_gpu:
         place_on_gpu(session)
     return session
@@ -90,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     except SaeuronError as e:
         print(f"saeuron-explorer: error: {e}", file=sys.stderr)
         return 2
-    build_app(session).launch(server_name=args.host, server_port=args.port, share=args.share)
+    # serve the first page first: the pipeline (diffusers) and the UMAPs load once it is up
+    demo = build_app(session, precompute_maps=False)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True)
+    demo.explorer.warm_up()
+    demo.block_thread()
     return 0
 
 

@@ -7,12 +7,13 @@ import json
 import queue
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import capture_activations, to_tokens
 from saeuron_core.interventions import apply_interventions
 from saeuron_core.pipeline import generate
@@ -42,6 +43,22 @@ class Preview:
     step: int
     image: np.ndarray
     """uint8 [H, W, 3]: the decoded latents after denoising step ``step``."""
+
+
+@dataclass(frozen=True)
+class FeatureInImage:
+    """Where one feature fires in a generated image, step by step."""
+
+    point: str
+    feature: int
+    image: np.ndarray
+    """uint8 [H, W, 3]: the (edited) image the maps are laid over."""
+    maps: np.ndarray
+    """float32 [steps, grid rows, grid cols]: the feature's activation at each denoising step
+    (conditional CFG half, after the recipe's interventions)."""
+    timesteps: list[int]
+    chosen: bool
+    """False when no feature was asked for and the image's most active one was taken."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +133,39 @@ class Editor:
             acts, ids = sae.encode(token)
         order = acts.argsort(descending=True)
         return [ActiveFeature(int(ids[i]), float(acts[i]), self.features.top_concept(point, int(ids[i]))) for i in order[:limit].tolist() if acts[i] > 0]
+
+    def feature_in_image(self, recipe: Recipe, point: str, feature: int | None = None) -> FeatureInImage:
+        """The activation map of ``feature`` at ``point`` over the recipe's (edited) image at every
+        step; ``None``: the feature with the largest activation anywhere in the image, any step."""
+        recipe = self.session.complete(recipe)
+        point = self.session.check_point(point)
+        if feature is not None:
+            feature = self.features.check_feature(point, feature)
+        maps = self._block_outputs(recipe, point)  # [T, C, H, W]
+        steps, _, rows, cols = maps.shape
+        with torch.inference_mode():
+            acts, ids = self.session.bundle.saes[point].encode(to_tokens(maps))  # [T, H*W, k]
+        chosen = feature is not None
+        if not chosen:
+            feature = int(ids.flatten()[acts.flatten().argmax()])
+        dense = (acts * (ids == feature)).sum(-1).reshape(steps, rows, cols).float().numpy()
+        timesteps = [int(t) for t in self._timesteps(recipe.steps)]
+        return FeatureInImage(point, feature, self.session.render(recipe), dense, timesteps, chosen)
+
+    def _timesteps(self, steps: int) -> list[int]:
+        scheduler = type(self.session.pipe.scheduler).from_config(self.session.pipe.scheduler.config)  # a copy: the shared one may be mid-generation
+        scheduler.set_timesteps(steps)
+        return scheduler.timesteps.tolist()
+
+    def seeds(self, recipe: Recipe, seeds: list[int]) -> list[EditResult]:
+        """Before / after pairs of the recipe at each of ``seeds`` (at most ``Limits.max_seeds``)."""
+        seeds = [check_int("seed", s, 0, self.session.limits.max_seed) for s in dict.fromkeys(seeds)]
+        if not seeds:
+            raise SaeuronError("give at least one seed")
+        if len(seeds) > self.session.limits.max_seeds:
+            raise SaeuronError(f"{len(seeds)} seeds; the limit is {self.session.limits.max_seeds}")
+        base = self.session.complete(recipe).unchecked()
+        return [self.generate(self.session.complete(replace(base, seed=seed))) for seed in seeds]
 
     @torch.inference_mode()
     def _block_outputs(self, recipe: Recipe, point: str) -> torch.Tensor:

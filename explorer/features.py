@@ -31,14 +31,39 @@ class RankedFeature:
     """Fraction of tokens where the feature is active."""
     top_concept: str
     """The concept with the highest score for this feature (at the chosen step)."""
+    label: str = ""
+    """The feature's automatic label (``FeatureLabel.text``)."""
+
+
+@dataclass(frozen=True)
+class FeatureLabel:
+    """What a feature is most specific to, from the concept statistics (all steps)."""
+
+    concept: str
+    """The concept whose mean activation is the largest multiple of the other concepts' of its kind."""
+    kind: str
+    ratio: float
+    """Mean activation on ``concept`` / mean over the other concepts of its kind (inf when they are 0; 0 when the feature never fires)."""
+
+    @property
+    def text(self) -> str:
+        if self.ratio == 0:
+            return "never active on the concepts"
+        if self.ratio == float("inf"):
+            return f"{self.concept} only (0 on other {self.kind}s)"
+        return f"{self.concept} x{self.ratio:.1f} vs other {self.kind}s" if self.ratio < 10 else f"{self.concept} x{self.ratio:.0f} vs other {self.kind}s"
 
 
 @dataclass(frozen=True)
 class Patch:
-    image: object
-    """PIL: the whole image (the stored thumbnail) with the feature's activation map overlaid."""
-    crop: object
-    """PIL: the tokens around the activation peak, enlarged."""
+    """One stored top example of a feature, as the card shows it."""
+
+    raw: np.ndarray
+    """uint8 [H, W, 3]: the whole image at its stored size, without overlay (grey when none is available)."""
+    heatmap: np.ndarray
+    """float32 [grid rows, grid cols]: the feature's activation map at ``step``, in activation units."""
+    scale: float
+    """Activation shown as the top of the colour map (the card's strongest example)."""
     value: float
     prompt: str
     seed: int
@@ -48,12 +73,27 @@ class Patch:
     col: int
     placeholder: bool = False
     """True when no image is available (grey background)."""
-    raw: object = None
-    """PIL: the same image without the overlay, enlarged like ``image``."""
-    heatmap: np.ndarray | None = None
-    """float32 [grid rows, grid cols]: the feature's activation map at ``step``, in activation units."""
-    box: tuple[int, int, int, int] | None = None
-    """(left, top, right, bottom) of the peak token in the pixels of ``image`` / ``raw``."""
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the peak token in the pixels of ``raw``."""
+        rows, cols = self.heatmap.shape
+        height, width = self.raw.shape[:2]
+        return (round(self.col * width / cols), round(self.row * height / rows), round((self.col + 1) * width / cols), round((self.row + 1) * height / rows))
+
+    def overlaid(self, opacity: float = 0.6) -> np.ndarray:
+        """uint8 [H, W, 3]: ``raw`` with the heatmap blended over it."""
+        return overlay(self.raw, self.heatmap, self.scale, opacity)
+
+    @property
+    def image(self):
+        """PIL: the overlay, enlarged (nearest neighbour) to at least 192 pixels."""
+        return upscale(self.overlaid())
+
+    @property
+    def crop(self):
+        """PIL: the tokens around the activation peak of the overlay, enlarged."""
+        return upscale(crop_around(self.overlaid(), self.row, self.col, self.heatmap.shape), 96)
 
 
 @dataclass(frozen=True)
@@ -71,6 +111,7 @@ class FeatureCard:
     """Mean activation per concept at the chosen step (all steps: averaged over steps)."""
     frequency: float
     top_concept: str
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +135,7 @@ class FeatureExplorer:
         self.map_cache_dir = Path(map_cache_dir) if map_cache_dir else Path.home() / ".cache" / "saeuron-explorer"
         self._scores: dict[str, tuple[tuple[str, ...], torch.Tensor]] = {}
         self._maps: dict[str, FeatureMap] = {}
+        self._labels: dict[str, list[FeatureLabel]] = {}
         # Separate locks: a UMAP being computed (seconds) never holds up ranking or a card.
         self._scores_lock = threading.Lock()
         self._map_lock = threading.Lock()
@@ -143,9 +185,54 @@ class FeatureExplorer:
     def typical_top_activation(self, point: str, feature: int) -> float:
         """Median of the feature's stored top activations (0 when it never fired): the unit of
         steering strength, so that "1x" means "as strongly as where it fires most"."""
-        values = self.stats(point).top_values[self.check_feature(point, feature)].flatten().float()
+        values = self.stats(point).example_value[self.check_feature(point, feature)].float()
         values = values[values > 0]
         return float(values.median()) if len(values) else 0.0
+
+    def labels(self, point: str) -> list[FeatureLabel]:
+        """Every feature's automatic label at ``point`` (cached): the concept with the largest ratio
+        of its mean activation to the mean over the other concepts of the same kind."""
+        with self._scores_lock:
+            if point not in self._labels:
+                self._labels[point] = self._compute_labels(self.stats(point))
+            return self._labels[point]
+
+    @staticmethod
+    def _compute_labels(stats: FeatureStats) -> list[FeatureLabel]:
+        if not stats.concepts:
+            return [FeatureLabel("", "", 0.0)] * stats.n_latents
+        means = (stats.concept_sums.float() / stats.concept_counts.clamp(min=1).float()[:, None, None]).mean(1)  # [C, F]
+        best_ratio = torch.zeros(stats.n_latents)
+        best_concept = torch.full((stats.n_latents,), -1, dtype=torch.long)
+        for kind in dict.fromkeys(stats.concept_kinds):
+            index = [i for i, k in enumerate(stats.concept_kinds) if k == kind]
+            if len(index) < 2:
+                continue
+            own = means[index]
+            others = (own.sum(0, keepdim=True) - own) / (len(index) - 1)
+            ratio = torch.where(others > 0, own / others.clamp(min=1e-30), torch.where(own > 0, torch.inf, 0.0))
+            value, where = ratio.max(0)
+            better = value > best_ratio
+            best_ratio = torch.where(better, value, best_ratio)
+            best_concept = torch.where(better, torch.tensor(index)[where], best_concept)
+        return [FeatureLabel(stats.concepts[c], stats.concept_kinds[c], float(r)) if c >= 0 else FeatureLabel("", "", 0.0) for c, r in zip(best_concept.tolist(), best_ratio.tolist())]
+
+    def search(self, point: str, query: str, limit: int = 50) -> list[RankedFeature]:
+        """Features whose label mentions ``query`` (a concept or any part of a label), most specific
+        first; a number finds that feature id."""
+        text = (query or "").strip().lower() if isinstance(query, str) else ""
+        if not text:
+            raise SaeuronError("enter a concept or part of a label to search for (e.g. dots)")
+        limit = check_int("number of rows", limit, 1, self.session.limits.max_ranked_rows)
+        labels = self.labels(point)
+        if text.isdigit():
+            found = [self.check_feature(point, int(text))]
+        else:
+            found = sorted((i for i, label in enumerate(labels) if text in label.text.lower()), key=lambda i: -labels[i].ratio)[:limit]
+        names, scores = self._scores_at(point, None)
+        best_score, best = scores.max(0)
+        frequency = self.stats(point).frequency
+        return [RankedFeature(i, float(best_score[i]), float(frequency[i]), names[int(best[i])], labels[i].text) for i in found]
 
     def _scores_at(self, point: str, step: int | None) -> tuple[tuple[str, ...], torch.Tensor]:
         names, scores = self.concept_scores(point)
@@ -182,8 +269,8 @@ class FeatureExplorer:
         best_score, best = scores.max(0)
         chosen = best_score if concept is None else scores[self._concept_index(point, concept)]
         order = chosen.argsort(descending=True)[:limit].tolist()
-        frequency = self.stats(point).frequency
-        return [RankedFeature(i, float(chosen[i]), float(frequency[i]), names[int(best[i])]) for i in order]
+        frequency, labels = self.stats(point).frequency, self.labels(point)
+        return [RankedFeature(i, float(chosen[i]), float(frequency[i]), names[int(best[i])], labels[i].text) for i in order]
 
     def selection_counts(self, point: str, concept: str, percentile: float) -> list[int]:
         """How many features the ``percentile`` threshold selects for ``concept`` at each step."""
@@ -225,6 +312,7 @@ class FeatureExplorer:
             concept_means=dict(zip(stats.concepts, at_step.tolist())),
             frequency=float(stats.frequency[feature]),
             top_concept=self.top_concept(point, feature, step) if stats.concepts else "",
+            label=self.labels(point)[feature].text,
         )
 
     def _patches(self, stats: FeatureStats, feature: int, step: int | None, generate_images: bool) -> list[Patch]:
@@ -245,18 +333,11 @@ class FeatureExplorer:
             images.update({ex.item: img for ex, img in zip(missing, found)})
         size = self.session.info.image_size
         peak = examples[0].value
-        grid = (stats.height, stats.width)
         patches = []
         for ex in examples:
             image = images[ex.item]
             raw = np.full((size, size, 3), 128, dtype=np.uint8) if image is None else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-            heat = overlay(raw, ex.activation_map, peak)
-            enlarged = upscale(heat)
-            factor = enlarged.size[0] // raw.shape[1]
-            cell_h, cell_w = raw.shape[0] / stats.height, raw.shape[1] / stats.width
-            box = (round(ex.col * cell_w) * factor, round(ex.row * cell_h) * factor, round((ex.col + 1) * cell_w) * factor, round((ex.row + 1) * cell_h) * factor)
-            crop = upscale(crop_around(heat, ex.row, ex.col, grid), 96)
-            patches.append(Patch(enlarged, crop, ex.value, ex.prompt, ex.seed, ex.step, ex.timestep, ex.row, ex.col, image is None, upscale(raw), ex.activation_map, box))
+            patches.append(Patch(raw, ex.activation_map, peak, ex.value, ex.prompt, ex.seed, ex.step, ex.timestep, ex.row, ex.col, image is None))
         return patches
 
     # ------------------------------------------------------------------ UMAP

@@ -6,15 +6,15 @@ import numpy as np
 from PIL import Image
 
 # anchor colours of a dark-to-bright heat colour map (black, purple, red, orange, pale yellow)
-_HEAT = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
+HEAT_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
     """uint8 [..., 3] colours of ``values`` in [0, 1]."""
-    v = np.clip(np.nan_to_num(values, nan=0.0), 0, 1) * (len(_HEAT) - 1)
-    low = np.floor(v).astype(int).clip(0, len(_HEAT) - 2)
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0, 1) * (len(HEAT_ANCHORS) - 1)
+    low = np.floor(v).astype(int).clip(0, len(HEAT_ANCHORS) - 2)
     frac = (v - low)[..., None]
-    return (_HEAT[low] * (1 - frac) + _HEAT[low + 1] * frac + 0.5).astype(np.uint8)
+    return (HEAT_ANCHORS[low] * (1 - frac) + HEAT_ANCHORS[low + 1] * frac + 0.5).astype(np.uint8)
 
 
 def upscale_factor(side: int, min_side: int) -> int:

@@ -24,6 +24,8 @@ class Limits:
     max_grid_prompts: int = 8
     """Target + retained prompts of one unlearn grid."""
     max_ranked_rows: int = 200
+    max_seeds: int = 8
+    """Seeds of one several-seeds comparison."""
     train_esd: bool = True
     """Allow ESD fine-tuning on request (tens of seconds holding the U-Net); a public server may
     turn it off and serve only precomputed ESD edits."""

@@ -16,7 +16,7 @@ from .limits import Limits, check_float, check_int, check_prompt
 FORMAT = "saeuron-recipe/1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Recipe:
     prompt: str
     seed: int
@@ -31,6 +31,31 @@ class Recipe:
 
     def with_interventions(self, interventions) -> "Recipe":
         return replace(self, interventions=tuple(interventions))
+
+    def _fields(self) -> tuple:
+        return (self.prompt, self.seed, self.steps, self.guidance, self.interventions, self.model, self.sae, self.stats)
+
+    def __eq__(self, other) -> bool:  # a checked recipe equals the plain one with the same fields
+        return isinstance(other, Recipe) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def unchecked(self) -> "Recipe":
+        """A plain ``Recipe`` with the same fields (to change them: it is checked again)."""
+        return Recipe(self.prompt, self.seed, self.steps, self.guidance, self.interventions, self.model, self.sae, self.stats)
+
+
+@dataclass(frozen=True, eq=False)
+class CheckedRecipe(Recipe):
+    """A recipe that ``check_recipe`` accepted (within the caps, for the session's SAEs): made
+    once where a request enters, then taken as is by everything downstream. Change fields on
+    ``unchecked()``, never with ``replace`` on this class."""
+
+    def with_interventions(self, interventions) -> Recipe:
+        interventions = tuple(interventions)
+        # dropping every intervention keeps a checked recipe valid; anything else is checked again
+        return replace(self, interventions=()) if not interventions else self.unchecked().with_interventions(interventions)
 
 
 # --------------------------------------------------------------------------- interventions <-> dicts
@@ -115,20 +140,22 @@ def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tup
     return interventions
 
 
-def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits) -> Recipe:
+def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits) -> CheckedRecipe:
     steps = check_int("steps", recipe.steps, 1, limits.max_steps)
     interventions = check_interventions(recipe.interventions, bundle, limits)
     for i, iv in enumerate(interventions, 1):
         # a window that starts after the last step would silently do nothing
         if iv.steps is not None and iv.steps.start >= steps:
             raise SaeuronError(f"intervention {i} starts at step {iv.steps.start}, but the generation has only {steps} steps (0 to {steps - 1})")
-    return replace(
-        recipe,
+    return CheckedRecipe(
         prompt=check_prompt(recipe.prompt, limits),
         seed=check_int("seed", recipe.seed, 0, limits.max_seed),
         steps=steps,
         guidance=check_float("guidance", recipe.guidance, 0.0, limits.max_guidance),
         interventions=interventions,
+        model=recipe.model,
+        sae=recipe.sae,
+        stats=recipe.stats,
     )
 
 

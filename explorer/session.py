@@ -9,6 +9,7 @@ result. Generated images are kept in a bounded LRU cache keyed by what decides t
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from saeuron_core.interventions import apply_interventions
 from saeuron_core.minicanvas.judge import Judge
 from saeuron_core.baselines.methods import Removal, prepare_removal
 from saeuron_core.paths import ASSETS
-from saeuron_core.pipeline import ModelInfo, generate, image_size, load_pipeline, model_info
+from saeuron_core.pipeline import ModelInfo, generate, image_size, load_pipeline, model_info, model_info_of_folder, resolve_spec
 from saeuron_core.unlearning import SaeBundle, generate_with
 
+from .concept_map import ConceptMap, find_concept_map
 from .limits import Limits
-from .recipes import Recipe, check_recipe
+from .recipes import CheckedRecipe, Recipe, check_recipe
 
 
 class LruCache:
@@ -71,18 +73,45 @@ class Sources:
 class ExplorerSession:
     """Pipeline + SaeBundle + judge, the U-Net lock and the image cache."""
 
-    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None):
-        """``threads``: torch CPU threads for every generation (default: the current setting).
-        ``erasure_cache``: folder for ESD / UCE weight edits (None: kept in memory only)."""
-        for point in bundle.saes:
-            resolve_point(pipe.unet, point)  # a model without the SAEs' hook points fails here
-        self.pipe, self.info, self.bundle, self.judge = pipe, info, bundle, judge
+    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None, concept_map: ConceptMap | None = None):
+        """``pipe``: the loaded pipeline, or a function that loads it (called on first use or by
+        ``load_pipeline``, so the app can serve its first page before diffusers is even imported).
+        ``threads``: torch CPU threads for every generation (default: the current setting).
+        ``erasure_cache``: folder for ESD / UCE weight edits (None: kept in memory only).
+        ``concept_map``: the block x concept kind table to show (None: no concept map tab)."""
+        self.info, self.bundle, self.judge = info, bundle, judge
+        self.concept_map = concept_map
         self.sources, self.limits = sources, limits
         self.threads = threads or torch.get_num_threads()
         self.images = LruCache(image_cache_size)
         self.erasure_cache = Path(erasure_cache) if erasure_cache is not None else None
         self.removals = LruCache(16)
         self._unet_lock = threading.Lock()
+        self._pipe_lock = threading.Lock()
+        self._pipe, self._load = (None, pipe) if callable(pipe) and not hasattr(pipe, "unet") else (self._checked(pipe), None)
+
+    def _checked(self, pipe):
+        for point in self.bundle.saes:
+            resolve_point(pipe.unet, point)  # a model without the SAEs' hook points fails here
+        self.bundle.check_fits(pipe.unet)  # and SAEs of the wrong width, before anything is generated
+        return pipe
+
+    @property
+    def pipe(self):
+        """The pipeline, loaded on first use when the session was opened with ``defer_pipeline``."""
+        if self._pipe is None:
+            self.load_pipeline()
+        return self._pipe
+
+    @property
+    def pipeline_loaded(self) -> bool:
+        return self._pipe is not None
+
+    def load_pipeline(self) -> None:
+        """Load a deferred pipeline now (once; concurrent callers wait for the same load)."""
+        with self._pipe_lock:
+            if self._pipe is None:
+                self._pipe = self._checked(self._load())
 
     @contextlib.contextmanager
     def unet(self):
@@ -96,17 +125,23 @@ class ExplorerSession:
             yield self.pipe
 
     @classmethod
-    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None, dtype: str | None = "float32", height: int | None = None, width: int | None = None, run: str | Path | None = None, preset: str | None = None) -> "ExplorerSession":
+    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None, dtype: str | None = "float32", height: int | None = None, width: int | None = None, run: str | Path | None = None, preset: str | None = None, defer_pipeline: bool = False, concept_map: str | Path | None = None) -> "ExplorerSession":
         """Load a model and its SAEs, statistics and (when available) judge.
 
         Without ``judge`` the bundled judge is used for the bundled model; other models have none
         unless given (the unlearn grid then asks for one). ``run``: a folder written by
         ``saeuron prepare``, which gives the model, size, steps, guidance, hook points, SAEs,
         statistics and tau / gamma table (``sae`` / ``stats`` / ``defaults`` / size override it).
+        ``defer_pipeline``: when the model's folder describes it (``saeuron.json``), read that and
+        load the pipeline itself later (``load_pipeline``, or on first use); a model without it is
+        loaded now. ``concept_map``: a concept map file (default: the one the model folder names
+        or holds, see ``concept_map``).
         """
         from dataclasses import replace
 
-        hook_points = None
+        from saeuron_core.device import resolve_device
+
+        spec = None
         if run is not None:
             from saeuron_core.prepare import load_run
 
@@ -114,18 +149,24 @@ class ExplorerSession:
             model, sae, stats = spec.model, sae or spec.sae, stats or spec.stats
             defaults = defaults or spec.defaults
             height, width = height or spec.height, width or spec.width
-            hook_points = spec.hook_points
-        pipe = load_pipeline(model, device, dtype, height, width)
-        info = model_info(pipe, model)
-        if run is not None:
-            info = replace(info, hook_points=dict(hook_points), default_steps=spec.steps, default_guidance=spec.guidance)
-        info = replace(info, image_size=image_size(pipe)[0])  # the size this session generates at
-        bundle = SaeBundle.load(info, sae, stats, defaults, device=pipe.device, preset=preset)
-        bundle.check_fits(pipe.unet)
+        folder = resolve_spec(model)
+        cmap = find_concept_map(folder, concept_map)  # a bad file fails here, before the model loads
+        info = model_info_of_folder(folder, model) if defer_pipeline else None
+        if info is None:
+            pipe = load_pipeline(model, device, dtype, height, width)
+            info = replace(model_info(pipe, model), image_size=image_size(pipe)[0])  # the size this session generates at
+            sae_device = pipe.device
+        else:
+            pipe = functools.partial(load_pipeline, model, device, dtype, height, width)
+            info = replace(info, image_size=height or info.image_size)
+            sae_device = resolve_device(device)
+        if spec is not None:
+            info = replace(info, hook_points=dict(spec.hook_points), default_steps=spec.steps, default_guidance=spec.guidance)
+        bundle = SaeBundle.load(info, sae, stats, defaults, device=sae_device, preset=preset)
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
         loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None
         as_text = lambda p: None if p is None else str(p)  # noqa: E731
-        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads, erasure_cache=erasure_cache)
+        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads, erasure_cache=erasure_cache, concept_map=cmap)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -140,8 +181,17 @@ class ExplorerSession:
     def default_recipe(self, prompt: str) -> Recipe:
         return Recipe(prompt, 0, self.info.default_steps, self.info.default_guidance, (), self.sources.model, self.sources.sae, self.sources.stats)
 
-    def complete(self, recipe: Recipe) -> Recipe:
-        """``recipe`` validated against this session's caps and SAEs, naming this session's sources."""
+    def recipe(self, prompt, seed, steps, guidance, interventions=()) -> CheckedRecipe:
+        """The one constructor of a generation request from its fields (as typed: 2.5 steps is
+        refused, not rounded), checked once here; what it returns flows down unchecked."""
+        src = self.sources
+        return self.complete(Recipe(prompt, seed, steps, guidance, tuple(interventions), src.model, src.sae, src.stats))
+
+    def complete(self, recipe: Recipe) -> CheckedRecipe:
+        """``recipe`` validated against this session's caps and SAEs, naming this session's
+        sources (a ``CheckedRecipe`` is passed through: it was checked where it entered)."""
+        if isinstance(recipe, CheckedRecipe):
+            return recipe
         for name in ("model", "sae", "stats"):
             theirs, ours = getattr(recipe, name), getattr(self.sources, name)
             if theirs != ours:
@@ -184,20 +234,7 @@ class ExplorerSession:
                 on_preview(index, self._decode(tensors["latents"]))
             return tensors
 
-        # the arguments of saeuron_core.pipeline.generate_jobs for one job, plus the callback
-        height, width = image_size(self.pipe)
-        out = self.pipe(
-            height=height,
-            width=width,
-            prompt=[recipe.prompt],
-            negative_prompt=[""],
-            num_inference_steps=recipe.steps,
-            guidance_scale=recipe.guidance,
-            generator=[torch.Generator("cpu").manual_seed(recipe.seed)],
-            callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=["latents"],
-        )
-        return out.images[0]
+        return generate(self.pipe, recipe.prompt, [recipe.seed], recipe.steps, recipe.guidance, callback_on_step_end=callback)[0]
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae

@@ -145,21 +145,29 @@ def image_size(pipe) -> tuple[int, int]:
 
 def model_info(pipe, name: str | None = None) -> ModelInfo:
     """The project's metadata for a loaded pipeline (bundled ``saeuron.json`` or SD1.x defaults)."""
-    folder = Path(pipe.name_or_path or "")
-    meta_file = folder / INFO_FILE
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        return ModelInfo(
-            name=name or meta.get("name", str(folder)),
-            image_size=int(meta["image_size"]),
-            hook_points=dict(meta["hook_points"]),
-            default_steps=int(meta["default_steps"]),
-            default_guidance=float(meta["default_guidance"]),
-            objects=tuple(meta.get("objects", ())),
-            styles=tuple(meta.get("styles", ())),
-        )
+    info = model_info_of_folder(pipe.name_or_path or "", name)
+    if info is not None:
+        return info
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     return ModelInfo(name=name or str(pipe.name_or_path), image_size=int(size), hook_points=dict(_SD1_HOOKS))
+
+
+def model_info_of_folder(folder: str | Path, name: str | None = None) -> ModelInfo | None:
+    """The metadata in a pipeline folder's ``saeuron.json`` without loading the pipeline (None
+    when the folder has none, e.g. a hub id or a plain diffusers folder)."""
+    meta_file = Path(folder) / INFO_FILE
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    return ModelInfo(
+        name=name or meta.get("name", str(folder)),
+        image_size=int(meta["image_size"]),
+        hook_points=dict(meta["hook_points"]),
+        default_steps=int(meta["default_steps"]),
+        default_guidance=float(meta["default_guidance"]),
+        objects=tuple(meta.get("objects", ())),
+        styles=tuple(meta.get("styles", ())),
+    )
 
 
 def _check_generation_args(prompts, seeds, steps, guidance) -> None:
@@ -188,23 +196,27 @@ def generate(
     negative_prompt: str = "",
     batch_size: int = 16,
     output_type: str = "pil",
+    callback_on_step_end=None,
 ):
     """Images for every (prompt, seed) pair, prompt-major: [p0s0, p0s1, ..., p1s0, ...].
 
     Each image draws its initial noise from its own ``torch.Generator(seed)``, so an image
     depends on its prompt and seed only, not on what else is in the batch.
+    ``callback_on_step_end(pipe, step, timestep, {"latents": ...})``: diffusers' step callback
+    (e.g. previews), called for each batch; it returns the dict.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     _check_generation_args(prompts, seeds, steps, guidance)
     jobs = [(p, s) for p in prompts for s in seeds]
-    return generate_jobs(pipe, jobs, steps, guidance, negative_prompt, batch_size, output_type)
+    return generate_jobs(pipe, jobs, steps, guidance, negative_prompt, batch_size, output_type, callback_on_step_end)
 
 
-def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float, negative_prompt: str = "", batch_size: int = 16, output_type: str = "pil"):
+def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float, negative_prompt: str = "", batch_size: int = 16, output_type: str = "pil", callback_on_step_end=None):
     """One image per (prompt, seed) job, in order; see ``generate``."""
     _check_generation_args([p for p, _ in jobs], [s for _, s in jobs], steps, guidance)
     height, width = image_size(pipe)
+    step_callback = {} if callback_on_step_end is None else {"callback_on_step_end": callback_on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
     images = []
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i : i + batch_size]
@@ -219,6 +231,7 @@ def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float
                 # CPU generators: the same seed gives the same initial noise on every device
                 generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
                 output_type=output_type,
+                **step_callback,
             )
         except (RuntimeError, NotImplementedError) as e:
             explained = explain_dtype_failure(e, pipe.device, pipe.unet.dtype)

@@ -146,8 +146,8 @@ class TopKSae(nn.Module):
         self.encoder = nn.Linear(cfg.d_in, cfg.num_latents, device=device, dtype=dtype)
         self.encoder.bias.data.zero_()
         self.W_dec = nn.Parameter(self.encoder.weight.data.clone())
-        if cfg.normalize_decoder:
-            self.set_decoder_norm_to_unit_norm()
+        if cfg.normalize_decoder and self.W_dec.device.type != "meta":  # meta (``load``): no values, and the
+            self.set_decoder_norm_to_unit_norm()  # norm would import torch's Python reference kernels (1-3 s)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dtype))
 
     @property

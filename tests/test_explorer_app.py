@@ -65,16 +65,18 @@ def test_rank_and_open_a_feature(server, client):
     session = server[0]
     point = session.points[0]
     table, _scores, counts = client.predict("dots", point, "1", 95.0, api_name="/rank_features")
-    assert table["headers"] == ["feature", "score", "active on", "top concept"]
+    assert table["headers"] == ["feature", "score", "active on", "top concept", "label"]
     scores = [float(row[1]) for row in table["data"]]
     assert all(len(row[1].replace("-", "").replace(".", "").lstrip("0")) <= 3 for row in table["data"] if "e" not in row[1])  # 3 significant digits
     assert all(row[2].endswith("%") for row in table["data"])
     assert scores == sorted(scores, reverse=True) and len(scores) == 50
     assert counts is not None  # a concept is chosen: the selection chart is drawn
     feature = table["data"][0][0]
-    summary, gallery, *_plots = client.predict(point, str(feature), "dots", "1", api_name="/feature_card")
-    assert f"**Feature {feature}**" in summary and "step 1" in summary
-    assert gallery and all(pixels(item["image"]).shape[0] >= 96 for item in gallery)
+    summary, examples, *_plots = client.predict(point, str(feature), "dots", "1", api_name="/feature_card")
+    assert f"**Feature {feature}**" in summary and "step 1" in summary and f"feature={feature}" in summary  # the permalink
+    assert examples.count('class="example"') > 0 and examples.count("data:image/png;base64,") == 3 * examples.count('class="example"')
+    found = client.predict(point, "dots", api_name="/search_features")
+    assert found["data"] and all("dots" in row[4] for row in found["data"])
 
 
 def test_an_ablation_changes_the_image_and_its_recipe_reproduces_it(server, client):
@@ -102,6 +104,7 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
         ((point, "99999", None, "all"), "/feature_card", "feature id must be in"),
         ((point, "", None, "all"), "/feature_card", "enter a feature id"),
         ((point, "2.5", None, "all"), "/feature_card", "whole number"),
+        ((point, " "), "/search_features", "enter a concept"),
         ((PROMPT, 0, 2.5, 4.0, "[]"), "/generate", "steps must be an integer"),
         ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 0, "steps": [5, null]}]' % point), "/generate", "starts at step 5, but the generation has only 3 steps"),
         (("[]", point, "99999", 4.0, 4.0, 0, "", None), "/add_ablation", "feature id must be in"),
@@ -213,3 +216,28 @@ def test_every_endpoint_answers_empty_input_with_a_clear_message(server, client)
         except Exception as e:
             assert "internal error" not in str(e) and "Traceback" not in str(e), f"{name}: {e}"
     assert generate(client)[0].shape == (256, 256, 3)
+
+
+def test_the_concept_map_tab_appears_only_with_a_concept_map(server, tmp_path):
+    import copy
+    import json
+
+    import gradio as gr
+
+    from explorer.app import build_app
+    from explorer.concept_map import load_concept_map
+
+    def tabs(demo):
+        return [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+
+    session = server[0]
+    assert session.concept_map is None and "Concept map" not in tabs(build_app(session, tmp_path, precompute_maps=False))
+    (tmp_path / "map.json").write_text(json.dumps({"blocks": session.points, "kinds": ["object", "style"], "values": [[0.8, 0.1], [0.2, 0.7]], "metric": "flip rate"}))
+    with_map = copy.copy(session)
+    with_map.concept_map = load_concept_map(tmp_path / "map.json")
+    demo = build_app(with_map, tmp_path, precompute_maps=False)
+    assert "Concept map" in tabs(demo)
+    plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "concept-map-plot")
+    figure = json.loads(plot.value["plot"])
+    assert figure["data"][0]["y"] == session.points and figure["data"][0]["z"] == [[0.8, 0.1], [0.2, 0.7]]
+    assert len(figure["layout"]["shapes"]) == len(set(session.bundle.point_of_kind.items()) & {(k, p) for k in ("object", "style") for p in session.points})

@@ -95,7 +95,19 @@ def test_rank_features_for_a_style_and_open_its_card(app_url, page, shots):
     expect(summary).to_contain_text("typical top activation")
     expect(page.locator("#patches img").first).to_be_visible()
     expect(summary).not_to_contain_text("Regenerating")  # the card with its top images, not placeholders
+    expect(summary).to_contain_text("vs other")  # the automatic label
+    examples = page.locator("#patches .example")
+    expect(examples.first).to_be_visible()
+    n = examples.count()
+    expect(page.locator("#patches .peak-box")).to_have_count(2 * n)  # the peak token boxed on raw and overlay
+    expect(page.locator("#patches .colour-bar")).to_be_visible()
+    expect(examples.first.locator("figcaption")).to_contain_text("(timestep")
+    assert examples.first.locator("img.raw").bounding_box()["width"] >= 150  # shown at a readable size
+    caption = examples.first.locator("figcaption")
+    assert caption.evaluate("e => e.scrollWidth <= e.clientWidth + 1")  # not truncated
     page.screenshot(path=str(shots / "explorer_features.png"), full_page=True)
+    page.locator("#heat-opacity input[type=range]").fill("0.2")  # opacity: applied in the browser
+    expect(page.locator("#patches img.heat").first).to_have_css("opacity", "0.2")
     # one step control: the ranking, the card and the plots follow it, titles included
     choose(page, "#step", f"step 1 (timestep {session.bundle.stats[style_point].timesteps[1]})")
     expect(page.locator("#scores-plot")).to_contain_text("Score for dots, step 1")
@@ -105,6 +117,7 @@ def test_rank_features_for_a_style_and_open_its_card(app_url, page, shots):
 
 def test_open_feature_with_an_empty_id_says_so_at_the_field(app_url, page):
     page.goto(app_url[1])
+    expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()  # the page's load events are done
     page.locator("#open-feature").click()
     expect(page.get_by_text("enter a feature id").first).to_be_visible()
     expect(page.locator("#card-summary")).not_to_contain_text("Feature 0")
@@ -120,8 +133,17 @@ def test_ablate_a_feature_and_see_before_after_then_click_a_patch(app_url, page,
     expect(page.get_by_text("Largest pixel change")).to_be_visible()
     before, after = page.locator("#before img"), page.locator("#after img")
     assert before.get_attribute("src") != after.get_attribute("src")
+    expect(page.locator("#compare img")).to_have_count(2)  # the before / after slider
     after.click(position={"x": 40, "y": 40})  # the features active at that patch
     expect(page.locator("#active [role=row] [role=gridcell]").first).not_to_be_empty()
+    page.locator("#locate").click()  # feature field untouched: the image's most active feature
+    steps = int(page.locator("#steps input[type=number]").input_value())
+    expect(page.locator("#feature-in-image .step-map")).to_have_count(steps)
+    expect(page.locator("#feature-in-image")).to_contain_text("most active")
+    expect(page.locator("#feature-in-image .colour-bar")).to_be_visible()
+    page.locator("#compare-seeds").click()  # seeds untouched: 1, 2, 3
+    expect(page.locator("#seeds-grid tr.seed-row")).to_have_count(3)
+    expect(page.locator("#seeds-grid tr.seed-row img")).to_have_count(9)
     page.screenshot(path=str(shots / "explorer_generate.png"), full_page=True)
 
 
@@ -198,3 +220,53 @@ def test_the_intervention_editor_toggles_and_deletes_rows(app_url, page):
     page.locator("#intervention-table [data-testid=cell-0-3]").click()
     page.locator("#delete-intervention").click()
     expect(rows).to_have_count(0)
+
+
+def test_search_features_by_concept_and_open_one_by_permalink(app_url, page, shots):
+    session, url = app_url
+    page.goto(url)
+    expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()
+    page.locator("#feature-search input, #feature-search textarea").first.fill("dots")
+    page.locator("#search-features").click()
+    label = page.locator("#ranked [role=row][data-index='0'] [role=gridcell]").nth(4)
+    expect(label).to_contain_text("dots x")
+    point = session.points[-1]
+    feature = session.bundle.stats[point].example_item.ne(-1).any(1).nonzero()[0].item()
+    page.goto(f"{url}?point={point}&feature={feature}")
+    summary = page.locator("#card-summary")
+    expect(summary).to_contain_text(f"Feature {feature}")
+    expect(summary).to_contain_text(point)
+    expect(page.locator("#patches .example").first).to_be_visible()
+    expect(summary.get_by_role("link", name="Permalink")).to_have_attribute("href", f"{url}?point={point.replace('.', '.')}&feature={feature}")
+
+
+def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, page, shots, tmp_path):
+    import copy
+    import json
+
+    from explorer.app import build_app
+    from explorer.concept_map import load_concept_map
+
+    session, url = app_url
+    page.goto(url)
+    expect(page.get_by_role("tab", name="Generate")).to_be_visible()
+    expect(page.get_by_role("tab", name="Concept map")).to_have_count(0)  # no concept map: no tab
+    blocks = ["down_blocks.1.attentions.0", *session.points, "mid_block.attentions.0"]
+    values = [[0.05, 0.1], [0.85, 0.2], [0.3, 0.9], [0.6, 0.05]][: len(blocks)]
+    (tmp_path / "map.json").write_text(json.dumps({"blocks": blocks, "kinds": ["object", "style"], "values": values, "metric": "example values (test data, not measured)"}))
+    with_map = copy.copy(session)
+    with_map.concept_map = load_concept_map(tmp_path / "map.json")
+    demo = build_app(with_map, tmp_path, precompute_maps=False)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_role("tab", name="Concept map").click()
+        plot = page.locator("#concept-map-plot")
+        expect(plot).to_contain_text("Where each concept kind enters the U-Net")
+        expect(plot).to_contain_text(session.points[0])
+        expect(plot).to_contain_text("0.85")
+        expect(page.locator("#concept-map-note")).to_contain_text("test data, not measured")
+        page.screenshot(path=str(shots / "explorer_concept_map.png"), full_page=True)
+    finally:
+        demo.close()

@@ -11,7 +11,7 @@ import torch
 
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import capture_activations, to_tokens
-from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow, Unlearn, apply_interventions
 from saeuron_core.pipeline import generate
 from saeuron_core.scoring import score, select
 from saeuron_core.unlearning import SaeBundle
@@ -98,6 +98,56 @@ def test_card_patches_are_the_stored_diverse_examples_with_deterministic_images(
     assert patch.image.size[0] >= 192 and patch.crop.size[0] >= 96
 
 
+def test_labels_name_the_concept_a_feature_is_most_specific_to(ex, point):
+    stats = ex.session.bundle.stats[point]
+    means = (stats.concept_sums / stats.concept_counts[:, None, None]).mean(1)  # [C, F]
+    labels = ex.features.labels(point)
+    assert len(labels) == stats.n_latents
+    checked = 0
+    for feature in range(stats.n_latents):
+        label = labels[feature]
+        if not (0 < label.ratio < float("inf")):
+            continue
+        kind = [i for i, k in enumerate(stats.concept_kinds) if k == label.kind]
+        own = means[stats.concepts.index(label.concept), feature]
+        others = (means[kind, feature].sum() - own) / (len(kind) - 1)
+        assert label.ratio == pytest.approx(float(own / others), rel=1e-4)
+        for c in kind:  # no concept of any kind is more specific
+            rest = (means[kind, feature].sum() - means[c, feature]) / (len(kind) - 1)
+            assert rest == 0 or float(means[c, feature] / rest) <= label.ratio * (1 + 1e-4)
+        assert label.text.startswith(f"{label.concept} x") and f"vs other {label.kind}s" in label.text
+        checked += 1
+    assert checked > 0
+
+
+def test_search_finds_features_by_label_and_by_id(ex, point):
+    found = ex.features.search(point, "dots")
+    assert found and all("dots" in r.label for r in found)
+    ratios = [ex.features.labels(point)[r.feature].ratio for r in found]
+    assert ratios == sorted(ratios, reverse=True)
+    assert [r.feature for r in ex.features.search(point, " 7 ")] == [7]
+    with pytest.raises(SaeuronError, match="enter a concept"):
+        ex.features.search(point, "  ")
+    assert ex.features.search(point, "no-such-concept") == []
+
+
+def test_the_card_html_shows_raw_and_overlay_with_the_box_and_a_colour_bar(ex, point):
+    from explorer.cardview import examples_html
+
+    feature = ex.features.rank(point, "dots", limit=1)[0].feature
+    card = ex.features.card(point, feature, None, "dots")
+    page = examples_html(card.patches)
+    assert page.count('class="example"') == len(card.patches) > 0
+    assert page.count('class="raw"') == page.count('class="heat"') == len(card.patches)
+    assert page.count('class="peak-box"') == 2 * len(card.patches)  # on the raw image and on the overlay
+    assert "colour-bar" in page and card.patches[0].prompt in page
+    first = card.patches[0]
+    assert f"step {first.step} (timestep {first.timestep})" in page
+    left, top, right, bottom = first.box
+    size = first.raw.shape[0] / first.heatmap.shape[0]
+    assert (left, top) == (round(first.col * size), round(first.row * size)) and right - left == round(size)
+
+
 def test_card_plots_data(ex, point):
     stats = ex.session.bundle.stats[point]
     card = ex.features.card(point, 5, None, "star")
@@ -169,6 +219,39 @@ def test_features_at_a_patch_are_the_saes_top_k_of_that_token(ex, point):
     assert [f.activation for f in found] == pytest.approx([a for a, _ in expected])
 
 
+def test_where_a_feature_fires_in_my_image_at_each_step(ex, point):
+    r = ex.session.complete(recipe(ex, ScaleFeatures((3,), 0.0, None, point), steps=3))
+    auto = ex.editor.feature_in_image(r, point)  # no feature given: the image's most active one
+    assert not auto.chosen and auto.maps.shape[0] == 3 and auto.maps.max() > 0
+    assert np.array_equal(auto.image, ex.session.render(r)) and len(auto.timesteps) == 3
+    with ex.session.unet():
+        with apply_interventions(ex.session.pipe.unet, ex.session.bundle.saes, list(r.interventions)):
+            with capture_activations(ex.session.pipe.unet, point, halves="cond", cfg=r.guidance > 1) as rec:
+                generate(ex.session.pipe, r.prompt, [r.seed], r.steps, r.guidance, output_type="latent")
+    tokens = to_tokens(rec.stacked(point)[:, 0])  # [T, HW, C]
+    acts, ids = ex.session.bundle.saes[point].encode(tokens)
+    assert auto.feature == int(ids.flatten()[acts.flatten().argmax()])
+    chosen = ex.editor.feature_in_image(r, point, 3)  # the ablated feature: zero everywhere after the edit
+    assert chosen.chosen and chosen.feature == 3 and chosen.maps.max() == 0
+    other = int(ids[1, 0, 0])
+    found = ex.editor.feature_in_image(r, point, other)
+    expected = (acts * (ids == other)).sum(-1).reshape(found.maps.shape)
+    assert np.allclose(found.maps, expected.detach().numpy())
+    with pytest.raises(SaeuronError, match="feature id must be in"):
+        ex.editor.feature_in_image(r, point, 10**6)
+
+
+def test_several_seeds_give_each_seeds_before_and_after(ex, point):
+    r = recipe(ex, ScaleFeatures((3,), 0.0, None, point), steps=2)
+    results = ex.editor.seeds(r, [4, 5, 4])
+    assert [x.recipe.seed for x in results] == [4, 5]
+    for x in results:
+        single = ex.editor.generate(replace(r, seed=x.recipe.seed))
+        assert np.array_equal(x.before, single.before) and np.array_equal(x.after, single.after)
+    with pytest.raises(SaeuronError, match="the limit is"):
+        ex.editor.seeds(r, list(range(ex.session.limits.max_seeds + 1)))
+
+
 # --------------------------------------------------------------------------- recipes
 def test_recipe_json_query_and_snippet_reproduce_the_image(ex, point, tmp_path, monkeypatch):
     r = ex.session.complete(recipe(ex, ScaleFeatures((7,), 0.0, StepWindow(1, None), point), Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1]), seed=5))
@@ -221,6 +304,51 @@ def test_a_model_without_the_sae_hook_points_is_refused(ex):
     bundle = SaeBundle({"up_blocks.9.attentions.0": next(iter(s.bundle.saes.values()))}, {}, {}, {})
     with pytest.raises(SaeuronError, match="hook point 'up_blocks.9.attentions.0' does not exist"):
         ExplorerSession(s.pipe, s.info, bundle, None, s.sources, Limits())
+
+
+def test_a_deferred_pipeline_is_loaded_on_first_use_and_checked_then(ex, tiny_bundle):
+    r = tiny_bundle
+    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), defer_pipeline=True)
+    assert not session.pipeline_loaded and session.info == ex.session.info
+    assert Explorer.build(session).features.rank(session.points[0], "dots", limit=3)  # the first page needs no pipeline
+    assert not session.pipeline_loaded
+    plain = replace(session.default_recipe(PROMPT), steps=2)
+    assert np.array_equal(session.render(plain), ex.session.render(plain))  # loaded on first use
+    assert session.pipeline_loaded
+    bundle = SaeBundle({"up_blocks.9.attentions.0": next(iter(session.bundle.saes.values()))}, {}, {}, {})
+    late = ExplorerSession(lambda: ex.session.pipe, session.info, bundle, None, session.sources)
+    with pytest.raises(SaeuronError, match="hook point 'up_blocks.9.attentions.0' does not exist"):
+        late.pipe
+
+
+def test_a_request_is_checked_once_where_it_enters(ex, point, monkeypatch):
+    import explorer.session as session_module
+
+    calls = []
+    real = session_module.check_recipe
+    monkeypatch.setattr(session_module, "check_recipe", lambda *a: calls.append(1) or real(*a))
+    r = ex.session.recipe(PROMPT, 3, 2, 4.0, [ScaleFeatures((3,), 0.0, None, point)])
+    assert calls == [1]
+    result = ex.editor.generate(r)  # before and after, rendered: nothing is checked again
+    list(ex.editor.stream(r, previews=2))
+    assert calls == [1] and result.recipe is r
+    assert r == replace(r.unchecked()) and r.with_interventions(()) == replace(r.unchecked(), interventions=())
+    with pytest.raises(SaeuronError, match="steps must be an integer"):
+        ex.session.recipe(PROMPT, 0, 2.5, 4.0)
+
+
+def test_previews_come_through_the_librarys_step_callback(ex, point):
+    from saeuron_core.pipeline import generate as library_generate
+
+    seen = []
+
+    def callback(_pipe, index, _timestep, tensors):
+        seen.append((index, tuple(tensors["latents"].shape)))
+        return tensors
+
+    with_callback = library_generate(ex.session.pipe, PROMPT, [1], 3, 4.0, callback_on_step_end=callback)[0]
+    assert [i for i, _ in seen] == [0, 1, 2]
+    assert np.array_equal(np.asarray(with_callback), np.asarray(library_generate(ex.session.pipe, PROMPT, [1], 3, 4.0)[0]))
 
 
 # --------------------------------------------------------------------------- unlearn grid
@@ -373,7 +501,7 @@ def test_unlearn_grid_counts_agree_with_its_rates_and_export(ex):
 def test_steering_unit_is_the_features_typical_top_activation(ex, point):
     stats = ex.session.bundle.stats[point]
     feature = ex.features.rank(point, "dots", limit=1)[0].feature
-    stored = stats.top_values[feature].flatten()
+    stored = stats.example_value[feature]
     assert ex.features.typical_top_activation(point, feature) == pytest.approx(float(stored[stored > 0].median()))
 
 
@@ -425,3 +553,46 @@ def test_the_intervention_table_keeps_rows_that_are_off_and_checks_edits(point):
         table.edited(bad)
     with pytest.raises(SaeuronError, match="select a row"):
         table.without(rows, None)
+
+
+# --------------------------------------------------------------------------- concept map
+CONCEPT_MAP = {"blocks": ["down_blocks.1.attentions.0", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"], "kinds": ["object", "style"],
+               "values": [[0.1, 0.0], [0.9, 0.2], [0.3, None]], "metric": "judged flip rate when only this block sees the swapped word"}
+
+
+def test_a_concept_map_is_found_beside_the_model_or_where_saeuron_json_says(tmp_path):
+    import json
+
+    from explorer.concept_map import find_concept_map, load_concept_map
+
+    assert find_concept_map(tmp_path) is None and find_concept_map(None) is None  # none: the tab is hidden
+    (tmp_path / "concept_map.json").write_text(json.dumps(CONCEPT_MAP))
+    found = find_concept_map(tmp_path)
+    assert found.blocks == tuple(CONCEPT_MAP["blocks"]) and found.kinds == ("object", "style") and found.metric.startswith("judged")
+    assert found.values[1] == (0.9, 0.2) and found.values[2][1] != found.values[2][1]  # null is NaN
+    assert found.strongest_block("object") == "up_blocks.1.attentions.0" and found.strongest_block("style") == "up_blocks.1.attentions.0"
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "locate.json").write_text(json.dumps({**CONCEPT_MAP, "metric": "named"}))
+    (tmp_path / "saeuron.json").write_text(json.dumps({"concept_map": "runs/locate.json"}))
+    assert find_concept_map(tmp_path).metric == "named"
+    assert load_concept_map(tmp_path / "concept_map.json").blocks == found.blocks
+
+
+@pytest.mark.parametrize("data, message", [
+    ("{", "not valid JSON"),
+    ({"blocks": ["a"], "kinds": ["object"]}, "needs"),
+    ({"blocks": [], "kinds": ["object"], "values": []}, "non-empty list of block names"),
+    ({"blocks": ["a", "b"], "kinds": ["object"], "values": [[1.0]]}, "one row per block"),
+    ({"blocks": ["a"], "kinds": ["object"], "values": [["x"]]}, "must be numbers"),
+])
+def test_a_bad_concept_map_is_refused_with_what_is_wrong(tmp_path, data, message):
+    import json
+
+    from explorer.concept_map import load_concept_map
+
+    path = tmp_path / "map.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    with pytest.raises(SaeuronError, match=message):
+        load_concept_map(path)
+    with pytest.raises(SaeuronError, match="cannot read"):
+        load_concept_map(tmp_path / "missing.json")

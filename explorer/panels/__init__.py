@@ -101,3 +101,15 @@ def served(image, recipe: str | None = None):
     if recipe is not None:
         image.info["saeuron-recipe"] = recipe
     return image
+
+
+def page_url(request: gr.Request | None) -> str:
+    """The app's address as the browser sees it (empty when unknown: the query alone is shown)."""
+    if request is None:
+        return ""
+    headers = request.headers
+    host = headers.get("x-forwarded-host") or headers.get("host")
+    if not host:
+        return ""
+    scheme = headers.get("x-forwarded-proto", "http")
+    return f"{scheme}://{host}/"

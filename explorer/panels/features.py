@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import gradio as gr
 import numpy as np
@@ -13,22 +14,23 @@ import pandas as pd
 from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow
 
-from .. import plots
+from .. import cardview, plots
 from ..context import Explorer
 from ..imaging import tokens_from_mask
 from ..recipes import intervention_from_dict, intervention_to_dict
 from ..zerogpu import gpu
 from ..formatting import optional_int, optional_number, percent, sig3
 from ..limits import check_float
-from . import fail, grouped_concepts, served, ui_errors, validator
+from . import fail, grouped_concepts, page_url, ui_errors, validator
 
 NO_CONCEPT = "(none)"
 ALL_STEPS = "all"
-RANK_COLUMNS = ["feature", "score", "active on", "top concept"]
+RANK_COLUMNS = ["feature", "score", "active on", "top concept", "label"]
 DEFAULT_STEER = 4.0
 """Default steering strength in units of the feature's typical top activation: on the bundled
 model 4x moved pixels by up to 40% (mean 2%) where 0.5x moved them by 5%."""
 DEFAULT_SCALE = 4.0
+DEFAULT_OPACITY = cardview.DEFAULT_OPACITY
 
 
 @dataclass
@@ -45,10 +47,13 @@ class FeaturesPanel:
     map_button: gr.Button
     map_status: gr.Markdown
     feature_map: gr.ScatterPlot
+    search: gr.Textbox
+    search_button: gr.Button
     feature: gr.Textbox
     open_button: gr.Button
     summary: gr.Markdown
-    patches: gr.Gallery
+    opacity: gr.Slider
+    patches: gr.HTML
     sparkline: gr.Plot
     histogram: gr.Plot
     concept_bars: gr.Plot
@@ -85,6 +90,10 @@ def read_feature(value) -> int:
     return feature
 
 
+def ranked_table(rows) -> pd.DataFrame:
+    return pd.DataFrame([[r.feature, sig3(r.score), percent(r.frequency), r.top_concept, r.label] for r in rows], columns=RANK_COLUMNS)
+
+
 def step_title(step: int | None) -> str:
     return "all steps" if step is None else f"step {step}"
 
@@ -97,6 +106,9 @@ def layout(ex: Explorer) -> FeaturesPanel:
         point_box = gr.Dropdown(ex.session.points, value=point, label="Hook point", elem_id="point")
         step = gr.Dropdown(step_choices(ex.features.timesteps(point)), value=ALL_STEPS, label="Step: drives the ranking, the card and the plots", elem_id="step")
         rank_button = gr.Button("Rank features", variant="primary", elem_id="rank")
+    with gr.Row():
+        search = gr.Textbox("", label="Search features by label or concept", placeholder="e.g. dots, star, or a feature id", elem_id="feature-search", scale=3)
+        search_button = gr.Button("Search", elem_id="search-features")
     with gr.Row():
         ranked = gr.Dataframe(headers=RANK_COLUMNS, interactive=False, label="Features by importance score (select a row to open it)", elem_id="ranked", max_height=420)
         scores = gr.Plot(label="Scores", elem_id="scores-plot")
@@ -114,7 +126,8 @@ def layout(ex: Explorer) -> FeaturesPanel:
         feature = gr.Textbox("", label="Feature id", placeholder="e.g. 12, or select a table row", elem_id="feature-id")
         open_button = gr.Button("Open feature", elem_id="open-feature")
     summary = gr.Markdown(elem_id="card-summary")
-    patches = gr.Gallery(label="Top-activating patches", columns=4, height=360, format="png", elem_id="patches")
+    opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity (right image of each pair)", elem_id="heat-opacity")
+    patches = gr.HTML(label="Top examples: raw image | activation map over it", elem_id="patches")
     with gr.Row():
         sparkline = gr.Plot(label="Activation over steps", elem_id="sparkline")
         histogram = gr.Plot(label="Histogram", elem_id="histogram")
@@ -132,7 +145,7 @@ def layout(ex: Explorer) -> FeaturesPanel:
         label="Steering mask: paint where to steer (nothing painted: everywhere); the background is the last generated image", type="numpy", image_mode="RGBA", sources=(), transforms=(),
         layers=False, canvas_size=(256, 256), fixed_canvas=True, brush=gr.Brush(colors=["#ff3030"], default_size=32), height=300, elem_id="steer-mask",
     )
-    return FeaturesPanel(concept, point_box, step, rank_button, ranked, scores, percentile, counts, map_colour, map_button, map_status, feature_map, feature, open_button, summary, patches, sparkline, histogram, concept_bars, factor, strength, window_start, window_stop, ablate_button, scale_button, steer_button, steer_mask)
+    return FeaturesPanel(concept, point_box, step, rank_button, ranked, scores, percentile, counts, map_colour, map_button, map_status, feature_map, search, search_button, feature, open_button, summary, opacity, patches, sparkline, histogram, concept_bars, factor, strength, window_start, window_stop, ablate_button, scale_button, steer_button, steer_mask)
 
 
 def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks | None = None, steps_box=None) -> None:
@@ -143,7 +156,7 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     def rank(concept, point, step, percentile):
         concept, step = read_concept(concept), check_step(point, step)
         rows = ex.features.rank(point, concept, step)
-        table = pd.DataFrame([[r.feature, sig3(r.score), percent(r.frequency), r.top_concept] for r in rows], columns=RANK_COLUMNS)
+        table = ranked_table(rows)
         title = f"Score for {concept or 'each feature’s top concept'}, {step_title(step)}"
         return table, plots.scores_chart(rows[:30], title), selection(concept, point, percentile)
 
@@ -167,32 +180,47 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
 
     @gpu
     @ui_errors
-    def open_card(point, feature, concept, step):
-        """The card at once with the images already cached, then, if some were missing, with all."""
+    def open_card(point, feature, concept, step, request: gr.Request):
+        """The card at once from the stored examples; only statistics stored without thumbnails
+        need images generated, and then the card comes again with them."""
         feature, concept, step = read_feature(feature), read_concept(concept), check_step(point, step)
         card = ex.features.card(point, feature, step, concept, generate_images=False)
-        yield card_outputs_of(card, concept)
+        yield card_outputs_of(card, request)
         if any(pt.placeholder for pt in card.patches):
-            yield card_outputs_of(ex.features.card(point, feature, step, concept), concept)
+            yield card_outputs_of(ex.features.card(point, feature, step, concept), request)
 
     @ui_errors
-    def refresh_card(point, feature, concept, step):
+    def refresh_card(point, feature, concept, step, request: gr.Request):
         """After a step or concept change: the card again if one is open (nothing otherwise)."""
         if optional_int("feature id", feature) is None:
             return tuple(gr.skip() for _ in card_outputs)
-        return card_outputs_of(ex.features.card(point, read_feature(feature), check_step(point, step), read_concept(concept), generate_images=False), read_concept(concept))
+        return card_outputs_of(ex.features.card(point, read_feature(feature), check_step(point, step), read_concept(concept), generate_images=False), request)
 
-    def card_outputs_of(card, concept):
+    def card_outputs_of(card, request=None):
         where = "all steps" if card.step is None else f"step {card.step} (timestep {card.timesteps[card.step]})"
         typical = ex.features.typical_top_activation(card.point, card.feature)
-        text = (f"**Feature {card.feature}** at `{card.point}`, {where}: active on {percent(card.frequency)} of tokens; "
-                f"top concept **{card.top_concept}**; typical top activation **{sig3(typical)}** "
-                f"(steering {sig3(DEFAULT_STEER)}x adds {sig3(DEFAULT_STEER * typical)} times its decoder direction).")
+        link = page_url(request) + "?" + urlencode({"point": card.point, "feature": card.feature})
+        text = (f"**Feature {card.feature}** at `{card.point}`, {where}: **{card.label}**; active on {percent(card.frequency)} of tokens; "
+                f"top concept by score **{card.top_concept}**; typical top activation **{sig3(typical)}** "
+                f"(steering {sig3(DEFAULT_STEER)}x adds {sig3(DEFAULT_STEER * typical)} times its decoder direction). "
+                f"[Permalink]({link})")
         if any(pt.placeholder for pt in card.patches):
             text += " Regenerating the top images…"
-        gallery = [(served(pt.image), f"{sig3(pt.value)} · {pt.prompt} · seed {pt.seed} · step {pt.step} · token ({pt.row},{pt.col})") for pt in card.patches]
-        gallery += [(served(pt.crop), f"crop · {sig3(pt.value)} · step {pt.step}") for pt in card.patches]
-        return text, gallery, plots.activation_sparkline(card), plots.activation_histogram(card), plots.concept_bars(card)
+        return text, cardview.examples_html(card.patches), plots.activation_sparkline(card), plots.activation_histogram(card), plots.concept_bars(card)
+
+    @ui_errors
+    def search(point, query):
+        return ranked_table(ex.features.search(point, query, ex.session.limits.max_ranked_rows))
+
+    @ui_errors
+    def open_from_url(point, request: gr.Request):
+        """A permalink (``?feature=12&point=...``) opens that feature's card on arrival."""
+        params = dict(request.query_params) if request is not None else {}
+        if "feature" not in params:
+            return (gr.skip(), gr.skip(), *(gr.skip() for _ in card_outputs))
+        point = ex.session.check_point(params.get("point") or point)
+        feature = ex.features.check_feature(point, read_feature(params["feature"]))
+        return (point, str(feature), *card_outputs_of(ex.features.card(point, feature, None, None, generate_images=False), request))
 
     def pick_row(table, evt: gr.SelectData):
         if evt is None or table is None or len(table) == 0:
@@ -261,6 +289,12 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     p.feature.submit(open_card, card_inputs, card_outputs, api_visibility="private", validator=card_check)
     p.ranked.select(pick_row, p.ranked, p.feature, api_visibility="private").then(open_card, card_inputs, card_outputs, api_visibility="private")
     p.step.input(rank, ranking_inputs, ranking_outputs, api_visibility="private").then(refresh_card, card_inputs, card_outputs, api_visibility="private")
+    p.search_button.click(search, [p.point, p.search], p.ranked, api_name="search_features", validator=validator({1: lambda v: ex.features.search(v[0], v[1], 1)}))
+    p.search.submit(search, [p.point, p.search], p.ranked, api_visibility="private")
+    # the opacity is a CSS variable on the examples' container: no round trip to the server
+    p.opacity.input(None, p.opacity, None, js="(v) => { document.getElementById('patches').style.setProperty('--heat-opacity', v); return []; }")
+    if demo is not None:
+        demo.load(open_from_url, p.point, [p.point, p.feature, *card_outputs], api_visibility="private")
     p.map_button.click(show_map, [p.point, p.map_colour], [p.feature_map, p.map_status], api_name="feature_map")
     p.feature_map.select(pick_from_map, p.point, p.feature, api_visibility="private").then(open_card, card_inputs, card_outputs, api_visibility="private")
     add_inputs = [interventions, p.point, p.feature, p.factor, p.strength, p.window_start, p.window_stop, p.steer_mask]

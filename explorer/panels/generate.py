@@ -17,10 +17,10 @@ from ..editing import Preview, unknown_words
 from ..imaging import upscale, upscale_factor
 from ..recipes import Recipe, recipe_to_json, recipe_to_python, recipe_to_query
 from ..zerogpu import gpu
-from .. import intervention_table as table
-from ..formatting import sig3
+from .. import cardview, intervention_table as table
+from ..formatting import optional_int, sig3
 from ..limits import check_int, check_prompt
-from . import served, ui_errors, validator
+from . import page_url, served, ui_errors, validator
 from .features import append_intervention, parse_interventions
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
@@ -47,6 +47,13 @@ class GeneratePanel:
     editor: gr.Dataframe
     delete_button: gr.Button
     selected_row: gr.State
+    compare: gr.ImageSlider
+    locate_feature: gr.Textbox
+    locate_button: gr.Button
+    feature_in_image: gr.HTML
+    seeds: gr.Textbox
+    seeds_button: gr.Button
+    seeds_grid: gr.HTML
 
 
 def layout(ex: Explorer) -> GeneratePanel:
@@ -76,17 +83,36 @@ def layout(ex: Explorer) -> GeneratePanel:
         after = gr.Image(label="With interventions (click a patch)", type="pil", format="png", interactive=False, elem_id="after")
         difference = gr.Image(label="Difference", type="pil", format="png", interactive=False)
     note = gr.Markdown()
+    compare = gr.ImageSlider(label="Before / after: drag the handle", type="pil", interactive=False, max_height=DISPLAY_SIDE + 60, elem_id="compare")
+    gr.Markdown("### Where a feature fires in this image")
     with gr.Row():
-        patch_point = gr.Dropdown(ex.session.points, value=ex.session.points[0], label="Hook point of the clicked patch")
+        locate_feature = gr.Textbox("", label="Feature id (empty: the image's most active feature)", placeholder="e.g. 12", elem_id="locate-feature")
+        locate_button = gr.Button("Show where it fires, step by step", elem_id="locate")
+    feature_in_image = gr.HTML(elem_id="feature-in-image")
+    gr.Markdown("### Several seeds")
+    with gr.Row():
+        seeds = gr.Textbox("1, 2, 3", label=f"Seeds, comma separated (at most {limits.max_seeds})", elem_id="seeds")
+        seeds_button = gr.Button("Compare these seeds (same prompt and interventions)", elem_id="compare-seeds")
+    seeds_grid = gr.HTML(elem_id="seeds-grid")
+    with gr.Row():
+        patch_point = gr.Dropdown(ex.session.points, value=ex.session.points[0], label="Hook point (of the clicked patch and of 'where a feature fires')")
         patch_step = gr.Slider(0, info.default_steps - 1, value=info.default_steps - 1, step=1, label="Step of the clicked patch (follows the steps above)", elem_id="patch-step")
     active = gr.Dataframe(headers=ACTIVE_COLUMNS, interactive=False, label="Features active at the clicked patch (select one to ablate it)", elem_id="active")
-    return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active, prompt_note, editor, delete_button, gr.State(None))
+    return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active, prompt_note, editor, delete_button, gr.State(None),
+                         compare, locate_feature, locate_button, feature_in_image, seeds, seeds_button, seeds_grid)
+
+
+def read_seeds(text) -> list[int]:
+    """"1, 2, 3" as [1, 2, 3]."""
+    pieces = [piece for piece in str(text or "").replace(";", ",").split(",") if piece.strip()]
+    if not pieces:
+        raise SaeuronError("give at least one seed (e.g. 1, 2, 3)")
+    return [optional_int("seed", piece) for piece in pieces]
 
 
 def read_recipe(ex: Explorer, prompt, seed, steps, guidance, interventions) -> Recipe:
     """The fields as a recipe; numbers are passed on as given (2.5 steps is refused, not rounded)."""
-    base = ex.session.default_recipe(prompt)
-    return ex.session.complete(Recipe(prompt, seed, steps, guidance, tuple(parse_interventions(interventions)), base.model, base.sae, base.stats))
+    return ex.session.recipe(prompt, seed, steps, guidance, parse_interventions(interventions))
 
 
 def prompt_warning(ex: Explorer, prompt) -> str:
@@ -162,6 +188,25 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
         return append_intervention(current, ScaleFeatures((int(table.iloc[evt.index[0], 0]),), 0.0, None, point))
 
     generated = p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8, validator=generate_checks())
+    generated.success(lambda before, after: (before, after), [p.before, p.after], p.compare, api_visibility="private")
+
+    @gpu
+    @ui_errors
+    def feature_in_image(prompt, seed, steps, guidance, interventions, point, feature):
+        """The feature's activation map over the generated (edited) image at each step (HTML)."""
+        found = ex.editor.feature_in_image(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, optional_int("feature id", feature))
+        return cardview.steps_html(found)
+
+    @gpu
+    @ui_errors
+    def compare_seeds(prompt, seed, steps, guidance, interventions, seeds):
+        """Before / after / difference of the same recipe at several seeds (HTML table)."""
+        return cardview.seeds_html(ex.editor.seeds(read_recipe(ex, prompt, seed, steps, guidance, interventions), read_seeds(seeds)))
+
+    locate_checks = {6: lambda v: optional_int("feature id", v[6]) is None or ex.features.check_feature(v[5], optional_int("feature id", v[6]))}
+    p.locate_button.click(feature_in_image, [*recipe_inputs, p.patch_point, p.locate_feature], p.feature_in_image, api_name="feature_in_image", concurrency_id="unet", validator=validator(locate_checks))
+    p.seeds_button.click(compare_seeds, [*recipe_inputs, p.seeds], p.seeds_grid, api_name="compare_seeds", concurrency_id="unet",
+                         validator=validator({5: lambda v: [check_int("seed", s, 0, ex.session.limits.max_seed) for s in read_seeds(v[5])]}))
     if steer_mask is not None:  # the mask is painted over the image being steered
         generated.success(mask_canvas, p.before, steer_mask, api_visibility="private")
     p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions").then(lambda: pd.DataFrame(columns=table.COLUMNS), None, p.editor, api_visibility="private")
@@ -196,15 +241,3 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
     p.steps.change(follow_steps, [p.steps, p.patch_step], p.patch_step, api_visibility="private")
     p.prompt.change(lambda prompt: prompt_warning(ex, prompt), p.prompt, p.prompt_note, api_visibility="private")
     p.active.select(ablate_row, [p.interventions, p.patch_point, p.active], p.interventions, api_visibility="private")
-
-
-def page_url(request: gr.Request | None) -> str:
-    """The app's address as the browser sees it (empty when unknown: the query alone is shown)."""
-    if request is None:
-        return ""
-    headers = request.headers
-    host = headers.get("x-forwarded-host") or headers.get("host")
-    if not host:
-        return ""
-    scheme = headers.get("x-forwarded-proto", "http")
-    return f"{scheme}://{host}/"

@@ -1,0 +1,78 @@
+"""The concept map: where each concept kind enters the U-Net, a block x kind table of numbers
+(e.g. from ``saeuron locate``), shown as a heatmap.
+
+The table is a JSON file ``{"blocks": [...], "kinds": [...], "values": [[...]], "metric": "..."}``
+with one row of ``values`` per block and one column per kind (``metric``, optional, says what the
+numbers are). The app finds it at the path given by ``"concept_map"`` in the model folder's
+``saeuron.json`` (relative to that folder), else as ``concept_map.json`` in the model folder, or
+where ``--concept-map`` says; without one the tab is not shown."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from saeuron_core.errors import SaeuronError
+from saeuron_core.pipeline import INFO_FILE
+
+FILE = "concept_map.json"
+
+
+@dataclass(frozen=True)
+class ConceptMap:
+    blocks: tuple[str, ...]
+    kinds: tuple[str, ...]
+    values: tuple[tuple[float, ...], ...]
+    """[block][kind]; NaN where a cell was not measured."""
+    metric: str = ""
+    source: str = ""
+    """The file it was read from."""
+
+    def strongest_block(self, kind: str) -> str:
+        """The block with the largest value for ``kind``."""
+        column = self.kinds.index(kind)
+        scored = [(v[column], b) for b, v in zip(self.blocks, self.values) if not math.isnan(v[column])]
+        if not scored:
+            raise SaeuronError(f"the concept map has no values for {kind!r}")
+        return max(scored)[1]
+
+
+def load_concept_map(path: str | Path) -> ConceptMap:
+    """Read and check a concept map file (one clear error naming what is wrong)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise SaeuronError(f"cannot read the concept map {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise SaeuronError(f"the concept map {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not {"blocks", "kinds", "values"} <= set(data):
+        raise SaeuronError(f"the concept map {path} needs \"blocks\", \"kinds\" and \"values\"")
+    blocks, kinds, values = data["blocks"], data["kinds"], data["values"]
+    if not (isinstance(blocks, list) and blocks and all(isinstance(b, str) for b in blocks)):
+        raise SaeuronError(f"the concept map {path}: \"blocks\" must be a non-empty list of block names")
+    if not (isinstance(kinds, list) and kinds and all(isinstance(k, str) for k in kinds)):
+        raise SaeuronError(f"the concept map {path}: \"kinds\" must be a non-empty list of concept kinds")
+    if not (isinstance(values, list) and len(values) == len(blocks) and all(isinstance(r, list) and len(r) == len(kinds) for r in values)):
+        raise SaeuronError(f"the concept map {path}: \"values\" must have one row per block ({len(blocks)}) and one column per kind ({len(kinds)})")
+    try:
+        table = tuple(tuple(float("nan") if v is None else float(v) for v in row) for row in values)
+    except (TypeError, ValueError):
+        raise SaeuronError(f"the concept map {path}: \"values\" must be numbers (or null)") from None
+    return ConceptMap(tuple(blocks), tuple(kinds), table, str(data.get("metric") or ""), str(path))
+
+
+def find_concept_map(model_folder: str | Path | None, given: str | Path | None = None) -> ConceptMap | None:
+    """The concept map given, else the one the model folder names or holds; None when there is none."""
+    if given:
+        return load_concept_map(given)
+    if model_folder is None or not Path(model_folder).is_dir():
+        return None
+    folder = Path(model_folder)
+    info_file = folder / INFO_FILE
+    named = json.loads(info_file.read_text()).get("concept_map") if info_file.is_file() else None
+    if named:
+        return load_concept_map(folder / named)
+    return load_concept_map(folder / FILE) if (folder / FILE).is_file() else None
