@@ -122,3 +122,12 @@ def mean_activation_all(stats: ConceptStats) -> Tensor:
     Equal weights follow the reference code (the mean of the per-concept means).
     """
     return stats.means.mean(0)
+
+
+def tau_for_count(count: int, num_latents: int) -> float:
+    """The percentile whose strict-greater selection keeps ``count`` latents (ties aside)."""
+    if not 1 <= count < num_latents:
+        raise SaeuronError(f"cannot select {count} of {num_latents} latents")
+    # torch.quantile interpolates at position q * (n - 1) of the sorted scores; put it halfway
+    # between the (count+1)-th and the count-th largest so exactly ``count`` lie strictly above.
+    return 100.0 * (num_latents - count - 0.5) / (num_latents - 1)
