@@ -105,7 +105,7 @@ class SaeBundle:
             c_count = count if count is not None else (None if tau is not None or "latents_per_step" not in entry else int(entry["latents_per_step"]))
             for point in self.points_of_kind[kind]:
                 if kind_at.setdefault(point, kind) != kind:
-                    raise SaeuronError(f"{point} would remove a {kind_at[point]} and a {kind} at once; its statistics serve one kind per removal")
+                    raise SaeuronError(f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; its statistics serve one kind per removal")
                 c_tau = tau if tau is not None else tau_for_count(c_count, self.saes[point].num_latents) if c_count is not None else float(entry["tau"])
                 by_point.setdefault(point, []).append((concept, c_tau, c_gamma))
         return [

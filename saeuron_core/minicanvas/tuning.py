@@ -14,7 +14,7 @@ from . import dataset as mc
 from ..errors import SaeuronError
 from .evaluation import judge_decorrelated, removal_metrics, removal_pairs
 from ..interventions import apply_interventions
-from ..scoring import tau_for_count  # noqa: F401  (re-exported: the grid is in latents per step)
+from ..scoring import specificity, tau_for_count  # noqa: F401  (tau_for_count re-exported: the grid is in latents per step)
 
 PAPER_GAMMAS = (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
 
@@ -68,6 +68,7 @@ def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, step
                 records = judge_decorrelated(pipe, judge, target + retain, seeds, steps, guidance)[0]
             m = removal_metrics(records, concept)
             row = {"concept": concept, "kind": kind, "count": count, "tau": ivs[0].per_concept()[0][1], "gamma": gamma, "points": [iv.point for iv in ivs], **m}
+            row["specificity"] = {iv.point: specificity(bundle.stats[iv.point].concept_stats(kind), concept, iv.per_concept()[0][1]) for iv in ivs}
             row.update(score_paper=criterion_score(row, "paper"), score_all=criterion_score(row, "all"), seconds=round(time.time() - t0, 1))
             rows.append(row)
     return rows
@@ -101,5 +102,5 @@ def defaults_table(style_rows: list[dict], object_rows: list[dict], style_settin
         by_concept.setdefault(r["concept"], []).append(r)
     for concept, rows in by_concept.items():
         best = pick(rows, criterion)
-        table["concepts"][concept] = {"tau": best["tau"], "gamma": best["gamma"], "latents_per_step": best["count"], "score": criterion_score(best, criterion)}
+        table["concepts"][concept] = {"tau": best["tau"], "gamma": best["gamma"], "latents_per_step": best["count"], "score": criterion_score(best, criterion), **{k: best[k] for k in ("UA", "IRA", "CRA", "specificity") if k in best}}
     return table
