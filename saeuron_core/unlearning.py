@@ -19,6 +19,7 @@ from .interventions import Unlearn, apply_interventions
 from .paths import ASSETS
 from .pipeline import ModelInfo, generate
 from .sae import TopKSae
+from .scoring import tau_for_count
 from .stats import FeatureStats
 
 DEFAULTS_FILE = "unlearn_defaults.json"
@@ -31,16 +32,24 @@ class SaeBundle:
     saes: dict[str, TopKSae]
     stats: dict[str, FeatureStats]
     point_of_kind: dict[str, str]
+    """The primary hook point of each kind (the one the explorer shows)."""
     defaults: dict
     folders: tuple[Path, ...] = ()
     """SAE and statistics folders this bundle was read from."""
+    points_of_kind: dict[str, tuple[str, ...]] | None = None
+    """Every hook point a kind is removed at (default: the primary one)."""
+
+    def __post_init__(self):
+        if self.points_of_kind is None:
+            self.points_of_kind = {k: (p,) for k, p in self.point_of_kind.items()}
 
     @classmethod
     def load(cls, info: ModelInfo, sae_dir: str | Path | None = None, stats_dir: str | Path | None = None, defaults: str | Path | None = None) -> "SaeBundle":
         sae_dir = Path(sae_dir) if sae_dir else ASSETS / "sae"
         stats_dir = Path(stats_dir) if stats_dir else ASSETS / "stats"
         saes, stats = {}, {}
-        for kind, point in info.hook_points.items():
+        every = {k: tuple(v) for k, v in (info.points_of_kind or {k: (p,) for k, p in info.hook_points.items()}).items()}
+        for kind, point in ((k, p) for k, points in every.items() for p in points):
             if point in saes:
                 continue
             if not (sae_dir / point).is_dir():
@@ -52,7 +61,7 @@ class SaeBundle:
         defaults_path = Path(defaults) if defaults else ASSETS / DEFAULTS_FILE
         table = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
         folders = tuple(d / p for p in saes for d in (sae_dir, stats_dir))
-        return cls(saes, stats, dict(info.hook_points), table, folders)
+        return cls(saes, stats, dict(info.hook_points), table, folders, every)
 
     def storage_bytes(self) -> int:
         """Bytes on disk of the SAE and statistics files (training state excluded)."""
@@ -65,23 +74,40 @@ class SaeBundle:
         known = sorted({c for k, p in self.point_of_kind.items() for c in self.stats[p].concepts_of_kind(k)})
         raise SaeuronError(f"unknown concept {concept!r}; the statistics know {', '.join(known)}")
 
-    def default_params(self, concept: str) -> tuple[float, float]:
-        """(tau, gamma) for a concept from the defaults table (per concept, else per kind)."""
+    def default_entry(self, concept: str) -> dict:
+        """A concept's row of the defaults table (per concept, else per kind)."""
         kind = self.kind_of(concept)
         entry = self.defaults.get("concepts", {}).get(concept) or self.defaults.get("kinds", {}).get(kind)
         if entry is None:
             raise SaeuronError(f"no default tau/gamma for {concept!r}; pass --tau and --gamma")
+        return entry
+
+    def default_params(self, concept: str) -> tuple[float, float]:
+        """(tau, gamma) for a concept from the defaults table (per concept, else per kind)."""
+        entry = self.default_entry(concept)
         return float(entry["tau"]), float(entry["gamma"])
 
-    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False) -> list[Unlearn]:
-        """One ``Unlearn`` per hook point for ``concepts`` (defaults unless tau / gamma given)."""
+    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False, count: int | None = None) -> list[Unlearn]:
+        """One ``Unlearn`` per hook point for ``concepts``: each concept at every hook point of its
+        kind (``points_of_kind``). ``tau`` (a percentile) or ``count`` (latents per step, turned
+        into each point's percentile for that SAE's width) and ``gamma`` override the defaults;
+        a default entry with ``latents_per_step`` is applied as a count at every point."""
         if not concepts:
             raise SaeuronError("no concept to unlearn")
+        if tau is not None and count is not None:
+            raise SaeuronError("give tau or count (latents per step), not both")
         by_point: dict[str, list[tuple[str, float, float]]] = {}
+        kind_at: dict[str, str] = {}
         for concept in dict.fromkeys(concepts):
             kind = self.kind_of(concept)
-            d_tau, d_gamma = (None, None) if tau is not None and gamma is not None else self.default_params(concept)
-            by_point.setdefault(self.point_of_kind[kind], []).append((concept, tau if tau is not None else d_tau, gamma if gamma is not None else d_gamma))
+            entry = None if (tau is not None or count is not None) and gamma is not None else self.default_entry(concept)
+            c_gamma = gamma if gamma is not None else float(entry["gamma"])
+            c_count = count if count is not None else (None if tau is not None or "latents_per_step" not in entry else int(entry["latents_per_step"]))
+            for point in self.points_of_kind[kind]:
+                if kind_at.setdefault(point, kind) != kind:
+                    raise SaeuronError(f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; its statistics serve one kind per removal")
+                c_tau = tau if tau is not None else tau_for_count(c_count, self.saes[point].num_latents) if c_count is not None else float(entry["tau"])
+                by_point.setdefault(point, []).append((concept, c_tau, c_gamma))
         return [
             Unlearn(tuple(c for c, _, _ in rows), tuple(t for _, t, _ in rows), tuple(g for _, _, g in rows), point=point, reference_error_term=reference_error_term)
             for point, rows in by_point.items()

@@ -10,6 +10,7 @@ import torch
 from conftest import needs_bundled
 from saeuron_core.minicanvas.benchmark import EvalPlan, frechet_distance
 from saeuron_core.errors import SaeuronError
+from saeuron_core import minicanvas as mc
 
 
 def test_frechet_distance_known_cases():
@@ -65,9 +66,21 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
             assert res["summary"]["style"]["UA_attack_after"] == row["attack"]["UA_after"]
             assert res["cost"]["extra_storage_mb"] > 0
     assert metrics["methods"]["esd"]["rows"][0]["settings"]["iterations"] == 3
+    row = metrics["methods"]["saeuron"]["rows"][0]
+    for name in ("UA", "IRA", "CRA", "unrecognisable"):
+        iv = row["intervals"][name]
+        assert iv["lo"] <= row[name] <= iv["hi"] and iv["value"] == pytest.approx(row[name]) and iv["n"] > 0
+    assert row["intervals"]["UA"]["n"] == len(mc.OBJECTS)  # dots with every MiniCanvas object, 1 seed each
+    summary = metrics["methods"]["saeuron"]["summary"]["style"]
+    assert summary["intervals"]["average"]["lo"] <= summary["average"] <= summary["intervals"]["average"]["hi"]
+    assert set(metrics["comparisons"]) == {"saeuron - esd", "saeuron - uce", "saeuron - none"}
+    diff = metrics["comparisons"]["saeuron - none"]["style"]["average"]
+    assert diff["units"] == 1 and diff["mean"] == pytest.approx(summary["average"] - metrics["methods"]["none"]["summary"]["style"]["average"])
+    assert row["attack"]["seeds"][0] != row["attack"]["seeds"][1]  # each attacked prompt its own seed
     assert metrics["peak_rss_mb"] > 0
     table = (out / "table.md").read_text()
     assert "| esd | style |" in table and "| uce | style |" in table and "Published: SD v1.5 on UnlearnCanvas" in table
+    assert "Paired differences" in table and "| saeuron - esd | style |" in table and "Wilson" in table
     assert "plotly" in (out / "report.html").read_text() or "install plotly" in (out / "report.html").read_text()
     assert (out / "metrics.csv").read_text().count("\n") == 5
     assert len(list((out.parent / "erasures" / "esd").glob("dots-*"))) == 1  # cached for the next run
@@ -89,6 +102,10 @@ def test_bad_method_and_budget_are_clear_errors(tiny_bundle, tmp_path):
     assert proc.returncode == 2 and "unknown method 'salun'" in proc.stderr
     proc = evaluate(tiny_bundle, tmp_path / "y", "--attack-steps", "0", "--concept", "dots")
     assert proc.returncode == 2 and "attack budget" in proc.stderr
+    proc = evaluate(tiny_bundle, tmp_path / "z", "--seeds", "0", "--concept", "dots")
+    assert proc.returncode == 2 and "--seeds must be >= 1" in proc.stderr
+    proc = evaluate(tiny_bundle, tmp_path / "w", "--seed", "2000001", "--concept", "dots")
+    assert proc.returncode == 2 and "'sweep' split" in proc.stderr
 
 
 @needs_bundled
