@@ -331,6 +331,11 @@ def cmd_evaluate(args) -> int:
     from .minicanvas.benchmark import EvalPlan, default_concepts, run
 
     out = check_output_folder(args)
+    if args.generalisation:
+        return cmd_generalisation(args, out)
+    for flag in ("split_seed", "sae_concept", "work"):
+        if getattr(args, flag) is not None:
+            raise_error(f"--{flag.replace('_', '-')} belongs to --generalisation")
     if args.method and args.methods:
         raise_error("give --method or --methods, not both")
     methods = parse_methods(args.methods or args.method or "saeuron")
@@ -339,7 +344,7 @@ def cmd_evaluate(args) -> int:
     n_seeds = args.seeds or (QUICK_SEEDS if args.quick else PUBLISHED_SEEDS)
     # base seeds: each prompt gets its own seed per base (dataset.prompt_seeds), the same for every method
     seeds = tuple(args.seed) if args.seed else tuple(mc.split_seeds("heldout", n_seeds))
-    concepts = tuple(args.concept) if args.concept else default_concepts(args.domain)
+    concepts = tuple(args.concept) if args.concept else default_concepts(args.domain or "style")
     multi = ()
     if args.multi:
         styles = mc.STYLES
@@ -347,7 +352,7 @@ def cmd_evaluate(args) -> int:
     attack_prompts = args.attack_prompts if args.attack_prompts is not None else (2 if args.quick else 6)
     esd = esd_config(args)
     m = open_model(args, need_vocabulary="evaluate")
-    plan = EvalPlan(methods, args.domain, concepts, seeds, m.steps, m.guidance, multi, attack_prompts, args.attack_steps)
+    plan = EvalPlan(methods, args.domain or "style", concepts, seeds, m.steps, m.guidance, multi, attack_prompts, args.attack_steps)
     bundle = open_bundle(args, m.info) if "saeuron" in methods else None
     judge = open_judge(args)
     if out.exists() and args.overwrite:
@@ -355,6 +360,48 @@ def cmd_evaluate(args) -> int:
     result = run(m.pipe, m.info, bundle, judge, plan, out, cache=cache_dir(args), esd=esd, log=lambda msg: print(msg, flush=True))
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
+    return 0
+
+
+def cmd_generalisation(args, out: Path) -> int:
+    """`evaluate --generalisation`: an SAE trained on half of the concepts removes all of them."""
+    import shutil
+
+    from . import minicanvas as mc
+    from .minicanvas.generalisation import GeneralisationConfig, check_split_seed, prepare, run
+    from .paths import ASSETS
+    from .unlearning import DEFAULTS_FILE
+
+    for flag, given in (("--sae", args.sae), ("--stats", args.stats), ("--multi", args.multi or None), ("--attack-prompts", args.attack_prompts)):
+        if given is not None:
+            raise_error(f"{flag} does not apply to --generalisation (it trains its own SAEs and runs no attack)")
+    if (args.methods or args.method or "saeuron") != "saeuron":
+        raise_error("--generalisation evaluates SAeUron only (--method saeuron)")
+    if args.seeds is not None and args.seeds < 1:
+        raise_error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.train_seeds_per_pair < 1:
+        raise_error(f"--train-seeds-per-pair must be >= 1, got {args.train_seeds_per_pair}")
+    split_seed = check_split_seed(args.split_seed if args.split_seed is not None else 0)
+    if args.domain is not None and args.domain not in ("style", "object", "both"):
+        raise_error(f"unknown domain {args.domain!r}; use style, object or both")
+    n_seeds = args.seeds or (QUICK_SEEDS if args.quick else PUBLISHED_SEEDS)
+    seeds = tuple(args.seed) if args.seed else tuple(mc.split_seeds("heldout", n_seeds))
+    settings = dict(split_seed=split_seed, sae_concepts=tuple(args.sae_concept or ()), seeds=seeds, concepts=tuple(args.concept or ()), train_seeds_per_pair=args.train_seeds_per_pair, batch_size=args.sae_batch_size, full_reference=not args.no_full_reference)
+    GeneralisationConfig(**settings)  # bad seeds or names refused before the model loads
+    work = Path(args.work) if args.work else out.with_name(out.name + ".work")
+    defaults = Path(args.defaults) if args.defaults else ASSETS / DEFAULTS_FILE
+    m = open_model(args, need_vocabulary="--generalisation")
+    if not args.concept:  # the model's own concepts of the domain (default: every kind)
+        domain = args.domain or "both"
+        settings["concepts"] = tuple(m.info.objects if domain in ("object", "both") else ()) + tuple(m.info.styles if domain in ("style", "both") else ())
+    cfg = GeneralisationConfig(**settings)
+    prepare(m.info, cfg, defaults, work)  # split, concepts, defaults and work folder refused before any work
+    judge = open_judge(args)
+    if out.exists() and args.overwrite:
+        shutil.rmtree(out)
+    result = run(m.pipe, m.info, judge, cfg, defaults, work, out, m.steps, m.guidance, log=lambda msg: print(msg, flush=True))
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s (work folder {work})")
     return 0
 
 
@@ -587,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_esd_options(ev)
     ev.add_argument("--methods", default=None, help="comma-separated: saeuron,esd,uce,none (default saeuron)")
     ev.add_argument("--method", default=None, help="one method (same as --methods with one name)")
-    ev.add_argument("--domain", default="style", help="style, object or both")
+    ev.add_argument("--domain", default=None, help="style, object or both (default style; with --generalisation: every concept)")
     ev.add_argument("--concept", action="append", help="only these concepts (repeat)")
     ev.add_argument("--seeds", type=int, default=None, help=f"held-out seeds per prompt, each prompt its own (default {PUBLISHED_SEEDS}, {QUICK_SEEDS} with --quick)")
     ev.add_argument("--seed", type=int, action="append", help="explicit held-out base seeds (repeat); each prompt derives its own seed from each base")
@@ -595,6 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help=f"{QUICK_SEEDS} seed per prompt, 2 attacked prompts per concept, ESD {QUICK_ESD_ITERATIONS} iterations: for CI")
     ev.add_argument("--attack-prompts", type=int, default=None, help="prompts attacked per removed concept (default 6, 2 with --quick; 0: no attack)")
     ev.add_argument("--attack-steps", type=int, default=40, help="attack budget in Adam steps (default 40, as UnlearnDiffAtk)")
+    gen = ev.add_argument_group("generalisation (the paper's Table 3)")
+    gen.add_argument("--generalisation", action="store_true", help="train an SAE on half of the concepts of each kind (and a reference SAE on all), remove every concept with each, report UA / IRA / CRA for concepts in and outside the SAE's half")
+    gen.add_argument("--split-seed", default=None, help="integer seed that draws the halves (default 0; recorded)")
+    gen.add_argument("--sae-concept", action="append", help="name the SAE's half instead of drawing it (repeat)")
+    gen.add_argument("--train-seeds-per-pair", type=int, default=4, help="train-split seeds per cached prompt (default 4, as the bundled store)")
+    gen.add_argument("--sae-batch-size", type=int, default=4096, help="tokens per SAE optimiser step (default 4096, as the bundled SAEs)")
+    gen.add_argument("--no-full-reference", action="store_true", help="skip the reference SAE trained on every concept (halves the removals)")
+    gen.add_argument("--work", default=None, help="work folder: stores, SAEs, statistics, finished removals; rerun to resume (default <out>.work)")
     add_output_options(ev, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)
 
