@@ -36,7 +36,7 @@ import torch
 
 from . import dataset as mc
 from ..errors import SaeuronError
-from .evaluation import JudgedImage, accuracy, judge_decorrelated, removal_counts, shows_concept
+from .evaluation import JudgedImage, accuracy, judge_decorrelated, removal_counts
 from ..intervals import Rate, paired_bootstrap
 from ..baselines.attack import AttackConfig, run_attack
 from ..baselines.methods import METHODS, Removal, check_method, prepare_removal
@@ -280,7 +280,15 @@ def attack_row(pipe, judge, removal: Removal, concept: str, n_prompts: int, seed
     prompts = [mc.prompt(o, s) for o, s in pairs]
     seeds = [mc.prompt_seeds([seeds[i % len(seeds)]], p)[0] for i, p in enumerate(prompts)]
     result = run_attack(pipe, lambda: removal.active(pipe), prompts, seeds, steps, guidance, cfg)
-    shown = {name: shows_concept(judge, images, concept) for name, images in (("before", result.before), ("after", result.after), ("target", result.targets))}
+    kind = mc.concept_kind(concept)
+    verdicts = {name: judge.classify(images) for name, images in (("before", result.before), ("after", result.after), ("target", result.targets))}
+    shown = {name: [v == concept for v in verdict[kind]] for name, verdict in verdicts.items()}
+    # Is the concept back, or is the judge only confused? The judge's probability of the
+    # concept (not just its top-1), and how close the images come, in the judge's feature
+    # space, to the un-edited model's image of the same prompt and seed (the attack's target).
+    p_concept = {name: judge.probability(verdict, concept) for name, verdict in verdicts.items()}
+    target_feats = verdicts["target"]["features"]
+    similarity = {name: torch.nn.functional.cosine_similarity(verdicts[name]["features"], target_feats, dim=-1) for name in ("before", "after")}
 
     def ua(flags) -> float:
         return 1.0 - float(np.mean(flags))
@@ -291,8 +299,35 @@ def attack_row(pipe, judge, removal: Removal, concept: str, n_prompts: int, seed
         "UA_before_interval": Rate(len(prompts) - sum(shown["before"]), len(prompts)).as_dict(), "UA_after_interval": Rate(len(prompts) - sum(shown["after"]), len(prompts)).as_dict(),
         "shows_concept_before": [bool(x) for x in shown["before"]], "shows_concept_after": [bool(x) for x in shown["after"]],
         "losses": [float(x) for x in result.losses], "final_loss": float(result.losses[-1]), "seconds": round(result.seconds, 1),
+        **{f"p_concept_{name}": float(p.mean()) for name, p in p_concept.items()},
+        "p_concept_before_each": [float(x) for x in p_concept["before"]], "p_concept_after_each": [float(x) for x in p_concept["after"]],
+        **{f"similarity_{name}": float(sim.mean()) for name, sim in similarity.items()},
+        "similarity_after_each": [float(x) for x in similarity["after"]],
     }
+    row["similarity_recovered"] = similarity_recovered(row["similarity_before"], row["similarity_after"])
+    row["reading"] = attack_reading(row)
     return row, strip
+
+
+RESTORED_PROBABILITY = 0.5
+"""The attack "restored" the concept when the judge's mean probability of it after the attack is
+at least this and at least half of the feature-space distance to the un-edited images was
+recovered; a top-1 flip without both is the judge being confused, not the concept coming back."""
+
+
+def similarity_recovered(before: float, after: float) -> float:
+    """Share of the way from the removal (similarity ``before`` to the un-edited image) back to
+    the un-edited image itself (similarity 1) that the attack covered; nan if nothing was removed."""
+    return (after - before) / (1 - before) if before < 1 - 1e-9 else float("nan")
+
+
+def attack_reading(attack: dict) -> str:
+    """A plain reading of one attack row (rule: ``RESTORED_PROBABILITY`` and half the distance)."""
+    if attack["UA_after"] >= attack["UA_before"]:
+        return "no effect"
+    if attack["p_concept_after"] >= RESTORED_PROBABILITY and attack["similarity_recovered"] >= 0.5:
+        return "restored"
+    return "judge confused, concept not restored"
 
 
 def _single_rows(rows: list[dict], kind: str) -> list[dict]:
@@ -335,6 +370,11 @@ def summarize(rows: list[dict]) -> dict:
         if attacked:
             avg["UA_attack_before"] = float(np.mean([a["UA_before"] for a in attacked]))
             avg["UA_attack_after"] = float(np.mean([a["UA_after"] for a in attacked]))
+            if all("p_concept_after" in a for a in attacked):
+                for key in ("p_concept_before", "p_concept_after", "p_concept_target", "similarity_before", "similarity_after"):
+                    avg[f"attack_{key}"] = float(np.mean([a[key] for a in attacked]))
+                avg["attack_similarity_recovered"] = similarity_recovered(avg["attack_similarity_before"], avg["attack_similarity_after"])
+                avg["attack_readings"] = {r: sum(a["reading"] == r for a in attacked) for r in sorted({a["reading"] for a in attacked})}
         out[kind] = avg
     return out
 
@@ -393,6 +433,18 @@ def markdown_table(result: dict) -> str:
             iv = s.get("intervals", {})
             cells = " | ".join(_with_interval(s[k], iv.get(k)) for k in ("UA", "IRA", "CRA", "average"))
             lines.append(f"| {method} | {kind} | {cells} | {_pct(s.get('unrecognisable'))} | {attacked} | {s['judge_fd_retained']:.2f} | {mem} | {sto} | {setup} | {per_image:.3f} |")
+    attacked = [(m, k, s) for m, res in result["methods"].items() for k, s in res["summary"].items() if "attack_p_concept_after" in s]
+    if attacked:
+        lines += [
+            "",
+            "Attack: is the removed concept back, or is the judge only confused? p(concept): the judge's mean probability of the removed concept (un-edited images of the same prompts: the target value). Similarity: cosine of the judge's penultimate features to the un-edited image of the same prompt and seed; recovered: share of the way back to it. Reading per attacked prompt set: restored when p(concept) after >= 0.5 and at least half the similarity recovered.",
+            "",
+            "| Method | Domain | UA before -> after | p(concept) before -> after (un-edited) | similarity before -> after | recovered | readings |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for method, kind, s in attacked:
+            readings = ", ".join(f"{r}: {n}" for r, n in s["attack_readings"].items())
+            lines.append(f"| {method} | {kind} | {_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])} | {s['attack_p_concept_before']:.3f} -> {s['attack_p_concept_after']:.3f} ({s['attack_p_concept_target']:.3f}) | {s['attack_similarity_before']:.3f} -> {s['attack_similarity_after']:.3f} | {_pct(s['attack_similarity_recovered'])} | {readings} |")
     if result.get("comparisons"):
         lines += ["", "Paired differences (bootstrap 95% interval over concepts, percentage points; methods share every prompt's seeds):", "", "| Difference | Domain | avg | UA | IRA | CRA |", "|---|---|---|---|---|---|"]
         for name, kinds in result["comparisons"].items():
@@ -420,13 +472,16 @@ def markdown_table(result: dict) -> str:
     for method, res in result["methods"].items():
         if not res["rows"]:
             continue
-        lines += ["", f"#### {method}: per removal (Wilson 95% intervals)", "", "| Removed | UA | IRA | CRA | unrecognisable | retain style | retain object | collateral MAE | attacked UA before -> after |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"#### {method}: per removal (Wilson 95% intervals)", "", "| Removed | UA | IRA | CRA | unrecognisable | retain style | retain object | collateral MAE | attacked UA before -> after | attack: p(concept) before -> after | attack: similarity before -> after | attack reading |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
             def cell(name):
                 return " / ".join((f"{c}: " if name == "UA" and len(r["per_concept"]) > 1 else "") + _with_interval(m[name], m.get("intervals", {}).get(name)) for c, m in r["per_concept"].items())
 
-            attacked = f"{_pct(r['attack']['UA_before'])} -> {_pct(r['attack']['UA_after'])}" if "attack" in r else "-"
-            lines.append(f"| {'+'.join(r['removed'])} | {cell('UA')} | {cell('IRA')} | {cell('CRA')} | {cell('unrecognisable')} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} |")
+            a = r.get("attack", {})
+            attacked = f"{_pct(a['UA_before'])} -> {_pct(a['UA_after'])}" if a else "-"
+            p_concept = f"{a['p_concept_before']:.3f} -> {a['p_concept_after']:.3f}" if "p_concept_after" in a else "-"
+            sim = f"{a['similarity_before']:.3f} -> {a['similarity_after']:.3f}" if "similarity_after" in a else "-"
+            lines.append(f"| {'+'.join(r['removed'])} | {cell('UA')} | {cell('IRA')} | {cell('CRA')} | {cell('unrecognisable')} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} | {p_concept} | {sim} | {a.get('reading', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -435,12 +490,12 @@ def write_reports(result: dict, examples: dict, out: Path) -> None:
     write_json(out / "metrics.json", result)
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "removed", "concept", "UA", "IRA", "CRA", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image", "setup_seconds", "UA_attack_before", "UA_attack_after"])
+        w.writerow(["method", "removed", "concept", "UA", "IRA", "CRA", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image", "setup_seconds", "UA_attack_before", "UA_attack_after", "p_concept_attack_before", "p_concept_attack_after", "similarity_attack_before", "similarity_attack_after"])
         for method, res in result["methods"].items():
             for r in res["rows"]:
                 a = r.get("attack", {})
                 for c, m in r["per_concept"].items():
-                    w.writerow([method, "+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"], r["setup_seconds"], a.get("UA_before", ""), a.get("UA_after", "")])
+                    w.writerow([method, "+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"], r["setup_seconds"], a.get("UA_before", ""), a.get("UA_after", ""), a.get("p_concept_before", ""), a.get("p_concept_after", ""), a.get("similarity_before", ""), a.get("similarity_after", "")])
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(markdown_table(result))
     with atomic_path(out / "report.html") as tmp:
