@@ -153,18 +153,20 @@ def test_attack_reading_rule_on_hand_cases():
 
     assert similarity_recovered(0.6, 0.8) == pytest.approx(0.5) and similarity_recovered(0.6, 0.5) == pytest.approx(-0.25)
     assert similarity_recovered(1.0, 1.0) != similarity_recovered(1.0, 1.0)  # nothing removed: nan
-    base = {"UA_before": 1.0, "UA_after": 0.0, "p_concept_after": 0.9, "similarity_recovered": 0.7}
-    assert attack_reading(base) == "restored"
+    base = {"UA_before": 1.0, "UA_after": 0.0, "p_concept_before": 0.1, "p_concept_after": 0.9, "similarity_recovered": 0.7}
+    assert attack_reading(base) == "restored" and attack_reading({**base, "UA_after": 1.0}) == "restored"
     assert attack_reading({**base, "p_concept_after": 0.3}) == "judge confused, concept not restored"
     assert attack_reading({**base, "similarity_recovered": 0.1}) == "judge confused, concept not restored"
-    assert attack_reading({**base, "UA_after": 1.0}) == "no effect"
+    assert attack_reading({**base, "UA_after": 1.0, "p_concept_after": 0.3}) == "moved towards the concept"
+    assert attack_reading({**base, "UA_after": 1.0, "p_concept_after": 0.15, "similarity_recovered": 0.3}) == "moved towards the concept"
+    assert attack_reading({**base, "UA_after": 1.0, "p_concept_after": 0.15, "similarity_recovered": 0.1}) == "no effect"
 
 
 def test_attack_row_reports_probability_and_feature_similarity(tiny_bundle):
     """The attack row's p(concept) and similarity are the judge's own numbers on the strip's images."""
     from saeuron_core.baselines.attack import AttackConfig
     from saeuron_core.baselines.methods import prepare_removal
-    from saeuron_core.minicanvas.benchmark import attack_row
+    from saeuron_core.minicanvas.benchmark import attack_reading, attack_row
     from saeuron_core.minicanvas.judge import Judge
     from saeuron_core.pipeline import load_pipeline, model_info
     from saeuron_core.unlearning import SaeBundle
@@ -185,6 +187,6 @@ def test_attack_row_reports_probability_and_feature_similarity(tiny_bundle):
     for name in ("before", "after"):
         cos = torch.nn.functional.cosine_similarity(verdicts[name]["features"], verdicts["target"]["features"], dim=-1)
         assert row[f"similarity_{name}"] == pytest.approx(float(cos.mean()), abs=1e-5)
-    assert row["reading"] in ("restored", "judge confused, concept not restored", "no effect")
+    assert row["reading"] == attack_reading(row)
     # the verdicts behind UA agree with the probabilities' argmax
     assert row["shows_concept_after"] == [v == "dots" for v in verdicts["after"]["style"]]

@@ -322,12 +322,18 @@ def similarity_recovered(before: float, after: float) -> float:
 
 
 def attack_reading(attack: dict) -> str:
-    """A plain reading of one attack row (rule: ``RESTORED_PROBABILITY`` and half the distance)."""
-    if attack["UA_after"] >= attack["UA_before"]:
-        return "no effect"
+    """A plain reading of one attack row. Restored: p(concept) after >= ``RESTORED_PROBABILITY``
+    and at least half the similarity recovered. Otherwise, if the judge's top-1 flipped back to
+    the concept more often (UA fell): the judge is confused, the concept not restored. Otherwise
+    "moved towards the concept" if p(concept) rose by >= 0.1 or a quarter of the similarity was
+    recovered, else "no effect"."""
     if attack["p_concept_after"] >= RESTORED_PROBABILITY and attack["similarity_recovered"] >= 0.5:
         return "restored"
-    return "judge confused, concept not restored"
+    if attack["UA_after"] < attack["UA_before"]:
+        return "judge confused, concept not restored"
+    if attack["p_concept_after"] - attack.get("p_concept_before", attack["p_concept_after"]) >= 0.1 or attack["similarity_recovered"] >= 0.25:
+        return "moved towards the concept"
+    return "no effect"
 
 
 def _single_rows(rows: list[dict], kind: str) -> list[dict]:
@@ -437,7 +443,7 @@ def markdown_table(result: dict) -> str:
     if attacked:
         lines += [
             "",
-            "Attack: is the removed concept back, or is the judge only confused? p(concept): the judge's mean probability of the removed concept (un-edited images of the same prompts: the target value). Similarity: cosine of the judge's penultimate features to the un-edited image of the same prompt and seed; recovered: share of the way back to it. Reading per attacked prompt set: restored when p(concept) after >= 0.5 and at least half the similarity recovered.",
+            "Attack: is the removed concept back, or is the judge only confused? p(concept): the judge's mean probability of the removed concept (un-edited images of the same prompts: the target value). Similarity: cosine of the judge's penultimate features to the un-edited image of the same prompt and seed; recovered: share of the way back to it. Reading per attacked prompt set: restored when p(concept) after >= 0.5 and at least half the similarity recovered; judge confused when UA fell without that; moved towards the concept when p(concept) rose by >= 0.1 or a quarter of the similarity was recovered; else no effect.",
             "",
             "| Method | Domain | UA before -> after | p(concept) before -> after (un-edited) | similarity before -> after | recovered | readings |",
             "|---|---|---|---|---|---|---|",
