@@ -372,9 +372,11 @@ def cmd_generalisation(args, out: Path) -> int:
     from .paths import ASSETS
     from .unlearning import DEFAULTS_FILE
 
-    for flag, given in (("--sae", args.sae), ("--stats", args.stats), ("--multi", args.multi or None), ("--attack-prompts", args.attack_prompts)):
+    for flag, given in (("--multi", args.multi or None), ("--attack-prompts", args.attack_prompts)):
         if given is not None:
-            raise_error(f"{flag} does not apply to --generalisation (it trains its own SAEs and runs no attack)")
+            raise_error(f"{flag} does not apply to --generalisation (it runs single removals, no attack)")
+    if args.no_full_reference and (args.sae or args.stats):
+        raise_error("--sae / --stats name the full reference; drop them or --no-full-reference")
     if (args.methods or args.method or "saeuron") != "saeuron":
         raise_error("--generalisation evaluates SAeUron only (--method saeuron)")
     if args.seeds is not None and args.seeds < 1:
@@ -386,7 +388,7 @@ def cmd_generalisation(args, out: Path) -> int:
         raise_error(f"unknown domain {args.domain!r}; use style, object or both")
     n_seeds = args.seeds or (QUICK_SEEDS if args.quick else PUBLISHED_SEEDS)
     seeds = tuple(args.seed) if args.seed else tuple(mc.split_seeds("heldout", n_seeds))
-    settings = dict(split_seed=split_seed, sae_concepts=tuple(args.sae_concept or ()), seeds=seeds, concepts=tuple(args.concept or ()), train_seeds_per_pair=args.train_seeds_per_pair, batch_size=args.sae_batch_size, full_reference=not args.no_full_reference)
+    settings = dict(split_seed=split_seed, sae_concepts=tuple(args.sae_concept or ()), seeds=seeds, concepts=tuple(args.concept or ()), train_seeds_per_pair=args.train_seeds_per_pair, batch_size=args.sae_batch_size)
     GeneralisationConfig(**settings)  # bad seeds or names refused before the model loads
     work = Path(args.work) if args.work else out.with_name(out.name + ".work")
     defaults = Path(args.defaults) if args.defaults else ASSETS / DEFAULTS_FILE
@@ -396,10 +398,11 @@ def cmd_generalisation(args, out: Path) -> int:
         settings["concepts"] = tuple(m.info.objects if domain in ("object", "both") else ()) + tuple(m.info.styles if domain in ("style", "both") else ())
     cfg = GeneralisationConfig(**settings)
     prepare(m.info, cfg, defaults, work)  # split, concepts, defaults and work folder refused before any work
+    full = None if args.no_full_reference else open_bundle(args, m.info)
     judge = open_judge(args)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
-    result = run(m.pipe, m.info, judge, cfg, defaults, work, out, m.steps, m.guidance, log=lambda msg: print(msg, flush=True))
+    result = run(m.pipe, m.info, judge, cfg, defaults, work, out, m.steps, m.guidance, full=full, log=lambda msg: print(msg, flush=True))
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s (work folder {work})")
     return 0
@@ -648,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sae-concept", action="append", help="name the SAE's half instead of drawing it (repeat)")
     gen.add_argument("--train-seeds-per-pair", type=int, default=4, help="train-split seeds per cached prompt (default 4, as the bundled store)")
     gen.add_argument("--sae-batch-size", type=int, default=4096, help="tokens per SAE optimiser step (default 4096, as the bundled SAEs)")
-    gen.add_argument("--no-full-reference", action="store_true", help="skip the reference SAE trained on every concept (halves the removals)")
+    gen.add_argument("--no-full-reference", action="store_true", help="skip the reference SAE trained on every concept (--sae / --stats, default the bundled one; halves the removals)")
     gen.add_argument("--work", default=None, help="work folder: stores, SAEs, statistics, finished removals; rerun to resume (default <out>.work)")
     add_output_options(ev, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)

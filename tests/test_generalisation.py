@@ -60,7 +60,7 @@ def test_bad_splits_are_clear_errors():
 
 def generalise(tiny_bundle, out, *extra, defaults=None):
     cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "evaluate", "--generalisation", "--model", str(tiny_bundle / "model"), "--defaults", str(defaults or tiny_bundle / "defaults.json"),
-           "--judge", str(tiny_bundle / "judge"), "--steps", "2", "--seeds", "1", "--train-seeds-per-pair", "1", "--sae-batch-size", "16", "--out", str(out), *extra]
+           "--judge", str(tiny_bundle / "judge"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--steps", "2", "--seeds", "1", "--train-seeds-per-pair", "1", "--sae-batch-size", "16", "--out", str(out), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -75,6 +75,8 @@ def test_bad_input_is_one_line_before_any_work(tiny_bundle, tmp_path):
     assert proc.returncode == 2 and "no tau/gamma for heart" in proc.stderr and not (tmp_path / "cw").exists()
     proc = generalise(tiny_bundle, tmp_path / "d", "--method", "esd")
     assert proc.returncode == 2 and "SAeUron only" in proc.stderr
+    proc = generalise(tiny_bundle, tmp_path / "f", "--no-full-reference")
+    assert proc.returncode == 2 and "--sae / --stats name the full reference" in proc.stderr
     # a plain SD folder has no concept vocabulary
     plain = tmp_path / "plain"
     shutil.copytree(tiny_bundle / "model", plain)
@@ -106,8 +108,10 @@ def test_tiny_generalisation_run_reports_both_groups_and_resumes(tiny_bundle, tm
             assert s["intervals"]["UA"]["n"] == sum(r["intervals"]["UA"]["n"] for r in chosen)
             iv = s["intervals"]["UA"]
             assert iv["lo"] - 1e-9 <= iv["value"] <= iv["hi"] + 1e-9  # Wilson's end at k = n rounds to 1 - 1e-16
-    # the half SAE saw fewer prompts: the in-half pairs and unstyled objects only
+    # the half SAE saw fewer prompts: the in-half pairs and unstyled objects only; the full
+    # reference is the bundle's SAE (--sae / --stats)
     assert m["training_items"] == {"half": 2, "full": 12}
+    assert m["config"]["full_reference"] and all(str(tiny_bundle) in f for f in m["config"]["full_reference"])
     store = json.loads((work / "store_half" / "store.json").read_text())
     assert {it["labels"].get("object") for it in store["items"]} | {it["labels"].get("style") for it in store["items"]} <= in_half | {None}
     # the paired difference is half minus full on the same concepts

@@ -12,8 +12,9 @@ features of a concept needs its mean activations (METHOD section 3), so a concep
 saw in training can only be removed if its prompts are encoded once for scoring. The SAE's
 dictionary, not the scoring data, is what the split withholds (as in the paper).
 
-A reference SAE trained the same way on every concept's prompts ("full") removes the same
-concepts on the same seeds, so each group has a paired baseline: a gap between the groups that
+A reference SAE trained the same way on every concept's prompts ("full"; by default the bundled
+SAE, which was trained on exactly those prompts with this recipe) removes the same concepts on
+the same seeds, so each group has a paired baseline: a gap between the groups that
 also appears with the full SAE is the concepts' difficulty, not the SAE's blind spot.
 
 Everything is kept in a work folder (split, activation stores, SAEs, statistics, the un-edited
@@ -159,9 +160,6 @@ class GeneralisationConfig:
     """Passes over the store when training each SAE (the bundled SAEs: 5)."""
     batch_size: int = 4096
     """Tokens per optimiser step."""
-    full_reference: bool = True
-    """Also train an SAE on every concept the same way and remove every concept with it (the
-    paired "all data" reference)."""
 
     def __post_init__(self):
         object.__setattr__(self, "split_seed", check_split_seed(self.split_seed))
@@ -249,14 +247,52 @@ def _load_plain(path: Path) -> ImageSet:
     return ImageSet(records, z["images"], torch.from_numpy(z["features"]), float(z["seconds"]))
 
 
+@contextlib.contextmanager
+def _claim(path: Path):
+    """Yield True if this process now owns ``path`` (created atomically, holding our pid), False
+    if a live process does; a claim left by a dead process is taken over. Released on exit."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or 0)
+                os.kill(owner, 0)
+                alive = owner != os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                alive = False
+            except PermissionError:
+                alive = True
+            if alive:
+                yield False
+                return
+            path.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False
+
+
 def _concat(parts: list[ImageSet]) -> ImageSet:
     """Image sets of several base seeds as one (records in seed order, the same for every set)."""
     return ImageSet([r for p in parts for r in p.records], np.concatenate([p.images for p in parts]), torch.cat([p.features for p in parts]), sum(p.seconds for p in parts))
 
 
-def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path, out: Path, steps: int, guidance: float, log=print) -> dict:
+def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path, out: Path, steps: int, guidance: float, full=None, log=print) -> dict:
     """The whole experiment; see the module docstring. Writes metrics.json / metrics.csv /
-    table.md / report.html under ``out``; ``work`` keeps every intermediate for resuming."""
+    table.md / report.html under ``out``; ``work`` keeps every intermediate for resuming.
+
+    ``full``: the reference ``SaeBundle`` whose SAEs were trained on every concept (the bundled
+    one was trained on exactly ``training_items(split, 4, half=False)`` with this recipe), or
+    None for no reference."""
     from ..baselines.methods import prepare_removal
     from ..store import cache_activations
     from ..unlearning import SaeBundle
@@ -270,23 +306,28 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     every_item = training_items(split, cfg.train_seeds_per_pair, half=False)
     t_cache = time.time()
     store_all = cache_activations(pipe, every_item, points, work / "store_full", steps, guidance, model_name=info.name)
-    sae_dirs = {"half": _train_and_score(pipe, info, "half", training_items(split, cfg.train_seeds_per_pair), store_all, cfg, steps, guidance, work, log)}
-    if cfg.full_reference:
-        sae_dirs["full"] = _train_and_score(pipe, info, "full", every_item, store_all, cfg, steps, guidance, work, log)
+    sae_dir, stats_dir = _train_and_score(pipe, info, "half", training_items(split, cfg.train_seeds_per_pair), store_all, cfg, steps, guidance, work, log)
     build_seconds = time.time() - t_cache
-    bundles = {name: SaeBundle.load(info, s, st, defaults) for name, (s, st) in sae_dirs.items()}
+    bundles = {"half": SaeBundle.load(info, sae_dir, stats_dir, defaults)}
+    if full is not None:
+        bundles["full"] = full
 
     # One image set per (SAE, concept, base seed) on disk: a rerun with more seeds reuses the
     # finished ones, and every set is generated before any is summarised.
     sets = work / f"sets-{steps}-{guidance:g}"
 
-    def image_set(key: str, seed: int, removal=None) -> ImageSet:
+    def image_set(key: str, seed: int, removal=None) -> ImageSet | None:
+        """The set from disk; else generated here unless another live process holds its claim
+        (then None: the same command run twice shares the work, one set at a time)."""
         path = sets / key / f"{seed}.npz"
         if path.is_file():
             return _load_plain(path)
-        with removal.active(pipe) if removal is not None else contextlib.nullcontext():
-            images = generate_protocol(pipe, judge, (seed,), steps, guidance)
-        _save_plain(images, path)
+        with _claim(path.with_suffix(".claim")) as mine:
+            if not mine:
+                return None
+            with removal.active(pipe) if removal is not None else contextlib.nullcontext():
+                images = generate_protocol(pipe, judge, (seed,), steps, guidance)
+            _save_plain(images, path)
         return images
 
     removals = {}
@@ -299,8 +340,11 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
                     if (name, concept) not in removals:
                         removals[name, concept] = prepare_removal(pipe, info, "saeuron", (concept,), bundle=bundle)
                     t1 = time.time()
-                    image_set(f"{name}-{concept}", seed, removals[name, concept])
-                    log(f"  {name} SAE, {concept} removed: {time.time() - t1:.0f} s")
+                    if image_set(f"{name}-{concept}", seed, removals[name, concept]) is not None:
+                        log(f"  {name} SAE, {concept} removed: {time.time() - t1:.0f} s")
+    keys = ["plain"] + [f"{name}-{c}" for name in bundles for c in concepts]
+    while any(image_set(k, s) is None for k in keys for s in cfg.seeds):
+        time.sleep(10)  # another process is finishing a claimed set
     plain = _concat([image_set("plain", s) for s in cfg.seeds])
     ref_feats = reference_features(judge, mc.all_pairs(), 2)
     styled = [r for r in plain.records if r.style is not None]
@@ -320,7 +364,7 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     result = {
         "mode": "generalisation",
         "split": split.as_dict(),
-        "config": {**asdict(cfg), "hook_points": {k: list(v) for k, v in info.points_of_kind.items()}, "steps": steps, "guidance": guidance, "defaults": str(defaults)},
+        "config": {**asdict(cfg), "full_reference": [str(f) for f in full.folders] if full is not None else None, "hook_points": {k: list(v) for k, v in info.points_of_kind.items()}, "steps": steps, "guidance": guidance, "defaults": str(defaults)},
         "settings_note": "every concept, in-half and out-of-half, is removed with its entry of the defaults table (latents per step and gamma, else the kind's tau / gamma), turned into a percentile for the SAE's width: the same selection procedure for both groups, tuned once on the sweep split with the bundled SAE of every concept, so neither group's settings were tuned on the SAE being tested",
         "statistics_note": "the half SAE is trained on the half's prompts only; its statistics are computed over every concept's prompts, since selecting a concept's features needs that concept's mean activations",
         "seed_derivation": "each prompt p gets seed dataset.prompt_seeds(seeds, p); the same for both SAEs (paired)",
