@@ -105,9 +105,14 @@ def test_tiny_generalisation_run_reports_both_groups_and_resumes(tiny_bundle, tm
             s = m["summary"][name][group]["all"]
             chosen = [r for r in rows if r["group"] == group]
             assert s["UA"] == pytest.approx(sum(r["UA"] for r in chosen) / len(chosen))
-            assert s["intervals"]["UA"]["n"] == sum(r["intervals"]["UA"]["n"] for r in chosen)
-            iv = s["intervals"]["UA"]
-            assert iv["lo"] - 1e-9 <= iv["value"] <= iv["hi"] + 1e-9  # Wilson's end at k = n rounds to 1 - 1e-16
+            # all kinds: a bootstrap over the group's concepts (objects and styles differ in images per concept)
+            assert s["intervals"]["UA"]["units"] == len(chosen) and s["intervals"]["UA"]["lo"] - 1e-9 <= s["UA"] <= s["intervals"]["UA"]["hi"] + 1e-9
+            for kind in ("object", "style"):
+                k = m["summary"][name][group][kind]
+                of_kind = [r for r in chosen if r["kind"] == kind]
+                iv = k["intervals"]["UA"]  # one kind: Wilson over the pooled images
+                assert iv["n"] == sum(r["intervals"]["UA"]["n"] for r in of_kind) and iv["value"] == pytest.approx(k["UA"])
+                assert iv["lo"] - 1e-9 <= iv["value"] <= iv["hi"] + 1e-9  # Wilson's end at k = n rounds to 1 - 1e-16
     # the half SAE saw fewer prompts: the in-half pairs and unstyled objects only; the full
     # reference is the bundle's SAE (--sae / --stats)
     assert m["training_items"] == {"half": 2, "full": 12}

@@ -399,8 +399,14 @@ def summarize_groups(rows: list[dict]) -> dict:
             s["average"] = float(np.mean([concept_average(r) for r in chosen]))
             ivs = {}
             for name in ("UA", "IRA", "CRA", "unrecognisable"):
-                parts = [r["intervals"][name] for r in chosen]
-                ivs[name] = Rate(sum(p["k"] for p in parts), sum(p["n"] for p in parts)).as_dict()
+                if kind == "all":
+                    # objects and styles have different image counts per concept: the pooled rate
+                    # is not the mean over concepts, so the interval is a bootstrap over concepts
+                    values = [r[name] for r in chosen]
+                    ivs[name] = paired_bootstrap(values, [0.0] * len(values))
+                else:  # every concept of a kind has as many images: pooled rate = mean
+                    parts = [r["intervals"][name] for r in chosen]
+                    ivs[name] = Rate(sum(p["k"] for p in parts), sum(p["n"] for p in parts)).as_dict()
             averages = [concept_average(r) for r in chosen]
             ivs["average"] = paired_bootstrap(averages, [0.0] * len(averages))
             s.update(intervals=ivs, concepts=[r["removed"][0] for r in chosen], unrecognisable=float(np.mean([r["unrecognisable"] for r in chosen])))
@@ -437,7 +443,7 @@ def markdown_table(result: dict) -> str:
         f"SAE trained on half of the concepts ({how}): " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["in_half"].items()) + ". Never seen in training: " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["out_half"].items()) + ".",
         f"Hook points: {result['config']['hook_points']}. Held-out base seeds {result['config']['seeds']} (each prompt its own seed per base), {result['config']['steps']} steps, guidance {result['config']['guidance']}.",
         "",
-        "UA / IRA / CRA: mean over the group's concepts, Wilson 95% interval over the pooled images; avg: (UA+IRA+CRA)/3 with a bootstrap 95% interval over concepts.",
+        "UA / IRA / CRA: mean over the group's concepts, Wilson 95% interval over the pooled images (kind 'all': bootstrap 95% interval over concepts, as objects and styles differ in images per concept); avg: (UA+IRA+CRA)/3 with a bootstrap 95% interval over concepts.",
         "",
         "| SAE trained on | concepts removed | kind | UA | IRA | CRA | avg | unrecognisable | concepts |",
         "|---|---|---|---|---|---|---|---|---|",
