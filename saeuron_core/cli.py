@@ -429,15 +429,21 @@ def _prepare_tuner(args, m):
 def cmd_tune(args) -> int:
     from . import minicanvas as mc
     from .io import write_json
-    from .minicanvas.tuning import PAPER_GAMMAS, defaults_table, sweep_concept
+    from .minicanvas.tuning import CRITERIA, PAPER_GAMMAS, check_criterion, criterion_score, defaults_table, sweep_concept
     from .unlearning import SaeBundle
 
     if args.domain not in ("style", "object", "both"):
         raise_error(f"unknown domain {args.domain!r}; use style, object or both")
+    check_criterion(args.criterion)
+    if args.seeds < 1:
+        raise_error(f"--seeds must be >= 1, got {args.seeds}")
     if args.from_report:
         # Rebuild the table from saved sweep rows (e.g. styles and objects swept in parallel).
         rows = [r for path in args.from_report for r in _read_rows(path)]
-        table = defaults_table([r for r in rows if r["kind"] == "style"], [r for r in rows if r["kind"] == "object"], args.style_settings)
+        missing = [r.get("concept") for r in rows if not {"UA", "IRA", "CRA"} <= set(r)]
+        if missing:
+            raise_error(f"sweep rows without UA / IRA / CRA (concepts {', '.join(map(str, sorted(set(missing))))}); rerun the sweep")
+        table = defaults_table([r for r in rows if r["kind"] == "style"], [r for r in rows if r["kind"] == "object"], args.style_settings, args.criterion)
         table["reports"] = list(args.from_report)
         write_json(args.out, table)
         print(f"wrote {args.out} from {len(rows)} sweep rows")
@@ -454,10 +460,10 @@ def cmd_tune(args) -> int:
     for concept in wanted:
         rows = sweep_concept(m.pipe, bundle, judge, concept, counts, gammas, seeds, m.steps, m.guidance)
         (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
-        best = max(rows, key=lambda r: r["score"])
-        print(f"{concept}: best (UA+IRA)/2 = {best['score']:.3f} at {best['count']} latents/step, gamma {best['gamma']}")
-    table = defaults_table(style_rows, object_rows, args.style_settings)
-    table.update(seeds=seeds, steps=m.steps, guidance=m.guidance, counts=counts, gammas=gammas)
+        best = max(rows, key=lambda r: criterion_score(r, args.criterion))
+        print(f"{concept}: best {CRITERIA[args.criterion]} = {criterion_score(best, args.criterion):.3f} at {best['count']} latents/step, gamma {best['gamma']} (UA {best['UA']:.2f}, IRA {best['IRA']:.2f}, CRA {best['CRA']:.2f})", flush=True)
+    table = defaults_table(style_rows, object_rows, args.style_settings, args.criterion)
+    table.update(seeds=seeds, seed_derivation="each pair its own seeds: dataset.prompt_seeds(bases, prompt)", steps=m.steps, guidance=m.guidance, counts=counts, gammas=gammas)
     write_json(args.out, table)
     if args.report:
         write_json(args.report, {"rows": style_rows + object_rows})
@@ -480,6 +486,9 @@ def esd_config(args):
 
 
 QUICK_ESD_ITERATIONS = 60
+PUBLISHED_SEEDS = 6
+"""Seeds per prompt of the published tables (``evaluate`` default)."""
+QUICK_SEEDS = 1
 
 
 def cache_dir(args) -> Path | None:
@@ -497,12 +506,20 @@ def cmd_evaluate(args) -> int:
     from .minicanvas.benchmark import EvalPlan, default_concepts, run
 
     out = check_output_folder(args)
+    if args.generalisation:
+        return cmd_generalisation(args, out)
+    for flag in ("split_seed", "sae_concept", "work"):
+        if getattr(args, flag) is not None:
+            raise_error(f"--{flag.replace('_', '-')} belongs to --generalisation")
     if args.method and args.methods:
         raise_error("give --method or --methods, not both")
     methods = parse_methods(args.methods or args.method or "saeuron")
-    n_seeds = args.seeds or (1 if args.quick else 3)
+    if args.seeds is not None and args.seeds < 1:
+        raise_error(f"--seeds must be >= 1, got {args.seeds}")
+    n_seeds = args.seeds or (QUICK_SEEDS if args.quick else PUBLISHED_SEEDS)
+    # base seeds: each prompt gets its own seed per base (dataset.prompt_seeds), the same for every method
     seeds = tuple(args.seed) if args.seed else tuple(mc.split_seeds("heldout", n_seeds))
-    concepts = tuple(args.concept) if args.concept else default_concepts(args.domain)
+    concepts = tuple(args.concept) if args.concept else default_concepts(args.domain or "style")
     multi = ()
     if args.multi:
         styles = mc.STYLES
@@ -510,7 +527,7 @@ def cmd_evaluate(args) -> int:
     attack_prompts = args.attack_prompts if args.attack_prompts is not None else (2 if args.quick else 6)
     esd = esd_config(args)
     m = open_model(args, need_vocabulary="evaluate")
-    plan = EvalPlan(methods, args.domain, concepts, seeds, m.steps, m.guidance, multi, attack_prompts, args.attack_steps)
+    plan = EvalPlan(methods, args.domain or "style", concepts, seeds, m.steps, m.guidance, multi, attack_prompts, args.attack_steps)
     bundle = open_bundle(args, m.info, m.pipe) if "saeuron" in methods else None
     judge = open_judge(args)
     if out.exists() and args.overwrite:
@@ -518,6 +535,51 @@ def cmd_evaluate(args) -> int:
     result = run(m.pipe, m.info, bundle, judge, plan, out, cache=cache_dir(args), esd=esd, log=lambda msg: print(msg, flush=True))
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
+    return 0
+
+
+def cmd_generalisation(args, out: Path) -> int:
+    """`evaluate --generalisation`: an SAE trained on half of the concepts removes all of them."""
+    import shutil
+
+    from . import minicanvas as mc
+    from .minicanvas.generalisation import GeneralisationConfig, check_split_seed, prepare, run
+    from .paths import ASSETS
+    from .unlearning import DEFAULTS_FILE
+
+    for flag, given in (("--multi", args.multi or None), ("--attack-prompts", args.attack_prompts)):
+        if given is not None:
+            raise_error(f"{flag} does not apply to --generalisation (it runs single removals, no attack)")
+    if args.no_full_reference and (args.sae or args.stats):
+        raise_error("--sae / --stats name the full reference; drop them or --no-full-reference")
+    if (args.methods or args.method or "saeuron") != "saeuron":
+        raise_error("--generalisation evaluates SAeUron only (--method saeuron)")
+    if args.seeds is not None and args.seeds < 1:
+        raise_error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.train_seeds_per_pair < 1:
+        raise_error(f"--train-seeds-per-pair must be >= 1, got {args.train_seeds_per_pair}")
+    split_seed = check_split_seed(args.split_seed if args.split_seed is not None else 0)
+    if args.domain is not None and args.domain not in ("style", "object", "both"):
+        raise_error(f"unknown domain {args.domain!r}; use style, object or both")
+    n_seeds = args.seeds or (QUICK_SEEDS if args.quick else PUBLISHED_SEEDS)
+    seeds = tuple(args.seed) if args.seed else tuple(mc.split_seeds("heldout", n_seeds))
+    settings = dict(split_seed=split_seed, sae_concepts=tuple(args.sae_concept or ()), seeds=seeds, concepts=tuple(args.concept or ()), train_seeds_per_pair=args.train_seeds_per_pair, batch_size=args.sae_batch_size)
+    GeneralisationConfig(**settings)  # bad seeds or names refused before the model loads
+    work = Path(args.work) if args.work else out.with_name(out.name + ".work")
+    defaults = Path(args.defaults) if args.defaults else ASSETS / DEFAULTS_FILE
+    m = open_model(args, need_vocabulary="--generalisation")
+    if not args.concept:  # the model's own concepts of the domain (default: every kind)
+        domain = args.domain or "both"
+        settings["concepts"] = tuple(m.info.objects if domain in ("object", "both") else ()) + tuple(m.info.styles if domain in ("style", "both") else ())
+    cfg = GeneralisationConfig(**settings)
+    prepare(m.info, cfg, defaults, work)  # split, concepts, defaults and work folder refused before any work
+    full = None if args.no_full_reference else open_bundle(args, m.info, m.pipe)
+    judge = open_judge(args)
+    if out.exists() and args.overwrite:
+        shutil.rmtree(out)
+    result = run(m.pipe, m.info, judge, cfg, defaults, work, out, m.steps, m.guidance, full=full, log=lambda msg: print(msg, flush=True))
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s (work folder {work})")
     return 0
 
 
@@ -596,6 +658,47 @@ def cmd_attack(args) -> int:
     save_image(Image.fromarray(strip), out / "attack.png")
     print(f"{method} on {concept}: UA {row['UA_before']:.3f} before the attack, {row['UA_after']:.3f} after ({len(row['prompts'])} prompts, {cfg.steps} steps, {row['seconds']:.0f} s)")
     print(f"wrote {out}/attack.json and attack.png (rows: target, removed, removed + attack)")
+    return 0
+
+
+def cmd_locate(args) -> int:
+    from .locate import SwapCase, check_blocks, locate, markdown_table, write_locate
+
+    out = check_output_folder(args)
+    if args.pairs < 1:
+        raise_error(f"--pairs must be >= 1, got {args.pairs}")
+    if args.seeds < 1:
+        raise_error(f"--seeds must be >= 1, got {args.seeds}")
+    kinds = tuple(args.kind or ("object", "style"))
+    custom = []
+    for spec in args.case or []:
+        kind, sep, rest = spec.partition(":")
+        right, sep2, wrong = rest.partition("|")
+        if not (sep and sep2 and kind and right.strip() and wrong.strip()):
+            raise_error(f"--case {spec!r}: write KIND:RIGHT PROMPT|SWAPPED PROMPT")
+        custom += [SwapCase(kind, right.strip(), wrong.strip(), kind, seed) for seed in range(args.seeds)]
+    m = open_model(args)
+    blocks = check_blocks(m.pipe.unet, args.block)  # bad names refused before any generation
+    shows = None
+    if custom:
+        cases = custom
+    else:
+        if not m.info.objects:
+            raise_error(f"{args.model} has no benchmark vocabulary; pass --case KIND:RIGHT|SWAPPED (repeat)")
+        from . import minicanvas as mc
+        from .minicanvas.locating import judge_shows, swap_cases
+
+        for k in kinds:
+            if k not in ("object", "style"):
+                raise_error(f"unknown kind {k!r}; MiniCanvas kinds: object, style")
+        cases = swap_cases(kinds, args.pairs, mc.split_seeds("sweep", args.seeds))
+        if not args.no_judge:
+            shows = judge_shows(open_judge(args))
+    result = locate(m.pipe, cases, m.steps, m.guidance, blocks, shows, batch_size=args.batch_size, log=lambda msg: print(msg, flush=True))
+    result["model"] = args.model
+    write_locate(result, out)
+    print(markdown_table(result))
+    print(f"wrote {out}/locate.json, locate.md, heatmap.html in {result['seconds']} s")
     return 0
 
 
@@ -696,13 +799,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(pr, help="run folder (rerun the same command to resume)", overwrite=False)
     pr.set_defaults(func=cmd_prepare)
 
-    tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table", description="The paper's per-concept sweep, picking by (UA + IRA) / 2 on seeds of the sweep split (never the evaluation seeds). Styles share one setting (or each its own, --style-settings per-concept); objects get one each.")
+    tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table", description="The paper's per-concept sweep, picking by (UA + IRA + CRA) / 3 (or the paper's (UA + IRA) / 2, --criterion paper) on seeds of the sweep split (never the evaluation seeds). Styles share one setting (or each its own, --style-settings per-concept); objects get one each.")
     add_model_options(tu)
     add_bundle_options(tu, defaults=False)
     add_judge_option(tu)
     tu.add_argument("--domain", default="both", help="style, object or both")
     tu.add_argument("--concept", action="append", help="only these concepts (repeat)")
-    tu.add_argument("--seeds", type=int, default=1, help="sweep-split seeds per pair (default 1)")
+    tu.add_argument("--seeds", type=int, default=4, help="sweep-split base seeds; each pair gets its own seed per base (default 4)")
+    tu.add_argument("--criterion", default="all", help="how to pick a setting: all = (UA + IRA + CRA) / 3 (default), paper = (UA + IRA) / 2")
     tu.add_argument("--count", type=int, action="append", help="latents selected per step (repeat; default 1 2 3, the paper's tau grid)")
     tu.add_argument("--gamma", type=float, action="append", help="multipliers (repeat; default the paper's -1 ... -30)")
     tu.add_argument("--report", default=None, help="also write every grid row as JSON")
@@ -719,14 +823,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_esd_options(ev)
     ev.add_argument("--methods", default=None, help="comma-separated: saeuron,esd,uce,none (default saeuron)")
     ev.add_argument("--method", default=None, help="one method (same as --methods with one name)")
-    ev.add_argument("--domain", default="style", help="style, object or both")
+    ev.add_argument("--domain", default=None, help="style, object or both (default style; with --generalisation: every concept)")
     ev.add_argument("--concept", action="append", help="only these concepts (repeat)")
-    ev.add_argument("--seeds", type=int, default=None, help="held-out seeds per prompt (default 3, 1 with --quick)")
-    ev.add_argument("--seed", type=int, action="append", help="explicit held-out seeds (repeat)")
+    ev.add_argument("--seeds", type=int, default=None, help=f"held-out seeds per prompt, each prompt its own (default {PUBLISHED_SEEDS}, {QUICK_SEEDS} with --quick)")
+    ev.add_argument("--seed", type=int, action="append", help="explicit held-out base seeds (repeat); each prompt derives its own seed from each base")
     ev.add_argument("--multi", action="store_true", help="also remove 2, 3, 4 styles at once and a style with an object")
-    ev.add_argument("--quick", action="store_true", help=f"1 seed, 2 attacked prompts per concept, ESD {QUICK_ESD_ITERATIONS} iterations: for CI")
+    ev.add_argument("--quick", action="store_true", help=f"{QUICK_SEEDS} seed per prompt, 2 attacked prompts per concept, ESD {QUICK_ESD_ITERATIONS} iterations: for CI")
     ev.add_argument("--attack-prompts", type=int, default=None, help="prompts attacked per removed concept (default 6, 2 with --quick; 0: no attack)")
     ev.add_argument("--attack-steps", type=int, default=40, help="attack budget in Adam steps (default 40, as UnlearnDiffAtk)")
+    gen = ev.add_argument_group("generalisation (the paper's Table 3)")
+    gen.add_argument("--generalisation", action="store_true", help="train an SAE on half of the concepts of each kind (and a reference SAE on all), remove every concept with each, report UA / IRA / CRA for concepts in and outside the SAE's half")
+    gen.add_argument("--split-seed", default=None, help="integer seed that draws the halves (default 0; recorded)")
+    gen.add_argument("--sae-concept", action="append", help="name the SAE's half instead of drawing it (repeat)")
+    gen.add_argument("--train-seeds-per-pair", type=int, default=4, help="train-split seeds per cached prompt (default 4, as the bundled store)")
+    gen.add_argument("--sae-batch-size", type=int, default=4096, help="tokens per SAE optimiser step (default 4096, as the bundled SAEs)")
+    gen.add_argument("--no-full-reference", action="store_true", help="skip the reference SAE trained on every concept (--sae / --stats, default the bundled one; halves the removals)")
+    gen.add_argument("--work", default=None, help="work folder: stores, SAEs, statistics, finished removals; rerun to resume (default <out>.work)")
     add_output_options(ev, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -738,6 +850,19 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--preserve-scale", type=float, default=None, help="UCE weight of the preserved concepts")
     add_output_options(er, help="folder to write")
     er.set_defaults(func=cmd_erase)
+
+    lo = sub.add_parser("locate", help="where concepts enter the U-Net: text-swap patching of every cross-attention block", description="For each cross-attention block and concept kind: only this block sees the swapped concept word (is it necessary?) and only this block sees the right one (is it sufficient?). Judged on MiniCanvas models; on others (or with --no-judge) the image and block-output changes are reported. Writes locate.json, locate.md and a plotly heatmap.html.")
+    add_model_options(lo)
+    add_judge_option(lo)
+    lo.add_argument("--block", action="append", help="cross-attention block to test (repeat; default: every one)")
+    lo.add_argument("--kind", action="append", help="MiniCanvas concept kind: object, style (repeat; default both)")
+    lo.add_argument("--pairs", type=int, default=16, help="MiniCanvas prompts per kind (default 16)")
+    lo.add_argument("--seeds", type=int, default=2, help="seeds per prompt, sweep split (default 2)")
+    lo.add_argument("--case", action="append", help="a prompt pair for any model: KIND:RIGHT PROMPT|SWAPPED PROMPT (repeat; judge-free)")
+    lo.add_argument("--no-judge", action="store_true", help="report image / block-output change only")
+    lo.add_argument("--batch-size", type=int, default=16)
+    add_output_options(lo, help="output folder")
+    lo.set_defaults(func=cmd_locate)
 
     at = sub.add_parser("attack", help="UnlearnDiffAtk-style soft-prompt attack on a concept removal", description="Optimise soft prompt tokens so that the edited model regenerates the un-edited model's image of the concept; report UA before and after.")
     # --steps is the attack budget here, so the denoising steps are --gen-steps

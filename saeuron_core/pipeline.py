@@ -32,12 +32,33 @@ class ModelInfo:
     image_size: int
     """Default generated image side in pixels."""
     hook_points: dict = field(default_factory=dict)
-    """Default SAE hook points by concept kind, e.g. {"object": ..., "style": ...}."""
+    """Default SAE hook point by concept kind, e.g. {"object": ..., "style": ...} (the first of
+    ``points_of_kind``: the one the explorer shows)."""
     default_steps: int = 50
     default_guidance: float = 9.0
     objects: tuple[str, ...] = ()
     """Concept vocabulary of a benchmark model (empty for general models)."""
     styles: tuple[str, ...] = ()
+    points_of_kind: dict = field(default_factory=dict)
+    """Every hook point a concept kind is removed at, e.g. {"style": ("up_blocks.1.attentions.1",
+    "mid_block.attentions.0")}; defaults to ``hook_points``. ``saeuron.json`` may give a kind a
+    list of points."""
+
+    def __post_init__(self):
+        for kind, point in self.hook_points.items():
+            self.points_of_kind.setdefault(kind, (point,))
+
+
+def split_hook_points(meta_points: dict) -> tuple[dict, dict]:
+    """``saeuron.json``'s hook_points (kind -> point or list of points) as (kind -> first point,
+    kind -> tuple of points)."""
+    first, every = {}, {}
+    for kind, points in meta_points.items():
+        points = (points,) if isinstance(points, str) else tuple(points)
+        if not points or not all(isinstance(p, str) and p for p in points):
+            raise SaeuronError(f"hook points of {kind!r} must be a block name or a non-empty list of them, got {meta_points[kind]!r}")
+        first[kind], every[kind] = points[0], points
+    return first, every
 
 
 def concept_prompt(object_name: str, style: str | None = None) -> str:
@@ -159,10 +180,12 @@ def model_info_of_folder(folder: str | Path, name: str | None = None) -> ModelIn
     if not meta_file.is_file():
         return None
     meta = json.loads(meta_file.read_text())
+    first, every = split_hook_points(meta["hook_points"])
     return ModelInfo(
         name=name or meta.get("name", str(folder)),
         image_size=int(meta["image_size"]),
-        hook_points=dict(meta["hook_points"]),
+        hook_points=first,
+        points_of_kind=every,
         default_steps=int(meta["default_steps"]),
         default_guidance=float(meta["default_guidance"]),
         objects=tuple(meta.get("objects", ())),

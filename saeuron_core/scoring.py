@@ -122,3 +122,38 @@ def mean_activation_all(stats: ConceptStats) -> Tensor:
     Equal weights follow the reference code (the mean of the per-concept means).
     """
     return stats.means.mean(0)
+
+
+def tau_for_count(count: int, num_latents: int) -> float:
+    """The percentile whose strict-greater selection keeps ``count`` latents (ties aside)."""
+    if not 1 <= count < num_latents:
+        raise SaeuronError(f"cannot select {count} of {num_latents} latents")
+    # torch.quantile interpolates at position q * (n - 1) of the sorted scores; put it halfway
+    # between the (count+1)-th and the count-th largest so exactly ``count`` lie strictly above.
+    return 100.0 * (num_latents - count - 0.5) / (num_latents - 1)
+
+
+def specificity(stats: ConceptStats, concept: str, percentile: float) -> dict:
+    """How specific the latents selected for ``concept`` at ``percentile`` are.
+
+    Per step and selected latent, the ratio m_c[t][i] / m_o[t][i] (mean code on the concept's
+    images over that on every other concept's images; inf where the others never fire it).
+    Returns the median / min / max ratio over (step, latent), the distinct latents, and the
+    share of the concept's total code mass the selection carries (mean over steps)."""
+    m_c = stats.means[stats.index(concept)].float()
+    m_o = other_means(stats, concept).float()
+    ratios, latents, mass = [], set(), []
+    for t, ids in enumerate(select(score(stats, concept), percentile)):
+        for i in ids.tolist():
+            ratios.append(float(m_c[t, i] / m_o[t, i]) if m_o[t, i] > 0 else float("inf"))
+            latents.add(i)
+        total = float(m_c[t].sum())
+        mass.append(float(m_c[t, ids].sum()) / total if total > 0 else 0.0)
+    finite = sorted(ratios)
+    return {
+        "median_ratio": finite[len(finite) // 2] if finite else float("nan"),
+        "min_ratio": finite[0] if finite else float("nan"),
+        "max_ratio": finite[-1] if finite else float("nan"),
+        "distinct_latents": len(latents),
+        "mass_share": sum(mass) / len(mass) if mass else 0.0,
+    }

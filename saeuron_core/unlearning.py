@@ -9,7 +9,7 @@ the object block, styles to the style block) with the per-concept default tau / 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from .interventions import Unlearn, apply_interventions
 from .paths import ASSETS
 from .pipeline import ModelInfo, generate
 from .sae import TopKSae
+from .scoring import tau_for_count
 from .stats import FeatureStats
 
 DEFAULTS_FILE = "unlearn_defaults.json"
@@ -77,26 +78,35 @@ class SaeBundle:
     saes: dict[str, TopKSae]
     stats: dict[str, FeatureStats]
     point_of_kind: dict[str, str]
+    """The primary hook point of each kind (the one the explorer shows)."""
     defaults: dict
     folders: tuple[Path, ...] = ()
     """SAE and statistics folders this bundle was read from."""
     defaults_source: str = "none"
     """Where ``defaults`` came from (a table file, the bundled MiniCanvas table, a preset)."""
+    points_of_kind: dict[str, tuple[str, ...]] | None = None
+    """Every hook point a kind is removed at (default: the primary one)."""
+
+    def __post_init__(self):
+        if self.points_of_kind is None:
+            self.points_of_kind = {k: (p,) for k, p in self.point_of_kind.items()}
 
     @classmethod
     def load(cls, info: ModelInfo, sae_dir: str | Path | None = None, stats_dir: str | Path | None = None, defaults: str | Path | None = None, device: str | torch.device = "cpu", preset: str | None = None) -> "SaeBundle":
         """SAEs (``sae_dir``: a folder or a hub id, default the bundled ones) and statistics of
-        every hook point of ``info``; SAEs on ``device`` in float32 whatever the model's dtype."""
+        every hook point of ``info`` (all points of each kind); SAEs on ``device`` in float32
+        whatever the model's dtype."""
         from .hooks import normalize_point
         from .hub import point_folder, resolve_sae_dir
 
         # the paper's "unet." spelling and ours name the same block: one key per block
-        info = replace(info, hook_points={kind: normalize_point(p) for kind, p in info.hook_points.items()})
-        points = list(dict.fromkeys(info.hook_points.values()))
+        primary = {kind: normalize_point(p) for kind, p in info.hook_points.items()}
+        every = {k: tuple(normalize_point(p) for p in v) for k, v in (info.points_of_kind or {k: (p,) for k, p in primary.items()}).items()}
+        points = list(dict.fromkeys(p for ps in every.values() for p in ps))
         sae_root = resolve_sae_dir(sae_dir, points) if sae_dir else ASSETS / "sae"
         stats_dir = Path(stats_dir) if stats_dir else ASSETS / "stats"
         saes, stats, folders = {}, {}, []
-        for kind, point in info.hook_points.items():
+        for kind, point in ((k, p) for k, ps in every.items() for p in ps):
             if point in saes:
                 continue
             sae_folder = point_folder(sae_root, point)
@@ -111,7 +121,7 @@ class SaeBundle:
                 raise SaeuronError(f"statistics in {stats_folder} cover {stats[point].n_latents} latents, the SAE has {saes[point].num_latents}")
             folders += [sae_folder, stats_folder]
         table, source = load_defaults(info, defaults, preset)
-        return cls(saes, stats, dict(info.hook_points), table, tuple(folders), source)
+        return cls(saes, stats, primary, table, tuple(folders), source, every)
 
     def check_fits(self, unet) -> None:
         """Each SAE's d_in against its block's channels from the U-Net's config: one clear error
@@ -124,8 +134,8 @@ class SaeBundle:
                 raise SaeuronError(f"the SAE for {point} has d_in={sae.d_in}, but that block of this U-Net outputs {channels} channels: SAEs and model do not match")
 
     def storage_bytes(self) -> int:
-        """Bytes on disk of the SAE and statistics files (training state excluded)."""
-        return sum(f.stat().st_size for d in self.folders for f in d.iterdir() if f.is_file() and f.name != "train_state.pt")
+        """Bytes on disk of the SAE and statistics files."""
+        return sum(f.stat().st_size for d in self.folders for f in d.iterdir() if f.is_file())
 
     def kind_of(self, concept: str) -> str:
         for kind, point in self.point_of_kind.items():
@@ -133,13 +143,6 @@ class SaeBundle:
                 return kind
         known = sorted({c for k, p in self.point_of_kind.items() for c in self.stats[p].concepts_of_kind(k)})
         raise SaeuronError(f"unknown concept {concept!r}; the statistics know {', '.join(known)}")
-
-    def default_params(self, concept: str) -> tuple[float, float]:
-        """(tau, gamma) for a concept from the defaults table (per concept, else per kind)."""
-        entry = self._default_entry(concept)
-        if entry is None:
-            raise SaeuronError(f"no default tau/gamma for {concept!r} in {self.defaults_source}; pass --tau and --gamma")
-        return float(entry["tau"]), float(entry["gamma"])
 
     def _default_entry(self, concept: str) -> dict | None:
         kind = self.kind_of(concept)
@@ -151,21 +154,45 @@ class SaeBundle:
             entry = None  # a preset's object setting does not apply to a style of the same name
         return entry or self.defaults.get("kinds", {}).get(kind)
 
+    def default_entry(self, concept: str) -> dict:
+        """A concept's row of the defaults table (per concept, else per kind)."""
+        entry = self._default_entry(concept)
+        if entry is None:
+            raise SaeuronError(f"no default tau/gamma for {concept!r} in {self.defaults_source}; pass --tau and --gamma")
+        return entry
+
+    def default_params(self, concept: str) -> tuple[float, float]:
+        """(tau, gamma) for a concept from the defaults table (per concept, else per kind)."""
+        entry = self.default_entry(concept)
+        return float(entry["tau"]), float(entry["gamma"])
+
     def params_source(self, concept: str) -> str:
         """Where ``concept``'s default tau / gamma come from, for the output."""
         if self._default_entry(concept) is None:
             return "no default"
         return self.defaults_source
 
-    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False) -> list[Unlearn]:
-        """One ``Unlearn`` per hook point for ``concepts`` (defaults unless tau / gamma given)."""
+    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False, count: int | None = None) -> list[Unlearn]:
+        """One ``Unlearn`` per hook point for ``concepts``: each concept at every hook point of its
+        kind (``points_of_kind``). ``tau`` (a percentile) or ``count`` (latents per step, turned
+        into each point's percentile for that SAE's width) and ``gamma`` override the defaults;
+        a default entry with ``latents_per_step`` is applied as a count at every point."""
         if not concepts:
             raise SaeuronError("no concept to unlearn")
+        if tau is not None and count is not None:
+            raise SaeuronError("give tau or count (latents per step), not both")
         by_point: dict[str, list[tuple[str, float, float]]] = {}
+        kind_at: dict[str, str] = {}
         for concept in dict.fromkeys(concepts):
             kind = self.kind_of(concept)
-            d_tau, d_gamma = (None, None) if tau is not None and gamma is not None else self.default_params(concept)
-            by_point.setdefault(self.point_of_kind[kind], []).append((concept, tau if tau is not None else d_tau, gamma if gamma is not None else d_gamma))
+            entry = None if (tau is not None or count is not None) and gamma is not None else self.default_entry(concept)
+            c_gamma = gamma if gamma is not None else float(entry["gamma"])
+            c_count = count if count is not None else (None if tau is not None or "latents_per_step" not in entry else int(entry["latents_per_step"]))
+            for point in self.points_of_kind[kind]:
+                if kind_at.setdefault(point, kind) != kind:
+                    raise SaeuronError(f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; its statistics serve one kind per removal")
+                c_tau = tau if tau is not None else tau_for_count(c_count, self.saes[point].num_latents) if c_count is not None else float(entry["tau"])
+                by_point.setdefault(point, []).append((concept, c_tau, c_gamma))
         return [
             Unlearn(tuple(c for c, _, _ in rows), tuple(t for _, t, _ in rows), tuple(g for _, _, g in rows), point=point, reference_error_term=reference_error_term)
             for point, rows in by_point.items()

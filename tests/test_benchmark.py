@@ -4,12 +4,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import needs_bundled
 from saeuron_core.minicanvas.benchmark import EvalPlan, frechet_distance
 from saeuron_core.errors import SaeuronError
+from saeuron_core import minicanvas as mc
 
 
 def test_frechet_distance_known_cases():
@@ -64,11 +66,28 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
             assert attack["UA_before"] == pytest.approx(1 - sum(attack["shows_concept_before"]) / 2)
             assert attack["UA_after"] == pytest.approx(1 - sum(attack["shows_concept_after"]) / 2)
             assert res["summary"]["style"]["UA_attack_after"] == row["attack"]["UA_after"]
+            # whether the concept is back: the judge's probability and feature similarity, before and after
+            assert 0 <= attack["p_concept_before"] <= 1 and 0 <= attack["p_concept_after"] <= 1 and -1 <= attack["similarity_after"] <= 1
+            assert res["summary"]["style"]["attack_p_concept_after"] == pytest.approx(attack["p_concept_after"])
+            assert sum(res["summary"]["style"]["attack_readings"].values()) == 1
             assert res["cost"]["extra_storage_mb"] > 0
     assert metrics["methods"]["esd"]["rows"][0]["settings"]["iterations"] == 3
+    row = metrics["methods"]["saeuron"]["rows"][0]
+    for name in ("UA", "IRA", "CRA", "unrecognisable"):
+        iv = row["intervals"][name]
+        assert iv["lo"] <= row[name] <= iv["hi"] and iv["value"] == pytest.approx(row[name]) and iv["n"] > 0
+    assert row["intervals"]["UA"]["n"] == len(mc.OBJECTS)  # dots with every MiniCanvas object, 1 seed each
+    summary = metrics["methods"]["saeuron"]["summary"]["style"]
+    assert summary["intervals"]["average"]["lo"] <= summary["average"] <= summary["intervals"]["average"]["hi"]
+    assert set(metrics["comparisons"]) == {"saeuron - esd", "saeuron - uce", "saeuron - none"}
+    diff = metrics["comparisons"]["saeuron - none"]["style"]["average"]
+    assert diff["units"] == 1 and diff["mean"] == pytest.approx(summary["average"] - metrics["methods"]["none"]["summary"]["style"]["average"])
+    assert row["attack"]["seeds"][0] != row["attack"]["seeds"][1]  # each attacked prompt its own seed
     assert metrics["peak_rss_mb"] > 0
     table = (out / "table.md").read_text()
     assert "| esd | style |" in table and "| uce | style |" in table and "Published: SD v1.5 on UnlearnCanvas" in table
+    assert "Paired differences" in table and "| saeuron - esd | style |" in table and "Wilson" in table
+    assert "Attack: is the removed concept back" in table and "p(concept) before -&gt; after" in (out / "report.html").read_text()
     assert "plotly" in (out / "report.html").read_text() or "install plotly" in (out / "report.html").read_text()
     assert (out / "metrics.csv").read_text().count("\n") == 5
     assert len(list((out.parent / "erasures" / "esd").glob("dots-*"))) == 1  # cached for the next run
@@ -92,6 +111,10 @@ def test_bad_method_and_budget_are_clear_errors(tiny_bundle, tmp_path):
     assert proc.returncode == 2 and "unknown method 'salun'" in proc.stderr
     proc = evaluate(tiny_bundle, tmp_path / "y", "--attack-steps", "0", "--concept", "dots")
     assert proc.returncode == 2 and "attack budget" in proc.stderr
+    proc = evaluate(tiny_bundle, tmp_path / "z", "--seeds", "0", "--concept", "dots")
+    assert proc.returncode == 2 and "--seeds must be >= 1" in proc.stderr
+    proc = evaluate(tiny_bundle, tmp_path / "w", "--seed", "2000001", "--concept", "dots")
+    assert proc.returncode == 2 and "'sweep' split" in proc.stderr
 
 
 @needs_bundled
@@ -126,3 +149,47 @@ def test_quick_comparison_of_every_method_on_the_bundled_model(tmp_path):
         assert all(len(r["attack"]["prompts"]) == 2 for r in m["methods"][method]["rows"])
     assert m["methods"]["esd"]["cost"]["setup_seconds"] > m["methods"]["uce"]["cost"]["setup_seconds"]
     assert "| uce | style |" in (tmp_path / "cmp" / "table.md").read_text()
+
+
+def test_attack_reading_rule_on_hand_cases():
+    from saeuron_core.minicanvas.benchmark import attack_reading, similarity_recovered
+
+    assert similarity_recovered(0.6, 0.8) == pytest.approx(0.5) and similarity_recovered(0.6, 0.5) == pytest.approx(-0.25)
+    assert similarity_recovered(1.0, 1.0) != similarity_recovered(1.0, 1.0)  # nothing removed: nan
+    base = {"UA_before": 1.0, "UA_after": 0.0, "p_concept_before": 0.1, "p_concept_after": 0.9, "similarity_recovered": 0.7}
+    assert attack_reading(base) == "restored" and attack_reading({**base, "UA_after": 1.0}) == "restored"
+    assert attack_reading({**base, "p_concept_after": 0.3}) == "judge confused, concept not restored"
+    assert attack_reading({**base, "similarity_recovered": 0.1}) == "judge confused, concept not restored"
+    assert attack_reading({**base, "UA_after": 1.0, "p_concept_after": 0.3}) == "moved towards the concept"
+    assert attack_reading({**base, "UA_after": 1.0, "p_concept_after": 0.15, "similarity_recovered": 0.3}) == "moved towards the concept"
+    assert attack_reading({**base, "UA_after": 1.0, "p_concept_after": 0.15, "similarity_recovered": 0.1}) == "no effect"
+
+
+def test_attack_row_reports_probability_and_feature_similarity(tiny_bundle):
+    """The attack row's p(concept) and similarity are the judge's own numbers on the strip's images."""
+    from saeuron_core.baselines.attack import AttackConfig
+    from saeuron_core.baselines.methods import prepare_removal
+    from saeuron_core.minicanvas.benchmark import attack_reading, attack_row
+    from saeuron_core.minicanvas.judge import Judge
+    from saeuron_core.pipeline import load_pipeline, model_info
+    from saeuron_core.unlearning import SaeBundle
+
+    pipe = load_pipeline(str(tiny_bundle / "model"))
+    info = model_info(pipe, str(tiny_bundle / "model"))
+    bundle = SaeBundle.load(info, tiny_bundle / "sae", tiny_bundle / "stats", tiny_bundle / "defaults.json")
+    judge = Judge.load(tiny_bundle / "judge")
+    removal = prepare_removal(pipe, info, "saeuron", ["dots"], bundle=bundle)
+    row, strip = attack_row(pipe, judge, removal, "dots", 2, (1_000_000,), 2, 4.0, AttackConfig(steps=2))
+    h, w = strip.shape[0] // 3, strip.shape[1] // 2
+    images = {name: np.stack([strip[i * h : (i + 1) * h, j * w : (j + 1) * w] for j in range(2)]) for i, name in enumerate(("target", "before", "after"))}
+    verdicts = {name: judge.classify(x) for name, x in images.items()}
+    for name in ("target", "before", "after"):
+        p = judge.probability(verdicts[name], "dots")
+        assert row[f"p_concept_{name}"] == pytest.approx(float(p.mean()), abs=1e-5) and 0 <= row[f"p_concept_{name}"] <= 1
+    assert row["p_concept_after_each"] == pytest.approx(judge.probability(verdicts["after"], "dots").tolist(), abs=1e-5)
+    for name in ("before", "after"):
+        cos = torch.nn.functional.cosine_similarity(verdicts[name]["features"], verdicts["target"]["features"], dim=-1)
+        assert row[f"similarity_{name}"] == pytest.approx(float(cos.mean()), abs=1e-5)
+    assert row["reading"] == attack_reading(row)
+    # the verdicts behind UA agree with the probabilities' argmax
+    assert row["shows_concept_after"] == [v == "dots" for v in verdicts["after"]["style"]]

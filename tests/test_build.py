@@ -40,7 +40,7 @@ def test_micro_run_exports_a_pipeline_and_judge(micro_build):
     assert set(report["judge"]["heldout_renders"]) == {"object", "style"}
     pipe = load_pipeline(str(root / "pipe"))
     info = model_info(pipe)
-    assert info.image_size == 64 and info.hook_points["object"] == "up_blocks.1.attentions.0"
+    assert info.image_size == 64 and info.hook_points["object"] == "mid_block.attentions.0"
     meta = json.loads((root / "pipe" / "saeuron.json").read_text())
     assert meta["build_report"]["unet"]["steps"] == 2 and meta["recipe"]["images_per_pair"] == 2
     img = generate(pipe, "An image of star in dots style.", 1, steps=2, guidance=5.0, output_type="np")[0]

@@ -109,3 +109,16 @@ def test_mean_activation_over_all_concepts_weights_concepts_equally():
     stats = stats_from(codes, labels)
     expected = sum(concept_means(codes, labels, c) for c in CONCEPTS) / 3
     assert torch.allclose(mean_activation_all(stats), expected)
+
+
+def test_specificity_of_a_selection_by_hand():
+    from saeuron_core.scoring import ConceptStats, specificity, tau_for_count
+
+    # 2 concepts, 1 step, 4 latents: latent 0 fires 4x more on "a" than on "b"; latent 3 only on "a"
+    means = torch.tensor([[[4.0, 1.0, 1.0, 2.0]], [[1.0, 1.0, 1.0, 0.0]]])
+    stats = ConceptStats(means, torch.tensor([10, 10]), ("a", "b"), (999,))
+    # scores: 4/8 - 1/3, 1/8 - 1/3, 1/8 - 1/3, 2/8 - 0: latent 3 (0.25) first, then latent 0 (0.17)
+    one = specificity(stats, "a", tau_for_count(1, 4))
+    assert one["distinct_latents"] == 1 and one["median_ratio"] == float("inf") and one["mass_share"] == pytest.approx(2 / 8)
+    two = specificity(stats, "a", tau_for_count(2, 4))
+    assert two["distinct_latents"] == 2 and two["min_ratio"] == pytest.approx(4.0) and two["mass_share"] == pytest.approx(6 / 8)

@@ -34,6 +34,36 @@ def test_concepts_route_to_their_hook_point_with_defaults(tiny_bundle):
         bundle.unlearn(["heart"])
 
 
+def test_a_kind_may_be_removed_at_several_hook_points(tiny_bundle):
+    from dataclasses import replace
+
+    from saeuron_core.pipeline import split_hook_points
+    from saeuron_core.scoring import tau_for_count
+
+    pipe = load_pipeline(str(tiny_bundle / "model"))
+    both = (TINY_POINTS["style"], TINY_POINTS["object"])
+    first, every = split_hook_points({"style": list(both), "object": TINY_POINTS["object"]})
+    assert first == {"style": both[0], "object": TINY_POINTS["object"]} and every["style"] == both
+    info = replace(model_info(pipe), hook_points=first, points_of_kind=every)
+    bundle = SaeBundle.load(info, tiny_bundle / "sae", tiny_bundle / "stats", tiny_bundle / "defaults.json")
+    ivs = bundle.unlearn(["dots"], gamma=-3.0, count=2)
+    assert [iv.point for iv in ivs] == list(both)
+    for iv in ivs:
+        assert iv.per_concept() == [("dots", tau_for_count(2, bundle.saes[iv.point].num_latents), -3.0)]
+    assert [iv.point for iv in bundle.unlearn(["dots"])] == list(both)  # defaults too
+    stats = bundle.concept_stats(ivs)
+    assert set(stats) == set(both) and all(s.concepts == bundle.stats[p].concepts_of_kind("style") for p, s in stats.items())
+    plain = generate(pipe, "An image of star in dots style.", [3], 3, 4.0, output_type="np")[0]
+    edited = generate_with(pipe, bundle, ivs, ["An image of star in dots style."], [3], 3, 4.0, output_type="np")[0]
+    assert np.abs(plain - edited).max() > 0
+    with pytest.raises(SaeuronError, match=r"would remove concepts of two kinds \(style and object\)"):
+        bundle.unlearn(["dots", "star"])
+    with pytest.raises(SaeuronError, match="tau or count"):
+        bundle.unlearn(["dots"], tau=99.0, gamma=-1.0, count=1)
+    with pytest.raises(SaeuronError, match="hook points of 'style'"):
+        split_hook_points({"style": []})
+
+
 def test_no_intervention_is_bit_identical_and_unlearning_changes_images(tiny_bundle):
     pipe, bundle = open_bundle(tiny_bundle)
     prompt = "An image of star in dots style."

@@ -21,6 +21,7 @@ from .dataset import (
     concept_kind,
     prompt,
     prompt_items,
+    prompt_seeds,
     render,
     render_batch,
     render_sample,
@@ -30,5 +31,5 @@ from .dataset import (
 
 __all__ = [
     "IMAGE_SIZE", "OBJECTS", "SPLITS", "STYLES", "Sample", "all_pairs", "check_object", "check_style", "concept_kind",
-    "prompt", "prompt_items", "render", "render_batch", "render_sample", "split_of", "split_seeds",
+    "prompt", "prompt_items", "prompt_seeds", "render", "render_batch", "render_sample", "split_of", "split_seeds",
 ]

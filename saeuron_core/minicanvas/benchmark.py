@@ -36,11 +36,11 @@ import torch
 
 from . import dataset as mc
 from ..errors import SaeuronError
-from .evaluation import JudgedImage, accuracy, judge_images, removal_metrics, shows_concept, to_uint8
+from .evaluation import JudgedImage, accuracy, judge_decorrelated, removal_counts
+from ..intervals import Rate, paired_bootstrap
 from ..baselines.attack import AttackConfig, run_attack
 from ..baselines.methods import METHODS, Removal, check_method, prepare_removal
 from ..io import atomic_path, write_json
-from ..pipeline import generate_jobs
 
 DOMAINS = ("style", "object", "both")
 PAPER = {  # SD v1.5 on UnlearnCanvas (METHOD section 6), for side-by-side context only
@@ -116,15 +116,12 @@ class ImageSet:
 
 
 def generate_protocol(pipe, judge, seeds, steps: int, guidance: float, batch_size: int = 24) -> ImageSet:
-    """Generate and judge the whole protocol once (under whatever hooks are active)."""
-    prompts = protocol_prompts()
-    jobs = [(mc.prompt(o, s), seed) for o, s in prompts for seed in seeds]
+    """Generate and judge the whole protocol once (under whatever hooks are active): every
+    prompt at its own seeds derived from the base ``seeds``, so no two prompts share noise and
+    every method sees the same noise per prompt."""
     t0 = time.perf_counter()
-    out = generate_jobs(pipe, jobs, steps, guidance, batch_size=batch_size, output_type="np")
-    seconds = time.perf_counter() - t0
-    images = to_uint8(out)
-    records, feats = judge_images(judge, images, prompts, seeds)
-    return ImageSet(records, images, feats, seconds)
+    records, feats, images = judge_decorrelated(pipe, judge, protocol_prompts(), seeds, steps, guidance, batch_size)
+    return ImageSet(records, images, feats, time.perf_counter() - t0)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,7 +153,9 @@ def concept_row(concept_set: tuple[str, ...], edited: ImageSet, plain: ImageSet,
     """Metrics for removing ``concept_set`` together."""
     row: dict = {"removed": list(concept_set)}
     for c in concept_set:
-        m = removal_metrics([r for r in edited.records if r.style not in concept_set or r.style == c], c) if len(concept_set) > 1 else removal_metrics(edited.records, c)
+        counts = removal_counts([r for r in edited.records if r.style not in concept_set or r.style == c], c) if len(concept_set) > 1 else removal_counts(edited.records, c)
+        m = {name: rate.value for name, rate in counts.items()}
+        m["intervals"] = {name: rate.as_dict() for name, rate in counts.items()}
         row.setdefault("per_concept", {})[c] = m
     kinds = {mc.concept_kind(c) for c in concept_set}
     retained = [r for r in edited.records if r.style not in concept_set and r.object_name not in concept_set]
@@ -171,6 +170,28 @@ def concept_row(concept_set: tuple[str, ...], edited: ImageSet, plain: ImageSet,
     if len(concept_set) == 1:
         row.update(row["per_concept"][concept_set[0]])
     return row
+
+
+def compare_methods(by_method: dict, reference: str = "saeuron") -> dict:
+    """Paired bootstrap over concepts of ``reference`` minus each other method, per kind, on the
+    per-concept average and on UA / IRA / CRA (both methods saw the same images' seeds)."""
+    out: dict = {}
+    if reference not in by_method:
+        return out
+    for other, res in by_method.items():
+        if other == reference:
+            continue
+        for kind in ("style", "object"):
+            mine = {r["removed"][0]: r for r in _single_rows(by_method[reference]["rows"], kind)}
+            theirs = {r["removed"][0]: r for r in _single_rows(res["rows"], kind)}
+            shared = [c for c in mine if c in theirs]
+            if not shared:
+                continue
+            entry = {"concepts": shared, "average": paired_bootstrap([concept_average(mine[c]) for c in shared], [concept_average(theirs[c]) for c in shared])}
+            for metric in ("UA", "IRA", "CRA"):
+                entry[metric] = paired_bootstrap([mine[c][metric] for c in shared], [theirs[c][metric] for c in shared])
+            out.setdefault(f"{reference} - {other}", {})[kind] = entry
+    return out
 
 
 def _peak_rss_mb() -> float:
@@ -225,8 +246,10 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
         }
     result = {
         "plan": asdict(plan),
+        "seed_derivation": "each prompt p gets seed dataset.prompt_seeds(plan.seeds, p): blake2b(base, p) mapped into the base's split; the same for every method",
         "reference": reference,
         "methods": by_method,
+        "comparisons": compare_methods(by_method),
         "paper": PAPER,
         "paper_baselines": PAPER_BASELINES,
         "wall_seconds": round(time.time() - t0, 1),
@@ -250,14 +273,22 @@ def attack_prompt_pairs(concept: str, n: int) -> list[tuple[str, str | None]]:
 
 
 def attack_row(pipe, judge, removal: Removal, concept: str, n_prompts: int, seeds, steps: int, guidance: float, cfg: AttackConfig) -> tuple[dict, np.ndarray]:
-    """UA on ``n_prompts`` prompts of ``concept`` before and after the attack (prompt i at
-    ``seeds[i % len(seeds)]``), and an image strip: targets (top), edited model before (middle)
+    """UA on ``n_prompts`` prompts of ``concept`` before and after the attack (prompt i at its own
+    seed derived from base ``seeds[i % len(seeds)]``, as in the protocol), and an image strip: targets (top), edited model before (middle)
     and after the attack (bottom). ``saeuron attack`` and the benchmark both report through this."""
     pairs = attack_prompt_pairs(concept, n_prompts)
     prompts = [mc.prompt(o, s) for o, s in pairs]
-    seeds = [seeds[i % len(seeds)] for i in range(len(prompts))]
+    seeds = [mc.prompt_seeds([seeds[i % len(seeds)]], p)[0] for i, p in enumerate(prompts)]
     result = run_attack(pipe, lambda: removal.active(pipe), prompts, seeds, steps, guidance, cfg)
-    shown = {name: shows_concept(judge, images, concept) for name, images in (("before", result.before), ("after", result.after), ("target", result.targets))}
+    kind = mc.concept_kind(concept)
+    verdicts = {name: judge.classify(images) for name, images in (("before", result.before), ("after", result.after), ("target", result.targets))}
+    shown = {name: [v == concept for v in verdict[kind]] for name, verdict in verdicts.items()}
+    # Is the concept back, or is the judge only confused? The judge's probability of the
+    # concept (not just its top-1), and how close the images come, in the judge's feature
+    # space, to the un-edited model's image of the same prompt and seed (the attack's target).
+    p_concept = {name: judge.probability(verdict, concept) for name, verdict in verdicts.items()}
+    target_feats = verdicts["target"]["features"]
+    similarity = {name: torch.nn.functional.cosine_similarity(verdicts[name]["features"], target_feats, dim=-1) for name in ("before", "after")}
 
     def ua(flags) -> float:
         return 1.0 - float(np.mean(flags))
@@ -265,21 +296,78 @@ def attack_row(pipe, judge, removal: Removal, concept: str, n_prompts: int, seed
     strip = np.concatenate([np.concatenate(list(images), 1) for images in (result.targets, result.before, result.after)], 0)
     row = {
         "prompts": prompts, "seeds": seeds, "UA_before": ua(shown["before"]), "UA_after": ua(shown["after"]), "target_UA": ua(shown["target"]),
+        "UA_before_interval": Rate(len(prompts) - sum(shown["before"]), len(prompts)).as_dict(), "UA_after_interval": Rate(len(prompts) - sum(shown["after"]), len(prompts)).as_dict(),
         "shows_concept_before": [bool(x) for x in shown["before"]], "shows_concept_after": [bool(x) for x in shown["after"]],
         "losses": [float(x) for x in result.losses], "final_loss": float(result.losses[-1]), "seconds": round(result.seconds, 1),
+        **{f"p_concept_{name}": float(p.mean()) for name, p in p_concept.items()},
+        "p_concept_before_each": [float(x) for x in p_concept["before"]], "p_concept_after_each": [float(x) for x in p_concept["after"]],
+        **{f"similarity_{name}": float(sim.mean()) for name, sim in similarity.items()},
+        "similarity_after_each": [float(x) for x in similarity["after"]],
     }
+    row["similarity_recovered"] = similarity_recovered(row["similarity_before"], row["similarity_after"])
+    row["reading"] = attack_reading(row)
     return row, strip
 
 
+RESTORED_PROBABILITY = 0.5
+"""The attack "restored" the concept when the judge's mean probability of it after the attack is
+at least this and at least half of the feature-space distance to the un-edited images was
+recovered; a top-1 flip without both is the judge being confused, not the concept coming back."""
+
+
+def similarity_recovered(before: float, after: float) -> float:
+    """Share of the way from the removal (similarity ``before`` to the un-edited image) back to
+    the un-edited image itself (similarity 1) that the attack covered; nan if nothing was removed."""
+    return (after - before) / (1 - before) if before < 1 - 1e-9 else float("nan")
+
+
+def attack_reading(attack: dict) -> str:
+    """A plain reading of one attack row. Restored: p(concept) after >= ``RESTORED_PROBABILITY``
+    and at least half the similarity recovered. Otherwise, if the judge's top-1 flipped back to
+    the concept more often (UA fell): the judge is confused, the concept not restored. Otherwise
+    "moved towards the concept" if p(concept) rose by >= 0.1 or a quarter of the similarity was
+    recovered, else "no effect"."""
+    if attack["p_concept_after"] >= RESTORED_PROBABILITY and attack["similarity_recovered"] >= 0.5:
+        return "restored"
+    if attack["UA_after"] < attack["UA_before"]:
+        return "judge confused, concept not restored"
+    if attack["p_concept_after"] - attack.get("p_concept_before", attack["p_concept_after"]) >= 0.1 or attack["similarity_recovered"] >= 0.25:
+        return "moved towards the concept"
+    return "no effect"
+
+
+def _single_rows(rows: list[dict], kind: str) -> list[dict]:
+    return [r for r in rows if len(r["removed"]) == 1 and mc.concept_kind(r["removed"][0]) == kind]
+
+
+def concept_average(row: dict) -> float:
+    """(UA + IRA + CRA) / 3 of one removal: the per-concept number methods are compared on."""
+    return float(np.mean([row[k] for k in ("UA", "IRA", "CRA")]))
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Averages of UA / IRA / CRA (and attacked UA) over single-concept rows, per kind."""
+    """Averages of UA / IRA / CRA (and attacked UA) over single-concept rows, per kind.
+
+    ``intervals``: Wilson 95% intervals of UA / IRA / CRA / unrecognisable pooled over the
+    concepts' images (every concept has as many images, so the pooled rate is the mean), and a
+    bootstrap interval over concepts of the average (between-concept spread included)."""
     out = {}
     for kind in ("style", "object"):
-        single = [r for r in rows if len(r["removed"]) == 1 and mc.concept_kind(r["removed"][0]) == kind]
+        single = _single_rows(rows, kind)
         if not single:
             continue
         avg = {k: float(np.mean([r[k] for r in single])) for k in ("UA", "IRA", "CRA")}
         avg["average"] = float(np.mean(list(avg.values())))
+        pooled = {}
+        for name in ("UA", "IRA", "CRA", "unrecognisable"):
+            parts = [r["intervals"][name] for r in single if "intervals" in r]
+            if parts:
+                pooled[name] = Rate(sum(p["k"] for p in parts), sum(p["n"] for p in parts)).as_dict()
+        averages = [concept_average(r) for r in single]
+        pooled["average"] = paired_bootstrap(averages, [0.0] * len(averages))
+        avg["intervals"] = pooled
+        if "unrecognisable" in single[0]:
+            avg["unrecognisable"] = float(np.mean([r["unrecognisable"] for r in single]))
         if kind == "style":
             avg["CRA_unstyled"] = float(np.mean([r["CRA_unstyled"] for r in single]))
         avg["judge_fd_retained"] = float(np.mean([r["judge_fd_retained"] for r in single]))
@@ -288,6 +376,11 @@ def summarize(rows: list[dict]) -> dict:
         if attacked:
             avg["UA_attack_before"] = float(np.mean([a["UA_before"] for a in attacked]))
             avg["UA_attack_after"] = float(np.mean([a["UA_after"] for a in attacked]))
+            if all("p_concept_after" in a for a in attacked):
+                for key in ("p_concept_before", "p_concept_after", "p_concept_target", "similarity_before", "similarity_after"):
+                    avg[f"attack_{key}"] = float(np.mean([a[key] for a in attacked]))
+                avg["attack_similarity_recovered"] = similarity_recovered(avg["attack_similarity_before"], avg["attack_similarity_after"])
+                avg["attack_readings"] = {r: sum(a["reading"] == r for a in attacked) for r in sorted({a["reading"] for a in attacked})}
         out[kind] = avg
     return out
 
@@ -314,13 +407,26 @@ def _pct(v) -> str:
     return "-" if v is None or v != v else f"{100 * v:.2f}%"
 
 
+def _with_interval(value, interval: dict | None) -> str:
+    """'95.00% [91.2, 97.4]': a rate and its 95% interval in percentage points."""
+    if interval is None or interval.get("lo") != interval.get("lo"):
+        return _pct(value)
+    return f"{_pct(value)} [{100 * interval['lo']:.1f}, {100 * interval['hi']:.1f}]"
+
+
+def _diff(entry: dict) -> str:
+    return f"{100 * entry['mean']:+.1f} [{100 * entry['lo']:+.1f}, {100 * entry['hi']:+.1f}]"
+
+
 def markdown_table(result: dict) -> str:
     """The comparison in the paper's format: ours (MiniCanvas), then the published numbers."""
     lines = [
         "### Ours: tiny SD-architecture model on MiniCanvas (this run)",
         "",
-        "| Method | Domain | UA | IRA | CRA | avg | UA attacked: before -> after | judge-FD (retained) | extra memory | extra storage | set-up s / removal | s / image |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "UA / IRA / CRA with Wilson 95% intervals over the images pooled across concepts; avg with a bootstrap 95% interval over concepts; unrecognisable: share of the removed concept's images the judge places in neither head (top probability < 0.5 on both).",
+        "",
+        "| Method | Domain | UA | IRA | CRA | avg | unrecognisable | UA attacked: before -> after | judge-FD (retained) | extra memory | extra storage | set-up s / removal | s / image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, res in result["methods"].items():
         c = res["cost"]
@@ -330,7 +436,26 @@ def markdown_table(result: dict) -> str:
             sto = f"{c['extra_storage_mb']:.2f} MB" if c else "-"
             setup = f"{c['setup_seconds']:.2f}" if c else "-"
             per_image = result["reference"]["seconds_per_image"] + (c.get("extra_seconds_per_image", 0.0) if c else 0.0)
-            lines.append(f"| {method} | {kind} | {_pct(s['UA'])} | {_pct(s['IRA'])} | {_pct(s['CRA'])} | {_pct(s['average'])} | {attacked} | {s['judge_fd_retained']:.2f} | {mem} | {sto} | {setup} | {per_image:.3f} |")
+            iv = s.get("intervals", {})
+            cells = " | ".join(_with_interval(s[k], iv.get(k)) for k in ("UA", "IRA", "CRA", "average"))
+            lines.append(f"| {method} | {kind} | {cells} | {_pct(s.get('unrecognisable'))} | {attacked} | {s['judge_fd_retained']:.2f} | {mem} | {sto} | {setup} | {per_image:.3f} |")
+    attacked = [(m, k, s) for m, res in result["methods"].items() for k, s in res["summary"].items() if "attack_p_concept_after" in s]
+    if attacked:
+        lines += [
+            "",
+            "Attack: is the removed concept back, or is the judge only confused? p(concept): the judge's mean probability of the removed concept (un-edited images of the same prompts: the target value). Similarity: cosine of the judge's penultimate features to the un-edited image of the same prompt and seed; recovered: share of the way back to it. Reading per attacked prompt set: restored when p(concept) after >= 0.5 and at least half the similarity recovered; judge confused when UA fell without that; moved towards the concept when p(concept) rose by >= 0.1 or a quarter of the similarity was recovered; else no effect.",
+            "",
+            "| Method | Domain | UA before -> after | p(concept) before -> after (un-edited) | similarity before -> after | recovered | readings |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for method, kind, s in attacked:
+            readings = ", ".join(f"{r}: {n}" for r, n in s["attack_readings"].items())
+            lines.append(f"| {method} | {kind} | {_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])} | {s['attack_p_concept_before']:.3f} -> {s['attack_p_concept_after']:.3f} ({s['attack_p_concept_target']:.3f}) | {s['attack_similarity_before']:.3f} -> {s['attack_similarity_after']:.3f} | {_pct(s['attack_similarity_recovered'])} | {readings} |")
+    if result.get("comparisons"):
+        lines += ["", "Paired differences (bootstrap 95% interval over concepts, percentage points; methods share every prompt's seeds):", "", "| Difference | Domain | avg | UA | IRA | CRA |", "|---|---|---|---|---|---|"]
+        for name, kinds in result["comparisons"].items():
+            for kind, e in kinds.items():
+                lines.append(f"| {name} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} |")
     ref = result["reference"]
     lines += ["", f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])} (unstyled prompts: {_pct(ref['object_accuracy_unstyled'])}), judge-FD {ref['judge_fd']:.2f}. Method `none` is that model judged as if it had removed each concept (its UA is the judge's error)."]
     lines += [
@@ -353,13 +478,16 @@ def markdown_table(result: dict) -> str:
     for method, res in result["methods"].items():
         if not res["rows"]:
             continue
-        lines += ["", f"#### {method}: per removal", "", "| Removed | UA | IRA | CRA | retain style | retain object | collateral MAE | attacked UA before -> after |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"#### {method}: per removal (Wilson 95% intervals)", "", "| Removed | UA | IRA | CRA | unrecognisable | retain style | retain object | collateral MAE | attacked UA before -> after | attack: p(concept) before -> after | attack: similarity before -> after | attack reading |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
-            ua = " / ".join(f"{c}: {_pct(m['UA'])}" for c, m in r["per_concept"].items())
-            ira = " / ".join(_pct(m["IRA"]) for m in r["per_concept"].values())
-            cra = " / ".join(_pct(m["CRA"]) for m in r["per_concept"].values())
-            attacked = f"{_pct(r['attack']['UA_before'])} -> {_pct(r['attack']['UA_after'])}" if "attack" in r else "-"
-            lines.append(f"| {'+'.join(r['removed'])} | {ua} | {ira} | {cra} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} |")
+            def cell(name):
+                return " / ".join((f"{c}: " if name == "UA" and len(r["per_concept"]) > 1 else "") + _with_interval(m[name], m.get("intervals", {}).get(name)) for c, m in r["per_concept"].items())
+
+            a = r.get("attack", {})
+            attacked = f"{_pct(a['UA_before'])} -> {_pct(a['UA_after'])}" if a else "-"
+            p_concept = f"{a['p_concept_before']:.3f} -> {a['p_concept_after']:.3f}" if "p_concept_after" in a else "-"
+            sim = f"{a['similarity_before']:.3f} -> {a['similarity_after']:.3f}" if "similarity_after" in a else "-"
+            lines.append(f"| {'+'.join(r['removed'])} | {cell('UA')} | {cell('IRA')} | {cell('CRA')} | {cell('unrecognisable')} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} | {p_concept} | {sim} | {a.get('reading', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -368,12 +496,12 @@ def write_reports(result: dict, examples: dict, out: Path) -> None:
     write_json(out / "metrics.json", result)
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "removed", "concept", "UA", "IRA", "CRA", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image", "setup_seconds", "UA_attack_before", "UA_attack_after"])
+        w.writerow(["method", "removed", "concept", "UA", "IRA", "CRA", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image", "setup_seconds", "UA_attack_before", "UA_attack_after", "p_concept_attack_before", "p_concept_attack_after", "similarity_attack_before", "similarity_attack_after"])
         for method, res in result["methods"].items():
             for r in res["rows"]:
                 a = r.get("attack", {})
                 for c, m in r["per_concept"].items():
-                    w.writerow([method, "+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"], r["setup_seconds"], a.get("UA_before", ""), a.get("UA_after", "")])
+                    w.writerow([method, "+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"], r["setup_seconds"], a.get("UA_before", ""), a.get("UA_after", ""), a.get("p_concept_before", ""), a.get("p_concept_after", ""), a.get("similarity_before", ""), a.get("similarity_after", "")])
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(markdown_table(result))
     with atomic_path(out / "report.html") as tmp:
@@ -398,8 +526,12 @@ def html_report(result: dict, examples: dict) -> str:
             fig = go.Figure()
             metrics = ["UA", "IRA", "CRA", "average"] + (["UA_attack_after"] if any("UA_attack_after" in s for s in summaries.values()) else [])
             for method, s in summaries.items():
-                fig.add_bar(name=method, x=metrics, y=[s.get(m) for m in metrics])
-            fig.update_layout(barmode="group", title=f"{kind} removal: methods compared (mean over concepts)", yaxis_range=[0, 1])
+                iv = s.get("intervals", {})
+                ys = [s.get(m) for m in metrics]
+                plus = [(iv[m]["hi"] - y) if m in iv and y is not None else 0 for m, y in zip(metrics, ys)]
+                minus = [(y - iv[m]["lo"]) if m in iv and y is not None else 0 for m, y in zip(metrics, ys)]
+                fig.add_bar(name=method, x=metrics, y=ys, error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus))
+            fig.update_layout(barmode="group", title=f"{kind} removal: methods compared (mean over concepts; bars: 95% intervals)", yaxis_range=[0, 1])
             parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn"))
     except ImportError:
         parts.append("<p>(install plotly for charts)</p>")

@@ -87,7 +87,10 @@ class BuildConfig:
             raise SaeuronError("caption_dropout + object_only must be in [0, 1)")
 
 
-DEFAULT_HOOKS = {"object": "up_blocks.1.attentions.0", "style": "up_blocks.1.attentions.1"}
+DEFAULT_HOOKS = {"object": "mid_block.attentions.0", "style": "up_blocks.1.attentions.1"}
+"""Where `saeuron locate` finds each kind entering the bundled U-Net (results/locate): object
+words act only through the mid block; styles act at several up blocks, and the shipped style
+block is the one with style-selective SAE features (README, "Where concepts live")."""
 
 
 # --------------------------------------------------------------------------- model factories

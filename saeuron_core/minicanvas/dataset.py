@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SaeuronError
+from ..intervals import derive_seed
 from ..pipeline import concept_prompt
 from ..store import PromptItem
 
@@ -83,6 +84,15 @@ def split_seeds(split: str, count: int, offset: int = 0) -> list[int]:
     if offset + count > len(seeds):
         raise SaeuronError(f"split {split!r} holds {len(seeds)} seeds; asked for {offset + count}")
     return list(seeds[offset : offset + count])
+
+
+def prompt_seeds(bases, text: str) -> list[int]:
+    """The seeds of prompt ``text``: one per base seed, derived from (base, text) and kept inside
+    the base's split. Every prompt gets its own noise; every method gets the same noise."""
+    bases = list(bases)
+    if not bases:
+        raise SaeuronError("no seeds: give at least one base seed")
+    return [derive_seed(b, text, SPLITS[split_of(b)]) for b in bases]
 
 
 def split_of(seed: int) -> str:

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dataset as mc
-from ..pipeline import generate
+from ..intervals import Rate
+from ..pipeline import generate, generate_jobs
+
+UNRECOGNISABLE_CONFIDENCE = 0.5
+"""An image is "unrecognisable" when the judge's top probability is below this on both heads:
+neither an object nor a style stands out (a smear counts as a removal in UA; this shows it)."""
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,13 @@ class JudgedImage:
     seed: int
     predicted_object: str
     predicted_style: str
+    object_confidence: float = 1.0
+    """The judge's top object probability."""
+    style_confidence: float = 1.0
+
+    @property
+    def unrecognisable(self) -> bool:
+        return max(self.object_confidence, self.style_confidence) < UNRECOGNISABLE_CONFIDENCE
 
 
 def judge_generated(pipe, judge, pairs, seeds, steps: int, guidance: float, batch_size: int = 24):
@@ -43,8 +55,25 @@ def judge_images(judge, images: np.ndarray, pairs, seeds):
 def judge_jobs(judge, images: np.ndarray, jobs):
     """Records for images of (object, style, seed) jobs, in order, and their judge features."""
     verdict = judge.classify(images)
-    records = [JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i]) for i, (o, s, seed) in enumerate(jobs)]
+    records = [
+        JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i], float(verdict["object_conf"][i]), float(verdict["style_conf"][i]))
+        for i, (o, s, seed) in enumerate(jobs)
+    ]
     return records, verdict["features"]
+
+
+def decorrelated_jobs(pairs, bases) -> list[tuple[str, str | None, int]]:
+    """(object, style, seed) jobs, pair-major: each pair at its own seeds derived from ``bases``
+    (``dataset.prompt_seeds``), the same seeds whatever method generates them."""
+    return [(o, s, seed) for o, s in pairs for seed in mc.prompt_seeds(bases, mc.prompt(o, s))]
+
+
+def judge_decorrelated(pipe, judge, pairs, bases, steps: int, guidance: float, batch_size: int = 24):
+    """Generate and judge every pair at its derived seeds: (records, judge features, uint8 images)."""
+    jobs = decorrelated_jobs(pairs, bases)
+    images = to_uint8(generate_jobs(pipe, [(mc.prompt(o, s), seed) for o, s, seed in jobs], steps, guidance, batch_size=batch_size, output_type="np"))
+    records, feats = judge_jobs(judge, images, jobs)
+    return records, feats, images
 
 
 def shows_concept(judge, images: np.ndarray, concept: str) -> list[bool]:
@@ -99,14 +128,27 @@ def removal_metrics(records, concept: str) -> dict[str, float]:
     UA: 1 - judge accuracy on the removed concept's images (its own kind); IRA: accuracy of the
     same kind on the other concepts' images; CRA: accuracy of the other kind on all images.
     """
+    return {name: rate.value for name, rate in removal_counts(records, concept).items() if name in ("UA", "IRA", "CRA")}
+
+
+def removal_counts(records, concept: str) -> dict[str, Rate]:
+    """The counts behind ``removal_metrics`` (for intervals), plus ``unrecognisable``: the share
+    of the removed concept's images that the judge cannot place at all."""
     kind = mc.concept_kind(concept)
     other_kind = "object" if kind == "style" else "style"
 
     def shows(r):
         return (r.style if kind == "style" else r.object_name) == concept
 
+    def right(r, k):
+        return r.predicted_object == r.object_name if k == "object" else r.predicted_style == r.style
+
+    target = [r for r in records if shows(r)]
+    retain = [r for r in records if not shows(r) and (r.style is not None or kind == "object")]
+    cross = [r for r in records if other_kind == "object" or r.style is not None]
     return {
-        "UA": 1.0 - accuracy(records, kind, shows),
-        "IRA": accuracy(records, kind, lambda r: not shows(r) and (r.style is not None or kind == "object")),
-        "CRA": accuracy(records, other_kind, lambda r: other_kind == "object" or r.style is not None),
+        "UA": Rate(sum(not right(r, kind) for r in target), len(target)),
+        "IRA": Rate(sum(right(r, kind) for r in retain), len(retain)),
+        "CRA": Rate(sum(right(r, other_kind) for r in cross), len(cross)),
+        "unrecognisable": Rate(sum(r.unrecognisable for r in target), len(target)),
     }

@@ -82,19 +82,29 @@ class Judge(nn.Module):
     @torch.inference_mode()
     def classify(self, images, batch_size: int = 256) -> dict[str, list]:
         """Predicted object and style names (and confidences) for uint8 HWC or float NCHW images,
-        plus the penultimate ``features`` [N, D] of the same pass (for Frechet distances)."""
+        the full class probabilities (``object_probs`` [N, n_objects], ``style_probs``) and the
+        penultimate ``features`` [N, D] of the same pass (for Frechet distances)."""
         x = to_tensor(images)
-        objs, styles, po, ps, feats = [], [], [], [], []
+        objs, styles, po, ps, feats, all_o, all_s = [], [], [], [], [], [], []
         for i in range(0, len(x), batch_size):
             v = self(x[i : i + batch_size])
             feats.append(v.features)
             o = v.object_logits.softmax(-1)
             s = v.style_logits.softmax(-1)
+            all_o.append(o)
+            all_s.append(s)
             objs += [self.cfg.objects[j] for j in o.argmax(-1).tolist()]
             styles += [self.cfg.styles[j] for j in s.argmax(-1).tolist()]
             po += o.max(-1).values.tolist()
             ps += s.max(-1).values.tolist()
-        return {"object": objs, "style": styles, "object_conf": po, "style_conf": ps, "features": torch.cat(feats)}
+        return {"object": objs, "style": styles, "object_conf": po, "style_conf": ps, "object_probs": torch.cat(all_o), "style_probs": torch.cat(all_s), "features": torch.cat(feats)}
+
+    def probability(self, verdict: dict, concept: str) -> torch.Tensor:
+        """[N] the probability ``classify`` gave ``concept`` (an object or a style name)."""
+        for kind, names in (("object", self.cfg.objects), ("style", self.cfg.styles)):
+            if concept in names:
+                return verdict[f"{kind}_probs"][:, names.index(concept)]
+        raise SaeuronError(f"the judge knows no concept {concept!r}")
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

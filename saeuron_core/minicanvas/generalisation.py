@@ -1,0 +1,523 @@
+"""Generalisation to unseen concepts (the paper's Table 3), on MiniCanvas.
+
+The concepts of each kind are split in two halves with a fixed, recorded integer seed. An SAE
+is trained (per hook point) on activations of the prompts of one half only: pairs of an in-half
+object with an in-half style, plus the unstyled prompts of the in-half objects. Then every
+concept, in-half and out-of-half, is removed with the same selection procedure (the paper's
+score over the statistics, the defaults table's tau / gamma) and UA / IRA / CRA are reported
+for the two groups separately.
+
+Statistics are computed with the half SAE over the prompts of *every* concept: selecting the
+features of a concept needs its mean activations (METHOD section 3), so a concept the SAE never
+saw in training can only be removed if its prompts are encoded once for scoring. The SAE's
+dictionary, not the scoring data, is what the split withholds (as in the paper).
+
+A reference SAE trained the same way on every concept's prompts ("full"; by default the bundled
+SAE, which was trained on exactly those prompts with this recipe) removes the same concepts on
+the same seeds, so each group has a paired baseline: a gap between the groups that
+also appears with the full SAE is the concepts' difficulty, not the SAE's blind spot.
+
+Everything is kept in a work folder (split, activation stores, SAEs, statistics, the un-edited
+reference images and one row per finished removal); the same command resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import dataset as mc
+from ..errors import SaeuronError
+from ..intervals import Rate, paired_bootstrap
+from ..io import atomic_path, write_json
+from ..sae import SaeConfig
+from ..store import PromptItem
+from .evaluation import JudgedImage, accuracy
+from .benchmark import ImageSet, _retained, _pct, _with_interval, _diff, concept_average, concept_row, frechet_distance, generate_protocol, reference_features
+
+KINDS = ("object", "style")
+GROUPS = ("in", "out")
+GROUP_NAMES = {"in": "in the SAE's half", "out": "outside the SAE's half"}
+
+PAPER_TABLE3 = {  # SD v1.5 on UnlearnCanvas (METHOD section 8), context only
+    "all data": {"UA": 0.7500, "IRA": 0.9018, "CRA": 0.8074, "average": 0.8197},
+    "in": {"UA": 0.9976, "IRA": 0.9923, "CRA": 0.9848, "average": 0.9916},
+    "out": {"UA": 0.5100, "IRA": 0.6738, "CRA": 0.9836, "average": 0.7225},
+}
+
+
+# --------------------------------------------------------------------------- the split
+def check_split_seed(seed) -> int:
+    """The split seed as an int; an integer-valued string is accepted (the command line)."""
+    if isinstance(seed, bool):
+        raise SaeuronError(f"the split seed must be an integer, got {seed!r}")
+    if isinstance(seed, int):
+        return seed
+    if isinstance(seed, str):
+        try:
+            return int(seed.strip())
+        except ValueError:
+            pass
+    raise SaeuronError(f"the split seed must be an integer, got {seed!r}")
+
+
+@dataclass(frozen=True)
+class ConceptSplit:
+    """Which concepts of each kind the SAE is trained on."""
+
+    seed: int | None
+    """The integer seed that drew the split (None: chosen by name)."""
+    in_half: dict[str, tuple[str, ...]]
+    """Per kind, the concepts whose prompts the SAE is trained on (vocabulary order)."""
+    out_half: dict[str, tuple[str, ...]]
+    """Per kind, the concepts the SAE never sees in training."""
+
+    def group_of(self, concept: str) -> str:
+        for kind, names in self.in_half.items():
+            if concept in names:
+                return "in"
+            if concept in self.out_half[kind]:
+                return "out"
+        raise SaeuronError(f"{concept!r} is in neither half of the split")
+
+    def as_dict(self) -> dict:
+        return {"seed": self.seed, "in_half": {k: list(v) for k, v in self.in_half.items()}, "out_half": {k: list(v) for k, v in self.out_half.items()}}
+
+
+def split_concepts(vocabulary: dict[str, tuple[str, ...]], seed=0, chosen: tuple[str, ...] = ()) -> ConceptSplit:
+    """Split each kind's concepts in two halves: ``len // 2`` concepts drawn with ``seed`` go to
+    the SAE's half (or, with ``chosen``, exactly the named ones); the rest stay out.
+
+    Deterministic: the same seed and vocabulary give the same split in any process. A kind that
+    would end up with no concept on one side is refused.
+    """
+    if not vocabulary or not any(vocabulary.values()):
+        raise SaeuronError("the model has no concept vocabulary (objects / styles); the generalisation mode runs on MiniCanvas-style models")
+    seed = None if chosen else check_split_seed(seed)
+    if chosen:
+        known = {c for names in vocabulary.values() for c in names}
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            raise SaeuronError(f"unknown concept {unknown[0]!r} for the SAE's half; the model knows {', '.join(sorted(known))}")
+    in_half, out_half = {}, {}
+    for i, kind in enumerate(sorted(vocabulary)):
+        names = tuple(vocabulary[kind])
+        if chosen:
+            picked = {c for c in names if c in chosen}
+        else:
+            order = np.random.default_rng([seed, i]).permutation(len(names))
+            picked = {names[j] for j in order[: len(names) // 2]}
+        in_half[kind] = tuple(c for c in names if c in picked)
+        out_half[kind] = tuple(c for c in names if c not in picked)
+        for side, group in (("in", in_half[kind]), ("outside", out_half[kind])):
+            if not group:
+                raise SaeuronError(f"the split leaves no {kind} {side} the SAE's half ({len(names)} {kind}s: {', '.join(names) or 'none'}); each kind needs concepts on both sides")
+    return ConceptSplit(seed, in_half, out_half)
+
+
+def training_items(split: ConceptSplit, seeds_per_pair: int, half: bool = True) -> list[PromptItem]:
+    """Train-split prompts for the SAE: every (object, style) pair of the half (both concepts in
+    it) and the half's unstyled objects; ``half=False``: every concept's prompts."""
+    objects = split.in_half["object"] if half else split.in_half["object"] + split.out_half["object"]
+    styles = split.in_half["style"] if half else split.in_half["style"] + split.out_half["style"]
+    objects = [o for o in mc.OBJECTS if o in objects]
+    styles = [s for s in mc.STYLES if s in styles]
+    seeds = mc.split_seeds("train", seeds_per_pair)
+    items = [PromptItem(mc.prompt(o, s), seed, {"object": o, "style": s}) for o in objects for s in styles for seed in seeds]
+    return items + [PromptItem(mc.prompt(o), seed, {"object": o}) for o in objects for seed in seeds]
+
+
+# --------------------------------------------------------------------------- configuration
+def _bundled_sae() -> SaeConfig:
+    # the bundled SAEs' recipe (scripts/build_assets.sh step 3)
+    return SaeConfig(expansion_factor=16, k=16, dead_feature_threshold=1_000_000)
+
+
+@dataclass(frozen=True)
+class GeneralisationConfig:
+    """What the generalisation experiment trains and evaluates."""
+
+    split_seed: int = 0
+    """Integer seed of the split (recorded in split.json and metrics.json)."""
+    sae_concepts: tuple[str, ...] = ()
+    """Name the SAE's half instead of drawing it (then ``split_seed`` is not used)."""
+    seeds: tuple[int, ...] = (1_000_000,)
+    """Held-out base seeds; every prompt derives its own seed from each (as ``evaluate``)."""
+    concepts: tuple[str, ...] = ()
+    """Concepts to remove (default: every concept of the model)."""
+    train_seeds_per_pair: int = 4
+    """Train-split seeds per cached prompt (the bundled store: 4)."""
+    sae: SaeConfig = field(default_factory=_bundled_sae)
+    """SAE shape and training constants (the bundled SAEs': 1024 latents for 64 channels, k 16)."""
+    epochs: int = 5
+    """Passes over the store when training each SAE (the bundled SAEs: 5)."""
+    batch_size: int = 4096
+    """Tokens per optimiser step."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "split_seed", check_split_seed(self.split_seed))
+        if not self.seeds:
+            raise SaeuronError("no seeds to evaluate")
+        for s in self.seeds:
+            if mc.split_of(s) != "heldout":
+                raise SaeuronError(f"seed {s} is in the {mc.split_of(s)!r} split; evaluation uses held-out seeds {mc.SPLITS['heldout']} only")
+        if not isinstance(self.train_seeds_per_pair, int) or self.train_seeds_per_pair < 1:
+            raise SaeuronError(f"train_seeds_per_pair must be an integer >= 1, got {self.train_seeds_per_pair!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1 or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise SaeuronError(f"batch_size and epochs must be integers >= 1, got {self.batch_size!r} and {self.epochs!r}")
+        for c in self.concepts + self.sae_concepts:
+            mc.concept_kind(c)
+
+
+# --------------------------------------------------------------------------- the run
+def _vocabulary(info) -> dict[str, tuple[str, ...]]:
+    return {k: tuple(v) for k, v in (("object", info.objects or ()), ("style", info.styles or ())) if v}
+
+
+def check_defaults(table: dict, concepts) -> None:
+    """Every concept to remove has a tau / gamma (per concept, else per kind): refused before any work."""
+    missing = [c for c in concepts if c not in table.get("concepts", {}) and mc.concept_kind(c) not in table.get("kinds", {})]
+    if missing:
+        raise SaeuronError(f"the defaults table has no tau/gamma for {', '.join(missing)}; tune them (`saeuron tune`) or remove other concepts (--concept)")
+
+
+def prepare(info, cfg: GeneralisationConfig, defaults: Path, work: Path) -> tuple[ConceptSplit, tuple[str, ...], dict]:
+    """Validate everything cheap (split, concepts, defaults, work folder) before any work."""
+    vocab = _vocabulary(info)
+    split = split_concepts(vocab, cfg.split_seed, cfg.sae_concepts)
+    known = [c for names in vocab.values() for c in names]
+    concepts = cfg.concepts or tuple(known)
+    for c in concepts:
+        if c not in known:
+            raise SaeuronError(f"{c!r} is not in the model's vocabulary ({', '.join(known)})")
+    if not defaults.is_file():
+        raise SaeuronError(f"no defaults table at {defaults}")
+    table = json.loads(defaults.read_text())
+    check_defaults(table, concepts)
+    recorded = work / "split.json"
+    if recorded.is_file():
+        old = json.loads(recorded.read_text())
+        if old != split.as_dict():
+            raise SaeuronError(f"{work} holds a run with another split ({old['in_half']}); use another --work")
+    return split, concepts, table
+
+
+def _train_and_score(pipe, info, name: str, train_items, stats_store, cfg: GeneralisationConfig, steps: int, guidance: float, work: Path, log) -> tuple[Path, Path]:
+    """SAEs trained on ``train_items`` and their statistics over ``stats_store``; resumable."""
+    from ..sae import TopKSae
+    from ..sae_train import TrainConfig, train_sae
+    from ..stats import compute_stats
+    from ..store import cache_activations
+
+    points = sorted({p for ps in info.points_of_kind.values() for p in ps})
+    store_dir = work / f"store_{name}"
+    store = stats_store if store_dir == stats_store.root else cache_activations(pipe, train_items, points, store_dir, steps, guidance, model_name=info.name)
+    sae_dir, stats_dir = work / f"sae_{name}", work / f"stats_{name}"
+    train_cfg = TrainConfig(sae=cfg.sae, batch_size=cfg.batch_size, epochs=cfg.epochs)
+    for point in points:
+        if not (sae_dir / ".train" / point / "metrics.json").is_file():
+            t0 = time.time()
+            m = train_sae(store, point, train_cfg, sae_dir)
+            log(f"SAE {name} {point}: FVU {m.get('fvu', float('nan')):.3f} after {m['steps']} steps ({time.time() - t0:.0f} s, {store.token_count(point)} tokens per epoch)")
+        if not (stats_dir / point / "stats.json").is_file():
+            stats = compute_stats(stats_store, point, TopKSae.load(sae_dir / point), top_m=2)
+            tmp = stats_dir / f".{point}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            stats.save(tmp)
+            tmp.rename(stats_dir / point)
+    return sae_dir, stats_dir
+
+
+def _save_plain(plain: ImageSet, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=plain.images, features=plain.features.numpy(), records=json.dumps([asdict(r) for r in plain.records]), seconds=plain.seconds)
+
+
+def _load_plain(path: Path) -> ImageSet:
+    z = np.load(path)
+    records = [JudgedImage(**r) for r in json.loads(str(z["records"]))]
+    return ImageSet(records, z["images"], torch.from_numpy(z["features"]), float(z["seconds"]))
+
+
+@contextlib.contextmanager
+def _claim(path: Path):
+    """Yield True if this process now owns ``path`` (created atomically, holding our pid), False
+    if a live process does; a claim left by a dead process is taken over. Released on exit."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or 0)
+                os.kill(owner, 0)
+                alive = owner != os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                alive = False
+            except PermissionError:
+                alive = True
+            if alive:
+                yield False
+                return
+            path.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _concat(parts: list[ImageSet]) -> ImageSet:
+    """Image sets of several base seeds as one (records in seed order, the same for every set)."""
+    return ImageSet([r for p in parts for r in p.records], np.concatenate([p.images for p in parts]), torch.cat([p.features for p in parts]), sum(p.seconds for p in parts))
+
+
+def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path, out: Path, steps: int, guidance: float, full=None, log=print) -> dict:
+    """The whole experiment; see the module docstring. Writes metrics.json / metrics.csv /
+    table.md / report.html under ``out``; ``work`` keeps every intermediate for resuming.
+
+    ``full``: the reference ``SaeBundle`` whose SAEs were trained on every concept (the bundled
+    one was trained on exactly ``training_items(split, 4, half=False)`` with this recipe), or
+    None for no reference."""
+    from ..baselines.methods import prepare_removal
+    from ..store import cache_activations
+    from ..unlearning import SaeBundle
+
+    t0 = time.time()
+    split, concepts, table = prepare(info, cfg, defaults, work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(work / "split.json", split.as_dict())
+    log(f"split (seed {split.seed}): SAE trained on {split.in_half}; never sees {split.out_half}")
+    points = sorted({p for ps in info.points_of_kind.values() for p in ps})
+    every_item = training_items(split, cfg.train_seeds_per_pair, half=False)
+    t_cache = time.time()
+    store_all = cache_activations(pipe, every_item, points, work / "store_full", steps, guidance, model_name=info.name)
+    sae_dir, stats_dir = _train_and_score(pipe, info, "half", training_items(split, cfg.train_seeds_per_pair), store_all, cfg, steps, guidance, work, log)
+    build_seconds = time.time() - t_cache
+    bundles = {"half": SaeBundle.load(info, sae_dir, stats_dir, defaults)}
+    if full is not None:
+        bundles["full"] = full
+
+    # One image set per (SAE, concept, base seed) on disk: a rerun with more seeds reuses the
+    # finished ones, and every set is generated before any is summarised.
+    sets = work / f"sets-{steps}-{guidance:g}"
+
+    def image_set(key: str, seed: int, removal=None) -> ImageSet | None:
+        """The set from disk; else generated here unless another live process holds its claim
+        (then None: the same command run twice shares the work, one set at a time)."""
+        path = sets / key / f"{seed}.npz"
+        if path.is_file():
+            return _load_plain(path)
+        with _claim(path.with_suffix(".claim")) as mine:
+            if not mine:
+                return None
+            with removal.active(pipe) if removal is not None else contextlib.nullcontext():
+                images = generate_protocol(pipe, judge, (seed,), steps, guidance)
+            _save_plain(images, path)
+        return images
+
+    removals = {}
+    for i, seed in enumerate(cfg.seeds):
+        log(f"base seed {seed} ({i + 1}/{len(cfg.seeds)}): reference (no edit), {len(mc.all_pairs()) + len(mc.OBJECTS)} prompts")
+        image_set("plain", seed)
+        for name, bundle in bundles.items():
+            for concept in concepts:
+                if not (sets / f"{name}-{concept}" / f"{seed}.npz").is_file():
+                    if (name, concept) not in removals:
+                        removals[name, concept] = prepare_removal(pipe, info, "saeuron", (concept,), bundle=bundle)
+                    t1 = time.time()
+                    if image_set(f"{name}-{concept}", seed, removals[name, concept]) is not None:
+                        log(f"  {name} SAE, {concept} removed: {time.time() - t1:.0f} s")
+    keys = ["plain"] + [f"{name}-{c}" for name in bundles for c in concepts]
+    while any(image_set(k, s) is None for k in keys for s in cfg.seeds):
+        time.sleep(10)  # another process is finishing a claimed set
+    plain = _concat([image_set("plain", s) for s in cfg.seeds])
+    ref_feats = reference_features(judge, mc.all_pairs(), 2)
+    styled = [r for r in plain.records if r.style is not None]
+    reference = {"style_accuracy": accuracy(styled, "style"), "object_accuracy": accuracy(styled, "object"), "seconds_per_image": plain.seconds / len(plain.records),
+                 "judge_fd": frechet_distance(plain.features[_retained(plain.records, ())], ref_feats)}
+    rows: dict[str, list[dict]] = {}
+    for name, bundle in bundles.items():
+        rows[name] = []
+        for concept in concepts:
+            edited = _concat([image_set(f"{name}-{concept}", s) for s in cfg.seeds])
+            row = concept_row((concept,), edited, plain, ref_feats)
+            settings = {iv.point: iv.per_concept() for iv in bundle.unlearn([concept])}
+            row.update(settings=settings, group=split.group_of(concept), kind=mc.concept_kind(concept))
+            rows[name].append(row)
+            log(f"{name} SAE removed {concept} ({GROUP_NAMES[row['group']]}): UA {row['UA']:.3f}, IRA {row['IRA']:.3f}, CRA {row['CRA']:.3f}")
+
+    result = {
+        "mode": "generalisation",
+        "split": split.as_dict(),
+        "config": {**asdict(cfg), "full_reference": [str(f) for f in full.folders] if full is not None else None, "hook_points": {k: list(v) for k, v in info.points_of_kind.items()}, "steps": steps, "guidance": guidance, "defaults": str(defaults)},
+        "settings_note": "every concept, in-half and out-of-half, is removed with its entry of the defaults table (latents per step and gamma, else the kind's tau / gamma), turned into a percentile for the SAE's width: the same selection procedure for both groups, tuned once on the sweep split with the bundled SAE of every concept, so neither group's settings were tuned on the SAE being tested",
+        "statistics_note": "the half SAE is trained on the half's prompts only; its statistics are computed over every concept's prompts, since selecting a concept's features needs that concept's mean activations",
+        "seed_derivation": "each prompt p gets seed dataset.prompt_seeds(seeds, p); the same for both SAEs (paired)",
+        "training_items": {"half": len(training_items(split, cfg.train_seeds_per_pair)), "full": len(every_item)},
+        "reference": reference,
+        "rows": rows,
+        "summary": {name: summarize_groups(r) for name, r in rows.items()},
+        "comparisons": compare_groups(rows),
+        "paper": PAPER_TABLE3,
+        "build_seconds": round(build_seconds, 1),
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    write_reports(result, out)
+    return result
+
+
+# --------------------------------------------------------------------------- summaries
+def _groups_of(rows: list[dict], group: str, kind: str) -> list[dict]:
+    return [r for r in rows if r["group"] == group and (kind == "all" or r["kind"] == kind)]
+
+
+def summarize_groups(rows: list[dict]) -> dict:
+    """Per group (in / out) and kind (object, style, all): mean UA / IRA / CRA over concepts, Wilson
+    95% intervals over the pooled images, and a bootstrap interval over concepts of the average."""
+    out: dict = {}
+    for group in GROUPS:
+        for kind in (*KINDS, "all"):
+            chosen = _groups_of(rows, group, kind)
+            if not chosen:
+                continue
+            s = {k: float(np.mean([r[k] for r in chosen])) for k in ("UA", "IRA", "CRA")}
+            s["average"] = float(np.mean([concept_average(r) for r in chosen]))
+            ivs = {}
+            for name in ("UA", "IRA", "CRA", "unrecognisable"):
+                if kind == "all":
+                    # objects and styles have different image counts per concept: the pooled rate
+                    # is not the mean over concepts, so the interval is a bootstrap over concepts
+                    values = [r[name] for r in chosen]
+                    ivs[name] = paired_bootstrap(values, [0.0] * len(values))
+                else:  # every concept of a kind has as many images: pooled rate = mean
+                    parts = [r["intervals"][name] for r in chosen]
+                    ivs[name] = Rate(sum(p["k"] for p in parts), sum(p["n"] for p in parts)).as_dict()
+            averages = [concept_average(r) for r in chosen]
+            ivs["average"] = paired_bootstrap(averages, [0.0] * len(averages))
+            s.update(intervals=ivs, concepts=[r["removed"][0] for r in chosen], unrecognisable=float(np.mean([r["unrecognisable"] for r in chosen])))
+            out.setdefault(group, {})[kind] = s
+    return out
+
+
+def compare_groups(rows: dict[str, list[dict]]) -> dict:
+    """Paired bootstrap over concepts: half SAE minus full SAE per group and kind (same concepts,
+    same seeds), and within the half SAE the in-half minus out-of-half gap is reported beside it."""
+    if "full" not in rows:
+        return {}
+    full = {r["removed"][0]: r for r in rows["full"]}
+    out: dict = {}
+    for group in GROUPS:
+        for kind in (*KINDS, "all"):
+            mine = [r for r in _groups_of(rows["half"], group, kind) if r["removed"][0] in full]
+            if not mine:
+                continue
+            theirs = [full[r["removed"][0]] for r in mine]
+            entry = {"average": paired_bootstrap([concept_average(r) for r in mine], [concept_average(r) for r in theirs])}
+            for metric in ("UA", "IRA", "CRA"):
+                entry[metric] = paired_bootstrap([r[metric] for r in mine], [r[metric] for r in theirs])
+            out.setdefault(group, {})[kind] = entry
+    return out
+
+
+def markdown_table(result: dict) -> str:
+    split = result["split"]
+    how = f"drawn with integer seed {split['seed']}" if split["seed"] is not None else "chosen by name"
+    lines = [
+        "### Ours: tiny SD-architecture model on MiniCanvas (this run)",
+        "",
+        f"SAE trained on half of the concepts ({how}): " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["in_half"].items()) + ". Never seen in training: " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["out_half"].items()) + ".",
+        f"Hook points: {result['config']['hook_points']}. Held-out base seeds {result['config']['seeds']} (each prompt its own seed per base), {result['config']['steps']} steps, guidance {result['config']['guidance']}.",
+        "",
+        "UA / IRA / CRA: mean over the group's concepts, Wilson 95% interval over the pooled images (kind 'all': bootstrap 95% interval over concepts, as objects and styles differ in images per concept); avg: (UA+IRA+CRA)/3 with a bootstrap 95% interval over concepts.",
+        "",
+        "| SAE trained on | concepts removed | kind | UA | IRA | CRA | avg | unrecognisable | concepts |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    sae_names = {"half": "half of the concepts", "full": "every concept (reference)"}
+    for name, summary in result["summary"].items():
+        for group in GROUPS:
+            for kind, s in summary.get(group, {}).items():
+                iv = s["intervals"]
+                cells = " | ".join(_with_interval(s[k], iv.get(k)) for k in ("UA", "IRA", "CRA", "average"))
+                lines.append(f"| {sae_names[name]} | {GROUP_NAMES[group]} | {kind} | {cells} | {_pct(s['unrecognisable'])} | {', '.join(s['concepts'])} |")
+    if result.get("comparisons"):
+        lines += ["", "Half SAE minus full SAE on the same concepts and seeds (paired bootstrap 95% interval over concepts, percentage points):", "", "| concepts removed | kind | avg | UA | IRA | CRA |", "|---|---|---|---|---|---|"]
+        for group, kinds in result["comparisons"].items():
+            for kind, e in kinds.items():
+                lines.append(f"| {GROUP_NAMES[group]} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} |")
+    ref = result["reference"]
+    lines += ["", f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])}."]
+    lines += ["", "Tau / gamma: " + result["settings_note"] + ".", "", "Statistics: " + result["statistics_note"] + "."]
+    lines += [
+        "",
+        "### Published: SD v1.5 on UnlearnCanvas, Table 3 (a different model and data set; context only)",
+        "",
+        "| SAE / concepts | UA | IRA | CRA | avg |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key in (("all data", "all data"), ("concepts in the SAE's training half", "in"), ("concepts outside it", "out")):
+        p = result["paper"][key]
+        lines.append(f"| {label} | {_pct(p['UA'])} | {_pct(p['IRA'])} | {_pct(p['CRA'])} | {_pct(p['average'])} |")
+    lines += ["", "#### Per removal", "", "| SAE | removed | group | UA | IRA | CRA | unrecognisable | settings |", "|---|---|---|---|---|---|---|---|"]
+    for name, rows in result["rows"].items():
+        for r in rows:
+            iv = r["intervals"]
+            settings = "; ".join(f"{p}: " + ", ".join(f"tau {t:.3f} gamma {g:g}" for _, t, g in v) for p, v in r["settings"].items())
+            lines.append(f"| {name} | {r['removed'][0]} | {r['group']} | {_with_interval(r['UA'], iv['UA'])} | {_with_interval(r['IRA'], iv['IRA'])} | {_with_interval(r['CRA'], iv['CRA'])} | {_pct(r['unrecognisable'])} | {settings} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(result: dict, out: Path) -> None:
+    import csv
+    import html
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", result)
+    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sae", "removed", "kind", "group", "UA", "IRA", "CRA", "unrecognisable", "judge_fd_retained", "collateral_mae"])
+        for name, rows in result["rows"].items():
+            for r in rows:
+                w.writerow([name, r["removed"][0], r["kind"], r["group"], r["UA"], r["IRA"], r["CRA"], r["unrecognisable"], r["judge_fd_retained"], r["collateral_mae"]])
+    table = markdown_table(result)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(table)
+    parts = ["<html><head><meta charset='utf-8'><title>Generalisation to unseen concepts</title></head><body>", "<h1>Generalisation to concepts the SAE never saw (the paper's Table 3, on MiniCanvas)</h1>"]
+    try:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        metrics = ["UA", "IRA", "CRA", "average"]
+        for name, summary in result["summary"].items():
+            for group in GROUPS:
+                s = summary.get(group, {}).get("all")
+                if s is None:
+                    continue
+                ys = [s[m] for m in metrics]
+                iv = s["intervals"]
+                fig.add_bar(name=f"{name} SAE, {GROUP_NAMES[group]}", x=metrics, y=ys, error_y=dict(type="data", symmetric=False, array=[iv[m]["hi"] - y for m, y in zip(metrics, ys)], arrayminus=[y - iv[m]["lo"] for m, y in zip(metrics, ys)]))
+        for key, label in (("in", "paper: in half"), ("out", "paper: outside")):
+            fig.add_scatter(name=label, x=metrics, y=[result["paper"][key][m] for m in metrics], mode="markers", marker_symbol="x", marker_size=12)
+        fig.update_layout(barmode="group", title="Every kind pooled: mean over concepts (bars: 95% intervals); crosses: published SD v1.5 numbers", yaxis_range=[0, 1.05])
+        parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn"))
+    except ImportError:
+        parts.append("<p>(install plotly for charts)</p>")
+    parts.append("<pre>" + html.escape(table) + "</pre>")
+    parts.append("<h2>Settings</h2><pre>" + html.escape(json.dumps({k: result[k] for k in ("split", "config", "training_items", "build_seconds", "wall_seconds")}, indent=2)) + "</pre></body></html>")
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text("\n".join(parts))
