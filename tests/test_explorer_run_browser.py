@@ -48,7 +48,7 @@ def test_run_folder_click_through(run_server, tmp_path):
         sync_api.expect.set_options(timeout=120_000)  # a shared 2-core machine: generation can take a while
         page.goto(url)
         page.locator("#concept input").click()
-        page.get_by_role("option", name="dots", exact=True).click()
+        page.get_by_role("option", name="painter · dots", exact=True).click()  # concepts grouped by kind
         first_cell = page.locator("#ranked [role=row] [role=gridcell]").first
         sync_api.expect(first_cell).not_to_be_empty()
         feature = first_cell.inner_text().strip()
@@ -56,7 +56,7 @@ def test_run_folder_click_through(run_server, tmp_path):
         sync_api.expect(page.get_by_text(f"Feature {feature}", exact=False).first).to_be_visible()
         page.locator("#add-ablation").click()
         page.get_by_role("tab", name="Generate").click()
-        sync_api.expect(page.locator("#interventions")).to_contain_text('"factor": 0.0')
+        sync_api.expect(page.locator("#intervention-table")).to_contain_text("ablate")
         page.locator("#generate").click()
         before, after = page.locator("#before img"), page.locator("#after img")
         sync_api.expect(after).to_be_visible()
