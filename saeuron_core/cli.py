@@ -322,6 +322,8 @@ def cmd_evaluate(args) -> int:
     if args.multi:
         styles = mc.STYLES
         multi = tuple(tuple(styles[:n]) for n in (2, 3, 4)) + ((styles[0], mc.OBJECTS[0]),)
+    if args.control:
+        return _evaluate_control(args, out, concepts, seeds)
     attack_prompts = args.attack_prompts if args.attack_prompts is not None else (2 if args.quick else 6)
     esd = esd_config(args)
     m = open_model(args, need_vocabulary="evaluate")
@@ -333,6 +335,42 @@ def cmd_evaluate(args) -> int:
     result = run(m.pipe, m.info, bundle, judge, plan, out, cache=cache_dir(args), esd=esd, log=lambda msg: print(msg, flush=True))
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
+    return 0
+
+
+def _evaluate_control(args, out: Path, concepts, seeds) -> int:
+    import shutil
+    import time
+
+    from . import minicanvas as mc
+    from .io import atomic_path, write_json
+    from .minicanvas.control import DEFAULT_STRENGTHS, DEFAULT_TOPS, control_rows, markdown, summary
+
+    for s in seeds:
+        if mc.split_of(s) != "heldout":
+            raise_error(f"seed {s} is in the {mc.split_of(s)!r} split; evaluation uses held-out seeds {mc.SPLITS['heldout']} only")
+    for c in concepts:
+        mc.concept_kind(c)
+    tops = tuple(args.control_top or DEFAULT_TOPS)
+    strengths = tuple(args.control_strength or DEFAULT_STRENGTHS)
+    if any(n < 1 for n in tops):
+        raise_error(f"--control-top counts must be >= 1, got {tops}")
+    if any(x <= 0 for x in strengths):
+        raise_error(f"steering strengths must be > 0, got {strengths}")
+    m = open_model(args, need_vocabulary="evaluate --control")
+    bundle = open_bundle(args, m.info)
+    judge = open_judge(args)
+    if out.exists() and args.overwrite:
+        shutil.rmtree(out)
+    t0 = time.time()
+    rows = control_rows(m.pipe, bundle, judge, concepts, seeds, m.steps, m.guidance, tops, strengths, log=lambda msg: print(msg, flush=True))
+    result = {"seeds": list(seeds), "steps": m.steps, "guidance": m.guidance, "tops": tops, "strengths": strengths, "rows": rows, "summary": summary(rows, top=max(tops)), "wall_seconds": round(time.time() - t0, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "control.json", result)
+    with atomic_path(out / "control.md") as tmp:
+        tmp.write_text(markdown(rows))
+    print(markdown(rows))
+    print(f"wrote {out}/control.json and control.md in {result['wall_seconds']} s")
     return 0
 
 
@@ -567,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help=f"{QUICK_SEEDS} seed per prompt, 2 attacked prompts per concept, ESD {QUICK_ESD_ITERATIONS} iterations: for CI")
     ev.add_argument("--attack-prompts", type=int, default=None, help="prompts attacked per removed concept (default 6, 2 with --quick; 0: no attack)")
     ev.add_argument("--attack-steps", type=int, default=40, help="attack budget in Adam steps (default 40, as UnlearnDiffAtk)")
+    ev.add_argument("--control", action="store_true", help="feature control instead of the comparison: ablate each concept's top-ranked features (UA, CRA) and steer them into prompts without it (concept rate, retention); writes control.json / control.md")
+    ev.add_argument("--control-top", type=int, action="append", help="top-n ranked features for --control (repeat; default 1 and 3)")
+    ev.add_argument("--control-strength", type=float, action="append", help="steering strength in units of the feature's typical top activation (repeat; default 1 and 3)")
     add_output_options(ev, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)
 
