@@ -485,7 +485,7 @@ def cmd_locate(args) -> int:
         cases = swap_cases(kinds, args.pairs, mc.split_seeds("sweep", args.seeds))
         if not args.no_judge:
             shows = judge_shows(open_judge(args))
-    result = locate(m.pipe, cases, m.steps, m.guidance, blocks, shows, batch_size=args.batch_size, log=lambda msg: print(msg, flush=True))
+    result = locate(m.pipe, cases, m.steps, m.guidance, blocks, shows, batch_size=args.batch_size, log=lambda msg: print(msg, flush=True), on_kind=lambda partial: write_locate(partial, out))
     result["model"] = args.model
     write_locate(result, out)
     print(markdown_table(result))
