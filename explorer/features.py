@@ -185,9 +185,7 @@ class FeatureExplorer:
     def typical_top_activation(self, point: str, feature: int) -> float:
         """Median of the feature's stored top activations (0 when it never fired): the unit of
         steering strength, so that "1x" means "as strongly as where it fires most"."""
-        values = self.stats(point).example_value[self.check_feature(point, feature)].float()
-        values = values[values > 0]
-        return float(values.median()) if len(values) else 0.0
+        return self.stats(point).typical_top_activation(self.check_feature(point, feature))
 
     def labels(self, point: str) -> list[FeatureLabel]:
         """Every feature's automatic label at ``point`` (cached): the concept with the largest ratio

@@ -524,6 +524,8 @@ def cmd_evaluate(args) -> int:
     if args.multi:
         styles = mc.STYLES
         multi = tuple(tuple(styles[:n]) for n in (2, 3, 4)) + ((styles[0], mc.OBJECTS[0]),)
+    if args.control:
+        return _evaluate_control(args, out, concepts, seeds)
     attack_prompts = args.attack_prompts if args.attack_prompts is not None else (2 if args.quick else 6)
     esd = esd_config(args)
     m = open_model(args, need_vocabulary="evaluate")
@@ -580,6 +582,42 @@ def cmd_generalisation(args, out: Path) -> int:
     result = run(m.pipe, m.info, judge, cfg, defaults, work, out, m.steps, m.guidance, full=full, log=lambda msg: print(msg, flush=True))
     print((out / "table.md").read_text())
     print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s (work folder {work})")
+    return 0
+
+
+def _evaluate_control(args, out: Path, concepts, seeds) -> int:
+    import shutil
+    import time
+
+    from . import minicanvas as mc
+    from .io import atomic_path, write_json
+    from .minicanvas.control import DEFAULT_STRENGTHS, DEFAULT_TOPS, control_rows, markdown, summary
+
+    for s in seeds:
+        if mc.split_of(s) != "heldout":
+            raise_error(f"seed {s} is in the {mc.split_of(s)!r} split; evaluation uses held-out seeds {mc.SPLITS['heldout']} only")
+    for c in concepts:
+        mc.concept_kind(c)
+    tops = tuple(args.control_top or DEFAULT_TOPS)
+    strengths = tuple(args.control_strength or DEFAULT_STRENGTHS)
+    if any(n < 1 for n in tops):
+        raise_error(f"--control-top counts must be >= 1, got {tops}")
+    if any(x <= 0 for x in strengths):
+        raise_error(f"steering strengths must be > 0, got {strengths}")
+    m = open_model(args, need_vocabulary="evaluate --control")
+    bundle = open_bundle(args, m.info, m.pipe)
+    judge = open_judge(args)
+    if out.exists() and args.overwrite:
+        shutil.rmtree(out)
+    t0 = time.time()
+    rows = control_rows(m.pipe, bundle, judge, concepts, seeds, m.steps, m.guidance, tops, strengths, log=lambda msg: print(msg, flush=True))
+    result = {"seeds": list(seeds), "steps": m.steps, "guidance": m.guidance, "tops": tops, "strengths": strengths, "rows": rows, "summary": summary(rows, top=max(tops)), "wall_seconds": round(time.time() - t0, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "control.json", result)
+    with atomic_path(out / "control.md") as tmp:
+        tmp.write_text(markdown(rows))
+    print(markdown(rows))
+    print(f"wrote {out}/control.json and control.md in {result['wall_seconds']} s")
     return 0
 
 
@@ -694,7 +732,7 @@ def cmd_locate(args) -> int:
         cases = swap_cases(kinds, args.pairs, mc.split_seeds("sweep", args.seeds))
         if not args.no_judge:
             shows = judge_shows(open_judge(args))
-    result = locate(m.pipe, cases, m.steps, m.guidance, blocks, shows, batch_size=args.batch_size, log=lambda msg: print(msg, flush=True))
+    result = locate(m.pipe, cases, m.steps, m.guidance, blocks, shows, batch_size=args.batch_size, log=lambda msg: print(msg, flush=True), on_kind=lambda partial: write_locate(partial, out))
     result["model"] = args.model
     write_locate(result, out)
     print(markdown_table(result))
@@ -839,6 +877,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sae-batch-size", type=int, default=4096, help="tokens per SAE optimiser step (default 4096, as the bundled SAEs)")
     gen.add_argument("--no-full-reference", action="store_true", help="skip the reference SAE trained on every concept (--sae / --stats, default the bundled one; halves the removals)")
     gen.add_argument("--work", default=None, help="work folder: stores, SAEs, statistics, finished removals; rerun to resume (default <out>.work)")
+    ev.add_argument("--control", action="store_true", help="feature control instead of the comparison: ablate each concept's top-ranked features (UA, CRA) and steer them into prompts without it (concept rate, retention); writes control.json / control.md")
+    ev.add_argument("--control-top", type=int, action="append", help="top-n ranked features for --control (repeat; default 1 and 3)")
+    ev.add_argument("--control-strength", type=float, action="append", help="steering strength in units of the feature's typical top activation (repeat; default 1 and 3)")
     add_output_options(ev, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)
 

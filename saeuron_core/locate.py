@@ -154,6 +154,7 @@ def locate(
     shows: Callable[[np.ndarray, list[str], str], list[bool]] | None = None,
     batch_size: int = 16,
     log: Callable[[str], None] | None = None,
+    on_kind: Callable[[dict], None] | None = None,
 ) -> dict:
     """Text-swap patching of every block in ``blocks`` (default: all cross-attention blocks)
     for every kind in ``cases``.
@@ -163,7 +164,8 @@ def locate(
     block) and, per block and condition, ``image_change`` (mean absolute pixel change against
     the right-prompt image divided by that of the all-wrong image), ``output_change`` (relative
     L2 change of the block's own output, all steps) and, with a judge, ``shows`` (share of
-    images showing the intended concept).
+    images showing the intended concept). ``on_kind(partial result)`` runs after each kind
+    (to write what is done so far: a long run keeps its finished kinds).
     """
     blocks = check_blocks(pipe.unet, blocks)
     if not cases:
@@ -227,6 +229,8 @@ def locate(
                     cell["output_change"] = float(np.mean(out_change[(b, cond)]) ** 0.5)
                 entry["per_block"][b][cond] = cell
         result["kinds"][kind] = entry
+        if on_kind is not None:
+            on_kind({**result, "seconds": round(time.time() - t0, 1), "judged": shows is not None, "partial": len(result["kinds"]) < len(kinds)})
     result["seconds"] = round(time.time() - t0, 1)
     result["cases"] = [asdict(c) for c in cases]
     result["judged"] = shows is not None

@@ -121,6 +121,13 @@ class FeatureStats:
     def top_m(self) -> int:
         return self.example_value.shape[1]
 
+    def typical_top_activation(self, feature: int) -> float:
+        """Median of the feature's stored top activations (0.0 when it never fired): the unit of
+        steering strength, so that "1x" means "as strongly as where it usually fires most"."""
+        values = self.example_value[feature].float()
+        values = values[values > 0]
+        return float(values.median()) if len(values) else 0.0
+
     def concepts_of_kind(self, kind: str) -> tuple[str, ...]:
         return tuple(c for c, k in zip(self.concepts, self.concept_kinds) if k == kind)
 

@@ -193,3 +193,19 @@ def test_attack_row_reports_probability_and_feature_similarity(tiny_bundle):
     assert row["reading"] == attack_reading(row)
     # the verdicts behind UA agree with the probabilities' argmax
     assert row["shows_concept_after"] == [v == "dots" for v in verdicts["after"]["style"]]
+
+
+def test_control_plumbing_on_the_tiny_bundle(tiny_bundle, tmp_path):
+    out = tmp_path / "ctl"
+    proc = evaluate(tiny_bundle, out, "--control", "--concept", "dots", "--seeds", "1", "--control-top", "1", "--control-top", "2", "--control-strength", "2")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "control.json").read_text())
+    (row,) = result["rows"]
+    assert row["concept"] == "dots" and len(row["features"]) == 2 and set(row["ablate"]) == {"none", "top1", "top2"}
+    assert set(row["steer"]) == {"none", "top1@2", "top2@2"}
+    for cell in row["ablate"].values():
+        assert cell["UA"]["n"] == len(mc.OBJECTS) and 0 <= cell["UA"]["lo"] <= cell["UA"]["value"] <= cell["UA"]["hi"] <= 1
+    assert all(v > 0 for v in row["typical_top_activation"].values())
+    assert "| dots |" in (out / "control.md").read_text() and result["summary"]["style"]["concepts"] == 1
+    bad = evaluate(tiny_bundle, tmp_path / "bad", "--control", "--concept", "dots", "--control-strength", "0")
+    assert bad.returncode == 2 and "strengths must be > 0" in bad.stderr
