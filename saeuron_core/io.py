@@ -48,9 +48,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600; the result should look like any file
     try:
         yield tmp_path
+        # mkstemp makes 0600, and writers that recreate the file (safetensors does) keep that:
+        # the result should look like any file the user writes
+        os.chmod(tmp_path, 0o666 & ~UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -26,9 +26,11 @@ def test_atomic_writes_never_set_the_umask(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "umask", forbidden)
     write_json(tmp_path / "a.json", {"x": 1})
+    io.save_safetensors({"t": __import__("torch").zeros(2)}, tmp_path / "t.safetensors")  # safetensors recreates its file
     with atomic_dir(tmp_path / "folder") as tmp:
         (tmp / "inner.txt").write_text("x")
     assert _mode(tmp_path / "a.json") == 0o666 & ~io.UMASK
+    assert _mode(tmp_path / "t.safetensors") == 0o666 & ~io.UMASK
     assert _mode(tmp_path / "folder") == 0o777 & ~io.UMASK
 
 
