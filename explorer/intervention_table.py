@@ -34,10 +34,11 @@ def row_of(spec: dict, on: bool = True) -> list:
 
 
 def rows_from_json(text: str) -> list[list]:
-    return [row_of(intervention_to_dict(iv)) for iv in _parse(text)]
+    return [row_of(intervention_to_dict(iv)) for iv in parse_interventions(text)]
 
 
-def _parse(text: str):
+def parse_interventions(text: str) -> list:
+    """The interventions in an editable JSON list (what recipes hold), checked one by one."""
     try:
         data = json.loads(text or "[]")
     except json.JSONDecodeError as e:
@@ -94,7 +95,7 @@ def synced_rows(text: str, rows: list[list]) -> list[list] | None:
     """The table after the JSON changed: None when the JSON is just the table's rows that are on
     (the change came from the table), the table plus new rows when the JSON only grew at the end
     (an intervention was added), else the JSON's rows (an import, a hand edit, a clear)."""
-    new = [intervention_to_dict(iv) for iv in _parse(text)]
+    new = [intervention_to_dict(iv) for iv in parse_interventions(text)]
     try:
         current = [json.loads(r[8]) for r in rows if _on(r[0])]
     except (TypeError, json.JSONDecodeError):

@@ -17,7 +17,8 @@ from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow
 from .. import cardview, plots
 from ..context import Explorer
 from ..imaging import tokens_from_mask
-from ..recipes import intervention_from_dict, intervention_to_dict
+from ..intervention_table import parse_interventions
+from ..recipes import intervention_to_dict
 from ..zerogpu import gpu
 from ..formatting import optional_int, optional_number, percent, sig3
 from ..limits import check_float
@@ -322,17 +323,6 @@ def steering_tokens(painting, stats) -> tuple[int, ...] | None:
     if not painted or not any(a.any() for a in painted):
         return None
     return tokens_from_mask(np.maximum.reduce(painted), (stats.height, stats.width))
-
-
-def parse_interventions(text: str) -> list:
-    """The interventions in the editable JSON list."""
-    try:
-        data = json.loads(text or "[]")
-    except json.JSONDecodeError as e:
-        raise SaeuronError(f"the interventions are not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise SaeuronError("the interventions must be a JSON list")
-    return [intervention_from_dict(d) for d in data]
 
 
 def format_interventions(interventions) -> str:

@@ -21,7 +21,8 @@ from .. import cardview, intervention_table as table
 from ..formatting import optional_int, sig3
 from ..limits import check_int, check_prompt
 from . import page_url, served, ui_errors, validator
-from .features import append_intervention, parse_interventions
+from ..intervention_table import parse_interventions
+from .features import append_intervention
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
 DISPLAY_SIDE = 256
