@@ -418,6 +418,15 @@ def _diff(entry: dict) -> str:
     return f"{100 * entry['mean']:+.1f} [{100 * entry['lo']:+.1f}, {100 * entry['hi']:+.1f}]"
 
 
+def difference_lines(comparisons: dict, intro: str, first: str, name=lambda key: key) -> list[str]:
+    """Markdown rows of paired differences (bootstrap intervals), one per (comparison, kind)."""
+    lines = ["", intro, "", f"| {first} | kind | avg | UA | IRA | CRA |", "|---|---|---|---|---|---|"]
+    for key, kinds in comparisons.items():
+        for kind, e in kinds.items():
+            lines.append(f"| {name(key)} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} |")
+    return lines
+
+
 def markdown_table(result: dict) -> str:
     """The comparison in the paper's format: ours (MiniCanvas), then the published numbers."""
     lines = [
@@ -452,10 +461,7 @@ def markdown_table(result: dict) -> str:
             readings = ", ".join(f"{r}: {n}" for r, n in s["attack_readings"].items())
             lines.append(f"| {method} | {kind} | {_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])} | {s['attack_p_concept_before']:.3f} -> {s['attack_p_concept_after']:.3f} ({s['attack_p_concept_target']:.3f}) | {s['attack_similarity_before']:.3f} -> {s['attack_similarity_after']:.3f} | {_pct(s['attack_similarity_recovered'])} | {readings} |")
     if result.get("comparisons"):
-        lines += ["", "Paired differences (bootstrap 95% interval over concepts, percentage points; methods share every prompt's seeds):", "", "| Difference | Domain | avg | UA | IRA | CRA |", "|---|---|---|---|---|---|"]
-        for name, kinds in result["comparisons"].items():
-            for kind, e in kinds.items():
-                lines.append(f"| {name} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} |")
+        lines += difference_lines(result["comparisons"], "Paired differences (bootstrap 95% interval over concepts, percentage points; methods share every prompt's seeds):", "Difference")
     ref = result["reference"]
     lines += ["", f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])} (unstyled prompts: {_pct(ref['object_accuracy_unstyled'])}), judge-FD {ref['judge_fd']:.2f}. Method `none` is that model judged as if it had removed each concept (its UA is the judge's error)."]
     lines += [

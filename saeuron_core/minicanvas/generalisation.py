@@ -40,7 +40,7 @@ from ..io import atomic_path, write_json
 from ..sae import SaeConfig
 from ..store import PromptItem
 from .evaluation import JudgedImage, accuracy
-from .benchmark import ImageSet, _retained, _pct, _with_interval, _diff, concept_average, concept_row, frechet_distance, generate_protocol, reference_features
+from .benchmark import ImageSet, _retained, _pct, _with_interval, concept_average, difference_lines, concept_row, frechet_distance, generate_protocol, reference_features
 
 KINDS = ("object", "style")
 GROUPS = ("in", "out")
@@ -456,10 +456,7 @@ def markdown_table(result: dict) -> str:
                 cells = " | ".join(_with_interval(s[k], iv.get(k)) for k in ("UA", "IRA", "CRA", "average"))
                 lines.append(f"| {sae_names[name]} | {GROUP_NAMES[group]} | {kind} | {cells} | {_pct(s['unrecognisable'])} | {', '.join(s['concepts'])} |")
     if result.get("comparisons"):
-        lines += ["", "Half SAE minus full SAE on the same concepts and seeds (paired bootstrap 95% interval over concepts, percentage points):", "", "| concepts removed | kind | avg | UA | IRA | CRA |", "|---|---|---|---|---|---|"]
-        for group, kinds in result["comparisons"].items():
-            for kind, e in kinds.items():
-                lines.append(f"| {GROUP_NAMES[group]} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} |")
+        lines += difference_lines(result["comparisons"], "Half SAE minus full SAE on the same concepts and seeds (paired bootstrap 95% interval over concepts, percentage points):", "concepts removed", GROUP_NAMES.get)
     ref = result["reference"]
     lines += ["", f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])}."]
     lines += ["", "Tau / gamma: " + result["settings_note"] + ".", "", "Statistics: " + result["statistics_note"] + "."]
