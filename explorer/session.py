@@ -161,7 +161,8 @@ class ExplorerSession:
             info = replace(info, image_size=height or info.image_size)
             sae_device = resolve_device(device)
         if spec is not None:
-            info = replace(info, hook_points=dict(spec.hook_points), default_steps=spec.steps, default_guidance=spec.guidance)
+            # the run's routing replaces the model's: one point per kind, as prepare wrote it
+            info = replace(info, hook_points=dict(spec.hook_points), points_of_kind={}, default_steps=spec.steps, default_guidance=spec.guidance)
         bundle = SaeBundle.load(info, sae, stats, defaults, device=sae_device, preset=preset)
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
         loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None

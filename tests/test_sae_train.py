@@ -60,9 +60,10 @@ def test_train_config_nests_the_sae_config_with_one_set_of_defaults():
 
 
 def test_bundled_saes_still_load():
-    for point in ("up_blocks.1.attentions.0", "up_blocks.1.attentions.1"):
+    # objects at the mid block (128 channels), styles at up_blocks.1.attentions.1 (64 channels)
+    for point, d_in in (("mid_block.attentions.0", 128), ("up_blocks.1.attentions.1", 64)):
         sae = TopKSae.load(ASSETS / "sae" / point)
-        assert (sae.d_in, sae.num_latents, sae.cfg.k, sae.cfg.expansion_factor) == (64, 1024, 16, 16)
+        assert (sae.d_in, sae.num_latents, sae.cfg.k, sae.cfg.expansion_factor) == (d_in, 1024, 16, 1024 // d_in)
 
 
 def test_cli_records_what_was_trained(store, tmp_path):
