@@ -596,3 +596,72 @@ def test_a_bad_concept_map_is_refused_with_what_is_wrong(tmp_path, data, message
         load_concept_map(path)
     with pytest.raises(SaeuronError, match="cannot read"):
         load_concept_map(tmp_path / "missing.json")
+
+
+# --------------------------------------------------------------------------- a run without a judge
+@pytest.fixture(scope="module")
+def prepared_run(tmp_path_factory):
+    """A run folder from `saeuron prepare` on a save_pretrained SD-architecture folder: no judge,
+    no bundled metadata; concepts (animal, painter) come from the statistics."""
+    from conftest import make_sd_architecture_pipeline
+    from saeuron_core.cli import main
+    from test_prepare import CONCEPTS
+
+    root = tmp_path_factory.mktemp("judge_free")
+    make_sd_architecture_pipeline(latent_size=32).save_pretrained(root / "model")
+    (root / "concepts.csv").write_text(CONCEPTS)
+    assert main(["--threads", "1", "prepare", "--model", str(root / "model"), "--concepts", str(root / "concepts.csv"), "--steps", "2", "--device", "cpu", "--kind-point", "painter=up_blocks.1.attentions.2", "--out", str(root / "run")]) == 0
+    return root
+
+
+@pytest.mark.slow
+def test_unlearn_without_a_judge_measures_image_and_feature_change(prepared_run):
+    from explorer.app import open_session, parse_args
+    from explorer.panels.unlearn import change_frame, change_html, defaults_text
+    from explorer.unlearn_change import ChangeGrid, paper_params
+    from explorer.unlearn_grid import change_export
+
+    session = open_session(parse_args(["--run", str(prepared_run / "run"), "--device", "cpu", "--threads", "1"]))
+    audit = Explorer.build(session, prepared_run / "maps").audit
+    assert session.judge is None and not audit.judged
+    assert audit.concepts() == ["circle", "heart", "star", "dots", "solid"]  # the statistics' concepts, by kind
+    assert "saeuron" in audit.methods()
+    concept = audit.best_default_concept()
+    assert concept in audit.concepts()
+    # no table in this run: the paper's settings, and the panel says so
+    tau, gamma, source = audit.defaults_with_source("dots")
+    assert (tau, gamma) == paper_params("dots")[0] == (99.999, -1.0) and "paper preset" in source
+    assert "paper preset" in defaults_text(Explorer.build(session, prepared_run / "maps"), ["dots"])
+
+    # the panel's untouched defaults: the first concept, SAeUron only, empty tau / gamma, seed 0
+    grid = audit.compare([concept], ["saeuron"], 0, "", "")
+    assert isinstance(grid, ChangeGrid) and grid.methods == ("saeuron",)
+    items = session.bundle.stats[grid.points[0]].items
+    own = {it["prompt"] for it in items if concept in it["labels"].values()}
+    roles = [c.role for c in grid.cells]
+    assert roles == sorted(roles, key=lambda r: r != "target") and "retained" in roles  # target rows first
+    assert {c.prompt for c in grid.cells if c.role == "target"} <= own and not {c.prompt for c in grid.cells if c.role == "retained"} & own
+    assert len(grid.cells) <= session.limits.max_grid_prompts
+    for cell in grid.cells:
+        assert cell.before.shape == cell.after["saeuron"].shape == (64, 64, 3)
+        manual = np.abs(cell.after["saeuron"].astype(float) - cell.before.astype(float)).mean()
+        assert cell.pixel_change("saeuron") == pytest.approx(manual)
+    # the before image is the plain generation, bit for bit
+    first = grid.cells[0]
+    assert np.array_equal(first.before, session.plain_images([(first.prompt, 0)], session.info.default_steps, session.info.default_guidance)[0])
+    # SAeUron multiplies the selected features by a negative factor where they fire: on the
+    # concept's own prompts their activation must go down
+    target = [c for c in grid.cells if c.role == "target"]
+    assert sum(c.feature_before for c in target) > 0
+    assert sum(c.feature_after["saeuron"] for c in target) < sum(c.feature_before for c in target)
+    assert any(c.pixel_change("saeuron") > 0 for c in target)
+    text = change_html(grid)
+    assert "No judge" in text and text.count("<img") == 2 * len(grid.cells) and "pixels Δ" in text
+    frame = change_frame(grid)
+    assert list(frame["method"]) == ["saeuron", "saeuron"]
+    assert change_export(grid)["judge"] is None
+    # bad input: one clear error before any generation
+    with pytest.raises(SaeuronError, match="unknown concept"):
+        audit.compare(["nope"], ["saeuron"])
+    with pytest.raises(SaeuronError, match="both tau and gamma"):
+        audit.compare([concept], ["saeuron"], 0, 99.0, "")
