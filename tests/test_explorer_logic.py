@@ -665,3 +665,48 @@ def test_unlearn_without_a_judge_measures_image_and_feature_change(prepared_run)
         audit.compare(["nope"], ["saeuron"])
     with pytest.raises(SaeuronError, match="both tau and gamma"):
         audit.compare([concept], ["saeuron"], 0, 99.0, "")
+
+
+def _locate_result(judged: bool) -> dict:
+    """A small result in the layout `saeuron locate` writes (saeuron_core.locate.locate)."""
+    def cell(shows_right, change_wrong):
+        return {"right_here": {"image_change": 0.5, "shows": shows_right if judged else None},
+                "wrong_here": {"image_change": change_wrong, "output_change": 0.2, "shows": 0.5 if judged else None}}
+
+    per_block = {
+        "object": {"down_blocks.1.attentions.0": cell(0.1, 0.2), "mid_block.attentions.0": cell(0.9, 0.8)},
+        "style": {"down_blocks.1.attentions.0": cell(0.6, 0.7), "mid_block.attentions.0": cell(0.0, 0.1)},
+    }
+    return {"blocks": ["down_blocks.1.attentions.0", "mid_block.attentions.0"], "conditions": ["wrong_here", "right_here"], "judged": judged, "model": "tiny",
+            "kinds": {k: {"cases": 4, "right": {"shows": None}, "wrong": {"shows": None, "image_change": 1.0}, "per_block": v} for k, v in per_block.items()},
+            "cases": [], "seconds": 1.0}
+
+
+@pytest.mark.parametrize("judged", [True, False])
+def test_a_locate_result_is_read_as_a_concept_map(tmp_path, judged):
+    import json
+
+    from explorer.concept_map import find_concept_map, load_concept_map
+
+    (tmp_path / "locate.json").write_text(json.dumps(_locate_result(judged)))
+    cmap = load_concept_map(tmp_path / "locate.json")
+    assert cmap.blocks == ("down_blocks.1.attentions.0", "mid_block.attentions.0") and cmap.kinds == ("object", "style")
+    # judged: "right word only here" shows the concept; else "swapped word only here" image change
+    assert cmap.values == (((0.1, 0.6), (0.9, 0.0)) if judged else ((0.2, 0.7), (0.8, 0.1)))
+    assert cmap.strongest_block("object") == "mid_block.attentions.0" and cmap.strongest_block("style") == "down_blocks.1.attentions.0"
+    assert "saeuron locate" in cmap.metric and ("judged" in cmap.metric) == judged
+    assert find_concept_map(None, tmp_path / "locate.json").values == cmap.values  # --concept-map results/locate/locate.json
+    broken = _locate_result(judged)
+    del broken["kinds"]["style"]["per_block"]["mid_block.attentions.0"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(SaeuronError, match="no .* for 'style' at mid_block.attentions.0"):
+        load_concept_map(tmp_path / "broken.json")
+
+
+def test_the_bundled_model_ships_its_measured_concept_map():
+    from explorer.concept_map import find_concept_map
+    from saeuron_core.pipeline import resolve_spec
+
+    cmap = find_concept_map(resolve_spec("minicanvas"))
+    assert cmap is not None and "saeuron locate" in cmap.metric and set(cmap.kinds) == {"object", "style"}
+    assert all(v == v for row in cmap.values for v in row)  # every cell measured
