@@ -35,6 +35,12 @@ class ConceptMap:
     metric: str = ""
     source: str = ""
     """The file it was read from."""
+    label: str = ""
+    """A short name of the metric for the chart (default: ``metric``)."""
+
+    @property
+    def short_metric(self) -> str:
+        return self.label or self.metric or "value"
 
     def strongest_block(self, kind: str) -> str:
         """The block with the largest value for ``kind``."""
@@ -69,7 +75,7 @@ def load_concept_map(path: str | Path) -> ConceptMap:
         table = tuple(tuple(float("nan") if v is None else float(v) for v in row) for row in values)
     except (TypeError, ValueError):
         raise SaeuronError(f"the concept map {path}: \"values\" must be numbers (or null)") from None
-    return ConceptMap(tuple(blocks), tuple(kinds), table, str(data.get("metric") or ""), str(path))
+    return ConceptMap(tuple(blocks), tuple(kinds), table, str(data.get("metric") or ""), str(path), str(data.get("label") or ""))
 
 
 def find_concept_map(model_folder: str | Path | None, given: str | Path | None = None) -> ConceptMap | None:
@@ -107,4 +113,5 @@ def from_locate(result: dict, path: Path) -> dict:
         metric = f"saeuron locate, judged: share of images showing the concept when only this block reads the right word ({cases})"
     else:
         metric = f"saeuron locate, no judge: image change when only this block reads the swapped word, as a share of swapping it everywhere ({cases})"
-    return {"blocks": blocks, "kinds": list(kinds), "values": values, "metric": metric}
+    label = "share showing the concept (right word only here)" if judged else "image change share (swapped word only here)"
+    return {"blocks": blocks, "kinds": list(kinds), "values": values, "metric": metric, "label": label}
