@@ -710,3 +710,26 @@ def test_the_bundled_model_ships_its_measured_concept_map():
     cmap = find_concept_map(resolve_spec("minicanvas"))
     assert cmap is not None and "saeuron locate" in cmap.metric and set(cmap.kinds) == {"object", "style"}
     assert all(v == v for row in cmap.values for v in row)  # every cell measured
+
+
+def test_a_map_region_uses_both_axes_and_ranks_what_is_inside(ex, point):
+    fmap = ex.features.feature_map(point)
+    xs, ys = fmap.xy[:, 0], fmap.xy[:, 1]
+    x_range = (float(np.quantile(xs, 0.2)), float(np.quantile(xs, 0.8)))
+    y_range = (float(np.quantile(ys, 0.2)), float(np.quantile(ys, 0.8)))
+    expected = {i for i in range(len(xs)) if x_range[0] <= xs[i] <= x_range[1] and y_range[0] <= ys[i] <= y_range[1]}
+    band = {i for i in range(len(xs)) if x_range[0] <= xs[i] <= x_range[1]}
+    assert expected and expected < band  # the y bounds really cut the x band
+    rows = ex.features.in_region(point, x_range, y_range, limit=ex.session.limits.max_ranked_rows)
+    assert {r.feature for r in rows} <= expected
+    assert len(rows) == min(len(expected), ex.session.limits.max_ranked_rows)
+    assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
+    # the same order as the full ranking (ties in id order), restricted to the box
+    full = [r.feature for r in ex.features._ranked(point, None, None) if r.feature in expected]
+    assert [r.feature for r in rows] == full[: len(rows)]
+    # open bounds: everything
+    assert len(ex.features.in_region(point, limit=ex.session.limits.max_ranked_rows)) == min(len(xs), ex.session.limits.max_ranked_rows)
+    with pytest.raises(SaeuronError, match="lower bound"):
+        ex.features.in_region(point, (1.0, 0.0))
+    with pytest.raises(SaeuronError, match="no feature"):
+        ex.features.in_region(point, (float(xs.max()) + 1, None))
