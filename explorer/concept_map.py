@@ -5,7 +5,13 @@ The table is a JSON file ``{"blocks": [...], "kinds": [...], "values": [[...]], 
 with one row of ``values`` per block and one column per kind (``metric``, optional, says what the
 numbers are). The app finds it at the path given by ``"concept_map"`` in the model folder's
 ``saeuron.json`` (relative to that folder), else as ``concept_map.json`` in the model folder, or
-where ``--concept-map`` says; without one the tab is not shown."""
+where ``--concept-map`` says; without one the tab is not shown.
+
+The ``locate.json`` written by ``saeuron locate`` is read too (recognised by its per-kind
+``per_block`` entries): each kind's column is, when the locate run had a judge, the share of
+images the judge finds showing the concept when only that block reads the right word ("right
+here": the block is sufficient); without a judge, the image change when only that block reads
+the swapped word, as a share of swapping it everywhere ("wrong here": the block is necessary)."""
 
 from __future__ import annotations
 
@@ -29,6 +35,12 @@ class ConceptMap:
     metric: str = ""
     source: str = ""
     """The file it was read from."""
+    label: str = ""
+    """A short name of the metric for the chart (default: ``metric``)."""
+
+    @property
+    def short_metric(self) -> str:
+        return self.label or self.metric or "value"
 
     def strongest_block(self, kind: str) -> str:
         """The block with the largest value for ``kind``."""
@@ -48,6 +60,8 @@ def load_concept_map(path: str | Path) -> ConceptMap:
         raise SaeuronError(f"cannot read the concept map {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise SaeuronError(f"the concept map {path} is not valid JSON ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("kinds"), dict) and "values" not in data:
+        data = from_locate(data, path)
     if not isinstance(data, dict) or not {"blocks", "kinds", "values"} <= set(data):
         raise SaeuronError(f"the concept map {path} needs \"blocks\", \"kinds\" and \"values\"")
     blocks, kinds, values = data["blocks"], data["kinds"], data["values"]
@@ -61,7 +75,7 @@ def load_concept_map(path: str | Path) -> ConceptMap:
         table = tuple(tuple(float("nan") if v is None else float(v) for v in row) for row in values)
     except (TypeError, ValueError):
         raise SaeuronError(f"the concept map {path}: \"values\" must be numbers (or null)") from None
-    return ConceptMap(tuple(blocks), tuple(kinds), table, str(data.get("metric") or ""), str(path))
+    return ConceptMap(tuple(blocks), tuple(kinds), table, str(data.get("metric") or ""), str(path), str(data.get("label") or ""))
 
 
 def find_concept_map(model_folder: str | Path | None, given: str | Path | None = None) -> ConceptMap | None:
@@ -76,3 +90,28 @@ def find_concept_map(model_folder: str | Path | None, given: str | Path | None =
     if named:
         return load_concept_map(folder / named)
     return load_concept_map(folder / FILE) if (folder / FILE).is_file() else None
+
+
+def from_locate(result: dict, path: Path) -> dict:
+    """The block x kind table of a ``saeuron locate`` result (see the module docstring)."""
+    blocks, kinds = result.get("blocks"), result["kinds"]
+    if not isinstance(blocks, list) or not kinds:
+        raise SaeuronError(f"the locate result {path} needs \"blocks\" and at least one kind")
+    judged = bool(result.get("judged"))
+    condition, field = ("right_here", "shows") if judged else ("wrong_here", "image_change")
+    values = []
+    for block in blocks:
+        row = []
+        for kind, entry in kinds.items():
+            try:
+                row.append(entry["per_block"][block][condition][field])
+            except (KeyError, TypeError):
+                raise SaeuronError(f"the locate result {path} has no {condition} {field} for {kind!r} at {block}") from None
+        values.append(row)
+    cases = ", ".join(f"{k}: {e.get('cases', '?')} prompt pairs" for k, e in kinds.items())
+    if judged:
+        metric = f"saeuron locate, judged: share of images showing the concept when only this block reads the right word ({cases})"
+    else:
+        metric = f"saeuron locate, no judge: image change when only this block reads the swapped word, as a share of swapping it everywhere ({cases})"
+    label = "share showing the concept (right word only here)" if judged else "image change share (swapped word only here)"
+    return {"blocks": blocks, "kinds": list(kinds), "values": values, "metric": metric, "label": label}

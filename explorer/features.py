@@ -257,18 +257,47 @@ class FeatureExplorer:
         """
         step = self.check_step(point, step)
         limit = check_int("number of rows", limit, 1, self.session.limits.max_ranked_rows)
+        return self._ranked(point, concept, step, None, limit)
+
+    def _ranked(self, point: str, concept: str | None, step: int | None, among: torch.Tensor | None = None, limit: int | None = None) -> list[RankedFeature]:
+        """``rank``'s order over the features ``among`` (None: all), ``limit`` rows at most."""
         names, scores = self._scores_at(point, step)
+        frequency = self.stats(point).frequency
+        ids = torch.arange(len(frequency)) if among is None else among.long()
         if not names:
             if concept is not None:
                 self._concept_index(point, concept)  # raises: no concepts here
-            frequency = self.stats(point).frequency
-            order = frequency.argsort(descending=True)[:limit].tolist()
+            order = ids[frequency[ids].argsort(descending=True, stable=True)][:limit].tolist()
             return [RankedFeature(i, float(frequency[i]), float(frequency[i]), NO_CONCEPT) for i in order]
         best_score, best = scores.max(0)
         chosen = best_score if concept is None else scores[self._concept_index(point, concept)]
-        order = chosen.argsort(descending=True)[:limit].tolist()
-        frequency, labels = self.stats(point).frequency, self.labels(point)
+        order = ids[chosen[ids].argsort(descending=True, stable=True)][:limit].tolist()
+        labels = self.labels(point)
         return [RankedFeature(i, float(chosen[i]), float(frequency[i]), names[int(best[i])], labels[i].text) for i in order]
+
+    def in_region(self, point: str, x_range=(None, None), y_range=(None, None), concept: str | None = None, step: int | None = None, limit: int = 50) -> list[RankedFeature]:
+        """Features whose UMAP position lies in the box ``x_range`` x ``y_range`` (a None bound
+        is open), ranked as ``rank`` ranks them. Needs the computed map (``ready_map``)."""
+        fmap = self.ready_map(point)
+        if fmap is None:
+            raise SaeuronError("the map is still being computed in the background; try again shortly")
+        bounds = []
+        for name, (low, high) in (("x", x_range), ("y", y_range)):
+            low, high = (None if v is None else float(v) for v in (low, high))
+            if low is not None and high is not None and low > high:
+                raise SaeuronError(f"UMAP {name}: the lower bound {low:g} is above the upper bound {high:g}")
+            bounds.append((low, high))
+        inside = np.ones(len(fmap.xy), dtype=bool)
+        for axis, (low, high) in enumerate(bounds):
+            if low is not None:
+                inside &= fmap.xy[:, axis] >= low
+            if high is not None:
+                inside &= fmap.xy[:, axis] <= high
+        if not inside.any():
+            raise SaeuronError("no feature in the selected region")
+        limit = check_int("number of rows", limit, 1, self.session.limits.max_ranked_rows)
+        keep = torch.from_numpy(np.flatnonzero(inside))
+        return self._ranked(point, concept, self.check_step(point, step), keep)[:limit]
 
     def selection_counts(self, point: str, concept: str, percentile: float) -> list[int]:
         """How many features the ``percentile`` threshold selects for ``concept`` at each step."""

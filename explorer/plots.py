@@ -8,6 +8,7 @@ more than a whole feature card may take; plotly.js draws the same JSON."""
 from __future__ import annotations
 
 import json
+import textwrap
 
 from .features import FeatureCard, RankedFeature
 from .formatting import sig3
@@ -83,12 +84,12 @@ def concept_map_chart(cmap, hook_points: dict | None = None) -> Figure:
     text = [["" if v != v else sig3(v) for v in row] for row in cmap.values]
     z = [[None if v != v else v for v in row] for row in cmap.values]
     heat = {"type": "heatmap", "z": z, "x": list(cmap.kinds), "y": list(cmap.blocks), "text": text, "texttemplate": "%{text}", "colorscale": "Viridis",
-            "colorbar": {"title": {"text": cmap.metric or "value"}}, "hovertemplate": "%{y}<br>%{x}: %{z:.3g}<extra></extra>"}
+            "colorbar": {"title": {"text": "<br>".join(textwrap.wrap(cmap.short_metric, 18)), "side": "right"}}, "hovertemplate": "%{y}<br>%{x}: %{z:.3g}<extra></extra>"}
     shapes = []
     for kind, point in (hook_points or {}).items():
         if kind in cmap.kinds and point in cmap.blocks:
             x, y = cmap.kinds.index(kind), cmap.blocks.index(point)
             shapes.append({"type": "rect", "xref": "x", "yref": "y", "x0": x - 0.5, "x1": x + 0.5, "y0": y - 0.5, "y1": y + 0.5, "line": {"color": "#ff3030", "width": 3}})
-    title = f"Where each concept kind enters the U-Net: {cmap.metric or 'value'} per block (red box: the SAE's hook point)"
+    title = f"Where each concept kind enters the U-Net<br><sub>{cmap.short_metric} per block (red box: the SAE's hook point)</sub>"
     return Figure([heat], dict(title=title, xaxis=_axis("concept kind", type="category"), yaxis=_axis("block", type="category", autorange="reversed"),
-                               shapes=shapes, height=max(320, 140 + 36 * len(cmap.blocks)), margin=dict(l=220, r=20, t=60, b=60)))
+                               shapes=shapes, height=max(320, 140 + 36 * len(cmap.blocks)), margin=dict(l=220, r=20, t=80, b=60)))

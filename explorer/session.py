@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.hooks import resolve_point
+from saeuron_core.hooks import capture_activations, resolve_point
 from saeuron_core.interventions import apply_interventions
 from saeuron_core.minicanvas.judge import Judge
 from saeuron_core.baselines.methods import Removal, prepare_removal
@@ -280,6 +280,22 @@ class ExplorerSession:
             for prompt, seed in jobs:
                 images.append(np.asarray(generate(self.pipe, prompt, [seed], steps, guidance)[0].convert("RGB")))
         return images
+
+    @torch.inference_mode()
+    def captured_image(self, prompt: str, seed: int, steps: int, guidance: float, points: list[str], interventions=(), removal: Removal | None = None) -> tuple[np.ndarray, dict[str, torch.Tensor], list]:
+        """One image generated with ``interventions`` (or a weight-editing ``removal``) active, the
+        block output at each of ``points`` per step ([T, C, H, W], the conditional half, recorded
+        after any edit of that block) and the timesteps of those steps."""
+        interventions = list(interventions)
+        with self.unet(), contextlib.ExitStack() as stack:
+            if removal is not None:
+                stack.enter_context(removal.active(self.pipe))
+            if interventions:
+                stack.enter_context(apply_interventions(self.pipe.unet, self.bundle.saes, interventions, stats=self.bundle.concept_stats(interventions)))
+            # registered after the edits: records the edited block outputs
+            recorder = stack.enter_context(capture_activations(self.pipe.unet, points, halves="cond", cfg=guidance > 1))
+            image = np.asarray(generate(self.pipe, prompt, [seed], steps, guidance)[0].convert("RGB"))
+        return image, {p: recorder.stacked(p)[:, 0] for p in points}, list(recorder.timesteps)
 
     @torch.inference_mode()
     def plain_images(self, jobs: list[tuple[str, int]], steps: int, guidance: float) -> list[np.ndarray]:

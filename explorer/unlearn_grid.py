@@ -19,6 +19,7 @@ from .formatting import optional_number, percent, wilson_interval
 from .limits import check_float, check_int
 from .recipes import Recipe
 from .session import ExplorerSession
+from .unlearn_change import ChangeCell, ChangeGrid, FeatureMeter, concept_prompts, paper_params
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,24 @@ class UnlearnAudit:
     def __init__(self, session: ExplorerSession):
         self.session = session
 
+    @property
+    def judged(self) -> bool:
+        """Whether this model has a judge and an object / style vocabulary (then the grid shows
+        verdicts and UA / IRA / CRA); otherwise it measures image and feature change."""
+        info = self.session.info
+        return self.session.judge is not None and bool(info.objects) and bool(info.styles)
+
     def concepts(self) -> list[str]:
-        return [*self.session.info.objects, *self.session.info.styles]
+        info = self.session.info
+        if info.objects or info.styles:
+            return [*info.objects, *info.styles]
+        bundle = self.session.bundle  # a model with its own concepts: those of the statistics
+        return list(dict.fromkeys(c for kind, point in bundle.point_of_kind.items() for c in bundle.stats[point].concepts_of_kind(kind)))
 
     def methods(self) -> list[str]:
-        return list(METHODS)
+        if self.judged or self.session.limits.train_esd:
+            return list(METHODS)
+        return [m for m in METHODS if m != "esd"]  # ESD trains the U-Net; this server does not
 
     def compare(self, concepts: list[str], methods: list[str], seed: int = 0, tau: float | None = None, gamma: float | None = None, progress=None) -> list[UnlearnGrid]:
         """One grid per method on the same prompts and seed (the before images are shared).
@@ -81,12 +95,77 @@ class UnlearnAudit:
         for m in methods:
             if m not in METHODS:
                 raise SaeuronError(f"unknown method {m!r}; the panel offers {', '.join(METHODS)}")
+        if not self.judged:
+            return self.measure(concepts, methods, seed, tau, gamma, progress)
         return [self.run(concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, method=m, progress=progress) for m in methods]
+
+    def saeuron_interventions(self, concepts: list[str], tau: float | None, gamma: float | None) -> tuple[list[Unlearn], dict]:
+        """SAeUron's interventions and, per concept, (tau, gamma, where they came from)."""
+        bundle = self.session.bundle
+        if tau is not None:
+            return bundle.unlearn(concepts, tau, gamma), {c: (tau, gamma, "given") for c in concepts}
+        params = {c: self.defaults_with_source(c) for c in concepts}
+        if all(bundle.params_source(c) != "no default" for c in concepts):
+            return bundle.unlearn(concepts), params  # the table's own entries (a count, if it has one)
+        rows: dict[str, list[tuple[str, float, float]]] = {}
+        kind_at: dict[str, str] = {}
+        for c in concepts:
+            kind = bundle.kind_of(c)
+            for point in bundle.points_of_kind[kind]:
+                if kind_at.setdefault(point, kind) != kind:
+                    raise SaeuronError(f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; remove them one kind at a time")
+                rows.setdefault(point, []).append((c, params[c][0], params[c][1]))
+        return [Unlearn(tuple(r[0] for r in rs), tuple(r[1] for r in rs), tuple(r[2] for r in rs), point=p) for p, rs in rows.items()], params
+
+    def measure(self, concepts: list[str], methods: list[str], seed: int = 0, tau: float | None = None, gamma: float | None = None, progress=None) -> ChangeGrid:
+        """Without a judge: before / after images of the concepts' own prompts and a few others,
+        with image-level change and the drop of the removed concepts' selected features."""
+        session = self.session
+        concepts = list(dict.fromkeys(concepts or []))
+        if not concepts:
+            raise SaeuronError("choose at least one concept to unlearn")
+        known = self.concepts()
+        for c in concepts:
+            if c not in known:
+                raise SaeuronError(f"unknown concept {c!r}; the statistics know {', '.join(known)}")
+        if (tau is None) != (gamma is None):
+            raise SaeuronError("give both tau and gamma, or neither (then the defaults apply)")
+        if tau is not None:
+            tau = check_float("tau", tau, 1e-6, 100 - 1e-6)
+            gamma = check_float("gamma", gamma, -session.limits.max_gamma, session.limits.max_gamma)
+        seed = check_int("seed", seed, 0, session.limits.max_seed)
+        for m in methods:
+            if m not in self.methods():
+                raise SaeuronError(f"{m} is not offered here; choose from {', '.join(self.methods())}")
+        interventions, params = self.saeuron_interventions(concepts, tau, gamma)
+        meter = FeatureMeter(session.bundle, interventions)
+        rows = concept_prompts(session.bundle, concepts, session.limits.max_grid_prompts)
+        steps, guidance = session.info.default_steps, session.info.default_guidance
+        removals, setup = {}, {}
+        for m in methods:
+            if m != "saeuron":
+                removals[m] = session.removal(m, concepts, progress)
+                setup[m] = removals[m].setup_seconds
+        cells = []
+        for prompt, role in rows:
+            image, maps, timesteps = session.captured_image(prompt, seed, steps, guidance, meter.points)
+            cell = ChangeCell(prompt, role, image, meter.measure(maps, timesteps))
+            for m in methods:
+                if m == "saeuron":
+                    after, maps, timesteps = session.captured_image(prompt, seed, steps, guidance, meter.points, interventions=interventions)
+                else:
+                    after, maps, timesteps = session.captured_image(prompt, seed, steps, guidance, meter.points, removal=removals[m])
+                cell.after[m] = after
+                cell.feature_after[m] = meter.measure(maps, timesteps)
+            cells.append(cell)
+        return ChangeGrid(tuple(concepts), tuple(methods), seed, cells, params, tuple(meter.points), meter.selected_per_step(), setup)
 
     def best_default_concept(self) -> str | None:
         """The concept the defaults table says it removes best (its "score"), so that the panel's
         untouched defaults show a removal that works; else the first concept with defaults."""
         table = self.session.bundle.defaults.get("concepts", {})
+        if not self.judged:
+            return next(iter(self.concepts()), None)
         known = [c for c in self.concepts() if self._has_defaults(c)]
         if not known:
             return None
@@ -100,8 +179,21 @@ class UnlearnAudit:
         return True
 
     def defaults(self, concept: str) -> tuple[float, float]:
-        """(tau, gamma) of ``concept`` in the bundled defaults table."""
-        return self.session.bundle.default_params(concept)
+        """(tau, gamma) of ``concept``: the defaults table's; without a judge, where the table has
+        no row, the paper's settings (see ``defaults_source``)."""
+        return self.defaults_with_source(concept)[:2]
+
+    def defaults_with_source(self, concept: str) -> tuple[float, float, str]:
+        bundle = self.session.bundle
+        try:
+            tau, gamma = bundle.default_params(concept)
+            return tau, gamma, bundle.params_source(concept)
+        except SaeuronError:
+            if self.judged:
+                raise
+        bundle.kind_of(concept)  # an unknown concept fails here, clearly
+        (tau, gamma), source = paper_params(concept)
+        return tau, gamma, source
 
     def run(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, seed: int = 0, method: str = "saeuron", progress=None) -> UnlearnGrid:
         """Remove ``concepts`` with ``method`` and judge a small grid before and after.
@@ -260,3 +352,39 @@ def metric_cell(k: int, n: int) -> str:
         return "n/a (no images)"
     low, high = wilson_interval(k, n)
     return f"{percent(k / n)} ({k}/{n}) [{percent(low)}–{percent(high)}]"
+
+
+# --------------------------------------------------------------------------- without a judge
+def change_rows(grid: ChangeGrid) -> list[dict]:
+    """One row per prompt and column (before, then each method): the measured change."""
+    rows = []
+    for i, cell in enumerate(grid.cells):
+        rows.append({"row": i, "role": cell.role, "prompt": cell.prompt, "column": "before", "pixel_change": 0.0, "feature_activation": cell.feature_before, "feature_drop": None})
+        for m in grid.methods:
+            rows.append({"row": i, "role": cell.role, "prompt": cell.prompt, "column": m, "pixel_change": cell.pixel_change(m), "feature_activation": cell.feature_after[m], "feature_drop": cell.feature_drop(m)})
+    return rows
+
+
+def change_summary(grid: ChangeGrid) -> list[dict]:
+    """Per method and row role: mean pixel change, mean feature activation before and after and
+    the relative drop of those means (None when nothing fired before)."""
+    out = []
+    for m in grid.methods:
+        for role in ("target", "retained"):
+            cells = [c for c in grid.cells if c.role == role]
+            if not cells:
+                continue
+            before = float(np.mean([c.feature_before for c in cells]))
+            after = float(np.mean([c.feature_after[m] for c in cells]))
+            out.append({"method": m, "role": role, "images": len(cells), "pixel_change": float(np.mean([c.pixel_change(m) for c in cells])),
+                        "feature_before": before, "feature_after": after, "feature_drop": (1 - after / before) if before > 0 else None})
+    return out
+
+
+def change_export(grid: ChangeGrid) -> dict:
+    return {
+        "concepts": list(grid.concepts), "seed": grid.seed, "methods": list(grid.methods),
+        "judge": None, "measures": {"pixel_change": "mean |after - before| over pixels and channels, 0-255", "feature_activation": "summed activation of the removed concepts' selected features, mean over steps and patches, at " + ", ".join(grid.points)},
+        "params": {c: {"tau": t, "gamma": g, "source": src} for c, (t, g, src) in grid.params.items()},
+        "selected_per_step": grid.selected, "rows": change_rows(grid), "summary": change_summary(grid),
+    }

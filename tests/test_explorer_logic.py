@@ -596,3 +596,140 @@ def test_a_bad_concept_map_is_refused_with_what_is_wrong(tmp_path, data, message
         load_concept_map(path)
     with pytest.raises(SaeuronError, match="cannot read"):
         load_concept_map(tmp_path / "missing.json")
+
+
+# --------------------------------------------------------------------------- a run without a judge
+@pytest.fixture(scope="module")
+def prepared_run(tmp_path_factory):
+    """A run folder from `saeuron prepare` on a save_pretrained SD-architecture folder: no judge,
+    no bundled metadata; concepts (animal, painter) come from the statistics."""
+    from conftest import make_sd_architecture_pipeline
+    from saeuron_core.cli import main
+    from test_prepare import CONCEPTS
+
+    root = tmp_path_factory.mktemp("judge_free")
+    make_sd_architecture_pipeline(latent_size=32).save_pretrained(root / "model")
+    (root / "concepts.csv").write_text(CONCEPTS)
+    assert main(["--threads", "1", "prepare", "--model", str(root / "model"), "--concepts", str(root / "concepts.csv"), "--steps", "2", "--device", "cpu", "--kind-point", "painter=up_blocks.1.attentions.2", "--out", str(root / "run")]) == 0
+    return root
+
+
+@pytest.mark.slow
+def test_unlearn_without_a_judge_measures_image_and_feature_change(prepared_run):
+    from explorer.app import open_session, parse_args
+    from explorer.panels.unlearn import change_frame, change_html, defaults_text
+    from explorer.unlearn_change import ChangeGrid, paper_params
+    from explorer.unlearn_grid import change_export
+
+    session = open_session(parse_args(["--run", str(prepared_run / "run"), "--device", "cpu", "--threads", "1"]))
+    audit = Explorer.build(session, prepared_run / "maps").audit
+    assert session.judge is None and not audit.judged
+    assert audit.concepts() == ["circle", "heart", "star", "dots", "solid"]  # the statistics' concepts, by kind
+    assert "saeuron" in audit.methods()
+    concept = audit.best_default_concept()
+    assert concept in audit.concepts()
+    # no table in this run: the paper's settings, and the panel says so
+    tau, gamma, source = audit.defaults_with_source("dots")
+    assert (tau, gamma) == paper_params("dots")[0] == (99.999, -1.0) and "paper preset" in source
+    assert "paper preset" in defaults_text(Explorer.build(session, prepared_run / "maps"), ["dots"])
+
+    # the panel's untouched defaults: the first concept, SAeUron only, empty tau / gamma, seed 0
+    grid = audit.compare([concept], ["saeuron"], 0, "", "")
+    assert isinstance(grid, ChangeGrid) and grid.methods == ("saeuron",)
+    items = session.bundle.stats[grid.points[0]].items
+    own = {it["prompt"] for it in items if concept in it["labels"].values()}
+    roles = [c.role for c in grid.cells]
+    assert roles == sorted(roles, key=lambda r: r != "target") and "retained" in roles  # target rows first
+    assert {c.prompt for c in grid.cells if c.role == "target"} <= own and not {c.prompt for c in grid.cells if c.role == "retained"} & own
+    assert len(grid.cells) <= session.limits.max_grid_prompts
+    for cell in grid.cells:
+        assert cell.before.shape == cell.after["saeuron"].shape == (64, 64, 3)
+        manual = np.abs(cell.after["saeuron"].astype(float) - cell.before.astype(float)).mean()
+        assert cell.pixel_change("saeuron") == pytest.approx(manual)
+    # the before image is the plain generation, bit for bit
+    first = grid.cells[0]
+    assert np.array_equal(first.before, session.plain_images([(first.prompt, 0)], session.info.default_steps, session.info.default_guidance)[0])
+    # SAeUron multiplies the selected features by a negative factor where they fire: on the
+    # concept's own prompts their activation must go down
+    target = [c for c in grid.cells if c.role == "target"]
+    assert sum(c.feature_before for c in target) > 0
+    assert sum(c.feature_after["saeuron"] for c in target) < sum(c.feature_before for c in target)
+    assert any(c.pixel_change("saeuron") > 0 for c in target)
+    text = change_html(grid)
+    assert "No judge" in text and text.count("<img") == 2 * len(grid.cells) and "pixels Δ" in text
+    frame = change_frame(grid)
+    assert list(frame["method"]) == ["saeuron", "saeuron"]
+    assert change_export(grid)["judge"] is None
+    # bad input: one clear error before any generation
+    with pytest.raises(SaeuronError, match="unknown concept"):
+        audit.compare(["nope"], ["saeuron"])
+    with pytest.raises(SaeuronError, match="both tau and gamma"):
+        audit.compare([concept], ["saeuron"], 0, 99.0, "")
+
+
+def _locate_result(judged: bool) -> dict:
+    """A small result in the layout `saeuron locate` writes (saeuron_core.locate.locate)."""
+    def cell(shows_right, change_wrong):
+        return {"right_here": {"image_change": 0.5, "shows": shows_right if judged else None},
+                "wrong_here": {"image_change": change_wrong, "output_change": 0.2, "shows": 0.5 if judged else None}}
+
+    per_block = {
+        "object": {"down_blocks.1.attentions.0": cell(0.1, 0.2), "mid_block.attentions.0": cell(0.9, 0.8)},
+        "style": {"down_blocks.1.attentions.0": cell(0.6, 0.7), "mid_block.attentions.0": cell(0.0, 0.1)},
+    }
+    return {"blocks": ["down_blocks.1.attentions.0", "mid_block.attentions.0"], "conditions": ["wrong_here", "right_here"], "judged": judged, "model": "tiny",
+            "kinds": {k: {"cases": 4, "right": {"shows": None}, "wrong": {"shows": None, "image_change": 1.0}, "per_block": v} for k, v in per_block.items()},
+            "cases": [], "seconds": 1.0}
+
+
+@pytest.mark.parametrize("judged", [True, False])
+def test_a_locate_result_is_read_as_a_concept_map(tmp_path, judged):
+    import json
+
+    from explorer.concept_map import find_concept_map, load_concept_map
+
+    (tmp_path / "locate.json").write_text(json.dumps(_locate_result(judged)))
+    cmap = load_concept_map(tmp_path / "locate.json")
+    assert cmap.blocks == ("down_blocks.1.attentions.0", "mid_block.attentions.0") and cmap.kinds == ("object", "style")
+    # judged: "right word only here" shows the concept; else "swapped word only here" image change
+    assert cmap.values == (((0.1, 0.6), (0.9, 0.0)) if judged else ((0.2, 0.7), (0.8, 0.1)))
+    assert cmap.strongest_block("object") == "mid_block.attentions.0" and cmap.strongest_block("style") == "down_blocks.1.attentions.0"
+    assert "saeuron locate" in cmap.metric and ("judged" in cmap.metric) == judged
+    assert find_concept_map(None, tmp_path / "locate.json").values == cmap.values  # --concept-map results/locate/locate.json
+    broken = _locate_result(judged)
+    del broken["kinds"]["style"]["per_block"]["mid_block.attentions.0"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(SaeuronError, match="no .* for 'style' at mid_block.attentions.0"):
+        load_concept_map(tmp_path / "broken.json")
+
+
+def test_the_bundled_model_ships_its_measured_concept_map():
+    from explorer.concept_map import find_concept_map
+    from saeuron_core.pipeline import resolve_spec
+
+    cmap = find_concept_map(resolve_spec("minicanvas"))
+    assert cmap is not None and "saeuron locate" in cmap.metric and set(cmap.kinds) == {"object", "style"}
+    assert all(v == v for row in cmap.values for v in row)  # every cell measured
+
+
+def test_a_map_region_uses_both_axes_and_ranks_what_is_inside(ex, point):
+    fmap = ex.features.feature_map(point)
+    xs, ys = fmap.xy[:, 0], fmap.xy[:, 1]
+    x_range = (float(np.quantile(xs, 0.2)), float(np.quantile(xs, 0.8)))
+    y_range = (float(np.quantile(ys, 0.2)), float(np.quantile(ys, 0.8)))
+    expected = {i for i in range(len(xs)) if x_range[0] <= xs[i] <= x_range[1] and y_range[0] <= ys[i] <= y_range[1]}
+    band = {i for i in range(len(xs)) if x_range[0] <= xs[i] <= x_range[1]}
+    assert expected and expected < band  # the y bounds really cut the x band
+    rows = ex.features.in_region(point, x_range, y_range, limit=ex.session.limits.max_ranked_rows)
+    assert {r.feature for r in rows} <= expected
+    assert len(rows) == min(len(expected), ex.session.limits.max_ranked_rows)
+    assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
+    # the same order as the full ranking (ties in id order), restricted to the box
+    full = [r.feature for r in ex.features._ranked(point, None, None) if r.feature in expected]
+    assert [r.feature for r in rows] == full[: len(rows)]
+    # open bounds: everything
+    assert len(ex.features.in_region(point, limit=ex.session.limits.max_ranked_rows)) == min(len(xs), ex.session.limits.max_ranked_rows)
+    with pytest.raises(SaeuronError, match="lower bound"):
+        ex.features.in_region(point, (1.0, 0.0))
+    with pytest.raises(SaeuronError, match="no feature"):
+        ex.features.in_region(point, (float(xs.max()) + 1, None))

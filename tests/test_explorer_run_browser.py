@@ -64,3 +64,31 @@ def test_run_folder_click_through(run_server, tmp_path):
         page.screenshot(path=str(shots / "explorer_run_before_after.png"), full_page=True)
         browser.close()
     assert (shots / "explorer_run_before_after.png").stat().st_size > 10_000
+
+
+def test_run_folder_unlearn_with_every_field_untouched(run_server, tmp_path):
+    """No judge and no bundled metadata: Unlearn with the defaults shows before / after images
+    with image-level and feature-level change, labelled as measured change."""
+    session, url = run_server
+    shots = Path(os.environ.get("SAEURON_SCREENSHOTS", tmp_path))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        sync_api.expect.set_options(timeout=120_000)
+        page.goto(url)
+        page.get_by_role("tab", name="Unlearn").click()
+        sync_api.expect(page.locator("#unlearn-defaults")).to_contain_text("paper preset")
+        page.locator("#unlearn").click()
+        table = page.locator("#unlearn-table")
+        sync_api.expect(table).to_be_visible()
+        sync_api.expect(page.locator("#unlearn-matrix")).to_contain_text("No judge")
+        rows = table.locator("tbody tr")
+        assert rows.count() >= 2
+        assert table.locator("img").count() == 2 * rows.count()  # before and SAeUron per prompt
+        sync_api.expect(table.locator("tbody tr").first).to_contain_text("target")
+        sync_api.expect(table.locator(".u-change").nth(1)).to_contain_text("pixels Δ")
+        sync_api.expect(page.locator("#unlearn-metrics")).to_contain_text("→")
+        page.screenshot(path=str(shots / "explorer_run_unlearn.png"), full_page=True)
+        browser.close()
+    assert (shots / "explorer_run_unlearn.png").stat().st_size > 10_000

@@ -66,6 +66,8 @@ class FeaturesPanel:
     scale_button: gr.Button
     steer_button: gr.Button
     steer_mask: gr.ImageEditor
+    region: tuple = ()
+    """(x min, x max, y min, y max, button) of the map's selection box."""
 
 
 def step_choices(timesteps) -> list[tuple[str, str]]:
@@ -121,7 +123,19 @@ def layout(ex: Explorer) -> FeaturesPanel:
             map_colour = gr.Radio(["top concept", "score"], value="top concept", label="Colour by")
             map_button = gr.Button("Show map", elem_id="show-map")
         map_status = gr.Markdown()
-        feature_map = gr.ScatterPlot(x="x", y="y", color="colour", tooltip=["feature", "top concept", "score"], x_title="UMAP 1", y_title="UMAP 2", label="Features by top concept; drag over a range of UMAP 1 to open its best-scoring feature", height=420)
+        with gr.Row():
+            feature_map = gr.ScatterPlot(x="x", y="y", color="colour", tooltip=["feature", "top concept", "score"], x_title="UMAP 1", y_title="UMAP 2", label="Features by top concept; drag over a range of UMAP 1 to fill the box's UMAP 1 bounds", height=420, scale=3)
+            # Gradio's scatter plot reports only an x interval when dragged (and gr.Plot no
+            # selection at all), so the 2-D region is a box typed beside the map
+            with gr.Column(scale=1, min_width=220):
+                gr.Markdown("**Region of the map** (empty bound: open)")
+                with gr.Row():
+                    x_min = gr.Number(None, label="UMAP 1 from", elem_id="map-x-min")
+                    x_max = gr.Number(None, label="UMAP 1 to", elem_id="map-x-max")
+                with gr.Row():
+                    y_min = gr.Number(None, label="UMAP 2 from", elem_id="map-y-min")
+                    y_max = gr.Number(None, label="UMAP 2 to", elem_id="map-y-max")
+                region_button = gr.Button("Rank the features in this box", elem_id="map-region")
     gr.Markdown("### Feature card")
     with gr.Row():
         feature = gr.Textbox("", label="Feature id", placeholder="e.g. 12, or select a table row", elem_id="feature-id")
@@ -146,7 +160,7 @@ def layout(ex: Explorer) -> FeaturesPanel:
         label="Steering mask: paint where to steer (nothing painted: everywhere); the background is the last generated image", type="numpy", image_mode="RGBA", sources=(), transforms=(),
         layers=False, canvas_size=(256, 256), fixed_canvas=True, brush=gr.Brush(colors=["#ff3030"], default_size=32), height=300, elem_id="steer-mask",
     )
-    return FeaturesPanel(concept, point_box, step, rank_button, ranked, scores, percentile, counts, map_colour, map_button, map_status, feature_map, search, search_button, feature, open_button, summary, opacity, patches, sparkline, histogram, concept_bars, factor, strength, window_start, window_stop, ablate_button, scale_button, steer_button, steer_mask)
+    return FeaturesPanel(concept, point_box, step, rank_button, ranked, scores, percentile, counts, map_colour, map_button, map_status, feature_map, search, search_button, feature, open_button, summary, opacity, patches, sparkline, histogram, concept_bars, factor, strength, window_start, window_stop, ablate_button, scale_button, steer_button, steer_mask, (x_min, x_max, y_min, y_max, region_button))
 
 
 def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks | None = None, steps_box=None) -> None:
@@ -238,15 +252,18 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         return frame, f"{len(frame)} features of `{point}`, coloured by {colour}."
 
     @ui_errors
-    def pick_from_map(point, evt: gr.SelectData):
-        fmap = ex.features.ready_map(point)
-        if fmap is None or evt is None:
-            raise SaeuronError("the map is not computed yet")
+    def pick_from_map(evt: gr.SelectData):
+        if evt is None or not evt.index:
+            return gr.skip(), gr.skip()
         low, high = sorted(evt.index[:2])
-        inside = [i for i, x in enumerate(fmap.xy[:, 0]) if low <= x <= high]
-        if not inside:
-            raise SaeuronError("no feature in the selected region")
-        return str(max(inside, key=lambda i: fmap.top_score[i]))
+        return float(low), float(high)
+
+    @ui_errors
+    def rank_region(concept, point, step, x_min, x_max, y_min, y_max):
+        concept, step = read_concept(concept), check_step(point, step)
+        rows = ex.features.in_region(point, (x_min, x_max), (y_min, y_max), concept, step)
+        bound = lambda v: "open" if v is None else sig3(v)  # noqa: E731
+        return ranked_table(rows), f"{len(rows)} feature(s) shown in the table, UMAP 1 {bound(x_min)} to {bound(x_max)}, UMAP 2 {bound(y_min)} to {bound(y_max)}, by score for {concept or 'each feature’s top concept'}."
 
     def adder(kind):
         @ui_errors
@@ -297,7 +314,9 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     if demo is not None:
         demo.load(open_from_url, p.point, [p.point, p.feature, *card_outputs], api_visibility="private")
     p.map_button.click(show_map, [p.point, p.map_colour], [p.feature_map, p.map_status], api_name="feature_map")
-    p.feature_map.select(pick_from_map, p.point, p.feature, api_visibility="private").then(open_card, card_inputs, card_outputs, api_visibility="private")
+    x_min, x_max, y_min, y_max, region_button = p.region
+    p.feature_map.select(pick_from_map, None, [x_min, x_max], api_visibility="private")
+    region_button.click(rank_region, [p.concept, p.point, p.step, x_min, x_max, y_min, y_max], [p.ranked, p.map_status], api_name="map_region")
     add_inputs = [interventions, p.point, p.feature, p.factor, p.strength, p.window_start, p.window_stop, p.steer_mask]
     p.ablate_button.click(adder("ablate"), add_inputs, interventions, api_name="add_ablation", validator=add_checks("ablate"))
     p.scale_button.click(adder("scale"), add_inputs, interventions, api_name="add_scaling", validator=add_checks("scale"))

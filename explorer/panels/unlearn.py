@@ -19,9 +19,10 @@ import pandas as pd
 from saeuron_core.errors import SaeuronError
 
 from ..context import Explorer
-from ..formatting import optional_number
+from ..formatting import optional_number, percent, sig3
 from ..imaging import upscale
-from ..unlearn_grid import METRIC_NAMES, UnlearnGrid, grid_export, metric_cell, metric_rows, to_csv, verdict_rows
+from ..unlearn_change import ChangeGrid
+from ..unlearn_grid import METRIC_NAMES, UnlearnGrid, change_export, change_rows, change_summary, grid_export, metric_cell, metric_rows, to_csv, verdict_rows
 from ..zerogpu import gpu
 from . import fail, grouped_concepts, ui_errors, validator
 
@@ -50,11 +51,11 @@ def layout(ex: Explorer) -> UnlearnPanel:
         concepts = gr.Dropdown(grouped_concepts(ex.session.bundle, concepts_list), value=[first] if first else [], multiselect=True, label="Concepts to unlearn", elem_id="unlearn-concepts")
         methods = gr.CheckboxGroup(ex.audit.methods(), value=["saeuron"], label="Methods (side by side; ESD trains once per concept set, then is cached)", elem_id="unlearn-methods")
     with gr.Row():
-        tau = gr.Textbox("", label="tau: percentile (empty: defaults table)", placeholder="defaults table", elem_id="unlearn-tau")
-        gamma = gr.Textbox("", label="gamma: multiplier (empty: defaults table)", placeholder="defaults table", elem_id="unlearn-gamma")
+        tau = gr.Textbox("", label="tau: percentile (empty: defaults, see below)", placeholder="defaults", elem_id="unlearn-tau")
+        gamma = gr.Textbox("", label="gamma: multiplier (empty: defaults, see below)", placeholder="defaults", elem_id="unlearn-gamma")
         seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="unlearn-seed")
         run_button = gr.Button("Unlearn", variant="primary", elem_id="unlearn")
-    defaults = gr.Markdown(elem_id="unlearn-defaults")
+    defaults = gr.Markdown(defaults_text(ex, [first] if first else []), elem_id="unlearn-defaults")
     matrix = gr.HTML(elem_id="unlearn-matrix")
     metrics = gr.Dataframe(interactive=False, label="Metrics on this grid: rate (judged images) [Wilson 95% interval]", wrap=True, elem_id="unlearn-metrics")
     exports = gr.File(label="Export: verdicts and metrics (CSV, JSON)", file_count="multiple", interactive=False, elem_id="unlearn-exports")
@@ -96,6 +97,40 @@ def matrix_html(grids: list[UnlearnGrid]) -> str:
     return f'{style}{legend}<div style="overflow-x:auto"><table id="unlearn-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
+def change_html(grid: ChangeGrid) -> str:
+    """Without a judge: rows = prompts (target, then retained), columns = before and each method,
+    with the measured image-level and feature-level change under every image."""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in ["prompt", "before", *grid.methods])
+    body = []
+    for cell in grid.cells:
+        label = f'<b>{html.escape(cell.role)}</b><br>{html.escape(cell.prompt)}'
+        cells = [f'<td class="u-img">{image_tag(cell.before, cell.prompt + " before")}<div class="u-change">features {sig3(cell.feature_before)}</div></td>']
+        for m in grid.methods:
+            drop = cell.feature_drop(m)
+            drop_text = "n/a (none fired before)" if drop is None else f"{'−' if drop >= 0 else '+'}{percent(abs(drop))}"
+            cells.append(f'<td class="u-img">{image_tag(cell.after[m], f"{cell.prompt} {m}")}<div class="u-change">pixels Δ {sig3(cell.pixel_change(m))}<br>features {sig3(cell.feature_after[m])} ({drop_text})</div></td>')
+        body.append(f'<tr class="u-{cell.role}"><th scope="row">{label}</th>{"".join(cells)}</tr>')
+    params = "; ".join(f"{html.escape(c)}: tau {t:.6g}, gamma {g:.3g} ({html.escape(src)})" for c, (t, g, src) in grid.params.items())
+    selected = ", ".join(f"{html.escape(p)}: {n:.3g} per step" for p, n in grid.selected.items())
+    legend = ('<p style="font-size:0.9em"><b>No judge for this model: measured change, not verdicts.</b> '
+              'Under each image: <i>pixels Δ</i>: mean absolute pixel change from the before image (0–255); '
+              '<i>features</i>: summed activation of the removed concept\'s selected features, averaged over steps and patches, '
+              'at the hook point (block output re-encoded by the SAE), and its change from before.<br>'
+              f'SAeUron settings: {params}. Selected features at {selected}.</p>')
+    style = "<style>#unlearn-table{border-collapse:collapse}#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.9em}#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}#unlearn-table th[scope=row]{max-width:220px}</style>"
+    return f'{style}{legend}<div style="overflow-x:auto"><table id="unlearn-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def change_frame(grid: ChangeGrid) -> pd.DataFrame:
+    """Per method and row role: mean pixel change and feature activation before -> after."""
+    rows = []
+    for r in change_summary(grid):
+        drop = "n/a" if r["feature_drop"] is None else percent(r["feature_drop"])
+        rows.append({"method": r["method"], "prompts": f"{r['role']} ({r['images']})", "image change: mean |Δ pixel| (0–255)": sig3(r["pixel_change"]),
+                     "selected features: before → after": f"{sig3(r['feature_before'])} → {sig3(r['feature_after'])}", "feature drop": drop})
+    return pd.DataFrame(rows)
+
+
 def metrics_frame(grids: list[UnlearnGrid]) -> pd.DataFrame:
     """One row per (concept, metric); one column per matrix column (before, then each method)."""
     columns = ["before", *(g.method for g in grids)]
@@ -106,8 +141,14 @@ def metrics_frame(grids: list[UnlearnGrid]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()), columns=["concept", "metric", *columns])
 
 
-def export_files(grids: list[UnlearnGrid]) -> list[str]:
+def export_files(grids) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="saeuron-unlearn-"))
+    if isinstance(grids, ChangeGrid):
+        stem = "unlearn_" + "+".join(grids.concepts) + f"_seed{grids.seed}"
+        files = {f"{stem}_change.csv": to_csv(change_rows(grids)), f"{stem}.json": json.dumps(change_export(grids), indent=1)}
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        return [str(folder / name) for name in files]
     stem = "unlearn_" + "+".join(grids[0].concepts) + f"_seed{grids[0].seed}"
     files = {f"{stem}_verdicts.csv": to_csv(verdict_rows(grids)), f"{stem}_metrics.csv": to_csv(metric_rows(grids)), f"{stem}.json": json.dumps(grid_export(grids), indent=1)}
     for name, text in files.items():
@@ -115,21 +156,31 @@ def export_files(grids: list[UnlearnGrid]) -> list[str]:
     return [str(folder / name) for name in files]
 
 
+def defaults_text(ex: Explorer, concepts) -> str:
+    """What tau / gamma apply while the boxes are empty, and where they come from."""
+    rows = []
+    for c in concepts or []:
+        try:
+            tau, gamma, source = ex.audit.defaults_with_source(c)
+            rows.append(f"{c}: tau {tau:.6g}, gamma {gamma:.3g} — from {source}")
+        except SaeuronError as e:  # a concept without defaults is shown, not fatal
+            rows.append(f"{c}: {e}")
+    if not rows:
+        return ""
+    judge = "" if ex.audit.judged else "\n\nNo judge for this model: the grid shows image-level and feature-level change instead of UA / IRA / CRA."
+    return "Defaults (used while tau and gamma are empty): " + "; ".join(rows) + judge
+
+
 def wire(ex: Explorer, p: UnlearnPanel) -> None:
     def show_defaults(concepts):
-        rows = []
-        for c in concepts or []:
-            try:
-                tau, gamma = ex.audit.defaults(c)
-                rows.append(f"{c}: tau {tau:.4g}, gamma {gamma:.3g}")
-            except SaeuronError as e:  # a concept without defaults is shown, not fatal
-                rows.append(f"{c}: {e}")
-        return "Defaults table (used while tau and gamma are empty): " + "; ".join(rows) if rows else ""
+        return defaults_text(ex, concepts)
 
     @gpu
     @ui_errors
     def run(concepts, methods, tau, gamma, seed, progress=gr.Progress()):
         grids = ex.audit.compare(concepts, methods, int(seed or 0), tau, gamma, progress=lambda f, text: progress(f, desc=text))
+        if isinstance(grids, ChangeGrid):
+            return change_html(grids), gr.update(value=change_frame(grids), label="Measured change on this grid (no judge: image-level and feature-level change, not UA / IRA / CRA)"), export_files(grids)
         return matrix_html(grids), metrics_frame(grids), export_files(grids)
 
     def check_tau(values):
