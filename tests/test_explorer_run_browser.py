@@ -49,11 +49,13 @@ def test_run_folder_click_through(run_server, tmp_path):
         page.goto(url)
         page.locator("#concept input").click()
         page.get_by_role("option", name="painter · dots", exact=True).click()  # concepts grouped by kind
+        # the ranking has followed the concept before its first row is read
+        sync_api.expect(page.locator("#scores-plot")).to_contain_text("Score for dots")
         first_cell = page.locator("#ranked [role=row] [role=gridcell]").first
         sync_api.expect(first_cell).not_to_be_empty()
         feature = first_cell.inner_text().strip()
         first_cell.click()
-        sync_api.expect(page.get_by_text(f"Feature {feature}", exact=False).first).to_be_visible()
+        sync_api.expect(page.locator("#card-summary")).to_contain_text(f"Feature {feature}")
         page.locator("#add-ablation").click()
         page.get_by_role("tab", name="Generate").click()
         sync_api.expect(page.locator("#intervention-table")).to_contain_text("ablate")
