@@ -94,3 +94,35 @@ def test_run_folder_unlearn_with_every_field_untouched(run_server, tmp_path):
         page.screenshot(path=str(shots / "explorer_run_unlearn.png"), full_page=True)
         browser.close()
     assert (shots / "explorer_run_unlearn.png").stat().st_size > 10_000
+
+
+def test_run_folder_map_region_in_two_dimensions(run_server, tmp_path):
+    """The map's region box: untouched it ranks every feature; UMAP 2 bounds narrow the table."""
+    session, url = run_server
+    shots = Path(os.environ.get("SAEURON_SCREENSHOTS", tmp_path))
+    point = session.points[0]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        sync_api.expect.set_options(timeout=120_000)
+        page.goto(url)
+        page.get_by_text("Map of decoder directions").click()
+        for _ in range(60):  # the map is computed in the background at start; the view says when it is ready
+            page.locator("#show-map").click()
+            ready = page.get_by_text("coloured by top concept", exact=False)
+            try:
+                sync_api.expect(ready).to_be_visible(timeout=5_000)
+                break
+            except AssertionError:
+                continue
+        page.locator("#map-region").click()
+        status = page.get_by_text("feature(s) shown in the table", exact=False)
+        sync_api.expect(status).to_contain_text("UMAP 2 open to open")
+        page.locator("#map-y-min textarea").fill("-1000")
+        page.locator("#map-y-max textarea").fill("1000")
+        page.locator("#map-region").click()
+        sync_api.expect(status).to_contain_text("UMAP 2 -1000 to 1000")
+        sync_api.expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()
+        page.screenshot(path=str(shots / "explorer_map_region.png"), full_page=True)
+        browser.close()

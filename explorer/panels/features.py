@@ -130,11 +130,11 @@ def layout(ex: Explorer) -> FeaturesPanel:
             with gr.Column(scale=1, min_width=220):
                 gr.Markdown("**Region of the map** (empty bound: open)")
                 with gr.Row():
-                    x_min = gr.Number(None, label="UMAP 1 from", elem_id="map-x-min")
-                    x_max = gr.Number(None, label="UMAP 1 to", elem_id="map-x-max")
+                    x_min = gr.Textbox("", placeholder="open", label="UMAP 1 from", elem_id="map-x-min")
+                    x_max = gr.Textbox("", placeholder="open", label="UMAP 1 to", elem_id="map-x-max")
                 with gr.Row():
-                    y_min = gr.Number(None, label="UMAP 2 from", elem_id="map-y-min")
-                    y_max = gr.Number(None, label="UMAP 2 to", elem_id="map-y-max")
+                    y_min = gr.Textbox("", placeholder="open", label="UMAP 2 from", elem_id="map-y-min")
+                    y_max = gr.Textbox("", placeholder="open", label="UMAP 2 to", elem_id="map-y-max")
                 region_button = gr.Button("Rank the features in this box", elem_id="map-region")
     gr.Markdown("### Feature card")
     with gr.Row():
@@ -256,11 +256,13 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         if evt is None or not evt.index:
             return gr.skip(), gr.skip()
         low, high = sorted(evt.index[:2])
-        return float(low), float(high)
+        return f"{float(low):.4g}", f"{float(high):.4g}"
 
     @ui_errors
     def rank_region(concept, point, step, x_min, x_max, y_min, y_max):
         concept, step = read_concept(concept), check_step(point, step)
+        # empty text is an open bound (a gr.Number would send 0 for an empty box)
+        x_min, x_max, y_min, y_max = (optional_number(name, v) for name, v in (("UMAP 1 from", x_min), ("UMAP 1 to", x_max), ("UMAP 2 from", y_min), ("UMAP 2 to", y_max)))
         rows = ex.features.in_region(point, (x_min, x_max), (y_min, y_max), concept, step)
         bound = lambda v: "open" if v is None else sig3(v)  # noqa: E731
         return ranked_table(rows), f"{len(rows)} feature(s) shown in the table, UMAP 1 {bound(x_min)} to {bound(x_max)}, UMAP 2 {bound(y_min)} to {bound(y_max)}, by score for {concept or 'each feature’s top concept'}."
