@@ -4,6 +4,7 @@ default, pick a concept, open the top feature, ablate it, generate, see before /
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -38,15 +39,25 @@ def run_server(tmp_path_factory):
     demo.close()
 
 
+@contextlib.contextmanager
+def opened(url: str):
+    """A Chromium page at ``url``, closed afterwards (also when an expectation fails)."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+            sync_api.expect.set_options(timeout=120_000)  # a shared 2-core machine: generation can take a while
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 def test_run_folder_click_through(run_server, tmp_path):
     session, url = run_server
     shots = Path(os.environ.get("SAEURON_SCREENSHOTS", tmp_path))
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        sync_api.expect.set_options(timeout=120_000)  # a shared 2-core machine: generation can take a while
-        page.goto(url)
+    with opened(url) as page:
         page.locator("#concept input").click()
         page.get_by_role("option", name="painter · dots", exact=True).click()  # concepts grouped by kind
         # the ranking has followed the concept before its first row is read
@@ -64,7 +75,6 @@ def test_run_folder_click_through(run_server, tmp_path):
         sync_api.expect(after).to_be_visible()
         sync_api.expect(before).to_be_visible()
         page.screenshot(path=str(shots / "explorer_run_before_after.png"), full_page=True)
-        browser.close()
     assert (shots / "explorer_run_before_after.png").stat().st_size > 10_000
 
 
@@ -73,12 +83,7 @@ def test_run_folder_unlearn_with_every_field_untouched(run_server, tmp_path):
     with image-level and feature-level change, labelled as measured change."""
     session, url = run_server
     shots = Path(os.environ.get("SAEURON_SCREENSHOTS", tmp_path))
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        sync_api.expect.set_options(timeout=120_000)
-        page.goto(url)
+    with opened(url) as page:
         page.get_by_role("tab", name="Unlearn").click()
         sync_api.expect(page.locator("#unlearn-defaults")).to_contain_text("paper preset")
         page.locator("#unlearn").click()
@@ -92,7 +97,6 @@ def test_run_folder_unlearn_with_every_field_untouched(run_server, tmp_path):
         sync_api.expect(table.locator(".u-change").nth(1)).to_contain_text("pixels Δ")
         sync_api.expect(page.locator("#unlearn-metrics")).to_contain_text("→")
         page.screenshot(path=str(shots / "explorer_run_unlearn.png"), full_page=True)
-        browser.close()
     assert (shots / "explorer_run_unlearn.png").stat().st_size > 10_000
 
 
@@ -101,12 +105,7 @@ def test_run_folder_map_region_in_two_dimensions(run_server, tmp_path):
     session, url = run_server
     shots = Path(os.environ.get("SAEURON_SCREENSHOTS", tmp_path))
     point = session.points[0]
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        sync_api.expect.set_options(timeout=120_000)
-        page.goto(url)
+    with opened(url) as page:
         page.get_by_text("Map of decoder directions").click()
         for _ in range(60):  # the map is computed in the background at start; the view says when it is ready
             page.locator("#show-map").click()
@@ -125,4 +124,3 @@ def test_run_folder_map_region_in_two_dimensions(run_server, tmp_path):
         sync_api.expect(status).to_contain_text("UMAP 2 -1000 to 1000")
         sync_api.expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()
         page.screenshot(path=str(shots / "explorer_map_region.png"), full_page=True)
-        browser.close()
