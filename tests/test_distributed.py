@@ -222,6 +222,19 @@ def test_one_process_helpers_are_the_identity():
         dist.raise_together("boom")
 
 
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``, whichever of its threads started them."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
 @pytest.mark.slow
 def test_torchrun_cache_killed_mid_run_resumes_to_the_same_tokens(tiny_pipeline_dir, reference, tmp_path):
     """`python -m torch.distributed.run --nproc-per-node 2 -m saeuron_core cache` with one rank
@@ -234,15 +247,14 @@ def test_torchrun_cache_killed_mid_run_resumes_to_the_same_tokens(tiny_pipeline_
     cmd[cmd.index("cache") + 1 : cmd.index("cache") + 1] = sum((["--point", p] for p in POINTS), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     workers: list[int] = []
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        workers = workers or [int(p) for p in children.read_text().split()] if children.exists() else workers
+        workers = children_of(proc.pid)  # read again until both ranks have started
         if len(workers) == 2 and list((out / ".parts").glob("shard-*.json")):
             os.kill(max(workers), signal.SIGKILL)  # one rank dies mid-run
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     proc.communicate(timeout=120)
     for pid in workers:  # torchrun stops the survivor; make sure before the rerun
         try:
