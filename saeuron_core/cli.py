@@ -508,7 +508,7 @@ def cmd_evaluate(args) -> int:
     out = check_output_folder(args)
     if args.generalisation:
         return cmd_generalisation(args, out)
-    for flag in ("split_seed", "sae_concept", "work"):
+    for flag in ("split_seed", "sae_concept"):
         if getattr(args, flag) is not None:
             raise_error(f"--{flag.replace('_', '-')} belongs to --generalisation")
     if args.method and args.methods:
@@ -534,9 +534,10 @@ def cmd_evaluate(args) -> int:
     judge = open_judge(args)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
-    result = run(m.pipe, m.info, bundle, judge, plan, out, cache=cache_dir(args), esd=esd, log=lambda msg: print(msg, flush=True))
+    work = Path(args.work) if args.work else out.with_name(out.name + ".work")
+    result = run(m.pipe, m.info, bundle, judge, plan, out, cache=cache_dir(args), esd=esd, work=work, log=lambda msg: print(msg, flush=True))
     print((out / "table.md").read_text())
-    print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s")
+    print(f"wrote {out}/metrics.json, metrics.csv, table.md, report.html in {result['wall_seconds']} s (work folder {work})")
     return 0
 
 
@@ -869,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help=f"{QUICK_SEEDS} seed per prompt, 2 attacked prompts per concept, ESD {QUICK_ESD_ITERATIONS} iterations: for CI")
     ev.add_argument("--attack-prompts", type=int, default=None, help="prompts attacked per removed concept (default 6, 2 with --quick; 0: no attack)")
     ev.add_argument("--attack-steps", type=int, default=40, help="attack budget in Adam steps (default 40, as UnlearnDiffAtk)")
+    ev.add_argument("--work", default=None, help="work folder of finished image sets and attacks (with --generalisation also stores, SAEs, statistics): rerun to resume, run the same command in a second process to share the work, add seeds to reuse the first ones (default <out>.work)")
     gen = ev.add_argument_group("generalisation (the paper's Table 3)")
     gen.add_argument("--generalisation", action="store_true", help="train an SAE on half of the concepts of each kind (and a reference SAE on all), remove every concept with each, report UA / IRA / CRA for concepts in and outside the SAE's half")
     gen.add_argument("--split-seed", default=None, help="integer seed that draws the halves (default 0; recorded)")
@@ -876,7 +878,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--train-seeds-per-pair", type=int, default=4, help="train-split seeds per cached prompt (default 4, as the bundled store)")
     gen.add_argument("--sae-batch-size", type=int, default=4096, help="tokens per SAE optimiser step (default 4096, as the bundled SAEs)")
     gen.add_argument("--no-full-reference", action="store_true", help="skip the reference SAE trained on every concept (--sae / --stats, default the bundled one; halves the removals)")
-    gen.add_argument("--work", default=None, help="work folder: stores, SAEs, statistics, finished removals; rerun to resume (default <out>.work)")
     ev.add_argument("--control", action="store_true", help="feature control instead of the comparison: ablate each concept's top-ranked features (UA, CRA) and steer them into prompts without it (concept rate, retention); writes control.json / control.md")
     ev.add_argument("--control-top", type=int, action="append", help="top-n ranked features for --control (repeat; default 1 and 3)")
     ev.add_argument("--control-strength", type=float, action="append", help="steering strength in units of the feature's typical top activation (repeat; default 1 and 3)")

@@ -107,3 +107,38 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def claim(path: Path):
+    """Yield True if this process now owns ``path`` (created atomically, holding our pid), False
+    if a live process does; a claim left by a dead process is taken over. Released on exit.
+
+    Lets the same long command run in several processes on one machine, each taking the next
+    unclaimed piece of work."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or 0)
+                os.kill(owner, 0)
+                alive = owner != os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                alive = False
+            except PermissionError:
+                alive = True
+            if alive:
+                yield False
+                return
+            path.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False

@@ -209,3 +209,40 @@ def test_control_plumbing_on_the_tiny_bundle(tiny_bundle, tmp_path):
     assert "| dots |" in (out / "control.md").read_text() and result["summary"]["style"]["concepts"] == 1
     bad = evaluate(tiny_bundle, tmp_path / "bad", "--control", "--concept", "dots", "--control-strength", "0")
     assert bad.returncode == 2 and "strengths must be > 0" in bad.stderr
+
+
+@pytest.mark.slow
+def test_work_folder_resumes_without_generating_and_fewer_seeds_reuse_it(tiny_bundle, tmp_path, monkeypatch):
+    """A rerun with the same work folder generates nothing and reports the same numbers; a run with
+    the first of those seeds reuses their sets; a changed removal setting is not reused."""
+    from saeuron_core.minicanvas import benchmark
+    from saeuron_core.minicanvas.judge import Judge
+    from saeuron_core.pipeline import load_pipeline, model_info
+    from saeuron_core.unlearning import SaeBundle
+
+    pipe = load_pipeline(str(tiny_bundle / "model"))
+    info = model_info(pipe, str(tiny_bundle / "model"))
+    bundle = SaeBundle.load(info, tiny_bundle / "sae", tiny_bundle / "stats", tiny_bundle / "defaults.json")
+    judge = Judge.load(tiny_bundle / "judge")
+    work = tmp_path / "work"
+    plan = EvalPlan(("saeuron", "none"), "style", ("dots",), (1_000_000, 1_000_001), 2, 4.0, attack_prompts=1, attack_steps=1)
+    first = benchmark.run(pipe, info, bundle, judge, plan, tmp_path / "a", work=work, log=lambda m: None)
+    sets = sorted(p.relative_to(work) for p in work.rglob("*.npz"))
+    assert len([p for p in sets if "attacks-" in str(p)]) == 1 and len(sets) == 5  # plain + dots at 2 seeds, 1 attack
+    assert not list(work.rglob("*.claim"))  # claims released
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a finished set was generated again")
+
+    monkeypatch.setattr(benchmark, "generate_protocol", no_generation)
+    monkeypatch.setattr(benchmark, "attack_row", no_generation)
+    again = benchmark.run(pipe, info, bundle, judge, plan, tmp_path / "b", work=work, log=lambda m: None)
+    for method in ("saeuron", "none"):
+        assert again["methods"][method]["rows"][0]["UA"] == first["methods"][method]["rows"][0]["UA"]
+        assert again["methods"][method]["rows"][0]["CRA"] == first["methods"][method]["rows"][0]["CRA"]
+    assert again["methods"]["saeuron"]["rows"][0]["attack"]["UA_after"] == first["methods"]["saeuron"]["rows"][0]["attack"]["UA_after"]
+    one = benchmark.run(pipe, info, bundle, judge, EvalPlan(("saeuron",), "style", ("dots",), (1_000_000,), 2, 4.0), tmp_path / "c", work=work, log=lambda m: None)
+    assert one["methods"]["saeuron"]["rows"][0]["intervals"]["UA"]["n"] == len(mc.OBJECTS)
+    bundle.defaults["kinds"]["style"]["gamma"] = -7.0  # another setting: its images are made afresh
+    with pytest.raises(AssertionError, match="generated again"):
+        benchmark.run(pipe, info, bundle, judge, EvalPlan(("saeuron",), "style", ("dots",), (1_000_000,), 2, 4.0), tmp_path / "d", work=work, log=lambda m: None)

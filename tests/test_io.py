@@ -63,3 +63,25 @@ def test_a_file_another_thread_creates_during_an_atomic_write_keeps_the_umask(tm
     thread.join()
     assert _mode(tmp_path / "plain.txt") == 0o666 & ~io.UMASK
     assert _mode(tmp_path / "w.json") == 0o666 & ~io.UMASK
+
+
+def test_claim_is_exclusive_while_its_owner_lives_and_taken_over_after(tmp_path):
+    import os
+    import subprocess
+
+    from saeuron_core.io import claim
+
+    path = tmp_path / "set.claim"
+    with claim(path) as mine:
+        assert mine and path.read_text() == str(os.getpid())
+    assert not path.exists()  # released
+    path.write_text(str(os.getppid()))  # a live process holds it
+    with claim(path) as mine:
+        assert not mine
+    assert path.read_text() == str(os.getppid())  # not ours to release
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path.write_text(str(dead.pid))  # its owner is gone
+    with claim(path) as mine:
+        assert mine
+    assert not path.exists()

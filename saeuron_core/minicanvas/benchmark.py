@@ -24,7 +24,9 @@ Robustness (``attack_prompts`` > 0): for each removed concept, the UnlearnDiffAt
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
 import resource
 import time
@@ -39,8 +41,8 @@ from ..errors import SaeuronError
 from .evaluation import JudgedImage, accuracy, judge_decorrelated, removal_counts
 from ..intervals import Rate, paired_bootstrap
 from ..baselines.attack import AttackConfig, run_attack
-from ..baselines.methods import METHODS, Removal, check_method, prepare_removal
-from ..io import atomic_path, write_json
+from ..baselines.methods import Removal, check_method, prepare_removal
+from ..io import atomic_path, claim, write_json
 
 DOMAINS = ("style", "object", "both")
 PAPER = {  # SD v1.5 on UnlearnCanvas (METHOD section 6), for side-by-side context only
@@ -113,6 +115,23 @@ class ImageSet:
     images: np.ndarray  # uint8 [N, H, W, 3]
     features: torch.Tensor  # judge penultimate features [N, D]
     seconds: float = 0.0
+
+    def save(self, path: Path) -> None:
+        """One .npz, written atomically (a work folder's finished piece)."""
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=self.images, features=self.features.numpy(), records=json.dumps([asdict(r) for r in self.records]), seconds=self.seconds)
+
+    @classmethod
+    def load(cls, path: Path) -> "ImageSet":
+        z = np.load(path)
+        records = [JudgedImage(**r) for r in json.loads(str(z["records"]))]
+        return cls(records, z["images"], torch.from_numpy(z["features"]), float(z["seconds"]))
+
+    @classmethod
+    def concat(cls, parts: list["ImageSet"]) -> "ImageSet":
+        """Image sets of several base seeds as one (records in seed order, the same for every set)."""
+        return cls([r for p in parts for r in p.records], np.concatenate([p.images for p in parts]), torch.cat([p.features for p in parts]), sum(p.seconds for p in parts))
 
 
 def generate_protocol(pipe, judge, seeds, steps: int, guidance: float, batch_size: int = 24) -> ImageSet:
@@ -198,15 +217,75 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None = None, esd=None, uce=None, log=print) -> dict:
+def settings_key(method: str, concept_set: tuple[str, ...], settings: dict) -> str:
+    """A work folder's name for one removal: method, concepts and a hash of its settings, so a
+    changed tau / gamma or ESD budget never reuses images made with the old one."""
+    digest = hashlib.blake2b(json.dumps(settings, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
+    return f"{method}-{'+'.join(concept_set)}-{digest}"
+
+
+def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None = None, esd=None, uce=None, work: Path | None = None, log=print) -> dict:
     """Run ``plan``, write metrics.json / metrics.csv / table.md / report.html under ``out``.
 
     ``cache``: folder for ESD / UCE weight edits (reused across runs); ``esd`` / ``uce``: their
-    configs (None: defaults).
+    configs (None: defaults). ``work``: folder that keeps every finished image set (per removal
+    and base seed) and attack, so a stopped run resumes where it was, a run with more seeds reuses
+    the fewer seeds' sets, and the same command started in a second process shares the work
+    (each takes the next unclaimed set). None: nothing kept.
     """
     t0 = time.time()
-    log(f"reference (no edit): {len(protocol_prompts()) * len(plan.seeds)} images")
-    plain = generate_protocol(pipe, judge, plan.seeds, plan.steps, plan.guidance)
+    sets_root = work / f"sets-{info.name}-{plan.steps}-{plan.guidance:g}" if work is not None else None
+
+    def image_set(key: str, seed: int, removal: Removal | None) -> ImageSet | None:
+        """The set from the work folder; else generated (None: another live process has claimed it)."""
+        if sets_root is None:
+            with removal.active(pipe) if removal is not None else contextlib.nullcontext():
+                return generate_protocol(pipe, judge, (seed,), plan.steps, plan.guidance)
+        path = sets_root / key / f"{seed}.npz"
+        if path.is_file():
+            return ImageSet.load(path)
+        with claim(path.with_suffix(".claim")) as mine:
+            if not mine:
+                return None
+            with removal.active(pipe) if removal is not None else contextlib.nullcontext():
+                images = generate_protocol(pipe, judge, (seed,), plan.steps, plan.guidance)
+            images.save(path)
+        return images
+
+    sets = [(c,) for c in plan.concepts] + list(plan.multi)
+    removals: dict[tuple[str, tuple[str, ...]], Removal] = {}
+    keys: dict[tuple[str, tuple[str, ...]], str] = {}
+    for method in plan.methods:
+        for concept_set in sets:
+            if method == "none":
+                removals[method, concept_set], keys[method, concept_set] = Removal("none", concept_set, 0.0, 0, 0), "plain"
+            else:
+                removal = prepare_removal(pipe, info, method, concept_set, bundle=bundle, cache=cache, esd=esd, uce=uce, log=log)
+                removals[method, concept_set], keys[method, concept_set] = removal, settings_key(method, concept_set, removal.settings)
+    by_seed: dict[tuple[str, int], ImageSet] = {}
+    while True:  # seed by seed: a stopped run leaves whole seeds behind
+        waiting = False
+        for i, seed in enumerate(plan.seeds):
+            for method, concept_set in [(None, ())] + [(m, c) for m in plan.methods if m != "none" for c in sets]:
+                key = "plain" if method is None else keys[method, concept_set]
+                if (key, seed) in by_seed or (sets_root is not None and (sets_root / key / f"{seed}.npz").is_file()):
+                    continue
+                t1 = time.time()
+                found = image_set(key, seed, None if method is None else removals[method, concept_set])
+                if found is None:
+                    waiting = True
+                    continue
+                if sets_root is None:
+                    by_seed[key, seed] = found
+                log(f"base seed {seed} ({i + 1}/{len(plan.seeds)}): " + ("reference (no edit)" if method is None else f"{method} removed {'+'.join(concept_set)}") + f", {len(found.records)} images in {time.time() - t1:.0f} s")
+        if not waiting:
+            break
+        time.sleep(10)  # another process is finishing a claimed set
+
+    def images_of(key: str) -> ImageSet:
+        return ImageSet.concat([by_seed[key, s] if (key, s) in by_seed else ImageSet.load(sets_root / key / f"{s}.npz") for s in plan.seeds])
+
+    plain = images_of("plain")
     styled = [r for r in plain.records if r.style is not None]
     reference = {
         "style_accuracy": accuracy(styled, "style"),
@@ -216,23 +295,39 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
     }
     ref_feats = reference_features(judge, mc.all_pairs(), 2)
     reference["judge_fd"] = frechet_distance(plain.features[_retained(plain.records, ())], ref_feats)
-    sets = [(c,) for c in plan.concepts] + list(plan.multi)
+    attacks_root = work / f"attacks-{info.name}-{plan.steps}-{plan.guidance:g}-{plan.attack_prompts}x{plan.attack_steps}-{'_'.join(map(str, plan.seeds))}" if work is not None else None
+
+    def attacked(method: str, concept: str) -> tuple[dict, np.ndarray]:
+        """The attack on one removal, from the work folder or run here (it waits for another
+        process that holds its claim)."""
+        removal = removals[method, (concept,)]
+        if attacks_root is None:
+            return attack_row(pipe, judge, removal, concept, plan.attack_prompts, plan.seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+        path = attacks_root / f"{keys[method, (concept,)]}.npz"
+        while not path.is_file():
+            with claim(path.with_suffix(".claim")) as mine:
+                if mine:
+                    row, strip = attack_row(pipe, judge, removal, concept, plan.attack_prompts, plan.seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+                    with atomic_path(path) as tmp:
+                        with open(tmp, "wb") as f:
+                            np.savez(f, row=json.dumps(row), strip=strip)
+                    return row, strip
+            time.sleep(10)
+        z = np.load(path)
+        return json.loads(str(z["row"])), z["strip"]
+
     by_method, examples = {}, {}
     for method in plan.methods:
-        rows, removals = [], []
+        rows, used = [], []
         for concept_set in sets:
-            if method == "none":
-                edited, removal = plain, Removal("none", concept_set, 0.0, 0, 0)
-            else:
-                removal = prepare_removal(pipe, info, method, concept_set, bundle=bundle, cache=cache, esd=esd, uce=uce, log=log)
-                with removal.active(pipe):
-                    edited = generate_protocol(pipe, judge, plan.seeds, plan.steps, plan.guidance)
-            removals.append(removal)
+            removal = removals[method, concept_set]
+            edited = plain if method == "none" else images_of(keys[method, concept_set])
+            used.append(removal)
             row = concept_row(concept_set, edited, plain, ref_feats)
             row["settings"] = removal.settings
             row["setup_seconds"] = removal.setup_seconds
             if plan.attack_prompts and method != "none" and len(concept_set) == 1:
-                row["attack"], examples[f"{method} attacked: {concept_set[0]}"] = attack_row(pipe, judge, removal, concept_set[0], plan.attack_prompts, plan.seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+                row["attack"], examples[f"{method} attacked: {concept_set[0]}"] = attacked(method, concept_set[0])
             rows.append(row)
             if method != "none":
                 examples[f"{method}: {'+'.join(concept_set)}"] = _example_strip(concept_set, plain, edited)
@@ -242,7 +337,7 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
         by_method[method] = {
             "rows": rows,
             "summary": summarize(rows),
-            "cost": cost(removals, plain.seconds / len(plain.records), [r["seconds_per_image"] for r in rows], edited=method != "none"),
+            "cost": cost(used, plain.seconds / len(plain.records), [r["seconds_per_image"] for r in rows], edited=method != "none"),
         }
     result = {
         "plan": asdict(plan),

@@ -31,15 +31,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import dataset as mc
 from ..errors import SaeuronError
 from ..intervals import Rate, paired_bootstrap
-from ..io import atomic_path, write_json
+from ..io import atomic_path, claim, write_json
 from ..sae import SaeConfig
 from ..store import PromptItem
-from .evaluation import JudgedImage, accuracy
+from .evaluation import accuracy
 from .benchmark import ImageSet, _retained, _pct, _with_interval, concept_average, difference_lines, concept_row, frechet_distance, generate_protocol, reference_features
 
 KINDS = ("object", "style")
@@ -235,57 +234,6 @@ def _train_and_score(pipe, info, name: str, train_items, stats_store, cfg: Gener
     return sae_dir, stats_dir
 
 
-def _save_plain(plain: ImageSet, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=plain.images, features=plain.features.numpy(), records=json.dumps([asdict(r) for r in plain.records]), seconds=plain.seconds)
-
-
-def _load_plain(path: Path) -> ImageSet:
-    z = np.load(path)
-    records = [JudgedImage(**r) for r in json.loads(str(z["records"]))]
-    return ImageSet(records, z["images"], torch.from_numpy(z["features"]), float(z["seconds"]))
-
-
-@contextlib.contextmanager
-def _claim(path: Path):
-    """Yield True if this process now owns ``path`` (created atomically, holding our pid), False
-    if a live process does; a claim left by a dead process is taken over. Released on exit."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = int(path.read_text() or 0)
-                os.kill(owner, 0)
-                alive = owner != os.getpid()
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                alive = False
-            except PermissionError:
-                alive = True
-            if alive:
-                yield False
-                return
-            path.unlink(missing_ok=True)
-            continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        try:
-            yield True
-        finally:
-            path.unlink(missing_ok=True)
-        return
-    yield False
-
-
-def _concat(parts: list[ImageSet]) -> ImageSet:
-    """Image sets of several base seeds as one (records in seed order, the same for every set)."""
-    return ImageSet([r for p in parts for r in p.records], np.concatenate([p.images for p in parts]), torch.cat([p.features for p in parts]), sum(p.seconds for p in parts))
-
-
 def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path, out: Path, steps: int, guidance: float, full=None, log=print) -> dict:
     """The whole experiment; see the module docstring. Writes metrics.json / metrics.csv /
     table.md / report.html under ``out``; ``work`` keeps every intermediate for resuming.
@@ -321,13 +269,13 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
         (then None: the same command run twice shares the work, one set at a time)."""
         path = sets / key / f"{seed}.npz"
         if path.is_file():
-            return _load_plain(path)
-        with _claim(path.with_suffix(".claim")) as mine:
+            return ImageSet.load(path)
+        with claim(path.with_suffix(".claim")) as mine:
             if not mine:
                 return None
             with removal.active(pipe) if removal is not None else contextlib.nullcontext():
                 images = generate_protocol(pipe, judge, (seed,), steps, guidance)
-            _save_plain(images, path)
+            images.save(path)
         return images
 
     removals = {}
@@ -345,7 +293,7 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     keys = ["plain"] + [f"{name}-{c}" for name in bundles for c in concepts]
     while any(image_set(k, s) is None for k in keys for s in cfg.seeds):
         time.sleep(10)  # another process is finishing a claimed set
-    plain = _concat([image_set("plain", s) for s in cfg.seeds])
+    plain = ImageSet.concat([image_set("plain", s) for s in cfg.seeds])
     ref_feats = reference_features(judge, mc.all_pairs(), 2)
     styled = [r for r in plain.records if r.style is not None]
     reference = {"style_accuracy": accuracy(styled, "style"), "object_accuracy": accuracy(styled, "object"), "seconds_per_image": plain.seconds / len(plain.records),
@@ -354,7 +302,7 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     for name, bundle in bundles.items():
         rows[name] = []
         for concept in concepts:
-            edited = _concat([image_set(f"{name}-{concept}", s) for s in cfg.seeds])
+            edited = ImageSet.concat([image_set(f"{name}-{concept}", s) for s in cfg.seeds])
             row = concept_row((concept,), edited, plain, ref_feats)
             settings = {iv.point: iv.per_concept() for iv in bundle.unlearn([concept])}
             row.update(settings=settings, group=split.group_of(concept), kind=mc.concept_kind(concept))
