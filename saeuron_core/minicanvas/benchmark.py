@@ -262,6 +262,42 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
             else:
                 removal = prepare_removal(pipe, info, method, concept_set, bundle=bundle, cache=cache, esd=esd, uce=uce, log=log)
                 removals[method, concept_set], keys[method, concept_set] = removal, settings_key(method, concept_set, removal.settings)
+    # attacks use the first base seed only (each prompt its own seed from it), so a report on fewer
+    # seeds of the same work folder reuses them
+    attack_seeds = plan.seeds[:1]
+    attacks_root = work / f"attacks-{info.name}-{plan.steps}-{plan.guidance:g}-{plan.attack_prompts}x{plan.attack_steps}-{attack_seeds[0]}" if work is not None else None
+
+    attacks: dict[tuple[str, str], tuple[dict, np.ndarray]] = {}
+
+    def attack_of(method: str, concept: str, wait: bool = True) -> tuple[dict, np.ndarray] | None:
+        """The attack on one removal, from the work folder or run here; when another process holds
+        its claim: waited for, or None with ``wait`` off."""
+        if (method, concept) not in attacks:
+            found = run_or_load_attack(method, concept, wait)
+            if found is None:
+                return None
+            attacks[method, concept] = found
+        return attacks[method, concept]
+
+    def run_or_load_attack(method: str, concept: str, wait: bool) -> tuple[dict, np.ndarray] | None:
+        removal = removals[method, (concept,)]
+        if attacks_root is None:
+            return attack_row(pipe, judge, removal, concept, plan.attack_prompts, attack_seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+        path = attacks_root / f"{keys[method, (concept,)]}.npz"
+        while not path.is_file():
+            with claim(path.with_suffix(".claim")) as mine:
+                if mine:
+                    row, strip = attack_row(pipe, judge, removal, concept, plan.attack_prompts, attack_seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+                    with atomic_path(path) as tmp:
+                        with open(tmp, "wb") as f:
+                            np.savez(f, row=json.dumps(row), strip=strip)
+                    return row, strip
+            if not wait:
+                return None
+            time.sleep(10)
+        z = np.load(path)
+        return json.loads(str(z["row"])), z["strip"]
+
     by_seed: dict[tuple[str, int], ImageSet] = {}
     while True:  # seed by seed: a stopped run leaves whole seeds behind
         waiting = False
@@ -278,6 +314,16 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
                 if sets_root is None:
                     by_seed[key, seed] = found
                 log(f"base seed {seed} ({i + 1}/{len(plan.seeds)}): " + ("reference (no edit)" if method is None else f"{method} removed {'+'.join(concept_set)}") + f", {len(found.records)} images in {time.time() - t1:.0f} s")
+            if i == 0 and not waiting and plan.attack_prompts:  # attacks after the first seed: a short run has them too
+                for method in plan.methods:
+                    for concept in plan.concepts if method != "none" else ():
+                        t1 = time.time()
+                        found = attack_of(method, concept, wait=False)
+                        if found is None:
+                            waiting = True
+                            continue
+                        row = found[0]
+                        log(f"attack on {method} removing {concept}: UA {row['UA_before']:.2f} -> {row['UA_after']:.2f} ({time.time() - t1:.0f} s)")
         if not waiting:
             break
         time.sleep(10)  # another process is finishing a claimed set
@@ -295,27 +341,6 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
     }
     ref_feats = reference_features(judge, mc.all_pairs(), 2)
     reference["judge_fd"] = frechet_distance(plain.features[_retained(plain.records, ())], ref_feats)
-    attacks_root = work / f"attacks-{info.name}-{plan.steps}-{plan.guidance:g}-{plan.attack_prompts}x{plan.attack_steps}-{'_'.join(map(str, plan.seeds))}" if work is not None else None
-
-    def attacked(method: str, concept: str) -> tuple[dict, np.ndarray]:
-        """The attack on one removal, from the work folder or run here (it waits for another
-        process that holds its claim)."""
-        removal = removals[method, (concept,)]
-        if attacks_root is None:
-            return attack_row(pipe, judge, removal, concept, plan.attack_prompts, plan.seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
-        path = attacks_root / f"{keys[method, (concept,)]}.npz"
-        while not path.is_file():
-            with claim(path.with_suffix(".claim")) as mine:
-                if mine:
-                    row, strip = attack_row(pipe, judge, removal, concept, plan.attack_prompts, plan.seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
-                    with atomic_path(path) as tmp:
-                        with open(tmp, "wb") as f:
-                            np.savez(f, row=json.dumps(row), strip=strip)
-                    return row, strip
-            time.sleep(10)
-        z = np.load(path)
-        return json.loads(str(z["row"])), z["strip"]
-
     by_method, examples = {}, {}
     for method in plan.methods:
         rows, used = [], []
@@ -327,7 +352,7 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
             row["settings"] = removal.settings
             row["setup_seconds"] = removal.setup_seconds
             if plan.attack_prompts and method != "none" and len(concept_set) == 1:
-                row["attack"], examples[f"{method} attacked: {concept_set[0]}"] = attacked(method, concept_set[0])
+                row["attack"], examples[f"{method} attacked: {concept_set[0]}"] = attack_of(method, concept_set[0])
             rows.append(row)
             if method != "none":
                 examples[f"{method}: {'+'.join(concept_set)}"] = _example_strip(concept_set, plain, edited)
