@@ -71,14 +71,15 @@ def intervention_to_dict(iv: Intervention) -> dict:
         return {"type": "Steer", "point": iv.point, "features": list(iv.features), "strength": iv.strength, "mask": mask, "steps": _window(iv.steps)}
     if isinstance(iv, Unlearn):
         as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-        return {"type": "Unlearn", "point": iv.point, "concepts": list(iv.concepts), "tau": as_list(iv.tau), "gamma": as_list(iv.gamma), "steps": _window(iv.steps)}
+        spec = {"type": "Unlearn", "point": iv.point, "concepts": list(iv.concepts), "tau": as_list(iv.tau), "gamma": as_list(iv.gamma), "steps": _window(iv.steps)}
+        return spec if iv.score == "paper" else {**spec, "score": iv.score}  # recipes from before the variant stay as they were
     raise SaeuronError(f"not an intervention: {iv!r}")
 
 
 _FIELDS = {
     "ScaleFeatures": ({"type", "point", "features", "factor"}, {"steps"}),
     "Steer": ({"type", "point", "features", "strength"}, {"steps", "mask"}),
-    "Unlearn": ({"type", "point", "concepts", "tau", "gamma"}, {"steps"}),
+    "Unlearn": ({"type", "point", "concepts", "tau", "gamma"}, {"steps", "score"}),
 }
 
 
@@ -95,7 +96,7 @@ def intervention_from_dict(data) -> Intervention:
             return ScaleFeatures(tuple(data["features"]), float(data["factor"]), steps, data["point"])
         if data["type"] == "Steer":
             return Steer(tuple(data["features"]), float(data["strength"]), data.get("mask"), steps, data["point"])
-        return Unlearn(tuple(data["concepts"]), _number_or_tuple(data["tau"]), _number_or_tuple(data["gamma"]), steps, point=data["point"])
+        return Unlearn(tuple(data["concepts"]), _number_or_tuple(data["tau"]), _number_or_tuple(data["gamma"]), steps, point=data["point"], score=data.get("score", "paper"))
     except (TypeError, ValueError) as e:
         if isinstance(e, SaeuronError):
             raise

@@ -430,11 +430,13 @@ def cmd_tune(args) -> int:
     from . import minicanvas as mc
     from .io import write_json
     from .minicanvas.tuning import CRITERIA, PAPER_GAMMAS, check_criterion, criterion_score, defaults_table, sweep_concept
+    from .scoring import check_score
     from .unlearning import SaeBundle
 
     if args.domain not in ("style", "object", "both"):
         raise_error(f"unknown domain {args.domain!r}; use style, object or both")
     check_criterion(args.criterion)
+    check_score(args.score)
     if args.seeds < 1:
         raise_error(f"--seeds must be >= 1, got {args.seeds}")
     if args.from_report:
@@ -458,7 +460,7 @@ def cmd_tune(args) -> int:
     wanted = args.concept or ([*mc.STYLES] if args.domain in ("style", "both") else []) + ([*mc.OBJECTS] if args.domain in ("object", "both") else [])
     style_rows, object_rows = [], []
     for concept in wanted:
-        rows = sweep_concept(m.pipe, bundle, judge, concept, counts, gammas, seeds, m.steps, m.guidance)
+        rows = sweep_concept(m.pipe, bundle, judge, concept, counts, gammas, seeds, m.steps, m.guidance, score=args.score)
         (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
         best = max(rows, key=lambda r: criterion_score(r, args.criterion))
         print(f"{concept}: best {CRITERIA[args.criterion]} = {criterion_score(best, args.criterion):.3f} at {best['count']} latents/step, gamma {best['gamma']} (UA {best['UA']:.2f}, IRA {best['IRA']:.2f}, CRA {best['CRA']:.2f})", flush=True)
@@ -846,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--concept", action="append", help="only these concepts (repeat)")
     tu.add_argument("--seeds", type=int, default=4, help="sweep-split base seeds; each pair gets its own seed per base (default 4)")
     tu.add_argument("--criterion", default="all", help="how to pick a setting: all = (UA + IRA + CRA) / 3 (default), paper = (UA + IRA) / 2")
+    tu.add_argument("--score", default="paper", help="concept score that selects latents: paper (default) or specific = the paper's times max(0, (m_c - m_o) / (m_c + m_o)); the table records it")
     tu.add_argument("--count", type=int, action="append", help="latents selected per step (repeat; default 1 2 3, the paper's tau grid)")
     tu.add_argument("--gamma", type=float, action="append", help="multipliers (repeat; default the paper's -1 ... -30)")
     tu.add_argument("--report", default=None, help="also write every grid row as JSON")

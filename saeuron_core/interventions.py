@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .errors import SaeuronError
 from .hooks import Halves, Step, edit_block_output, from_tokens, normalize_point, to_tokens
 from .sae import TopKSae
-from .scoring import ConceptStats, mean_activation_all, score, select
+from .scoring import SCORES, ConceptStats, check_score, mean_activation_all, select
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,11 @@ class Unlearn:
     reference_error_term: bool = False
     point: str | None = None
     """Hook point whose SAE this edits; None when only one SAE is given."""
+    score: str = "paper"
+    """Which concept score selects the latents (``scoring.SCORES``): the paper's, or "specific"."""
 
     def __post_init__(self):
+        check_score(self.score)
         object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
         for name in ("tau", "gamma"):
             values = _as_tuple(getattr(self, name), name)
@@ -167,7 +170,7 @@ class UnlearnEdit:
         factors = torch.zeros(stats.means.shape[1:])
         for concept, tau, gamma in unlearn.per_concept():
             chosen = torch.zeros_like(selected)
-            for row, ids in enumerate(select(score(stats, concept), tau)):
+            for row, ids in enumerate(select(SCORES[unlearn.score](stats, concept), tau)):
                 chosen[row, ids] = True
             candidate = gamma * stats.means[stats.index(concept)].float()
             # union over concepts; a latent chosen twice keeps the larger-magnitude multiplier

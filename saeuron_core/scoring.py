@@ -7,6 +7,15 @@ with m_c[t] the mean over c's images and m_o[t] the mean over all other concepts
 
 and the features selected at t are those whose score is strictly above the tau-th percentile of
 that step's scores.
+
+The paper's score favours latents that carry much of the concept's activation mass even when the
+other concepts fire them almost as much (measured on the bundled style SAE: selected latents fire
+1.2-2x more on the concept than on the others). ``specific_score`` weighs it by the contrast::
+
+    specific_c[t] = score_c[t] * max(0, (m_c[t] - m_o[t]) / (m_c[t] + m_o[t] + 1e-8))
+
+which is the paper's score for a latent only the concept fires (contrast 1), and 0 for one that
+fires as much elsewhere. ``SCORES`` names both; "paper" is the default everywhere.
 """
 
 from __future__ import annotations
@@ -102,6 +111,24 @@ def score(stats: ConceptStats, concept: str) -> Tensor:
     return m_c / (m_c.sum(-1, keepdim=True) + EPS) - m_o / (m_o.sum(-1, keepdim=True) + EPS)
 
 
+def specific_score(stats: ConceptStats, concept: str) -> Tensor:
+    """specific_c [T, n_latents]: the paper's score times the clamped contrast (module docstring)."""
+    m_c = stats.means[stats.index(concept)]
+    m_o = other_means(stats, concept)
+    contrast = ((m_c - m_o) / (m_c + m_o + EPS)).clamp(min=0)
+    return score(stats, concept) * contrast
+
+
+SCORES = {"paper": score, "specific": specific_score}
+"""Concept scores by name: the paper's, and the specificity-weighted variant."""
+
+
+def check_score(name: str) -> str:
+    if name not in SCORES:
+        raise SaeuronError(f"unknown score {name!r}; scores: {', '.join(SCORES)}")
+    return name
+
+
 def select(scores: Tensor, percentile: float) -> list[Tensor]:
     """Per step, the ids of latents scoring strictly above that step's ``percentile`` quantile."""
     if not 0 < percentile < 100:
@@ -133,7 +160,7 @@ def tau_for_count(count: int, num_latents: int) -> float:
     return 100.0 * (num_latents - count - 0.5) / (num_latents - 1)
 
 
-def specificity(stats: ConceptStats, concept: str, percentile: float) -> dict:
+def specificity(stats: ConceptStats, concept: str, percentile: float, score_name: str = "paper") -> dict:
     """How specific the latents selected for ``concept`` at ``percentile`` are.
 
     Per step and selected latent, the ratio m_c[t][i] / m_o[t][i] (mean code on the concept's
@@ -143,7 +170,7 @@ def specificity(stats: ConceptStats, concept: str, percentile: float) -> dict:
     m_c = stats.means[stats.index(concept)].float()
     m_o = other_means(stats, concept).float()
     ratios, latents, mass = [], set(), []
-    for t, ids in enumerate(select(score(stats, concept), percentile)):
+    for t, ids in enumerate(select(SCORES[check_score(score_name)](stats, concept), percentile)):
         for i in ids.tolist():
             ratios.append(float(m_c[t, i] / m_o[t, i]) if m_o[t, i] > 0 else float("inf"))
             latents.add(i)

@@ -19,7 +19,7 @@ from .interventions import Unlearn, apply_interventions
 from .paths import ASSETS
 from .pipeline import ModelInfo, generate
 from .sae import TopKSae
-from .scoring import tau_for_count
+from .scoring import check_score, tau_for_count
 from .stats import FeatureStats
 
 DEFAULTS_FILE = "unlearn_defaults.json"
@@ -172,13 +172,16 @@ class SaeBundle:
             return "no default"
         return self.defaults_source
 
-    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False, count: int | None = None) -> list[Unlearn]:
+    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False, count: int | None = None, score: str | None = None) -> list[Unlearn]:
         """One ``Unlearn`` per hook point for ``concepts``: each concept at every hook point of its
         kind (``points_of_kind``). ``tau`` (a percentile) or ``count`` (latents per step, turned
         into each point's percentile for that SAE's width) and ``gamma`` override the defaults;
-        a default entry with ``latents_per_step`` is applied as a count at every point."""
+        a default entry with ``latents_per_step`` is applied as a count at every point. ``score``:
+        the concept score that selects latents (``scoring.SCORES``; default: the defaults table's
+        "score", else the paper's)."""
         if not concepts:
             raise SaeuronError("no concept to unlearn")
+        score = check_score(score if score is not None else self.defaults.get("score", "paper"))
         if tau is not None and count is not None:
             raise SaeuronError("give tau or count (latents per step), not both")
         by_point: dict[str, list[tuple[str, float, float]]] = {}
@@ -194,7 +197,7 @@ class SaeBundle:
                 c_tau = tau if tau is not None else tau_for_count(c_count, self.saes[point].num_latents) if c_count is not None else float(entry["tau"])
                 by_point.setdefault(point, []).append((concept, c_tau, c_gamma))
         return [
-            Unlearn(tuple(c for c, _, _ in rows), tuple(t for _, t, _ in rows), tuple(g for _, _, g in rows), point=point, reference_error_term=reference_error_term)
+            Unlearn(tuple(c for c, _, _ in rows), tuple(t for _, t, _ in rows), tuple(g for _, _, g in rows), point=point, reference_error_term=reference_error_term, score=score)
             for point, rows in by_point.items()
         ]
 

@@ -266,6 +266,14 @@ def test_recipe_json_query_and_snippet_reproduce_the_image(ex, point, tmp_path, 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "recipe.png").convert("RGB")), image)
 
 
+def test_a_recipe_keeps_the_unlearn_score_and_the_papers_stays_implicit(ex, point):
+    specific = ex.session.complete(recipe(ex, Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1], score="specific")))
+    assert recipe_from_json(recipe_to_json(specific)) == specific and '"score": "specific"' in recipe_to_json(specific)
+    paper = ex.session.complete(recipe(ex, Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1])))
+    assert '"score"' not in recipe_to_json(paper)  # recipes written before the variant read the same
+    assert ex.session.render(specific).shape == ex.session.render(paper).shape  # the variant renders through the same path
+
+
 @pytest.mark.parametrize("text, message", [
     ("{not json", "not valid JSON"),
     ("[]", "a recipe is a JSON object"),

@@ -122,3 +122,24 @@ def test_specificity_of_a_selection_by_hand():
     assert one["distinct_latents"] == 1 and one["median_ratio"] == float("inf") and one["mass_share"] == pytest.approx(2 / 8)
     two = specificity(stats, "a", tau_for_count(2, 4))
     assert two["distinct_latents"] == 2 and two["min_ratio"] == pytest.approx(4.0) and two["mass_share"] == pytest.approx(6 / 8)
+
+
+def test_specific_score_weighs_the_paper_score_by_contrast():
+    """Latent 0 fires only on concept a, latent 1 as much on b, latent 2 more on b."""
+    from saeuron_core.scoring import SCORES, specific_score
+
+    means = torch.tensor([[[4.0, 2.0, 1.0]], [[0.0, 2.0, 8.0]]])  # [concept, T=1, latent]
+    stats = ConceptStats(means, torch.tensor([1, 1]), ("a", "b"), (999,))
+    paper = score(stats, "a")[0]
+    got = specific_score(stats, "a")[0]
+    # contrast: (4-0)/(4+0) = 1, (2-2)/4 = 0, (1-8)/9 < 0 -> 0
+    assert torch.allclose(got, torch.stack([paper[0], torch.tensor(0.0), torch.tensor(0.0)]), atol=1e-6)
+    assert paper[1] > 0  # the paper's score still ranks latent 1 (more mass share on a than on b)
+    assert set(SCORES) == {"paper", "specific"}
+
+
+def test_unknown_score_is_refused_where_it_enters():
+    from saeuron_core.interventions import Unlearn
+
+    with pytest.raises(SaeuronError, match="unknown score 'ratio'; scores: paper, specific"):
+        Unlearn(("a",), 99.0, -1.0, score="ratio")

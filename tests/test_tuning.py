@@ -142,3 +142,29 @@ def test_sweep_pairs_get_their_own_seeds_inside_the_sweep_split():
     assert rows[3] == mc.prompt_seeds(mc.split_seeds("sweep", 4), mc.prompt(*pairs[3]))
     with pytest.raises(SaeuronError, match="not in the sweep split"):
         pair_seeds([1_000_000], pairs)
+
+
+def test_a_table_records_its_score_and_the_bundle_selects_with_it(tiny_bundle, tmp_path):
+    """Rows swept with the specific score make a table that says so; SaeBundle.unlearn then
+    selects with it (and the removal's settings name it); mixed scores are refused."""
+    import json
+
+    from saeuron_core.baselines.methods import prepare_removal
+    from saeuron_core.pipeline import load_pipeline, model_info
+    from saeuron_core.unlearning import SaeBundle
+
+    rows = [{**_row("dots", 1, -5.0, 0.9, 0.9, 1.0), "score": "specific"}]
+    table = defaults_table(rows, [])
+    assert table["score"] == "specific"
+    assert "score" not in defaults_table([_row("dots", 1, -5.0, 0.9, 0.9, 1.0)], [])  # the paper's stays implicit
+    with pytest.raises(SaeuronError, match="different scores"):
+        defaults_table(rows + [{**_row("solid", 1, -5.0, 0.9, 0.9, 1.0), "score": "paper"}], [])
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    pipe = load_pipeline(str(tiny_bundle / "model"))
+    info = model_info(pipe, str(tiny_bundle / "model"))
+    bundle = SaeBundle.load(info, tiny_bundle / "sae", tiny_bundle / "stats", tmp_path / "t.json")
+    assert all(iv.score == "specific" for iv in bundle.unlearn(["dots"]))
+    assert all(iv.score == "paper" for iv in bundle.unlearn(["dots"], score="paper"))
+    assert prepare_removal(pipe, info, "saeuron", ("dots",), bundle=bundle).settings["score"] == "specific"
+    with pytest.raises(SaeuronError, match="unknown score"):
+        bundle.unlearn(["dots"], score="ratio")

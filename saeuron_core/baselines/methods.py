@@ -143,6 +143,8 @@ def _saeuron_removal(pipe, bundle, concepts) -> Removal:
     tensors = [p for sae in bundle.saes.values() for p in sae.parameters()] + [st.concept_sums for st in bundle.stats.values()]
     memory = sum(t.numel() * t.element_size() for t in tensors)
     settings = {iv.point: iv.per_concept() for iv in interventions}
+    if interventions[0].score != "paper":  # the paper's score stays implicit: older settings keep their key
+        settings["score"] = interventions[0].score
 
     def activate(p):
         return apply_interventions(p.unet, bundle.saes, interventions, stats=stats)

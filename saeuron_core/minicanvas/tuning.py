@@ -52,8 +52,9 @@ def criterion_score(row: dict, criterion: str = "all") -> float:
     return (row["UA"] + row["IRA"] + row["CRA"]) / 3
 
 
-def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, steps: int, guidance: float, retain_per_concept: int = 2) -> list[dict]:
-    """(UA, IRA, CRA) of removing ``concept`` for every (count, gamma) of the grid."""
+def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, steps: int, guidance: float, retain_per_concept: int = 2, score: str = "paper") -> list[dict]:
+    """(UA, IRA, CRA) of removing ``concept`` for every (count, gamma) of the grid, latents chosen
+    by ``score`` (``scoring.SCORES``)."""
     if not seeds:
         raise SaeuronError("no seeds to sweep on")
     kind = bundle.kind_of(concept)
@@ -62,13 +63,13 @@ def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, step
     rows = []
     for count in counts:
         for gamma in gammas:
-            ivs = bundle.unlearn([concept], gamma=gamma, count=count)
+            ivs = bundle.unlearn([concept], gamma=gamma, count=count, score=score)
             t0 = time.time()
             with apply_interventions(pipe.unet, bundle.saes, ivs, stats=bundle.concept_stats(ivs)):
                 records = judge_decorrelated(pipe, judge, target + retain, seeds, steps, guidance)[0]
             m = removal_metrics(records, concept)
-            row = {"concept": concept, "kind": kind, "count": count, "tau": ivs[0].per_concept()[0][1], "gamma": gamma, "points": [iv.point for iv in ivs], **m}
-            row["specificity"] = {iv.point: specificity(bundle.stats[iv.point].concept_stats(kind), concept, iv.per_concept()[0][1]) for iv in ivs}
+            row = {"concept": concept, "kind": kind, "count": count, "tau": ivs[0].per_concept()[0][1], "gamma": gamma, "score": score, "points": [iv.point for iv in ivs], **m}
+            row["specificity"] = {iv.point: specificity(bundle.stats[iv.point].concept_stats(kind), concept, iv.per_concept()[0][1], score) for iv in ivs}
             row.update(score_paper=criterion_score(row, "paper"), score_all=criterion_score(row, "all"), seconds=round(time.time() - t0, 1))
             rows.append(row)
     return rows
@@ -89,7 +90,12 @@ def defaults_table(style_rows: list[dict], object_rows: list[dict], style_settin
     if style_settings not in STYLE_SETTINGS:
         raise SaeuronError(f"style settings must be one of {', '.join(STYLE_SETTINGS)}, got {style_settings!r}")
     check_criterion(criterion)
+    scores = {r.get("score", "paper") for r in style_rows + object_rows}
+    if len(scores) > 1:
+        raise SaeuronError(f"sweep rows of different scores ({', '.join(sorted(scores))}) cannot make one table")
     table: dict = {"kinds": {}, "concepts": {}, "selection": f"{CRITERIA[criterion]} on the sweep split", "criterion": criterion, "style_settings": style_settings}
+    if scores and scores != {"paper"}:
+        table["score"] = scores.pop()  # SaeBundle.unlearn selects with it
     if style_rows:
         settings = {}
         for r in style_rows:
