@@ -1,8 +1,8 @@
 """The paper's concept score against the specificity-weighted variant, on the sweep split.
 
-Per concept, at the bundled defaults' latents per step: the paper's score at its tuned gamma, and
-the specific score at gammas -5, -10, -30 and the tuned one; each setting judged on 4 seeds per
-pair of the sweep split (never the evaluation seeds). Where both scores select the same latents
+Per concept, at the bundled defaults' latents per step, both scores at the tuned gamma and at
+-5, -10, -30 (the same choices for both); each setting judged on 4 seeds per pair of the sweep
+split (never the evaluation seeds). Where both scores select the same latents
 at every step the images are identical, so that row is copied, not generated. Rows are kept in
 results/protocol/score_variant/rows.json as they finish (rerun to resume); table.md compares the
 best row of each score per concept by (UA + IRA + CRA) / 3 with a paired bootstrap over concepts.
@@ -60,7 +60,7 @@ def main() -> None:
     for concept in [*mc.OBJECTS, *mc.STYLES]:
         entry = bundle.default_entry(concept)
         count, tuned = int(entry["latents_per_step"]), float(entry["gamma"])
-        wanted = [("paper", tuned)] + [("specific", g) for g in dict.fromkeys((tuned, *GAMMAS))]
+        wanted = [(score, g) for score in ("paper", "specific") for g in dict.fromkeys((tuned, *GAMMAS))]
         identical = same_selection(bundle, concept, count)
         for score, gamma in wanted:
             if (concept, score, count, gamma) in done:
@@ -81,7 +81,7 @@ def main() -> None:
 def write_table(rows: list[dict], seeds) -> None:
     concepts = list(dict.fromkeys(r["concept"] for r in rows))
     best = {(c, s): max((r for r in rows if r["concept"] == c and r["score"] == s), key=lambda r: criterion_score(r, "all")) for c in concepts for s in ("paper", "specific")}
-    lines = [f"Sweep split, {len(seeds)} seeds per pair (each pair its own), (UA + IRA + CRA) / 3; the paper's score at its tuned setting, the specific score at the same latents per step and the best of gamma in {{tuned, -5, -10, -30}}.", "",
+    lines = [f"Sweep split, {len(seeds)} seeds per pair (each pair its own), (UA + IRA + CRA) / 3; each score at the bundled latents per step and its best gamma of {{tuned, -5, -10, -30}} on these seeds (the same choices for both scores).", "",
              "| concept | latents / step | same selection | paper: gamma, UA, IRA, CRA, score | specific: gamma, UA, IRA, CRA, score |", "|---|---|---|---|---|"]
     for c in concepts:
         p, s = best[c, "paper"], best[c, "specific"]
