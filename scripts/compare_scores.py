@@ -25,7 +25,7 @@ from saeuron_core import minicanvas as mc  # noqa: E402
 from saeuron_core.intervals import paired_bootstrap  # noqa: E402
 from saeuron_core.io import write_json  # noqa: E402
 from saeuron_core.minicanvas.judge import Judge  # noqa: E402
-from saeuron_core.minicanvas.tuning import criterion_score, sweep_concept  # noqa: E402
+from saeuron_core.minicanvas.tuning import criterion_score, defaults_table, sweep_concept  # noqa: E402
 from saeuron_core.paths import ASSETS  # noqa: E402
 from saeuron_core.pipeline import load_pipeline, model_info  # noqa: E402
 from saeuron_core.scoring import SCORES, select, tau_for_count  # noqa: E402
@@ -95,6 +95,11 @@ def write_table(rows: list[dict], seeds) -> None:
         lines.append(f"\n{kind}: specific - paper = {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (paired bootstrap over {len(chosen)} concepts)")
     (OUT / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    # the specific score's own table (each concept its best row), to evaluate on held-out seeds
+    # with `saeuron evaluate --defaults results/protocol/score_variant/defaults_specific.json`
+    specific = [r for r in rows if r["score"] == "specific"]
+    table = defaults_table([r for r in specific if r["kind"] == "style"], [r for r in specific if r["kind"] == "object"], "per-concept", "all")
+    write_json(OUT / "defaults_specific.json", {**table, "seeds": list(seeds), "reports": ["results/protocol/score_variant/rows.json"]})
 
 
 if __name__ == "__main__":
