@@ -249,10 +249,9 @@ def cmd_train_sae(args) -> int:
 def _train_sae(args) -> int:
     from . import distributed as dist
     from .sae_train import train_sae
-    from .store import ActivationStore
 
     cfg = train_config(args)
-    store = ActivationStore(args.store)
+    store = open_store(args.store)
     points = args.point or store.points
     for point in points:  # every point checked on every rank before any work
         store._check_point(point)
@@ -284,11 +283,10 @@ def _stats(args) -> int:
     from .hooks import normalize_point
     from .hub import point_folder, resolve_sae_dir
     from .stats import add_thumbnails, compute_stats
-    from .store import ActivationStore
 
     if args.top_m < 1 or args.thumbnail_size < 8:
         raise_error(f"--top-m must be >= 1 and --thumbnail-size >= 8, got {args.top_m} and {args.thumbnail_size}")
-    store = ActivationStore(args.store)
+    store = open_store(args.store)
     points = [normalize_point(p) for p in args.point] if args.point else store.points
     sae_root = resolve_sae_dir(args.sae, points)
     saes = {}
@@ -748,6 +746,17 @@ def _read_rows(path: str) -> list[dict]:
         return json.loads(Path(path).read_text())["rows"]
     except (OSError, ValueError, KeyError) as e:
         raise_error(f"{path} is not a sweep report written by `saeuron tune --report` ({e})")
+
+
+def open_store(path: str):
+    """An activation store for training or statistics; one still being cached (or stopped part
+    way) is refused before any work: an SAE or statistics from part of it would pass for the whole."""
+    from .store import ActivationStore
+
+    store = ActivationStore(path)
+    if not store.is_complete:
+        raise_error(f"the store {path} holds {len(store.completed)} of {store.n_shards} shards: finish caching (rerun the cache command) first")
+    return store
 
 
 def raise_error(message: str):

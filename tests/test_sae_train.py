@@ -131,3 +131,18 @@ def test_kill_9_during_training_then_resume(store, tmp_path):
     assert final == 30 * (store.token_count(POINT) // 32) > mid
     TopKSae.load(tmp_path / POINT)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_unfinished_store_is_refused_by_train_sae_and_stats(store, tmp_path, capsys):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(store.root, partial)
+    meta = json.loads((partial / "store.json").read_text())
+    meta["completed_shards"] = meta["completed_shards"][:1]  # as if caching had stopped after one shard
+    (partial / "store.json").write_text(json.dumps(meta))
+    n = ActivationStore(partial).n_shards
+    assert cli_main(["--threads", "1", "train-sae", "--store", str(partial), "--out", str(tmp_path / "sae")]) == 2
+    assert f"holds 1 of {n} shards: finish caching" in capsys.readouterr().err and not (tmp_path / "sae").exists()
+    assert cli_main(["--threads", "1", "stats", "--store", str(partial), "--sae", str(tmp_path / "sae"), "--out", str(tmp_path / "stats")]) == 2
+    assert f"holds 1 of {n} shards" in capsys.readouterr().err
