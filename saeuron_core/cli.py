@@ -553,6 +553,8 @@ def cmd_generalisation(args, out: Path) -> int:
     for flag, given in (("--multi", args.multi or None), ("--attack-prompts", args.attack_prompts)):
         if given is not None:
             raise_error(f"{flag} does not apply to --generalisation (it runs single removals, no attack)")
+    if args.no_full_reference and args.match_tokens:
+        raise_error("--match-tokens matches the reference SAE's tokens; it needs the reference (drop --no-full-reference)")
     if args.no_full_reference and (args.sae or args.stats):
         raise_error("--sae / --stats name the full reference; drop them or --no-full-reference")
     if (args.methods or args.method or "saeuron") != "saeuron":
@@ -566,7 +568,7 @@ def cmd_generalisation(args, out: Path) -> int:
         raise_error(f"unknown domain {args.domain!r}; use style, object or both")
     n_seeds = args.seeds or (QUICK_SEEDS if args.quick else PUBLISHED_SEEDS)
     seeds = tuple(args.seed) if args.seed else tuple(mc.split_seeds("heldout", n_seeds))
-    settings = dict(split_seed=split_seed, sae_concepts=tuple(args.sae_concept or ()), seeds=seeds, concepts=tuple(args.concept or ()), train_seeds_per_pair=args.train_seeds_per_pair, batch_size=args.sae_batch_size)
+    settings = dict(split_seed=split_seed, sae_concepts=tuple(args.sae_concept or ()), seeds=seeds, concepts=tuple(args.concept or ()), train_seeds_per_pair=args.train_seeds_per_pair, batch_size=args.sae_batch_size, match_tokens=args.match_tokens)
     GeneralisationConfig(**settings)  # bad seeds or names refused before the model loads
     work = Path(args.work) if args.work else out.with_name(out.name + ".work")
     defaults = Path(args.defaults) if args.defaults else ASSETS / DEFAULTS_FILE
@@ -889,6 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sae-concept", action="append", help="name the SAE's half instead of drawing it (repeat)")
     gen.add_argument("--train-seeds-per-pair", type=int, default=4, help="train-split seeds per cached prompt (default 4, as the bundled store)")
     gen.add_argument("--sae-batch-size", type=int, default=4096, help="tokens per SAE optimiser step (default 4096, as the bundled SAEs)")
+    gen.add_argument("--match-tokens", action="store_true", help="train the half SAE on as many tokens as the reference SAE saw at each hook point (recorded in its folder), not 5 passes over its smaller store")
     gen.add_argument("--no-full-reference", action="store_true", help="skip the reference SAE trained on every concept (--sae / --stats, default the bundled one; halves the removals)")
     ev.add_argument("--control", action="store_true", help="feature control instead of the comparison: ablate each concept's top-ranked features (UA, CRA) and steer them into prompts without it (concept rate, retention); writes control.json / control.md")
     ev.add_argument("--control-top", type=int, action="append", help="top-n ranked features for --control (repeat; default 1 and 3)")

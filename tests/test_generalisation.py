@@ -77,6 +77,8 @@ def test_bad_input_is_one_line_before_any_work(tiny_bundle, tmp_path):
     assert proc.returncode == 2 and "SAeUron only" in proc.stderr
     proc = generalise(tiny_bundle, tmp_path / "f", "--no-full-reference")
     assert proc.returncode == 2 and "--sae / --stats name the full reference" in proc.stderr
+    proc = generalise(tiny_bundle, tmp_path / "g", "--no-full-reference", "--match-tokens")
+    assert proc.returncode == 2 and "--match-tokens matches the reference SAE's tokens" in proc.stderr
     # a plain SD folder has no concept vocabulary
     plain = tmp_path / "plain"
     shutil.copytree(tiny_bundle / "model", plain)
@@ -133,3 +135,47 @@ def test_tiny_generalisation_run_reports_both_groups_and_resumes(tiny_bundle, tm
     other_seed = next(s for s in range(100) if split_concepts(tiny, s).in_half != split_concepts(tiny, 3).in_half)
     other = generalise(tiny_bundle, tmp_path / "gen3", "--split-seed", str(other_seed), "--work", str(work), defaults=defaults)
     assert other.returncode == 2 and "another split" in other.stderr
+
+
+def test_reference_tokens_are_read_from_the_reference_folders_or_refused(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from saeuron_core.errors import SaeuronError
+    from saeuron_core.minicanvas.generalisation import reference_tokens
+
+    (tmp_path / "sae" / "a").mkdir(parents=True)
+    (tmp_path / "sae" / "a" / "train_metrics.json").write_text(json.dumps({"tokens": 1000}))
+    (tmp_path / "sae" / ".train" / "unet.b").mkdir(parents=True)
+    (tmp_path / "sae" / "unet.b").mkdir()
+    (tmp_path / "sae" / ".train" / "b").mkdir()
+    (tmp_path / "sae" / ".train" / "b" / "metrics.json").write_text(json.dumps({"tokens": 2000}))  # sparsify-style layout
+    full = SimpleNamespace(saes={"a": None, "b": None}, folders=(tmp_path / "sae" / "a", tmp_path / "stats" / "a", tmp_path / "sae" / "unet.b"))
+    assert reference_tokens(full) == {"a": 1000, "b": 2000}
+    (tmp_path / "sae" / ".train" / "b" / "metrics.json").write_text(json.dumps({"fvu": 0.1}))
+    with pytest.raises(SaeuronError, match="recorded training tokens"):
+        reference_tokens(full)
+
+
+@pytest.mark.slow
+def test_matched_tokens_train_the_half_sae_as_long_as_the_reference(tiny_bundle, tmp_path):
+    defaults = tmp_path / "defaults.json"
+    defaults.write_text(json.dumps({"kinds": {"style": {"tau": 99.0, "gamma": -5.0}, "object": {"tau": 98.0, "gamma": -10.0}}}))
+    work = tmp_path / "work"
+    proc = generalise(tiny_bundle, tmp_path / "gen", "--split-seed", "3", "--work", str(work), "--match-tokens", defaults=defaults)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "gen" / "metrics.json").read_text())["config"]["match_tokens"] is True
+    from saeuron_core.store import ActivationStore
+
+    half_store = ActivationStore(work / "store_half-matched")
+    checked = 0
+    for metrics in (tiny_bundle / "sae" / ".train").glob("*/metrics.json"):
+        point = metrics.parent.name
+        reference = json.loads(metrics.read_text())["tokens"]
+        half = json.loads((work / "sae_half-matched" / ".train" / point / "metrics.json").read_text())
+        per_epoch = half_store.token_count(point)
+        epochs = max(1, round(reference / per_epoch))  # the whole number of passes nearest the reference
+        batches = -(-per_epoch // 16)  # --sae-batch-size 16: the last batch of a pass may be short
+        assert half["tokens"] == epochs * batches * 16, (point, reference, per_epoch, half)
+        checked += 1
+    assert checked == 2

@@ -159,6 +159,10 @@ class GeneralisationConfig:
     """Passes over the store when training each SAE (the bundled SAEs: 5)."""
     batch_size: int = 4096
     """Tokens per optimiser step."""
+    match_tokens: bool = False
+    """Train the half SAE at each hook point on as many tokens as the reference SAE there saw (its
+    recorded training tokens) instead of ``epochs`` passes, so that which concepts it saw is not
+    mixed up with how long it trained (on half the prompts, ``epochs`` passes are fewer steps)."""
 
     def __post_init__(self):
         object.__setattr__(self, "split_seed", check_split_seed(self.split_seed))
@@ -208,8 +212,27 @@ def prepare(info, cfg: GeneralisationConfig, defaults: Path, work: Path) -> tupl
     return split, concepts, table
 
 
-def _train_and_score(pipe, info, name: str, train_items, stats_store, cfg: GeneralisationConfig, steps: int, guidance: float, work: Path, log) -> tuple[Path, Path]:
-    """SAEs trained on ``train_items`` and their statistics over ``stats_store``; resumable."""
+def reference_tokens(full) -> dict[str, int]:
+    """Per hook point, the training tokens the reference bundle's SAE recorded (its
+    ``train_metrics.json`` or ``.train/<point>/metrics.json``); refused when one is missing."""
+    from ..sae_train import METRICS_FILE
+
+    found = {}
+    for point in full.saes:
+        # the bundle's folders are per hook point (SAE folders, then statistics folders)
+        folder = next(Path(f) for f in full.folders if Path(f).name in (point, f"unet.{point}"))
+        for path in (folder / "train_metrics.json", folder.parent / ".train" / point / METRICS_FILE):
+            if path.is_file() and "tokens" in (m := json.loads(path.read_text())):
+                found[point] = int(m["tokens"])
+                break
+        else:
+            raise SaeuronError(f"matching tokens needs the reference SAE's recorded training tokens; {folder} has none")
+    return found
+
+
+def _train_and_score(pipe, info, name: str, train_items, stats_store, cfg: GeneralisationConfig, steps: int, guidance: float, work: Path, log, tokens: dict[str, int] | None = None) -> tuple[Path, Path]:
+    """SAEs trained on ``train_items`` and their statistics over ``stats_store``; resumable.
+    ``tokens``: per hook point, train on about this many tokens instead of ``cfg.epochs`` passes."""
     from ..sae import TopKSae
     from ..sae_train import TrainConfig, train_sae
     from ..stats import compute_stats
@@ -219,11 +242,11 @@ def _train_and_score(pipe, info, name: str, train_items, stats_store, cfg: Gener
     store_dir = work / f"store_{name}"
     store = stats_store if store_dir == stats_store.root else cache_activations(pipe, train_items, points, store_dir, steps, guidance, model_name=info.name)
     sae_dir, stats_dir = work / f"sae_{name}", work / f"stats_{name}"
-    train_cfg = TrainConfig(sae=cfg.sae, batch_size=cfg.batch_size, epochs=cfg.epochs)
     for point in points:
         if not (sae_dir / ".train" / point / "metrics.json").is_file():
             t0 = time.time()
-            m = train_sae(store, point, train_cfg, sae_dir)
+            epochs = cfg.epochs if tokens is None else max(1, round(tokens[point] / store.token_count(point)))
+            m = train_sae(store, point, TrainConfig(sae=cfg.sae, batch_size=cfg.batch_size, epochs=epochs), sae_dir)
             log(f"SAE {name} {point}: FVU {m.get('fvu', float('nan')):.3f} after {m['steps']} steps ({time.time() - t0:.0f} s, {store.token_count(point)} tokens per epoch)")
         if not (stats_dir / point / "stats.json").is_file():
             stats = compute_stats(stats_store, point, TopKSae.load(sae_dir / point), top_m=2)
@@ -247,6 +270,9 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
 
     t0 = time.time()
     split, concepts, table = prepare(info, cfg, defaults, work)
+    if cfg.match_tokens and full is None:
+        raise SaeuronError("matching tokens needs the reference SAE (drop --no-full-reference)")
+    matched = reference_tokens(full) if cfg.match_tokens else None  # refused before any work
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / "split.json", split.as_dict())
     log(f"split (seed {split.seed}): SAE trained on {split.in_half}; never sees {split.out_half}")
@@ -254,9 +280,12 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     every_item = training_items(split, cfg.train_seeds_per_pair, half=False)
     t_cache = time.time()
     store_all = cache_activations(pipe, every_item, points, work / "store_full", steps, guidance, model_name=info.name)
-    sae_dir, stats_dir = _train_and_score(pipe, info, "half", training_items(split, cfg.train_seeds_per_pair), store_all, cfg, steps, guidance, work, log)
+    # the half SAE trained to the reference's tokens is another SAE: its own folders and image sets
+    half = "half-matched" if cfg.match_tokens else "half"
+    sae_dir, stats_dir = _train_and_score(pipe, info, half, training_items(split, cfg.train_seeds_per_pair), store_all, cfg, steps, guidance, work, log, tokens=matched)
     build_seconds = time.time() - t_cache
     bundles = {"half": SaeBundle.load(info, sae_dir, stats_dir, defaults)}
+    set_name = {"half": half, "full": "full"}
     if full is not None:
         bundles["full"] = full
 
@@ -284,13 +313,13 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
         image_set("plain", seed)
         for name, bundle in bundles.items():
             for concept in concepts:
-                if not (sets / f"{name}-{concept}" / f"{seed}.npz").is_file():
+                if not (sets / f"{set_name[name]}-{concept}" / f"{seed}.npz").is_file():
                     if (name, concept) not in removals:
                         removals[name, concept] = prepare_removal(pipe, info, "saeuron", (concept,), bundle=bundle)
                     t1 = time.time()
-                    if image_set(f"{name}-{concept}", seed, removals[name, concept]) is not None:
+                    if image_set(f"{set_name[name]}-{concept}", seed, removals[name, concept]) is not None:
                         log(f"  {name} SAE, {concept} removed: {time.time() - t1:.0f} s")
-    keys = ["plain"] + [f"{name}-{c}" for name in bundles for c in concepts]
+    keys = ["plain"] + [f"{set_name[name]}-{c}" for name in bundles for c in concepts]
     while any(image_set(k, s) is None for k in keys for s in cfg.seeds):
         time.sleep(10)  # another process is finishing a claimed set
     plain = ImageSet.concat([image_set("plain", s) for s in cfg.seeds])
@@ -302,7 +331,7 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     for name, bundle in bundles.items():
         rows[name] = []
         for concept in concepts:
-            edited = ImageSet.concat([image_set(f"{name}-{concept}", s) for s in cfg.seeds])
+            edited = ImageSet.concat([image_set(f"{set_name[name]}-{concept}", s) for s in cfg.seeds])
             row = concept_row((concept,), edited, plain, ref_feats)
             settings = {iv.point: iv.per_concept() for iv in bundle.unlearn([concept])}
             row.update(settings=settings, group=split.group_of(concept), kind=mc.concept_kind(concept))
