@@ -143,6 +143,23 @@ def generate_protocol(pipe, judge, seeds, steps: int, guidance: float, batch_siz
     return ImageSet(records, images, feats, time.perf_counter() - t0)
 
 
+def stored_protocol(pipe, judge, path: Path | None, seed: int, steps: int, guidance: float, removal: Removal | None = None) -> ImageSet | None:
+    """The protocol at one base seed with ``removal`` active: from ``path`` if a run finished it,
+    else generated here and saved there, unless another live process holds its claim (then None:
+    the same command in several processes shares the work, one set at a time). ``path`` None:
+    generated and not kept."""
+    if path is not None and path.is_file():
+        return ImageSet.load(path)
+    with claim(path.with_suffix(".claim")) if path is not None else contextlib.nullcontext(True) as mine:
+        if not mine:
+            return None
+        with removal.active(pipe) if removal is not None else contextlib.nullcontext():
+            images = generate_protocol(pipe, judge, (seed,), steps, guidance)
+        if path is not None:
+            images.save(path)
+    return images
+
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets [N, D]."""
     if len(a) < 2 or len(b) < 2:
@@ -237,20 +254,7 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
     sets_root = work / f"sets-{info.name}-{plan.steps}-{plan.guidance:g}" if work is not None else None
 
     def image_set(key: str, seed: int, removal: Removal | None) -> ImageSet | None:
-        """The set from the work folder; else generated (None: another live process has claimed it)."""
-        if sets_root is None:
-            with removal.active(pipe) if removal is not None else contextlib.nullcontext():
-                return generate_protocol(pipe, judge, (seed,), plan.steps, plan.guidance)
-        path = sets_root / key / f"{seed}.npz"
-        if path.is_file():
-            return ImageSet.load(path)
-        with claim(path.with_suffix(".claim")) as mine:
-            if not mine:
-                return None
-            with removal.active(pipe) if removal is not None else contextlib.nullcontext():
-                images = generate_protocol(pipe, judge, (seed,), plan.steps, plan.guidance)
-            images.save(path)
-        return images
+        return stored_protocol(pipe, judge, sets_root / key / f"{seed}.npz" if sets_root is not None else None, seed, plan.steps, plan.guidance, removal)
 
     sets = [(c,) for c in plan.concepts] + list(plan.multi)
     removals: dict[tuple[str, tuple[str, ...]], Removal] = {}
@@ -317,6 +321,8 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
             if i == 0 and not waiting and plan.attack_prompts:  # attacks after the first seed: a short run has them too
                 for method in plan.methods:
                     for concept in plan.concepts if method != "none" else ():
+                        if (method, concept) in attacks:
+                            continue  # done on an earlier pass
                         t1 = time.time()
                         found = attack_of(method, concept, wait=False)
                         if found is None:

@@ -23,7 +23,6 @@ reference images and one row per finished removal); the same command resumes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -35,11 +34,11 @@ import numpy as np
 from . import dataset as mc
 from ..errors import SaeuronError
 from ..intervals import Rate, paired_bootstrap
-from ..io import atomic_path, claim, write_json
+from ..io import atomic_path, write_json
 from ..sae import SaeConfig
 from ..store import PromptItem
 from .evaluation import accuracy
-from .benchmark import ImageSet, _retained, _pct, _with_interval, concept_average, difference_lines, concept_row, frechet_distance, generate_protocol, reference_features
+from .benchmark import ImageSet, _retained, _pct, _with_interval, concept_average, difference_lines, concept_row, frechet_distance, reference_features, stored_protocol
 
 KINDS = ("object", "style")
 GROUPS = ("in", "out")
@@ -294,18 +293,7 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     sets = work / f"sets-{steps}-{guidance:g}"
 
     def image_set(key: str, seed: int, removal=None) -> ImageSet | None:
-        """The set from disk; else generated here unless another live process holds its claim
-        (then None: the same command run twice shares the work, one set at a time)."""
-        path = sets / key / f"{seed}.npz"
-        if path.is_file():
-            return ImageSet.load(path)
-        with claim(path.with_suffix(".claim")) as mine:
-            if not mine:
-                return None
-            with removal.active(pipe) if removal is not None else contextlib.nullcontext():
-                images = generate_protocol(pipe, judge, (seed,), steps, guidance)
-            images.save(path)
-        return images
+        return stored_protocol(pipe, judge, sets / key / f"{seed}.npz", seed, steps, guidance, removal)
 
     removals = {}
     for i, seed in enumerate(cfg.seeds):
