@@ -133,7 +133,10 @@ def removal_metrics(records, concept: str) -> dict[str, float]:
 
 def removal_counts(records, concept: str) -> dict[str, Rate]:
     """The counts behind ``removal_metrics`` (for intervals), plus ``unrecognisable``: the share
-    of the removed concept's images that the judge cannot place at all."""
+    of the removed concept's images that the judge cannot place at all, and ``kept_on_target``:
+    the share of the removed concept's own images (those whose prompt names a concept of the
+    other kind) on which the judge still sees that other concept. UA alone cannot tell "the
+    dots are gone from the star" from "the star is gone too"; this can."""
     kind = mc.concept_kind(concept)
     other_kind = "object" if kind == "style" else "style"
 
@@ -146,9 +149,11 @@ def removal_counts(records, concept: str) -> dict[str, Rate]:
     target = [r for r in records if shows(r)]
     retain = [r for r in records if not shows(r) and (r.style is not None or kind == "object")]
     cross = [r for r in records if other_kind == "object" or r.style is not None]
+    paired = [r for r in target if other_kind == "object" or r.style is not None]
     return {
         "UA": Rate(sum(not right(r, kind) for r in target), len(target)),
         "IRA": Rate(sum(right(r, kind) for r in retain), len(retain)),
         "CRA": Rate(sum(right(r, other_kind) for r in cross), len(cross)),
         "unrecognisable": Rate(sum(r.unrecognisable for r in target), len(target)),
+        "kept_on_target": Rate(sum(right(r, other_kind) for r in paired), len(paired)),
     }
