@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -338,9 +337,3 @@ def _fold_markers(root: Path) -> None:
     for path in markers:  # after the manifest: a kill in between only folds them again
         path.unlink(missing_ok=True)
 
-
-def item_label_matrix(store: ActivationStore, key: str) -> tuple[list[str], np.ndarray]:
-    """Concept names for label ``key`` and each item's index into them (-1 = unlabelled)."""
-    names = sorted({it.labels[key] for it in store.items if key in it.labels})
-    index = {n: i for i, n in enumerate(names)}
-    return names, np.array([index.get(it.labels.get(key), -1) for it in store.items])
