@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .errors import SaeuronError
 from .io import load_safetensors, save_safetensors, write_json
+from .pause import pause_point
 
 MANIFEST = "store.json"
 
@@ -259,7 +260,7 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
     if not mine:
         log(f"cache: rank {dist.rank()} of {dist.world()} has no shard to write (the store has {store.n_shards} shards; use a smaller --items-per-shard to use every rank); it idles")
     todo = [s for s in mine if s not in set(store.completed)]
-    for shard in tqdm(todo, desc="cache" if dist.world() == 1 else f"cache rank {dist.rank()}", mininterval=5):
+    for done, shard in enumerate(tqdm(todo, desc="cache" if dist.world() == 1 else f"cache rank {dist.rank()}", mininterval=5), start=1):
         ids = list(store.shard_items(shard))
         with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1) as rec:
             generate_jobs(pipe, [(items[i].prompt, items[i].seed) for i in ids], steps, guidance, batch_size=len(ids), output_type="latent")
@@ -283,6 +284,7 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
             write_json(_marker(root, shard), {"shard": shard, "points": dims, "timesteps": list(rec.timesteps)})
             if dist.is_main():
                 _fold_markers(root)
+        pause_point(done, "shards")  # kill / resume tests stop here (saeuron_core.pause)
     dist.barrier()
     if dist.is_main():
         _fold_markers(root)
