@@ -36,6 +36,12 @@ def test_an_empty_sample_has_the_whole_unit_interval_and_no_rate():
 
     assert _with_interval(empty["value"], empty) == "-"
     assert _with_interval(0.25, Rate(3, 12).as_dict()).startswith("25.00% [")
+    from saeuron_core.minicanvas.control import markdown
+
+    rate = Rate(1, 2).as_dict()
+    row = {"concept": "dots", "features": 3, "ablate": {"top1": {"UA": empty, "CRA": rate}}, "steer": {"top1@2": {"shows_concept": empty, "retains_other_kind": rate}}}
+    table = markdown([row])
+    assert table.count("no data") == 2 and "nan" not in table and "| 50% [" in table
 
 
 def test_paired_bootstrap_hand_computed():
