@@ -34,7 +34,9 @@ from .errors import SaeuronError
 
 CONDITIONS = ("wrong_here", "right_here")
 CHART_FILE = "heatmap.html"
-CHART_NEEDS_APP = f"{CHART_FILE} not written: the chart needs plotly, from the app extra (pip install 'saeuron-explorer[app]')"
+CHART_NEEDS_APP = (
+    f"{CHART_FILE} not written: the chart needs plotly, from the app extra (pip install 'saeuron-explorer[app]')"
+)
 
 
 def chart_available() -> bool:

@@ -260,7 +260,8 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
     if not mine:
         log(f"cache: rank {dist.rank()} of {dist.world()} has no shard to write (the store has {store.n_shards} shards; use a smaller --items-per-shard to use every rank); it idles")
     todo = [s for s in mine if s not in set(store.completed)]
-    for done, shard in enumerate(tqdm(todo, desc="cache" if dist.world() == 1 else f"cache rank {dist.rank()}", mininterval=5), start=1):
+    desc = "cache" if dist.world() == 1 else f"cache rank {dist.rank()}"
+    for done, shard in enumerate(tqdm(todo, desc=desc, mininterval=5), start=1):
         ids = list(store.shard_items(shard))
         with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1) as rec:
             generate_jobs(pipe, [(items[i].prompt, items[i].seed) for i in ids], steps, guidance, batch_size=len(ids), output_type="latent")

@@ -158,6 +158,7 @@ def start_paused(cmd: list[str], after: int, env: dict | None = None, timeout: f
             proc.kill()
             proc.wait()
             why = "ended" if chunk == b"" else f"did not pause within {timeout} s"
-            pytest.fail(f"{cmd[2:5]} {why} before pausing after {after}; stderr: {seen[-2000:].decode(errors='replace')}")
+            tail = seen[-2000:].decode(errors="replace")
+            pytest.fail(f"{cmd[2:5]} {why} before pausing after {after}; stderr: {tail}")
         seen += chunk
     return proc, int(found.group(1))

@@ -39,7 +39,12 @@ def test_an_empty_sample_has_the_whole_unit_interval_and_no_rate():
     from saeuron_core.minicanvas.control import markdown
 
     rate = Rate(1, 2).as_dict()
-    row = {"concept": "dots", "features": 3, "ablate": {"top1": {"UA": empty, "CRA": rate}}, "steer": {"top1@2": {"shows_concept": empty, "retains_other_kind": rate}}}
+    row = {
+        "concept": "dots",
+        "features": 3,
+        "ablate": {"top1": {"UA": empty, "CRA": rate}},
+        "steer": {"top1@2": {"shows_concept": empty, "retains_other_kind": rate}},
+    }
     table = markdown([row])
     assert table.count("no data") == 2 and "nan" not in table and "| 50% [" in table
 

@@ -74,18 +74,26 @@ def test_stop_request_is_inert_off_the_main_thread():
     assert seen == {"requested": False, "handler_unchanged": True}
 
 
-def test_a_loop_pauses_where_the_environment_asks_and_only_there():
+def test_a_loop_pauses_where_the_environment_asks_and_only_there(monkeypatch):
     # the hook the kill / resume tests drive (saeuron_core.pause): announce on stderr, then block
-    import subprocess
     import sys
 
     from conftest import start_paused
 
-    loop = "from saeuron_core.training import Progress\np = Progress('t', 5, 0, lambda: None, every_steps=2)\nfor s in range(1, 6):\n    p.tick(s)\nprint('finished')"
+    from saeuron_core.pause import PAUSE_ENV
+
+    loop = (
+        "from saeuron_core.training import Progress\n"
+        "p = Progress('t', 5, 0, lambda: None, every_steps=2)\n"
+        "for s in range(1, 6):\n"
+        "    p.tick(s)\n"
+        "print('finished')"
+    )
     proc, pid = start_paused([sys.executable, "-c", loop], after=3, timeout=120)
     assert pid == proc.pid and proc.poll() is None  # alive and waiting at step 3
     proc.kill()
     proc.communicate()
-    env = {k: v for k, v in os.environ.items() if k != "SAEURON_TEST_PAUSE_AFTER"}
-    free = subprocess.run([sys.executable, "-c", loop], env=env, capture_output=True, text=True, timeout=120)
-    assert free.returncode == 0 and free.stdout.strip() == "finished"
+    monkeypatch.setenv(PAUSE_ENV, "6")  # a step the loop never reaches: it runs through
+    progress = Progress("t", 5, 0, lambda: None)
+    assert [progress.tick(s) for s in range(1, 6)] == [False] * 5
+    progress.close()

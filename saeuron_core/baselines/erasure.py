@@ -43,7 +43,8 @@ ERASURE_METHODS = ("esd", "uce")
 def text_embeddings(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids [N, L], last hidden states [N, L, d]) of the pipeline's text encoder."""
     tok = pipe.tokenizer
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    tokens = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    ids = tokens.input_ids
     with torch.no_grad():
         hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
     return ids, hidden.float()
