@@ -1,14 +1,11 @@
-"""Numbers as the panels show them: 3 significant digits, rates as percentages with their Wilson
-95% interval, and optional numeric fields where empty means None."""
+"""Numbers as the panels show them: 3 significant digits, rates as percentages, and optional
+numeric fields where empty means None (a rate's Wilson interval is ``saeuron_core.intervals.wilson``)."""
 
 from __future__ import annotations
 
 import math
 
 from saeuron_core.errors import SaeuronError
-
-Z95 = 1.959963984540054
-"""Two-sided 95% quantile of the standard normal."""
 
 
 def sig3(value) -> str:
@@ -25,32 +22,11 @@ def sig3(value) -> str:
     return f"{value:.3g}"
 
 
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial rate ``successes / n`` ((0, 1) when n is 0)."""
-    if n < 0 or not 0 <= successes <= n:
-        raise SaeuronError(f"a rate needs 0 <= successes <= n, got {successes} of {n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def percent(rate: float | None) -> str:
     """A rate in [0, 1] as a percentage with 3 significant digits at most ("100%", "37.5%")."""
     if rate is None:
         return ""
     return f"{float(f'{100 * rate:.3g}'):g}%"
-
-
-def rate_with_interval(successes: int, n: int) -> str:
-    """"62.5% [30.6%, 86.3%] (5/8)": the rate, its Wilson 95% interval and the counts."""
-    if n == 0:
-        return "n/a (0 images)"
-    low, high = wilson_interval(successes, n)
-    return f"{percent(successes / n)} [{percent(low)}, {percent(high)}] ({successes}/{n})"
 
 
 def optional_number(name: str, value) -> float | None:

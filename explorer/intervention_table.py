@@ -33,10 +33,6 @@ def row_of(spec: dict, on: bool = True) -> list:
     return [bool(on), kind, spec["point"], features, value, str(start), "" if stop is None else str(stop), mask_text, json.dumps(spec, separators=(",", ":"))]
 
 
-def rows_from_json(text: str) -> list[list]:
-    return [row_of(intervention_to_dict(iv)) for iv in parse_interventions(text)]
-
-
 def parse_interventions(text: str) -> list:
     """The interventions in an editable JSON list (what recipes hold), checked one by one."""
     try:

@@ -12,10 +12,11 @@ import numpy as np
 
 from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
-from saeuron_core.minicanvas.evaluation import JudgedImage, removal_metrics
+from saeuron_core.intervals import wilson
 from saeuron_core.interventions import Unlearn
+from saeuron_core.minicanvas.evaluation import JudgedImage, removal_metrics
 
-from .formatting import optional_number, percent, wilson_interval
+from .formatting import optional_number, percent
 from .limits import check_float, check_int
 from .recipes import Recipe
 from .session import ExplorerSession
@@ -317,7 +318,7 @@ def metric_rows(grids: list[UnlearnGrid]) -> list[dict]:
         for metric in METRIC_NAMES:
             for column, counts, setup in columns:
                 k, n = counts[concept][metric]
-                low, high = wilson_interval(k, n)
+                low, high = wilson(k, n)
                 rows.append({"concept": concept, "metric": metric, "column": column, "successes": k, "images": n, "rate": k / n if n else None, "low95": low, "high95": high, "setup_s": round(setup, 2)})
     return rows
 
@@ -350,7 +351,7 @@ def metric_cell(k: int, n: int) -> str:
     """"62.5% (5/8)\\n[30.6–86.3%]": a rate, its counts and its Wilson 95% interval."""
     if n == 0:
         return "n/a (no images)"
-    low, high = wilson_interval(k, n)
+    low, high = wilson(k, n)
     return f"{percent(k / n)} ({k}/{n}) [{percent(low)}–{percent(high)}]"
 
 

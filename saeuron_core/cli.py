@@ -703,9 +703,12 @@ def cmd_attack(args) -> int:
 
 
 def cmd_locate(args) -> int:
-    from .locate import SwapCase, check_blocks, locate, markdown_table, write_locate
+    from .locate import CHART_NEEDS_APP, SwapCase, chart_available, check_blocks, locate, markdown_table, write_locate
 
     out = check_output_folder(args)
+    chart = chart_available()  # known before any computation: a core install still gets the table
+    if not chart:
+        print(CHART_NEEDS_APP, flush=True)
     if args.pairs < 1:
         raise_error(f"--pairs must be >= 1, got {args.pairs}")
     if args.seeds < 1:
@@ -735,11 +738,11 @@ def cmd_locate(args) -> int:
         cases = swap_cases(kinds, args.pairs, mc.split_seeds("sweep", args.seeds))
         if not args.no_judge:
             shows = judge_shows(open_judge(args))
-    result = locate(m.pipe, cases, m.steps, m.guidance, blocks, shows, batch_size=args.batch_size, log=lambda msg: print(msg, flush=True), on_kind=lambda partial: write_locate(partial, out))
+    result = locate(m.pipe, cases, m.steps, m.guidance, blocks, shows, batch_size=args.batch_size, log=lambda msg: print(msg, flush=True), on_kind=lambda partial: write_locate(partial, out, chart))
     result["model"] = args.model
-    write_locate(result, out)
+    written = write_locate(result, out, chart)
     print(markdown_table(result))
-    print(f"wrote {out}/locate.json, locate.md, heatmap.html in {result['seconds']} s")
+    print(f"wrote {', '.join(str(p) for p in written)} in {result['seconds']} s")
     return 0
 
 

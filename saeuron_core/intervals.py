@@ -1,7 +1,8 @@
 """Uncertainty of benchmark numbers: pure functions, no model, reusable by any report.
 
 - ``wilson``: the Wilson score interval of a binomial proportion (k successes of n), which
-  stays inside [0, 1] and behaves at k = 0 or k = n, unlike the normal approximation.
+  stays inside [0, 1] and behaves at k = 0 or k = n, unlike the normal approximation. It is
+  the one Wilson interval of the project (library, benchmark reports and explorer panels).
 - ``paired_bootstrap``: a percentile bootstrap interval of the mean difference between two
   methods scored on the same units (concepts), resampling units with replacement, so that
   what both methods share (the concept's difficulty, its seeds) cancels.
@@ -24,11 +25,17 @@ Z95 = 1.959963984540054
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval (lo, hi) of the proportion k / n; (nan, nan) when n == 0."""
+    """The Wilson score interval (lo, hi) of the proportion k / n; (0, 1) when n == 0.
+
+    The interval is the set of proportions p that the score test does not reject at level z.
+    An empty sample rejects nothing, so the honest interval at n = 0 is all of [0, 1]; it is
+    finite (valid JSON, drawable as an error bar) and cannot be mistaken for evidence. The rate
+    itself, k / n, stays undefined: reports show it as "no data" (see ``Rate.value``).
+    """
     if n < 0 or k < 0 or k > n:
         raise SaeuronError(f"a proportion needs 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
-        return float("nan"), float("nan")
+        return 0.0, 1.0
     p = k / n
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
@@ -48,6 +55,7 @@ class Rate:
 
     @property
     def value(self) -> float:
+        """k / n; nan when n == 0 (no trials: no rate, and the interval is all of [0, 1])."""
         return self.k / self.n if self.n else float("nan")
 
     @property

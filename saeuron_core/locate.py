@@ -21,6 +21,7 @@ needs only a pipeline, prompt pairs and seeds.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,16 @@ import torch
 from .errors import SaeuronError
 
 CONDITIONS = ("wrong_here", "right_here")
+CHART_FILE = "heatmap.html"
+CHART_NEEDS_APP = (
+    f"{CHART_FILE} not written: the chart needs plotly, from the app extra (pip install 'saeuron-explorer[app]')"
+)
+
+
+def chart_available() -> bool:
+    """Whether plotly (the ``app`` extra) can be imported here: asked before any computation,
+    so a core install learns it at once and still gets locate.json and locate.md."""
+    return importlib.util.find_spec("plotly") is not None
 
 
 @dataclass(frozen=True)
@@ -240,6 +251,8 @@ def locate(
 def heatmap_html(result: dict, title: str = "Where concepts enter the U-Net") -> str:
     """A plotly heatmap: rows = blocks, columns = (kind, condition); the judge's share of images
     showing the intended concept when judged, else the image change share."""
+    if not chart_available():
+        raise SaeuronError(CHART_NEEDS_APP)
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -278,12 +291,22 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_locate(result: dict, out: Path) -> None:
+def write_locate(result: dict, out: Path, chart: bool | None = None) -> list[Path]:
+    """Write locate.json, locate.md and, with ``chart``, the plotly heatmap into ``out``; returns
+    the files written. ``chart=None`` draws it when plotly is importable (``chart_available``),
+    so a core install without the ``app`` extra keeps the table; ``chart=True`` requires it."""
     from .io import atomic_path, write_json
 
+    if chart is None:
+        chart = chart_available()
+    html = heatmap_html(result) if chart else None  # refused here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "locate.json", result)
-    with atomic_path(out / "locate.md") as tmp:
+    written = [out / "locate.json", out / "locate.md"]
+    write_json(written[0], result)
+    with atomic_path(written[1]) as tmp:
         tmp.write_text(markdown_table(result))
-    with atomic_path(out / "heatmap.html") as tmp:
-        tmp.write_text(heatmap_html(result))
+    if html is not None:
+        written.append(out / CHART_FILE)
+        with atomic_path(written[-1]) as tmp:
+            tmp.write_text(html)
+    return written

@@ -61,12 +61,6 @@ def split_hook_points(meta_points: dict) -> tuple[dict, dict]:
     return first, every
 
 
-def concept_prompt(object_name: str, style: str | None = None) -> str:
-    """The UnlearnCanvas prompt for a concept vocabulary: "An image of {object} in {style} style."
-    (or "An image of {object}." without a style), the template the paper evaluates with."""
-    return f"An image of {object_name}." if style is None else f"An image of {object_name} in {style} style."
-
-
 # SD1.x defaults, as used by the paper (METHOD section 1).
 _SD1_HOOKS = {"object": "up_blocks.1.attentions.1", "style": "up_blocks.1.attentions.2"}
 
@@ -292,11 +286,3 @@ def save_image(image, path: str | Path) -> Path:
         image.save(tmp, format=fmt)
     return path
 
-
-def text_embeddings(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token ids [N, L], last hidden states [N, L, d]) of the pipeline's text encoder."""
-    tok = pipe.tokenizer
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-    with torch.no_grad():
-        hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
-    return ids, hidden.float()

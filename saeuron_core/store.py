@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .errors import SaeuronError
 from .io import load_safetensors, save_safetensors, write_json
+from .pause import pause_point
 
 MANIFEST = "store.json"
 
@@ -260,7 +260,8 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
     if not mine:
         log(f"cache: rank {dist.rank()} of {dist.world()} has no shard to write (the store has {store.n_shards} shards; use a smaller --items-per-shard to use every rank); it idles")
     todo = [s for s in mine if s not in set(store.completed)]
-    for shard in tqdm(todo, desc="cache" if dist.world() == 1 else f"cache rank {dist.rank()}", mininterval=5):
+    desc = "cache" if dist.world() == 1 else f"cache rank {dist.rank()}"
+    for done, shard in enumerate(tqdm(todo, desc=desc, mininterval=5), start=1):
         ids = list(store.shard_items(shard))
         with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1) as rec:
             generate_jobs(pipe, [(items[i].prompt, items[i].seed) for i in ids], steps, guidance, batch_size=len(ids), output_type="latent")
@@ -284,6 +285,7 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
             write_json(_marker(root, shard), {"shard": shard, "points": dims, "timesteps": list(rec.timesteps)})
             if dist.is_main():
                 _fold_markers(root)
+        pause_point(done, "shards")  # kill / resume tests stop here (saeuron_core.pause)
     dist.barrier()
     if dist.is_main():
         _fold_markers(root)
@@ -338,9 +340,3 @@ def _fold_markers(root: Path) -> None:
     for path in markers:  # after the manifest: a kill in between only folds them again
         path.unlink(missing_ok=True)
 
-
-def item_label_matrix(store: ActivationStore, key: str) -> tuple[list[str], np.ndarray]:
-    """Concept names for label ``key`` and each item's index into them (-1 = unlabelled)."""
-    names = sorted({it.labels[key] for it in store.items if key in it.labels})
-    index = {n: i for i, n in enumerate(names)}
-    return names, np.array([index.get(it.labels.get(key), -1) for it in store.items])

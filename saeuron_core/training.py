@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .io import atomic_path, write_json
+from .pause import pause_point
 
 DONE_FILE = "done.json"
 
@@ -64,11 +65,12 @@ class Progress:
             self.bar.set_postfix(**postfix)
         due_by_time = self.minutes is not None and time.time() - self.last_save > self.minutes * 60
         due_by_step = self.every_steps is not None and step % self.every_steps == 0
-        if due_by_time or due_by_step:
+        saved = due_by_time or due_by_step
+        if saved:
             self.save()
             self.last_save = time.time()
-            return True
-        return False
+        pause_point(step, "steps")  # kill / resume tests stop here (saeuron_core.pause)
+        return saved
 
     def close(self) -> None:
         self.bar.close()

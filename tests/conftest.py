@@ -134,3 +134,31 @@ def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
     torch.manual_seed(0)
     Judge(JudgeConfig(channels=[8, 8], image_size=16)).save(root / "judge")
     return root
+
+
+def start_paused(cmd: list[str], after: int, env: dict | None = None, timeout: float = 300):
+    """Start ``cmd`` with ``SAEURON_TEST_PAUSE_AFTER=after`` and block on its stderr pipe until a
+    process says it paused there (``saeuron_core.pause``); returns (Popen, pid of the paused
+    process) for the test to kill. A deadline bounds the wait: no sleeps, no polling of files."""
+    import re
+    import select
+    import subprocess
+    import time
+
+    from saeuron_core.pause import PAUSE_ENV
+
+    env = {**(os.environ if env is None else env), PAUSE_ENV: str(after)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fd, seen = proc.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while (found := re.search(rb"saeuron: paused after \d+ \w+ \(pid (\d+)\)", seen)) is None:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 1 << 16) if ready else None
+        if not chunk:
+            proc.kill()
+            proc.wait()
+            why = "ended" if chunk == b"" else f"did not pause within {timeout} s"
+            tail = seen[-2000:].decode(errors="replace")
+            pytest.fail(f"{cmd[2:5]} {why} before pausing after {after}; stderr: {tail}")
+        seen += chunk
+    return proc, int(found.group(1))

@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import start_paused
 
 from saeuron_core import distributed as dist
 from saeuron_core.errors import SaeuronError
@@ -246,15 +246,10 @@ def test_torchrun_cache_killed_mid_run_resumes_to_the_same_tokens(tiny_pipeline_
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "saeuron_core", "--threads", "1", "cache", "--model", str(tiny_pipeline_dir), "--steps", "3", "--guidance", "4", "--prompts", str(prompts), "--items-per-shard", "1", "--out", str(out)]
     cmd[cmd.index("cache") + 1 : cmd.index("cache") + 1] = sum((["--point", p] for p in POINTS), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    workers: list[int] = []
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        workers = children_of(proc.pid)  # read again until both ranks have started
-        if len(workers) == 2 and list((out / ".parts").glob("shard-*.json")):
-            os.kill(max(workers), signal.SIGKILL)  # one rank dies mid-run
-            break
-        time.sleep(0.005)
+    proc, paused = start_paused(cmd, after=1, env=env)  # a rank has written its first shard
+    workers = children_of(proc.pid)
+    assert paused in workers and len(workers) == 2
+    os.kill(paused, signal.SIGKILL)  # one rank dies mid-run
     proc.communicate(timeout=120)
     for pid in workers:  # torchrun stops the survivor; make sure before the rerun
         try:

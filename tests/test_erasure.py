@@ -12,6 +12,7 @@ from saeuron_core.baselines.erasure import (
     erase,
     esd_erase,
     esd_loss,
+    text_embeddings,
     uce_erase,
     uce_pairs,
     uce_solve,
@@ -19,7 +20,7 @@ from saeuron_core.baselines.erasure import (
 from saeuron_core.edits import META_FILE, WeightEdit, applied, cross_attention_parameters
 from saeuron_core.errors import SaeuronError
 from saeuron_core.baselines.methods import parse_methods, prepare_removal
-from saeuron_core.pipeline import load_pipeline, model_info, text_embeddings
+from saeuron_core.pipeline import load_pipeline, model_info
 
 
 def brute_force_uce(w_old, c, v, p, se, sp, lamb):

@@ -453,23 +453,11 @@ def test_a_card_without_image_generation_uses_only_cached_images(ex, point):
 
 
 # --------------------------------------------------------------------------- formatting and fields
-def test_wilson_interval_matches_the_textbook_values():
-    from explorer.formatting import wilson_interval
-
-    assert wilson_interval(5, 8) == pytest.approx((0.3057, 0.8632), abs=1e-4)  # Newcombe (1998), table I
-    assert wilson_interval(0, 4) == pytest.approx((0.0, 0.4899), abs=1e-4)
-    assert wilson_interval(4, 4) == pytest.approx((0.5101, 1.0), abs=1e-4)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    with pytest.raises(SaeuronError, match="successes <= n"):
-        wilson_interval(5, 4)
-
-
 def test_numbers_are_shown_with_three_significant_digits_and_rates_as_percentages():
-    from explorer.formatting import percent, rate_with_interval, sig3
+    from explorer.formatting import percent, sig3
 
     assert [sig3(v) for v in (0.028053712, 12345.678, 3, 2.0, None)] == ["0.0281", "1.23e+04", "3", "2", ""]
     assert [percent(v) for v in (0.0503, 1.0, 0.375, 0.0)] == ["5.03%", "100%", "37.5%", "0%"]
-    assert rate_with_interval(5, 8) == "62.5% [30.6%, 86.3%] (5/8)"
 
 
 @pytest.mark.parametrize("value, expected", [(None, None), ("", None), ("  ", None), ("3", 3.0), (" -2.5 ", -2.5), (7, 7.0)])

@@ -15,13 +15,38 @@ def test_wilson_hand_computed():
     z2 = 1.959963984540054**2
     assert wilson(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))
     assert wilson(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
-    lo, hi = wilson(0, 0)
-    assert lo != lo and hi != hi  # nan: no trials, no interval
+    # Newcombe (1998), table I: the textbook values
+    assert wilson(5, 8) == pytest.approx((0.3057, 0.8632), abs=1e-4)
+    assert wilson(0, 4) == pytest.approx((0.0, 0.4899), abs=1e-4)
+    assert wilson(4, 4) == pytest.approx((0.5101, 1.0), abs=1e-4)
     for bad in ((3, 2), (-1, 4)):
         with pytest.raises(SaeuronError, match="0 <= k <= n"):
             wilson(*bad)
     r = Rate(3, 12).as_dict()
     assert r["value"] == 0.25 and r["lo"] < 0.25 < r["hi"] and (r["k"], r["n"]) == (3, 12)
+
+
+def test_an_empty_sample_has_the_whole_unit_interval_and_no_rate():
+    # no trials reject no proportion: the interval is all of [0, 1], finite, and the rate undefined
+    assert wilson(0, 0) == (0.0, 1.0)
+    empty = Rate(0, 0).as_dict()
+    assert (empty["lo"], empty["hi"]) == (0.0, 1.0) and empty["value"] != empty["value"]
+    # reports say "no data", not "- [0.0, 100.0]"
+    from saeuron_core.minicanvas.benchmark import _with_interval
+
+    assert _with_interval(empty["value"], empty) == "-"
+    assert _with_interval(0.25, Rate(3, 12).as_dict()).startswith("25.00% [")
+    from saeuron_core.minicanvas.control import markdown
+
+    rate = Rate(1, 2).as_dict()
+    row = {
+        "concept": "dots",
+        "features": 3,
+        "ablate": {"top1": {"UA": empty, "CRA": rate}},
+        "steer": {"top1@2": {"shows_concept": empty, "retains_other_kind": rate}},
+    }
+    table = markdown([row])
+    assert table.count("no data") == 2 and "nan" not in table and "| 50% [" in table
 
 
 def test_paired_bootstrap_hand_computed():

@@ -6,10 +6,20 @@ import sys
 
 import pytest
 import torch
-
 from conftest import make_tiny_pipeline
+
 from saeuron_core.errors import SaeuronError
-from saeuron_core.locate import SwapCase, check_blocks, cross_attention_blocks, locate
+from saeuron_core.locate import (
+    CHART_FILE,
+    CHART_NEEDS_APP,
+    CONDITIONS,
+    SwapCase,
+    chart_available,
+    check_blocks,
+    cross_attention_blocks,
+    locate,
+    write_locate,
+)
 
 
 def only_block_reads_text(pipe, keep: str):
@@ -30,6 +40,38 @@ def test_cross_attention_blocks_run_order_and_bad_names():
     assert check_blocks(pipe.unet, ["unet.mid_block.attentions.0"]) == ["mid_block.attentions.0"]
     with pytest.raises(SaeuronError, match=r"not a cross-attention block: up_blocks.0.resnets.0; valid blocks: down_blocks.0.attentions.0, .*mid_block"):
         check_blocks(pipe.unet, ["up_blocks.0.resnets.0"])
+
+
+def _small_result() -> dict:
+    """A one-kind, one-block result in the layout ``locate`` returns."""
+    cells = {
+        "wrong_here": {"image_change": 0.8, "output_change": 0.3, "shows": None},
+        "right_here": {"image_change": 0.1, "shows": None},
+    }
+    kind = {
+        "cases": 2,
+        "right": {"shows": None},
+        "wrong": {"shows": None, "image_change": 1.0},
+        "per_block": {"mid_block.attentions.0": cells},
+    }
+    return {"blocks": ["mid_block.attentions.0"], "conditions": list(CONDITIONS), "judged": False, "kinds": {"object": kind}}
+
+
+def test_without_plotly_locate_writes_its_table_and_refuses_only_the_chart(tmp_path, monkeypatch):
+    # bug: a core install (no `app` extra) crashed on the first partial write, after the computation
+    assert chart_available()  # the dev install has plotly: the chart is drawn
+    drawn = write_locate(_small_result(), tmp_path / "with")
+    assert [p.name for p in drawn] == ["locate.json", "locate.md", CHART_FILE]
+    monkeypatch.setitem(sys.modules, "plotly", None)  # what a missing package looks like to import
+    assert not chart_available()
+    written = write_locate(_small_result(), tmp_path / "without")
+    assert [p.name for p in written] == ["locate.json", "locate.md"]
+    assert not (tmp_path / "without" / CHART_FILE).exists()
+    assert json.loads(written[0].read_text())["blocks"] == ["mid_block.attentions.0"]
+    assert "mid_block.attentions.0" in written[1].read_text()
+    with pytest.raises(SaeuronError, match=r"needs plotly, from the app extra"):
+        write_locate(_small_result(), tmp_path / "asked", chart=True)
+    assert not (tmp_path / "asked").exists()  # refused before anything was written
 
 
 @pytest.mark.slow
@@ -68,3 +110,10 @@ def test_locate_command_on_a_foreign_folder(tiny_pipeline_dir, tmp_path):
     assert bad.returncode == 2 and "not a cross-attention block: conv_in; valid blocks:" in bad.stderr
     none = subprocess.run(base + ["--out", str(tmp_path / "none")], capture_output=True, text=True, timeout=600)
     assert none.returncode == 2 and "pass --case" in none.stderr
+    # a core install without plotly: one line says so before the computation, the table is written
+    no_plotly = "import sys; sys.modules['plotly'] = None; from saeuron_core.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = [*base[3:], *case, "--block", "mid_block.attentions.0", "--out", str(tmp_path / "core")]
+    core = subprocess.run([sys.executable, "-c", no_plotly, *args], capture_output=True, text=True, timeout=600)
+    assert core.returncode == 0, core.stderr
+    assert core.stdout.splitlines()[0] == CHART_NEEDS_APP
+    assert sorted(p.name for p in (tmp_path / "core").iterdir()) == ["locate.json", "locate.md"]

@@ -6,19 +6,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import fields
 
 import pytest
 import torch
+from conftest import start_paused
 
-from saeuron_core.errors import SaeuronError
 from saeuron_core.cli import main as cli_main
+from saeuron_core.errors import SaeuronError
 from saeuron_core.paths import ASSETS
 from saeuron_core.sae import SaeConfig, TopKSae, load_many
 from saeuron_core.sae_train import STATE_FILE, TrainConfig, train_dir, train_sae
-from saeuron_core.training import load_state
 from saeuron_core.store import ActivationStore, PromptItem, cache_activations
+from saeuron_core.training import load_state
 
 POINT = "up_blocks.1.attentions.1"
 
@@ -114,21 +114,20 @@ def test_sigterm_then_resume_seeks_and_gives_the_same_sae(store, tmp_path, monke
 @pytest.mark.slow
 def test_kill_9_during_training_then_resume(store, tmp_path):
     cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "train-sae", "--store", str(store.root), "--out", str(tmp_path), "--expansion-factor", "8", "--k", "8", "--batch-size", "32", "--epochs", "30"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    every = TrainConfig().checkpoint_every
+    total = 30 * (store.token_count(POINT) // 32)
+    after = every + every // 4  # past the first checkpoint, before the second: the kill loses steps
+    assert total > 2 * every
+    proc, pid = start_paused(cmd, after)
+    assert pid == proc.pid
+    proc.kill()
+    proc.communicate()
     state = train_dir(tmp_path, POINT) / STATE_FILE
-    deadline = time.time() + 120
-    while time.time() < deadline and not state.is_file():
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert state.is_file(), "no checkpoint before the kill"
-    mid = torch.load(state, weights_only=True)["step"]
+    assert torch.load(state, weights_only=True)["step"] == every  # the last checkpoint, not the kill's step
     TopKSae.load(tmp_path / POINT)  # the checkpointed SAE is complete and loadable
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    final = torch.load(state, weights_only=True)["step"]
-    assert final == 30 * (store.token_count(POINT) // 32) > mid
+    assert torch.load(state, weights_only=True)["step"] == total
     TopKSae.load(tmp_path / POINT)
     assert not list(tmp_path.rglob("*.tmp"))
 

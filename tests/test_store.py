@@ -2,13 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from conftest import start_paused
 
 from saeuron_core.errors import SaeuronError
 from saeuron_core.pipeline import load_pipeline
@@ -136,17 +135,11 @@ def test_kill_9_during_cache_then_resume(tiny_pipeline_dir, tmp_path):
     prompts.write_text("\n".join(f"An image of star in dots style. {i}" for i in range(40)))
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "cache", "--model", str(tiny_pipeline_dir), "--prompts", str(prompts), "--steps", "4", "--guidance", "3", "--items-per-shard", "2", "--point", POINTS[1], "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        manifest = out / "store.json"
-        if manifest.is_file() and len(json.loads(manifest.read_text()).get("completed_shards", [])) >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc, _ = start_paused(cmd, after=2)  # killed right after its second shard is listed
+    proc.kill()
+    proc.communicate()
     partial = ActivationStore(out)
-    assert 2 <= len(partial.completed) < partial.n_shards, "kill landed too late to test resume"
+    assert sorted(partial.completed) == [0, 1] and partial.n_shards == 20
     for s in partial.completed:  # everything listed is complete and loadable
         next(partial.iter_shards(POINTS[1], [s]))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

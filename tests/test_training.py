@@ -72,3 +72,28 @@ def test_stop_request_is_inert_off_the_main_thread():
     thread.start()
     thread.join()
     assert seen == {"requested": False, "handler_unchanged": True}
+
+
+def test_a_loop_pauses_where_the_environment_asks_and_only_there(monkeypatch):
+    # the hook the kill / resume tests drive (saeuron_core.pause): announce on stderr, then block
+    import sys
+
+    from conftest import start_paused
+
+    from saeuron_core.pause import PAUSE_ENV
+
+    loop = (
+        "from saeuron_core.training import Progress\n"
+        "p = Progress('t', 5, 0, lambda: None, every_steps=2)\n"
+        "for s in range(1, 6):\n"
+        "    p.tick(s)\n"
+        "print('finished')"
+    )
+    proc, pid = start_paused([sys.executable, "-c", loop], after=3, timeout=120)
+    assert pid == proc.pid and proc.poll() is None  # alive and waiting at step 3
+    proc.kill()
+    proc.communicate()
+    monkeypatch.setenv(PAUSE_ENV, "6")  # a step the loop never reaches: it runs through
+    progress = Progress("t", 5, 0, lambda: None)
+    assert [progress.tick(s) for s in range(1, 6)] == [False] * 5
+    progress.close()

@@ -534,8 +534,10 @@ def _pct(v) -> str:
 
 
 def _with_interval(value, interval: dict | None) -> str:
-    """'95.00% [91.2, 97.4]': a rate and its 95% interval in percentage points."""
-    if interval is None or interval.get("lo") != interval.get("lo"):
+    """'95.00% [91.2, 97.4]': a rate and its 95% interval in percentage points; "-" (no data)
+    for a rate of no trials, whose interval is all of [0, 1] (results written before the
+    intervals agreed stored nan there)."""
+    if interval is None or interval.get("n") == 0 or interval.get("lo") != interval.get("lo"):
         return _pct(value)
     return f"{_pct(value)} [{100 * interval['lo']:.1f}, {100 * interval['hi']:.1f}]"
 

@@ -108,6 +108,8 @@ def markdown(rows: list[dict]) -> str:
     """Per concept: ablation UA / CRA and steering rates, with Wilson 95% intervals."""
 
     def cell(d):
+        if d["n"] == 0:
+            return "no data"
         return f"{100 * d['value']:.0f}% [{100 * d['lo']:.0f}, {100 * d['hi']:.0f}]"
 
     if not rows:

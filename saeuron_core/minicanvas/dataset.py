@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import SaeuronError
 from ..intervals import derive_seed
-from ..pipeline import concept_prompt
+from ..prompts import concept_prompt
 from ..store import PromptItem
 
 OBJECTS: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "heart")
