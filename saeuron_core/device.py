@@ -175,7 +175,7 @@ def prefetch_to(batches: Iterable, device: torch.device, depth: int = 1) -> Iter
             for x in batches:
                 if cuda:
                     with torch.cuda.stream(stream):
-                        x = _map(x, lambda t: t.pin_memory().to(device, non_blocking=True))
+                        x = _map(x, lambda t: t if t.device == device else t.pin_memory().to(device, non_blocking=True))
                     stream.synchronize()  # this thread waits; the training stream does not
                 else:
                     x = _map(x, lambda t: t.to(device))
