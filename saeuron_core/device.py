@@ -156,6 +156,8 @@ def prefetch_to(batches: Iterable, device: torch.device, depth: int = 1) -> Iter
         yield from batches
         return
     cuda = device.type == "cuda"
+    if cuda and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     stream = torch.cuda.Stream(device) if cuda else None
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
