@@ -153,3 +153,18 @@ def test_a_run_from_before_the_device_options_resumes(store, tmp_path):
     assert train_sae(store, POINT, TrainConfig(**{**cfg.__dict__, "tf32": False}), tmp_path)["steps"] == first["steps"]
     with pytest.raises(SaeuronError, match="different training config"):
         train_sae(store, POINT, TrainConfig(**{**cfg.__dict__, "dtype": "bfloat16"}), tmp_path)
+
+
+def test_the_gather_path_trains_the_same_sae(store, tmp_path, monkeypatch):
+    """The training loop with the gather / index_add products (CUDA without triton) gives the
+    SAE of the CPU products, up to float rounding."""
+    from saeuron_core import sparse_ops
+
+    cfg = small(device="cpu")
+    train_sae(store, POINT, cfg, tmp_path / "cpu")
+    monkeypatch.setattr(sparse_ops, "select", lambda device, num_latents=0: sparse_ops.get("gather"))
+    metrics = train_sae(store, POINT, cfg, tmp_path / "gather")
+    assert metrics["sparse_ops"] == "gather"
+    a, b = TopKSae.load(tmp_path / "cpu" / POINT), TopKSae.load(tmp_path / "gather" / POINT)
+    for name, p in a.named_parameters():
+        assert torch.allclose(p, dict(b.named_parameters())[name], atol=1e-4), name
