@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 OBJECTS = ("star", "heart", "circle", "square")
 STYLES = ("dots", "solid")
-SEEDS = 4  # 32 prompts: 80k tokens per 16x16 hook point at 10 steps, 20 batches of 4096
 SD15 = dict(latent_size=64, unet_channels=(320, 640, 1280, 1280), vae_channels=(128, 256, 512, 512), text_hidden=768, text_layers=12)
 # --smoke: the same stages on the CPU with a small SD-architecture model at 64 px (checks the script)
 SMOKE = dict(latent_size=32, unet_channels=(32, 32, 64, 64), vae_channels=(16, 16), text_hidden=32, text_layers=1)
-RUN = {"device": "cuda", "dtype": "float16", "size": 512, "model": SD15, "expansion": 16, "throughput_steps": 100}
+# seeds 4: 32 prompts, 80k tokens per 16x16 hook point at 10 steps (20 batches of 4096)
+RUN = {"device": "cuda", "dtype": "float16", "size": 512, "model": SD15, "seeds": 4, "expansion": 16, "throughput_steps": 100, "batch": 4096}
 
 
 def sync() -> None:
@@ -64,7 +64,7 @@ def run_prepare(model: Path, run: Path, steps: int) -> dict:
     from saeuron_core.cli import main as saeuron
 
     concepts = run.parent / "concepts.csv"
-    combos = [(o, s, seed) for o in OBJECTS for s in STYLES for seed in range(SEEDS)]
+    combos = [(o, s, seed) for o in OBJECTS for s in STYLES for seed in range(RUN["seeds"])]
     rows = ["prompt,seed,object,style"] + [f"An image of {o} in {s} style.,{seed},{o},{s}" for o, s, seed in combos]
     concepts.write_text("\n".join(rows) + "\n")
     t0 = time.perf_counter()
@@ -86,8 +86,8 @@ def training_throughput(run: Path, out: Path) -> dict:
     """Ours vs sparsify's trainer on the same device and the same tokens of the run's store."""
     steps = RUN["throughput_steps"]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_sae_training.py"), "--store", str(run / "store"), "--point", style_point(run), "--device", RUN["device"],
-           "--expansion", str(RUN["expansion"]), "--k", "32", "--batch-size", "4096" if RUN["device"] == "cuda" else "512", "--steps", str(steps),
-           "--epochs", "50", "--heldout", "4096" if RUN["device"] == "cuda" else "512", "--out", str(out)]
+           "--expansion", str(RUN["expansion"]), "--k", "32", "--batch-size", str(RUN["batch"]), "--steps", str(steps),
+           "--epochs", "50", "--heldout", str(RUN["batch"]), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -113,7 +113,7 @@ def device_vs_cpu(run: Path, work: Path) -> dict:
     out = {}
     saes = {}
     for device in (RUN["device"], "cpu"):
-        cfg = TrainConfig(SaeConfig(expansion_factor=4, k=32), batch_size=1024, epochs=1, checkpoint_every=10**9, device=device, tf32=False)
+        cfg = TrainConfig(SaeConfig(expansion_factor=4, k=32), batch_size=RUN["batch"] // 4, epochs=1, checkpoint_every=10**9, device=device, tf32=False)
         small = _FirstBatches(store, 5)
         t0 = time.perf_counter()
         train_sae(small, point, cfg, work / f"train_{device}")
@@ -248,13 +248,13 @@ def main() -> int:
     ap.add_argument("--prepare-steps", type=int, default=10, help="denoising steps of the cached prompts")
     ap.add_argument("--steps", type=int, default=25, help="denoising steps of the generations and the benchmark")
     ap.add_argument("--out", default=None, help="also write the JSON summary here")
-    ap.add_argument("--smoke", action="store_true", help="run the stages on the CPU with a small model at 64 px (checks this script without a GPU)")
+    ap.add_argument("--smoke", action="store_true", help="run the stages on the CPU with a small model at 64 px, 8 prompts (checks this script without a GPU; use --prepare-steps 2 --steps 2)")
     args = ap.parse_args()
 
     import torch
 
     if args.smoke:
-        RUN.update(device="cpu", dtype="float32", size=64, model=SMOKE, expansion=4, throughput_steps=10)
+        RUN.update(device="cpu", dtype="float32", size=64, model=SMOKE, seeds=1, expansion=4, throughput_steps=10, batch=128)
     if not torch.cuda.is_available() and not args.smoke:
         summary = skipped(f"no CUDA device (torch {torch.__version__}, cuda {torch.version.cuda})")
     else:
