@@ -29,7 +29,14 @@ An activation store (``saeuron cache``), one hook point::
 
     .venv/bin/python benchmarks/bench_sae_training.py --store build/store --point up_blocks.1.attentions.1 --steps 300
 
-Add ``--profile`` for the top ops of each trainer (torch.profiler, a few extra steps).
+On a GPU (``--device cuda``): both trainers get the same batches already on the device (made on
+the CPU outside the timing), both are timed between ``torch.cuda.synchronize()`` calls, and ours'
+prefetch thread is replaced by a plain pass-through (there is nothing left to hide, and the timing
+must stay in the training loop's thread); sparsify uses its Triton decoder when triton imports.
+``--autocast bf16`` trains ours under bf16 autocast (sparsify's Trainer does too on CUDA: its step
+is then run under the same autocast); ``--no-tf32`` keeps float32 matmuls exact on CUDA.
+
+Add ``--profile`` for the top ops of each trainer (torch.profiler, a few extra steps; CPU only).
 Goal (issue): ours >= 1.2x sparsify's tokens/s at equal or better FVU.
 """
 
@@ -51,8 +58,16 @@ one_thread()
 
 import torch  # noqa: E402
 
+import saeuron_core.sae_train as sae_train_module  # noqa: E402
 from saeuron_core.sae import SaeConfig, TopKSae  # noqa: E402
 from saeuron_core.sae_train import TrainConfig, train_sae  # noqa: E402
+
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 with contextlib.redirect_stdout(sys.stderr):  # sparsify prints "Triton not installed ..." on import
     from sparsify import SparseCoder, SparseCoderConfig
@@ -86,9 +101,9 @@ def synthetic_source(args):
 
     def batches():
         while True:
-            yield data.batch(args.batch_size, gen)
+            yield data.batch(args.batch_size, gen).to(DEVICE)
 
-    return args.d_in, heldout, batches()
+    return args.d_in, heldout.to(DEVICE), batches()
 
 
 def store_source(args):
@@ -103,14 +118,16 @@ def store_source(args):
     held = []
     while sum(len(h) for h in held) < args.heldout:
         held.append(next(stream))
-    return d_in, torch.cat(held)[: args.heldout], stream
+    return d_in, torch.cat(held)[: args.heldout].to(DEVICE), (x.to(DEVICE) for x in stream)
 
 
 # --------------------------------------------------------------------------- sparsify, as its Trainer steps it
 class SparsifyRunner:
-    def __init__(self, d_in: int, num_latents: int, k: int, lr: float, auxk_alpha: float, dead_threshold: int, seed: int, warmup: int, total_steps: int):
+    def __init__(self, d_in: int, num_latents: int, k: int, lr: float, auxk_alpha: float, dead_threshold: int, seed: int, warmup: int, total_steps: int, autocast: bool = False):
         torch.manual_seed(seed)
-        self.sae = SparseCoder(d_in, SparseCoderConfig(num_latents=num_latents, k=k), device="cpu", dtype=torch.float32)
+        # drawn on the CPU like ours (same seed, same initial weights), then moved
+        self.sae = SparseCoder(d_in, SparseCoderConfig(num_latents=num_latents, k=k), device="cpu", dtype=torch.float32).to(DEVICE)
+        self.autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=autocast)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr)
         self.sched = None
         if warmup:
@@ -118,8 +135,8 @@ class SparsifyRunner:
 
             self.sched = get_linear_schedule_with_warmup(self.opt, warmup, total_steps)
         self.auxk_alpha, self.dead_threshold = auxk_alpha, dead_threshold
-        self.since_fired = torch.zeros(num_latents, dtype=torch.long)
-        self.did_fire = torch.zeros(num_latents, dtype=torch.bool)
+        self.since_fired = torch.zeros(num_latents, dtype=torch.long, device=DEVICE)
+        self.did_fire = torch.zeros(num_latents, dtype=torch.bool, device=DEVICE)
         self.step_count = 0
         self.history: list[dict] = []
 
@@ -130,7 +147,8 @@ class SparsifyRunner:
         sae.set_decoder_norm_to_unit_norm()
         dead_mask = self.since_fired > self.dead_threshold if self.auxk_alpha > 0 else None
         total_variance = (x - x.mean(0)).pow(2).sum()
-        out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
+        with self.autocast:
+            out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
         self.did_fire[out.latent_indices.flatten()] = True
         fvu = float(out.fvu.detach())  # the Trainer's avg_fvu logging (a sync on GPU)
         loss = out.fvu + self.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
@@ -176,8 +194,10 @@ class FeedStore:
             if self.before_yield is not None:
                 self.before_yield(x)
             self.fed += 1
+            sync()
             t0 = time.perf_counter()
             yield x
+            sync()
             self.ours_seconds.append(time.perf_counter() - t0)
         if self.after_last is not None:
             self.after_last()
@@ -194,7 +214,7 @@ def evaluate(forward, x: torch.Tensor, chunk: int = 2048) -> dict:
         sae_out, acts, idx, n = forward(part)
         residual += (part - sae_out).pow(2).sum().item()
         l0 += (acts > 0).sum().item()
-        f = torch.zeros(n, dtype=torch.bool)
+        f = torch.zeros(n, dtype=torch.bool, device=x.device)
         f[idx[acts > 0]] = True
         fired = f if fired is None else fired | f
     total = (x - x.mean(0)).pow(2).sum().item()
@@ -268,6 +288,12 @@ def _top_ops(prof, steps: int, n: int = 12) -> list[dict]:
     return [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 3), "calls_per_step": round(e.count / steps, 2)} for e in rows]
 
 
+def _sparsify_decoder() -> str:
+    from sparsify import utils
+
+    return utils.decoder_impl.__name__
+
+
 # --------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,33 +317,49 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=8192, help="held-out tokens for the final FVU")
     ap.add_argument("--skip", type=int, default=2, help="first steps left out of the steady-state throughput")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", action="store_true", help="also profile a few steps of each (torch.profiler)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both trainers run")
+    ap.add_argument("--autocast", choices=["bf16"], default=None, help="train both under bf16 autocast")
+    ap.add_argument("--no-tf32", action="store_true", help="CUDA: keep float32 matmuls exact (ours' TrainConfig.tf32 off, and sparsify's)")
+    ap.add_argument("--profile", action="store_true", help="also profile a few steps of each (torch.profiler, CPU only)")
     ap.add_argument("--profile-steps", type=int, default=5)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.store and not args.point:
         raise SystemExit("--store needs --point")
+    global DEVICE
+    from saeuron_core.device import resolve_device
+
+    DEVICE = resolve_device(args.device)
+    if DEVICE.type == "cuda":
+        DEVICE = torch.device("cuda", DEVICE.index or 0)
+        torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32  # sparsify's steps (ours sets its own)
+        # batches are already on the device: ours' prefetch thread would only move the timing out of its loop
+        sae_train_module.prefetch_to = lambda batches, device: iter(batches)
     env = environment()
+    if DEVICE.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(DEVICE)
 
     d_in, heldout, batches = synthetic_source(args) if args.synthetic else store_source(args)
     num_latents = d_in * args.expansion
     lr = args.lr or 2e-4 / math.sqrt(num_latents / 2**14)
-    sparsify = SparsifyRunner(d_in, num_latents, args.k, lr, args.auxk_alpha, args.dead_threshold, args.seed, args.sparsify_warmup, args.steps)
+    sparsify = SparsifyRunner(d_in, num_latents, args.k, lr, args.auxk_alpha, args.dead_threshold, args.seed, args.sparsify_warmup, args.steps, autocast=args.autocast == "bf16")
     sparsify_seconds: list[float] = []
 
     def sparsify_step(x):
+        sync()
         t0 = time.perf_counter()
         sparsify.step(x)
+        sync()
         sparsify_seconds.append(time.perf_counter() - t0)
 
     store = FeedStore("point", d_in, batches, args.steps, args.batch_size, before_yield=sparsify_step)
-    cfg = TrainConfig(SaeConfig(expansion_factor=args.expansion, k=args.k, auxk_alpha=args.auxk_alpha, dead_feature_threshold=args.dead_threshold), batch_size=args.batch_size, epochs=1, lr=lr, checkpoint_every=10**9, seed=args.seed)
+    cfg = TrainConfig(SaeConfig(expansion_factor=args.expansion, k=args.k, auxk_alpha=args.auxk_alpha, dead_feature_threshold=args.dead_threshold), batch_size=args.batch_size, epochs=1, lr=lr, checkpoint_every=10**9, seed=args.seed, device=str(DEVICE), autocast=args.autocast, tf32=not args.no_tf32)
     log(f"training {args.steps} steps of {args.batch_size} tokens: d_in={d_in}, num_latents={num_latents}, k={args.k}, lr={lr:.3g}")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         metrics = train_sae(store, "point", cfg, tmp)
         wall = time.perf_counter() - t0
-        ours = TopKSae.load(Path(tmp) / "point")
+        ours = TopKSae.load(Path(tmp) / "point", device=DEVICE)
     steps_done = len(store.ours_seconds)
     sparsify_seconds = sparsify_seconds[:steps_done]
     init_same = None  # checked on fresh models: same seed -> same encoder
@@ -332,6 +374,10 @@ def main() -> None:
     t_sp = throughput(sparsify_seconds, args.batch_size, args.skip)
     result = {
         "data": "synthetic" if args.synthetic else {"store": args.store, "point": args.point},
+        "device": str(DEVICE),
+        "sparse_ops": {"ours": metrics.get("sparse_ops"), "sparsify": _sparsify_decoder()},
+        "autocast": args.autocast,
+        "tf32": DEVICE.type == "cuda" and not args.no_tf32,
         "config": {"d_in": d_in, "num_latents": num_latents, "k": args.k, "batch_size": args.batch_size, "lr": lr, "auxk_alpha": args.auxk_alpha, "dead_feature_threshold": args.dead_threshold, "sparsify_warmup": args.sparsify_warmup},
         "tokens_each": steps_done * args.batch_size,
         "same_initial_weights": init_same,
@@ -343,7 +389,7 @@ def main() -> None:
         "goal": "throughput_ratio >= 1.2 at equal or better held-out FVU",
     }
     result["fvu_delta_ours_minus_sparsify"] = round(result["ours"]["heldout"]["fvu"] - result["sparsify"]["heldout"]["fvu"], 5)
-    if args.profile:
+    if args.profile and DEVICE.type == "cpu":
         log(f"profiling {args.profile_steps} steps of each")
         source = synthetic_source(args)[2] if args.synthetic else store_source(args)[2]
         result["profile_top_ops"] = profile(args, d_in, num_latents, lr, source, args.profile_steps)

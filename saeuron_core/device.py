@@ -6,13 +6,22 @@ device that is not there is one clear error (not a traceback from deep inside to
 is probed once with the ops a U-Net needs; where the build lacks one, float32 is used with a
 warning. SAEs stay in float32 whatever the model's precision (see ``sae``): half-precision
 activations are encoded and edited in float32 and only the result is cast back.
+
+For SAE training and statistics: ``process_device`` is this process's device under torchrun
+(each rank its own GPU), ``tf32`` a scope that lets float32 matmuls use TensorFloat-32, and
+``prefetch_to`` streams CPU batches to a device one batch ahead (pinned memory on CUDA).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
 import re
+import threading
 import warnings
 from functools import lru_cache
+from typing import Iterable, Iterator
 
 import torch
 
@@ -108,3 +117,92 @@ def explain_dtype_failure(error: BaseException, device: torch.device | str, dtyp
         op = text.strip().splitlines()[0]
         return SaeuronError(f"{dtype_name(dtype)} is not supported on {device} by an op of this model ({op}); use --dtype float32")
     return None
+
+
+def process_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``resolve_device(spec)`` for this process: under torchrun an "auto" or "cuda" without an
+    index is the rank's own GPU, cuda:(LOCAL_RANK mod the visible devices), so ranks (and the hook
+    points of ``train-sae --by-point``) spread over the GPUs; a named cuda:N is kept."""
+    device = resolve_device(spec)
+    named_index = device.type == "cuda" and ":" in str(spec)
+    if device.type == "cuda" and not named_index and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    return device
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """Within the scope, float32 matmuls on CUDA may use TensorFloat-32 (``enabled``); the
+    previous setting is restored afterwards. No effect off CUDA."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def prefetch_to(batches: Iterable, device: torch.device, depth: int = 1) -> Iterator:
+    """``batches`` (tensors, or tuples of tensors) on ``device``, each prepared while the
+    previous one is in use.
+
+    On the CPU the batches pass through unchanged (no thread: it would compete with the step for
+    the same cores). Elsewhere a background thread reads the next ``depth`` batches from the store
+    (disk, shuffling), pins them (CUDA) and copies them on a side stream; errors reach the caller,
+    and closing the generator stops the thread.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        yield from batches
+        return
+    cuda = device.type == "cuda"
+    if cuda and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    stream = torch.cuda.Stream(device) if cuda else None
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for x in batches:
+                if cuda:
+                    with torch.cuda.stream(stream):
+                        x = _map(x, lambda t: t if t.device == device else t.pin_memory().to(device, non_blocking=True))
+                    stream.synchronize()  # this thread waits; the training stream does not
+                else:
+                    x = _map(x, lambda t: t.to(device))
+                if not put(x):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    thread = threading.Thread(target=work, name="saeuron-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x = ready.get()
+            if x is done:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            if cuda:  # allocated on the side stream, used on the current one
+                _map(x, lambda t: t.record_stream(torch.cuda.current_stream(device)))
+            yield x
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _map(x, f):
+    return tuple(f(t) for t in x) if isinstance(x, tuple) else f(x)

@@ -7,7 +7,8 @@ no such environment (a plain ``saeuron ...``) it does nothing and every helper b
 one-process identity: rank 0 of 1, barriers return at once, reductions return their input.
 
 Collectives run on the backend's device (CUDA for nccl, CPU for gloo); the helpers move tensors
-there and back, so callers keep their tensors on the CPU.
+there and back, so callers keep their tensors where they are: on the CPU, or under nccl on the
+rank's own GPU (``device.process_device``: cuda:LOCAL_RANK), where no copy is made.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def session(backend: str | None = None, timeout_minutes: float = 60) -> Iterator
             raise SaeuronError(f"WORLD_SIZE is set but {var} is not: launch with torchrun (python -m torch.distributed.run)")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if backend == "nccl":  # each rank its own GPU (round-robin when there are more ranks than GPUs)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
     try:
         yield

@@ -115,13 +115,17 @@ def prepare(
     items_per_shard: int = 16,
     tune: Callable | None = None,
     log: Callable[[str], None] = print,
+    sae_device: str | None = None,
 ) -> RunSpec:
     """Run (or resume) every stage for ``spec`` into ``out``; returns the finished spec.
 
     ``given_sae``: existing SAEs (folder or hub id, also recorded as ``spec.sae``) instead of
     training; each is checked against its block's channels before anything is generated. ``tune(pipe, bundle) -> table``: the
-    optional tuning stage, whose table is written to ``defaults.json``.
+    optional tuning stage, whose table is written to ``defaults.json``. ``sae_device``: where the
+    training and statistics stages run (auto, cpu, cuda, cuda:N, mps; None: the model's device);
+    it replaces ``train_config.device`` and is checked before anything is generated.
     """
+    from .device import process_device
     from .hooks import block_channels
     from .hub import point_folder, resolve_sae_dir
     from .sae import TopKSae
@@ -130,6 +134,7 @@ def prepare(
     from .sae_train import METRICS_FILE, train_dir
 
     out = Path(out)
+    sae_device = str(process_device(pipe.device if sae_device is None else sae_device))
     points = list(dict.fromkeys(spec.hook_points.values()))
     # fail fast: hook points exist and given SAEs fit their blocks, before any generation
     channels = {p: block_channels(pipe.unet, p) for p in points}
@@ -161,7 +166,7 @@ def prepare(
             if (train_dir(sae_root, p) / METRICS_FILE).is_file():  # written once training finished
                 log(f"  {p}: trained already")
                 continue
-            metrics = _train(store, p, train_config, sae_root, log)
+            metrics = _train(store, p, train_config, sae_root, log, sae_device)
             log(f"  {p}: FVU {metrics.get('fvu', float('nan')):.3f}, {metrics['num_latents']} latents, k {metrics['k']}")
     else:
         log(f"[2/4] train: skipped, using the SAEs in {given_sae}")
@@ -173,7 +178,7 @@ def prepare(
         if (target / "stats.json").is_file() and FeatureStats.load(target).n_latents == sae.num_latents:
             log(f"  {p}: computed already")
             continue
-        stats = compute_stats(store, p, sae, top_m=top_m)
+        stats = compute_stats(store, p, sae, top_m=top_m, device=sae_device)
         # the feature cards show stored thumbnails: each example image is generated once, here
         count = add_thumbnails(pipe, store, [stats])
         stats.save(target)
@@ -198,12 +203,12 @@ def prepare(
     return finished.resolved(out)
 
 
-def _train(store, point: str, train_config, root: Path, log) -> dict:
+def _train(store, point: str, train_config, root: Path, log, device: str) -> dict:
     """Train one SAE; a batch larger than a sixteenth of the store shrinks (with a note) so a
     small store still gives enough optimiser steps."""
     from .sae_train import TrainConfig, train_sae
 
-    cfg = train_config or TrainConfig()
+    cfg = replace(train_config or TrainConfig(), device=device)
     tokens = store.token_count(point)
     batch = max(1, min(cfg.batch_size, tokens // 16))
     if batch != cfg.batch_size:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import sparse_ops
 from .errors import SaeuronError
 from .io import load_safetensors, save_safetensors, write_json
 
@@ -149,6 +150,8 @@ class TopKSae(nn.Module):
         if cfg.normalize_decoder and self.W_dec.device.type != "meta":  # meta (``load``): no values, and the
             self.set_decoder_norm_to_unit_norm()  # norm would import torch's Python reference kernels (1-3 s)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dtype))
+        self.sparse_impl: str | None = None
+        """Sparse products of training (``sparse_ops``: cpu, gather, triton); None: chosen by device."""
 
     @property
     def d_in(self) -> int:
@@ -165,6 +168,13 @@ class TopKSae(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.encoder.weight.dtype
+
+    @property
+    def sparse_ops(self) -> sparse_ops.SparseOps:
+        """The sparse decode / encoder backward that training uses (see ``sparse_ops.select``)."""
+        if self.sparse_impl is not None:
+            return sparse_ops.get(self.sparse_impl)
+        return sparse_ops.select(self.device, self.num_latents)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -217,30 +227,36 @@ class TopKSae(nn.Module):
         return out
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        """Reconstruct tokens x [N, d_in] (leading dims are flattened) with FVU and AuxK losses."""
-        x = x.reshape(-1, x.shape[-1]).to(self.dtype)
+        """Reconstruct tokens x [N, d_in] (leading dims are flattened) with FVU and AuxK losses.
+
+        The arithmetic runs in ``compute_dtype`` (float32 for 16-bit weights; under
+        ``torch.autocast`` the encoder matmul in the autocast dtype), the sparse products by
+        ``sparse_ops`` (chosen by device)."""
         self._check_width(x)
         if self.cfg.input_unit_norm:
             raise SaeuronError("training an SAE with input_unit_norm is not implemented (inference with one is)")
+        cd, ops = self.compute_dtype, self.sparse_ops
+        x = x.reshape(-1, x.shape[-1]).to(device=self.device, dtype=cd)
+        b_dec, W_dec = self.b_dec.to(cd), self.W_dec.to(cd)
         num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
         k_aux = min(self.d_in // 2, num_dead)
         top_acts, top_indices, aux_acts, aux_indices = _SparseTopKEncoder.apply(
-            x - self.b_dec, self.encoder.weight, self.encoder.bias, self.cfg.k, dead_mask if k_aux else None, k_aux
+            x - b_dec, self.encoder.weight.to(cd), self.encoder.bias.to(cd), self.cfg.k, dead_mask if k_aux else None, k_aux, ops
         )
-        sae_out = self.decode(top_acts, top_indices)
+        sae_out = ops.decode(top_indices, top_acts.to(cd), W_dec) + b_dec
         residual = x - sae_out
         total_variance = (x - x.mean(0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
-        auxk_loss = self._auxk_loss(aux_acts, aux_indices, num_dead, residual, total_variance)
+        auxk_loss = self._auxk_loss(aux_acts, aux_indices, num_dead, residual, total_variance, W_dec, ops)
         return ForwardOutput(sae_out, top_acts, top_indices, fvu, auxk_loss)
 
-    def _auxk_loss(self, aux_acts: Tensor, aux_indices: Tensor, num_dead: int, residual: Tensor, total_variance: Tensor) -> Tensor:
+    def _auxk_loss(self, aux_acts: Tensor, aux_indices: Tensor, num_dead: int, residual: Tensor, total_variance: Tensor, W_dec: Tensor, ops) -> Tensor:
         """Dead latents' reconstruction of the residual, as in sparsify (Gao et al., App. B.1)."""
         if num_dead == 0:
             return residual.new_tensor(0.0)
         scale = min(num_dead / (self.d_in // 2), 1.0)  # fewer dead latents than k_aux: a smaller loss
         # The residual already accounts for b_dec, so the dead latents' rows are summed without it.
-        residual_hat = _weighted_row_sum(self.W_dec, aux_indices, aux_acts)
+        residual_hat = ops.decode(aux_indices, aux_acts.to(W_dec.dtype), W_dec)
         return scale * (residual_hat - residual.detach()).pow(2).sum() / total_variance
 
     def dense_codes(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
@@ -327,13 +343,14 @@ def load_many(root: str | Path, device: str | torch.device = "cpu", dtype: torch
 
 class _SparseTopKEncoder(torch.autograd.Function):
     """ReLU(x W^T + b) -> per-token TopK (and the AuxK top among dead latents), with a backward
-    pass that touches only the selected latents: N*(k + k_aux) rows instead of N*n_latents.
+    pass that touches only the selected latents: N*(k + k_aux) rows instead of N*n_latents,
+    computed by ``ops`` (``sparse_ops``: the implementation for the device).
 
     Unlike sparsify's fused encoder, the AuxK selection also sends its gradient into the encoder.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, k: int, dead_mask, k_aux: int):
+    def forward(ctx, x, weight, bias, k: int, dead_mask, k_aux: int, ops):
         pre = F.linear(x, weight, bias)
         top_pre, top_indices = pre.topk(k, dim=-1, sorted=False)
         if k_aux:
@@ -343,7 +360,7 @@ class _SparseTopKEncoder(torch.autograd.Function):
             aux_indices = top_indices.new_zeros(pre.shape[0], 0)
         top_acts, aux_acts = F.relu(top_pre), F.relu(aux_pre)
         ctx.save_for_backward(x, weight, torch.cat([top_indices, aux_indices], 1), torch.cat([top_acts, aux_acts], 1))
-        ctx.k = k
+        ctx.k, ctx.ops = k, ops
         return top_acts, top_indices, aux_acts, aux_indices
 
     @staticmethod
@@ -351,15 +368,10 @@ class _SparseTopKEncoder(torch.autograd.Function):
         x, weight, indices, acts = ctx.saved_tensors
         widths = (ctx.k, indices.shape[1] - ctx.k)
         parts = [g if g is not None else acts.new_zeros(acts.shape[0], w) for g, w in zip((grad_top, grad_aux), widths)]
-        grad = torch.cat(parts, 1) * (acts > 0)  # ReLU: no gradient where the latent is off
-        n_tokens, width = indices.shape
-        grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad.to(weight.dtype), mode="sum")
-        # dL/dW = G^T x with G sparse [n_latents, N]: one sparse matmul, no [N, n_latents] tensor
-        rows = torch.arange(n_tokens, device=x.device).repeat_interleave(width)
-        g_sparse = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), rows]), grad.reshape(-1), (weight.shape[0], n_tokens), check_invariants=False)
-        grad_w = torch.sparse.mm(g_sparse, x.to(grad.dtype)).to(weight.dtype)
-        grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device).index_add_(0, indices.reshape(-1), grad.reshape(-1).to(weight.dtype))
-        return grad_x, grad_w, grad_b, None, None, None
+        # float32 (the weights' precision) even when autocast ran the forward matmul in bfloat16
+        grad = torch.cat([p.to(weight.dtype) for p in parts], 1) * (acts > 0)  # ReLU: no gradient where the latent is off
+        grad_x, grad_w, grad_b = ctx.ops.encoder_grads(x, weight, indices, grad)
+        return grad_x.to(x.dtype), grad_w, grad_b, None, None, None, None
 
 
 def _standardise(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

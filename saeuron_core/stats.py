@@ -1,4 +1,5 @@
-"""Feature statistics of one SAE on one activation store, computed once and stored compactly.
+"""Feature statistics of one SAE on one activation store, computed once and stored compactly
+(the stored form, ``FeatureStats``, and how it is read are in ``feature_stats``).
 
 From the SAE's sparse codes (top-k values + indices per token, never dense [n_latents] arrays
 per token) this builds, in one streaming pass over the store with bounded memory:
@@ -10,14 +11,16 @@ per token) this builds, in one streaming pass over the store with bounded memory
 - ``histogram [n_latents, n_bins]``: counts of nonzero activations in log-spaced bins;
 - per latent, its top-M **diverse** examples: at most one per image (or, with
   ``distinct="prompt"``, per prompt), each at the step and token where the latent peaks on that
-  image, with its activation map over the block's grid quantised to 4 bits per token (16
-  levels of ``value / 15``, two tokens per byte: the peak is exactly ``value``, any token within
-  ``value / 30``). At 20480 latents x 8 examples x 16x16 maps that is 21 MB instead of 84 MB in
-  fp16: a heatmap needs no more, and the paper-size budget (50 MB per hook point) needs it;
+  image, with its activation map quantised to 4 bits per token (see ``feature_stats``);
 - optionally (``add_thumbnails``) a small JPEG / PNG thumbnail of every image that appears among
   the examples, so a feature card never regenerates an image.
 
 Saved as one ``stats.safetensors`` + ``stats.json`` (concepts, items, timesteps).
+
+Devices: the encoding, sums, histograms and example tables live on ``compute_stats``' device
+(the SAE's unless named; under torchrun each rank's own GPU), the store's slices stream there one
+ahead (``device.prefetch_to``), and only ``finish`` brings the result to the CPU. The operations
+are the same on every device, so the CPU result is the one of before, and shards merge exactly.
 
 Thumbnails come from generating each needed (prompt, seed) once, in batches, after the
 statistics are computed: the store keeps block activations only (``cache`` generates with
@@ -25,23 +28,20 @@ statistics are computed: the store keeps block activations only (``cache`` gener
 than the store's), and the cost is one more pass of plain generation over those images only,
 paid once at build time rather than on every first card open.
 """
-
 from __future__ import annotations
 
-import io
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import contextlib
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import distributed as dist
+from .device import prefetch_to, process_device
 from .errors import SaeuronError
-from .io import load_safetensors, save_safetensors, write_json
-from .scoring import ConceptStats
+from .feature_stats import MAP_LEVELS, Example, FeatureStats, encode_thumbnail, pack_levels, unpack_levels
 from .store import ActivationStore
+
+__all__ = ["HIST_EDGES", "ENCODE_BYTES", "StatsBuilder", "compute_stats", "add_thumbnails", "FeatureStats", "Example", "MAP_LEVELS", "pack_levels", "unpack_levels", "encode_thumbnail"]
 
 #: Histogram bin edges in absolute activation units, log-spaced: wide enough for SD and MiniCanvas.
 HIST_EDGES = torch.logspace(-3, 3, 33)
@@ -49,203 +49,6 @@ HIST_EDGES = torch.logspace(-3, 3, 33)
 #: Dense pre-activations the SAE encoder may hold at once (bytes): bounds ``saeuron stats``' memory
 #: at 20480 latents (about 3000 tokens per encoder call).
 ENCODE_BYTES = 256 * 2**20
-
-_TENSORS = ("bin_edges", "concept_sums", "concept_counts", "frequency", "histogram", "example_value", "example_item", "example_step", "example_pos", "example_map", "thumb_item", "thumb_offset", "thumb_data")
-_META = ("concepts", "concept_kinds", "timesteps", "items", "height", "width", "guidance", "distinct")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One stored top example of a feature: where on which image it peaks, and how."""
-
-    value: float
-    """Peak activation of the feature on this image (over its steps and tokens)."""
-    item: int
-    """Index of the image in the store's item list."""
-    prompt: str
-    seed: int
-    step: int
-    """Denoising step (index) where the peak is."""
-    timestep: int
-    row: int
-    """Token row of the peak on the block's grid."""
-    col: int
-    activation_map: np.ndarray
-    """float32 [height, width]: the feature's activation over the grid at ``step`` (dequantised)."""
-
-
-@dataclass
-class FeatureStats:
-    """Loaded statistics; tensors on CPU."""
-
-    concepts: tuple[str, ...]
-    concept_kinds: tuple[str, ...]
-    timesteps: tuple[int, ...]
-    items: list[dict]
-    height: int
-    width: int
-    guidance: float
-    """Guidance scale the store was generated with (to regenerate an item's image exactly)."""
-    bin_edges: torch.Tensor
-    concept_sums: torch.Tensor
-    concept_counts: torch.Tensor
-    frequency: torch.Tensor
-    histogram: torch.Tensor
-    example_value: torch.Tensor
-    """[n_latents, M] float32, descending per row; 0 where a slot is empty."""
-    example_item: torch.Tensor
-    """[n_latents, M] int32 image index; -1 where empty."""
-    example_step: torch.Tensor
-    """[n_latents, M] int32 step of the peak."""
-    example_pos: torch.Tensor
-    """[n_latents, M] int32 token (row * width + col) of the peak."""
-    example_map: torch.Tensor
-    """[n_latents, M, ceil(height * width / 2)] uint8: the activation map in levels of value / 15,
-    4 bits per token, token 2i in the low nibble of byte i and token 2i + 1 in the high one."""
-    thumb_item: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))
-    """[K] int32: images that have a thumbnail."""
-    thumb_offset: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int64))
-    """[K + 1] int64: thumbnail i is ``thumb_data[thumb_offset[i]:thumb_offset[i + 1]]``."""
-    thumb_data: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.uint8))
-    """Encoded (PNG / JPEG) thumbnails, back to back."""
-    distinct: str = "image"
-    """Diversity rule of the examples: at most one per ``image`` or per ``prompt``."""
-    _by_kind: dict = field(default_factory=dict, repr=False, compare=False)
-    _thumb_index: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def n_latents(self) -> int:
-        return self.frequency.shape[0]
-
-    @property
-    def top_m(self) -> int:
-        return self.example_value.shape[1]
-
-    def typical_top_activation(self, feature: int) -> float:
-        """Median of the feature's stored top activations (0.0 when it never fired): the unit of
-        steering strength, so that "1x" means "as strongly as where it usually fires most"."""
-        values = self.example_value[feature].float()
-        values = values[values > 0]
-        return float(values.median()) if len(values) else 0.0
-
-    def concepts_of_kind(self, kind: str) -> tuple[str, ...]:
-        return tuple(c for c, k in zip(self.concepts, self.concept_kinds) if k == kind)
-
-    def concept_stats(self, kind: str | None = None) -> ConceptStats:
-        """Per-concept means for scoring, optionally only one kind (object / style) of concept."""
-        if kind not in self._by_kind:
-            self._by_kind[kind] = self._concept_stats(kind)
-        return self._by_kind[kind]
-
-    def _concept_stats(self, kind: str | None) -> ConceptStats:
-        keep = [i for i, k in enumerate(self.concept_kinds) if kind is None or k == kind]
-        if not keep:
-            raise SaeuronError(f"no concepts of kind {kind!r} in these statistics" if kind else "these statistics hold no concepts (computed over a plain prompt list)")
-        sums = self.concept_sums[keep]
-        counts = self.concept_counts[keep]
-        means = sums / counts.clamp(min=1)[:, None, None]
-        return ConceptStats(means=means, counts=counts, concepts=tuple(self.concepts[i] for i in keep), timesteps=self.timesteps)
-
-    # ------------------------------------------------------------------ examples
-    def examples(self, feature: int) -> list[Example]:
-        """The feature's stored top examples, strongest first (no image is generated)."""
-        out = []
-        for slot in range(self.top_m):
-            item = int(self.example_item[feature, slot])
-            if item < 0:
-                continue
-            value = float(self.example_value[feature, slot])
-            pos, step = int(self.example_pos[feature, slot]), int(self.example_step[feature, slot])
-            amap = unpack_levels(self.example_map[feature, slot], self.height * self.width).float().mul_(value / MAP_LEVELS).reshape(self.height, self.width).numpy()
-            row, col = divmod(pos, self.width)
-            info = self.items[item]
-            out.append(Example(value, item, info["prompt"], int(info["seed"]), step, int(self.timesteps[step]), row, col, amap))
-        return out
-
-    def has_thumbnail(self, item: int) -> bool:
-        return item in self._thumbs()
-
-    def thumbnail(self, item: int):
-        """The stored thumbnail of image ``item`` (PIL RGB), or None if none was stored."""
-        from PIL import Image
-
-        i = self._thumbs().get(item)
-        if i is None:
-            return None
-        lo, hi = int(self.thumb_offset[i]), int(self.thumb_offset[i + 1])
-        return Image.open(io.BytesIO(self.thumb_data[lo:hi].numpy().tobytes())).convert("RGB")
-
-    def _thumbs(self) -> dict[int, int]:
-        if len(self._thumb_index) != len(self.thumb_item):
-            self._thumb_index.clear()
-            self._thumb_index.update({int(it): i for i, it in enumerate(self.thumb_item.tolist())})
-        return self._thumb_index
-
-    def needed_items(self) -> list[int]:
-        """Images that appear among the examples (the ones a card can show)."""
-        return sorted(set(self.example_item[self.example_item >= 0].tolist()))
-
-    def set_thumbnails(self, images: dict[int, object], max_side: int = 128) -> None:
-        """Store ``images`` (item -> PIL image) as thumbnails of at most ``max_side`` pixels."""
-        blobs = {item: encode_thumbnail(img, max_side) for item, img in sorted(images.items())}
-        sizes = torch.tensor([len(b) for b in blobs.values()], dtype=torch.int64)
-        self.thumb_item = torch.tensor(list(blobs), dtype=torch.int32)
-        self.thumb_offset = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
-        self.thumb_data = torch.frombuffer(bytearray(b"".join(blobs.values())), dtype=torch.uint8) if blobs else torch.zeros(0, dtype=torch.uint8)
-        self._thumb_index.clear()
-
-    # ------------------------------------------------------------------ disk
-    def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        save_safetensors({k: getattr(self, k).contiguous() for k in _TENSORS}, folder / "stats.safetensors")
-        write_json(folder / "stats.json", {k: getattr(self, k) for k in _META})
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "FeatureStats":
-        folder = Path(folder)
-        meta_path = folder / "stats.json"
-        if not meta_path.is_file():
-            raise SaeuronError(f"{folder} holds no feature statistics (no stats.json)")
-        meta = json.loads(meta_path.read_text())
-        if "bucket_edges" in meta:
-            raise SaeuronError(f"{folder} holds statistics in the old format (per-bucket top patches); rerun `saeuron stats`")
-        tensors = load_safetensors(folder / "stats.safetensors")
-        for key in ("concepts", "concept_kinds", "timesteps"):
-            meta[key] = tuple(meta[key])
-        return cls(**meta, **tensors)
-
-
-#: Quantisation levels of the stored activation maps (4 bits).
-MAP_LEVELS = 15
-
-
-def pack_levels(levels: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., hw] levels in [0, 15] -> [..., ceil(hw / 2)] bytes, two tokens per byte."""
-    if levels.shape[-1] % 2:
-        levels = torch.cat([levels, torch.zeros_like(levels[..., :1])], -1)
-    pairs = levels.reshape(*levels.shape[:-1], -1, 2)
-    return pairs[..., 0] | (pairs[..., 1] << 4)
-
-
-def unpack_levels(packed: torch.Tensor, hw: int) -> torch.Tensor:
-    """Inverse of ``pack_levels``: [..., ceil(hw / 2)] bytes -> uint8 [..., hw] levels."""
-    return torch.stack([packed & 15, packed >> 4], -1).reshape(*packed.shape[:-1], -1)[..., :hw]
-
-
-def encode_thumbnail(image, max_side: int = 128) -> bytes:
-    """PNG (up to 64 px, lossless and small there) or JPEG (quality 90) of ``image`` shrunk to ``max_side``."""
-    from PIL import Image
-
-    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    pil = pil.convert("RGB")
-    if max(pil.size) > max_side:
-        pil.thumbnail((max_side, max_side), Image.LANCZOS)
-    buf = io.BytesIO()
-    if max(pil.size) <= 64:
-        pil.save(buf, format="PNG", optimize=True)
-    else:
-        pil.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def _concept_table(store: ActivationStore) -> tuple[list[str], list[str], list[list[int]]]:
@@ -260,30 +63,34 @@ class StatsBuilder:
     """Streaming accumulator: feed sparse codes of whole maps with ``add``, then ``finish``.
 
     Memory: concept sums [C, T, n] float32, the running examples (their maps fp16
-    [n, M, H*W]) and per call O(maps x n) dense reductions; nothing grows with the store.
+    [n, M, H*W]) and per call O(maps x n) dense reductions; nothing grows with the store. All of
+    it lives on ``device``; codes given to ``add`` are moved there.
     """
 
-    def __init__(self, n_latents: int, height: int, width: int, n_steps: int, item_concepts: list[list[int]], n_concepts: int, item_groups: list[int], top_m: int = 8):
+    def __init__(self, n_latents: int, height: int, width: int, n_steps: int, item_concepts: list[list[int]], n_concepts: int, item_groups: list[int], top_m: int = 8, device: str | torch.device = "cpu"):
         if top_m < 1:
             raise SaeuronError(f"top_m must be >= 1, got {top_m}")
         n, hw = n_latents, height * width
         self.n, self.hw, self.top_m = n, hw, top_m
-        self.membership = torch.zeros(len(item_concepts), n_concepts)  # item -> concepts (0/1)
+        self.device = dev = torch.device(device)
+        membership = torch.zeros(len(item_concepts), n_concepts)  # item -> concepts (0/1)
         for i, cis in enumerate(item_concepts):
-            self.membership[i, cis] = 1.0
-        self.group_of_item = torch.tensor(item_groups, dtype=torch.long)
-        self.concept_sums = torch.zeros(n_concepts, n_steps, n)
-        self.active = torch.zeros(n, dtype=torch.long)
+            membership[i, cis] = 1.0
+        self.membership = membership.to(dev)
+        self.group_of_item = torch.tensor(item_groups, dtype=torch.long, device=dev)
+        self.edges = HIST_EDGES.to(dev)
+        self.concept_sums = torch.zeros(n_concepts, n_steps, n, device=dev)
+        self.active = torch.zeros(n, dtype=torch.long, device=dev)
         self.n_bins = len(HIST_EDGES) - 1
-        self.histogram = torch.zeros(n * self.n_bins, dtype=torch.int32)
+        self.histogram = torch.zeros(n * self.n_bins, dtype=torch.int32, device=dev)
         self.tokens = 0
         # running examples, unsorted slots; value -1 marks an empty slot
-        self.value = torch.full((n, top_m), -1.0)
-        self.group = torch.full((n, top_m), -1, dtype=torch.long)
-        self.item = torch.full((n, top_m), -1, dtype=torch.long)
-        self.step = torch.zeros(n, top_m, dtype=torch.long)
-        self.pos = torch.zeros(n, top_m, dtype=torch.long)
-        self.maps = torch.zeros(n, top_m, hw, dtype=torch.float16)
+        self.value = torch.full((n, top_m), -1.0, device=dev)
+        self.group = torch.full((n, top_m), -1, dtype=torch.long, device=dev)
+        self.item = torch.full((n, top_m), -1, dtype=torch.long, device=dev)
+        self.step = torch.zeros(n, top_m, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(n, top_m, dtype=torch.long, device=dev)
+        self.maps = torch.zeros(n, top_m, hw, dtype=torch.float16, device=dev)
         self.height, self.width = height, width
 
     @torch.inference_mode()
@@ -291,11 +98,12 @@ class StatsBuilder:
         """Codes of ``m`` whole maps: vals / idx [m, H*W, k] (ReLU'd values, latent ids), and each map's item and step [m]."""
         m, hw = vals.shape[:2]
         n = self.n
-        vals, idx, items, steps = vals.float(), idx.long(), items.long(), steps.long()
+        dev = self.device
+        vals, idx, items, steps = vals.to(dev, torch.float32), idx.to(dev, torch.long), items.to(dev, torch.long), steps.to(dev, torch.long)
         flat_idx, flat_vals = idx.reshape(m, -1), vals.reshape(m, -1)
         # spatially averaged code of each map, added to each of its item's concepts at its step
         if self.membership.shape[1]:
-            mean_code = torch.zeros(m, n).scatter_add_(1, flat_idx, flat_vals) / hw
+            mean_code = torch.zeros(m, n, device=dev).scatter_add_(1, flat_idx, flat_vals) / hw
             for s_ in steps.unique().tolist():
                 sel = steps == s_
                 self.concept_sums[:, s_] += self.membership[items[sel]].T @ mean_code[sel]
@@ -303,21 +111,21 @@ class StatsBuilder:
         fired = vals > 0
         fired_idx, fired_vals = idx[fired], vals[fired]
         self.active.index_add_(0, fired_idx, torch.ones_like(fired_idx))
-        bins = torch.bucketize(fired_vals, HIST_EDGES[1:-1])
+        bins = torch.bucketize(fired_vals, self.edges[1:-1])
         self.histogram.index_add_(0, fired_idx * self.n_bins + bins, torch.ones_like(fired_idx, dtype=torch.int32))
-        map_max = torch.zeros(m, n).scatter_reduce_(1, flat_idx, flat_vals, "amax")
+        map_max = torch.zeros(m, n, device=dev).scatter_reduce_(1, flat_idx, flat_vals, "amax")
         self._merge_examples(map_max, vals, idx, items, steps)
 
     def _merge_examples(self, map_max, vals, idx, items, steps) -> None:
-        m, n, top_m = map_max.shape[0], self.n, self.top_m
+        m, n, top_m, dev = map_max.shape[0], self.n, self.top_m, self.device
         groups = self.group_of_item[items]
         uniq, inv = groups.unique(return_inverse=True)  # diversity groups in this batch
         u = len(uniq)
-        g_max = torch.zeros(u, n).scatter_reduce_(0, inv[:, None].expand(-1, n), map_max, "amax")
+        g_max = torch.zeros(u, n, device=dev).scatter_reduce_(0, inv[:, None].expand(-1, n), map_max, "amax")
         # the map where each (group, latent) peaks: the first map that reaches the group's max
         is_peak = map_max == g_max[inv]
-        map_ids = torch.where(is_peak, torch.arange(m)[:, None], m)
-        peak_map = torch.full((u, n), m, dtype=torch.long).scatter_reduce_(0, inv[:, None].expand(-1, n), map_ids, "amin")
+        map_ids = torch.where(is_peak, torch.arange(m, device=dev)[:, None], m)
+        peak_map = torch.full((u, n), m, dtype=torch.long, device=dev).scatter_reduce_(0, inv[:, None].expand(-1, n), map_ids, "amin")
         cand_val, cand_u = g_max.T.topk(min(top_m, u), dim=1)  # [n, M']
         cand_group = uniq[cand_u]
         cand_map = peak_map.T.gather(1, cand_u)
@@ -339,10 +147,10 @@ class StatsBuilder:
         empty = value <= 0  # only when a freed slot is taken by nothing real
         j = cand_map[rows_n, cands_n].clamp(max=m - 1)
         # activation maps of the entering entries, one dense [hw, n] map at a time (bounded memory)
-        amap = torch.zeros(len(j), self.hw)
+        amap = torch.zeros(len(j), self.hw, device=dev)
         for jj in j.unique().tolist():
             sel = (j == jj).nonzero().squeeze(1)
-            dense = torch.zeros(self.hw, n).scatter_(1, idx[jj], vals[jj])
+            dense = torch.zeros(self.hw, n, device=dev).scatter_(1, idx[jj], vals[jj])
             amap[sel] = dense[:, rows_n[sel]].T
         self.value[rows_f, slots_f] = torch.where(empty, torch.full_like(value, -1.0), value)
         self.group[rows_f, slots_f] = torch.where(empty, -1, cand_group[rows_n, cands_n])
@@ -360,11 +168,11 @@ class StatsBuilder:
         tables, one per diversity group (its largest; on a tie the smaller item, i.e. the earlier
         shard, as one process streaming the shards in order keeps)."""
         for o in others:
-            self.concept_sums += o.concept_sums
-            self.active += o.active
-            self.histogram += o.histogram
+            self.concept_sums += o.concept_sums.to(self.device)
+            self.active += o.active.to(self.device)
+            self.histogram += o.histogram.to(self.device)
             self.tokens += o.tokens
-        self._merge_tables([{f: getattr(b, f) for f in self._EXAMPLE_FIELDS} for b in [self, *others]])
+        self._merge_tables([{f: getattr(b, f).to(self.device) for f in self._EXAMPLE_FIELDS} for b in [self, *others]])
 
     @torch.inference_mode()
     def merge_across_ranks(self) -> None:
@@ -396,7 +204,8 @@ class StatsBuilder:
             setattr(self, f, picked.contiguous())
 
     def finish(self, **meta) -> FeatureStats:
-        """The statistics; ``meta``: concepts, concept_kinds, timesteps, items, guidance, distinct, concept_counts."""
+        """The statistics, on the CPU; ``meta``: concepts, concept_kinds, timesteps, items, guidance,
+        distinct, concept_counts."""
         order = self.value.argsort(1, descending=True)
         value = self.value.gather(1, order)
         empty = value <= 0
@@ -405,10 +214,7 @@ class StatsBuilder:
         scale = (value.clamp(min=1e-30) / MAP_LEVELS)[..., None]
         levels = (maps / scale).round_().clamp_(0, MAP_LEVELS).to(torch.uint8).masked_fill_(empty[..., None], 0)
         del maps
-        return FeatureStats(
-            height=self.height,
-            width=self.width,
-            bin_edges=HIST_EDGES.clone(),
+        tensors = dict(
             concept_sums=self.concept_sums,
             frequency=self.active.float() / max(self.tokens, 1),
             histogram=self.histogram.view(self.n, self.n_bins),
@@ -417,8 +223,10 @@ class StatsBuilder:
             example_step=self.step.gather(1, order).masked_fill(empty, 0).int(),
             example_pos=self.pos.gather(1, order).masked_fill(empty, 0).int(),
             example_map=pack_levels(levels),
-            **meta,
         )
+        if "concept_counts" in meta:
+            meta["concept_counts"] = meta["concept_counts"].cpu()
+        return FeatureStats(height=self.height, width=self.width, bin_edges=HIST_EDGES.clone(), **{k: t.cpu() for k, t in tensors.items()}, **meta)
 
 
 def _maps_per_call(hw: int, n_latents: int, budget: int = ENCODE_BYTES) -> int:
@@ -426,9 +234,12 @@ def _maps_per_call(hw: int, n_latents: int, budget: int = ENCODE_BYTES) -> int:
 
 
 @torch.inference_mode()
-def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, distinct: str = "image", batch_maps: int | None = None, shards: list[int] | None = None, data_parallel: bool = True) -> FeatureStats:
+def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, distinct: str = "image", batch_maps: int | None = None, shards: list[int] | None = None, data_parallel: bool = True, device: str | torch.device | None = None) -> FeatureStats:
     """One streaming pass over ``store`` at ``point`` through ``sae``; see the module docstring.
 
+    ``device``: where the encoding and the statistics run (auto, cpu, cuda, cuda:N, mps; None:
+    the SAE's device), resolved before the store is read; the SAE is used there (a moved copy if
+    it lives elsewhere; ``sae`` itself is not moved).
     ``distinct``: diversity of the examples, at most one per ``image`` (prompt + seed) or per
     ``prompt``. ``batch_maps``: maps per encoder call (default: what fits ``ENCODE_BYTES``).
     ``shards``: only these completed shards (default all); under torchrun with ``data_parallel``
@@ -437,6 +248,7 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, disti
     """
     from safetensors import safe_open
 
+    device = sae.device if device is None else process_device(device)
     if distinct not in ("image", "prompt"):
         raise SaeuronError(f"distinct must be 'image' or 'prompt', got {distinct!r}")
     if top_m < 1:
@@ -457,23 +269,28 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, disti
         groups = [prompt_ids[it.prompt] for it in store.items]
     else:
         groups = list(range(len(store.items)))
-    builder = StatsBuilder(n, h, w, n_steps, item_concepts, len(concepts), groups, top_m)
+    sae = _sae_on(sae, device)
+    builder = StatsBuilder(n, h, w, n_steps, item_concepts, len(concepts), groups, top_m, device=device)
     shards = store.completed if shards is None else sorted(shards)
     if unknown := set(shards) - set(store.completed):
         raise SaeuronError(f"shards {sorted(unknown)} are not completed shards of {store.root}")
     ddp = data_parallel and dist.active()
     mine = [shards[i] for i in dist.split(len(shards))] if ddp else shards
 
-    for shard in tqdm(mine, desc=f"stats {point}" if not ddp else f"stats {point} rank {dist.rank()}", mininterval=5):
-        # read the shard a slice at a time: a paper-scale shard is ~0.5 GB of fp16 maps
-        with safe_open(str(store.shard_path(point, shard)), framework="pt") as f:
-            acts = f.get_slice("acts")
-            items, steps = f.get_tensor("item").long(), f.get_tensor("step").long()
-            for i in range(0, len(items), batch_maps):
-                x = acts[i : i + batch_maps].float()  # [m, hw, c]
-                m = x.shape[0]
-                enc = sae.encode(x.reshape(-1, c))
-                builder.add(enc.top_acts.reshape(m, hw, -1), enc.top_indices.reshape(m, hw, -1), items[i : i + m], steps[i : i + m])
+    def slices():
+        for shard in tqdm(mine, desc=f"stats {point}" if not ddp else f"stats {point} rank {dist.rank()}", mininterval=5):
+            # read the shard a slice at a time: a paper-scale shard is ~0.5 GB of fp16 maps
+            with safe_open(str(store.shard_path(point, shard)), framework="pt") as f:
+                acts = f.get_slice("acts")
+                items, steps = f.get_tensor("item").long(), f.get_tensor("step").long()
+                for i in range(0, len(items), batch_maps):
+                    yield acts[i : i + batch_maps], items[i : i + batch_maps], steps[i : i + batch_maps]  # [m, hw, c] as stored
+
+    with contextlib.closing(prefetch_to(slices(), device)) as stream:
+        for x, items, steps in stream:
+            m = x.shape[0]
+            enc = sae.encode(x.reshape(-1, c))  # in float32 on the device
+            builder.add(enc.top_acts.reshape(m, hw, -1), enc.top_indices.reshape(m, hw, -1), items, steps)
     if ddp:
         builder.merge_across_ranks()
     done_items = [i for s in shards for i in store.shard_items(s)]
@@ -486,6 +303,15 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, disti
         distinct=distinct,
         concept_counts=builder.membership[done_items].sum(0),
     )
+
+
+def _sae_on(sae, device: torch.device):
+    """``sae`` if it is on ``device``, else a copy there (the caller's module is not moved)."""
+    if sae.device == device:
+        return sae
+    moved = type(sae)(sae.cfg, device="meta")
+    moved.load_state_dict(sae.state_dict(), assign=True)  # shares the tensors; ``to`` then copies
+    return moved.to(device)
 
 
 @torch.inference_mode()

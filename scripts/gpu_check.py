@@ -1,11 +1,15 @@
-"""The GPU check behind scripts/gpu_check.sh: an SD1.5-architecture folder with random weights
-(diffusers save_pretrained) -> `saeuron prepare` at 512 px in float16 on CUDA -> the explorer
-session from the run, generating with an ablation -> the hook-overhead benchmark at 512 px
-float16; one JSON summary on stdout (and --out). Goal: under 8 minutes on one datacenter GPU.
+"""The GPU check behind scripts/gpu_check.sh, every stage on CUDA at SD1.5 layout: an
+SD1.5-architecture folder with random weights (diffusers save_pretrained) -> `saeuron prepare` at
+512 px in float16 (generate, cache, train-sae, stats: the SAE stages run on the model's device)
+-> SAE training throughput, ours beside sparsify's trainer on the same GPU and the same tokens
+(benchmarks/bench_sae_training.py at the paper's size: 16 x 1280 latents, k 32, batch 4096) ->
+training and statistics on CUDA against the same on the CPU (a few steps, one shard) ->
+statistics of a paper-size SAE (size on disk, peak GPU memory) -> `saeuron unlearn` -> the
+explorer session from the run, generating with an ablation -> the hook-overhead benchmark at
+512 px float16; one JSON summary on stdout (and --out). Goal: under 8 minutes on one GPU.
 
-SAE training and statistics run on the CPU (as in the library); the SAEs are kept small
-(expansion 4, 1 epoch) so the check measures the GPU path, not SAE quality: random weights
-carry no concepts.
+The prepared SAEs are kept small (expansion 4, 1 epoch): random weights carry no concepts, so
+the check measures the GPU path, not SAE quality.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ STYLES = ("dots", "solid")
 SD15 = dict(latent_size=64, unet_channels=(320, 640, 1280, 1280), vae_channels=(128, 256, 512, 512), text_hidden=768, text_layers=12)
 # --smoke: the same stages on the CPU with a small SD-architecture model at 64 px (checks the script)
 SMOKE = dict(latent_size=32, unet_channels=(32, 32, 64, 64), vae_channels=(16, 16), text_hidden=32, text_layers=1)
-RUN = {"device": "cuda", "dtype": "float16", "size": 512, "model": SD15}
+# seeds 4: 32 prompts, 80k tokens per 16x16 hook point at 10 steps (20 batches of 4096)
+RUN = {"device": "cuda", "dtype": "float16", "size": 512, "model": SD15, "seeds": 4, "expansion": 16, "throughput_steps": 100, "batch": 4096}
 
 
 def sync() -> None:
@@ -59,7 +64,8 @@ def run_prepare(model: Path, run: Path, steps: int) -> dict:
     from saeuron_core.cli import main as saeuron
 
     concepts = run.parent / "concepts.csv"
-    rows = ["prompt,seed,object,style"] + [f"An image of {o} in {s} style.,{i},{o},{s}" for i, (o, s) in enumerate((o, s) for o in OBJECTS for s in STYLES)]
+    combos = [(o, s, seed) for o in OBJECTS for s in STYLES for seed in range(RUN["seeds"])]
+    rows = ["prompt,seed,object,style"] + [f"An image of {o} in {s} style.,{seed},{o},{s}" for o, s, seed in combos]
     concepts.write_text("\n".join(rows) + "\n")
     t0 = time.perf_counter()
     code = saeuron(["--threads", str(min(8, os.cpu_count() or 1)), "prepare", "--model", str(model), "--concepts", str(concepts), "--device", RUN["device"], "--dtype", RUN["dtype"],
@@ -67,7 +73,121 @@ def run_prepare(model: Path, run: Path, steps: int) -> dict:
     if code != 0:
         raise RuntimeError(f"saeuron prepare exited {code}")
     spec = json.loads((run / "run.json").read_text())
-    return {"seconds": round(time.perf_counter() - t0, 1), "prompts": len(rows) - 1, "steps": steps, "hook_points": spec["hook_points"], "sae": "expansion 4, k 32, 1 epoch (CPU)"}
+    metrics = {p: json.loads((run / "sae" / ".train" / p / "metrics.json").read_text()) for p in dict.fromkeys(spec["hook_points"].values())}
+    return {"seconds": round(time.perf_counter() - t0, 1), "prompts": len(rows) - 1, "steps": steps, "hook_points": spec["hook_points"], "sae": "expansion 4, k 32, 1 epoch",
+            "sae_training": {p: {k: m.get(k) for k in ("device", "sparse_ops", "tokens", "seconds_this_run", "fvu")} for p, m in metrics.items()}}
+
+
+def style_point(run: Path) -> str:
+    return json.loads((run / "run.json").read_text())["hook_points"]["style"]
+
+
+def training_throughput(run: Path, out: Path) -> dict:
+    """Ours vs sparsify's trainer on the same device and the same tokens of the run's store."""
+    steps = RUN["throughput_steps"]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_sae_training.py"), "--store", str(run / "store"), "--point", style_point(run), "--device", RUN["device"],
+           "--expansion", str(RUN["expansion"]), "--k", "32", "--batch-size", str(RUN["batch"]), "--steps", str(steps),
+           "--epochs", "50", "--heldout", str(RUN["batch"]), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench_sae_training exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
+    r = json.loads(out.read_text())
+    side = lambda s: {k: r[s][k] for k in ("tokens_per_s_steady", "ms_per_step_median")} | {"heldout_fvu": r[s]["heldout"]["fvu"]}  # noqa: E731
+    return {"seconds": round(time.perf_counter() - t0, 1), "config": r["config"], "tokens_each": r["tokens_each"], "sparse_ops": r["sparse_ops"], "tf32": r["tf32"],
+            "ours": side("ours"), "sparsify": side("sparsify"), "throughput_ratio_ours_over_sparsify": r["throughput_ratio_ours_over_sparsify"],
+            "goal": "ratio >= 1.2 at equal FVU (held-out tokens also trained on in later epochs: a small store)"}
+
+
+def device_vs_cpu(run: Path, work: Path) -> dict:
+    """The same few training steps and the same one-shard statistics on the device and on the CPU."""
+    import torch
+
+    from saeuron_core.sae import SaeConfig, TopKSae
+    from saeuron_core.sae_train import TrainConfig, train_sae
+    from saeuron_core.stats import compute_stats
+    from saeuron_core.store import ActivationStore
+
+    store, point = ActivationStore(run / "store"), style_point(run)
+    out = {}
+    saes = {}
+    for device in (RUN["device"], "cpu"):
+        cfg = TrainConfig(SaeConfig(expansion_factor=4, k=32), batch_size=RUN["batch"] // 4, epochs=1, checkpoint_every=10**9, device=device, tf32=False)
+        small = _FirstBatches(store, 5)
+        t0 = time.perf_counter()
+        train_sae(small, point, cfg, work / f"train_{device}")
+        out[f"train_seconds_{device}"] = round(time.perf_counter() - t0, 2)
+        saes[device] = TopKSae.load(work / f"train_{device}" / point)
+    out["train_max_abs_diff_W_dec"] = float((saes["cpu"].W_dec - saes[RUN["device"]].W_dec).abs().max())
+    out["train_max_abs_diff_encoder"] = float((saes["cpu"].encoder.weight - saes[RUN["device"]].encoder.weight).abs().max())
+    stats = {}
+    for device in (RUN["device"], "cpu"):
+        t0 = time.perf_counter()
+        stats[device] = compute_stats(store, point, saes["cpu"], top_m=4, shards=store.completed[:1], device=device)
+        out[f"stats_seconds_{device}"] = round(time.perf_counter() - t0, 2)
+    a, b = stats["cpu"], stats[RUN["device"]]
+    out["stats_equal"] = {name: bool(torch.equal(getattr(a, name), getattr(b, name))) for name in ("frequency", "histogram", "example_item", "example_step", "example_pos")}
+    out["stats_max_abs_diff"] = {name: float((getattr(a, name) - getattr(b, name)).abs().max()) for name in ("concept_sums", "example_value")}
+    return out
+
+
+class _FirstBatches:
+    """The run's store, limited to its first ``n`` batches (a few steps, not an epoch)."""
+
+    def __init__(self, store, n: int):
+        self._store, self._n = store, n
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def iter_token_batches(self, *args, **kwargs):
+        for i, x in enumerate(self._store.iter_token_batches(*args, **kwargs)):
+            if i >= self._n:
+                return
+            yield x
+
+
+def paper_size_stats(run: Path, work: Path) -> dict:
+    """Statistics of a random paper-size SAE (16 x channels latents, k 32) over the whole store:
+    seconds, peak device memory during the pass, bytes on disk (goals: <= 2 GB, <= 50 MB)."""
+    import torch
+
+    from saeuron_core.sae import SaeConfig, TopKSae
+    from saeuron_core.stats import compute_stats
+    from saeuron_core.store import ActivationStore
+
+    store, point = ActivationStore(run / "store"), style_point(run)
+    channels = store.meta["points"][point]["channels"]
+    torch.manual_seed(0)
+    sae = TopKSae(SaeConfig(d_in=channels, expansion_factor=RUN["expansion"], k=32))
+    cuda = RUN["device"] == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    stats = compute_stats(store, point, sae, top_m=8, device=RUN["device"])
+    sync()
+    seconds = time.perf_counter() - t0
+    stats.save(work / "paper_stats")
+    size = sum(f.stat().st_size for f in (work / "paper_stats").iterdir())
+    out = {"seconds": round(seconds, 1), "num_latents": sae.num_latents, "tokens": store.token_count(point), "megabytes_on_disk": round(size / 1e6, 1), "goal": "<= 50 MB on disk, <= 2 GB device memory"}
+    if cuda:
+        out["peak_device_memory_GiB"] = round((torch.cuda.max_memory_allocated() - base) / 2**30, 2)
+    return out
+
+
+def unlearn(model: Path, run: Path, steps: int, out: Path) -> dict:
+    from saeuron_core.cli import main as saeuron
+
+    t0 = time.perf_counter()
+    code = saeuron(["unlearn", "--model", str(model), "--sae", str(run / "sae"), "--stats", str(run / "stats"), "--concept", "dots", "--tau", "99.9", "--gamma", "-1",
+                    "--prompt", "An image of star in dots style.", "--device", RUN["device"], "--dtype", RUN["dtype"], "--height", str(RUN["size"]), "--width", str(RUN["size"]),
+                    "--steps", str(steps), "--out", str(out)])
+    if code != 0:
+        raise RuntimeError(f"saeuron unlearn exited {code}")
+    return {"seconds": round(time.perf_counter() - t0, 1), "image": str(out), "bytes": out.stat().st_size}
 
 
 def generate_with_ablation(run: Path, steps: int) -> dict:
@@ -128,13 +248,13 @@ def main() -> int:
     ap.add_argument("--prepare-steps", type=int, default=10, help="denoising steps of the cached prompts")
     ap.add_argument("--steps", type=int, default=25, help="denoising steps of the generations and the benchmark")
     ap.add_argument("--out", default=None, help="also write the JSON summary here")
-    ap.add_argument("--smoke", action="store_true", help="run the stages on the CPU with a small model at 64 px (checks this script without a GPU)")
+    ap.add_argument("--smoke", action="store_true", help="run the stages on the CPU with a small model at 64 px, 8 prompts (checks this script without a GPU; use --prepare-steps 2 --steps 2)")
     args = ap.parse_args()
 
     import torch
 
     if args.smoke:
-        RUN.update(device="cpu", dtype="float32", size=64, model=SMOKE)
+        RUN.update(device="cpu", dtype="float32", size=64, model=SMOKE, seeds=1, expansion=4, throughput_steps=10, batch=128)
     if not torch.cuda.is_available() and not args.smoke:
         summary = skipped(f"no CUDA device (torch {torch.__version__}, cuda {torch.version.cuda})")
     else:
@@ -146,6 +266,10 @@ def main() -> int:
         try:
             stages["build"] = build_folder(work / "sd15-random")
             stages["prepare"] = run_prepare(work / "sd15-random", work / "run", args.prepare_steps)
+            stages["sae_training_vs_sparsify"] = training_throughput(work / "run", work / "bench_sae_training.json")
+            stages["device_vs_cpu"] = device_vs_cpu(work / "run", work)
+            stages["paper_size_stats"] = paper_size_stats(work / "run", work)
+            stages["unlearn"] = unlearn(work / "sd15-random", work / "run", args.steps, work / "unlearn.png")
             stages["generate_with_ablation"] = generate_with_ablation(work / "run", args.steps)
             stages["hook_overhead"] = hook_overhead(work / "sd15-random", work / "run", args.steps, work / "bench_hook.json")
         except Exception as e:  # the summary says which stage failed and why, in one line

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# GPU check (issue 11): an SD1.5-architecture folder with random weights, `saeuron prepare`,
-# generation with an ablation and the hook-overhead benchmark at 512 px in float16 on CUDA;
-# prints one JSON summary. Without CUDA it prints {"status": "skipped", ...} and exits 0.
+# GPU check (issues 11, 21): every stage on CUDA at SD1.5 layout with random weights (generate,
+# cache, train-sae, stats via `saeuron prepare`; SAE training tokens/s beside sparsify's trainer on
+# the same GPU and tokens; training and statistics against the CPU; paper-size statistics' disk
+# and GPU memory; `saeuron unlearn`; the explorer session with an ablation; the hook-overhead
+# benchmark at 512 px float16); prints one JSON summary. Without CUDA it prints
+# {"status": "skipped", ...} and exits 0. `--smoke` runs the stages on the CPU with a small model.
 #
 #   scripts/gpu_check.sh [--work DIR] [--out summary.json]     (PYTHON=... to choose the interpreter)
 set -euo pipefail

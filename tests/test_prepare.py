@@ -146,3 +146,24 @@ def test_gpu_check_skips_cleanly_without_cuda():
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["status"] == "skipped" and "no CUDA device" in summary["reason"]
+
+
+def test_prepare_refuses_a_missing_sae_device_before_any_work(tmp_path, monkeypatch):
+    """prepare(sae_device="cuda") without CUDA: one line, before a hook point is looked up or a
+    file written (the stages' device defaults to the model's)."""
+    import torch
+
+    from saeuron_core.errors import SaeuronError
+    from saeuron_core.prepare import RunSpec, prepare
+
+    class Pipe:  # fails on any use but ``device``
+        device = torch.device("cpu")
+
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name}) before the device was checked")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = RunSpec("m", {"object": "up_blocks.1.attentions.1"}, 64, 64, 2, 7.0, "sae")
+    with pytest.raises(SaeuronError, match="--device cuda: .*use --device cpu"):
+        prepare(Pipe(), spec, [], tmp_path / "run", sae_device="cuda")
+    assert not (tmp_path / "run").exists()
