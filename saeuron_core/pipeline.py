@@ -300,3 +300,10 @@ def text_embeddings(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tenso
     with torch.no_grad():
         hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
     return ids, hidden.float()
+
+
+def decode_preview(pipe, latents: torch.Tensor):
+    """uint8 [H, W, 3] of the first image in a batch of latents (a preview mid-generation)."""
+    vae = pipe.vae
+    pixels = vae.decode(latents[:1] / vae.config.scaling_factor, return_dict=False)[0][0]
+    return ((pixels.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()

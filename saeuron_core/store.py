@@ -262,7 +262,7 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
     todo = [s for s in mine if s not in set(store.completed)]
     for shard in tqdm(todo, desc="cache" if dist.world() == 1 else f"cache rank {dist.rank()}", mininterval=5):
         ids = list(store.shard_items(shard))
-        with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1) as rec:
+        with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1, scheduler=pipe.scheduler) as rec:
             generate_jobs(pipe, [(items[i].prompt, items[i].seed) for i in ids], steps, guidance, batch_size=len(ids), output_type="latent")
         dims = {}
         for point in points:

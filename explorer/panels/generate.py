@@ -149,8 +149,10 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
                    recipe_json, page_url(request) + "?" + recipe_to_query(recipe), recipe_to_python(recipe, ex.session.sources.defaults))
 
     def features_at(prompt, seed, steps, guidance, interventions, point, step, x, y):
-        side = ex.session.info.image_size * upscale_factor(ex.session.info.image_size, DISPLAY_SIDE)  # the shown image
-        return ex.editor.features_at(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, step, x, y, (side, side))
+        height, width = ex.session.size
+        factor = upscale_factor(min(height, width), DISPLAY_SIDE)  # the shown image, as ``upscale`` enlarged it
+        recipe = read_recipe(ex, prompt, seed, steps, guidance, interventions)
+        return ex.editor.features_at(recipe, point, step, x, y, (width * factor, height * factor))
 
     @gpu
     @ui_errors

@@ -1,0 +1,164 @@
+"""Follow one Generate request of the explorer through the project's code and count the way.
+
+Builds the app on the bundled model, takes the Generate panel's own handler (the function the
+Generate button runs, decorators included) and runs one request through it under
+``sys.setprofile`` / ``threading.setprofile``, counting the call and return events of functions
+defined in ``explorer/`` and ``saeuron_core/``:
+
+- **path**: project frames reached from the handler without passing through a third-party
+  library (torch, diffusers, gradio, PIL, numpy...; the standard library, e.g. ``contextlib`` and
+  ``threading``, and torch's ``inference_mode`` decorator are transparent). Project code that a library calls back (U-Net hooks once per
+  block call, diffusers' step callback) is counted apart, as **callbacks**: it runs per step, not
+  per request.
+- **calls**: call events of path frames (a generator resumed counts again: it is entered again).
+- **stays**: times control arrives in a project file other than the one it was in (the first
+  arrival included), following the innermost path frame of each thread.
+- **returns**: the stays that happen because a function returned into its caller's file.
+
+Usage: ``OMP_NUM_THREADS=1 python scripts/request_path.py [--steps N] [--detail]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import sysconfig
+import threading
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tuple(str(ROOT / d) + os.sep for d in ("explorer", "saeuron_core"))
+STDLIB = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
+sys.path.insert(0, str(ROOT))
+
+
+# Decorator plumbing that only wraps a project function (``@torch.inference_mode()``): transparent.
+WRAPPERS = (os.path.join("torch", "utils", "_contextlib.py"),)
+
+
+def kind_of(filename: str) -> str:
+    """"project", "stdlib" (transparent) or "library" (opaque: what it calls is a callback)."""
+    if filename.startswith(PROJECT):
+        return "project"
+    if filename.startswith("<") or filename.endswith(WRAPPERS) or (filename.startswith(STDLIB) and "site-packages" not in filename):
+        return "stdlib"
+    return "library"
+
+
+class PathCounter:
+    """Profile function: per thread, a stack of frame kinds and the innermost project file."""
+
+    def __init__(self):
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.stays = 0
+        self.returns = 0
+        self.callbacks = 0
+        self.files: Counter = Counter()
+        self.functions: Counter = Counter()
+        self.trail: list[str] = []
+
+    def _state(self):
+        state = self.local.__dict__
+        if "stack" not in state:
+            state.update(stack=[], opaque=0, location=None)
+        return state
+
+    def __call__(self, frame, event, _arg):
+        if event not in ("call", "return"):
+            return  # c_call / c_return: built-ins
+        state = self._state()
+        kind = kind_of(frame.f_code.co_filename)
+        if event == "call":
+            on_path = kind == "project" and state["opaque"] == 0
+            state["stack"].append((kind, on_path, frame.f_code.co_filename))
+            if kind == "library":
+                state["opaque"] += 1
+            with self.lock:
+                if kind == "project" and not on_path:
+                    self.callbacks += 1
+                elif on_path:
+                    self.calls += 1
+                    self.functions[f"{Path(frame.f_code.co_filename).relative_to(ROOT)}:{frame.f_code.co_name}"] += 1
+                    self._arrive(state, frame.f_code.co_filename, returning=False)
+            return
+        if not state["stack"]:
+            return  # a frame entered before profiling started
+        kind, on_path, _ = state["stack"].pop()
+        if kind == "library":
+            state["opaque"] -= 1
+        if on_path:
+            below = next((f for k, p, f in reversed(state["stack"]) if p), None)
+            with self.lock:
+                if below is not None:
+                    self._arrive(state, below, returning=True)
+                else:
+                    state["location"] = None
+
+    def _arrive(self, state, filename: str, returning: bool) -> None:
+        if state["location"] == filename:
+            return
+        state["location"] = filename
+        name = str(Path(filename).relative_to(ROOT))
+        self.stays += 1
+        self.returns += returning
+        self.files[name] += 1
+        self.trail.append(("<- " if returning else "-> ") + name)
+
+
+def generate_handler(demo):
+    for block_fn in demo.fns.values():
+        if block_fn.api_name == "generate":
+            return block_fn.fn
+    raise SystemExit("the app has no event with api_name 'generate'")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--detail", action="store_true", help="also print the trail of files and the functions called")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from saeuron_core.interventions import ScaleFeatures
+
+    from explorer.app import build_app
+    from explorer.recipes import intervention_to_dict
+    from explorer.session import ExplorerSession
+
+    session = ExplorerSession.open(threads=1)
+    demo = build_app(session, precompute_maps=False)
+    handler = generate_handler(demo)
+    point = session.points[-1]
+    interventions = "[" + ",".join([__import__("json").dumps(intervention_to_dict(ScaleFeatures((3,), 0.0, None, point)))]) + "]"
+    steps = args.steps or session.info.default_steps
+    request_args = ("An image of star in dots style.", 7, steps, session.info.default_guidance, interventions)
+
+    counter = PathCounter()
+    threading.setprofile(counter)
+    sys.setprofile(counter)
+    try:
+        updates = list(handler(*request_args, request=None))
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    print(f"one Generate request ({steps} steps, one intervention at {point}): {len(updates)} updates streamed")
+    print(f"files visited: {len(counter.files)}")
+    print(f"stays: {counter.stays}")
+    print(f"returns: {counter.returns}")
+    print(f"calls: {counter.calls}")
+    print(f"callbacks from torch/diffusers (hooks, step callback; per step, not on the path): {counter.callbacks}")
+    print("stays per file: " + ", ".join(f"{f} {n}" for f, n in counter.files.most_common()))
+    if args.detail:
+        print("\ntrail:\n  " + "\n  ".join(counter.trail))
+        print("\nfunctions called on the path:\n  " + "\n  ".join(f"{n:3d} {f}" for f, n in counter.functions.most_common()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
