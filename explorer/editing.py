@@ -89,25 +89,22 @@ class Editor:
         self._captures = LruCache(capture_cache_size)
 
     def generate(self, recipe: Recipe) -> EditResult:
-        recipe = self.session.complete(recipe)
-        before = self.session.render(recipe.with_interventions(()))
-        after = self.session.render(recipe)
+        recipe, before, after = self.session.before_after(recipe)
         difference, peak = difference_heatmap(before, after)
         return EditResult(recipe, before, after, difference, peak)
 
     def stream(self, recipe: Recipe, previews: int = 4) -> Iterator[Preview | EditResult]:
         """``Preview``s of the edited image while it is generated, then the ``EditResult``.
 
-        The generation runs in its own thread and finishes (releasing the U-Net) even when the
-        consumer stops iterating.
+        The request goes down once (``session.before_after`` in its own thread, which finishes and
+        releases the U-Net even when the consumer stops iterating); previews and the result come
+        back through one queue.
         """
-        recipe = self.session.complete(recipe)
-        before = self.session.render(recipe.with_interventions(()))
         updates: queue.Queue = queue.Queue()
 
         def work():
             try:
-                updates.put(self.session.render(recipe, on_preview=lambda step, image: updates.put(Preview(step, image)), previews=previews))
+                updates.put(self.session.before_after(recipe, lambda step, image: updates.put(Preview(step, image)), previews))
             except BaseException as e:  # handed to the consumer, raised there
                 updates.put(e)
 
@@ -116,8 +113,9 @@ class Editor:
             yield item
         if isinstance(item, BaseException):
             raise item
-        difference, peak = difference_heatmap(before, item)
-        yield EditResult(recipe, before, item, difference, peak)
+        recipe, before, after = item
+        difference, peak = difference_heatmap(before, after)
+        yield EditResult(recipe, before, after, difference, peak)
 
     def features_at(self, recipe: Recipe, point: str, step: int, x: float, y: float, image_size: tuple[int, int], limit: int = 12) -> list[ActiveFeature]:
         """SAE features active at the token under pixel (x, y) of the recipe's (edited) image

@@ -187,6 +187,16 @@ class ExplorerSession:
             return self.plain_images([(recipe.prompt, recipe.seed)], recipe.steps, recipe.guidance)[0]
         return self.run(recipe, on_preview=on_preview, previews=previews).image
 
+    def before_after(self, recipe: Recipe, on_preview=None, previews: int = 4) -> tuple[CheckedRecipe, np.ndarray, np.ndarray]:
+        """(the checked recipe, its image without interventions, its image) in one call: the
+        unedited image from the cache (or generated), the edited one through ``run`` with previews
+        (without interventions the two are one image, generated once)."""
+        recipe = self.complete(recipe)
+        before = self.plain_images([(recipe.prompt, recipe.seed)], recipe.steps, recipe.guidance)[0]
+        if not recipe.interventions:
+            return recipe, before, before
+        return recipe, before, self.run(recipe, on_preview=on_preview, previews=previews).image
+
     def run(self, recipe: CheckedRecipe, capture=(), on_preview=None, previews: int = 4, removal: Removal | None = None) -> HookedRun:
         """One pass of the (checked) recipe through ``SaeBundle.run`` under the U-Net lock: image,
         the maps of the ``capture`` points and the timesteps; ``removal``: a weight edit active

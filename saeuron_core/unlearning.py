@@ -230,8 +230,11 @@ class SaeBundle:
 
     def concept_stats(self, interventions: Sequence[Intervention]) -> dict:
         """Per hook point, the ConceptStats of the kind each intervention's concepts belong to."""
+        return self._concept_stats(self.placed(interventions))
+
+    def _concept_stats(self, placed: Sequence[Intervention]) -> dict:
         out = {}
-        for iv in self.placed(interventions):
+        for iv in placed:
             if isinstance(iv, Unlearn):
                 kind = self.kind_of(iv.concepts[0])
                 out[iv.point] = self.stats[iv.point].concept_stats(kind)
@@ -248,7 +251,7 @@ class SaeBundle:
         interventions = self.placed(interventions)
         with contextlib.ExitStack() as stack:
             if interventions:
-                stack.enter_context(apply_interventions(unet, self.saes, interventions, stats=self.concept_stats(interventions), scheduler=scheduler))
+                stack.enter_context(apply_interventions(unet, self.saes, interventions, stats=self._concept_stats(interventions), scheduler=scheduler))
             # registered after the edits: records the edited block outputs
             recorder = stack.enter_context(capture_activations(unet, list(capture), halves="cond", cfg=cfg, scheduler=scheduler)) if capture else None
             yield recorder

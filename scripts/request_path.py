@@ -15,12 +15,19 @@ defined in ``explorer/`` and ``saeuron_core/``:
   arrival included), following the innermost path frame of each thread.
 - **returns**: the stays that happen because a function returned into its caller's file.
 
+Two parts of those totals are also shown on their own: **stream** stays (a generator handing a
+streamed update up with ``yield``, and being resumed for the next one: once per preview) and
+**leaf** visits (a call into another file that calls no further project file before returning,
+e.g. a one-line check or format helper: one stay down, one return). What is left, the
+**chain**, is how often the request itself goes down a layer and comes back.
+
 Usage: ``OMP_NUM_THREADS=1 python scripts/request_path.py [--steps N] [--detail]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dis
 import os
 import sys
 import sysconfig
@@ -30,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tuple(str(ROOT / d) + os.sep for d in ("explorer", "saeuron_core"))
+YIELD_VALUE = dis.opmap["YIELD_VALUE"]
 STDLIB = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
 sys.path.insert(0, str(ROOT))
 
@@ -48,15 +56,15 @@ def kind_of(filename: str) -> str:
 
 
 class PathCounter:
-    """Profile function: per thread, a stack of frame kinds and the innermost project file."""
+    """Profile function: per thread, a stack of frames (kind, on the path, file, entered from
+    another file, called another file) and the innermost project file."""
 
     def __init__(self):
         self.local = threading.local()
         self.lock = threading.Lock()
-        self.calls = 0
-        self.stays = 0
-        self.returns = 0
-        self.callbacks = 0
+        self.suspended: set = set()
+        self.calls = self.stays = self.returns = self.callbacks = 0
+        self.stream_stays = self.stream_returns = self.leaves = 0
         self.files: Counter = Counter()
         self.functions: Counter = Counter()
         self.trail: list[str] = []
@@ -71,42 +79,60 @@ class PathCounter:
         if event not in ("call", "return"):
             return  # c_call / c_return: built-ins
         state = self._state()
-        kind = kind_of(frame.f_code.co_filename)
-        if event == "call":
-            on_path = kind == "project" and state["opaque"] == 0
-            state["stack"].append((kind, on_path, frame.f_code.co_filename))
-            if kind == "library":
-                state["opaque"] += 1
-            with self.lock:
-                if kind == "project" and not on_path:
-                    self.callbacks += 1
-                elif on_path:
-                    self.calls += 1
-                    self.functions[f"{Path(frame.f_code.co_filename).relative_to(ROOT)}:{frame.f_code.co_name}"] += 1
-                    self._arrive(state, frame.f_code.co_filename, returning=False)
-            return
-        if not state["stack"]:
-            return  # a frame entered before profiling started
-        kind, on_path, _ = state["stack"].pop()
-        if kind == "library":
-            state["opaque"] -= 1
-        if on_path:
-            below = next((f for k, p, f in reversed(state["stack"]) if p), None)
-            with self.lock:
-                if below is not None:
-                    self._arrive(state, below, returning=True)
-                else:
-                    state["location"] = None
+        filename = frame.f_code.co_filename
+        kind = kind_of(filename)
+        with self.lock:
+            if event == "call":
+                self._call(state, frame, kind, filename)
+            elif state["stack"]:  # else: a frame entered before profiling started
+                self._return(state, frame)
 
-    def _arrive(self, state, filename: str, returning: bool) -> None:
+    def _call(self, state, frame, kind, filename) -> None:
+        on_path = kind == "project" and state["opaque"] == 0
+        resumed = frame in self.suspended
+        self.suspended.discard(frame)
+        parent = next((entry for entry in reversed(state["stack"]) if entry["on_path"]), None)
+        crossed = on_path and (parent is None or parent["file"] != filename)
+        if crossed and parent is not None:
+            parent["called_out"] = True
+        state["stack"].append({"kind": kind, "on_path": on_path, "file": filename, "crossed": crossed, "called_out": False})
+        if kind == "library":
+            state["opaque"] += 1
+        if kind == "project" and not on_path:
+            self.callbacks += 1
+        elif on_path:
+            self.calls += 1
+            self.functions[f"{Path(filename).relative_to(ROOT)}:{frame.f_code.co_name}"] += 1
+            self._arrive(state, filename, returning=False, streamed=resumed)
+
+    def _return(self, state, frame) -> None:
+        entry = state["stack"].pop()
+        if entry["kind"] == "library":
+            state["opaque"] -= 1
+        if not entry["on_path"]:
+            return
+        yielded = frame.f_code.co_code[frame.f_lasti] == YIELD_VALUE
+        if yielded:
+            self.suspended.add(frame)
+        elif entry["crossed"] and not entry["called_out"]:
+            self.leaves += 1
+        below = next((e["file"] for e in reversed(state["stack"]) if e["on_path"]), None)
+        if below is None:
+            state["location"] = None
+        else:
+            self._arrive(state, below, returning=True, streamed=yielded)
+
+    def _arrive(self, state, filename: str, returning: bool, streamed: bool) -> None:
         if state["location"] == filename:
             return
         state["location"] = filename
         name = str(Path(filename).relative_to(ROOT))
         self.stays += 1
         self.returns += returning
+        self.stream_stays += streamed
+        self.stream_returns += streamed and returning
         self.files[name] += 1
-        self.trail.append(("<- " if returning else "-> ") + name)
+        self.trail.append(("<- " if returning else "-> ") + name + ("  (stream)" if streamed else ""))
 
 
 def generate_handler(demo):
@@ -149,8 +175,8 @@ def main() -> int:
         threading.setprofile(None)
     print(f"one Generate request ({steps} steps, one intervention at {point}): {len(updates)} updates streamed")
     print(f"files visited: {len(counter.files)}")
-    print(f"stays: {counter.stays}")
-    print(f"returns: {counter.returns}")
+    print(f"stays: {counter.stays}  (stream {counter.stream_stays}, leaf visits {2 * counter.leaves}, chain {counter.stays - counter.stream_stays - 2 * counter.leaves})")
+    print(f"returns: {counter.returns}  (stream {counter.stream_returns}, leaf visits {counter.leaves}, chain {counter.returns - counter.stream_returns - counter.leaves})")
     print(f"calls: {counter.calls}")
     print(f"callbacks from torch/diffusers (hooks, step callback; per step, not on the path): {counter.callbacks}")
     print("stays per file: " + ", ".join(f"{f} {n}" for f, n in counter.files.most_common()))
