@@ -176,13 +176,14 @@ class StepClock:
         if self.counted:
             if len(self.timesteps) <= self.index:
                 self.timesteps.append(timestep)  # the step's first U-Net call
-        elif self.current is None or (self.timesteps and timestep >= self.timesteps[0] and timestep > self.current.timestep):
+        elif self.current is None or (timestep > self.current.timestep and timestep >= self.timesteps[0]):
             self.timesteps = [timestep]  # first call, or a new generation
         elif timestep > self.current.timestep:
             raise SaeuronError(
-                f"the U-Net's timestep went up from {self.current.timestep} to {timestep} inside a generation that started at "
-                f"{self.timesteps[0]}: the timestep alone cannot tell a new generation from this scheduler's order; "
-                "give the hooks the pipeline's scheduler (scheduler=pipe.scheduler, as SaeBundle.hooked does)"
+                f"the U-Net's timestep went up from {self.current.timestep} to {timestep} inside a generation "
+                f"that started at {self.timesteps[0]}: the timestep alone cannot tell a new generation from this "
+                "scheduler's order; give the hooks the pipeline's scheduler (scheduler=pipe.scheduler, as "
+                "SaeBundle.hooked does)"
             )
         elif timestep < self.current.timestep:
             self.timesteps.append(timestep)

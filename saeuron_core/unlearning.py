@@ -219,12 +219,14 @@ class SaeBundle:
         for iv in interventions:
             if iv.point is None:
                 if len(self.saes) != 1:
-                    raise SaeuronError(f"{type(iv).__name__} does not name its hook point, and this bundle has SAEs at {', '.join(self.saes)}")
+                    name, points = type(iv).__name__, ", ".join(self.saes)
+                    raise SaeuronError(f"{name} does not name its hook point, and this bundle has SAEs at {points}")
                 point = next(iter(self.saes))
             else:
                 point = normalize_point(iv.point)
                 if point not in self.saes:
-                    raise SaeuronError(f"no SAE for hook point {iv.point!r}; this bundle has SAEs at {', '.join(self.saes)}")
+                    points = ", ".join(self.saes)
+                    raise SaeuronError(f"no SAE for hook point {iv.point!r}; this bundle has SAEs at {points}")
             placed.append(iv if iv.point == point else replace(iv, point=point))
         return tuple(placed)
 

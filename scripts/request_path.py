@@ -7,9 +7,9 @@ defined in ``explorer/`` and ``saeuron_core/``:
 
 - **path**: project frames reached from the handler without passing through a third-party
   library (torch, diffusers, gradio, PIL, numpy...; the standard library, e.g. ``contextlib`` and
-  ``threading``, and torch's ``inference_mode`` decorator are transparent). Project code that a library calls back (U-Net hooks once per
-  block call, diffusers' step callback) is counted apart, as **callbacks**: it runs per step, not
-  per request.
+  ``threading``, and torch's ``inference_mode`` decorator are transparent). Project code that a
+  library calls back (U-Net hooks once per block call, diffusers' step callback) is counted
+  apart, as **callbacks**: it runs per step, not per request.
 - **calls**: call events of path frames (a generator resumed counts again: it is entered again).
 - **stays**: times control arrives in a project file other than the one it was in (the first
   arrival included), following the innermost path frame of each thread.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dis
+import json
 import os
 import sys
 import sysconfig
@@ -50,7 +51,8 @@ def kind_of(filename: str) -> str:
     """"project", "stdlib" (transparent) or "library" (opaque: what it calls is a callback)."""
     if filename.startswith(PROJECT):
         return "project"
-    if filename.startswith("<") or filename.endswith(WRAPPERS) or (filename.startswith(STDLIB) and "site-packages" not in filename):
+    in_stdlib = filename.startswith(STDLIB) and "site-packages" not in filename
+    if filename.startswith("<") or filename.endswith(WRAPPERS) or in_stdlib:
         return "stdlib"
     return "library"
 
@@ -151,17 +153,16 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from saeuron_core.interventions import ScaleFeatures
-
     from explorer.app import build_app
     from explorer.recipes import intervention_to_dict
     from explorer.session import ExplorerSession
+    from saeuron_core.interventions import ScaleFeatures
 
     session = ExplorerSession.open(threads=1)
     demo = build_app(session, precompute_maps=False)
     handler = generate_handler(demo)
     point = session.points[-1]
-    interventions = "[" + ",".join([__import__("json").dumps(intervention_to_dict(ScaleFeatures((3,), 0.0, None, point)))]) + "]"
+    interventions = json.dumps([intervention_to_dict(ScaleFeatures((3,), 0.0, None, point))])
     steps = args.steps or session.info.default_steps
     request_args = ("An image of star in dots style.", 7, steps, session.info.default_guidance, interventions)
 
@@ -175,8 +176,10 @@ def main() -> int:
         threading.setprofile(None)
     print(f"one Generate request ({steps} steps, one intervention at {point}): {len(updates)} updates streamed")
     print(f"files visited: {len(counter.files)}")
-    print(f"stays: {counter.stays}  (stream {counter.stream_stays}, leaf visits {2 * counter.leaves}, chain {counter.stays - counter.stream_stays - 2 * counter.leaves})")
-    print(f"returns: {counter.returns}  (stream {counter.stream_returns}, leaf visits {counter.leaves}, chain {counter.returns - counter.stream_returns - counter.leaves})")
+    chain_stays = counter.stays - counter.stream_stays - 2 * counter.leaves
+    chain_returns = counter.returns - counter.stream_returns - counter.leaves
+    print(f"stays: {counter.stays}  (stream {counter.stream_stays}, leaf visits {2 * counter.leaves}, chain {chain_stays})")
+    print(f"returns: {counter.returns}  (stream {counter.stream_returns}, leaf visits {counter.leaves}, chain {chain_returns})")
     print(f"calls: {counter.calls}")
     print(f"callbacks from torch/diffusers (hooks, step callback; per step, not on the path): {counter.callbacks}")
     print("stays per file: " + ", ".join(f"{f} {n}" for f, n in counter.files.most_common()))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-
 from diffusers.models.modeling_outputs import Transformer2DModelOutput  # noqa: E402
 
 from saeuron_core.errors import SaeuronError  # noqa: E402
@@ -228,9 +226,8 @@ def test_step_index_is_the_pipelines_loop_index_for_any_scheduler(name):
 
 
 def test_a_generation_that_starts_where_the_last_ended_is_a_new_one():
-    from diffusers import EulerDiscreteScheduler
-
     from conftest import make_tiny_pipeline
+    from diffusers import EulerDiscreteScheduler
 
     pipe = make_tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
