@@ -160,9 +160,12 @@ class ExplorerSession:
 
     def recipe(self, prompt, seed, steps, guidance, interventions=()) -> CheckedRecipe:
         """The one constructor of a generation request from its fields (as typed: 2.5 steps is
-        refused, not rounded), checked once here; what it returns flows down unchecked."""
+        refused, not rounded), checked once here; what it returns flows down unchecked.
+        ``interventions``: objects, or the JSON list of the Generate panel's field (parsed in the
+        same check)."""
         src = self.sources
-        return self.complete(Recipe(prompt, seed, steps, guidance, tuple(interventions), src.model, src.sae, src.stats))
+        interventions = interventions if isinstance(interventions, str) else tuple(interventions or ())
+        return self.complete(Recipe(prompt, seed, steps, guidance, interventions, src.model, src.sae, src.stats))
 
     def complete(self, recipe: Recipe) -> CheckedRecipe:
         """``recipe`` validated against this session's caps and SAEs, naming this session's

@@ -17,9 +17,11 @@ defined in ``explorer/`` and ``saeuron_core/``:
 
 Two parts of those totals are also shown on their own: **stream** stays (a generator handing a
 streamed update up with ``yield``, and being resumed for the next one: once per preview) and
-**leaf** visits (a call into another file that calls no further project file before returning,
-e.g. a one-line check or format helper: one stay down, one return). What is left, the
-**chain**, is how often the request itself goes down a layer and comes back.
+**leaf** visits (a call into another file that calls no further project file, directly or
+through the model's callbacks, before returning: a one-line check or format helper; one stay
+down, one return). What is left, the **chain**, is how often the request itself goes down a
+layer and comes back. Generators behind ``@contextmanager`` are not streams: their ``yield``
+enters the ``with`` block.
 
 Usage: ``OMP_NUM_THREADS=1 python scripts/request_path.py [--steps N] [--detail]``.
 """
@@ -66,10 +68,10 @@ class PathCounter:
         self.lock = threading.Lock()
         self.suspended: set = set()
         self.calls = self.stays = self.returns = self.callbacks = 0
-        self.stream_stays = self.stream_returns = self.leaves = 0
         self.files: Counter = Counter()
         self.functions: Counter = Counter()
-        self.trail: list[str] = []
+        self.trail: list[list[str]] = []
+        """[arrow and file, part of the path: "chain", "stream" or "leaf"] per stay."""
 
     def _state(self):
         state = self.local.__dict__
@@ -97,15 +99,20 @@ class PathCounter:
         crossed = on_path and (parent is None or parent["file"] != filename)
         if crossed and parent is not None:
             parent["called_out"] = True
-        state["stack"].append({"kind": kind, "on_path": on_path, "file": filename, "crossed": crossed, "called_out": False})
+        entry = {"kind": kind, "on_path": on_path, "file": filename, "crossed": crossed, "called_out": False}
+        state["stack"].append(entry)
         if kind == "library":
             state["opaque"] += 1
         if kind == "project" and not on_path:
             self.callbacks += 1
+            if parent is not None:
+                parent["called_out"] = True  # e.g. pipeline.generate: the model calls the hooks back
         elif on_path:
             self.calls += 1
             self.functions[f"{Path(filename).relative_to(ROOT)}:{frame.f_code.co_name}"] += 1
+            stays = self.stays
             self._arrive(state, filename, returning=False, streamed=resumed)
+            state["stack"][-1]["trail_at"] = len(self.trail) - 1 if self.stays > stays else None
 
     def _return(self, state, frame) -> None:
         entry = state["stack"].pop()
@@ -113,28 +120,35 @@ class PathCounter:
             state["opaque"] -= 1
         if not entry["on_path"]:
             return
-        yielded = frame.f_code.co_code[frame.f_lasti] == YIELD_VALUE
+        # a generator handing an update to its consumer (not a @contextmanager entering its block)
+        yielded = frame.f_code.co_code[frame.f_lasti] == YIELD_VALUE and not _in_contextlib(frame.f_back)
+        leaf = not yielded and entry["crossed"] and not entry["called_out"] and entry["trail_at"] is not None
         if yielded:
             self.suspended.add(frame)
-        elif entry["crossed"] and not entry["called_out"]:
-            self.leaves += 1
-        below = next((e["file"] for e in reversed(state["stack"]) if e["on_path"]), None)
+        elif leaf and entry["trail_at"] is not None:
+            self.trail[entry["trail_at"]][1] = "leaf"
+        below = next((e for e in reversed(state["stack"]) if e["on_path"]), None)
         if below is None:
             state["location"] = None
-        else:
-            self._arrive(state, below, returning=True, streamed=yielded)
+            return
+        if entry["called_out"] and below["file"] == entry["file"]:
+            below["called_out"] = True  # the file's entry frame called out through a helper of its own file
+        self._arrive(state, below["file"], returning=True, streamed=yielded, leaf=leaf)
 
-    def _arrive(self, state, filename: str, returning: bool, streamed: bool) -> None:
+    def _arrive(self, state, filename: str, returning: bool, streamed: bool, leaf: bool = False) -> None:
         if state["location"] == filename:
             return
         state["location"] = filename
         name = str(Path(filename).relative_to(ROOT))
         self.stays += 1
         self.returns += returning
-        self.stream_stays += streamed
-        self.stream_returns += streamed and returning
         self.files[name] += 1
-        self.trail.append(("<- " if returning else "-> ") + name + ("  (stream)" if streamed else ""))
+        part = "stream" if streamed else "leaf" if leaf else "chain"
+        self.trail.append([("<- " if returning else "-> ") + name, part])
+
+
+def _in_contextlib(frame) -> bool:
+    return frame is not None and frame.f_code.co_filename.endswith(os.sep + "contextlib.py")
 
 
 def generate_handler(demo):
@@ -176,16 +190,20 @@ def main() -> int:
         threading.setprofile(None)
     print(f"one Generate request ({steps} steps, one intervention at {point}): {len(updates)} updates streamed")
     print(f"files visited: {len(counter.files)}")
-    chain_stays = counter.stays - counter.stream_stays - 2 * counter.leaves
-    chain_returns = counter.returns - counter.stream_returns - counter.leaves
-    print(f"stays: {counter.stays}  (stream {counter.stream_stays}, leaf visits {2 * counter.leaves}, chain {chain_stays})")
-    print(f"returns: {counter.returns}  (stream {counter.stream_returns}, leaf visits {counter.leaves}, chain {chain_returns})")
+    parts = Counter(part for _, part in counter.trail)
+    returns = Counter(part for arrow, part in counter.trail if arrow.startswith("<-"))
+    print(f"stays: {counter.stays}  (stream {parts['stream']}, leaf visits {parts['leaf']}, chain {parts['chain']})")
+    print(f"returns: {counter.returns}  (stream {returns['stream']}, leaf visits {returns['leaf']}, "
+          f"chain {returns['chain']})")
     print(f"calls: {counter.calls}")
     print(f"callbacks from torch/diffusers (hooks, step callback; per step, not on the path): {counter.callbacks}")
     print("stays per file: " + ", ".join(f"{f} {n}" for f, n in counter.files.most_common()))
     if args.detail:
-        print("\ntrail:\n  " + "\n  ".join(counter.trail))
-        print("\nfunctions called on the path:\n  " + "\n  ".join(f"{n:3d} {f}" for f, n in counter.functions.most_common()))
+        chain = [t for t, part in counter.trail if part == "chain"]
+        print("\nchain (the stays that are neither leaf visits nor stream updates):\n  " + "\n  ".join(chain))
+        print("\ntrail (every stay):\n  " + "\n  ".join(f"{t}  ({part})" for t, part in counter.trail))
+        functions = [f"{n:3d} {f}" for f, n in counter.functions.most_common()]
+        print("\nfunctions called on the path:\n  " + "\n  ".join(functions))
     return 0
 
 

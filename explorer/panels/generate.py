@@ -21,7 +21,6 @@ from .. import cardview, intervention_table as table
 from ..formatting import optional_int, sig3
 from ..limits import check_int, check_prompt
 from . import page_url, served, ui_errors, validator
-from ..intervention_table import parse_interventions
 from .features import append_intervention
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
@@ -113,7 +112,7 @@ def read_seeds(text) -> list[int]:
 
 def read_recipe(ex: Explorer, prompt, seed, steps, guidance, interventions) -> Recipe:
     """The fields as a recipe; numbers are passed on as given (2.5 steps is refused, not rounded)."""
-    return ex.session.recipe(prompt, seed, steps, guidance, parse_interventions(interventions))
+    return ex.session.recipe(prompt, seed, steps, guidance, interventions)  # the JSON is parsed in the same check
 
 
 def prompt_warning(ex: Explorer, prompt) -> str:
