@@ -124,6 +124,17 @@ def test_one_pass_gives_image_maps_and_timesteps_under_any_scheduler(tiny_bundle
     assert "step" not in vars(pipe.scheduler)  # the scheduler is left as it was
 
 
+def test_a_hooked_run_leaves_nothing_behind_on_errors(tiny_bundle):
+    pipe, bundle = open_bundle(tiny_bundle)
+    with pytest.raises(RuntimeError, match="stopped"):
+        with bundle.hooked(pipe, bundle.unlearn(["dots"]), capture=[TINY_POINTS["object"]]) as recorder:
+            assert recorder is not None and "step" in vars(pipe.scheduler)
+            raise RuntimeError("stopped")
+    assert not {"set_timesteps", "step"} & set(vars(pipe.scheduler))
+    for module in pipe.unet.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
 def replace_steps(interventions, window):
     from dataclasses import replace
 
