@@ -14,15 +14,15 @@ import numpy as np
 import torch
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.hooks import capture_activations, to_tokens
-from saeuron_core.interventions import apply_interventions
-from saeuron_core.pipeline import generate
+from saeuron_core.hooks import to_tokens
+from saeuron_core.unlearning import HookedRun
 
+from .cache import LruCache
 from .features import FeatureExplorer
 from .imaging import difference_heatmap, token_at
 from .limits import check_int
 from .recipes import Recipe, recipe_to_dict
-from .session import ExplorerSession, LruCache
+from .session import ExplorerSession
 
 
 @dataclass(frozen=True)
@@ -89,25 +89,22 @@ class Editor:
         self._captures = LruCache(capture_cache_size)
 
     def generate(self, recipe: Recipe) -> EditResult:
-        recipe = self.session.complete(recipe)
-        before = self.session.render(recipe.with_interventions(()))
-        after = self.session.render(recipe)
+        recipe, before, after = self.session.before_after(recipe)
         difference, peak = difference_heatmap(before, after)
         return EditResult(recipe, before, after, difference, peak)
 
     def stream(self, recipe: Recipe, previews: int = 4) -> Iterator[Preview | EditResult]:
         """``Preview``s of the edited image while it is generated, then the ``EditResult``.
 
-        The generation runs in its own thread and finishes (releasing the U-Net) even when the
-        consumer stops iterating.
+        The request goes down once (``session.before_after`` in its own thread, which finishes and
+        releases the U-Net even when the consumer stops iterating); previews and the result come
+        back through one queue.
         """
-        recipe = self.session.complete(recipe)
-        before = self.session.render(recipe.with_interventions(()))
         updates: queue.Queue = queue.Queue()
 
         def work():
             try:
-                updates.put(self.session.render(recipe, on_preview=lambda step, image: updates.put(Preview(step, image)), previews=previews))
+                updates.put(self.session.before_after(recipe, lambda step, image: updates.put(Preview(step, image)), previews))
             except BaseException as e:  # handed to the consumer, raised there
                 updates.put(e)
 
@@ -116,16 +113,18 @@ class Editor:
             yield item
         if isinstance(item, BaseException):
             raise item
-        difference, peak = difference_heatmap(before, item)
-        yield EditResult(recipe, before, item, difference, peak)
+        recipe, before, after = item
+        difference, peak = difference_heatmap(before, after)
+        yield EditResult(recipe, before, after, difference, peak)
 
     def features_at(self, recipe: Recipe, point: str, step: int, x: float, y: float, image_size: tuple[int, int], limit: int = 12) -> list[ActiveFeature]:
-        """SAE features active at the token under pixel (x, y) of the recipe's (edited) image,
-        at denoising ``step``, conditional CFG half, strongest first."""
+        """SAE features active at the token under pixel (x, y) of the recipe's (edited) image
+        shown at ``image_size`` (width, height), at denoising ``step``, conditional CFG half,
+        strongest first."""
         recipe = self.session.complete(recipe)
         point = self.session.check_point(point)
         step = check_int("step", step, 0, recipe.steps - 1)
-        maps = self._block_outputs(recipe, point)  # [T, C, H, W]
+        maps = self._captured(recipe, point).maps[point]  # [T, C, H, W]
         row, col = token_at(x, y, image_size, tuple(maps.shape[-2:]))
         token = to_tokens(maps[step : step + 1])[0, row * maps.shape[-1] + col]
         sae = self.session.bundle.saes[point]
@@ -141,7 +140,8 @@ class Editor:
         point = self.session.check_point(point)
         if feature is not None:
             feature = self.features.check_feature(point, feature)
-        maps = self._block_outputs(recipe, point)  # [T, C, H, W]
+        captured = self._captured(recipe, point)  # image, maps and timesteps of one pass
+        maps = captured.maps[point]  # [T, C, H, W]
         steps, _, rows, cols = maps.shape
         with torch.inference_mode():
             acts, ids = self.session.bundle.saes[point].encode(to_tokens(maps))  # [T, H*W, k]
@@ -149,13 +149,7 @@ class Editor:
         if not chosen:
             feature = int(ids.flatten()[acts.flatten().argmax()])
         dense = (acts * (ids == feature)).sum(-1).reshape(steps, rows, cols).float().numpy()
-        timesteps = [int(t) for t in self._timesteps(recipe.steps)]
-        return FeatureInImage(point, feature, self.session.render(recipe), dense, timesteps, chosen)
-
-    def _timesteps(self, steps: int) -> list[int]:
-        scheduler = type(self.session.pipe.scheduler).from_config(self.session.pipe.scheduler.config)  # a copy: the shared one may be mid-generation
-        scheduler.set_timesteps(steps)
-        return scheduler.timesteps.tolist()
+        return FeatureInImage(point, feature, captured.image, dense, [int(t) for t in captured.timesteps], chosen)
 
     def seeds(self, recipe: Recipe, seeds: list[int]) -> list[EditResult]:
         """Before / after pairs of the recipe at each of ``seeds`` (at most ``Limits.max_seeds``)."""
@@ -167,18 +161,12 @@ class Editor:
         base = self.session.complete(recipe).unchecked()
         return [self.generate(self.session.complete(replace(base, seed=seed))) for seed in seeds]
 
-    @torch.inference_mode()
-    def _block_outputs(self, recipe: Recipe, point: str) -> torch.Tensor:
+    def _captured(self, recipe: Recipe, point: str) -> HookedRun:
+        """The recipe's image with the maps of ``point`` and the timesteps, from one cached pass
+        (one point per pass: an SD1.5 block over 50 steps is 64 MB)."""
         key = (json.dumps(recipe_to_dict(recipe), sort_keys=True), point)
-        maps = self._captures.get(key)
-        if maps is None:
-            session = self.session
-            ivs = list(recipe.interventions)
-            with session.unet():
-                with apply_interventions(session.pipe.unet, session.bundle.saes, ivs, stats=session.bundle.concept_stats(ivs)):
-                    # registered after the edits: records the edited block output
-                    with capture_activations(session.pipe.unet, point, halves="cond", cfg=recipe.guidance > 1) as recorder:
-                        generate(session.pipe, recipe.prompt, [recipe.seed], recipe.steps, recipe.guidance, output_type="latent")
-            maps = recorder.stacked(point)[:, 0]
-            self._captures.put(key, maps)
-        return maps
+        found = self._captures.get(key)
+        if found is None:
+            found = self.session.run(recipe, capture=[point])
+            self._captures.put(key, found)
+        return found

@@ -9,7 +9,7 @@ import json
 from saeuron_core.errors import SaeuronError
 
 from .formatting import optional_int, optional_number, sig3
-from .recipes import intervention_from_dict, intervention_to_dict
+from .recipes import intervention_from_dict, intervention_to_dict, interventions_from_json
 
 COLUMNS = ["on", "kind", "point", "features", "value", "from step", "until step", "mask", "spec"]
 DATATYPES = ["bool", "str", "str", "str", "str", "str", "str", "str", "str"]
@@ -35,13 +35,7 @@ def row_of(spec: dict, on: bool = True) -> list:
 
 def parse_interventions(text: str) -> list:
     """The interventions in an editable JSON list (what recipes hold), checked one by one."""
-    try:
-        data = json.loads(text or "[]")
-    except json.JSONDecodeError as e:
-        raise SaeuronError(f"the interventions are not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise SaeuronError("the interventions must be a JSON list")
-    return [intervention_from_dict(d) for d in data]
+    return list(interventions_from_json(text))
 
 
 def spec_of(row: list, number: int) -> dict:

@@ -103,6 +103,17 @@ def intervention_from_dict(data) -> Intervention:
         raise SaeuronError(f"{data['type']} intervention has a malformed field ({e})") from None
 
 
+def interventions_from_json(text: str | None) -> tuple[Intervention, ...]:
+    """The interventions in an editable JSON list (what recipes hold), checked one by one."""
+    try:
+        data = json.loads(text or "[]")
+    except json.JSONDecodeError as e:
+        raise SaeuronError(f"the interventions are not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise SaeuronError("the interventions must be a JSON list")
+    return tuple(intervention_from_dict(d) for d in data)
+
+
 def _read_window(steps) -> StepWindow | None:
     if steps is None:
         return None
@@ -117,8 +128,9 @@ def _number_or_tuple(value):
 
 # --------------------------------------------------------------------------- validation
 def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tuple[Intervention, ...]:
-    """Interventions that this bundle can apply and that stay within ``limits``."""
-    interventions = tuple(interventions)
+    """Interventions that this bundle can apply and that stay within ``limits`` (given as objects,
+    or as the JSON list a recipe holds: parsed here, with the rest of the request)."""
+    interventions = interventions_from_json(interventions) if isinstance(interventions, str) else tuple(interventions)
     if len(interventions) > limits.max_interventions:
         raise SaeuronError(f"{len(interventions)} interventions; the limit is {limits.max_interventions}")
     for iv in interventions:

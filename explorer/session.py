@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,45 +18,17 @@ import numpy as np
 import torch
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.hooks import capture_activations, resolve_point
-from saeuron_core.interventions import apply_interventions
+from saeuron_core.hooks import resolve_point
 from saeuron_core.minicanvas.judge import Judge
 from saeuron_core.baselines.methods import Removal, prepare_removal
 from saeuron_core.paths import ASSETS
 from saeuron_core.pipeline import ModelInfo, generate, image_size, load_pipeline, model_info, model_info_of_folder, resolve_spec
-from saeuron_core.unlearning import SaeBundle, generate_with
+from saeuron_core.unlearning import HookedRun, SaeBundle
 
+from .cache import LruCache
 from .concept_map import ConceptMap, find_concept_map
 from .limits import Limits
 from .recipes import CheckedRecipe, Recipe, check_recipe
-
-
-class LruCache:
-    """A thread-safe mapping that keeps the ``capacity`` most recently used entries."""
-
-    def __init__(self, capacity: int):
-        if capacity < 1:
-            raise SaeuronError(f"cache capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._entries: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key not in self._entries:
-                return None
-            self._entries.move_to_end(key)
-            return self._entries[key]
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @dataclass(frozen=True)
@@ -73,13 +44,16 @@ class Sources:
 class ExplorerSession:
     """Pipeline + SaeBundle + judge, the U-Net lock and the image cache."""
 
-    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None, concept_map: ConceptMap | None = None):
+    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None, concept_map: ConceptMap | None = None, size: tuple[int, int] | None = None):
         """``pipe``: the loaded pipeline, or a function that loads it (called on first use or by
         ``load_pipeline``, so the app can serve its first page before diffusers is even imported).
+        ``size``: (height, width) of the generated images (default: square, ``info.image_size``).
         ``threads``: torch CPU threads for every generation (default: the current setting).
         ``erasure_cache``: folder for ESD / UCE weight edits (None: kept in memory only).
         ``concept_map``: the block x concept kind table to show (None: no concept map tab)."""
         self.info, self.bundle, self.judge = info, bundle, judge
+        self.size = tuple(size) if size is not None else (info.image_size, info.image_size)
+        """(height, width) in pixels of every image this session generates."""
         self.concept_map = concept_map
         self.sources, self.limits = sources, limits
         self.threads = threads or torch.get_num_threads()
@@ -154,11 +128,13 @@ class ExplorerSession:
         info = model_info_of_folder(folder, model) if defer_pipeline else None
         if info is None:
             pipe = load_pipeline(model, device, dtype, height, width)
-            info = replace(model_info(pipe, model), image_size=image_size(pipe)[0])  # the size this session generates at
+            size = image_size(pipe)  # the size this session generates at
+            info = replace(model_info(pipe, model), image_size=size[0])
             sae_device = pipe.device
         else:
             pipe = functools.partial(load_pipeline, model, device, dtype, height, width)
-            info = replace(info, image_size=height or info.image_size)
+            size = (height or info.image_size, width or info.image_size)
+            info = replace(info, image_size=size[0])
             sae_device = resolve_device(device)
         if spec is not None:
             # the run's routing replaces the model's: one point per kind, as prepare wrote it
@@ -167,7 +143,7 @@ class ExplorerSession:
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
         loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None
         as_text = lambda p: None if p is None else str(p)  # noqa: E731
-        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads, erasure_cache=erasure_cache, concept_map=cmap)
+        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads, erasure_cache=erasure_cache, concept_map=cmap, size=size)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -184,9 +160,12 @@ class ExplorerSession:
 
     def recipe(self, prompt, seed, steps, guidance, interventions=()) -> CheckedRecipe:
         """The one constructor of a generation request from its fields (as typed: 2.5 steps is
-        refused, not rounded), checked once here; what it returns flows down unchecked."""
+        refused, not rounded), checked once here; what it returns flows down unchecked.
+        ``interventions``: objects, or the JSON list of the Generate panel's field (parsed in the
+        same check)."""
         src = self.sources
-        return self.complete(Recipe(prompt, seed, steps, guidance, tuple(interventions), src.model, src.sae, src.stats))
+        interventions = interventions if isinstance(interventions, str) else tuple(interventions or ())
+        return self.complete(Recipe(prompt, seed, steps, guidance, interventions, src.model, src.sae, src.stats))
 
     def complete(self, recipe: Recipe) -> CheckedRecipe:
         """``recipe`` validated against this session's caps and SAEs, naming this session's
@@ -200,7 +179,6 @@ class ExplorerSession:
         return check_recipe(recipe, self.bundle, self.limits)
 
     # ------------------------------------------------------------------ generation
-    @torch.inference_mode()
     def render(self, recipe: Recipe, on_preview=None, previews: int = 4) -> np.ndarray:
         """The recipe's image as uint8 [H, W, 3] (cached when it has no interventions).
 
@@ -210,14 +188,24 @@ class ExplorerSession:
         recipe = self.complete(recipe)
         if on_preview is None and not recipe.interventions:
             return self.plain_images([(recipe.prompt, recipe.seed)], recipe.steps, recipe.guidance)[0]
-        interventions = list(recipe.interventions)
-        with self.unet():
-            if on_preview is None:
-                image = generate_with(self.pipe, self.bundle, interventions, recipe.prompt, [recipe.seed], recipe.steps, recipe.guidance)[0]
-            else:
-                with apply_interventions(self.pipe.unet, self.bundle.saes, interventions, stats=self.bundle.concept_stats(interventions)):
-                    image = self._generate_with_previews(recipe, on_preview, previews)
-        return np.asarray(image.convert("RGB"))
+        return self.run(recipe, on_preview=on_preview, previews=previews).image
+
+    def before_after(self, recipe: Recipe, on_preview=None, previews: int = 4) -> tuple[CheckedRecipe, np.ndarray, np.ndarray]:
+        """(the checked recipe, its image without interventions, its image) in one call: the
+        unedited image from the cache (or generated), the edited one through ``run`` with previews
+        (without interventions the two are one image, generated once)."""
+        recipe = self.complete(recipe)
+        before = self.plain_images([(recipe.prompt, recipe.seed)], recipe.steps, recipe.guidance)[0]
+        if not recipe.interventions:
+            return recipe, before, before
+        return recipe, before, self.run(recipe, on_preview=on_preview, previews=previews).image
+
+    def run(self, recipe: CheckedRecipe, capture=(), on_preview=None, previews: int = 4, removal: Removal | None = None) -> HookedRun:
+        """One pass of the (checked) recipe through ``SaeBundle.run`` under the U-Net lock: image,
+        the maps of the ``capture`` points and the timesteps; ``removal``: a weight edit active
+        meanwhile (ESD / UCE)."""
+        with self.unet() as pipe, (removal.active(pipe) if removal is not None else contextlib.nullcontext()):
+            return self.bundle.run(pipe, recipe.prompt, recipe.seed, recipe.steps, recipe.guidance, recipe.interventions, capture, on_preview, previews)
 
     def to_device(self, device) -> None:
         """Move the pipeline and the SAEs to ``device`` (ZeroGPU: inside the GPU-decorated call)."""
@@ -226,21 +214,6 @@ class ExplorerSession:
                 self.pipe.to(device)
                 for sae in self.bundle.saes.values():
                     sae.to(device)
-
-    def _generate_with_previews(self, recipe: Recipe, on_preview, previews: int):
-        every = max(1, recipe.steps // max(previews, 1))
-
-        def callback(_pipe, index, _timestep, tensors):
-            if (index + 1) % every == 0 and index + 1 < recipe.steps:
-                on_preview(index, self._decode(tensors["latents"]))
-            return tensors
-
-        return generate(self.pipe, recipe.prompt, [recipe.seed], recipe.steps, recipe.guidance, callback_on_step_end=callback)[0]
-
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        vae = self.pipe.vae
-        pixels = vae.decode(latents[:1] / vae.config.scaling_factor, return_dict=False)[0][0]
-        return ((pixels.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
     # ------------------------------------------------------------------ baselines
     def removal(self, method: str, concepts: list[str], progress=None) -> Removal:
@@ -281,21 +254,13 @@ class ExplorerSession:
                 images.append(np.asarray(generate(self.pipe, prompt, [seed], steps, guidance)[0].convert("RGB")))
         return images
 
-    @torch.inference_mode()
     def captured_image(self, prompt: str, seed: int, steps: int, guidance: float, points: list[str], interventions=(), removal: Removal | None = None) -> tuple[np.ndarray, dict[str, torch.Tensor], list]:
         """One image generated with ``interventions`` (or a weight-editing ``removal``) active, the
         block output at each of ``points`` per step ([T, C, H, W], the conditional half, recorded
         after any edit of that block) and the timesteps of those steps."""
-        interventions = list(interventions)
-        with self.unet(), contextlib.ExitStack() as stack:
-            if removal is not None:
-                stack.enter_context(removal.active(self.pipe))
-            if interventions:
-                stack.enter_context(apply_interventions(self.pipe.unet, self.bundle.saes, interventions, stats=self.bundle.concept_stats(interventions)))
-            # registered after the edits: records the edited block outputs
-            recorder = stack.enter_context(capture_activations(self.pipe.unet, points, halves="cond", cfg=guidance > 1))
-            image = np.asarray(generate(self.pipe, prompt, [seed], steps, guidance)[0].convert("RGB"))
-        return image, {p: recorder.stacked(p)[:, 0] for p in points}, list(recorder.timesteps)
+        recipe = Recipe(prompt, seed, steps, guidance, tuple(interventions))  # the caller checked its fields
+        found = self.run(recipe, capture=points, removal=removal)
+        return found.image, dict(found.maps), list(found.timesteps)
 
     @torch.inference_mode()
     def plain_images(self, jobs: list[tuple[str, int]], steps: int, guidance: float) -> list[np.ndarray]:

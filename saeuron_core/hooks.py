@@ -10,11 +10,22 @@ inside the U-Net in diffusers 0.42, called with ``return_dict=False``) or as ``.
 output object (``return_dict=True``). Maps need not be square.
 
 Time: a forward pre-hook on the U-Net reads the ``timestep`` argument of every call (tensor or
-number); nothing counts calls. The *step index* is the rank of that timestep among the distinct
-timesteps of the current generation, in the order they arrive: 0 for the first denoising step.
-Calling the U-Net several times at one step (CFG as separate calls, guidance variants) keeps the
-index; a timestep larger than the previous one starts a new generation at index 0 (denoising
-timesteps only decrease within a generation), so one context can span many pipeline calls.
+number). The *step index* is the pipeline's loop index, 0 for the first denoising step of the
+current generation; how it is known depends on what the hooks are given:
+
+- ``scheduler`` (the pipeline's; ``SaeBundle.hooked`` always passes it): counted from the
+  scheduler itself. While the hooks live, ``scheduler.set_timesteps`` (a new generation) sets the
+  index to 0 and every ``scheduler.step`` adds 1; U-Net calls between two ``step`` calls share an
+  index. This follows any scheduler: Heun's two evaluations per step, DPM-Solver++ with Karras
+  sigmas (whose rounded timesteps may repeat), Euler Ancestral, and back-to-back generations
+  that start where the last one ended. Both methods are restored in ``finally``.
+- no scheduler: the rank of the call's timestep among the distinct timesteps of the current
+  generation, in the order they arrive. Calls at one timestep (CFG as separate calls) share an
+  index; a timestep at least as large as the generation's first starts a new generation at 0.
+  Limits: a scheduler that evaluates the U-Net twice at one timestep per step (Heun) or whose
+  timesteps repeat is tracked by distinct values, not steps; a new generation that starts below
+  where the last one started cannot be told from a timestep going back up inside one, and is
+  refused with a ``SaeuronError`` (pass the scheduler).
 
 Classifier-free guidance: diffusers' ``StableDiffusionPipeline`` runs the U-Net once per step on
 the batch ``[uncond, cond]`` (first half unconditional) when ``guidance_scale > 1``. With
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import numbers
 import weakref
 from dataclasses import dataclass, field, replace
@@ -149,18 +161,34 @@ def timestep_value(timestep) -> int | float:
 
 @dataclass
 class StepClock:
-    """Tracks the current ``Step`` from the timesteps of successive U-Net calls."""
+    """Tracks the current ``Step``: from the scheduler's own calls when ``follow(scheduler)`` is
+    active, else from the timesteps of successive U-Net calls (see the module docstring)."""
 
     current: Step | None = None
     timesteps: list = field(default_factory=list)
-    """Distinct timesteps of the current generation, in step order."""
+    """Timesteps of the current generation, one per step, in step order."""
+    counted: bool = False
+    """True while the step index is counted from a scheduler (``follow``)."""
+    index: int = 0
+    """The step index counted from the scheduler."""
 
     def observe(self, timestep: int | float) -> Step:
-        if self.current is None or timestep > self.current.timestep:
+        if self.counted:
+            if len(self.timesteps) <= self.index:
+                self.timesteps.append(timestep)  # the step's first U-Net call
+        elif self.current is None or (timestep > self.current.timestep and timestep >= self.timesteps[0]):
             self.timesteps = [timestep]  # first call, or a new generation
+        elif timestep > self.current.timestep:
+            raise SaeuronError(
+                f"the U-Net's timestep went up from {self.current.timestep} to {timestep} inside a generation "
+                f"that started at {self.timesteps[0]}: the timestep alone cannot tell a new generation from this "
+                "scheduler's order; give the hooks the pipeline's scheduler (scheduler=pipe.scheduler, as "
+                "SaeBundle.hooked does)"
+            )
         elif timestep < self.current.timestep:
             self.timesteps.append(timestep)
-        self.current = Step(timestep, len(self.timesteps) - 1)
+        index = self.index if self.counted else len(self.timesteps) - 1
+        self.current = Step(timestep, index)
         return self.current
 
     def now(self) -> Step:
@@ -175,6 +203,46 @@ class StepClock:
         if timestep is None:
             raise SaeuronError("the U-Net was called without a timestep")
         self.observe(timestep_value(timestep))
+
+    def _start_generation(self) -> None:
+        self.index, self.timesteps, self.current = 0, [], None
+
+    def _advance(self) -> None:
+        self.index += 1
+
+    @contextlib.contextmanager
+    def follow(self, scheduler) -> Iterator["StepClock"]:
+        """Count steps from ``scheduler``: ``set_timesteps`` starts a generation (index 0), each
+        ``step`` ends one step (index + 1). Both are wrapped on the instance and restored in
+        ``finally``, also when other clocks wrapped them too (contexts nest)."""
+        if not (callable(getattr(scheduler, "set_timesteps", None)) and callable(getattr(scheduler, "step", None))):
+            raise SaeuronError(f"{type(scheduler).__name__} is not a diffusers scheduler (no set_timesteps / step)")
+        own = {name: scheduler.__dict__[name] for name in ("set_timesteps", "step") if name in scheduler.__dict__}
+        set_timesteps, step = scheduler.set_timesteps, scheduler.step
+
+        @functools.wraps(set_timesteps)  # keeps the signature diffusers inspects
+        def counted_set_timesteps(*args, **kwargs):
+            out = set_timesteps(*args, **kwargs)
+            self._start_generation()
+            return out
+
+        @functools.wraps(step)
+        def counted_step(*args, **kwargs):
+            out = step(*args, **kwargs)
+            self._advance()
+            return out
+
+        scheduler.set_timesteps, scheduler.step = counted_set_timesteps, counted_step
+        self.counted = True
+        try:
+            yield self
+        finally:
+            self.counted = False
+            for name in ("set_timesteps", "step"):
+                if name in own:
+                    setattr(scheduler, name, own[name])
+                else:
+                    scheduler.__dict__.pop(name, None)
 
 
 # --------------------------------------------------------------------------- registry
@@ -221,9 +289,11 @@ class HookSet:
         self.close()
 
 
-def _start_clock(hooks: HookSet, name: str, clock: StepClock) -> None:
+def _start_clock(hooks: HookSet, name: str, clock: StepClock, stack: contextlib.ExitStack, scheduler) -> None:
     # Registered after the block hooks, so a clash of names is reported with the block's name.
     hooks.forward_pre_hook(f"{name}/clock", hooks.unet, clock.read_unet_call, with_kwargs=True)
+    if scheduler is not None:
+        stack.enter_context(clock.follow(scheduler))
 
 
 # --------------------------------------------------------------------------- CFG halves
@@ -295,21 +365,23 @@ def capture_activations(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = "cpu",
     name: str = "capture",
+    scheduler=None,
 ) -> Iterator[ActivationRecorder]:
     """Record every output of each hook point, with its timestep and step index.
 
     ``dtype`` (e.g. torch.float16) and ``device`` set how copies are stored (None: unchanged).
     A capture registered after an edit of the same point records the edited output.
+    ``scheduler``: the pipeline's, to count steps from it (see the module docstring).
     """
     points = [points] if isinstance(points, str) else list(points)
     _check_halves(halves, cfg)
     recorder = ActivationRecorder([normalize_point(p) for p in points])
     clock = StepClock()
-    with HookSet(unet) as hooks:
+    with HookSet(unet) as hooks, contextlib.ExitStack() as stack:
         for point in recorder.records:
             module = resolve_point(unet, point)
             hooks.forward_hook(f"{name}:{point}", module, _recording_hook(recorder.records[point], clock, halves, cfg, dtype, device))
-        _start_clock(hooks, name, clock)
+        _start_clock(hooks, name, clock, stack, scheduler)
         yield recorder
 
 
@@ -336,19 +408,21 @@ def edit_block_output(
     name: str | None = None,
     halves: Halves = "both",
     cfg: bool = True,
+    scheduler=None,
 ) -> Iterator[None]:
     """Replace the output map x [B', C, H, W] of ``point`` by ``fn(x, step)`` on every call.
 
     ``fn`` sees only the addressed CFG half; the other half passes through. When ``fn`` returns
     its input object the block output is returned untouched (the same object).
+    ``scheduler``: the pipeline's, to count steps from it (see the module docstring).
     """
     _check_halves(halves, cfg)
     point = normalize_point(point)
     name = name or f"edit:{point}"
     clock = StepClock()
-    with HookSet(unet) as hooks:
+    with HookSet(unet) as hooks, contextlib.ExitStack() as stack:
         hooks.forward_hook(name, resolve_point(unet, point), _editing_hook(fn, clock, halves, cfg))
-        _start_clock(hooks, name, clock)
+        _start_clock(hooks, name, clock, stack, scheduler)
         yield
 
 

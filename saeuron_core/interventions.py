@@ -293,11 +293,14 @@ def apply_interventions(
     halves: Halves = "both",
     cfg: bool = True,
     name: str = "interventions",
+    scheduler=None,
 ) -> Iterator[dict[str, PointEditor]]:
     """Apply ``interventions`` inside every U-Net call of the block; yields the editor per point.
 
     ``saes`` and ``stats`` map hook points to their SAE and concept statistics; with a single SAE
-    one ``ConceptStats`` may be passed as is. ``halves``/``cfg`` address CFG halves as in ``hooks``.
+    one ``ConceptStats`` may be passed as is. ``halves``/``cfg`` address CFG halves as in ``hooks``;
+    ``scheduler`` (the pipeline's) counts steps for ``StepWindow`` (``hooks``). Most callers want
+    ``SaeBundle.hooked``, which passes all of these.
     """
     saes = {normalize_point(p): sae for p, sae in saes.items()}
     if not saes:
@@ -309,7 +312,7 @@ def apply_interventions(
     }
     with contextlib.ExitStack() as stack:
         for point, editor in editors.items():
-            stack.enter_context(edit_block_output(unet, point, editor, name=f"{name}:{point}", halves=halves, cfg=cfg))
+            stack.enter_context(edit_block_output(unet, point, editor, name=f"{name}:{point}", halves=halves, cfg=cfg, scheduler=scheduler))
         yield editors
 
 

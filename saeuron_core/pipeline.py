@@ -286,3 +286,9 @@ def save_image(image, path: str | Path) -> Path:
         image.save(tmp, format=fmt)
     return path
 
+
+def decode_preview(pipe, latents: torch.Tensor):
+    """uint8 [H, W, 3] of the first image in a batch of latents (a preview mid-generation)."""
+    vae = pipe.vae
+    pixels = vae.decode(latents[:1] / vae.config.scaling_factor, return_dict=False)[0][0]
+    return ((pixels.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()

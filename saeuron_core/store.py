@@ -263,7 +263,7 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
     desc = "cache" if dist.world() == 1 else f"cache rank {dist.rank()}"
     for done, shard in enumerate(tqdm(todo, desc=desc, mininterval=5), start=1):
         ids = list(store.shard_items(shard))
-        with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1) as rec:
+        with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1, scheduler=pipe.scheduler) as rec:
             generate_jobs(pipe, [(items[i].prompt, items[i].seed) for i in ids], steps, guidance, batch_size=len(ids), output_type="latent")
         dims = {}
         for point in points:

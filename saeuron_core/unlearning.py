@@ -4,20 +4,30 @@
 a model (the bundled ones for "minicanvas"); ``bundle.unlearn(concepts)`` builds the ``Unlearn``
 interventions, one per hook point, routing each concept to the point of its kind (objects to
 the object block, styles to the style block) with the per-concept default tau / gamma.
+
+``bundle.hooked(pipe, interventions, capture=points)`` is the one way a pipeline runs with the
+bundle's SAEs: interventions applied, block outputs captured (after the edits), steps counted from
+the pipeline's scheduler, every hook removed on exit. ``bundle.run(...)`` is one generation through
+it, returning a frozen ``HookedRun`` (image, captured maps, timesteps) from that single pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .errors import SaeuronError
-from .interventions import Unlearn, apply_interventions
+from .hooks import ActivationRecorder, capture_activations, normalize_point
+from .interventions import Intervention, Unlearn, apply_interventions
 from .paths import ASSETS
-from .pipeline import ModelInfo, generate
+from .pipeline import ModelInfo, decode_preview, generate
 from .sae import TopKSae
 from .scoring import check_score, tau_for_count
 from .stats import FeatureStats
@@ -201,19 +211,85 @@ class SaeBundle:
             for point, rows in by_point.items()
         ]
 
-    def concept_stats(self, interventions: list) -> dict:
-        """Per hook point, the ConceptStats of the kind each intervention's concepts belong to."""
-        out = {}
+    def placed(self, interventions: Sequence[Intervention]) -> tuple[Intervention, ...]:
+        """``interventions`` each naming its hook point as this bundle keys it: "unet.<point>"
+        and the plain spelling are one point, and ``point=None`` means the only SAE. Where an
+        intervention enters (``hooked``, ``concept_stats``), so nothing downstream guesses."""
+        placed = []
         for iv in interventions:
+            if iv.point is None:
+                if len(self.saes) != 1:
+                    name, points = type(iv).__name__, ", ".join(self.saes)
+                    raise SaeuronError(f"{name} does not name its hook point, and this bundle has SAEs at {points}")
+                point = next(iter(self.saes))
+            else:
+                point = normalize_point(iv.point)
+                if point not in self.saes:
+                    points = ", ".join(self.saes)
+                    raise SaeuronError(f"no SAE for hook point {iv.point!r}; this bundle has SAEs at {points}")
+            placed.append(iv if iv.point == point else replace(iv, point=point))
+        return tuple(placed)
+
+    def concept_stats(self, interventions: Sequence[Intervention]) -> dict:
+        """Per hook point, the ConceptStats of the kind each intervention's concepts belong to."""
+        return self._concept_stats(self.placed(interventions))
+
+    def _concept_stats(self, placed: Sequence[Intervention]) -> dict:
+        out = {}
+        for iv in placed:
             if isinstance(iv, Unlearn):
                 kind = self.kind_of(iv.concepts[0])
                 out[iv.point] = self.stats[iv.point].concept_stats(kind)
         return out
 
+    @contextlib.contextmanager
+    def hooked(self, pipe, interventions: Sequence[Intervention] = (), capture: Sequence[str] = (), cfg: bool = True) -> Iterator[ActivationRecorder | None]:
+        """A context in which ``pipe`` (a pipeline, or a bare U-Net) generates with
+        ``interventions`` applied and the outputs of the ``capture`` points recorded (conditional
+        CFG half, after the edits; ``cfg``: whether guidance splits the batch). Yields the
+        recorder (None without ``capture``). With a pipeline, steps are counted from its
+        scheduler (``hooks``); every hook and wrapper is removed on exit, also on errors."""
+        unet, scheduler = getattr(pipe, "unet", pipe), getattr(pipe, "scheduler", None)
+        interventions = self.placed(interventions)
+        with contextlib.ExitStack() as stack:
+            if interventions:
+                stack.enter_context(apply_interventions(unet, self.saes, interventions, stats=self._concept_stats(interventions), scheduler=scheduler))
+            # registered after the edits: records the edited block outputs
+            recorder = stack.enter_context(capture_activations(unet, list(capture), halves="cond", cfg=cfg, scheduler=scheduler)) if capture else None
+            yield recorder
+
+    def run(self, pipe, prompt: str, seed: int, steps: int, guidance: float, interventions: Sequence[Intervention] = (), capture: Sequence[str] = (), on_preview: Callable[[int, np.ndarray], None] | None = None, previews: int = 4) -> "HookedRun":
+        """One image of ``prompt`` at ``seed`` generated through ``hooked``: the image, the maps
+        of the ``capture`` points and the timesteps, all from this one pass. ``on_preview(step,
+        image)`` receives the decoded latents (uint8) after about ``previews`` evenly spaced steps."""
+        every = max(1, steps // max(previews, 1))
+
+        def preview(_pipe, index, _timestep, tensors):
+            if (index + 1) % every == 0 and index + 1 < steps:
+                on_preview(index, decode_preview(pipe, tensors["latents"]))
+            return tensors
+
+        with torch.inference_mode(), self.hooked(pipe, interventions, capture, cfg=guidance > 1) as recorder:
+            image = generate(pipe, prompt, [seed], steps, guidance, callback_on_step_end=None if on_preview is None else preview)[0]
+        maps = {} if recorder is None else {p: recorder.stacked(p)[:, 0] for p in recorder.records}
+        timesteps = () if recorder is None else tuple(recorder.timesteps)
+        return HookedRun(np.asarray(image.convert("RGB")), MappingProxyType(maps), timesteps)
+
+
+@dataclass(frozen=True)
+class HookedRun:
+    """What one pass of ``SaeBundle.run`` gives."""
+
+    image: np.ndarray
+    """uint8 [H, W, 3]."""
+    maps: Mapping[str, torch.Tensor]
+    """Per captured hook point, its output at every step [T, C, H, W]: conditional CFG half,
+    recorded after the interventions."""
+    timesteps: tuple
+    """The scheduler timestep of each step (empty when nothing was captured)."""
+
 
 def generate_with(pipe, bundle: SaeBundle, interventions: list, prompts, seeds, steps: int, guidance: float, **kw):
-    """``generate`` with interventions active (hooks removed afterwards, also on errors)."""
-    if not interventions:
-        return generate(pipe, prompts, seeds, steps, guidance, **kw)
-    with apply_interventions(pipe.unet, bundle.saes, interventions, stats=bundle.concept_stats(interventions)):
+    """``generate`` with interventions active (``SaeBundle.hooked``: hooks removed afterwards, also on errors)."""
+    with bundle.hooked(pipe, interventions):
         return generate(pipe, prompts, seeds, steps, guidance, **kw)

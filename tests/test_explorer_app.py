@@ -215,6 +215,30 @@ def test_features_at_patch_from_the_api(server, client):
     assert [f["activation"] for f in found] == sorted((f["activation"] for f in found), reverse=True)
 
 
+def test_a_patch_click_on_a_non_square_image_maps_to_its_own_token(tiny_bundle, tmp_path):
+    """--height 32 --width 48 (a 16x24 latent): the shown image is 256 x 384 px, and a click
+    at (x, y) lands on the token under it, not on one of a square image."""
+    import torch
+
+    from saeuron_core.hooks import to_tokens
+
+    r = tiny_bundle
+    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), height=32, width=48)
+    assert session.size == (32, 48)
+    demo = build_app(session, tmp_path, precompute_maps=False)
+    features_at_patch = next(f.fn for f in demo.fns.values() if f.api_name == "features_at_patch")
+    point, step, x, y = session.points[0], 1, 300.0, 100.0
+    found = features_at_patch(PROMPT, 0, 3, 4.0, "[]", point, step, x, y)
+    maps = session.run(session.recipe(PROMPT, 0, 3, 4.0), capture=[point]).maps[point]
+    assert tuple(maps.shape[-2:]) == (8, 12)  # rows x cols of the block's map
+    row, col = int(y * 8 / 256), int(x * 12 / 384)  # the shown image is 8x upscaled: 256 x 384
+    with torch.inference_mode():
+        acts, ids = session.bundle.saes[point].encode(to_tokens(maps[step : step + 1])[0, row * 12 + col])
+    expected = sorted(((float(a), int(i)) for a, i in zip(acts, ids) if a > 0), reverse=True)
+    assert [f["feature"] for f in found] == [i for _, i in expected]
+    assert [f["activation"] for f in found] == pytest.approx([a for a, _ in expected])
+
+
 def test_every_endpoint_answers_empty_input_with_a_clear_message(server, client):
     """None in every field (what an API caller may send): a result or a one-line input error from
     every named endpoint, never an internal error, and the server keeps serving."""

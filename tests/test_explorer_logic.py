@@ -19,7 +19,8 @@ from saeuron_core.unlearning import SaeBundle
 from explorer.context import Explorer
 from explorer.limits import Limits
 from explorer.recipes import Recipe, recipe_from_json, recipe_from_query, recipe_to_json, recipe_to_python, recipe_to_query
-from explorer.session import ExplorerSession, LruCache
+from explorer.cache import LruCache
+from explorer.session import ExplorerSession
 
 PROMPT = "An image of star in dots style."
 

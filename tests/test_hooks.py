@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-
 from diffusers.models.modeling_outputs import Transformer2DModelOutput  # noqa: E402
 
 from saeuron_core.errors import SaeuronError  # noqa: E402
@@ -188,3 +186,87 @@ def test_block_output_forms():
         assert type(replaced) is type(output) and _block_tensor(replaced) is y
     with pytest.raises(SaeuronError, match=r"\[B, C, H, W\]"):
         _block_tensor(torch.randn(2, 3))
+
+
+# --------------------------------------------------------------------------- steps from the scheduler
+def _scheduler(pipe, name: str):
+    from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, HeunDiscreteScheduler
+
+    kinds = {
+        "heun": (HeunDiscreteScheduler, {}),
+        "dpm++ karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+        "euler ancestral": (EulerAncestralDiscreteScheduler, {}),
+    }
+    cls, options = kinds[name]
+    return cls.from_config(pipe.scheduler.config, **options)
+
+
+@pytest.mark.parametrize("name", ["heun", "dpm++ karras", "euler ancestral"])
+def test_step_index_is_the_pipelines_loop_index_for_any_scheduler(name):
+    from conftest import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = _scheduler(pipe, name)
+    seen = []  # (the pipeline's loop index, the step of the capture's last record at that moment)
+
+    def callback(_pipe, index, _timestep, tensors):
+        seen.append((index, rec.records[POINT][-1].step, rec.records["conv_in"][-1].step))
+        return tensors
+
+    with capture_activations(pipe.unet, [POINT, "conv_in"], halves="cond", scheduler=pipe.scheduler) as rec:
+        for _ in range(2):  # back to back: the second starts at index 0 again
+            pipe(prompt="An image of star.", num_inference_steps=4, guidance_scale=5.0, output_type="latent", callback_on_step_end=callback)
+    loops = len(seen) // 2
+    assert [i for i, _, _ in seen] == list(range(loops)) * 2
+    assert all(i == a == b for i, a, b in seen)
+    assert [r.step for r in rec.records[POINT]] == list(range(loops)) * 2  # one U-Net call per loop iteration
+    assert "set_timesteps" not in vars(pipe.scheduler) and "step" not in vars(pipe.scheduler)  # restored
+    assert_no_hooks(pipe.unet)
+
+
+def test_a_generation_that_starts_where_the_last_ended_is_a_new_one():
+    from conftest import make_tiny_pipeline
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = make_tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with capture_activations(pipe.unet, POINT, halves="cond", scheduler=pipe.scheduler) as rec:
+        for timesteps in ([999, 500], [500, 100]):  # custom timesteps pass through the wrapped set_timesteps
+            pipe(prompt="An image of star.", timesteps=timesteps, guidance_scale=5.0, output_type="latent")
+    assert [(r.timestep, r.step) for r in rec.records[POINT]] == [(999, 0), (500, 1), (500, 0), (100, 1)]
+    # the timestep alone cannot tell: it reads the second generation's first step as the first's last
+    with capture_activations(pipe.unet, POINT, halves="cond") as rec:
+        for timesteps in ([999, 500], [500, 100]):
+            pipe(prompt="An image of star.", timesteps=timesteps, guidance_scale=5.0, output_type="latent")
+    assert [r.step for r in rec.records[POINT]] == [0, 1, 1, 2]
+
+
+def test_without_a_scheduler_a_timestep_going_back_up_inside_a_generation_is_refused(unet):
+    with pytest.raises(SaeuronError, match="give the hooks the pipeline's scheduler"):
+        with capture_activations(unet, POINT) as rec:
+            for t in (800, 400, 600):  # neither the same generation (up) nor a new one (below its start)
+                run(unet, t)
+    assert [r.step for r in rec.records[POINT]] == [0, 1]
+    assert_no_hooks(unet)
+
+
+def test_step_windows_and_statistics_follow_the_schedulers_steps():
+    """An edit limited to a StepWindow fires at exactly the pipeline's loop indices it names, and
+    the statistics row it uses is the one whose timestep is nearest (Heun repeats timesteps)."""
+    from conftest import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = _scheduler(pipe, "heun")
+    fired = []
+
+    def edit(x, step):
+        fired.append(step)
+        return x
+
+    with edit_block_output(pipe.unet, POINT, edit, halves="cond", scheduler=pipe.scheduler):
+        pipe(prompt="An image of star.", num_inference_steps=3, guidance_scale=5.0, output_type="latent")
+    assert [s.index for s in fired] == list(range(len(pipe.scheduler.timesteps)))
+    assert [s.timestep for s in fired] == pytest.approx(pipe.scheduler.timesteps.tolist())

@@ -159,7 +159,7 @@ class FakeSession:
     def __init__(self, stats):
         from types import SimpleNamespace
 
-        from explorer.session import LruCache
+        from explorer.cache import LruCache
 
         self.bundle = SimpleNamespace(stats={POINT: stats})
         self.info = SimpleNamespace(image_size=16)

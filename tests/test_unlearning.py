@@ -76,6 +76,71 @@ def test_no_intervention_is_bit_identical_and_unlearning_changes_images(tiny_bun
     assert np.array_equal(plain, again)  # hooks are gone
 
 
+def test_an_unlearn_point_is_normalised_where_it_enters(tiny_bundle):
+    from dataclasses import replace
+
+    from saeuron_core.interventions import Unlearn
+
+    pipe, bundle = open_bundle(tiny_bundle)
+    style = TINY_POINTS["style"]
+    spelled = replace(bundle.unlearn(["dots"])[0], point=f"unet.{style}")  # the paper's spelling
+    assert set(bundle.concept_stats([spelled])) == {style}
+    one = SaeBundle({style: bundle.saes[style]}, {style: bundle.stats[style]}, {"style": style}, bundle.defaults)
+    unnamed = Unlearn(("dots",), 50.0, -30.0)  # point=None: the only SAE
+    assert set(one.concept_stats([unnamed])) == {style}
+    assert one.placed([unnamed])[0].point == style
+    plain = generate(pipe, "An image of star in dots style.", [3], 3, 4.0, output_type="np")[0]
+    for bundle_, iv in ((bundle, spelled), (one, unnamed)):
+        edited = generate_with(pipe, bundle_, [iv], ["An image of star in dots style."], [3], 3, 4.0, output_type="np")[0]
+        assert not np.array_equal(plain, edited)
+    with pytest.raises(SaeuronError, match="does not name its hook point"):
+        bundle.concept_stats([unnamed])
+    with pytest.raises(SaeuronError, match="no SAE for hook point 'unet.mid_block'"):
+        bundle.concept_stats([replace(unnamed, point="unet.mid_block")])
+
+
+def test_one_pass_gives_image_maps_and_timesteps_under_any_scheduler(tiny_bundle):
+    """``SaeBundle.run`` with Heun (two U-Net evaluations per solver step, repeated timesteps):
+    maps have one entry per loop iteration, a StepWindow counts loop indices and statistics rows
+    are found by nearest timestep."""
+    from diffusers import HeunDiscreteScheduler
+
+    from saeuron_core.interventions import StepWindow
+
+    pipe, bundle = open_bundle(tiny_bundle)
+    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    style = TINY_POINTS["style"]
+    prompt = "An image of star in dots style."
+    plain = bundle.run(pipe, prompt, 3, 3, 4.0, capture=[style])
+    loops = len(pipe.scheduler.timesteps)
+    assert loops == 5 and plain.maps[style].shape[0] == loops and len(plain.timesteps) == loops
+    assert list(plain.timesteps) == pytest.approx(pipe.scheduler.timesteps.tolist())
+    assert np.array_equal(plain.image, np.asarray(generate(pipe, prompt, [3], 3, 4.0)[0].convert("RGB")))
+    window = replace_steps(bundle.unlearn(["dots"], tau=50.0, gamma=-30.0), StepWindow(1, 3))
+    edited = bundle.run(pipe, prompt, 3, 3, 4.0, window, capture=[style])
+    changed = [not torch.equal(a, b) for a, b in zip(plain.maps[style], edited.maps[style])]
+    assert changed[0] is False and changed[1] is True  # the edit starts at loop index 1, not before
+    assert not np.array_equal(plain.image, edited.image)
+    assert "step" not in vars(pipe.scheduler)  # the scheduler is left as it was
+
+
+def test_a_hooked_run_leaves_nothing_behind_on_errors(tiny_bundle):
+    pipe, bundle = open_bundle(tiny_bundle)
+    with pytest.raises(RuntimeError, match="stopped"):
+        with bundle.hooked(pipe, bundle.unlearn(["dots"]), capture=[TINY_POINTS["object"]]) as recorder:
+            assert recorder is not None and "step" in vars(pipe.scheduler)
+            raise RuntimeError("stopped")
+    assert not {"set_timesteps", "step"} & set(vars(pipe.scheduler))
+    for module in pipe.unet.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def replace_steps(interventions, window):
+    from dataclasses import replace
+
+    return [replace(iv, steps=window) for iv in interventions]
+
+
 @pytest.mark.slow
 def test_unlearn_command_writes_before_after_grid(tiny_bundle, tmp_path):
     out = tmp_path / "pair.png"

@@ -21,7 +21,6 @@ from .. import cardview, intervention_table as table
 from ..formatting import optional_int, sig3
 from ..limits import check_int, check_prompt
 from . import page_url, served, ui_errors, validator
-from ..intervention_table import parse_interventions
 from .features import append_intervention
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
@@ -113,7 +112,7 @@ def read_seeds(text) -> list[int]:
 
 def read_recipe(ex: Explorer, prompt, seed, steps, guidance, interventions) -> Recipe:
     """The fields as a recipe; numbers are passed on as given (2.5 steps is refused, not rounded)."""
-    return ex.session.recipe(prompt, seed, steps, guidance, parse_interventions(interventions))
+    return ex.session.recipe(prompt, seed, steps, guidance, interventions)  # the JSON is parsed in the same check
 
 
 def prompt_warning(ex: Explorer, prompt) -> str:
@@ -149,8 +148,10 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
                    recipe_json, page_url(request) + "?" + recipe_to_query(recipe), recipe_to_python(recipe, ex.session.sources.defaults))
 
     def features_at(prompt, seed, steps, guidance, interventions, point, step, x, y):
-        side = ex.session.info.image_size * upscale_factor(ex.session.info.image_size, DISPLAY_SIDE)  # the shown image
-        return ex.editor.features_at(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, step, x, y, (side, side))
+        height, width = ex.session.size
+        factor = upscale_factor(min(height, width), DISPLAY_SIDE)  # the shown image, as ``upscale`` enlarged it
+        recipe = read_recipe(ex, prompt, seed, steps, guidance, interventions)
+        return ex.editor.features_at(recipe, point, step, x, y, (width * factor, height * factor))
 
     @gpu
     @ui_errors

@@ -21,7 +21,6 @@ from typing import Callable, ContextManager
 from ..edits import META_FILE, WeightEdit, applied, cross_attention_parameters, fingerprint
 from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, check_concepts, erase
 from ..errors import SaeuronError
-from ..interventions import apply_interventions
 
 METHODS = ("none", "saeuron", "esd", "uce")
 
@@ -136,8 +135,7 @@ def _saeuron_removal(pipe, bundle, concepts) -> Removal:
         raise SaeuronError("SAeUron needs the model's SAEs and statistics (a SaeBundle)")
     t0 = time.perf_counter()
     interventions = bundle.unlearn(list(concepts))
-    stats = bundle.concept_stats(interventions)
-    with apply_interventions(pipe.unet, bundle.saes, interventions, stats=stats):
+    with bundle.hooked(pipe, interventions):
         pass  # compiling the selections is the set-up cost; the hooks are removed again
     seconds = time.perf_counter() - t0
     tensors = [p for sae in bundle.saes.values() for p in sae.parameters()] + [st.concept_sums for st in bundle.stats.values()]
@@ -147,6 +145,6 @@ def _saeuron_removal(pipe, bundle, concepts) -> Removal:
         settings["score"] = interventions[0].score
 
     def activate(p):
-        return apply_interventions(p.unet, bundle.saes, interventions, stats=stats)
+        return bundle.hooked(p, interventions)
 
     return Removal("saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, activate)

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import dataset as mc
 from ..errors import SaeuronError
-from ..interventions import ScaleFeatures, Steer, apply_interventions
+from ..interventions import ScaleFeatures, Steer
 from ..intervals import Rate
 from ..scoring import score
 from .evaluation import judge_decorrelated
@@ -81,7 +81,7 @@ def control_rows(pipe, bundle, judge, concepts, bases, steps: int, guidance: flo
         plain = judge_decorrelated(pipe, judge, target, bases, steps, guidance)[0]
         row["ablate"]["none"] = _ablation(plain, concept)
         for n in tops:
-            with apply_interventions(pipe.unet, bundle.saes, [ScaleFeatures(tuple(ranked[:n]), 0.0, point=point)]):
+            with bundle.hooked(pipe, [ScaleFeatures(tuple(ranked[:n]), 0.0, point=point)]):
                 records = judge_decorrelated(pipe, judge, target, bases, steps, guidance)[0]
             row["ablate"][f"top{n}"] = _ablation(records, concept)
         pairs = steer_pairs(concept)
@@ -89,7 +89,7 @@ def control_rows(pipe, bundle, judge, concepts, bases, steps: int, guidance: flo
         for n in tops:
             for strength in strengths:
                 ivs = [Steer((i,), strength * units[i], point=point) for i in ranked[:n]]
-                with apply_interventions(pipe.unet, bundle.saes, ivs):
+                with bundle.hooked(pipe, ivs):
                     records = judge_decorrelated(pipe, judge, pairs, bases, steps, guidance)[0]
                 row["steer"][f"top{n}@{strength:g}"] = _rates(records, concept)
         row["seconds"] = round(time.time() - t0, 1)

@@ -13,7 +13,6 @@ import time
 from . import dataset as mc
 from ..errors import SaeuronError
 from .evaluation import judge_decorrelated, removal_metrics, removal_pairs
-from ..interventions import apply_interventions
 from ..scoring import specificity, tau_for_count  # noqa: F401  (tau_for_count re-exported: the grid is in latents per step)
 
 PAPER_GAMMAS = (-1.0, -5.0, -10.0, -15.0, -20.0, -25.0, -30.0)
@@ -65,7 +64,7 @@ def sweep_concept(pipe, bundle, judge, concept: str, counts, gammas, seeds, step
         for gamma in gammas:
             ivs = bundle.unlearn([concept], gamma=gamma, count=count, score=score)
             t0 = time.time()
-            with apply_interventions(pipe.unet, bundle.saes, ivs, stats=bundle.concept_stats(ivs)):
+            with bundle.hooked(pipe, ivs):
                 records = judge_decorrelated(pipe, judge, target + retain, seeds, steps, guidance)[0]
             m = removal_metrics(records, concept)
             row = {"concept": concept, "kind": kind, "count": count, "tau": ivs[0].per_concept()[0][1], "gamma": gamma, "score": score, "points": [iv.point for iv in ivs], **m}
