@@ -156,7 +156,45 @@ class Steer:
         return torch.zeros(height * width, dtype=torch.bool, device=device).index_fill_(0, tokens, True)
 
 
-Intervention = Union[Unlearn, ScaleFeatures, Steer]
+@dataclass(frozen=True)
+class AddConcept:
+    """Steer ``concepts`` in: the counterpart of ``Unlearn`` that adds instead of removes.
+
+    At each step, every latent selected for a concept (the same selection as ``Unlearn``: score
+    above the ``tau`` percentile, ``score`` as there) is raised at every token by
+    z[i] <- z[i] + strength * a_i, where a_i is the latent's typical top activation (the median
+    of its strongest stored activations, ``ConceptStats.typical_top``): the steering unit of a
+    single-feature ``Steer`` made in the explorer, so "1x" means "as strongly as where it usually
+    fires most". Several concepts: the union of their selections.
+    """
+
+    concepts: tuple[str, ...]
+    strength: float
+    tau: float | tuple[float, ...] = 99.999
+    steps: StepWindow | None = None
+    point: str | None = None
+    """Hook point whose SAE this edits; None when only one SAE is given."""
+    score: str = "paper"
+
+    def __post_init__(self):
+        check_score(self.score)
+        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
+        taus = _as_tuple(self.tau, "tau")
+        if len(taus) > 1:
+            object.__setattr__(self, "tau", taus)
+        if len(taus) not in (1, len(self.concepts)):
+            raise SaeuronError(f"tau needs one value or one per concept ({len(self.concepts)}), got {len(taus)}")
+        for tau in taus:
+            if not 0 < tau < 100:
+                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+
+    def per_concept(self) -> list[tuple[str, float]]:
+        """(concept, tau) for each concept."""
+        taus = _as_tuple(self.tau, "tau")
+        return [(c, taus[i % len(taus)]) for i, c in enumerate(self.concepts)]
+
+
+Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept]
 
 
 class UnlearnEdit:
@@ -193,6 +231,31 @@ class UnlearnEdit:
         z[:, columns] = torch.where(fired, current * self.multipliers_per_row[row], current)
 
 
+class AddConceptEdit:
+    """An ``AddConcept`` compiled against its statistics: per statistics step, the selected
+    latents and the amount added to each (strength x typical top activation)."""
+
+    def __init__(self, add: AddConcept, stats: ConceptStats, device: torch.device):
+        if stats.typical_top is None:
+            raise SaeuronError("adding a concept needs the statistics' typical top activations (FeatureStats examples)")
+        self.source, self.stats = add, stats
+        selected = torch.zeros(stats.means.shape[1:], dtype=torch.bool)
+        for concept, tau in add.per_concept():
+            stats.index(concept)  # an unknown concept fails here, by name
+            for row, ids in enumerate(select(SCORES[add.score](stats, concept), tau)):
+                selected[row, ids] = True
+        unit = stats.typical_top.float()
+        rows = [row.nonzero().squeeze(1) for row in selected]
+        self.latents_per_row = [ids.to(device) for ids in rows]
+        self.amounts_per_row = [(add.strength * unit[ids]).to(device) for ids in rows]
+
+    def latents(self, step: Step) -> Tensor:
+        return self.latents_per_row[self.stats.row_for_timestep(step.timestep)]
+
+    def apply(self, z: Tensor, columns: Tensor, step: Step, grid: tuple[int, int, int]) -> None:
+        z[:, columns] += self.amounts_per_row[self.stats.row_for_timestep(step.timestep)]
+
+
 class _FeatureEdit:
     """A ``ScaleFeatures`` or ``Steer`` on fixed latent ids."""
 
@@ -219,13 +282,13 @@ class PointEditor:
         self.point, self.sae = point, sae
         self._edits = [self._compile(iv, stats) for iv in interventions]
 
-    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | _FeatureEdit:
-        if isinstance(iv, Unlearn):
+    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | AddConceptEdit | _FeatureEdit:
+        if isinstance(iv, (Unlearn, AddConcept)):
             if stats is None:
                 raise SaeuronError(f"unlearning at {self.point} needs concept statistics for that point")
             if stats.n_latents != self.sae.num_latents:
                 raise SaeuronError(f"statistics for {self.point} cover {stats.n_latents} latents but its SAE has {self.sae.num_latents}")
-            return UnlearnEdit(iv, stats, self.sae.device)
+            return UnlearnEdit(iv, stats, self.sae.device) if isinstance(iv, Unlearn) else AddConceptEdit(iv, stats, self.sae.device)
         bad = [f for f in iv.features if not isinstance(f, int) or not 0 <= f < self.sae.num_latents]
         if bad:
             raise SaeuronError(f"feature ids {bad} are out of range for the SAE at {self.point} ({self.sae.num_latents} latents)")
@@ -316,7 +379,7 @@ def apply_interventions(
 def _group_by_point(interventions: Sequence[Intervention], saes: Mapping[str, TopKSae]) -> dict[str, list[Intervention]]:
     groups: dict[str, list[Intervention]] = {}
     for iv in interventions:
-        if not isinstance(iv, (Unlearn, ScaleFeatures, Steer)):
+        if not isinstance(iv, (Unlearn, ScaleFeatures, Steer, AddConcept)):
             raise SaeuronError(f"not an intervention: {iv!r}")
         if iv.point is None and len(saes) > 1:
             raise SaeuronError(f"{type(iv).__name__} does not name its hook point, and SAEs are given for {', '.join(saes)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import SaeuronError
-from .interventions import Unlearn, apply_interventions
+from .interventions import AddConcept, Unlearn, apply_interventions
 from .paths import ASSETS
 from .pipeline import ModelInfo, generate
 from .sae import TopKSae
@@ -201,11 +201,17 @@ class SaeBundle:
             for point, rows in by_point.items()
         ]
 
+    def add_concepts(self, concepts: list[str], strength: float) -> list[AddConcept]:
+        """The counterpart of ``unlearn(concepts)``: one ``AddConcept`` per hook point, steering in
+        the very latents the default removal selects (same points, percentile and score), each by
+        ``strength`` x its typical top activation."""
+        return [AddConcept(u.concepts, strength, u.tau, point=u.point, score=u.score) for u in self.unlearn(concepts)]
+
     def concept_stats(self, interventions: list) -> dict:
         """Per hook point, the ConceptStats of the kind each intervention's concepts belong to."""
         out = {}
         for iv in interventions:
-            if isinstance(iv, Unlearn):
+            if isinstance(iv, (Unlearn, AddConcept)):
                 kind = self.kind_of(iv.concepts[0])
                 out[iv.point] = self.stats[iv.point].concept_stats(kind)
         return out
