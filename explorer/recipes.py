@@ -76,7 +76,8 @@ def intervention_to_dict(iv: Intervention) -> dict:
     if isinstance(iv, AddConcept):
         tau = list(iv.tau) if isinstance(iv.tau, tuple) else iv.tau
         spec = {"type": "AddConcept", "point": iv.point, "concepts": list(iv.concepts), "strength": iv.strength, "tau": tau, "steps": _window(iv.steps)}
-        return spec if iv.score == "paper" else {**spec, "score": iv.score}
+        spec = spec if iv.score == "paper" else {**spec, "score": iv.score}
+        return spec if iv.cond_only else {**spec, "cond_only": False}
     raise SaeuronError(f"not an intervention: {iv!r}")
 
 
@@ -84,7 +85,7 @@ _FIELDS = {
     "ScaleFeatures": ({"type", "point", "features", "factor"}, {"steps"}),
     "Steer": ({"type", "point", "features", "strength"}, {"steps", "mask"}),
     "Unlearn": ({"type", "point", "concepts", "tau", "gamma"}, {"steps", "score"}),
-    "AddConcept": ({"type", "point", "concepts", "strength", "tau"}, {"steps", "score"}),
+    "AddConcept": ({"type", "point", "concepts", "strength", "tau"}, {"steps", "score", "cond_only"}),
 }
 
 
@@ -102,7 +103,7 @@ def intervention_from_dict(data) -> Intervention:
         if data["type"] == "Steer":
             return Steer(tuple(data["features"]), float(data["strength"]), data.get("mask"), steps, data["point"])
         if data["type"] == "AddConcept":
-            return AddConcept(tuple(data["concepts"]), float(data["strength"]), _number_or_tuple(data["tau"]), steps, point=data["point"], score=data.get("score", "paper"))
+            return AddConcept(tuple(data["concepts"]), float(data["strength"]), _number_or_tuple(data["tau"]), steps, point=data["point"], score=data.get("score", "paper"), cond_only=bool(data.get("cond_only", True)))
         return Unlearn(tuple(data["concepts"]), _number_or_tuple(data["tau"]), _number_or_tuple(data["gamma"]), steps, point=data["point"], score=data.get("score", "paper"))
     except (TypeError, ValueError) as e:
         if isinstance(e, SaeuronError):
@@ -263,7 +264,7 @@ def _core_repr(iv: Intervention) -> str:
     if isinstance(iv, Steer):
         return f"Steer(features={iv.features!r}, strength={iv.strength!r}, mask={iv.mask!r}, steps={window}, point={iv.point!r})"
     if isinstance(iv, AddConcept):
-        return f"AddConcept(concepts={iv.concepts!r}, strength={iv.strength!r}, tau={iv.tau!r}, steps={window}, point={iv.point!r}, score={iv.score!r})"
+        return f"AddConcept(concepts={iv.concepts!r}, strength={iv.strength!r}, tau={iv.tau!r}, steps={window}, point={iv.point!r}, score={iv.score!r}, cond_only={iv.cond_only!r})"
     score = "" if iv.score == "paper" else f", score={iv.score!r}"
     return f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, point={iv.point!r}{score})"
 

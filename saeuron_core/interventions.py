@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SaeuronError
-from .hooks import Halves, Step, edit_block_output, from_tokens, normalize_point, to_tokens
+from .hooks import Halves, Step, edit_block_output, from_tokens, half_slice, normalize_point, to_tokens
 from .sae import TopKSae
 from .scoring import SCORES, ConceptStats, check_score, mean_activation_all, select
 
@@ -166,6 +166,10 @@ class AddConcept:
     of its strongest stored activations, ``ConceptStats.typical_top``): the steering unit of a
     single-feature ``Steer`` made in the explorer, so "1x" means "as strongly as where it usually
     fires most". Several concepts: the union of their selections.
+
+    By default only the conditional CFG half is steered: guidance computes
+    eps_uncond + g (eps_cond - eps_uncond), so the same addition to both halves largely cancels in
+    the guided difference, while an addition to the conditional half alone is amplified by g.
     """
 
     concepts: tuple[str, ...]
@@ -175,6 +179,8 @@ class AddConcept:
     point: str | None = None
     """Hook point whose SAE this edits; None when only one SAE is given."""
     score: str = "paper"
+    cond_only: bool = True
+    """Steer the conditional CFG half only (False: every row of the batch the hook edits)."""
 
     def __post_init__(self):
         check_score(self.score)
@@ -252,8 +258,14 @@ class AddConceptEdit:
     def latents(self, step: Step) -> Tensor:
         return self.latents_per_row[self.stats.row_for_timestep(step.timestep)]
 
-    def apply(self, z: Tensor, columns: Tensor, step: Step, grid: tuple[int, int, int]) -> None:
-        z[:, columns] += self.amounts_per_row[self.stats.row_for_timestep(step.timestep)]
+    def apply(self, z: Tensor, columns: Tensor, step: Step, grid: tuple[int, int, int], rows: slice | None = None) -> None:
+        """``rows``: the batch rows to steer (None: all)."""
+        amounts = self.amounts_per_row[self.stats.row_for_timestep(step.timestep)]
+        if rows is None:
+            z[:, columns] += amounts
+            return
+        _, height, width = grid
+        z[rows.start * height * width : rows.stop * height * width, columns] += amounts
 
 
 class _FeatureEdit:
@@ -278,8 +290,11 @@ class _FeatureEdit:
 class PointEditor:
     """The edit applied at one hook point: ``editor(x [B, C, H, W], step) -> x'``."""
 
-    def __init__(self, point: str, sae: TopKSae, interventions: Sequence[Intervention], stats: ConceptStats | None):
+    def __init__(self, point: str, sae: TopKSae, interventions: Sequence[Intervention], stats: ConceptStats | None, halves: Halves = "both", cfg: bool = True):
+        """``halves`` / ``cfg``: which CFG rows the hook hands this editor (as in ``hooks``), so
+        that a conditional-only edit finds its rows."""
         self.point, self.sae = point, sae
+        self.halves, self.cfg = halves, cfg
         self._edits = [self._compile(iv, stats) for iv in interventions]
 
     def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | AddConceptEdit | _FeatureEdit:
@@ -295,6 +310,14 @@ class PointEditor:
         if len(set(iv.features)) != len(iv.features):
             raise SaeuronError(f"feature ids repeat in {iv.features}")
         return _FeatureEdit(iv, self.sae.device)
+
+    def _cond_rows(self, batch: int) -> slice:
+        """The conditional CFG rows of a batch of ``batch`` handed to this editor."""
+        if self.halves == "uncond":
+            return slice(0, 0)
+        if self.halves == "cond" or not self.cfg:
+            return slice(0, batch)
+        return half_slice(batch, "cond", self.cfg)
 
     def __call__(self, x: Tensor, step: Step) -> Tensor:
         batch, channels, height, width = x.shape
@@ -313,7 +336,11 @@ class PointEditor:
         z = _codes_of(top_acts, top_indices, touched)  # [N, n_touched]
         z_edited = z.clone()
         for edit, latents in zip(active, latent_sets):
-            edit.apply(z_edited, torch.searchsorted(touched, latents), step, (batch, height, width))
+            columns = torch.searchsorted(touched, latents)
+            if isinstance(edit, AddConceptEdit) and edit.source.cond_only:
+                edit.apply(z_edited, columns, step, (batch, height, width), self._cond_rows(batch))
+            else:
+                edit.apply(z_edited, columns, step, (batch, height, width))
         delta = z_edited - z
         rows = self.sae.W_dec[touched].to(delta.dtype)
         scale = self.sae.token_scale(tokens)  # input_unit_norm: decoded directions are in std units
@@ -367,7 +394,7 @@ def apply_interventions(
         raise SaeuronError("no SAE given")
     stats_by_point = _stats_by_point(stats, saes)
     editors = {
-        point: PointEditor(point, saes[point], group, stats_by_point.get(point))
+        point: PointEditor(point, saes[point], group, stats_by_point.get(point), halves, cfg)
         for point, group in _group_by_point(interventions, saes).items()
     }
     with contextlib.ExitStack() as stack:
