@@ -96,13 +96,14 @@ def layout(ex: Explorer) -> GeneratePanel:
         delete_button = gr.Button("Delete selected row", elem_id="delete-intervention")
         clear_button = gr.Button("Clear interventions")
         generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+    note = gr.Markdown(elem_id="generate-note")  # above the images: a failure is said where one looks
     with gr.Row():
         before = gr.Image(label="Without interventions", type="pil", format="png", interactive=False, elem_id="before")
         after = gr.Image(label="With interventions (click a patch)", type="pil", format="png", interactive=False, elem_id="after")
         difference = gr.Image(label="Difference", type="pil", format="png", interactive=False)
-    note = gr.Markdown(elem_id="generate-note")
     verdict = gr.Markdown(elem_id="judge-verdict")
-    effects = gr.Dataframe(headers=handles.EFFECT_COLUMNS, interactive=False, label="What each row did (after Generate): its features' mean activation and the judge, unedited vs edited", elem_id="row-effects", wrap=True)
+    effects = gr.Dataframe(headers=handles.EFFECT_COLUMNS, interactive=False, label="What each row did (after Generate): its features' mean activation and the judge, unedited vs edited", elem_id="row-effects", wrap=True,
+                           column_widths=["4%", "20%", "7%", "8%", "8%", "17%", "17%", "19%"])
     compare = gr.ImageSlider(label="Before / after: drag the handle", type="pil", interactive=False, max_height=DISPLAY_SIDE + 60, elem_id="compare")
     gr.Markdown("### Where a feature fires in this image")
     with gr.Row():
@@ -246,7 +247,8 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
     # no validator: its messages would leave the old images on screen (and the interventions'
     # message inside the collapsed JSON accordion); generate itself clears them and says why
     p.generate_button.click(lambda: (None, ""), None, [p.effects, p.verdict], api_visibility="private", queue=False)
-    generated = p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8)
+    generated = p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8,
+                                        show_progress="hidden")  # progress: the step previews; a failure: the note, not "Error" badges
     generated.success(row_effects, recipe_inputs, [p.effects, p.verdict], api_name="row_effects", concurrency_id="unet")
     generated.success(lambda before, after: (before, after), [p.before, p.after], p.compare, api_visibility="private")
 
