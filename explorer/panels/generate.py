@@ -247,9 +247,28 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
     # no validator: its messages would leave the old images on screen (and the interventions'
     # message inside the collapsed JSON accordion); generate itself clears them and says why
     p.generate_button.click(lambda: (None, ""), None, [p.effects, p.verdict], api_visibility="private", queue=False)
-    generated = p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8,
-                                        show_progress="hidden")  # progress: the step previews; a failure: the note, not "Error" badges
-    generated.success(row_effects, recipe_inputs, [p.effects, p.verdict], api_name="row_effects", concurrency_id="unet")
+    # The button's event never ends in an error: gradio would mark every output with a bare "Error"
+    # badge. A failure clears the images, says why in the note above them and in a warning toast.
+    # API clients get the same handler as an endpoint that raises (a hidden trigger's event).
+    def generate_in_page(prompt, seed, steps, guidance, interventions, request: gr.Request):
+        try:
+            yield from generate(prompt, seed, steps, guidance, interventions, request)
+        except gr.Error as e:
+            gr.Warning(e.message)
+
+    def row_effects_in_page(prompt, seed, steps, guidance, interventions):
+        try:
+            return row_effects(prompt, seed, steps, guidance, interventions)
+        except gr.Error as e:
+            return None, f"**What each row did: failed:** {e.message}"
+
+    generate_outputs = [p.before, p.after, p.difference, p.note, *recipe_outputs]
+    generated = p.generate_button.click(generate_in_page, recipe_inputs, generate_outputs, api_visibility="private", concurrency_id="unet", concurrency_limit=8,
+                                        show_progress="hidden")  # progress: the step previews
+    generated.success(row_effects_in_page, recipe_inputs, [p.effects, p.verdict], api_visibility="private", concurrency_id="unet")
+    api_trigger = gr.Button(visible=False)
+    api_trigger.click(generate, recipe_inputs, generate_outputs, api_name="generate", concurrency_id="unet", concurrency_limit=8).success(
+        row_effects, recipe_inputs, [p.effects, p.verdict], api_name="row_effects", concurrency_id="unet")
     generated.success(lambda before, after: (before, after), [p.before, p.after], p.compare, api_visibility="private")
 
     @gpu
