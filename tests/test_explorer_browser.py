@@ -343,7 +343,6 @@ def test_a_feature_keeps_its_hook_point_from_search_to_generate(app_url, page):
     page.locator("#add-ablation").click()
     expect(page.locator("#add-note")).to_contain_text(f"ablate feature {feature} at {style_point}")
     page.get_by_role("tab", name="Generate").click()
-    expect(page.locator("#locate-feature input, #locate-feature textarea").first).to_have_value(feature)
     expect(page.get_by_label("Hook point (of the clicked patch and of 'where a feature fires')")).to_have_value(style_point)
 
 
@@ -357,8 +356,21 @@ def test_the_card_scrolls_into_view_and_add_confirms_in_one_steering_unit(app_ur
     expect(note).to_contain_text(f"Added row 1 to the intervention table (Generate tab): steer feature {feature}")
     page.locator("#steer-strength input").fill("500")
     page.locator("#add-steering").click()
-    expect(page.get_by_text("steering strength 500x is over the cap")).to_be_visible()
+    expect(page.locator("#steer-strength").get_by_text("steering strength 500x is over the cap")).to_be_visible()
+    expect(page.locator("#feature-id").get_by_text("over the cap")).to_have_count(0)  # said once, at the strength
     page.screenshot(path=str(shots / "explorer_add_confirmed.png"))
     page.get_by_role("tab", name="Generate").click()
     expect(page.locator("#intervention-table")).to_contain_text("4x")
     expect(page.locator("#intervention-table [role=row]")).to_have_count(2)  # the header and the one row: 500x was not added
+
+
+def test_concept_handles_in_the_features_panel(app_url, page):
+    """Item 1, Features side: the chosen concept's handles add confirmed rows to the Generate table."""
+    open_first_ranked_feature(page, app_url[1])  # chooses "style · dots"
+    page.locator("#features-remove-concept").click()
+    expect(page.locator("#features-handle-note")).to_contain_text("Added row 1 to the intervention table (Generate tab): remove dots")
+    page.locator("#features-add-concept").click()  # strength untouched
+    expect(page.locator("#features-handle-note")).to_contain_text("Added row 2 to the intervention table (Generate tab): add dots")
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#intervention-table")).to_contain_text("remove")
+    expect(page.locator("#intervention-table")).to_contain_text("2x")

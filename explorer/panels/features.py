@@ -329,7 +329,11 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         point, feature = v[1], ex.features.check_feature(v[1], read_feature(v[2]))
         window = read_window(v[5], v[6])
         if kind == "steer":
-            new = Steer((feature,), steering_strength(point, feature, v[4]), None, window, point)
+            try:
+                strength = steering_strength(point, feature, v[4])
+            except SaeuronError:
+                return  # said at the strength field
+            new = Steer((feature,), strength, None, window, point)
         else:
             new = ScaleFeatures((feature,), 0.0 if kind == "ablate" else float(optional_number("scale factor", v[3]) or 0.0), window, point)
         handles.checked_addition(ex.session, parse_interventions(v[0]), [new])

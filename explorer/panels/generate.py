@@ -314,19 +314,16 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
         return pd.DataFrame(rows, columns=table.COLUMNS), text, None
 
     def follow_last_row(text):
-        """'Where a feature fires' and the patch list look at the last row's own hook point (and
-        at its feature when it has one): a feature is (hook point, id)."""
+        """'Where a feature fires' and the patch list look at the last row's own hook point: a
+        feature is (hook point, id), and a feature id typed there means that point's feature."""
         try:
             ivs = parse_interventions(text)
         except SaeuronError:
-            return gr.skip(), gr.skip()
-        if not ivs:
-            return gr.skip(), gr.skip()
-        last = ivs[-1]
-        return last.point, str(last.features[0]) if hasattr(last, "features") else ""
+            return gr.skip()
+        return ivs[-1].point if ivs else gr.skip()
 
     p.interventions.change(sync_editor, [p.interventions, p.editor], p.editor, api_visibility="private")
-    p.interventions.change(follow_last_row, p.interventions, [p.patch_point, p.locate_feature], api_visibility="private")
+    p.interventions.change(follow_last_row, p.interventions, p.patch_point, api_visibility="private")
     p.editor.input(apply_edits, p.editor, [p.editor, p.interventions], api_visibility="private")
     p.editor.select(select_row, None, p.selected_row, api_visibility="private")
     p.delete_button.click(delete_row, [p.editor, p.selected_row], [p.editor, p.interventions, p.selected_row], api_visibility="private")
