@@ -19,6 +19,9 @@ class Limits:
     """|factor| of ScaleFeatures."""
     max_steer_strength: float = 500.0
     """|strength| of Steer."""
+    max_steer_multiple: float = 100.0
+    """|strength| of a steering row in its unit, multiples of the feature's typical top
+    activation (the card's and the concept handles' unit; checked when a row is added)."""
     max_gamma: float = 100.0
     """|gamma| of Unlearn."""
     max_grid_prompts: int = 8

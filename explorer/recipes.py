@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, urlencode
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.interventions import Intervention, ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.interventions import AddConcept, Intervention, ScaleFeatures, Steer, StepWindow, Unlearn
 from saeuron_core.unlearning import SaeBundle
 
 from .limits import Limits, check_float, check_int, check_prompt
@@ -73,6 +73,11 @@ def intervention_to_dict(iv: Intervention) -> dict:
         as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
         spec = {"type": "Unlearn", "point": iv.point, "concepts": list(iv.concepts), "tau": as_list(iv.tau), "gamma": as_list(iv.gamma), "steps": _window(iv.steps)}
         return spec if iv.score == "paper" else {**spec, "score": iv.score}  # recipes from before the variant stay as they were
+    if isinstance(iv, AddConcept):
+        tau = list(iv.tau) if isinstance(iv.tau, tuple) else iv.tau
+        spec = {"type": "AddConcept", "point": iv.point, "concepts": list(iv.concepts), "strength": iv.strength, "tau": tau, "steps": _window(iv.steps)}
+        spec = spec if iv.score == "paper" else {**spec, "score": iv.score}
+        return spec if iv.cond_only else {**spec, "cond_only": False}
     raise SaeuronError(f"not an intervention: {iv!r}")
 
 
@@ -80,6 +85,7 @@ _FIELDS = {
     "ScaleFeatures": ({"type", "point", "features", "factor"}, {"steps"}),
     "Steer": ({"type", "point", "features", "strength"}, {"steps", "mask"}),
     "Unlearn": ({"type", "point", "concepts", "tau", "gamma"}, {"steps", "score"}),
+    "AddConcept": ({"type", "point", "concepts", "strength", "tau"}, {"steps", "score", "cond_only"}),
 }
 
 
@@ -96,6 +102,8 @@ def intervention_from_dict(data) -> Intervention:
             return ScaleFeatures(tuple(data["features"]), float(data["factor"]), steps, data["point"])
         if data["type"] == "Steer":
             return Steer(tuple(data["features"]), float(data["strength"]), data.get("mask"), steps, data["point"])
+        if data["type"] == "AddConcept":
+            return AddConcept(tuple(data["concepts"]), float(data["strength"]), _number_or_tuple(data["tau"]), steps, point=data["point"], score=data.get("score", "paper"), cond_only=bool(data.get("cond_only", True)))
         return Unlearn(tuple(data["concepts"]), _number_or_tuple(data["tau"]), _number_or_tuple(data["gamma"]), steps, point=data["point"], score=data.get("score", "paper"))
     except (TypeError, ValueError) as e:
         if isinstance(e, SaeuronError):
@@ -140,6 +148,11 @@ def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tup
             for concept, _tau, gamma in iv.per_concept():
                 bundle.kind_of(concept)
                 check_float("gamma", gamma, -limits.max_gamma, limits.max_gamma)
+            continue
+        if isinstance(iv, AddConcept):
+            for concept in iv.concepts:
+                bundle.kind_of(concept)
+            check_float("concept strength (x typical top activation)", iv.strength, -limits.max_steer_multiple, limits.max_steer_multiple)
             continue
         n_latents = bundle.saes[iv.point].num_latents
         if len(iv.features) > limits.max_features_per_intervention:
@@ -262,14 +275,17 @@ def _core_repr(iv: Intervention) -> str:
         return f"ScaleFeatures(features={iv.features!r}, factor={iv.factor!r}, steps={window}, point={iv.point!r})"
     if isinstance(iv, Steer):
         return f"Steer(features={iv.features!r}, strength={iv.strength!r}, mask={iv.mask!r}, steps={window}, point={iv.point!r})"
-    return f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, point={iv.point!r})"
+    if isinstance(iv, AddConcept):
+        return f"AddConcept(concepts={iv.concepts!r}, strength={iv.strength!r}, tau={iv.tau!r}, steps={window}, point={iv.point!r}, score={iv.score!r}, cond_only={iv.cond_only!r})"
+    score = "" if iv.score == "paper" else f", score={iv.score!r}"
+    return f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, point={iv.point!r}{score})"
 
 
 def recipe_to_python(recipe: Recipe, defaults: str | None = None) -> str:
     """A script that reproduces the recipe's edited image with ``saeuron_core`` alone."""
     ivs = ",\n    ".join(_core_repr(iv) for iv in recipe.interventions)
     return f"""import torch
-from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.interventions import AddConcept, ScaleFeatures, Steer, StepWindow, Unlearn
 from saeuron_core.pipeline import load_pipeline, model_info
 from saeuron_core.unlearning import SaeBundle, generate_with
 

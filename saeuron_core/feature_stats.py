@@ -102,6 +102,12 @@ class FeatureStats:
         values = values[values > 0]
         return float(values.median()) if len(values) else 0.0
 
+    def typical_top_activations(self) -> torch.Tensor:
+        """[n_latents] ``typical_top_activation`` of every latent at once."""
+        values = self.example_value.float()
+        medians = torch.nanmedian(torch.where(values > 0, values, torch.nan), dim=1).values
+        return torch.nan_to_num(medians, nan=0.0)
+
     def concepts_of_kind(self, kind: str) -> tuple[str, ...]:
         return tuple(c for c, k in zip(self.concepts, self.concept_kinds) if k == kind)
 
@@ -118,7 +124,7 @@ class FeatureStats:
         sums = self.concept_sums[keep]
         counts = self.concept_counts[keep]
         means = sums / counts.clamp(min=1)[:, None, None]
-        return ConceptStats(means=means, counts=counts, concepts=tuple(self.concepts[i] for i in keep), timesteps=self.timesteps)
+        return ConceptStats(means=means, counts=counts, concepts=tuple(self.concepts[i] for i in keep), timesteps=self.timesteps, typical_top=self.typical_top_activations())
 
     # ------------------------------------------------------------------ examples
     def examples(self, feature: int) -> list[Example]:

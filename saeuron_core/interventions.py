@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SaeuronError
-from .hooks import Halves, Step, edit_block_output, from_tokens, normalize_point, to_tokens
+from .hooks import Halves, Step, edit_block_output, from_tokens, half_slice, normalize_point, to_tokens
 from .sae import TopKSae
 from .scoring import SCORES, ConceptStats, check_score, mean_activation_all, select
 
@@ -156,7 +156,51 @@ class Steer:
         return torch.zeros(height * width, dtype=torch.bool, device=device).index_fill_(0, tokens, True)
 
 
-Intervention = Union[Unlearn, ScaleFeatures, Steer]
+@dataclass(frozen=True)
+class AddConcept:
+    """Steer ``concepts`` in: the counterpart of ``Unlearn`` that adds instead of removes.
+
+    At each step, every latent selected for a concept (the same selection as ``Unlearn``: score
+    above the ``tau`` percentile, ``score`` as there) is raised at every token by
+    z[i] <- z[i] + strength * a_i, where a_i is the latent's typical top activation (the median
+    of its strongest stored activations, ``ConceptStats.typical_top``): the steering unit of a
+    single-feature ``Steer`` made in the explorer, so "1x" means "as strongly as where it usually
+    fires most". Several concepts: the union of their selections.
+
+    By default only the conditional CFG half is steered: guidance computes
+    eps_uncond + g (eps_cond - eps_uncond), so the same addition to both halves largely cancels in
+    the guided difference, while an addition to the conditional half alone is amplified by g.
+    """
+
+    concepts: tuple[str, ...]
+    strength: float
+    tau: float | tuple[float, ...] = 99.999
+    steps: StepWindow | None = None
+    point: str | None = None
+    """Hook point whose SAE this edits; None when only one SAE is given."""
+    score: str = "paper"
+    cond_only: bool = True
+    """Steer the conditional CFG half only (False: every row of the batch the hook edits)."""
+
+    def __post_init__(self):
+        check_score(self.score)
+        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
+        taus = _as_tuple(self.tau, "tau")
+        if len(taus) > 1:
+            object.__setattr__(self, "tau", taus)
+        if len(taus) not in (1, len(self.concepts)):
+            raise SaeuronError(f"tau needs one value or one per concept ({len(self.concepts)}), got {len(taus)}")
+        for tau in taus:
+            if not 0 < tau < 100:
+                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+
+    def per_concept(self) -> list[tuple[str, float]]:
+        """(concept, tau) for each concept."""
+        taus = _as_tuple(self.tau, "tau")
+        return [(c, taus[i % len(taus)]) for i, c in enumerate(self.concepts)]
+
+
+Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept]
 
 
 class UnlearnEdit:
@@ -193,6 +237,37 @@ class UnlearnEdit:
         z[:, columns] = torch.where(fired, current * self.multipliers_per_row[row], current)
 
 
+class AddConceptEdit:
+    """An ``AddConcept`` compiled against its statistics: per statistics step, the selected
+    latents and the amount added to each (strength x typical top activation)."""
+
+    def __init__(self, add: AddConcept, stats: ConceptStats, device: torch.device):
+        if stats.typical_top is None:
+            raise SaeuronError("adding a concept needs the statistics' typical top activations (FeatureStats examples)")
+        self.source, self.stats = add, stats
+        selected = torch.zeros(stats.means.shape[1:], dtype=torch.bool)
+        for concept, tau in add.per_concept():
+            stats.index(concept)  # an unknown concept fails here, by name
+            for row, ids in enumerate(select(SCORES[add.score](stats, concept), tau)):
+                selected[row, ids] = True
+        unit = stats.typical_top.float()
+        rows = [row.nonzero().squeeze(1) for row in selected]
+        self.latents_per_row = [ids.to(device) for ids in rows]
+        self.amounts_per_row = [(add.strength * unit[ids]).to(device) for ids in rows]
+
+    def latents(self, step: Step) -> Tensor:
+        return self.latents_per_row[self.stats.row_for_timestep(step.timestep)]
+
+    def apply(self, z: Tensor, columns: Tensor, step: Step, grid: tuple[int, int, int], rows: slice | None = None) -> None:
+        """``rows``: the batch rows to steer (None: all)."""
+        amounts = self.amounts_per_row[self.stats.row_for_timestep(step.timestep)]
+        if rows is None:
+            z[:, columns] += amounts
+            return
+        _, height, width = grid
+        z[rows.start * height * width : rows.stop * height * width, columns] += amounts
+
+
 class _FeatureEdit:
     """A ``ScaleFeatures`` or ``Steer`` on fixed latent ids."""
 
@@ -215,23 +290,34 @@ class _FeatureEdit:
 class PointEditor:
     """The edit applied at one hook point: ``editor(x [B, C, H, W], step) -> x'``."""
 
-    def __init__(self, point: str, sae: TopKSae, interventions: Sequence[Intervention], stats: ConceptStats | None):
+    def __init__(self, point: str, sae: TopKSae, interventions: Sequence[Intervention], stats: ConceptStats | None, halves: Halves = "both", cfg: bool = True):
+        """``halves`` / ``cfg``: which CFG rows the hook hands this editor (as in ``hooks``), so
+        that a conditional-only edit finds its rows."""
         self.point, self.sae = point, sae
+        self.halves, self.cfg = halves, cfg
         self._edits = [self._compile(iv, stats) for iv in interventions]
 
-    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | _FeatureEdit:
-        if isinstance(iv, Unlearn):
+    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | AddConceptEdit | _FeatureEdit:
+        if isinstance(iv, (Unlearn, AddConcept)):
             if stats is None:
                 raise SaeuronError(f"unlearning at {self.point} needs concept statistics for that point")
             if stats.n_latents != self.sae.num_latents:
                 raise SaeuronError(f"statistics for {self.point} cover {stats.n_latents} latents but its SAE has {self.sae.num_latents}")
-            return UnlearnEdit(iv, stats, self.sae.device)
+            return UnlearnEdit(iv, stats, self.sae.device) if isinstance(iv, Unlearn) else AddConceptEdit(iv, stats, self.sae.device)
         bad = [f for f in iv.features if not isinstance(f, int) or not 0 <= f < self.sae.num_latents]
         if bad:
             raise SaeuronError(f"feature ids {bad} are out of range for the SAE at {self.point} ({self.sae.num_latents} latents)")
         if len(set(iv.features)) != len(iv.features):
             raise SaeuronError(f"feature ids repeat in {iv.features}")
         return _FeatureEdit(iv, self.sae.device)
+
+    def _cond_rows(self, batch: int) -> slice:
+        """The conditional CFG rows of a batch of ``batch`` handed to this editor."""
+        if self.halves == "uncond":
+            return slice(0, 0)
+        if self.halves == "cond" or not self.cfg:
+            return slice(0, batch)
+        return half_slice(batch, "cond", self.cfg)
 
     def __call__(self, x: Tensor, step: Step) -> Tensor:
         batch, channels, height, width = x.shape
@@ -250,7 +336,11 @@ class PointEditor:
         z = _codes_of(top_acts, top_indices, touched)  # [N, n_touched]
         z_edited = z.clone()
         for edit, latents in zip(active, latent_sets):
-            edit.apply(z_edited, torch.searchsorted(touched, latents), step, (batch, height, width))
+            columns = torch.searchsorted(touched, latents)
+            if isinstance(edit, AddConceptEdit) and edit.source.cond_only:
+                edit.apply(z_edited, columns, step, (batch, height, width), self._cond_rows(batch))
+            else:
+                edit.apply(z_edited, columns, step, (batch, height, width))
         delta = z_edited - z
         rows = self.sae.W_dec[touched].to(delta.dtype)
         scale = self.sae.token_scale(tokens)  # input_unit_norm: decoded directions are in std units
@@ -307,7 +397,7 @@ def apply_interventions(
         raise SaeuronError("no SAE given")
     stats_by_point = _stats_by_point(stats, saes)
     editors = {
-        point: PointEditor(point, saes[point], group, stats_by_point.get(point))
+        point: PointEditor(point, saes[point], group, stats_by_point.get(point), halves, cfg)
         for point, group in _group_by_point(interventions, saes).items()
     }
     with contextlib.ExitStack() as stack:
@@ -319,7 +409,7 @@ def apply_interventions(
 def _group_by_point(interventions: Sequence[Intervention], saes: Mapping[str, TopKSae]) -> dict[str, list[Intervention]]:
     groups: dict[str, list[Intervention]] = {}
     for iv in interventions:
-        if not isinstance(iv, (Unlearn, ScaleFeatures, Steer)):
+        if not isinstance(iv, (Unlearn, ScaleFeatures, Steer, AddConcept)):
             raise SaeuronError(f"not an intervention: {iv!r}")
         if iv.point is None and len(saes) > 1:
             raise SaeuronError(f"{type(iv).__name__} does not name its hook point, and SAEs are given for {', '.join(saes)}")

@@ -49,6 +49,9 @@ class ConceptStats:
     concepts: tuple[str, ...]
     timesteps: tuple[int, ...]
     """Scheduler timestep of each of the T steps, in denoising order."""
+    typical_top: Tensor | None = None
+    """[n_latents] median of each latent's stored top activations (0 where it never fired): the
+    steering unit of ``AddConcept``; None when the statistics hold no examples."""
 
     def __post_init__(self):
         if self.means.ndim != 3:

@@ -25,7 +25,7 @@ import torch
 
 from .errors import SaeuronError
 from .hooks import ActivationRecorder, capture_activations, normalize_point
-from .interventions import Intervention, Unlearn, apply_interventions
+from .interventions import AddConcept, Intervention, Unlearn, apply_interventions
 from .paths import ASSETS
 from .pipeline import ModelInfo, decode_preview, generate
 from .sae import TopKSae
@@ -211,6 +211,12 @@ class SaeBundle:
             for point, rows in by_point.items()
         ]
 
+    def add_concepts(self, concepts: list[str], strength: float) -> list[AddConcept]:
+        """The counterpart of ``unlearn(concepts)``: one ``AddConcept`` per hook point, steering in
+        the very latents the default removal selects (same points, percentile and score), each by
+        ``strength`` x its typical top activation."""
+        return [AddConcept(u.concepts, strength, u.tau, point=u.point, score=u.score) for u in self.unlearn(concepts)]
+
     def placed(self, interventions: Sequence[Intervention]) -> tuple[Intervention, ...]:
         """``interventions`` each naming its hook point as this bundle keys it: "unet.<point>"
         and the plain spelling are one point, and ``point=None`` means the only SAE. Where an
@@ -237,7 +243,7 @@ class SaeBundle:
     def _concept_stats(self, placed: Sequence[Intervention]) -> dict:
         out = {}
         for iv in placed:
-            if isinstance(iv, Unlearn):
+            if isinstance(iv, (Unlearn, AddConcept)):
                 kind = self.kind_of(iv.concepts[0])
                 out[iv.point] = self.stats[iv.point].concept_stats(kind)
         return out

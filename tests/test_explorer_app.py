@@ -86,7 +86,8 @@ def test_rank_and_open_a_feature(server, client):
 def test_an_ablation_changes_the_image_and_its_recipe_reproduces_it(server, client):
     point = server[0].points[0]
     table, *_ = client.predict("dots", point, "all", 95.0, api_name="/rank_features")
-    interventions = client.predict("[]", point, str(table["data"][0][0]), 4.0, 4.0, 0, "", None, api_name="/add_ablation")
+    interventions, note = client.predict("[]", point, str(table["data"][0][0]), 4.0, 4.0, 0, "", None, api_name="/add_ablation")
+    assert note.startswith("Added row 1 to the intervention table")
     assert json.loads(interventions)[0]["factor"] == 0.0
     plain_before, plain_after, _ = generate(client)
     assert np.array_equal(plain_before, plain_after)
@@ -116,6 +117,17 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
         ((["dots"], ["saeuron"], "abc", "", 0), "/unlearn_grid", "tau must be a number"),
         ((["dots"], ["saeuron"], "99", "", 0), "/unlearn_grid", "give gamma too"),
         ((PROMPT, 0, 3, 4.0, "[]", point, 9, 10.0, 10.0), "/features_at_patch", "step must be in"),
+        ((PROMPT, -1, 3, 4.0, "[]"), "/generate", "seed must be in"),
+        ((PROMPT, 1.5, 3, 4.0, "[]"), "/generate", "seed must be an integer"),
+        ((PROMPT, 0, 9999, 4.0, "[]"), "/generate", "steps must be in"),
+        ((PROMPT, 0, 3, 1e9, "[]"), "/generate", "guidance must be in"),
+        (("x" * 301, 0, 3, 4.0, "[]"), "/generate", "the prompt has 301 characters"),
+        ((PROMPT, 0, 3, 4.0, "[oops"), "/row_effects", "not valid JSON"),
+        (("[]", None, 2.0), "/add_remove_concept", "choose a concept"),
+        (("[]", "no-such-concept", 2.0), "/add_add_concept", "unknown concept"),
+        (("[]", "dots", 1e6), "/add_add_concept", "over the cap"),
+        (("[]", "dots", None), "/add_add_concept", "enter a strength"),
+        (("[]", point, "1", 4.0, 1e6, 0, "", None), "/add_steering", "over the cap"),
     ]
     for args, api, message in cases:
         with pytest.raises(Exception, match=message):
@@ -181,9 +193,9 @@ def test_steering_with_a_painted_mask(server, client, tmp_path):
     from explorer.features import FeatureExplorer
 
     typical = FeatureExplorer(server[0]).typical_top_activation(point, 3)
-    added = json.loads(client.predict("[]", point, "3", 4.0, 30.0, 1, "", painting, api_name="/add_steering"))
+    added = json.loads(client.predict("[]", point, "3", 4.0, 30.0, 1, "", painting, api_name="/add_steering")[0])
     assert added == [{"type": "Steer", "point": point, "features": [3], "strength": pytest.approx(30.0 * typical), "mask": [0], "steps": [1, None]}]
-    everywhere = json.loads(client.predict("[]", point, "3", 4.0, 30.0, 0, "", None, api_name="/add_steering"))
+    everywhere = json.loads(client.predict("[]", point, "3", 4.0, 30.0, 0, "", None, api_name="/add_steering")[0])
     assert everywhere[0]["mask"] is None and everywhere[0]["steps"] is None
     before, after, _ = generate(client, json.dumps(added))
     assert not np.array_equal(before, after)

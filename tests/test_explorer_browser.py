@@ -270,3 +270,107 @@ def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, 
         page.screenshot(path=str(shots / "explorer_concept_map.png"), full_page=True)
     finally:
         demo.close()
+
+
+# --------------------------------------------------------------------------- issue 19: handles, no silent failure, (point, id)
+def test_concept_handles_add_checked_rows_and_say_what_they_did(app_url, page, shots):
+    """Item 1: with every field at its default, "remove" and "add" become rows, confirmed at the
+    control; after Generate each row reports its features' activation before / after."""
+    session, url = app_url
+    page.goto(url)
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#what-each-does")).to_contain_text("gamma")  # what ablate / scale / steer / remove do
+    concept = page.locator("#handle-concept input").input_value().split("·")[-1].strip()
+    page.locator("#remove-concept").click()
+    expect(page.locator("#handle-note")).to_contain_text(f"Added row 1 to the intervention table (Generate tab): remove {concept}")
+    expect(page.locator("#intervention-table")).to_contain_text("remove")
+    page.locator("#add-concept").click()
+    expect(page.locator("#handle-note")).to_contain_text(f"add {concept}")
+    expect(page.locator("#intervention-table")).to_contain_text("2x")  # the strength, in the one steering unit
+    page.locator("#generate").click()
+    effects = page.locator("#row-effects")
+    expect(effects).to_contain_text(f"remove {concept}")
+    expect(effects).to_contain_text(f"add {concept}")
+    expect(effects).to_contain_text("activation" if session.judge is None else f"{concept} (p=")
+    expect(page.locator("#judge-verdict")).not_to_be_empty()
+    page.screenshot(path=str(shots / "explorer_concept_handles.png"), full_page=True)
+
+
+def test_a_failed_generate_clears_the_images_and_says_why_without_error_badges(app_url, page, shots):
+    """Item 3: nothing is clamped or rounded silently; a failure clears the old images and says why in view."""
+    page.goto(app_url[1])
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#generate").click()
+    note = page.locator("#generate-note")
+    expect(note).to_contain_text("No interventions")
+    expect(page.locator("#after img")).to_be_visible()
+    for field, value, message in [("#seed", "-1", "seed must be in"), ("#seed", "1.5", "seed must be an integer, got 1.5"), ("#steps", "9999", "steps must be in [1, 50], got 9999"),
+                                  ("#guidance", "1000000000", "guidance must be in [0, 30]")]:
+        page.locator(f"{field} input").fill(value)
+        page.locator("#generate").click()
+        expect(note).to_contain_text(message)
+        expect(note).to_be_in_viewport()
+        expect(page.locator("#after img")).to_have_count(0)  # the old image is gone
+        expect(page.locator(f"{field} input")).to_have_value(value)  # what was typed stays as typed
+        for output in ("#before", "#after", "#row-effects"):  # no bare "Error" badges on the outputs
+            expect(page.locator(f'{output} >> text="Error" >> visible=true')).to_have_count(0)
+        page.locator(f"{field} input").fill({"#seed": "0", "#steps": "3", "#guidance": "4"}[field])
+    page.locator("#prompt textarea").fill("a " * 151)
+    page.locator("#generate").click()
+    expect(note).to_contain_text("the prompt has 302 characters; the limit is 300")
+    expect(page.locator("#prompt textarea")).to_have_value("a " * 151)  # not cut
+    page.screenshot(path=str(shots / "explorer_generate_failed.png"))
+
+
+def test_a_feature_keeps_its_hook_point_from_search_to_generate(app_url, page):
+    """Item 4: a search for a style with no concept chosen looks at the style point; the card, the
+    row and 'where it fires' follow the feature's own point."""
+    session, url = app_url
+    style_point = session.bundle.point_of_kind["style"]
+    style = session.bundle.stats[style_point].concepts_of_kind("style")[0]
+    page.goto(url)
+    expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()
+    page.locator("#feature-search input, #feature-search textarea").first.fill(style)
+    page.locator("#search-features").click()
+    expect(page.locator("#point input")).to_have_value(style_point)
+    from explorer.features import FeatureExplorer
+
+    feature = str(FeatureExplorer(session).search(style_point, style, 1)[0].feature)  # the search's first row
+    first = page.locator("#ranked [role=row] [role=gridcell]").first
+    expect(first).to_have_text(feature)
+    first.click()
+    expect(page.locator("#card-summary")).to_contain_text(f"Feature {feature} at {style_point}")
+    page.locator("#add-ablation").click()
+    expect(page.locator("#add-note")).to_contain_text(f"ablate feature {feature} at {style_point}")
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.get_by_label("Hook point (of the clicked patch and of 'where a feature fires')")).to_have_value(style_point)
+
+
+def test_the_card_scrolls_into_view_and_add_confirms_in_one_steering_unit(app_url, page, shots):
+    """Items 5 and 6: the card comes into view; "Add as ..." names the row and where it went; the
+    table shows the card's unit; a strength over the cap is refused at the field, in that unit."""
+    feature = open_first_ranked_feature(page, app_url[1])
+    expect(page.locator("#card-summary")).to_be_in_viewport()
+    page.locator("#add-steering").click()  # 4x, the default
+    note = page.locator("#add-note")
+    expect(note).to_contain_text(f"Added row 1 to the intervention table (Generate tab): steer feature {feature}")
+    page.locator("#steer-strength input").fill("500")
+    page.locator("#add-steering").click()
+    expect(page.locator("#steer-strength").get_by_text("steering strength 500x is over the cap")).to_be_visible()
+    expect(page.locator("#feature-id").get_by_text("over the cap")).to_have_count(0)  # said once, at the strength
+    page.screenshot(path=str(shots / "explorer_add_confirmed.png"))
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#intervention-table")).to_contain_text("4x")
+    expect(page.locator("#intervention-table [role=row]")).to_have_count(2)  # the header and the one row: 500x was not added
+
+
+def test_concept_handles_in_the_features_panel(app_url, page):
+    """Item 1, Features side: the chosen concept's handles add confirmed rows to the Generate table."""
+    open_first_ranked_feature(page, app_url[1])  # chooses "style · dots"
+    page.locator("#features-remove-concept").click()
+    expect(page.locator("#features-handle-note")).to_contain_text("Added row 1 to the intervention table (Generate tab): remove dots")
+    page.locator("#features-add-concept").click()  # strength untouched
+    expect(page.locator("#features-handle-note")).to_contain_text("Added row 2 to the intervention table (Generate tab): add dots")
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#intervention-table")).to_contain_text("remove")
+    expect(page.locator("#intervention-table")).to_contain_text("2x")

@@ -730,3 +730,82 @@ def test_a_map_region_uses_both_axes_and_ranks_what_is_inside(ex, point):
         ex.features.in_region(point, (1.0, 0.0))
     with pytest.raises(SaeuronError, match="no feature"):
         ex.features.in_region(point, (float(xs.max()) + 1, None))
+
+
+# --------------------------------------------------------------------------- concept handles
+def test_concept_handles_follow_the_bundles_default_removal(ex):
+    from saeuron_core.interventions import AddConcept
+
+    from explorer import handles
+
+    session = ex.session
+    assert handles.concept_handle(session, "dots", "remove") == session.bundle.unlearn(["dots"])
+    added = handles.concept_handle(session, "dots", "add", 2.0)
+    removed = session.bundle.unlearn(["dots"])
+    assert [(a.point, a.tau, a.score, a.strength) for a in added] == [(u.point, u.tau, u.score, 2.0) for u in removed]
+    assert all(isinstance(a, AddConcept) and a.cond_only for a in added)
+    with pytest.raises(SaeuronError, match="choose a concept"):
+        handles.concept_handle(session, None, "remove")
+    with pytest.raises(SaeuronError, match="over the cap of 100x"):
+        handles.concept_handle(session, "dots", "add", 101.0)
+    with pytest.raises(SaeuronError, match="enter a strength"):
+        handles.concept_handle(session, "dots", "add", None)
+
+
+def test_a_row_is_checked_when_added_and_the_addition_is_named(ex, point):
+    from explorer import handles
+
+    rows, message = handles.checked_addition(ex.session, [], [ScaleFeatures((1,), 0.0, None, point)])
+    assert len(rows) == 1 and message.startswith("Added row 1 to the intervention table (Generate tab): ablate feature 1 at")
+    rows, message = handles.checked_addition(ex.session, rows, handles.concept_handle(ex.session, "dots", "remove"))
+    assert "row 2" in message and "remove dots at" in message
+    full = [ScaleFeatures((1,), 0.0, None, point)] * ex.session.limits.max_interventions
+    with pytest.raises(SaeuronError, match="interventions; the limit is"):
+        handles.checked_addition(ex.session, full, [ScaleFeatures((2,), 0.0, None, point)])
+    with pytest.raises(SaeuronError, match="steering strength must be in"):
+        handles.checked_addition(ex.session, [], [Steer((1,), 1e6, None, None, point)])
+
+
+def test_the_table_shows_steering_in_multiples_of_typical_activation(ex, point):
+    import json
+
+    from explorer import intervention_table as table
+
+    typical = ex.features.typical_top_activation(point, 3)
+    assert typical > 0
+    unit = ex.features.typical_top_activation
+    text = json.dumps([{"type": "Steer", "point": point, "features": [3], "strength": 4.0 * typical, "mask": None, "steps": None}])
+    rows = table.synced_rows(text, [], unit)
+    assert rows[0][1] == "steer" and rows[0][4] == "4x"
+    rows[0][4] = "10x"  # an edit in the card's unit becomes 10 x typical in the recipe
+    _, edited = table.edited(rows, unit)
+    assert json.loads(edited)[0]["strength"] == pytest.approx(10.0 * typical)
+
+
+def test_an_added_concept_round_trips_through_recipes(ex):
+    from explorer import handles
+
+    added = handles.concept_handle(ex.session, "dots", "add", 3.0)
+    r = ex.session.complete(recipe(ex, *added))
+    assert recipe_from_json(recipe_to_json(r)).interventions == r.interventions
+    assert recipe_from_query(recipe_to_query(r)).interventions == r.interventions
+    assert "AddConcept(concepts=('dots',), strength=3.0" in recipe_to_python(r)
+
+
+def test_row_effects_say_what_each_row_did(ex, point):
+    from explorer import handles
+
+    assert handles.row_effects(ex.session, ex.session.complete(recipe(ex))) == ([], "No interventions: nothing to compare.")
+    never = int(torch.nonzero(ex.session.bundle.stats[point].frequency == 0).flatten()[0]) if (ex.session.bundle.stats[point].frequency == 0).any() else None
+    ranked = ex.features.rank(point, "dots")[0].feature
+    rows, overall = handles.row_effects(ex.session, ex.session.complete(recipe(ex, ScaleFeatures((ranked,), 0.0, None, point))))
+    (row,) = rows
+    assert row.row == 1 and row.features == 1 and row.intervention.startswith(f"ablate feature {ranked}")
+    if row.before > 0:
+        assert row.after < row.before and "down" in row.explanation
+    else:
+        assert row.explanation.startswith("nothing changed: the edited features do not fire")
+    assert overall.startswith("Judge: unedited image")
+    if never is not None:
+        (row,) = handles.row_effects(ex.session, ex.session.complete(recipe(ex, ScaleFeatures((never,), 0.0, None, point))))[0]
+        assert row.explanation.startswith("nothing changed")

@@ -207,3 +207,36 @@ def test_invalid_interventions_are_named(unet, sae):
     with pytest.raises(SaeuronError, match="does not name its hook point"):
         with apply_interventions(unet, {POINT: sae, "up_blocks.1.attentions.0": sae}, [ScaleFeatures((1,), 0.0)]):
             pass
+
+
+def concept_stats_with_unit(n_latents: int) -> ConceptStats:
+    """"Sketch" stands out on latents 3 and 7 at every step; every latent's typical top activation is 2."""
+    means = torch.full((3, 3, n_latents), 0.1)
+    means[1, :, [3, 7]] = 5.0
+    return ConceptStats(means, torch.tensor([4.0, 2.0, 3.0]), CONCEPTS, TIMESTEPS, typical_top=torch.full((n_latents,), 2.0))
+
+
+def test_add_concept_steers_the_selected_latents_into_the_conditional_half(unet, sae):
+    from saeuron_core.interventions import AddConcept
+
+    stats = concept_stats_with_unit(sae.num_latents)
+    before = block_output(unet)
+    after = block_output(unet, [AddConcept(("Sketch",), 1.5, tau=98.0)], {POINT: sae}, stats)
+    delta = (to_tokens(after) - to_tokens(before)).reshape(2, 16, 32)
+    # every conditional token moves by 1.5 x 2 x (W_dec[3] + W_dec[7]); the unconditional half stays
+    expected = (3.0 * (sae.W_dec[3] + sae.W_dec[7])).expand(16, -1)
+    assert torch.equal(delta[0], torch.zeros_like(delta[0]))
+    assert torch.allclose(delta[1], expected, atol=1e-5)
+    both = block_output(unet, [AddConcept(("Sketch",), 1.5, tau=98.0, cond_only=False)], {POINT: sae}, stats)
+    assert torch.allclose((to_tokens(both) - to_tokens(before)).reshape(2, 16, 32)[0], expected, atol=1e-5)
+
+
+def test_add_concept_needs_the_typical_activations_and_a_known_concept(unet, sae):
+    from saeuron_core.interventions import AddConcept
+
+    with pytest.raises(SaeuronError, match="typical top activations"):
+        block_output(unet, [AddConcept(("Sketch",), 1.0, tau=98.0)], {POINT: sae}, uniform_stats(sae.num_latents))
+    with pytest.raises(SaeuronError, match="unknown concept 'Oil'"):
+        block_output(unet, [AddConcept(("Oil",), 1.0, tau=98.0)], {POINT: sae}, concept_stats_with_unit(sae.num_latents))
+    with pytest.raises(SaeuronError, match="tau is a percentile"):
+        AddConcept(("Sketch",), 1.0, tau=100.0)

@@ -14,7 +14,7 @@ import pandas as pd
 from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow
 
-from .. import cardview, plots
+from .. import cardview, handles, plots
 from ..context import Explorer
 from ..imaging import tokens_from_mask
 from ..intervention_table import parse_interventions
@@ -32,6 +32,7 @@ DEFAULT_STEER = 4.0
 model 4x moved pixels by up to 40% (mean 2%) where 0.5x moved them by 5%."""
 DEFAULT_SCALE = 4.0
 DEFAULT_OPACITY = cardview.DEFAULT_OPACITY
+SCROLL_TO_CARD = "() => { document.getElementById('card-summary')?.scrollIntoView({block: 'start'}); }"
 
 
 @dataclass
@@ -68,6 +69,11 @@ class FeaturesPanel:
     steer_mask: gr.ImageEditor
     region: tuple = ()
     """(x min, x max, y min, y max, button) of the map's selection box."""
+    add_note: gr.Markdown | None = None
+    handle_strength: gr.Number | None = None
+    remove_button: gr.Button | None = None
+    add_button: gr.Button | None = None
+    handle_note: gr.Markdown | None = None
 
 
 def step_choices(timesteps) -> list[tuple[str, str]]:
@@ -109,6 +115,11 @@ def layout(ex: Explorer) -> FeaturesPanel:
         point_box = gr.Dropdown(ex.session.points, value=point, label="Hook point", elem_id="point")
         step = gr.Dropdown(step_choices(ex.features.timesteps(point)), value=ALL_STEPS, label="Step: drives the ranking, the card and the plots", elem_id="step")
         rank_button = gr.Button("Rank features", variant="primary", elem_id="rank")
+    with gr.Row():
+        handle_strength = gr.Number(handles.DEFAULT_ADD_STRENGTH, label="Strength of 'add' (x the features' typical top activation)", elem_id="features-handle-strength")
+        remove_button = gr.Button("Remove this concept (SAeUron default)", elem_id="features-remove-concept")
+        add_button = gr.Button("Add this concept (steer its features in)", elem_id="features-add-concept")
+    handle_note = gr.Markdown(elem_id="features-handle-note")
     with gr.Row():
         search = gr.Textbox("", label="Search features by label or concept", placeholder="e.g. dots, star, or a feature id", elem_id="feature-search", scale=3)
         search_button = gr.Button("Search", elem_id="search-features")
@@ -156,11 +167,13 @@ def layout(ex: Explorer) -> FeaturesPanel:
         ablate_button = gr.Button("Add as ablation", elem_id="add-ablation")
         scale_button = gr.Button("Add as scaling", elem_id="add-scaling")
         steer_button = gr.Button("Add as steering", elem_id="add-steering")
+    add_note = gr.Markdown(elem_id="add-note")
     steer_mask = gr.ImageEditor(
         label="Steering mask: paint where to steer (nothing painted: everywhere); the background is the last generated image", type="numpy", image_mode="RGBA", sources=(), transforms=(),
         layers=False, canvas_size=(256, 256), fixed_canvas=True, brush=gr.Brush(colors=["#ff3030"], default_size=32), height=300, elem_id="steer-mask",
     )
-    return FeaturesPanel(concept, point_box, step, rank_button, ranked, scores, percentile, counts, map_colour, map_button, map_status, feature_map, search, search_button, feature, open_button, summary, opacity, patches, sparkline, histogram, concept_bars, factor, strength, window_start, window_stop, ablate_button, scale_button, steer_button, steer_mask, (x_min, x_max, y_min, y_max, region_button))
+    return FeaturesPanel(concept, point_box, step, rank_button, ranked, scores, percentile, counts, map_colour, map_button, map_status, feature_map, search, search_button, feature, open_button, summary, opacity, patches, sparkline, histogram, concept_bars, factor, strength, window_start, window_stop, ablate_button, scale_button, steer_button, steer_mask, (x_min, x_max, y_min, y_max, region_button),
+                         add_note, handle_strength, remove_button, add_button, handle_note)
 
 
 def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks | None = None, steps_box=None) -> None:
@@ -273,13 +286,12 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
             feature = ex.features.check_feature(point, read_feature(feature))
             window = read_window(start, stop)
             if kind == "steer":
-                typical = ex.features.typical_top_activation(point, feature)
-                if typical <= 0:
-                    raise SaeuronError(f"feature {feature} never fired in the statistics: no typical activation to steer by")
-                new = Steer((feature,), float(strength) * typical, steering_tokens(painting, ex.features.stats(point)), window, point)
+                new = Steer((feature,), steering_strength(point, feature, strength), steering_tokens(painting, ex.features.stats(point)), window, point)
             else:
                 new = ScaleFeatures((feature,), 0.0 if kind == "ablate" else float(factor), window, point)
-            return append_intervention(current, new)
+            combined, message = handles.checked_addition(ex.session, parse_interventions(current), [new])
+            gr.Info(message)
+            return format_interventions(combined), message
 
         return add
 
@@ -291,8 +303,66 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         if kind == "scale":
             checks[3] = lambda v: check_float("scale factor", optional_number("scale factor", v[3]) if v[3] is not None else fail("enter a scale factor"), -ex.session.limits.max_scale_factor, ex.session.limits.max_scale_factor)
         if kind == "steer":
-            checks[4] = lambda v: optional_number("steering strength", v[4]) if v[4] is not None else fail("enter a steering strength")
+            checks[4] = lambda v: steering_strength(v[1], ex.features.check_feature(v[1], read_feature(v[2])), v[4])
+        # the new row with the rows already there, within every cap (message at the feature id)
+        feature_check = checks[2]
+        checks[2] = lambda v: (feature_check(v), addition_ok(kind, v))
         return validator(checks)
+
+    def steering_strength(point, feature, multiple) -> float:
+        """The absolute strength of ``multiple`` x the feature's typical top activation, within the
+        caps (checked here, when the row is added, and said in the card's unit)."""
+        multiple = optional_number("steering strength", multiple) if multiple is not None else fail("enter a steering strength")
+        if multiple is None:
+            fail("enter a steering strength")
+        limits = ex.session.limits
+        if abs(multiple) > limits.max_steer_multiple:
+            fail(f"steering strength {multiple:g}x is over the cap of {limits.max_steer_multiple:g}x (the feature's typical top activation)")
+        typical = ex.features.typical_top_activation(point, feature)
+        if typical <= 0:
+            fail(f"feature {feature} never fired in the statistics: no typical activation to steer by")
+        if abs(multiple * typical) > limits.max_steer_strength:
+            fail(f"steering strength {multiple:g}x is {sig3(multiple * typical)} in absolute terms, over the cap of {limits.max_steer_strength:g}: at most {sig3(limits.max_steer_strength / typical)}x for feature {feature}")
+        return float(multiple * typical)
+
+    def addition_ok(kind, v):
+        point, feature = v[1], ex.features.check_feature(v[1], read_feature(v[2]))
+        window = read_window(v[5], v[6])
+        if kind == "steer":
+            try:
+                strength = steering_strength(point, feature, v[4])
+            except SaeuronError:
+                return  # said at the strength field
+            new = Steer((feature,), strength, None, window, point)
+        else:
+            new = ScaleFeatures((feature,), 0.0 if kind == "ablate" else float(optional_number("scale factor", v[3]) or 0.0), window, point)
+        handles.checked_addition(ex.session, parse_interventions(v[0]), [new])
+
+    def add_handle(action):
+        @ui_errors
+        def add(current, concept, strength):
+            new = handles.concept_handle(ex.session, read_concept(concept), action, optional_number("strength", strength))
+            combined, message = handles.checked_addition(ex.session, parse_interventions(current), new)
+            gr.Info(message)
+            return format_interventions(combined), message
+
+        return add
+
+    def handle_checks(action):
+        def ok(v):
+            new = handles.concept_handle(ex.session, read_concept(v[1]), action, optional_number("strength", v[2]))
+            handles.checked_addition(ex.session, parse_interventions(v[0]), new)
+
+        return validator({2 if action == "add" else 1: ok})
+
+    @ui_errors
+    def search_point(point, query, concept):
+        """With no concept chosen, a search for a concept's name looks at its kind's hook point."""
+        if read_concept(concept) is not None or not isinstance(query, str):
+            return gr.skip()
+        text = query.strip().lower()
+        matches = {ex.features.point_of(c) for c in ex.features.concepts() if text and text in c.lower()}
+        return matches.pop() if len(matches) == 1 else gr.skip()
 
     ranking_inputs = [p.concept, p.point, p.step, p.percentile]
     ranking_outputs = [p.ranked, p.scores, p.counts]
@@ -305,12 +375,13 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     p.concept.input(choose_concept, ranking_inputs, [p.point, *ranking_outputs], api_visibility="private").then(refresh_card, card_inputs, card_outputs, api_visibility="private")
     p.point.input(rank, ranking_inputs, ranking_outputs, api_visibility="private")
     p.percentile.change(counts, ranking_inputs, p.counts, api_name="selection_counts")
-    p.open_button.click(open_card, card_inputs, card_outputs, api_name="feature_card", validator=card_check)
+    p.open_button.click(open_card, card_inputs, card_outputs, api_name="feature_card", validator=card_check).then(None, js=SCROLL_TO_CARD)
     p.feature.submit(open_card, card_inputs, card_outputs, api_visibility="private", validator=card_check)
-    p.ranked.select(pick_row, p.ranked, p.feature, api_visibility="private").then(open_card, card_inputs, card_outputs, api_visibility="private")
+    p.ranked.select(pick_row, p.ranked, p.feature, api_visibility="private").then(open_card, card_inputs, card_outputs, api_visibility="private").then(None, js=SCROLL_TO_CARD)
     p.step.input(rank, ranking_inputs, ranking_outputs, api_visibility="private").then(refresh_card, card_inputs, card_outputs, api_visibility="private")
-    p.search_button.click(search, [p.point, p.search], p.ranked, api_name="search_features", validator=validator({1: lambda v: ex.features.search(v[0], v[1], 1)}))
-    p.search.submit(search, [p.point, p.search], p.ranked, api_visibility="private")
+    search_checks = validator({1: lambda v: ex.features.search(v[0], v[1], 1)})
+    p.search_button.click(search_point, [p.point, p.search, p.concept], p.point, api_visibility="private").then(search, [p.point, p.search], p.ranked, api_name="search_features", validator=search_checks)
+    p.search.submit(search_point, [p.point, p.search, p.concept], p.point, api_visibility="private").then(search, [p.point, p.search], p.ranked, api_visibility="private")
     # the opacity is a CSS variable on the examples' container: no round trip to the server
     p.opacity.input(None, p.opacity, None, js="(v) => { document.getElementById('patches').style.setProperty('--heat-opacity', v); return []; }")
     if demo is not None:
@@ -320,9 +391,12 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     p.feature_map.select(pick_from_map, None, [x_min, x_max], api_visibility="private")
     region_button.click(rank_region, [p.concept, p.point, p.step, x_min, x_max, y_min, y_max], [p.ranked, p.map_status], api_name="map_region")
     add_inputs = [interventions, p.point, p.feature, p.factor, p.strength, p.window_start, p.window_stop, p.steer_mask]
-    p.ablate_button.click(adder("ablate"), add_inputs, interventions, api_name="add_ablation", validator=add_checks("ablate"))
-    p.scale_button.click(adder("scale"), add_inputs, interventions, api_name="add_scaling", validator=add_checks("scale"))
-    p.steer_button.click(adder("steer"), add_inputs, interventions, api_name="add_steering", validator=add_checks("steer"))
+    p.ablate_button.click(adder("ablate"), add_inputs, [interventions, p.add_note], api_name="add_ablation", validator=add_checks("ablate"))
+    p.scale_button.click(adder("scale"), add_inputs, [interventions, p.add_note], api_name="add_scaling", validator=add_checks("scale"))
+    p.steer_button.click(adder("steer"), add_inputs, [interventions, p.add_note], api_name="add_steering", validator=add_checks("steer"))
+    handle_inputs = [interventions, p.concept, p.handle_strength]
+    p.remove_button.click(add_handle("remove"), handle_inputs, [interventions, p.handle_note], api_visibility="private", validator=handle_checks("remove"))
+    p.add_button.click(add_handle("add"), handle_inputs, [interventions, p.handle_note], api_visibility="private", validator=handle_checks("add"))
 
 
 def read_window(start, stop) -> StepWindow | None:

@@ -17,11 +17,12 @@ from ..editing import Preview, unknown_words
 from ..imaging import upscale, upscale_factor
 from ..recipes import Recipe, recipe_to_json, recipe_to_python, recipe_to_query
 from ..zerogpu import gpu
-from .. import cardview, intervention_table as table
-from ..formatting import optional_int, sig3
-from ..limits import check_int, check_prompt
-from . import page_url, served, ui_errors, validator
-from .features import append_intervention
+from .. import cardview, handles, intervention_table as table
+from ..formatting import optional_int, optional_number, sig3
+from ..limits import check_int
+from . import _as_ui_error, grouped_concepts, page_url, served, ui_errors, validator
+from ..intervention_table import parse_interventions
+from .features import append_intervention, format_interventions
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
 DISPLAY_SIDE = 256
@@ -31,8 +32,8 @@ DISPLAY_SIDE = 256
 class GeneratePanel:
     prompt: gr.Textbox
     seed: gr.Number
-    steps: gr.Slider
-    guidance: gr.Slider
+    steps: gr.Number
+    guidance: gr.Number
     interventions: gr.Code
     clear_button: gr.Button
     generate_button: gr.Button
@@ -54,6 +55,13 @@ class GeneratePanel:
     seeds: gr.Textbox
     seeds_button: gr.Button
     seeds_grid: gr.HTML
+    handle_concept: gr.Dropdown | None = None
+    handle_strength: gr.Number | None = None
+    remove_button: gr.Button | None = None
+    add_button: gr.Button | None = None
+    handle_note: gr.Markdown | None = None
+    effects: gr.Dataframe | None = None
+    verdict: gr.Markdown | None = None
 
 
 def layout(ex: Explorer) -> GeneratePanel:
@@ -61,28 +69,41 @@ def layout(ex: Explorer) -> GeneratePanel:
     example = f"An image of {info.objects[0]} in {info.styles[0]} style." if info.objects and info.styles else "A photo of a cat."
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(example, label="Prompt", max_length=limits.max_prompt_chars, elem_id="prompt")
+            prompt = gr.Textbox(example, label=f"Prompt (at most {limits.max_prompt_chars} characters)", elem_id="prompt")
             prompt_note = gr.Markdown(elem_id="prompt-note")
-        seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-        steps = gr.Slider(1, limits.max_steps, value=info.default_steps, step=1, label="Steps", elem_id="steps")
-        guidance = gr.Slider(0, limits.max_guidance, value=info.default_guidance, step=0.5, label="Guidance", elem_id="guidance")
+        seed = gr.Number(0, label=f"Seed (a whole number, 0 to {limits.max_seed})", elem_id="seed")
+        # numbers checked on the server, not sliders: a slider's box silently clamps what is typed
+        steps = gr.Number(info.default_steps, label=f"Steps (1 to {limits.max_steps})", elem_id="steps")
+        guidance = gr.Number(info.default_guidance, label=f"Guidance (0 to {limits.max_guidance:g})", elem_id="guidance")
     editor = gr.Dataframe(
         value=pd.DataFrame(columns=table.COLUMNS), headers=table.COLUMNS, datatype=table.DATATYPES, interactive=True,
         static_columns=[1, 2, 7, 8], column_widths=["6%", "8%", "17%", "12%", "9%", "8%", "8%", "10%", "22%"], show_row_numbers=True,
         label="Interventions: add them from the feature card; toggle 'on', edit features, value (scale factor or steering strength) and steps; select a row to delete it",
         elem_id="intervention-table",
     )
+    gr.Markdown(table.WHAT_EACH_DOES, elem_id="what-each-does")
+    with gr.Row():
+        concepts = grouped_concepts(ex.session.bundle, ex.features.concepts())
+        default_concept = info.styles[0] if info.styles and info.styles[0] in dict(map(reversed, concepts)) else (concepts[0][1] if concepts else None)
+        handle_concept = gr.Dropdown(concepts, value=default_concept, label="Concept handle: the concept", elem_id="handle-concept", allow_custom_value=True)
+        handle_strength = gr.Number(handles.DEFAULT_ADD_STRENGTH, label="Strength of 'add' (x the features' typical top activation)", elem_id="handle-strength")
+        remove_button = gr.Button("Remove concept (SAeUron default)", elem_id="remove-concept")
+        add_button = gr.Button("Add concept (steer its features in)", elem_id="add-concept")
+    handle_note = gr.Markdown(elem_id="handle-note")
     with gr.Accordion("Interventions as JSON (what the recipe holds: the rows that are on)", open=False):
         interventions = gr.Code("[]", language="json", label="Interventions (JSON)", interactive=True, elem_id="interventions")
     with gr.Row():
         delete_button = gr.Button("Delete selected row", elem_id="delete-intervention")
         clear_button = gr.Button("Clear interventions")
         generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+    note = gr.Markdown(elem_id="generate-note")  # above the images: a failure is said where one looks
     with gr.Row():
         before = gr.Image(label="Without interventions", type="pil", format="png", interactive=False, elem_id="before")
         after = gr.Image(label="With interventions (click a patch)", type="pil", format="png", interactive=False, elem_id="after")
         difference = gr.Image(label="Difference", type="pil", format="png", interactive=False)
-    note = gr.Markdown()
+    verdict = gr.Markdown(elem_id="judge-verdict")
+    effects = gr.Dataframe(headers=handles.EFFECT_COLUMNS, interactive=False, label="What each row did (after Generate): its features' mean activation and the judge, unedited vs edited", elem_id="row-effects", wrap=True,
+                           column_widths=["4%", "20%", "7%", "8%", "8%", "17%", "17%", "19%"])
     compare = gr.ImageSlider(label="Before / after: drag the handle", type="pil", interactive=False, max_height=DISPLAY_SIDE + 60, elem_id="compare")
     gr.Markdown("### Where a feature fires in this image")
     with gr.Row():
@@ -99,7 +120,7 @@ def layout(ex: Explorer) -> GeneratePanel:
         patch_step = gr.Slider(0, info.default_steps - 1, value=info.default_steps - 1, step=1, label="Step of the clicked patch (follows the steps above)", elem_id="patch-step")
     active = gr.Dataframe(headers=ACTIVE_COLUMNS, interactive=False, label="Features active at the clicked patch (select one to ablate it)", elem_id="active")
     return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active, prompt_note, editor, delete_button, gr.State(None),
-                         compare, locate_feature, locate_button, feature_in_image, seeds, seeds_button, seeds_grid)
+                         compare, locate_feature, locate_button, feature_in_image, seeds, seeds_button, seeds_grid, handle_concept, handle_strength, remove_button, add_button, handle_note, effects, verdict)
 
 
 def read_seeds(text) -> list[int]:
@@ -135,9 +156,21 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
     @gpu
     @ui_errors
     def generate(prompt, seed, steps, guidance, interventions, request: gr.Request):
-        if warning := prompt_warning(ex, prompt):
-            gr.Warning(warning)
-        for update in ex.editor.stream(read_recipe(ex, prompt, seed, steps, guidance, interventions)):
+        """The unedited and the edited image, their difference and a note, then the recipe. A
+        request that fails clears the old images and says why next to them (and in a toast)."""
+        try:
+            recipe = read_recipe(ex, prompt, seed, steps, guidance, interventions)
+            if warning := prompt_warning(ex, prompt):
+                gr.Warning(warning)
+            yield from generated_images(recipe, request)
+        except Exception as e:
+            error = e if isinstance(e, gr.Error) else _as_ui_error(e)
+            yield None, None, None, f"**Generate failed:** {error.message}", gr.skip(), gr.skip(), gr.skip()
+            raise error from None
+
+    def generated_images(recipe, request):
+        steps = recipe.steps
+        for update in ex.editor.stream(recipe):
             if isinstance(update, Preview):
                 yield gr.skip(), served(upscale(update.image, DISPLAY_SIDE)), gr.skip(), f"Step {update.step + 1} of {steps}…", gr.skip(), gr.skip(), gr.skip()
                 continue
@@ -146,6 +179,38 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
             recipe_json = recipe_to_json(recipe)
             yield (served(upscale(update.before, DISPLAY_SIDE), recipe_to_json(recipe.with_interventions(()))), served(upscale(update.after, DISPLAY_SIDE), recipe_json), served(upscale(update.difference, DISPLAY_SIDE)), note,
                    recipe_json, page_url(request) + "?" + recipe_to_query(recipe), recipe_to_python(recipe, ex.session.sources.defaults))
+
+    @gpu
+    @ui_errors
+    def row_effects(prompt, seed, steps, guidance, interventions):
+        """What each intervention did: its features' activation and the judge's verdict, unedited
+        vs edited (a table, one row per intervention), and the judge's overall verdict."""
+        rows, overall = handles.row_effects(ex.session, read_recipe(ex, prompt, seed, steps, guidance, interventions))
+        return pd.DataFrame([r.cells() for r in rows], columns=handles.EFFECT_COLUMNS), overall
+
+    def unit(point, feature):
+        return ex.features.typical_top_activation(point, feature)
+
+    def add_handle(action):
+        @ui_errors
+        def add(current, concept, strength):
+            new = handles.concept_handle(ex.session, concept, action, optional_number("strength", strength))
+            combined, message = handles.checked_addition(ex.session, parse_interventions(current), new)
+            gr.Info(message)
+            return format_interventions(combined), message
+
+        return add
+
+    def handle_checks(action):
+        def ok(v):
+            new = handles.concept_handle(ex.session, v[1], action, optional_number("strength", v[2]))
+            handles.checked_addition(ex.session, parse_interventions(v[0]), new)
+
+        return validator({2 if action == "add" else 1: ok})
+
+    handle_inputs = [p.interventions, p.handle_concept, p.handle_strength]
+    p.remove_button.click(add_handle("remove"), handle_inputs, [p.interventions, p.handle_note], api_name="add_remove_concept", validator=handle_checks("remove"))
+    p.add_button.click(add_handle("add"), handle_inputs, [p.interventions, p.handle_note], api_name="add_add_concept", validator=handle_checks("add"))
 
     def features_at(prompt, seed, steps, guidance, interventions, point, step, x, y):
         height, width = ex.session.size
@@ -176,20 +241,36 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
             return gr.skip()
         return gr.Slider(minimum=0, maximum=max(last, 1), value=min(int(step or 0), last) if step is not None else last)
 
-    def generate_checks():
-        def steps_ok(v):
-            check_int("steps", v[2], 1, ex.session.limits.max_steps)
-
-        def interventions_ok(v):
-            read_recipe(ex, v[0] if isinstance(v[0], str) and v[0].strip() else "x", v[1] if v[1] is not None else 0, v[2], v[3], v[4])
-
-        return validator({0: lambda v: check_prompt(v[0], ex.session.limits), 1: lambda v: check_int("seed", v[1], 0, ex.session.limits.max_seed), 2: steps_ok, 4: interventions_ok})
 
     @ui_errors
     def ablate_row(current, point, table, evt: gr.SelectData):
         return append_intervention(current, ScaleFeatures((int(table.iloc[evt.index[0], 0]),), 0.0, None, point))
 
-    generated = p.generate_button.click(generate, recipe_inputs, [p.before, p.after, p.difference, p.note, *recipe_outputs], api_name="generate", concurrency_id="unet", concurrency_limit=8, validator=generate_checks())
+    # no validator: its messages would leave the old images on screen (and the interventions'
+    # message inside the collapsed JSON accordion); generate itself clears them and says why
+    p.generate_button.click(lambda: (None, ""), None, [p.effects, p.verdict], api_visibility="private", queue=False)
+    # The button's event never ends in an error: gradio would mark every output with a bare "Error"
+    # badge. A failure clears the images, says why in the note above them and in a warning toast.
+    # API clients get the same handler as an endpoint that raises (a hidden trigger's event).
+    def generate_in_page(prompt, seed, steps, guidance, interventions, request: gr.Request):
+        try:
+            yield from generate(prompt, seed, steps, guidance, interventions, request)
+        except gr.Error as e:
+            gr.Warning(e.message)
+
+    def row_effects_in_page(prompt, seed, steps, guidance, interventions):
+        try:
+            return row_effects(prompt, seed, steps, guidance, interventions)
+        except gr.Error as e:
+            return None, f"**What each row did: failed:** {e.message}"
+
+    generate_outputs = [p.before, p.after, p.difference, p.note, *recipe_outputs]
+    generated = p.generate_button.click(generate_in_page, recipe_inputs, generate_outputs, api_visibility="private", concurrency_id="unet", concurrency_limit=8,
+                                        show_progress="hidden")  # progress: the step previews
+    generated.success(row_effects_in_page, recipe_inputs, [p.effects, p.verdict], api_visibility="private", concurrency_id="unet")
+    api_trigger = gr.Button(visible=False)
+    api_trigger.click(generate, recipe_inputs, generate_outputs, api_name="generate", concurrency_id="unet", concurrency_limit=8).success(
+        row_effects, recipe_inputs, [p.effects, p.verdict], api_name="row_effects", concurrency_id="unet")
     generated.success(lambda before, after: (before, after), [p.before, p.after], p.compare, api_visibility="private")
 
     @gpu
@@ -218,12 +299,12 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
 
     @ui_errors
     def sync_editor(text, frame):
-        rows = table.synced_rows(text, rows_of(frame))
+        rows = table.synced_rows(text, rows_of(frame), unit)
         return gr.skip() if rows is None else pd.DataFrame(rows, columns=table.COLUMNS)
 
     @ui_errors
     def apply_edits(frame):
-        rows, text = table.edited(rows_of(frame))
+        rows, text = table.edited(rows_of(frame), unit)
         return pd.DataFrame(rows, columns=table.COLUMNS), text
 
     def select_row(evt: gr.SelectData):
@@ -231,10 +312,20 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
 
     @ui_errors
     def delete_row(frame, index):
-        rows, text = table.without(rows_of(frame), index)
+        rows, text = table.without(rows_of(frame), index, unit)
         return pd.DataFrame(rows, columns=table.COLUMNS), text, None
 
+    def follow_last_row(text):
+        """'Where a feature fires' and the patch list look at the last row's own hook point: a
+        feature is (hook point, id), and a feature id typed there means that point's feature."""
+        try:
+            ivs = parse_interventions(text)
+        except SaeuronError:
+            return gr.skip()
+        return ivs[-1].point if ivs else gr.skip()
+
     p.interventions.change(sync_editor, [p.interventions, p.editor], p.editor, api_visibility="private")
+    p.interventions.change(follow_last_row, p.interventions, p.patch_point, api_visibility="private")
     p.editor.input(apply_edits, p.editor, [p.editor, p.interventions], api_visibility="private")
     p.editor.select(select_row, None, p.selected_row, api_visibility="private")
     p.delete_button.click(delete_row, [p.editor, p.selected_row], [p.editor, p.interventions, p.selected_row], api_visibility="private")

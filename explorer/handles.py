@@ -1,0 +1,186 @@
+"""Concept handles ("remove CONCEPT", "add CONCEPT" as intervention rows, checked when added) and
+what each row of a generation did: the edited features' activation before / after and, with a
+judge, its verdict before / after, so that "nothing changed" is visible and explained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from saeuron_core.errors import SaeuronError
+from saeuron_core.hooks import Step, to_tokens
+from saeuron_core.interventions import (
+    AddConcept,
+    AddConceptEdit,
+    Intervention,
+    ScaleFeatures,
+    Unlearn,
+    UnlearnEdit,
+)
+
+from .formatting import sig3
+from .recipes import CheckedRecipe, check_interventions
+from .session import ExplorerSession
+
+ACTIONS = ("remove", "add")
+DEFAULT_ADD_STRENGTH = 2.0
+"""Default strength of an "add CONCEPT" row, x each selected feature's typical top activation."""
+EFFECT_COLUMNS = ["row", "intervention", "features edited", "activation before", "activation after", "judge before", "judge after", "what happened"]
+
+
+def concept_handle(session: ExplorerSession, concept: str | None, action: str, strength: float | None = None) -> list[Intervention]:
+    """The rows of one handle: ``remove`` is the bundle's default removal of ``concept``
+    (``SaeBundle.unlearn``, one row per hook point of its kind); ``add`` steers the same selected
+    latents in (``SaeBundle.add_concepts``) at ``strength`` x their typical top activation."""
+    if not concept:
+        raise SaeuronError("choose a concept first")
+    if action not in ACTIONS:
+        raise SaeuronError(f"a concept handle is {' or '.join(ACTIONS)}, got {action!r}")
+    session.bundle.kind_of(concept)  # an unknown concept, by name
+    if action == "remove":
+        return list(session.bundle.unlearn([concept]))
+    if strength is None or isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength != strength:
+        raise SaeuronError(f"enter a strength for adding {concept} (x the features' typical top activation)")
+    limit = session.limits.max_steer_multiple
+    if not -limit <= strength <= limit:
+        raise SaeuronError(f"strength {strength:g}x is over the cap of {limit:g}x (the features' typical top activation)")
+    return list(session.bundle.add_concepts([concept], float(strength)))
+
+
+def describe(iv: Intervention) -> str:
+    """One line naming an intervention as the table shows it."""
+    if isinstance(iv, Unlearn):
+        return f"remove {'+'.join(iv.concepts)} at {iv.point}"
+    if isinstance(iv, AddConcept):
+        return f"add {'+'.join(iv.concepts)} at {iv.point} ({sig3(iv.strength)}x)"
+    features = ", ".join(str(f) for f in iv.features)
+    if isinstance(iv, ScaleFeatures):
+        return f"{'ablate' if iv.factor == 0 else f'scale x{sig3(iv.factor)}'} feature {features} at {iv.point}"
+    return f"steer feature {features} at {iv.point}"
+
+
+def checked_addition(session: ExplorerSession, current: list[Intervention], new: list[Intervention]) -> tuple[list[Intervention], str]:
+    """``current + new`` if the whole list passes the recipe's checks (caps, SAEs), and a line
+    saying what was added where; else a ``SaeuronError`` naming the problem."""
+    combined = check_interventions([*current, *new], session.bundle, session.limits)
+    first = len(current) + 1
+    rows = f"row {first}" if len(new) == 1 else f"rows {first}-{first + len(new) - 1}"
+    return list(combined), f"Added {rows} to the intervention table (Generate tab): {'; '.join(describe(iv) for iv in new)}."
+
+
+# --------------------------------------------------------------------------- what each row did
+@dataclass(frozen=True)
+class RowEffect:
+    row: int
+    intervention: str
+    features: int
+    """Distinct latents the row edits over its steps."""
+    before: float
+    """Mean over the row's steps and the image's tokens of the summed activation of its latents,
+    unedited image."""
+    after: float
+    """The same on the edited image (the block output after every edit, encoded again)."""
+    judge_before: str
+    judge_after: str
+    explanation: str
+
+    def cells(self) -> list:
+        return [self.row, self.intervention, self.features, sig3(self.before), sig3(self.after), self.judge_before, self.judge_after, self.explanation]
+
+
+def _latents_per_step(session: ExplorerSession, iv: Intervention, timesteps: list) -> list[torch.Tensor | None]:
+    """Per step of the generation, the latents ``iv`` edits there (None outside its window)."""
+    if isinstance(iv, (Unlearn, AddConcept)):
+        stats = session.bundle.concept_stats([iv])[iv.point]
+        edit = (UnlearnEdit if isinstance(iv, Unlearn) else AddConceptEdit)(iv, stats, torch.device("cpu"))
+        pick = lambda step: edit.latents(step)  # noqa: E731
+    else:
+        fixed = torch.tensor(iv.features, dtype=torch.long)
+        pick = lambda step: fixed  # noqa: E731
+    return [pick(Step(t, i)) if iv.steps is None or iv.steps.contains(i) else None for i, t in enumerate(timesteps)]
+
+
+def _activation(session: ExplorerSession, point: str, outputs: torch.Tensor, latents: list) -> float:
+    """Mean over the steps with latents of the per-token summed code of those latents."""
+    sae = session.bundle.saes[point]
+    values = []
+    for step, ids in enumerate(latents):
+        if ids is None:
+            continue
+        if not len(ids):
+            values.append(0.0)
+            continue
+        tokens = to_tokens(outputs[step : step + 1].to(sae.device, torch.float32)).reshape(-1, sae.d_in)
+        top_acts, top_indices = sae.encode(tokens)
+        hits = top_indices[:, :, None] == ids.to(top_indices.device)[None, None, :]
+        values.append(float((hits * top_acts[:, :, None]).sum((1, 2)).mean()))
+    return float(np.mean(values)) if values else 0.0
+
+
+def _judged(session: ExplorerSession, images: np.ndarray) -> dict | None:
+    return None if session.judge is None else session.judge.classify(images)
+
+
+def _concept_verdict(session: ExplorerSession, verdict: dict | None, index: int, concept: str) -> tuple[str, bool | None]:
+    if verdict is None:
+        return "no judge", None
+    kind = session.bundle.kind_of(concept)
+    try:
+        p = float(session.judge.probability(verdict, concept)[index])
+    except SaeuronError:
+        return f"judge does not know {concept}", None
+    seen = verdict[kind][index] == concept
+    return f"{'sees' if seen else 'does not see'} {concept} (p={p:.2f}); sees {verdict[kind][index]}", seen
+
+
+def _overall(verdict: dict | None, index: int) -> str:
+    if verdict is None:
+        return "no judge"
+    return f"{verdict['object'][index]} ({verdict['object_conf'][index]:.2f}), {verdict['style'][index]} ({verdict['style_conf'][index]:.2f})"
+
+
+def _explain(iv: Intervention, before: float, after: float, seen_before: bool | None, seen_after: bool | None) -> str:
+    change = after - before
+    if abs(change) <= 0.05 * max(abs(before), 1e-6) or abs(change) < 1e-4:
+        if isinstance(iv, (ScaleFeatures, Unlearn)) and before < 1e-3:
+            return "nothing changed: the edited features do not fire in this image, so there was nothing to scale"
+        return "nothing changed: the edited features' activation is the same after the edit"
+    moved = f"activation {'down' if change < 0 else 'up'} {abs(change) / max(abs(before), 1e-6):.0%}" if before > 1e-6 else f"activation up from 0 to {sig3(after)}"
+    if seen_before is None:
+        return moved + "; no judge on this model"
+    if isinstance(iv, Unlearn):
+        return moved + ("; removed: the judge no longer sees it" if seen_before and not seen_after else "; the judge still sees it" if seen_after else "; the judge did not see it before either")
+    if isinstance(iv, AddConcept):
+        return moved + ("; added: the judge now sees it" if seen_after and not seen_before else "; the judge already saw it" if seen_before else "; the judge does not see it yet (try a larger strength)")
+    return moved
+
+
+@torch.inference_mode()
+def row_effects(session: ExplorerSession, recipe: CheckedRecipe) -> tuple[list[RowEffect], str]:
+    """What each intervention of ``recipe`` did (one row each) and the judge's overall verdict on
+    the unedited and the edited image (one line)."""
+    recipe = session.complete(recipe)
+    if not recipe.interventions:
+        return [], "No interventions: nothing to compare."
+    points = list(dict.fromkeys(iv.point for iv in recipe.interventions))
+    before_image, before_maps, timesteps = session.captured_image(recipe.prompt, recipe.seed, recipe.steps, recipe.guidance, points)
+    after_image, after_maps, _ = session.captured_image(recipe.prompt, recipe.seed, recipe.steps, recipe.guidance, points, recipe.interventions)
+    verdict = _judged(session, np.stack([before_image, after_image]))
+    rows = []
+    for number, iv in enumerate(recipe.interventions, 1):
+        latents = _latents_per_step(session, iv, timesteps)
+        used = [ids for ids in latents if ids is not None]
+        distinct = len(torch.cat(used).unique()) if used else 0
+        before = _activation(session, iv.point, before_maps[iv.point], latents)
+        after = _activation(session, iv.point, after_maps[iv.point], latents)
+        if isinstance(iv, (Unlearn, AddConcept)):
+            (judge_before, seen_before), (judge_after, seen_after) = (_concept_verdict(session, verdict, i, iv.concepts[0]) for i in (0, 1))
+        else:
+            judge_before, judge_after, seen_before, seen_after = _overall(verdict, 0), _overall(verdict, 1), None, None
+            if verdict is not None:
+                seen_before = seen_after = False  # a verdict exists; feature rows have no concept of their own
+        rows.append(RowEffect(number, describe(iv), distinct, before, after, judge_before, judge_after, _explain(iv, before, after, seen_before, seen_after)))
+    overall = f"Judge: unedited image {_overall(verdict, 0)}; edited image {_overall(verdict, 1)}." if verdict is not None else "This model has no judge: activations only."
+    return rows, overall
