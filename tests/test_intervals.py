@@ -15,6 +15,8 @@ def test_wilson_hand_computed():
     z2 = 1.959963984540054**2
     assert wilson(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))
     assert wilson(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    for n in (3, 6, 12, 24):  # floating point used to leave lo ~1e-17 > 0 = k / n here
+        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
     lo, hi = wilson(0, 0)
     assert lo != lo and hi != hi  # nan: no trials, no interval
     for bad in ((3, 2), (-1, 4)):
