@@ -94,6 +94,32 @@ def resolve_spec(spec: str) -> str:
     )
 
 
+def stable_diffusion_pipeline_class():
+    """diffusers' ``StableDiffusionPipeline``, imported without transformers' torchvision notices.
+
+    Importing it makes diffusers ask transformers for ``CLIPImageProcessor`` (the safety
+    checker's feature extractor, which this project never loads) and ``SiglipImageProcessor``;
+    without torchvision (it breaks beside the CPU torch wheel), transformers resolves each to
+    its PIL class and logs a warning at start. Binding the PIL classes first is that same
+    fallback, without the notice; with torchvision installed nothing changes."""
+    import sys
+
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available():
+        names = ("CLIPImageProcessor", "SiglipImageProcessor")
+        pil_classes = {name: getattr(transformers, f"{name}Pil", None) for name in names}
+        # resolving a class can re-register the lazy module: bind on the one imports read now
+        module = sys.modules["transformers"]
+        for name, pil_class in pil_classes.items():
+            if pil_class is not None and name not in vars(module):
+                setattr(module, name, pil_class)
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline
+
+
 def load_pipeline(
     spec: str = "minicanvas",
     device: str | torch.device | None = "cpu",
@@ -107,8 +133,7 @@ def load_pipeline(
     ``height`` / ``width`` set the image size every generation of this library uses with the
     pipeline (default: the model's native size), checked against the downsampling factor.
     """
-    from diffusers import StableDiffusionPipeline
-
+    StableDiffusionPipeline = stable_diffusion_pipeline_class()
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     source = resolve_spec(spec)
