@@ -70,8 +70,8 @@ def layout(ex: Explorer) -> UnlearnPanel:
     with gr.Row():
         tau = gr.Textbox("", label="tau: percentile (empty: defaults, see below)", placeholder="defaults", elem_id="unlearn-tau")
         gamma = gr.Textbox("", label="gamma: multiplier (empty: defaults, see below)", placeholder="defaults", elem_id="unlearn-gamma")
-        seed = gr.Number(0, precision=0, minimum=0, label="First seed", elem_id="unlearn-seed")
-        seeds = gr.Number(DEFAULT_GRID_SEEDS, precision=0, minimum=1, maximum=MAX_GRID_SEEDS, label=f"Seeds per prompt (1-{MAX_GRID_SEEDS})", elem_id="unlearn-seeds")
+        seed = gr.Number(0, precision=0, label="First seed", elem_id="unlearn-seed")  # bounds: checked with a message, not by Gradio
+        seeds = gr.Number(DEFAULT_GRID_SEEDS, precision=0, label=f"Seeds per prompt (1-{MAX_GRID_SEEDS})", elem_id="unlearn-seeds")
         run_button = gr.Button("Unlearn", variant="primary", elem_id="unlearn")
     defaults = gr.Markdown(defaults_text(ex, [first] if first else []), elem_id="unlearn-defaults")
     matrix = gr.HTML(elem_id="unlearn-matrix")
