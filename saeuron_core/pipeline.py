@@ -7,6 +7,7 @@ diffusers folder or a hub id (SD1.4 / SD1.5 / UnlearnCanvas checkpoints), handed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -120,6 +121,24 @@ def stable_diffusion_pipeline_class():
     return StableDiffusionPipeline
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """diffusers' and transformers' loading bars off while a pipeline loads (a sub-second load
+    on the bundled model; in a server's start log they are noise), as they were afterwards."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    was = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for m, _ in was:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, enabled in was:
+            if enabled:
+                m.enable_progress_bar()
+
+
 def load_pipeline(
     spec: str = "minicanvas",
     device: str | torch.device | None = "cpu",
@@ -138,9 +157,10 @@ def load_pipeline(
     dtype = resolve_dtype(dtype, device)
     source = resolve_spec(spec)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
+        with _quiet_loading():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+            )
     except (OSError, ValueError, EnvironmentError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SaeuronError(f"could not load pipeline {spec!r}: {first_line}") from None

@@ -100,3 +100,4 @@ def test_loading_a_pipeline_logs_no_torchvision_notice(tiny_pipeline_dir):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "torchvision" not in proc.stderr and "accelerate" not in proc.stderr, proc.stderr
+    assert "Loading pipeline components" not in proc.stderr and "Loading weights" not in proc.stderr, proc.stderr
