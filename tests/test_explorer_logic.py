@@ -382,6 +382,11 @@ def test_unlearn_compare_runs_methods_side_by_side_on_shared_befores(ex):
     grids = ex.audit.compare(["dots"], ["saeuron", "uce", "esd"], seed=2, progress=lambda f, text: heard.append(text))
     assert [g.method for g in grids] == ["saeuron", "uce", "esd"]
     assert any("ESD fine-tuning" in h for h in heard)
+    # honest from the first second: a named stage before anything is generated, and ESD's set-up
+    # (its training pool comes before the first fine-tuning step) announced before it starts
+    assert heard[0].startswith("before: image 1/")
+    first_esd = next(i for i, h in enumerate(heard) if h.startswith("ESD"))
+    assert heard[first_esd].startswith("ESD: preparing the edit") and "ESD fine-tuning" in heard[first_esd + 1]
     first = grids[0]
     for g in grids[1:]:
         assert [c.prompt for c in g.cells] == [c.prompt for c in first.cells]

@@ -254,8 +254,10 @@ def _handle_markdown(rows: list[dict], cell) -> list[str]:
     for r in rows:
         h = r["handles"]
         lines.append(f"| {r['concept']} | {cell(h['remove']['removes'])} | {cell(h['remove']['kept'])} | {cell(h['add']['adds'])} | {cell(h['add']['kept'])} | {h['add']['multiple']:g} |")
-    for kind, s in summary(rows).items():
-        if "concept_removes" in s:
+    for kind in ("style", "object"):
+        chosen = [r for r in rows if r["kind"] == kind and "handles" in r]
+        if chosen:
+            s = handle_summary(chosen)
             lines.append(f"| **all {kind}s** | {cell(s['concept_removes'])} | {cell(s['concept_removes_kept'])} | {cell(s['concept_adds'])} | {cell(s['concept_adds_kept'])} | |")
     return lines
 
@@ -288,6 +290,18 @@ def _pooled(rates: list[dict]) -> dict:
     return Rate(sum(r["k"] for r in rates), sum(r["n"] for r in rates)).as_dict()
 
 
+def handle_summary(rows: list[dict]) -> dict:
+    """The concept handles' rates pooled over ``rows`` (one kind's concepts)."""
+    h = [r["handles"] for r in rows]
+    return {
+        "concept_removes": _pooled([x["remove"]["removes"] for x in h]),
+        "concept_removes_kept": _pooled([x["remove"]["kept"] for x in h]),
+        "concept_adds": _pooled([x["add"]["adds"] for x in h]),
+        "concept_adds_kept": _pooled([x["add"]["kept"] for x in h]),
+        "add_multiple": sorted({x["add"]["multiple"] for x in h}),
+    }
+
+
 def summary(rows: list[dict], top: int = 3, strength: float | None = None) -> dict:
     """Per kind. Top-n feature rows: which concepts ablating the top-``top`` features removes in
     >= 80% of images, and which steering shows in >= 50% with the other kind kept in >= 80%.
@@ -300,14 +314,7 @@ def summary(rows: list[dict], top: int = 3, strength: float | None = None) -> di
             continue
         out[kind] = {"concepts": len(chosen)}
         if "handles" in chosen[0]:
-            h = [r["handles"] for r in chosen]
-            out[kind].update({
-                "concept_removes": _pooled([x["remove"]["removes"] for x in h]),
-                "concept_removes_kept": _pooled([x["remove"]["kept"] for x in h]),
-                "concept_adds": _pooled([x["add"]["adds"] for x in h]),
-                "concept_adds_kept": _pooled([x["add"]["kept"] for x in h]),
-                "add_multiple": sorted({x["add"]["multiple"] for x in h}),
-            })
+            out[kind].update(handle_summary(chosen))
         if "ablate" not in chosen[0]:
             continue
         key = f"top{top}"
