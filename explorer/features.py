@@ -140,6 +140,7 @@ class FeatureExplorer:
         self._scores_lock = threading.Lock()
         self._map_lock = threading.Lock()
         self._map_errors: dict[str, str] = {}
+        self._structure: dict[str, object] = {}
         self._map_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ facts
@@ -382,6 +383,18 @@ class FeatureExplorer:
         if point in self._map_errors:
             raise SaeuronError(f"the UMAP of {point} failed: {self._map_errors[point]}")
         return self._maps.get(point)
+
+    def map_structure(self, point: str):
+        """``feature_map.label_structure`` of the top concepts on the computed map (cached)."""
+        from .feature_map import label_structure
+
+        fmap = self.ready_map(point)
+        if fmap is None:
+            raise SaeuronError("the map is still being computed in the background; try again shortly")
+        with self._map_lock:
+            if point not in self._structure:
+                self._structure[point] = label_structure(fmap.xy, fmap.top_concept)
+            return self._structure[point]
 
     def start_maps(self) -> threading.Thread:
         """Compute every hook point's map in a background thread (cached on disk for later starts).

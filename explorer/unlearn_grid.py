@@ -2,7 +2,9 @@
 with the judge's verdicts and UA / IRA / CRA (METHOD section 6) for that small grid.
 
 Any removal method runs here (SAeUron, and the ESD / UCE weight-editing baselines) and
-``compare`` runs several on the same prompts and seed, side by side."""
+``compare`` runs several on the same prompts and seeds, side by side. Every prompt is generated
+at ``seeds`` consecutive seeds (the same for every prompt and method); progress is reported from
+the first moment, stage by stage (before images, each method's set-up and images)."""
 
 from __future__ import annotations
 
@@ -12,15 +14,20 @@ import numpy as np
 
 from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
-from saeuron_core.intervals import wilson
+from saeuron_core.intervals import Rate, wilson
 from saeuron_core.interventions import Unlearn
-from saeuron_core.minicanvas.evaluation import JudgedImage, removal_metrics
+from saeuron_core.minicanvas.evaluation import JudgedImage, removal_counts
 
 from .formatting import optional_number, percent
 from .limits import check_float, check_int
-from .recipes import Recipe
+from .recipes import Recipe, intervention_to_dict
 from .session import ExplorerSession
 from .unlearn_change import ChangeCell, ChangeGrid, FeatureMeter, concept_prompts, paper_params
+
+DEFAULT_GRID_SEEDS = 2
+"""Seeds per prompt of the grid: 2 gives 8 target images with the default 4 target prompts."""
+MAX_GRID_SEEDS = 4
+"""Seeds per prompt at most (each seed adds a full row set per method)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,10 @@ class GridCell:
     before_verdict: tuple[str, str]
     """(object, style) the judge sees in ``before``."""
     after_verdict: tuple[str, str]
+    seed: int = 0
+    before_confidence: tuple[float, float] = (1.0, 1.0)
+    """The judge's top probability for its (object, style) verdict on ``before``."""
+    after_confidence: tuple[float, float] = (1.0, 1.0)
 
     @property
     def prompt(self) -> str:
@@ -56,6 +67,8 @@ class UnlearnGrid:
     counts_before: dict[str, dict[str, tuple[int, int]]] | None = None
     """Per removed concept and metric: (successes, images) behind ``metrics_before``."""
     counts_after: dict[str, dict[str, tuple[int, int]]] | None = None
+    seeds: tuple[int, ...] = ()
+    """Every seed of the grid (each prompt at each); ``seed`` is the first."""
 
 
 METHODS = ("saeuron", "uce", "esd")
@@ -85,10 +98,12 @@ class UnlearnAudit:
             return list(METHODS)
         return [m for m in METHODS if m != "esd"]  # ESD trains the U-Net; this server does not
 
-    def compare(self, concepts: list[str], methods: list[str], seed: int = 0, tau: float | None = None, gamma: float | None = None, progress=None) -> list[UnlearnGrid]:
-        """One grid per method on the same prompts and seed (the before images are shared).
+    def compare(self, concepts: list[str], methods: list[str], seed: int = 0, tau: float | None = None, gamma: float | None = None, progress=None,
+                seeds: int = DEFAULT_GRID_SEEDS) -> list[UnlearnGrid]:
+        """One grid per method on the same prompts and seeds (the before images are shared).
 
-        ``tau`` / ``gamma`` may be None or empty text (the defaults table applies) or numbers."""
+        ``tau`` / ``gamma`` may be None or empty text (the defaults table applies) or numbers.
+        ``progress(fraction, text)`` hears every stage, the first before any work starts."""
         tau, gamma = optional_number("tau", tau), optional_number("gamma", gamma)
         methods = list(dict.fromkeys(methods or []))
         if not methods:
@@ -98,7 +113,15 @@ class UnlearnAudit:
                 raise SaeuronError(f"unknown method {m!r}; the panel offers {', '.join(METHODS)}")
         if not self.judged:
             return self.measure(concepts, methods, seed, tau, gamma, progress)
-        return [self.run(concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, method=m, progress=progress) for m in methods]
+        for m in methods:  # every request checked before the first image
+            self._check_request(concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, m, seeds)
+        n_images = len(self._pairs(list(dict.fromkeys(concepts)))) * check_int("seeds", seeds, 1, MAX_GRID_SEEDS)
+        stages = StageProgress(progress, [("before", n_images)] + [(m, n_images * (3 if m == "esd" else 1)) for m in methods])
+        grids = []
+        for m in methods:
+            grids.append(self.run(concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, method=m, seeds=seeds, stages=stages))
+        stages.report("done", 1.0, "done")
+        return grids
 
     def saeuron_interventions(self, concepts: list[str], tau: float | None, gamma: float | None) -> tuple[list[Unlearn], dict]:
         """SAeUron's interventions and, per concept, (tau, gamma, where they came from)."""
@@ -196,10 +219,8 @@ class UnlearnAudit:
         (tau, gamma), source = paper_params(concept)
         return tau, gamma, source
 
-    def run(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, seed: int = 0, method: str = "saeuron", progress=None) -> UnlearnGrid:
-        """Remove ``concepts`` with ``method`` and judge a small grid before and after.
-
-        ``progress(fraction, text)`` hears about ESD fine-tuning (the one slow set-up)."""
+    def _check_request(self, concepts, tau, gamma, seed, method, seeds) -> tuple[list[str], float | None, float | None, int, int]:
+        """The validated request of one grid (one clear message per problem, before any work)."""
         session = self.session
         tau, gamma = optional_number("tau", tau), optional_number("gamma", gamma)
         if method not in METHODS:
@@ -221,24 +242,60 @@ class UnlearnAudit:
         if tau is not None:
             tau = check_float("tau", tau, 1e-6, 100 - 1e-6)
             gamma = check_float("gamma", gamma, -session.limits.max_gamma, session.limits.max_gamma)
-        seed = check_int("seed", seed, 0, session.limits.max_seed)
+        seeds = check_int("seeds", seeds, 1, MAX_GRID_SEEDS)
+        seed = check_int("seed", seed, 0, session.limits.max_seed - seeds + 1)
+        if method == "saeuron":
+            session.bundle.unlearn(concepts, tau, gamma)  # a concept without defaults fails here
+        return concepts, tau, gamma, seed, seeds
+
+    def run(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, seed: int = 0, method: str = "saeuron", progress=None,
+            seeds: int = DEFAULT_GRID_SEEDS, stages: "StageProgress | None" = None) -> UnlearnGrid:
+        """Remove ``concepts`` with ``method`` and judge a small grid before and after: every
+        prompt at seeds ``seed`` .. ``seed + seeds - 1``.
+
+        ``progress(fraction, text)`` hears every stage (``stages``: the bar shared by a
+        comparison), ESD's set-up and fine-tuning included."""
+        session = self.session
+        concepts, tau, gamma, seed, seeds = self._check_request(concepts, tau, gamma, seed, method, seeds)
         steps, guidance = session.info.default_steps, session.info.default_guidance
-        pairs = self._pairs(concepts)
-        jobs = [(mc.prompt(o, s), seed) for o, s, _ in pairs]
-        before = session.plain_images(jobs, steps, guidance)
+        pairs = [(o, s, role, k) for o, s, role in self._pairs(concepts) for k in range(seed, seed + seeds)]
+        jobs = [(mc.prompt(o, s), k) for o, s, _, k in pairs]
+        if stages is None:
+            stages = StageProgress(progress, [("before", len(jobs)), (method, len(jobs) * (3 if method == "esd" else 1))])
+        before = []
+        for i, job in enumerate(jobs):
+            stages.report("before", i / len(jobs), f"before: image {i + 1}/{len(jobs)}")
+            before += session.plain_images([job], steps, guidance)
+        after = []
         if method == "saeuron":
             interventions, setup = tuple(session.bundle.unlearn(concepts, tau, gamma)), 0.0
             base = session.default_recipe(jobs[0][0])
-            after = [session.render(Recipe(p, seed, steps, guidance, interventions, base.model, base.sae, base.stats)) for p, _ in jobs]
+            for i, (p, k) in enumerate(jobs):
+                stages.report(method, i / len(jobs), f"SAeUron: image {i + 1}/{len(jobs)}")
+                after.append(session.render(Recipe(p, k, steps, guidance, interventions, base.model, base.sae, base.stats)))
         else:
-            removal = session.removal(method, concepts, progress)
+            images_share = 1 / 3 if method == "esd" else 0.5
+            setup_share = 1 - images_share
+            name = method.upper()
+            stages.report(method, 0.0, f"{name}: preparing the edit for {'+'.join(concepts)} (from the cache, or computed now: "
+                                       + ("a training pool of concept images first, then fine-tuning)" if method == "esd" else "closed form)"))
+
+            def heard(fraction, text):
+                stages.report(method, setup_share * fraction, text)
+
+            removal = session.removal(method, concepts, heard)
             interventions, setup = (), removal.setup_seconds
-            after = session.images_with_removal(removal, jobs, steps, guidance)
+            for i, job in enumerate(jobs):
+                stages.report(method, setup_share + images_share * i / len(jobs), f"{name}: image {i + 1}/{len(jobs)}")
+                after += session.images_with_removal(removal, [job], steps, guidance)
+        stages.report(method, 1.0, f"{method}: judging")
         seen_before, seen_after = self._judge(before), self._judge(after)
-        cells = [GridCell(o, s, role, b, a, vb, va) for (o, s, role), b, a, vb, va in zip(pairs, before, after, seen_before, seen_after)]
+        cells = [GridCell(o, s, role, b, a, vb[:2], va[:2], k, vb[2:], va[2:])
+                 for (o, s, role, k), b, a, vb, va in zip(pairs, before, after, seen_before, seen_after)]
+        counts_before, counts_after = self._counts(cells, concepts, "before"), self._counts(cells, concepts, "after")
         return UnlearnGrid(
-            tuple(concepts), interventions, seed, cells, self._metrics(cells, concepts, "before_verdict"), self._metrics(cells, concepts, "after_verdict"), method, setup,
-            self._counts(cells, concepts, "before_verdict"), self._counts(cells, concepts, "after_verdict"),
+            tuple(concepts), interventions, seed, cells, self._rates(counts_before), self._rates(counts_after), method, setup,
+            counts_before, counts_after, tuple(range(seed, seed + seeds)),
         )
 
     def _pairs(self, concepts: list[str]) -> list[tuple[str, str, str]]:
@@ -262,48 +319,72 @@ class UnlearnAudit:
                 retained.append(pair)
         return [(o, s, "target") for o, s in target] + [(o, s, "retained") for o, s in retained]
 
-    def _judge(self, images: list[np.ndarray]) -> list[tuple[str, str]]:
+    def _judge(self, images: list[np.ndarray]) -> list[tuple[str, str, float, float]]:
+        """(object, style, object confidence, style confidence) per image."""
         verdict = self.session.judge.classify(np.stack(images))
-        return list(zip(verdict["object"], verdict["style"]))
+        return list(zip(verdict["object"], verdict["style"], verdict["object_conf"], verdict["style_conf"]))
 
     @staticmethod
-    def _records(cells: list[GridCell], concept: str, concepts: list[str], verdict: str) -> list[JudgedImage]:
-        """Judged cells for ``concept``'s metrics: those that show no other removed concept."""
+    def _records(cells: list[GridCell], concept: str, concepts: list[str], when: str) -> list[JudgedImage]:
+        """Judged cells (``when``: "before" / "after") for ``concept``'s metrics: those that show
+        no other removed concept."""
         others = set(concepts) - {concept}
-        return [JudgedImage(c.object_name, c.style, 0, *getattr(c, verdict)) for c in cells if not others & {c.object_name, c.style}]
+        return [JudgedImage(c.object_name, c.style, c.seed, *getattr(c, f"{when}_verdict"), *getattr(c, f"{when}_confidence"))
+                for c in cells if not others & {c.object_name, c.style}]
 
     @classmethod
-    def _counts(cls, cells: list[GridCell], concepts: list[str], verdict: str) -> dict[str, dict[str, tuple[int, int]]]:
-        """(successes, images) behind UA / IRA / CRA: the images each rate is taken over, as in
-        ``removal_metrics`` (UA: images showing the concept; IRA: the others; CRA: all)."""
+    def _counts(cls, cells: list[GridCell], concepts: list[str], when: str) -> dict[str, dict[str, tuple[int, int]]]:
+        """(successes, images) behind each metric of ``METRIC_NAMES``, from ``removal_counts``
+        (UA: images showing the concept; IRA: the others; CRA: all; kept_on_target: the concept's
+        own images whose other concept the judge still sees)."""
         out = {}
         for concept in concepts:
-            records = cls._records(cells, concept, concepts, verdict)
-            kind = mc.concept_kind(concept)
-            shown = sum((r.style if kind == "style" else r.object_name) == concept for r in records)
-            sizes = {"UA": shown, "IRA": len(records) - shown, "CRA": len(records)}
-            rates = removal_metrics(records, concept)
-            out[concept] = {m: (round(rates[m] * n) if n else 0, n) for m, n in sizes.items()}
+            rates = removal_counts(cls._records(cells, concept, concepts, when), concept)
+            out[concept] = {m: (rates[m].k, rates[m].n) for m in METRIC_NAMES}
         return out
 
-    @classmethod
-    def _metrics(cls, cells: list[GridCell], concepts: list[str], verdict: str) -> dict[str, dict[str, float]]:
-        """UA / IRA / CRA per removed concept, over the cells that show no other removed concept."""
-        return {concept: removal_metrics(cls._records(cells, concept, concepts, verdict), concept) for concept in concepts}
+    @staticmethod
+    def _rates(counts: dict[str, dict[str, tuple[int, int]]]) -> dict[str, dict[str, float]]:
+        return {c: {m: Rate(k, n).value for m, (k, n) in by_metric.items()} for c, by_metric in counts.items()}
+
+
+class StageProgress:
+    """One progress bar over weighted stages (before images, then each method): ``report(stage,
+    fraction within it, text)`` calls ``progress(overall fraction, text)``; None: silent."""
+
+    def __init__(self, progress, stages: list[tuple[str, float]]):
+        self.progress = progress
+        total = sum(w for _, w in stages) or 1.0
+        self.start, self.weight, at = {}, {}, 0.0
+        for name, w in stages:
+            self.start[name], self.weight[name] = at / total, w / total
+            at += w
+
+    def report(self, stage: str, fraction: float, text: str) -> None:
+        if self.progress is None:
+            return
+        if stage == "done":
+            self.progress(1.0, text)
+            return
+        self.progress(min(1.0, self.start[stage] + self.weight[stage] * max(0.0, min(1.0, fraction))), text)
 
 
 # --------------------------------------------------------------------------- tables and export
-METRIC_NAMES = {"UA": "unlearning accuracy", "IRA": "in-domain retain accuracy", "CRA": "cross-domain retain accuracy"}
+METRIC_NAMES = {"UA": "unlearning accuracy", "IRA": "in-domain retain accuracy", "CRA": "cross-domain retain accuracy",
+                "kept_on_target": "the target images' other concept still seen"}
 
 
 def verdict_rows(grids: list[UnlearnGrid]) -> list[dict]:
     """One row per prompt and column of the matrix (before, then each method): what the judge saw."""
     rows = []
     for i, cell in enumerate(grids[0].cells):
-        rows.append({"row": i, "role": cell.role, "prompt": cell.prompt, "object": cell.object_name, "style": cell.style, "column": "before", "judged object": cell.before_verdict[0], "judged style": cell.before_verdict[1]})
+        common = {"row": i, "role": cell.role, "prompt": cell.prompt, "seed": cell.seed, "object": cell.object_name, "style": cell.style}
+        rows.append({**common, "column": "before", "judged object": cell.before_verdict[0], "object confidence": round(cell.before_confidence[0], 4),
+                     "judged style": cell.before_verdict[1], "style confidence": round(cell.before_confidence[1], 4)})
         for grid in grids:
             after = grid.cells[i]
-            rows.append({"row": i, "role": cell.role, "prompt": cell.prompt, "object": cell.object_name, "style": cell.style, "column": grid.method, "judged object": after.after_verdict[0], "judged style": after.after_verdict[1]})
+            rows.append({**common, "column": grid.method, "judged object": after.after_verdict[0], "object confidence": round(after.after_confidence[0], 4),
+                         "judged style": after.after_verdict[1], "style confidence": round(after.after_confidence[1], 4)})
     return rows
 
 
@@ -340,8 +421,9 @@ def grid_export(grids: list[UnlearnGrid]) -> dict:
     return {
         "concepts": list(first.concepts),
         "seed": first.seed,
+        "seeds": list(first.seeds),
         "methods": [g.method for g in grids],
-        "interventions": [repr(iv) for g in grids for iv in g.interventions],
+        "interventions": [intervention_to_dict(iv) for g in grids for iv in g.interventions],
         "verdicts": verdict_rows(grids),
         "metrics": metric_rows(grids),
     }

@@ -607,13 +607,16 @@ def _evaluate_control(args, out: Path, concepts, seeds) -> int:
         raise_error(f"--control-top counts must be >= 1, got {tops}")
     if any(x <= 0 for x in strengths):
         raise_error(f"steering strengths must be > 0, got {strengths}")
+    if args.control_add_strength is not None and not args.control_add_strength > 0:
+        raise_error(f"--control-add-strength must be > 0, got {args.control_add_strength}")
     m = open_model(args, need_vocabulary="evaluate --control")
     bundle = open_bundle(args, m.info, m.pipe)
     judge = open_judge(args)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
     t0 = time.time()
-    rows = control_rows(m.pipe, bundle, judge, concepts, seeds, m.steps, m.guidance, tops, strengths, log=lambda msg: print(msg, flush=True))
+    rows = control_rows(m.pipe, bundle, judge, concepts, seeds, m.steps, m.guidance, tops, strengths, log=lambda msg: print(msg, flush=True),
+                        features=not args.control_handles_only, add_strength=args.control_add_strength)
     result = {"seeds": list(seeds), "steps": m.steps, "guidance": m.guidance, "tops": tops, "strengths": strengths, "rows": rows, "summary": summary(rows, top=max(tops)), "wall_seconds": round(time.time() - t0, 1)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "control.json", result)
@@ -899,6 +902,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--control", action="store_true", help="feature control instead of the comparison: ablate each concept's top-ranked features (UA, CRA) and steer them into prompts without it (concept rate, retention); writes control.json / control.md")
     ev.add_argument("--control-top", type=int, action="append", help="top-n ranked features for --control (repeat; default 1 and 3)")
     ev.add_argument("--control-strength", type=float, action="append", help="steering strength in units of the feature's typical top activation (repeat; default 1 and 3)")
+    ev.add_argument("--control-handles-only", action="store_true", help="--control measures only the concept handles (remove / add a whole concept), not the top-n feature rows")
+    ev.add_argument("--control-add-strength", type=float, help="--control: the add handle's strength, x each selected latent's typical top activation (default: the library's ADD_STRENGTH)")
     add_output_options(ev, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)
 

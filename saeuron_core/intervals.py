@@ -40,8 +40,11 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    # clamp rounding noise at the ends (k = 0 gives lo = 0 exactly in exact arithmetic)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the ends are exact (k = 0 gives lo = 0, k = n gives hi = 1 in exact arithmetic; floating
+    # point leaves ~1e-17 there, which would put the bound on the wrong side of the rate)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ diffusers folder or a hub id (SD1.4 / SD1.5 / UnlearnCanvas checkpoints), handed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -88,6 +89,50 @@ def resolve_spec(spec: str) -> str:
     )
 
 
+def stable_diffusion_pipeline_class():
+    """diffusers' ``StableDiffusionPipeline``, imported without transformers' torchvision notices.
+
+    Importing it makes diffusers ask transformers for ``CLIPImageProcessor`` (the safety
+    checker's feature extractor, which this project never loads) and ``SiglipImageProcessor``;
+    without torchvision (it breaks beside the CPU torch wheel), transformers resolves each to
+    its PIL class and logs a warning at start. Binding the PIL classes first is that same
+    fallback, without the notice; with torchvision installed nothing changes."""
+    import sys
+
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available():
+        names = ("CLIPImageProcessor", "SiglipImageProcessor")
+        pil_classes = {name: getattr(transformers, f"{name}Pil", None) for name in names}
+        # resolving a class can re-register the lazy module: bind on the one imports read now
+        module = sys.modules["transformers"]
+        for name, pil_class in pil_classes.items():
+            if pil_class is not None and name not in vars(module):
+                setattr(module, name, pil_class)
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """diffusers' and transformers' loading bars off while a pipeline loads (a sub-second load
+    on the bundled model; in a server's start log they are noise), as they were afterwards."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    was = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for m, _ in was:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, enabled in was:
+            if enabled:
+                m.enable_progress_bar()
+
+
 def load_pipeline(
     spec: str = "minicanvas",
     device: str | torch.device | None = "cpu",
@@ -101,15 +146,15 @@ def load_pipeline(
     ``height`` / ``width`` set the image size every generation of this library uses with the
     pipeline (default: the model's native size), checked against the downsampling factor.
     """
-    from diffusers import StableDiffusionPipeline
-
+    StableDiffusionPipeline = stable_diffusion_pipeline_class()
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     source = resolve_spec(spec)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
+        with _quiet_loading():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+            )
     except (OSError, ValueError, EnvironmentError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SaeuronError(f"could not load pipeline {spec!r}: {first_line}") from None

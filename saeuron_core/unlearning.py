@@ -33,6 +33,9 @@ from .scoring import check_score, tau_for_count
 from .stats import FeatureStats
 
 DEFAULTS_FILE = "unlearn_defaults.json"
+ADD_STRENGTH = 2.0
+"""Default strength of ``add_concepts`` (x each selected latent's typical top activation): the
+explorer's "add CONCEPT" handle and ``evaluate --control`` use it."""
 
 #: The paper's settings (METHOD section 8): every style tau 99.999 / gamma -1; objects from its
 #: Table 4 (SD v1.5 on UnlearnCanvas, 20480 latents), applied where a concept's name matches.
@@ -211,7 +214,7 @@ class SaeBundle:
             for point, rows in by_point.items()
         ]
 
-    def add_concepts(self, concepts: list[str], strength: float) -> list[AddConcept]:
+    def add_concepts(self, concepts: list[str], strength: float = ADD_STRENGTH) -> list[AddConcept]:
         """The counterpart of ``unlearn(concepts)``: one ``AddConcept`` per hook point, steering in
         the very latents the default removal selects (same points, percentile and score), each by
         ``strength`` x its typical top activation."""

@@ -207,8 +207,38 @@ def test_control_plumbing_on_the_tiny_bundle(tiny_bundle, tmp_path):
         assert cell["UA"]["n"] == len(mc.OBJECTS) and 0 <= cell["UA"]["lo"] <= cell["UA"]["value"] <= cell["UA"]["hi"] <= 1
     assert all(v > 0 for v in row["typical_top_activation"].values())
     assert "| dots |" in (out / "control.md").read_text() and result["summary"]["style"]["concepts"] == 1
+    # the concept handles beside the top-n rows: pooled rates with Wilson intervals
+    summary = result["summary"]["style"]
+    for key in ("concept_removes", "concept_removes_kept", "concept_adds"):
+        rate = summary[key]
+        assert rate["n"] > 0 and 0 <= rate["lo"] <= rate["value"] <= rate["hi"] <= 1
+    assert summary["concept_removes"]["n"] == len(mc.OBJECTS) and summary["concept_adds"]["n"] == len(mc.OBJECTS)
+    handles = row["handles"]
+    assert handles["remove"]["interventions"][0]["type"] == "Unlearn" and handles["add"]["interventions"][0]["type"] == "AddConcept"
+    assert "Concept handles" in (out / "control.md").read_text()
     bad = evaluate(tiny_bundle, tmp_path / "bad", "--control", "--concept", "dots", "--control-strength", "0")
     assert bad.returncode == 2 and "strengths must be > 0" in bad.stderr
+    bad = evaluate(tiny_bundle, tmp_path / "bad2", "--control", "--concept", "dots", "--control-add-strength", "-1")
+    assert bad.returncode == 2 and "--control-add-strength must be > 0" in bad.stderr
+
+
+def test_handle_summary_pools_the_kinds_concepts_with_wilson_intervals():
+    from saeuron_core.intervals import Rate
+    from saeuron_core.minicanvas.control import markdown, summary
+
+    def handles(removes, kept, adds, add_kept):
+        return {"remove": {"removes": Rate(*removes).as_dict(), "kept": Rate(*kept).as_dict()},
+                "add": {"adds": Rate(*adds).as_dict(), "kept": Rate(*add_kept).as_dict(), "multiple": 8.0}}
+
+    rows = [{"concept": "dots", "kind": "style", "handles": handles((5, 6), (4, 6), (3, 6), (6, 6))},
+            {"concept": "solid", "kind": "style", "handles": handles((6, 6), (6, 6), (0, 6), (5, 6))},
+            {"concept": "star", "kind": "object", "handles": handles((8, 8), (7, 8), (1, 5), (5, 5))}]
+    out = summary(rows)
+    assert out["style"]["concept_removes"] == Rate(11, 12).as_dict() and out["style"]["concept_removes_kept"] == Rate(10, 12).as_dict()
+    assert out["style"]["concept_adds"] == Rate(3, 12).as_dict() and out["object"]["concept_adds"] == Rate(1, 5).as_dict()
+    assert "ablation_removes" not in out["style"]  # no top-n rows were measured
+    text = markdown(rows)
+    assert "| **all styles** | 92% [65, 99] |" in text and "| star | 100% [68, 100] |" in text
 
 
 @pytest.mark.slow

@@ -114,8 +114,8 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
         ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 0, "steps": [5, null]}]' % point), "/generate", "starts at step 5, but the generation has only 3 steps"),
         (("[]", point, "99999", 4.0, 4.0, 0, "", None), "/add_ablation", "feature id must be in"),
         (("[]", point, "1", 4.0, 4.0, 2, "1", None), "/add_steering", "until step must be after"),
-        ((["dots"], ["saeuron"], "abc", "", 0), "/unlearn_grid", "tau must be a number"),
-        ((["dots"], ["saeuron"], "99", "", 0), "/unlearn_grid", "give gamma too"),
+        ((["dots"], ["saeuron"], "abc", "", 0, 2), "/unlearn_grid", "tau must be a number"),
+        ((["dots"], ["saeuron"], "99", "", 0, 2), "/unlearn_grid", "give gamma too"),
         ((PROMPT, 0, 3, 4.0, "[]", point, 9, 10.0, 10.0), "/features_at_patch", "step must be in"),
         ((PROMPT, -1, 3, 4.0, "[]"), "/generate", "seed must be in"),
         ((PROMPT, 1.5, 3, 4.0, "[]"), "/generate", "seed must be an integer"),
@@ -202,22 +202,28 @@ def test_steering_with_a_painted_mask(server, client, tmp_path):
 
 
 def test_unlearn_panel_compares_methods_side_by_side(client):
-    matrix, metrics, files = client.predict(["dots"], ["saeuron", "uce"], None, None, 1, api_name="/unlearn_grid")
+    matrix, metrics, files = client.predict(["dots"], ["saeuron", "uce"], None, None, 1, 2, api_name="/unlearn_grid")
     header = matrix[matrix.index("<thead>"):matrix.index("</thead>")]
     assert [h for h in ("prompt", "before", "saeuron", "uce") if f"<th>{h}</th>" in header] == ["prompt", "before", "saeuron", "uce"]
     rows = matrix.count("<tr class=\"u-")
-    assert matrix.count("<img ") == 3 * rows and matrix.index("u-target") < matrix.index("u-retained")
+    assert matrix.count("<img ") == 3 * 2 * rows and matrix.index("u-target") < matrix.index("u-retained")  # 2 seeds per prompt
+    assert matrix.count('class="u-conf"') == 2 * 3 * 2 * rows  # the judge's confidence beside both verdicts of every image
     assert metrics["headers"] == ["concept", "metric", "before", "saeuron", "uce"]
-    assert [r[1].split()[0] for r in metrics["data"]] == ["UA", "IRA", "CRA"]
+    assert [r[1].split(":")[0] for r in metrics["data"]] == ["UA", "IRA", "CRA", "kept"]
     assert all(re.fullmatch(r"[\d.]+% \(\d+/\d+\) \[[\d.]+%–[\d.]+%\]", cell) for r in metrics["data"] for cell in r[2:])
     names = sorted(Path(f).name for f in files)
-    assert names == ["unlearn_dots_seed1.json", "unlearn_dots_seed1_metrics.csv", "unlearn_dots_seed1_verdicts.csv"]
+    assert names == ["unlearn_dots_seeds1-2.json", "unlearn_dots_seeds1-2_metrics.csv", "unlearn_dots_seeds1-2_verdicts.csv"]
     exported = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
-    assert exported["methods"] == ["saeuron", "uce"] and len(exported["verdicts"]) == 3 * rows
-    # the untouched tau / gamma fields send empty text: the defaults table applies
-    assert client.predict(["dots"], ["saeuron"], "", "", 1, api_name="/unlearn_grid")[0].count("<img ") == 2 * rows
+    assert exported["methods"] == ["saeuron", "uce"] and len(exported["verdicts"]) == 3 * 2 * rows
+    assert all(isinstance(iv, dict) for iv in exported["interventions"])
+    # the untouched tau / gamma fields send empty text: the defaults table applies; one seed
+    assert client.predict(["dots"], ["saeuron"], "", "", 1, 1, api_name="/unlearn_grid")[0].count("<img ") == 2 * rows
     with pytest.raises(Exception, match="choose at least one method"):
-        client.predict(["dots"], [], None, None, 1, api_name="/unlearn_grid")
+        client.predict(["dots"], [], None, None, 1, 2, api_name="/unlearn_grid")
+    with pytest.raises(Exception, match="seeds per prompt must be in"):
+        client.predict(["dots"], ["saeuron"], None, None, 1, 9, api_name="/unlearn_grid")
+    with pytest.raises(Exception, match="seed must be in"):
+        client.predict(["dots"], ["saeuron"], None, None, -3, 2, api_name="/unlearn_grid")
 
 
 def test_features_at_patch_from_the_api(server, client):

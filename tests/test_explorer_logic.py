@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 
@@ -365,7 +366,8 @@ def test_unlearn_grid_judges_before_and_after(ex):
     grid = ex.audit.run(["dots", "star"], seed=3)
     assert {iv.point for iv in grid.interventions} == set(ex.session.points)
     roles = [c.role for c in grid.cells]
-    assert len(roles) <= ex.session.limits.max_grid_prompts and "target" in roles and "retained" in roles
+    assert len({c.prompt for c in grid.cells}) <= ex.session.limits.max_grid_prompts and "target" in roles and "retained" in roles
+    assert len(roles) == len(grid.seeds) * len({c.prompt for c in grid.cells})
     for c in grid.cells:
         assert ("dots" in (c.object_name, c.style) or "star" in (c.object_name, c.style)) == (c.role == "target")
     assert set(grid.metrics_after) == {"dots", "star"}
@@ -381,6 +383,11 @@ def test_unlearn_compare_runs_methods_side_by_side_on_shared_befores(ex):
     grids = ex.audit.compare(["dots"], ["saeuron", "uce", "esd"], seed=2, progress=lambda f, text: heard.append(text))
     assert [g.method for g in grids] == ["saeuron", "uce", "esd"]
     assert any("ESD fine-tuning" in h for h in heard)
+    # honest from the first second: a named stage before anything is generated, and ESD's set-up
+    # (its training pool comes before the first fine-tuning step) announced before it starts
+    assert heard[0].startswith("before: image 1/")
+    first_esd = next(i for i, h in enumerate(heard) if h.startswith("ESD"))
+    assert heard[first_esd].startswith("ESD: preparing the edit") and "ESD fine-tuning" in heard[first_esd + 1]
     first = grids[0]
     for g in grids[1:]:
         assert [c.prompt for c in g.cells] == [c.prompt for c in first.cells]
@@ -487,12 +494,55 @@ def test_unlearn_grid_counts_agree_with_its_rates_and_export(ex):
         for metric, (k, n) in counts.items():
             assert n > 0 and k / n == pytest.approx(rates[metric])
     assert counts["CRA"][1] == len(grid.cells) and counts["UA"][1] == sum(c.role == "target" for c in grid.cells)
+    assert counts["kept_on_target"][1] == counts["UA"][1]  # dots: a style, every target image names an object
     rows = metric_rows([grid])
-    assert {(r["column"], r["metric"]) for r in rows} == {(c, m) for c in ("before", "saeuron") for m in ("UA", "IRA", "CRA")}
+    assert {(r["column"], r["metric"]) for r in rows} == {(c, m) for c in ("before", "saeuron") for m in ("UA", "IRA", "CRA", "kept_on_target")}
     assert all(r["low95"] <= (r["rate"] or 0) <= r["high95"] for r in rows)
     assert len(verdict_rows([grid])) == 2 * len(grid.cells)
     assert to_csv(rows).splitlines()[0] == "concept,metric,column,successes,images,rate,low95,high95,setup_s"
-    assert grid_export([grid])["methods"] == ["saeuron"]
+    exported = grid_export([grid])
+    assert exported["methods"] == ["saeuron"] and exported["seeds"] == [3, 4]
+    # interventions as structured data that round-trips, not a Python repr string
+    from explorer.recipes import intervention_from_dict
+
+    assert exported["interventions"] and all(isinstance(d, dict) for d in exported["interventions"])
+    assert tuple(intervention_from_dict(d) for d in exported["interventions"]) == grid.interventions
+    json.dumps(exported)
+
+
+def test_unlearn_grid_kept_on_target_counts_the_other_concept_on_target_images(ex):
+    """kept_on_target: on the removed concept's own images, the judge still sees the prompt's
+    other concept; hand-made cells with known verdicts."""
+    from explorer.unlearn_grid import GridCell, UnlearnAudit
+
+    blank = np.zeros((2, 2, 3), np.uint8)
+    cells = [
+        GridCell("star", "dots", "target", blank, blank, ("star", "dots"), ("star", "solid"), 1),   # dots gone, star kept
+        GridCell("heart", "dots", "target", blank, blank, ("heart", "dots"), ("cross", "solid"), 1),  # dots gone, heart lost
+        GridCell("circle", "dots", "target", blank, blank, ("circle", "dots"), ("circle", "dots"), 1),  # not removed, kept
+        GridCell("star", "rings", "retained", blank, blank, ("star", "rings"), ("star", "rings"), 1),
+    ]
+    counts = UnlearnAudit._counts(cells, ["dots"], "after")["dots"]
+    assert counts["UA"] == (2, 3) and counts["kept_on_target"] == (2, 3) and counts["IRA"] == (1, 1) and counts["CRA"] == (3, 4)
+
+
+def test_unlearn_grid_generates_every_prompt_at_every_seed_and_reports_progress_first(ex):
+    heard = []
+    grid = ex.audit.run(["dots"], seed=5, seeds=2, progress=lambda f, text: heard.append((f, text)))
+    by_prompt = {}
+    for c in grid.cells:
+        by_prompt.setdefault(c.prompt, []).append(c.seed)
+    assert all(seeds == [5, 6] for seeds in by_prompt.values()) and grid.seeds == (5, 6)
+    targets = sum(c.role == "target" for c in grid.cells)
+    assert grid.counts_after["dots"]["UA"][1] == targets == 2 * len({c.prompt for c in grid.cells if c.role == "target"})
+    assert all(0 < conf <= 1 for c in grid.cells for conf in (*c.before_confidence, *c.after_confidence))
+    assert heard[0][0] == 0.0 and heard[0][1].startswith("before")  # the first report comes before any image
+    fractions = [f for f, _ in heard]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    with pytest.raises(SaeuronError, match="seeds must be in"):
+        ex.audit.run(["dots"], seeds=0)
+    with pytest.raises(SaeuronError, match="seeds must be in"):
+        ex.audit.run(["dots"], seeds=99)
 
 
 def test_steering_unit_is_the_features_typical_top_activation(ex, point):

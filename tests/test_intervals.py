@@ -19,6 +19,8 @@ def test_wilson_hand_computed():
     assert wilson(5, 8) == pytest.approx((0.3057, 0.8632), abs=1e-4)
     assert wilson(0, 4) == pytest.approx((0.0, 0.4899), abs=1e-4)
     assert wilson(4, 4) == pytest.approx((0.5101, 1.0), abs=1e-4)
+    for n in (3, 6, 12, 24):  # floating point used to leave lo ~1e-17 > 0 = k / n here
+        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
     for bad in ((3, 2), (-1, 4)):
         with pytest.raises(SaeuronError, match="0 <= k <= n"):
             wilson(*bad)

@@ -87,3 +87,17 @@ def test_bundled_model_loads_and_is_deterministic():
     a = generate(pipe, "An image of star in dots style.", 1_000_000, steps=4, guidance=6.0, output_type="np")[0]
     b = generate(pipe, "An image of star in dots style.", 1_000_000, steps=4, guidance=6.0, output_type="np")[0]
     assert a.shape == (64, 64, 3) and np.array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_loading_a_pipeline_logs_no_torchvision_notice(tiny_pipeline_dir):
+    """Without torchvision, importing diffusers' pipeline made transformers warn twice (the
+    CLIP / SigLIP image processors it never uses); a clean start log has no such line."""
+    import subprocess
+    import sys
+
+    code = f"from saeuron_core.pipeline import load_pipeline; load_pipeline({str(tiny_pipeline_dir)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "torchvision" not in proc.stderr and "accelerate" not in proc.stderr, proc.stderr
+    assert "Loading pipeline components" not in proc.stderr and "Loading weights" not in proc.stderr, proc.stderr

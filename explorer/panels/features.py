@@ -15,6 +15,7 @@ from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow
 
 from .. import cardview, handles, plots
+from .. import feature_map as feature_map_view
 from ..context import Explorer
 from ..imaging import tokens_from_mask
 from ..intervention_table import parse_interventions
@@ -131,11 +132,13 @@ def layout(ex: Explorer) -> FeaturesPanel:
         counts = gr.Plot(label="Selected features per step", elem_id="counts-plot")
     with gr.Accordion("Map of decoder directions (UMAP, computed in the background at start)", open=False):
         with gr.Row():
-            map_colour = gr.Radio(["top concept", "score"], value="top concept", label="Colour by")
+            map_colour = gr.Radio(list(feature_map_view.COLOUR_BY), value="top concept", label="Colour by")
             map_button = gr.Button("Show map", elem_id="show-map")
         map_status = gr.Markdown()
         with gr.Row():
-            feature_map = gr.ScatterPlot(x="x", y="y", color="colour", tooltip=["feature", "top concept", "score"], x_title="UMAP 1", y_title="UMAP 2", label="Features by top concept; drag over a range of UMAP 1 to fill the box's UMAP 1 bounds", height=420, scale=3)
+            feature_map = gr.ScatterPlot(x="x", y="y", color="colour", tooltip=["feature", "point", "label", "top concept", "score"], x_title="UMAP 1", y_title="UMAP 2",
+                                         label="Features (hover: id, hook point, label); drag over a range of UMAP 1 to fill the box's UMAP 1 bounds", height=420, scale=3,
+                                         elem_id="feature-map")
             # Gradio's scatter plot reports only an x interval when dragged (and gr.Plot no
             # selection at all), so the 2-D region is a box typed beside the map
             with gr.Column(scale=1, min_width=220):
@@ -260,9 +263,11 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         fmap = ex.features.ready_map(point)
         if fmap is None:
             return gr.skip(), "The map is still being computed in the background (tens of seconds on first start); click again shortly."
-        frame = pd.DataFrame({"x": fmap.xy[:, 0], "y": fmap.xy[:, 1], "feature": range(len(fmap.top_concept)), "top concept": fmap.top_concept, "score": [sig3(v) for v in fmap.top_score]})
-        frame["colour"] = frame["top concept"] if colour == "top concept" else pd.qcut(fmap.top_score, 5, duplicates="drop").astype(str)
-        return frame, f"{len(frame)} features of `{point}`, coloured by {colour}."
+        bundle = ex.session.bundle
+        kind_of = {c: k for k, p in bundle.point_of_kind.items() for c in bundle.stats[p].concepts_of_kind(k)}
+        frame, colours = feature_map_view.map_frame(fmap, colour, [lab.text for lab in ex.features.labels(point)], kind_of)
+        structure = feature_map_view.structure_sentence(ex.features.map_structure(point))
+        return gr.ScatterPlot(value=frame, color_map=colours), f"{len(frame)} features of `{point}`, coloured by {colour}. {structure}"
 
     @ui_errors
     def pick_from_map(evt: gr.SelectData):

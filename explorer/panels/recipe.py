@@ -55,4 +55,22 @@ def wire(ex: Explorer, p: RecipePanel, generate: GeneratePanel, demo: gr.Blocks)
         return fields_of(ex.session.complete(recipe))
 
     p.import_button.click(import_recipe, p.imported, generate_inputs, api_name="import_recipe")
-    demo.load(restore_from_url, None, generate_inputs, api_name="restore_from_url")
+    restored = demo.load(restore_from_url, None, generate_inputs, api_name="restore_from_url")
+    # a URL with a recipe regenerates its image: once the fields are filled, the browser opens
+    # the Generate tab and presses Generate (the same event, checks and messages as a click)
+    restored.success(None, None, None, js=REGENERATE_JS)
+
+
+REGENERATE_JS = """() => {
+  if (!new URLSearchParams(window.location.search).has("prompt")) return [];
+  const tab = [...document.querySelectorAll("button[role=tab]")].find((b) => b.textContent.trim() === "Generate");
+  if (tab) tab.click();
+  let tries = 0;
+  const press = () => {
+    const button = document.getElementById("generate");
+    if (button && button.offsetParent !== null) { button.click(); return; }
+    if (++tries < 100) setTimeout(press, 100);
+  };
+  press();
+  return [];
+}"""
