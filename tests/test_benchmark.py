@@ -228,7 +228,7 @@ def test_handle_summary_pools_the_kinds_concepts_with_wilson_intervals():
 
     def handles(removes, kept, adds, add_kept):
         return {"remove": {"removes": Rate(*removes).as_dict(), "kept": Rate(*kept).as_dict()},
-                "add": {"adds": Rate(*adds).as_dict(), "kept": Rate(*add_kept).as_dict(), "multiple": 8.0}}
+                "add": {"adds": Rate(*adds).as_dict(), "kept": Rate(*add_kept).as_dict(), "strength": 2.0}}
 
     rows = [{"concept": "dots", "kind": "style", "handles": handles((5, 6), (4, 6), (3, 6), (6, 6))},
             {"concept": "solid", "kind": "style", "handles": handles((6, 6), (6, 6), (0, 6), (5, 6))},
