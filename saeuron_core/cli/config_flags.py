@@ -82,7 +82,10 @@ def _argparse_kwargs(name: str, tp, default) -> dict:
 
 def _help(doc: str, default) -> str:
     first = doc.split("\n\n")[0].replace("\n", " ").replace("``", "") if doc else ""
-    shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, (tuple, list)) else default)
+    if default is None:
+        shown = "none"
+    else:
+        shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else default
     return (f"{first} (default: {shown})" if first else f"default: {shown}").replace("%", "%%")
 
 
@@ -134,7 +137,7 @@ def _convert(value, tp):
 
 
 def add_config_flags(parser, cls: type, *, prefix: str = "", exclude=(), only=None, aliases=None,
-                     conflict_prefix: str | None = None) -> ConfigFlags:
+                     conflict_prefix: str | None = None, defaults=None) -> ConfigFlags:
     """Add a flag for every field of dataclass ``cls`` to ``parser`` (a parser or an argument
     group) and return what builds the config back.
 
@@ -143,7 +146,8 @@ def add_config_flags(parser, cls: type, *, prefix: str = "", exclude=(), only=No
     ``{"n_tokens": "--tokens"}``. A name the parser already has (``--device`` of the model
     options, a nested field named as one of its parent's) is taken as
     ``--{conflict_prefix}-{field}`` instead, ``conflict_prefix`` defaulting to the class name
-    without "Config" (``TrainConfig.device`` -> ``--train-device``)."""
+    without "Config" (``TrainConfig.device`` -> ``--train-device``). ``defaults``: an instance
+    whose values the help shows (a nested config's, from its field's default)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     aliases = aliases or {}
@@ -151,11 +155,14 @@ def add_config_flags(parser, cls: type, *, prefix: str = "", exclude=(), only=No
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     dests, nested = {}, {}
     for f in dataclasses.fields(cls):
-        if not f.init or f.name in exclude or (only is not None and f.name not in only and not dataclasses.is_dataclass(hints[f.name])):
+        picked = only is None or f.name in only or dataclasses.is_dataclass(hints[f.name])
+        if not f.init or f.name in exclude or not picked:
             continue
-        tp, default = hints[f.name], _default(f)
+        tp = hints[f.name]
+        default = _default(f) if defaults is None else getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
-            nested[f.name] = add_config_flags(parser, tp, prefix=prefix, exclude=exclude, only=only, aliases=aliases)
+            nested[f.name] = add_config_flags(parser, tp, prefix=prefix, exclude=exclude, only=only, aliases=aliases,
+                                              defaults=default)
             continue
         kwargs = _argparse_kwargs(f.name, tp, default)
         kwargs.update(default=argparse.SUPPRESS, help=_help(docs.get(f.name, ""), default))

@@ -299,7 +299,8 @@ def register(sub) -> None:
     register_attack(sub)
 
     g = extend(sub, "generate").add_argument_group("MiniCanvas prompts")
-    g.add_argument("--object", action="append", help="MiniCanvas object; builds 'An image of {object} in {style} style.'")
+    g.add_argument("--object", action="append",
+                   help="MiniCanvas object; builds 'An image of {object} in {style} style.'")
     g.add_argument("--style", action="append", help="MiniCanvas style (with --object); repeat for several")
     extend(sub, "generate").set_defaults(more_prompts=object_style_prompts)
 
