@@ -39,21 +39,30 @@ def open_judge(args):
 
 
 # --------------------------------------------------------------------------- build-model
-def cmd_build_model(args) -> int:
+def build_config(args):
+    """The BuildConfig of ``build-model``: its defaults, then ``--config``'s JSON, then the flags."""
     from dataclasses import fields
 
-    from ..paths import ASSETS
-    from .build import BuildConfig, build_model
+    from .build import BuildConfig
 
     try:
         overrides = json.loads(args.config) if args.config else {}
     except ValueError as e:
         raise_error(f"--config is not JSON: {e}")
-    unknown = sorted(set(overrides) - {f.name for f in fields(BuildConfig)}) if isinstance(overrides, dict) else None
-    if unknown is None or unknown:
-        raise_error(f"--config takes a JSON object of BuildConfig fields; unknown: {unknown}")
+    if not isinstance(overrides, dict):
+        raise_error(f"--config takes a JSON object of BuildConfig fields, got {args.config!r}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(BuildConfig)})
+    if unknown:
+        raise_error(f"--config: BuildConfig has no field {', '.join(unknown)}")
     given = args.build_flags.given(args)  # a flag wins over the same field in --config
-    cfg = args.build_flags.build(args, **{k: v for k, v in overrides.items() if k not in given})
+    return args.build_flags.build(args, **{k: v for k, v in overrides.items() if k not in given})
+
+
+def cmd_build_model(args) -> int:
+    from ..paths import ASSETS
+    from .build import build_model
+
+    cfg = build_config(args)
     out = Path(args.out) if args.out else ASSETS / "minicanvas"
     judge_out = Path(args.judge_out) if args.judge_out else ASSETS / "judge"
     report = build_model(cfg, Path(args.work), out, judge_out)
