@@ -113,3 +113,15 @@ def test_a_bad_value_is_one_line_from_the_config_check(tmp_path, capsys):
 
     assert main(["--threads", "1", "train-sae", "--store", str(tmp_path), "--epochs", "0", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "saeuron train-sae: error: epochs must be >= 1, got 0"
+
+
+@dataclass
+class Deep:
+    outer: Outer = field(default_factory=lambda: Outer(rate=0.25))
+    """Two levels of nesting."""
+
+
+def test_configs_nested_two_levels_build_back():
+    flags, args, _ = parse(Deep, ["--width", "2", "--fast"])
+    cfg = flags.build(args)
+    assert cfg == Deep(outer=Outer(inner=Inner(width=2), rate=0.25, fast=True))

@@ -112,22 +112,21 @@ class ConfigFlags:
     def build(self, args: argparse.Namespace, **overrides):
         """The config: the dataclass's defaults, then the flags given, then ``overrides``. A
         nested config starts from its field's default (which may differ from its class's)."""
+        return self.cls(**{**self._values(self.given(args), None), **overrides})
+
+    def _values(self, given: dict, current) -> dict:
+        """``given`` as field values; ``current``: the instance whose nested configs are updated
+        (None: the fields' defaults)."""
+        hints, fields = typing.get_type_hints(self.cls), {f.name: f for f in dataclasses.fields(self.cls)}
         values = {}
-        fields = {f.name: f for f in dataclasses.fields(self.cls)}
-        for name, value in self.given(args).items():
+        for name, value in given.items():
             if name in self.nested:
-                value = dataclasses.replace(_default(fields[name]), **self.nested[name]._converted(value))
+                base = _default(fields[name]) if current is None else getattr(current, name)
+                value = dataclasses.replace(base, **self.nested[name]._values(value, base))
             else:
-                value = _convert(value, self._types[name])
+                value = _convert(value, hints[name])
             values[name] = value
-        return self.cls(**{**values, **overrides})
-
-    def _converted(self, given: dict) -> dict:
-        return {k: v if k in self.nested else _convert(v, self._types[k]) for k, v in given.items()}
-
-    @property
-    def _types(self) -> dict:
-        return typing.get_type_hints(self.cls)
+        return values
 
 
 def _convert(value, tp):
