@@ -43,7 +43,7 @@ def build_config(args):
     """The BuildConfig of ``build-model``: its defaults, then ``--config``'s JSON, then the flags."""
     from dataclasses import fields
 
-    from .build import BuildConfig
+    from .model import BuildConfig
 
     try:
         overrides = json.loads(args.config) if args.config else {}
@@ -257,7 +257,7 @@ def cache_prompts(args):
 def register(sub) -> None:
     """Add the benchmark's commands to `saeuron` and its options to ``locate``, ``prepare`` and
     ``cache`` (the ``saeuron.commands`` entry point)."""
-    from .build import BuildConfig
+    from .model import BuildConfig
     from .evaluation_command import register_evaluate
 
     b = sub.add_parser(
