@@ -257,8 +257,8 @@ def cache_prompts(args):
 def register(sub) -> None:
     """Add the benchmark's commands to `saeuron` and its options to ``locate``, ``prepare`` and
     ``cache`` (the ``saeuron.commands`` entry point)."""
-    from .model import BuildConfig
     from .evaluation_command import register_evaluate
+    from .model import BuildConfig
 
     b = sub.add_parser(
         "build-model",
