@@ -255,7 +255,7 @@ def cache_prompts(args):
 
 # --------------------------------------------------------------------------- registration
 def register(sub) -> None:
-    """Add the benchmark's commands to `saeuron` and its options to ``locate``, ``prepare`` and
+    """Add the benchmark's commands to `saeuron` and its options to ``generate``, ``locate``, ``prepare`` and
     ``cache`` (the ``saeuron.commands`` entry point)."""
     from .evaluation_command import register_evaluate
     from .model import BuildConfig
