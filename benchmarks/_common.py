@@ -63,7 +63,7 @@ def tiny_pipeline_folder(sample_size: int = 8, folder: str | Path | None = None)
     """tests/conftest.py's ``make_tiny_pipeline`` saved as a pipeline folder, with a ``saeuron.json``
     naming the recipe's default hook points (the tiny U-Net has ``up_blocks.1.attentions.{0,1}``,
     not SD1.5's ``.1``/``.2``)."""
-    from saeuron_core.minicanvas.build import DEFAULT_HOOKS
+    from saeuron_core.minicanvas.model import DEFAULT_HOOKS
 
     folder = Path(folder or tempfile.mkdtemp(prefix="bench_tiny_pipe_"))
     pipe = _conftest().make_tiny_pipeline(sample_size)

@@ -344,7 +344,7 @@ def _mean_codes(sae: TopKSae, acts: torch.Tensor) -> torch.Tensor:
 def run_sd15(args) -> dict:
     from diffusers import UNet2DConditionModel
 
-    from saeuron_core.minicanvas.build import make_schedulers
+    from saeuron_core.minicanvas.model import make_schedulers
 
     steps = args.steps or 3
     guidance = args.guidance if args.guidance is not None else 9.0

@@ -95,3 +95,21 @@ def test_recipe_config_validation():
         BuildConfig(vae_steps=0)
     with pytest.raises(SaeuronError, match="caption_dropout"):
         BuildConfig(caption_dropout=0.7, object_only=0.5)
+
+
+def test_build_model_flags_come_from_build_config():
+    from saeuron_core.cli import build_parser
+    from saeuron_core.minicanvas.commands import build_config
+
+    def config(*argv):
+        return build_config(build_parser().parse_args(["build-model", *argv]))
+
+    cfg = config("--config", '{"unet_steps": 10, "seed": 3}', "--seed", "4", "--vae-channels", "16", "32",
+                 "--unet-minutes", "2")
+    # a flag wins over --config
+    assert (cfg.unet_steps, cfg.seed, cfg.vae_channels, cfg.unet_minutes) == (10, 4, [16, 32], 2.0)
+    assert config() == BuildConfig()
+    with pytest.raises(SaeuronError, match="no field nope"):
+        config("--config", '{"nope": 1}')
+    with pytest.raises(SaeuronError, match="vae_steps must be >= 1"):
+        config("--vae-steps", "0")
