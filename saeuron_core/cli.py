@@ -337,6 +337,7 @@ def cmd_unlearn(args) -> int:
     m = open_model(args)
     bundle = open_bundle(args, m.info, m.pipe)
     interventions = bundle.unlearn(args.concept, args.tau, args.gamma)
+    print(f"removal variant: {'paper (--tau/--gamma)' if args.tau is not None else bundle.variant()}")
     for point in dict.fromkeys(iv.point for iv in interventions):
         sae = bundle.saes[point]
         print(f"{point}: SAE of {sae.num_latents} latents, {sae.cfg.inference_topk()}")
@@ -874,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_judge_option(ev)
     add_cache_options(ev)
     add_esd_options(ev)
-    ev.add_argument("--methods", default=None, help="comma-separated: saeuron,esd,uce,none (default saeuron)")
+    ev.add_argument("--methods", default=None, help="comma-separated: saeuron,saeuron-paper,esd,uce,none (default saeuron: the project's default SAE removal; saeuron-paper: the paper's exact method)")
     ev.add_argument("--method", default=None, help="one method (same as --methods with one name)")
     ev.add_argument("--domain", default=None, help="style, object or both (default style; with --generalisation: every concept)")
     ev.add_argument("--concept", action="append", help="only these concepts (repeat)")

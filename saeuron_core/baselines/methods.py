@@ -1,5 +1,9 @@
 """One interface over every concept-removal method: SAeUron, ESD, UCE, and none.
 
+"saeuron" is the project's default SAE removal (the variant its defaults table names);
+"saeuron-paper" is the paper's exact method with the same table's tau / gamma. Both name their
+variant in ``Removal.variant`` (they are the same removal when the table's variant is "paper").
+
 ``prepare_removal(...)`` does a method's set-up for some concepts (select SAE features; train
 ESD; solve UCE) and returns a ``Removal``; ``with removal.active(pipe):`` generates with it.
 The benchmark, the attack and the explorer use only this, so every method is compared on the
@@ -21,9 +25,9 @@ from typing import Callable, ContextManager
 from ..edits import META_FILE, WeightEdit, applied, cross_attention_parameters, fingerprint
 from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, check_concepts, erase
 from ..errors import SaeuronError
-from ..interventions import apply_interventions
+from ..interventions import Replace, apply_interventions
 
-METHODS = ("none", "saeuron", "esd", "uce")
+METHODS = ("none", "saeuron", "saeuron-paper", "esd", "uce")
 
 
 def default_cache_dir() -> Path:
@@ -47,6 +51,9 @@ class Removal:
     extra_memory_bytes: int
     """Bytes held in memory beyond the base model while it is active."""
     settings: dict = field(default_factory=dict)
+    variant: str | None = None
+    """For SAE removals, which variant this is ("paper": the paper's method; else the name the
+    defaults table gives the project's default)."""
     _activate: Callable[[object], ContextManager] = field(default=lambda pipe: contextlib.nullcontext(), repr=False)
 
     def active(self, pipe) -> ContextManager:
@@ -92,8 +99,8 @@ def prepare_removal(pipe, info, method: str, concepts, *, bundle=None, cache: st
     concepts = check_concepts(info, concepts)
     if method == "none":
         return Removal("none", concepts, 0.0, 0, 0)
-    if method == "saeuron":
-        return _saeuron_removal(pipe, bundle, concepts)
+    if method in ("saeuron", "saeuron-paper"):
+        return _saeuron_removal(pipe, bundle, concepts, paper=method == "saeuron-paper")
     config = (esd or EsdConfig()) if method == "esd" else (uce or UceConfig())
     return Removal.from_edit(cached_edit(pipe, info, method, concepts, config, cache, progress, log))
 
@@ -131,22 +138,27 @@ def cached_edit(pipe, info, method: str, concepts, config, cache, progress=None,
     return erase_to(folder, pipe, info, method, concepts, config, progress)
 
 
-def _saeuron_removal(pipe, bundle, concepts) -> Removal:
+def _saeuron_removal(pipe, bundle, concepts, paper: bool = False) -> Removal:
     if bundle is None:
         raise SaeuronError("SAeUron needs the model's SAEs and statistics (a SaeBundle)")
     t0 = time.perf_counter()
-    interventions = bundle.unlearn(list(concepts))
+    interventions = bundle.unlearn(list(concepts), paper=paper)
     stats = bundle.concept_stats(interventions)
     with apply_interventions(pipe.unet, bundle.saes, interventions, stats=stats):
         pass  # compiling the selections is the set-up cost; the hooks are removed again
     seconds = time.perf_counter() - t0
     tensors = [p for sae in bundle.saes.values() for p in sae.parameters()] + [st.concept_sums for st in bundle.stats.values()]
     memory = sum(t.numel() * t.element_size() for t in tensors)
-    settings = {iv.point: iv.per_concept() for iv in interventions}
+    settings: dict = {}
+    for iv in interventions:
+        settings.setdefault(iv.point, []).extend(iv.per_concept())
+    replaced = [iv for iv in interventions if isinstance(iv, Replace)]
+    if replaced:  # the paper's method keeps its older settings key; a replacement names itself
+        settings["replace"] = {c: {"strength": s, "target": iv.target, "latents": iv.latents} for iv in replaced for c, _, s in iv.per_concept()}
     if interventions[0].score != "paper":  # the paper's score stays implicit: older settings keep their key
         settings["score"] = interventions[0].score
 
     def activate(p):
         return apply_interventions(p.unet, bundle.saes, interventions, stats=stats)
 
-    return Removal("saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, activate)
+    return Removal("saeuron-paper" if paper else "saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, bundle.variant(paper), activate)
