@@ -45,13 +45,15 @@ from saeuron_core.scoring import tau_for_count  # noqa: E402
 from saeuron_core.unlearning import SaeBundle  # noqa: E402
 
 METRICS = ("UA", "IRA", "CRA", "kept_on_target")
-CANDIDATES = {"paper": None}
+CANDIDATES = {"paper": None, "none": ("none", "none", 0.0)}  # none: the un-edited model, the floor of every metric
 CANDIDATES.update({f"replace-{t}-{lat}-s{s:g}": (t, lat, s) for t in ("nearest", "others") for lat in ("selected", "all") for s in (1.0, 3.0, 5.0, 10.0, 20.0, 30.0)})
 
 
 def interventions_for(bundle, name: str, concept: str) -> list:
     if CANDIDATES[name] is None:
-        return bundle.unlearn([concept])
+        return bundle.unlearn([concept], paper=True)
+    if name == "none":
+        return []
     target, latents, strength = CANDIDATES[name]
     count = int(bundle.default_entry(concept)["latents_per_step"])
     kind = bundle.kind_of(concept)
@@ -74,7 +76,14 @@ def main() -> None:
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--concepts", default=None, help="comma-separated subset (default: every concept of the kind)")
     ap.add_argument("--out", default=str(ROOT / "results" / "protocol" / "style_candidates"))
+    ap.add_argument("--report", nargs="*", default=None, help="only print the markdown table of these rows files")
+    ap.add_argument("--adopt", action="store_true", help="with --report: apply the adoption rule (``adopt``) to the bundled defaults table")
     args = ap.parse_args()
+    if args.report is not None:
+        print("\n".join(report([Path(p) for p in args.report], args.kind)))
+        if args.adopt:
+            print(adopt([Path(p) for p in args.report], args.kind, ASSETS / "unlearn_defaults.json"))
+        return
     torch.set_num_threads(1)
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -109,6 +118,67 @@ def main() -> None:
             strip(plain[concept], images[: len(plain[concept])]).save(out / "images" / f"{name}-{concept}.png")
             print(f"{name} {concept}: UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f} kept {row['kept_on_target']:.2f} -> {row['score4']:.3f} ({row['seconds']} s)", flush=True)
     summary(rows, concepts)
+
+
+def report(paths: list[Path], kind: str) -> list[str]:
+    """Markdown: every candidate's mean over concepts (pooled Wilson intervals), per-concept
+    scores, and the per-concept pick among the replacement strengths against the paper's table."""
+    from saeuron_core.intervals import Rate
+
+    rows = [r for p in paths for r in json.loads(p.read_text())["rows"] if r["kind"] == kind]
+    by = {(r["candidate"], r["concept"]): r for r in rows}
+    names = list(dict.fromkeys(r["candidate"] for r in rows))
+    concepts = [c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names)]
+    lines = [f"| candidate | UA | IRA | CRA | kept on target | (UA+IRA+CRA+kept)/4 | minus paper (paired, {len(concepts)} {kind}s) |", "|---|---|---|---|---|---|---|"]
+
+    def cells(chosen: list[dict]) -> str:
+        out = []
+        for m in METRICS:
+            pooled = Rate(sum(r["counts"][m]["k"] for r in chosen), sum(r["counts"][m]["n"] for r in chosen)).as_dict()
+            out.append(f"{100 * np.mean([r[m] for r in chosen]):.1f} [{100 * pooled['lo']:.1f}, {100 * pooled['hi']:.1f}]")
+        return " | ".join(out) + f" | {100 * np.mean([r['score4'] for r in chosen]):.1f}"
+
+    def versus_paper(chosen: list[dict]) -> str:
+        d = paired_bootstrap([r["score4"] for r in chosen], [by["paper", r["concept"]]["score4"] for r in chosen])
+        return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+    for name in names:
+        chosen = [by[name, c] for c in concepts]
+        lines.append(f"| {name} | {cells(chosen)} | {'-' if name == 'paper' else versus_paper(chosen)} |")
+    replacements = [n for n in names if n not in ("paper", "none")]
+    picks = {c: max((by[n, c] for n in replacements), key=lambda r: (round(r["score4"], 6), -CANDIDATES[r["candidate"]][2])) for c in concepts} if replacements else {}
+    if picks:
+        chosen = [picks[c] for c in concepts]
+        lines.append(f"| replacement, strength picked per {kind} on these seeds | {cells(chosen)} | {versus_paper(chosen)} |")
+    lines += ["", f"| {kind} | " + " | ".join(names) + " | picked |", "|---|" + "---|" * (len(names) + 1)]
+    for c in concepts:
+        row = " | ".join(f"{by[n, c]['UA']:.2f} / {by[n, c]['IRA']:.2f} / {by[n, c]['CRA']:.2f} / {by[n, c]['kept_on_target']:.2f} = **{by[n, c]['score4']:.3f}**" for n in names)
+        lines.append(f"| {c} | {row} | {picks[c]['candidate'] if picks else '-'} |")
+    return lines
+
+
+def adopt(paths: list[Path], kind: str, table_path: Path) -> str:
+    """The stated rule: the replacement, its strength picked per concept by (UA+IRA+CRA+kept)/4 on
+    the sweep split, becomes the default variant for ``kind`` only if its mean beats the paper's
+    table with the paired bootstrap interval over concepts above 0; then each concept's entry in
+    the defaults table gets a "replace" block (tau / gamma stay: they are the paper's variant)."""
+    rows = [r for p in paths for r in json.loads(p.read_text())["rows"] if r["kind"] == kind]
+    by = {(r["candidate"], r["concept"]): r for r in rows}
+    names = [n for n in dict.fromkeys(r["candidate"] for r in rows) if n not in ("paper", "none")]
+    concepts = [c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names + ["paper"])]
+    picks = {c: max((by[n, c] for n in names), key=lambda r: (round(r["score4"], 6), -CANDIDATES[r["candidate"]][2])) for c in concepts}
+    d = paired_bootstrap([picks[c]["score4"] for c in concepts], [by["paper", c]["score4"] for c in concepts])
+    verdict = f"replacement (per-{kind} strength) minus paper: {100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] points of (UA+IRA+CRA+kept)/4 over {len(concepts)} {kind}s"
+    if d["lo"] <= 0:
+        return verdict + ": not adopted, the default stays the paper's method"
+    table = json.loads(table_path.read_text())
+    for c in concepts:
+        target, latents, strength = CANDIDATES[picks[c]["candidate"]]
+        table["concepts"][c]["replace"] = {"strength": strength, "target": target, "latents": latents, "score4": picks[c]["score4"], "paper_score4": by["paper", c]["score4"]}
+    table["variant"] = f"replace-{CANDIDATES[picks[concepts[0]]['candidate']][0]}-{kind}s"
+    table["variant_selection"] = verdict + f"; sweep split, bases {json.loads(paths[0].read_text())['bases']}, scripts/style_candidates.py"
+    write_json(table_path, table)
+    return verdict + f": adopted as variant {table['variant']!r} in {table_path}"
 
 
 def summary(rows: list[dict], concepts) -> None:

@@ -86,6 +86,8 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
     assert metrics["peak_rss_mb"] > 0
     table = (out / "table.md").read_text()
     assert "| esd | style |" in table and "| uce | style |" in table and "Published: SD v1.5 on UnlearnCanvas" in table
+    assert metrics["methods"]["saeuron"]["variant"] == "paper" and metrics["methods"]["esd"]["variant"] is None
+    assert "SAE removal variants: `saeuron` = paper (the paper's method" in table
     assert "Paired differences" in table and "| saeuron - esd | style |" in table and "Wilson" in table
     assert "Attack: is the removed concept back" in table and "p(concept) before -&gt; after" in (out / "report.html").read_text()
     assert "plotly" in (out / "report.html").read_text() or "install plotly" in (out / "report.html").read_text()

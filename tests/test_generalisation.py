@@ -126,6 +126,7 @@ def test_tiny_generalisation_run_reports_both_groups_and_resumes(tiny_bundle, tm
     diff = m["comparisons"]["out"]["all"]["UA"]
     assert diff["mean"] == pytest.approx(m["summary"]["half"]["out"]["all"]["UA"] - m["summary"]["full"]["out"]["all"]["UA"])
     table = (out / "table.md").read_text()
+    assert m["config"]["variant"] == "paper" and "SAE removal variant: paper" in table
     assert "| kept on target |" in table and "kept_on_target" in (out / "metrics.csv").read_text()
     assert "outside the SAE's half" in table and "Published: SD v1.5 on UnlearnCanvas, Table 3" in table and "integer seed 3" in table
     assert "Table 3" in (out / "report.html").read_text()

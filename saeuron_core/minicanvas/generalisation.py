@@ -329,7 +329,7 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     result = {
         "mode": "generalisation",
         "split": split.as_dict(),
-        "config": {**asdict(cfg), "full_reference": [str(f) for f in full.folders] if full is not None else None, "hook_points": {k: list(v) for k, v in info.points_of_kind.items()}, "steps": steps, "guidance": guidance, "defaults": str(defaults)},
+        "config": {**asdict(cfg), "full_reference": [str(f) for f in full.folders] if full is not None else None, "hook_points": {k: list(v) for k, v in info.points_of_kind.items()}, "variant": next(iter(bundles.values())).variant(), "steps": steps, "guidance": guidance, "defaults": str(defaults)},
         "settings_note": "every concept, in-half and out-of-half, is removed with its entry of the defaults table (latents per step and gamma, else the kind's tau / gamma), turned into a percentile for the SAE's width: the same selection procedure for both groups, tuned once on the sweep split with the bundled SAE of every concept, so neither group's settings were tuned on the SAE being tested",
         "statistics_note": "the half SAE is trained on the half's prompts only; its statistics are computed over every concept's prompts, since selecting a concept's features needs that concept's mean activations",
         "seed_derivation": "each prompt p gets seed dataset.prompt_seeds(seeds, p); the same for both SAEs (paired)",
@@ -408,7 +408,7 @@ def markdown_table(result: dict) -> str:
         "### Ours: tiny SD-architecture model on MiniCanvas (this run)",
         "",
         f"SAE trained on half of the concepts ({how}): " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["in_half"].items()) + ". Never seen in training: " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["out_half"].items()) + ".",
-        f"Hook points: {result['config']['hook_points']}. Held-out base seeds {result['config']['seeds']} (each prompt its own seed per base), {result['config']['steps']} steps, guidance {result['config']['guidance']}.",
+        f"Hook points: {result['config']['hook_points']}. SAE removal variant: {result['config'].get('variant', 'paper')}. Held-out base seeds {result['config']['seeds']} (each prompt its own seed per base), {result['config']['steps']} steps, guidance {result['config']['guidance']}.",
         "",
         "UA / IRA / CRA: mean over the group's concepts, Wilson 95% interval over the pooled images (kind 'all': bootstrap 95% interval over concepts, as objects and styles differ in images per concept); avg: (UA+IRA+CRA)/3 with a bootstrap 95% interval over concepts; kept on target: share of the removed concept's own images on which the judge still sees the prompt's other concept.",
         "",
