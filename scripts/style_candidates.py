@@ -129,14 +129,15 @@ def report(paths: list[Path], kind: str) -> list[str]:
     by = {(r["candidate"], r["concept"]): r for r in rows}
     names = list(dict.fromkeys(r["candidate"] for r in rows))
     concepts = [c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names)]
-    lines = [f"| candidate | UA | IRA | CRA | kept on target | (UA+IRA+CRA+kept)/4 | minus paper (paired, {len(concepts)} {kind}s) |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| candidate | UA | IRA | CRA | kept on target | (UA+IRA+CRA+kept)/4 | (UA+IRA+CRA)/3 | (UA+IRA+CRA+kept)/4 minus paper (paired, {len(concepts)} {kind}s) |", "|---|---|---|---|---|---|---|---|"]
 
     def cells(chosen: list[dict]) -> str:
         out = []
         for m in METRICS:
             pooled = Rate(sum(r["counts"][m]["k"] for r in chosen), sum(r["counts"][m]["n"] for r in chosen)).as_dict()
             out.append(f"{100 * np.mean([r[m] for r in chosen]):.1f} [{100 * pooled['lo']:.1f}, {100 * pooled['hi']:.1f}]")
-        return " | ".join(out) + f" | {100 * np.mean([r['score4'] for r in chosen]):.1f}"
+        avg3 = np.mean([(r["UA"] + r["IRA"] + r["CRA"]) / 3 for r in chosen])
+        return " | ".join(out) + f" | {100 * np.mean([r['score4'] for r in chosen]):.1f} | {100 * avg3:.1f}"
 
     def versus_paper(chosen: list[dict]) -> str:
         d = paired_bootstrap([r["score4"] for r in chosen], [by["paper", r["concept"]]["score4"] for r in chosen])

@@ -63,7 +63,7 @@ class Removal:
     @classmethod
     def from_edit(cls, edit: WeightEdit) -> "Removal":
         """An ESD / UCE weight edit as a removal (its deltas are the extra storage and memory)."""
-        return cls(edit.method, edit.concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, dict(edit.settings), lambda p: applied(p.unet, edit))
+        return cls(edit.method, edit.concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, dict(edit.settings), _activate=lambda p: applied(p.unet, edit))
 
 
 def check_method(method: str) -> str:
@@ -161,4 +161,4 @@ def _saeuron_removal(pipe, bundle, concepts, paper: bool = False) -> Removal:
     def activate(p):
         return apply_interventions(p.unet, bundle.saes, interventions, stats=stats)
 
-    return Removal("saeuron-paper" if paper else "saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, bundle.variant(paper), activate)
+    return Removal("saeuron-paper" if paper else "saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, variant=bundle.variant(paper), _activate=activate)
