@@ -531,7 +531,7 @@ def cmd_evaluate(args) -> int:
     esd = esd_config(args)
     m = open_model(args, need_vocabulary="evaluate")
     plan = EvalPlan(methods, args.domain or "style", concepts, seeds, m.steps, m.guidance, multi, attack_prompts, args.attack_steps)
-    bundle = open_bundle(args, m.info, m.pipe) if "saeuron" in methods else None
+    bundle = open_bundle(args, m.info, m.pipe) if set(methods) & {"saeuron", "saeuron-paper"} else None
     judge = open_judge(args)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
@@ -687,7 +687,7 @@ def cmd_attack(args) -> int:
             raise_error(f"{args.erasure} erases {', '.join(edit.concepts)}, not {concept}")
         removal = Removal.from_edit(edit)
     else:
-        bundle = open_bundle(args, m.info, m.pipe) if method == "saeuron" else None
+        bundle = open_bundle(args, m.info, m.pipe) if method in ("saeuron", "saeuron-paper") else None
         removal = prepare_removal(m.pipe, m.info, method, [concept], bundle=bundle, cache=cache_dir(args), log=print)
     judge = open_judge(args)
     n_prompts = args.prompts or len(m.info.objects if concept in m.info.styles else m.info.styles)

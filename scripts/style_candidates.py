@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from saeuron_core import minicanvas as mc  # noqa: E402
-from saeuron_core.interventions import Replace, apply_interventions  # noqa: E402
 from saeuron_core.intervals import paired_bootstrap  # noqa: E402
+from saeuron_core.interventions import Replace, apply_interventions  # noqa: E402
 from saeuron_core.io import write_json  # noqa: E402
 from saeuron_core.minicanvas.evaluation import judge_decorrelated, removal_counts, removal_pairs  # noqa: E402
 from saeuron_core.minicanvas.judge import Judge  # noqa: E402

@@ -98,6 +98,22 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
 
 
 @pytest.mark.slow
+def test_saeuron_paper_alone_runs_and_shares_the_default_images_when_the_default_is_the_papers(tiny_bundle, tmp_path):
+    out, work = tmp_path / "paper", tmp_path / "work"
+    proc = evaluate(tiny_bundle, out, "--methods", "saeuron-paper", "--concept", "dots", "--seeds", "1", "--attack-prompts", "0", "--work", str(work))
+    assert proc.returncode == 0, proc.stderr
+    both = evaluate(tiny_bundle, tmp_path / "both", "--methods", "saeuron,saeuron-paper", "--concept", "dots", "--seeds", "1", "--attack-prompts", "0", "--work", str(work))
+    assert both.returncode == 0, both.stderr
+    metrics = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert {m: r["variant"] for m, r in metrics["methods"].items()} == {"saeuron": "paper", "saeuron-paper": "paper"}
+    assert metrics["methods"]["saeuron"]["rows"][0]["UA"] == metrics["methods"]["saeuron-paper"]["rows"][0]["UA"]
+    sets_root = next(work.rglob("plain")).parent
+    sets = [d.name for d in sets_root.iterdir() if d.name != "plain"]
+    assert len(sets) == 1 and sets[0].startswith("saeuron-dots-"), sets  # one image set serves both names
+    assert "`saeuron-paper` = paper" in (tmp_path / "both" / "table.md").read_text()
+
+
+@pytest.mark.slow
 def test_reference_row_only(tiny_bundle, tmp_path):
     proc = evaluate(tiny_bundle, tmp_path / "none", "--method", "none", "--seeds", "1", "--concept", "star")
     assert proc.returncode == 0, proc.stderr

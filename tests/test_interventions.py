@@ -7,7 +7,6 @@ import contextlib
 import pytest
 import torch
 
-
 from saeuron_core.errors import SaeuronError  # noqa: E402
 from saeuron_core.hooks import Step, capture_activations, to_tokens  # noqa: E402
 from saeuron_core.interventions import (  # noqa: E402

@@ -28,6 +28,8 @@ from ..errors import SaeuronError
 from ..interventions import Replace, apply_interventions
 
 METHODS = ("none", "saeuron", "saeuron-paper", "esd", "uce")
+SAE_METHODS = ("saeuron", "saeuron-paper")
+"""The methods that need the model's SAEs and statistics (a ``SaeBundle``)."""
 
 
 def default_cache_dir() -> Path:
@@ -99,7 +101,7 @@ def prepare_removal(pipe, info, method: str, concepts, *, bundle=None, cache: st
     concepts = check_concepts(info, concepts)
     if method == "none":
         return Removal("none", concepts, 0.0, 0, 0)
-    if method in ("saeuron", "saeuron-paper"):
+    if method in SAE_METHODS:
         return _saeuron_removal(pipe, bundle, concepts, paper=method == "saeuron-paper")
     config = (esd or EsdConfig()) if method == "esd" else (uce or UceConfig())
     return Removal.from_edit(cached_edit(pipe, info, method, concepts, config, cache, progress, log))
