@@ -109,6 +109,7 @@ def test_unlearn_command_writes_before_after_grid(tiny_bundle, tmp_path):
     base = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "unlearn", "--model", str(tiny_bundle / "model"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--defaults", str(tiny_bundle / "defaults.json")]
     proc = subprocess.run(base + ["--concept", "dots", "--prompt", "An image of star in dots style.", "--seed", "1", "--seed", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "removal variant: paper" in proc.stdout  # the output names the variant
     assert Image.open(out).size == (4 * 16, 16)
     bad = subprocess.run(base + ["--concept", "vangogh", "--prompt", "x", "--out", str(tmp_path / "b.png")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown concept 'vangogh'" in bad.stderr and "Traceback" not in bad.stderr
