@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .errors import SaeuronError
 from .hooks import Halves, Step, edit_block_output, from_tokens, half_slice, normalize_point, to_tokens
 from .sae import TopKSae
-from .scoring import SCORES, ConceptStats, check_score, mean_activation_all, select
+from .scoring import SCORES, ConceptStats, check_score, mean_activation_all, other_means, select
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,66 @@ class AddConcept:
         return [(c, taus[i % len(taus)]) for i, c in enumerate(self.concepts)]
 
 
-Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept]
+REPLACE_TARGETS = ("others", "nearest")
+"""Where ``Replace`` pushes a concept's code: the mean code of the kind's other concepts, or the
+mean code of the single other concept nearest to it (cosine of the step's mean codes)."""
+REPLACE_LATENTS = ("selected", "all")
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Replacement in distribution instead of negation, on the tokens that show ``concepts``.
+
+    A token is flagged for concept c at step t when any latent selected for c (as ``Unlearn``
+    selects them) fires above its mean over all concepts. On flagged tokens the code moves by the
+    difference of mean codes towards a target concept's and is clipped at 0 (codes stay codes)::
+
+        z'[L] = max(0, z[L] + strength * (m_target[t][L] - m_c[t][L]))
+
+    ``target``: "others" (the count-weighted mean of the kind's other concepts) or "nearest" (the
+    other concept whose mean code at t is nearest by cosine), or the name of another concept.
+    ``latents``: "selected" (L = c's selected latents and as many of the target's most
+    over-represented latents, largest m_target - m_c) or "all" (every latent: the whole mean-code
+    difference). Negation (``Unlearn``'s gamma -5..-30) removes what the concept adds and wrecks
+    the image around it; this moves the token towards what another concept looks like there.
+    """
+
+    concepts: tuple[str, ...]
+    tau: float | tuple[float, ...] = 99.999
+    strength: float | tuple[float, ...] = 1.0
+    target: str = "nearest"
+    latents: str = "selected"
+    steps: StepWindow | None = None
+    point: str | None = None
+    score: str = "paper"
+
+    def __post_init__(self):
+        check_score(self.score)
+        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
+        for name in ("tau", "strength"):
+            values = _as_tuple(getattr(self, name), name)
+            if len(values) > 1:
+                object.__setattr__(self, name, values)
+            if len(values) not in (1, len(self.concepts)):
+                raise SaeuronError(f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}")
+        for tau in _as_tuple(self.tau, "tau"):
+            if not 0 < tau < 100:
+                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+        for strength in _as_tuple(self.strength, "strength"):
+            if not strength > 0:
+                raise SaeuronError(f"replacement strength must be > 0, got {strength}")
+        if self.latents not in REPLACE_LATENTS:
+            raise SaeuronError(f"latents must be one of {', '.join(REPLACE_LATENTS)}, got {self.latents!r}")
+        if not isinstance(self.target, str) or not self.target:
+            raise SaeuronError(f"target must be {' or '.join(REPLACE_TARGETS)} or a concept name, got {self.target!r}")
+
+    def per_concept(self) -> list[tuple[str, float, float]]:
+        """(concept, tau, strength) for each concept."""
+        taus, strengths = _as_tuple(self.tau, "tau"), _as_tuple(self.strength, "strength")
+        return [(c, taus[i % len(taus)], strengths[i % len(strengths)]) for i, c in enumerate(self.concepts)]
+
+
+Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept, Replace]
 
 
 class UnlearnEdit:
@@ -268,6 +327,60 @@ class AddConceptEdit:
         z[rows.start * height * width : rows.stop * height * width, columns] += amounts
 
 
+class ReplaceEdit:
+    """A ``Replace`` compiled against its statistics: per statistics step and concept, the flag
+    latents and thresholds, the edited latents and their shift strength * (m_target - m_c)."""
+
+    def __init__(self, replace: Replace, stats: ConceptStats, device: torch.device):
+        self.source = replace
+        self.stats = stats
+        thresholds = mean_activation_all(stats).float()
+        means = stats.means.float()
+        unit = torch.nn.functional.normalize(means, dim=-1)
+        n_steps = means.shape[1]
+        self.per_row: list[list[tuple[Tensor, Tensor, Tensor, Tensor]]] = [[] for _ in range(n_steps)]
+        for concept, tau, strength in replace.per_concept():
+            c = stats.index(concept)
+            flags = select(SCORES[replace.score](stats, concept), tau)
+            others = other_means(stats, concept).float()
+            for t in range(n_steps):
+                target = self._target(concept, c, t, means, unit, others)
+                shift = strength * (target - means[c, t])
+                flag_ids = flags[t]
+                if replace.latents == "all":
+                    ids = torch.arange(means.shape[2])
+                else:
+                    towards = torch.topk(target - means[c, t], max(1, len(flag_ids))).indices
+                    ids = torch.cat([flag_ids, towards]).unique()
+                self.per_row[t].append((flag_ids.to(device), thresholds[t, flag_ids].to(device), ids.to(device), shift[ids].to(device)))
+        self.latents_per_row = [torch.cat([torch.cat([f, i]) for f, _, i, _ in row]).unique() for row in self.per_row]
+
+    def _target(self, concept: str, c: int, t: int, means: Tensor, unit: Tensor, others: Tensor) -> Tensor:
+        kind = self.source.target
+        if kind == "others":
+            return others[t]
+        if kind == "nearest":
+            similarity = unit[:, t] @ unit[c, t]
+            similarity[c] = -2.0
+            return means[int(similarity.argmax()), t]
+        if kind == concept:
+            raise SaeuronError(f"replacement target {kind!r} is the removed concept itself")
+        return means[self.stats.index(kind), t]
+
+    def latents(self, step: Step) -> Tensor:
+        return self.latents_per_row[self.stats.row_for_timestep(step.timestep)]
+
+    def apply(self, z: Tensor, columns: Tensor, step: Step, grid: tuple[int, int, int]) -> None:
+        row = self.stats.row_for_timestep(step.timestep)
+        latents = self.latents_per_row[row]
+        for flag_ids, thresholds, ids, shift in self.per_row[row]:
+            flag_cols = columns[torch.searchsorted(latents, flag_ids)]
+            flagged = (z[:, flag_cols] > thresholds).any(1, keepdim=True)
+            cols = columns[torch.searchsorted(latents, ids)]
+            current = z[:, cols]
+            z[:, cols] = torch.where(flagged, (current + shift).clamp(min=0), current)
+
+
 class _FeatureEdit:
     """A ``ScaleFeatures`` or ``Steer`` on fixed latent ids."""
 
@@ -297,13 +410,15 @@ class PointEditor:
         self.halves, self.cfg = halves, cfg
         self._edits = [self._compile(iv, stats) for iv in interventions]
 
-    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | AddConceptEdit | _FeatureEdit:
-        if isinstance(iv, (Unlearn, AddConcept)):
+    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | AddConceptEdit | ReplaceEdit | _FeatureEdit:
+        if isinstance(iv, (Unlearn, AddConcept, Replace)):
             if stats is None:
                 raise SaeuronError(f"unlearning at {self.point} needs concept statistics for that point")
             if stats.n_latents != self.sae.num_latents:
                 raise SaeuronError(f"statistics for {self.point} cover {stats.n_latents} latents but its SAE has {self.sae.num_latents}")
-            return UnlearnEdit(iv, stats, self.sae.device) if isinstance(iv, Unlearn) else AddConceptEdit(iv, stats, self.sae.device)
+            if isinstance(iv, Unlearn):
+                return UnlearnEdit(iv, stats, self.sae.device)
+            return AddConceptEdit(iv, stats, self.sae.device) if isinstance(iv, AddConcept) else ReplaceEdit(iv, stats, self.sae.device)
         bad = [f for f in iv.features if not isinstance(f, int) or not 0 <= f < self.sae.num_latents]
         if bad:
             raise SaeuronError(f"feature ids {bad} are out of range for the SAE at {self.point} ({self.sae.num_latents} latents)")
@@ -370,6 +485,10 @@ def _to_map(flat_tokens: Tensor, shape: torch.Size) -> Tensor:
 
 def _codes_of(top_acts: Tensor, top_indices: Tensor, latents: Tensor) -> Tensor:
     """z[:, latents] [N, len(latents)] from the sparse codes (0 where a latent is not in the top-k)."""
+    if len(latents) > 4 * top_indices.shape[1]:  # many latents (a dense edit): scatter, not compare each
+        width = int(max(latents.max(), top_indices.max())) + 1
+        dense = top_acts.new_zeros(top_acts.shape[0], width).scatter_(1, top_indices, top_acts)
+        return dense[:, latents]
     hits = top_indices[:, :, None] == latents[None, None, :]
     return (hits * top_acts[:, :, None]).sum(1)
 
@@ -409,7 +528,7 @@ def apply_interventions(
 def _group_by_point(interventions: Sequence[Intervention], saes: Mapping[str, TopKSae]) -> dict[str, list[Intervention]]:
     groups: dict[str, list[Intervention]] = {}
     for iv in interventions:
-        if not isinstance(iv, (Unlearn, ScaleFeatures, Steer, AddConcept)):
+        if not isinstance(iv, (Unlearn, ScaleFeatures, Steer, AddConcept, Replace)):
             raise SaeuronError(f"not an intervention: {iv!r}")
         if iv.point is None and len(saes) > 1:
             raise SaeuronError(f"{type(iv).__name__} does not name its hook point, and SAEs are given for {', '.join(saes)}")

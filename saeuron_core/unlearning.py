@@ -25,7 +25,7 @@ import torch
 
 from .errors import SaeuronError
 from .hooks import ActivationRecorder, capture_activations, normalize_point
-from .interventions import AddConcept, Intervention, Unlearn, apply_interventions
+from .interventions import AddConcept, Intervention, Replace, Unlearn, apply_interventions
 from .paths import ASSETS
 from .pipeline import ModelInfo, decode_preview, generate
 from .sae import TopKSae
@@ -36,6 +36,13 @@ DEFAULTS_FILE = "unlearn_defaults.json"
 ADD_STRENGTH = 2.0
 """Default strength of ``add_concepts`` (x each selected latent's typical top activation): the
 explorer's "add CONCEPT" handle and ``evaluate --control`` use it."""
+
+PAPER_VARIANT = "paper"
+"""The paper's removal (``Unlearn``: selected latents scaled by gamma * m_c where they fire), with
+the table's tau / gamma. A defaults table names the project's default removal in "variant"
+(absent: the paper's); a concept entry with a "replace" block ({"strength", "target", "latents"})
+is removed by ``interventions.Replace`` in the default variant and by the paper's method in
+variant "paper" (``saeuron evaluate --methods saeuron-paper``)."""
 
 #: The paper's settings (METHOD section 8): every style tau 99.999 / gamma -1; objects from its
 #: Table 4 (SD v1.5 on UnlearnCanvas, 20480 latents), applied where a concept's name matches.
@@ -185,19 +192,25 @@ class SaeBundle:
             return "no default"
         return self.defaults_source
 
-    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False, count: int | None = None, score: str | None = None) -> list[Unlearn]:
+    def variant(self, paper: bool = False) -> str:
+        """The name of the removal variant ``unlearn`` applies: the table's default, or "paper"."""
+        return PAPER_VARIANT if paper else str(self.defaults.get("variant", PAPER_VARIANT))
+
+    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False, count: int | None = None, score: str | None = None, paper: bool = False) -> list[Unlearn | Replace]:
         """One ``Unlearn`` per hook point for ``concepts``: each concept at every hook point of its
         kind (``points_of_kind``). ``tau`` (a percentile) or ``count`` (latents per step, turned
         into each point's percentile for that SAE's width) and ``gamma`` override the defaults;
         a default entry with ``latents_per_step`` is applied as a count at every point. ``score``:
         the concept score that selects latents (``scoring.SCORES``; default: the defaults table's
-        "score", else the paper's)."""
+        "score", else the paper's). A default entry with a "replace" block is removed by
+        ``Replace`` unless ``paper`` (the paper's method) or tau / gamma are given."""
         if not concepts:
             raise SaeuronError("no concept to unlearn")
         score = check_score(score if score is not None else self.defaults.get("score", "paper"))
         if tau is not None and count is not None:
             raise SaeuronError("give tau or count (latents per step), not both")
         by_point: dict[str, list[tuple[str, float, float]]] = {}
+        replaced: list[Replace] = []
         kind_at: dict[str, str] = {}
         for concept in dict.fromkeys(concepts):
             kind = self.kind_of(concept)
@@ -208,11 +221,15 @@ class SaeBundle:
                 if kind_at.setdefault(point, kind) != kind:
                     raise SaeuronError(f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; its statistics serve one kind per removal")
                 c_tau = tau if tau is not None else tau_for_count(c_count, self.saes[point].num_latents) if c_count is not None else float(entry["tau"])
+                if "replace" in (entry or {}) and not paper and not reference_error_term and tau is None and count is None and gamma is None:
+                    r = entry["replace"]
+                    replaced.append(Replace((concept,), c_tau, float(r["strength"]), r.get("target", "nearest"), r.get("latents", "all"), point=point, score=score))
+                    continue
                 by_point.setdefault(point, []).append((concept, c_tau, c_gamma))
         return [
             Unlearn(tuple(c for c, _, _ in rows), tuple(t for _, t, _ in rows), tuple(g for _, _, g in rows), point=point, reference_error_term=reference_error_term, score=score)
             for point, rows in by_point.items()
-        ]
+        ] + replaced
 
     def add_concepts(self, concepts: list[str], strength: float = ADD_STRENGTH) -> list[AddConcept]:
         """The counterpart of ``unlearn(concepts)``: one ``AddConcept`` per hook point, steering in
@@ -246,7 +263,7 @@ class SaeBundle:
     def _concept_stats(self, placed: Sequence[Intervention]) -> dict:
         out = {}
         for iv in placed:
-            if isinstance(iv, (Unlearn, AddConcept)):
+            if isinstance(iv, (Unlearn, AddConcept, Replace)):
                 kind = self.kind_of(iv.concepts[0])
                 out[iv.point] = self.stats[iv.point].concept_stats(kind)
         return out

@@ -56,7 +56,7 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
     for method, res in metrics["methods"].items():
         row = res["rows"][0]
         assert row["removed"] == ["dots"] and {"UA", "IRA", "CRA", "CRA_unstyled", "judge_fd_retained", "collateral_mae", "setup_seconds"} <= set(row)
-        assert res["summary"]["style"]["UA"] == row["UA"]
+        assert res["summary"]["style"]["UA"] == row["UA"] and res["summary"]["style"]["kept_on_target"] == row["kept_on_target"]
         if method == "none":
             assert "attack" not in row and res["cost"]["extra_storage_mb"] == 0
         else:
@@ -73,7 +73,7 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
             assert res["cost"]["extra_storage_mb"] > 0
     assert metrics["methods"]["esd"]["rows"][0]["settings"]["iterations"] == 3
     row = metrics["methods"]["saeuron"]["rows"][0]
-    for name in ("UA", "IRA", "CRA", "unrecognisable"):
+    for name in ("UA", "IRA", "CRA", "unrecognisable", "kept_on_target"):
         iv = row["intervals"][name]
         assert iv["lo"] <= row[name] <= iv["hi"] and iv["value"] == pytest.approx(row[name]) and iv["n"] > 0
     assert row["intervals"]["UA"]["n"] == len(mc.OBJECTS)  # dots with every MiniCanvas object, 1 seed each
@@ -86,6 +86,8 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
     assert metrics["peak_rss_mb"] > 0
     table = (out / "table.md").read_text()
     assert "| esd | style |" in table and "| uce | style |" in table and "Published: SD v1.5 on UnlearnCanvas" in table
+    assert metrics["methods"]["saeuron"]["variant"] == "paper" and metrics["methods"]["esd"]["variant"] is None
+    assert "SAE removal variants: `saeuron` = paper (the paper's method" in table
     assert "Paired differences" in table and "| saeuron - esd | style |" in table and "Wilson" in table
     assert "Attack: is the removed concept back" in table and "p(concept) before -&gt; after" in (out / "report.html").read_text()
     assert "plotly" in (out / "report.html").read_text() or "install plotly" in (out / "report.html").read_text()
@@ -93,6 +95,22 @@ def test_tiny_run_writes_every_report(tiny_bundle, tmp_path):
     assert len(list((out.parent / "erasures" / "esd").glob("dots-*"))) == 1  # cached for the next run
     again = evaluate(tiny_bundle, out, "--concept", "dots", "--seeds", "1")
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+@pytest.mark.slow
+def test_saeuron_paper_alone_runs_and_shares_the_default_images_when_the_default_is_the_papers(tiny_bundle, tmp_path):
+    out, work = tmp_path / "paper", tmp_path / "work"
+    proc = evaluate(tiny_bundle, out, "--methods", "saeuron-paper", "--concept", "dots", "--seeds", "1", "--attack-prompts", "0", "--work", str(work))
+    assert proc.returncode == 0, proc.stderr
+    both = evaluate(tiny_bundle, tmp_path / "both", "--methods", "saeuron,saeuron-paper", "--concept", "dots", "--seeds", "1", "--attack-prompts", "0", "--work", str(work))
+    assert both.returncode == 0, both.stderr
+    metrics = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert {m: r["variant"] for m, r in metrics["methods"].items()} == {"saeuron": "paper", "saeuron-paper": "paper"}
+    assert metrics["methods"]["saeuron"]["rows"][0]["UA"] == metrics["methods"]["saeuron-paper"]["rows"][0]["UA"]
+    sets_root = next(work.rglob("plain")).parent
+    sets = [d.name for d in sets_root.iterdir() if d.name != "plain"]
+    assert len(sets) == 1 and sets[0].startswith("saeuron-dots-"), sets  # one image set serves both names
+    assert "`saeuron-paper` = paper" in (tmp_path / "both" / "table.md").read_text()
 
 
 @pytest.mark.slow
@@ -276,3 +294,50 @@ def test_work_folder_resumes_without_generating_and_fewer_seeds_reuse_it(tiny_bu
     bundle.defaults["kinds"]["style"]["gamma"] = -7.0  # another setting: its images are made afresh
     with pytest.raises(AssertionError, match="generated again"):
         benchmark.run(pipe, info, bundle, judge, EvalPlan(("saeuron",), "style", ("dots",), (1_000_000,), 2, 4.0), tmp_path / "d", work=work, log=lambda m: None)
+
+
+def _row(concept_set, records):
+    """A benchmark row as ``concept_row`` writes it, without images (no fidelity needed here)."""
+    from saeuron_core.minicanvas.evaluation import removal_counts
+
+    row = {"removed": list(concept_set), "retain_style": 1.0, "retain_object": 1.0, "CRA_unstyled": 1.0, "judge_fd_retained": 0.0, "collateral_mae": 0.0, "seconds_per_image": 0.1, "settings": {}, "setup_seconds": 0.0}
+    for c in concept_set:
+        counts = removal_counts(records, c)
+        row.setdefault("per_concept", {})[c] = {**{k: r.value for k, r in counts.items()}, "intervals": {k: r.as_dict() for k, r in counts.items()}}
+    if len(concept_set) == 1:
+        row.update(row["per_concept"][concept_set[0]])
+    return row
+
+
+def test_kept_on_target_reaches_summary_comparisons_and_every_report(tmp_path):
+    from saeuron_core.minicanvas.benchmark import compare_methods, markdown_table, summarize, write_reports
+    from saeuron_core.minicanvas.evaluation import JudgedImage
+
+    def records(wreck: bool):
+        # every dots image loses its dots; ``wreck`` loses the object too
+        return [JudgedImage(o, s, 0, ("cross" if o != "cross" else "star") if wreck and s == "dots" else o, "solid" if s == "dots" else s) for o in mc.OBJECTS for s in (*mc.STYLES, None)]
+
+    by_method = {}
+    for method, wreck in (("saeuron", True), ("uce", False)):
+        rows = [_row(("dots",), records(wreck)), _row(("dots", "rings"), records(wreck))]
+        by_method[method] = {"rows": rows, "summary": summarize(rows), "cost": {}}
+    wrecked, kept = by_method["saeuron"]["summary"]["style"], by_method["uce"]["summary"]["style"]
+    assert wrecked["UA"] == kept["UA"] == 1.0  # UA cannot tell them apart ...
+    assert wrecked["kept_on_target"] == 0.0 and kept["kept_on_target"] == 1.0  # ... kept_on_target can
+    assert wrecked["intervals"]["kept_on_target"]["n"] == len(mc.OBJECTS) and wrecked["intervals"]["kept_on_target"]["hi"] < 0.5
+    comparisons = compare_methods(by_method)
+    assert comparisons["saeuron - uce"]["style"]["kept_on_target"]["mean"] == pytest.approx(-1.0)
+    result = {"methods": by_method, "comparisons": comparisons, "reference": {"style_accuracy": 1.0, "object_accuracy": 1.0, "object_accuracy_unstyled": 1.0, "judge_fd": 0.0, "seconds_per_image": 0.1},
+              "plan": {}, "wall_seconds": 0, "peak_rss_mb": 0, "cost_definitions": {}}
+    table = markdown_table(result)
+    assert "| kept on target |" in table and "| saeuron | style |" in table
+    summary_line = next(line for line in table.splitlines() if line.startswith("| saeuron | style |"))
+    assert "| 0.00% [" in summary_line and "| 100.00% [" in next(line for line in table.splitlines() if line.startswith("| uce | style |"))
+    multi_line = next(line for line in table.splitlines() if line.startswith("| dots+rings |"))
+    assert "dots: 0.00%" in multi_line and "rings: " in multi_line  # per concept of a multi-concept row
+    write_reports(result, {}, tmp_path)
+    header, *lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    column = header.split(",").index("kept_on_target")
+    assert {line.split(",")[2]: line.split(",")[column] for line in lines if line.startswith("uce,dots,")} == {"dots": "1.0"}
+    assert "kept_on_target" in (tmp_path / "report.html").read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text())["methods"]["saeuron"]["rows"][0]["kept_on_target"] == 0.0

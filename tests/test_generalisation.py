@@ -107,6 +107,7 @@ def test_tiny_generalisation_run_reports_both_groups_and_resumes(tiny_bundle, tm
             s = m["summary"][name][group]["all"]
             chosen = [r for r in rows if r["group"] == group]
             assert s["UA"] == pytest.approx(sum(r["UA"] for r in chosen) / len(chosen))
+            assert s["kept_on_target"] == pytest.approx(sum(r["kept_on_target"] for r in chosen) / len(chosen))
             # all kinds: a bootstrap over the group's concepts (objects and styles differ in images per concept)
             assert s["intervals"]["UA"]["units"] == len(chosen) and s["intervals"]["UA"]["lo"] - 1e-9 <= s["UA"] <= s["intervals"]["UA"]["hi"] + 1e-9
             for kind in ("object", "style"):
@@ -125,6 +126,8 @@ def test_tiny_generalisation_run_reports_both_groups_and_resumes(tiny_bundle, tm
     diff = m["comparisons"]["out"]["all"]["UA"]
     assert diff["mean"] == pytest.approx(m["summary"]["half"]["out"]["all"]["UA"] - m["summary"]["full"]["out"]["all"]["UA"])
     table = (out / "table.md").read_text()
+    assert m["config"]["variant"] == "paper" and "SAE removal variant: paper" in table
+    assert "| kept on target |" in table and "kept_on_target" in (out / "metrics.csv").read_text()
     assert "outside the SAE's half" in table and "Published: SD v1.5 on UnlearnCanvas, Table 3" in table and "integer seed 3" in table
     assert "Table 3" in (out / "report.html").read_text()
     # resuming: every removal is read back from the work folder, same numbers

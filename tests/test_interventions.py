@@ -7,11 +7,11 @@ import contextlib
 import pytest
 import torch
 
-
 from saeuron_core.errors import SaeuronError  # noqa: E402
 from saeuron_core.hooks import Step, capture_activations, to_tokens  # noqa: E402
 from saeuron_core.interventions import (  # noqa: E402
     PointEditor,
+    Replace,
     ScaleFeatures,
     Steer,
     StepWindow,
@@ -240,3 +240,47 @@ def test_add_concept_needs_the_typical_activations_and_a_known_concept(unet, sae
         block_output(unet, [AddConcept(("Oil",), 1.0, tau=98.0)], {POINT: sae}, concept_stats_with_unit(sae.num_latents))
     with pytest.raises(SaeuronError, match="tau is a percentile"):
         AddConcept(("Sketch",), 1.0, tau=100.0)
+
+
+def slow_replace(sae, x, stats, concept, tau, strength, target, timestep):
+    """The replacement rule written out per token from dense codes (the reference for ``Replace``)."""
+    from saeuron_core.scoring import other_means
+
+    row = stats.row_for_timestep(timestep)
+    tokens = to_tokens(x).reshape(-1, x.shape[1])
+    z = sae.dense_codes(*sae.encode(tokens))
+    c = stats.index(concept)
+    m_c = stats.means[c, row]
+    goal = other_means(stats, concept)[row] if target == "others" else stats.means[stats.index(target), row]
+    flag_ids = select(score(stats, concept), tau)[row]
+    flagged = (z[:, flag_ids] > mean_activation_all(stats)[row, flag_ids]).any(1, keepdim=True)
+    edited = torch.where(flagged, (z + strength * (goal - m_c)).clamp(min=0), z)
+    return tokens + (edited - z) @ sae.W_dec
+
+
+def test_replacement_moves_flagged_tokens_towards_the_target_code(sae):
+    x = torch.randn(2, 32, 4, 6, generator=torch.Generator().manual_seed(5)) * 2
+    z = sae.dense_codes(*sae.encode(to_tokens(x).reshape(-1, 32)))
+    stats = random_stats(sae.num_latents, scale=float(z[z > 0].median()))
+    for target in ("others", "Watercolor"):
+        editor = PointEditor(POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target=target, latents="all")], stats)
+        for timestep in (950, 480):
+            out = to_tokens(editor(x, Step(timestep, 0))).reshape(-1, 32)
+            expected = slow_replace(sae, x, stats, "Cartoon", 90.0, 3.0, target, timestep)
+            assert torch.allclose(out, expected, atol=1e-4)
+            row = stats.row_for_timestep(timestep)
+            flag_ids = select(score(stats, "Cartoon"), 90.0)[row]
+            unflagged = ~(z[:, flag_ids] > mean_activation_all(stats)[row, flag_ids]).any(1)
+            assert unflagged.any() and torch.equal(out[unflagged], to_tokens(x).reshape(-1, 32)[unflagged])  # untouched
+            assert not torch.equal(out[~unflagged], to_tokens(x).reshape(-1, 32)[~unflagged])
+    # "nearest": the other concept whose mean code is closest by cosine at that step
+    stats.means[2] = stats.means[0] * 1.5 + 0.01  # Watercolor ~ Cartoon
+    nearest = PointEditor(POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target="nearest", latents="all")], stats)
+    named = PointEditor(POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target="Watercolor", latents="all")], stats)
+    assert torch.equal(nearest(x, Step(480, 0)), named(x, Step(480, 0)))
+    with pytest.raises(SaeuronError, match="strength must be > 0"):
+        Replace(("Cartoon",), strength=-1.0)
+    with pytest.raises(SaeuronError, match="latents must be one of"):
+        Replace(("Cartoon",), latents="some")
+    with pytest.raises(SaeuronError, match="is the removed concept itself"):
+        PointEditor(POINT, sae, [Replace(("Cartoon",), tau=90.0, target="Cartoon")], stats)

@@ -34,6 +34,33 @@ def test_concepts_route_to_their_hook_point_with_defaults(tiny_bundle):
         bundle.unlearn(["heart"])
 
 
+def test_the_default_variant_replaces_where_its_table_says_and_the_paper_variant_never_does(tiny_bundle):
+    from dataclasses import replace as with_fields
+
+    from saeuron_core.baselines.methods import prepare_removal
+    from saeuron_core.interventions import Replace, Unlearn
+
+    pipe, bundle = open_bundle(tiny_bundle)
+    assert bundle.variant() == "paper" and bundle.variant(paper=True) == "paper"  # a table without a variant: the paper's
+    table = {**bundle.defaults, "variant": "replace-styles", "concepts": {**bundle.defaults.get("concepts", {}), "dots": {"tau": 99.0, "gamma": -5.0, "replace": {"strength": 5.0, "target": "nearest", "latents": "all"}}}}
+    mine = with_fields(bundle, defaults=table)
+    ivs = mine.unlearn(["dots", "solid", "star"])
+    replaced = [iv for iv in ivs if isinstance(iv, Replace)]
+    assert [iv.per_concept() for iv in replaced] == [[("dots", 99.0, 5.0)]] and replaced[0].point == TINY_POINTS["style"]
+    assert {c for iv in ivs if isinstance(iv, Unlearn) for c in iv.concepts} == {"solid", "star"}
+    assert all(isinstance(iv, Unlearn) for iv in mine.unlearn(["dots"], paper=True))  # the paper's method
+    assert all(isinstance(iv, Unlearn) for iv in mine.unlearn(["dots"], tau=90.0, gamma=-2.0))  # explicit tau / gamma: the paper's
+    info = model_info(pipe)
+    default, paper = (prepare_removal(pipe, info, m, ("dots",), bundle=mine) for m in ("saeuron", "saeuron-paper"))
+    assert (default.variant, paper.variant) == ("replace-styles", "paper")
+    assert default.settings["replace"] == {"dots": {"strength": 5.0, "target": "nearest", "latents": "all"}} and "replace" not in paper.settings
+    seeds, prompt = [3], ["An image of star in dots style."]
+    plain = generate(pipe, prompt, seeds, 2, 3.0, output_type="np")[0]
+    with default.active(pipe):
+        after = generate(pipe, prompt, seeds, 2, 3.0, output_type="np")[0]
+    assert not np.array_equal(plain, after)
+
+
 def test_a_kind_may_be_removed_at_several_hook_points(tiny_bundle):
     from dataclasses import replace
 
@@ -147,6 +174,7 @@ def test_unlearn_command_writes_before_after_grid(tiny_bundle, tmp_path):
     base = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "unlearn", "--model", str(tiny_bundle / "model"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--defaults", str(tiny_bundle / "defaults.json")]
     proc = subprocess.run(base + ["--concept", "dots", "--prompt", "An image of star in dots style.", "--seed", "1", "--seed", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "removal variant: paper" in proc.stdout  # the output names the variant
     assert Image.open(out).size == (4 * 16, 16)
     bad = subprocess.run(base + ["--concept", "vangogh", "--prompt", "x", "--out", str(tmp_path / "b.png")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown concept 'vangogh'" in bad.stderr and "Traceback" not in bad.stderr

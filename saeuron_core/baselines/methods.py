@@ -1,5 +1,9 @@
 """One interface over every concept-removal method: SAeUron, ESD, UCE, and none.
 
+"saeuron" is the project's default SAE removal (the variant its defaults table names);
+"saeuron-paper" is the paper's exact method with the same table's tau / gamma. Both name their
+variant in ``Removal.variant`` (they are the same removal when the table's variant is "paper").
+
 ``prepare_removal(...)`` does a method's set-up for some concepts (select SAE features; train
 ESD; solve UCE) and returns a ``Removal``; ``with removal.active(pipe):`` generates with it.
 The benchmark, the attack and the explorer use only this, so every method is compared on the
@@ -22,7 +26,9 @@ from ..edits import META_FILE, WeightEdit, applied, cross_attention_parameters, 
 from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, check_concepts, erase
 from ..errors import SaeuronError
 
-METHODS = ("none", "saeuron", "esd", "uce")
+METHODS = ("none", "saeuron", "saeuron-paper", "esd", "uce")
+SAE_METHODS = ("saeuron", "saeuron-paper")
+"""The methods that need the model's SAEs and statistics (a ``SaeBundle``)."""
 
 
 def default_cache_dir() -> Path:
@@ -46,6 +52,9 @@ class Removal:
     extra_memory_bytes: int
     """Bytes held in memory beyond the base model while it is active."""
     settings: dict = field(default_factory=dict)
+    variant: str | None = None
+    """For SAE removals, which variant this is ("paper": the paper's method; else the name the
+    defaults table gives the project's default)."""
     _activate: Callable[[object], ContextManager] = field(default=lambda pipe: contextlib.nullcontext(), repr=False)
 
     def active(self, pipe) -> ContextManager:
@@ -55,7 +64,7 @@ class Removal:
     @classmethod
     def from_edit(cls, edit: WeightEdit) -> "Removal":
         """An ESD / UCE weight edit as a removal (its deltas are the extra storage and memory)."""
-        return cls(edit.method, edit.concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, dict(edit.settings), lambda p: applied(p.unet, edit))
+        return cls(edit.method, edit.concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, dict(edit.settings), _activate=lambda p: applied(p.unet, edit))
 
 
 def check_method(method: str) -> str:
@@ -91,8 +100,8 @@ def prepare_removal(pipe, info, method: str, concepts, *, bundle=None, cache: st
     concepts = check_concepts(info, concepts)
     if method == "none":
         return Removal("none", concepts, 0.0, 0, 0)
-    if method == "saeuron":
-        return _saeuron_removal(pipe, bundle, concepts)
+    if method in SAE_METHODS:
+        return _saeuron_removal(pipe, bundle, concepts, paper=method == "saeuron-paper")
     config = (esd or EsdConfig()) if method == "esd" else (uce or UceConfig())
     return Removal.from_edit(cached_edit(pipe, info, method, concepts, config, cache, progress, log))
 
@@ -130,21 +139,26 @@ def cached_edit(pipe, info, method: str, concepts, config, cache, progress=None,
     return erase_to(folder, pipe, info, method, concepts, config, progress)
 
 
-def _saeuron_removal(pipe, bundle, concepts) -> Removal:
+def _saeuron_removal(pipe, bundle, concepts, paper: bool = False) -> Removal:
     if bundle is None:
         raise SaeuronError("SAeUron needs the model's SAEs and statistics (a SaeBundle)")
     t0 = time.perf_counter()
-    interventions = bundle.unlearn(list(concepts))
+    interventions = bundle.unlearn(list(concepts), paper=paper)
     with bundle.hooked(pipe, interventions):
         pass  # compiling the selections is the set-up cost; the hooks are removed again
     seconds = time.perf_counter() - t0
     tensors = [p for sae in bundle.saes.values() for p in sae.parameters()] + [st.concept_sums for st in bundle.stats.values()]
     memory = sum(t.numel() * t.element_size() for t in tensors)
-    settings = {iv.point: iv.per_concept() for iv in interventions}
+    settings: dict = {}
+    for iv in interventions:
+        settings.setdefault(iv.point, []).extend(iv.per_concept())
+    replaced = [iv for iv in interventions if isinstance(iv, Replace)]
+    if replaced:  # the paper's method keeps its older settings key; a replacement names itself
+        settings["replace"] = {c: {"strength": s, "target": iv.target, "latents": iv.latents} for iv in replaced for c, _, s in iv.per_concept()}
     if interventions[0].score != "paper":  # the paper's score stays implicit: older settings keep their key
         settings["score"] = interventions[0].score
 
     def activate(p):
         return bundle.hooked(p, interventions)
 
-    return Removal("saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, activate)
+    return Removal("saeuron-paper" if paper else "saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, variant=bundle.variant(paper), _activate=activate)

@@ -52,7 +52,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
-    from ..pipeline import concept_prompt, image_grid, save_image
+    from ..pipeline import image_grid, save_image
+    from ..prompts import concept_prompt
     from ..unlearning import generate_with
 
     if args.out is None:
@@ -65,6 +66,7 @@ def cmd_unlearn(args) -> int:
     m = open_model(args)
     bundle = open_bundle(args, m.info, m.pipe)
     interventions = bundle.unlearn(args.concept, args.tau, args.gamma)
+    print(f"removal variant: {'paper (--tau/--gamma)' if args.tau is not None else bundle.variant()}")
     for point in dict.fromkeys(iv.point for iv in interventions):
         sae = bundle.saes[point]
         print(f"{point}: SAE of {sae.num_latents} latents, {sae.cfg.inference_topk()}")

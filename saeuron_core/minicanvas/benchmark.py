@@ -8,6 +8,9 @@ generated at held-out seeds with the concept removed, and judged (METHOD section
 - CRA = judge accuracy of the other kind. Two definitions, both reported: ``CRA`` on styled
   images (UnlearnCanvas) and ``CRA_unstyled`` on the unstyled prompts "An image of {object}."
   (what the reference code measures for styles).
+- kept_on_target = judge accuracy of the other kind on the removed concept's own images (remove
+  "dots" from "star in dots style": is it still a star?). UA counts a wrecked image as a
+  removal and CRA, over other prompts, does not see it; this does.
 
 Fidelity: a Frechet distance between retained-concept images and MiniCanvas renders of the same
 pairs, in the judge's penultimate feature space ("judge-FD"; not FID, which uses Inception), and
@@ -224,8 +227,9 @@ def compare_methods(by_method: dict, reference: str = "saeuron") -> dict:
             if not shared:
                 continue
             entry = {"concepts": shared, "average": paired_bootstrap([concept_average(mine[c]) for c in shared], [concept_average(theirs[c]) for c in shared])}
-            for metric in ("UA", "IRA", "CRA"):
-                entry[metric] = paired_bootstrap([mine[c][metric] for c in shared], [theirs[c][metric] for c in shared])
+            for metric in ("UA", "IRA", "CRA", "kept_on_target"):
+                if all(metric in mine[c] and metric in theirs[c] for c in shared):
+                    entry[metric] = paired_bootstrap([mine[c][metric] for c in shared], [theirs[c][metric] for c in shared])
             out.setdefault(f"{reference} - {other}", {})[kind] = entry
     return out
 
@@ -265,7 +269,9 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
                 removals[method, concept_set], keys[method, concept_set] = Removal("none", concept_set, 0.0, 0, 0), "plain"
             else:
                 removal = prepare_removal(pipe, info, method, concept_set, bundle=bundle, cache=cache, esd=esd, uce=uce, log=log)
-                removals[method, concept_set], keys[method, concept_set] = removal, settings_key(method, concept_set, removal.settings)
+                # saeuron-paper shares saeuron's images when the default is the paper's method (same settings)
+                keys[method, concept_set] = settings_key("saeuron" if method == "saeuron-paper" else method, concept_set, removal.settings)
+                removals[method, concept_set] = removal
     # attacks use the first base seed only (each prompt its own seed from it), so a report on fewer
     # seeds of the same work folder reuses them
     attack_seeds = plan.seeds[:1]
@@ -362,10 +368,11 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
             rows.append(row)
             if method != "none":
                 examples[f"{method}: {'+'.join(concept_set)}"] = _example_strip(concept_set, plain, edited)
-            shown = {k: v for k, v in row.items() if isinstance(v, float) and k in ("UA", "IRA", "CRA", "setup_seconds")}
+            shown = {k: v for k, v in row.items() if isinstance(v, float) and k in ("UA", "IRA", "CRA", "kept_on_target", "setup_seconds")}
             attacked = f", attacked UA {row['attack']['UA_before']:.3f} -> {row['attack']['UA_after']:.3f}" if "attack" in row else ""
             log(f"{method} removed {'+'.join(concept_set)}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()) + attacked)
         by_method[method] = {
+            "variant": next((r.variant for r in used if r.variant is not None), None),
             "rows": rows,
             "summary": summarize(rows),
             "cost": cost(used, plain.seconds / len(plain.records), [r["seconds_per_image"] for r in rows], edited=method != "none"),
@@ -472,9 +479,9 @@ def concept_average(row: dict) -> float:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Averages of UA / IRA / CRA (and attacked UA) over single-concept rows, per kind.
+    """Averages of UA / IRA / CRA / kept_on_target (and attacked UA) over single-concept rows, per kind.
 
-    ``intervals``: Wilson 95% intervals of UA / IRA / CRA / unrecognisable pooled over the
+    ``intervals``: Wilson 95% intervals of UA / IRA / CRA / unrecognisable / kept_on_target pooled over the
     concepts' images (every concept has as many images, so the pooled rate is the mean), and a
     bootstrap interval over concepts of the average (between-concept spread included)."""
     out = {}
@@ -485,15 +492,16 @@ def summarize(rows: list[dict]) -> dict:
         avg = {k: float(np.mean([r[k] for r in single])) for k in ("UA", "IRA", "CRA")}
         avg["average"] = float(np.mean(list(avg.values())))
         pooled = {}
-        for name in ("UA", "IRA", "CRA", "unrecognisable"):
-            parts = [r["intervals"][name] for r in single if "intervals" in r]
+        for name in ("UA", "IRA", "CRA", "unrecognisable", "kept_on_target"):
+            parts = [r["intervals"][name] for r in single if name in r.get("intervals", {})]
             if parts:
                 pooled[name] = Rate(sum(p["k"] for p in parts), sum(p["n"] for p in parts)).as_dict()
         averages = [concept_average(r) for r in single]
         pooled["average"] = paired_bootstrap(averages, [0.0] * len(averages))
         avg["intervals"] = pooled
-        if "unrecognisable" in single[0]:
-            avg["unrecognisable"] = float(np.mean([r["unrecognisable"] for r in single]))
+        for name in ("unrecognisable", "kept_on_target"):
+            if all(name in r for r in single):
+                avg[name] = float(np.mean([r[name] for r in single]))
         if kind == "style":
             avg["CRA_unstyled"] = float(np.mean([r["CRA_unstyled"] for r in single]))
         avg["judge_fd_retained"] = float(np.mean([r["judge_fd_retained"] for r in single]))
@@ -548,10 +556,11 @@ def _diff(entry: dict) -> str:
 
 def difference_lines(comparisons: dict, intro: str, first: str, name=lambda key: key) -> list[str]:
     """Markdown rows of paired differences (bootstrap intervals), one per (comparison, kind)."""
-    lines = ["", intro, "", f"| {first} | kind | avg | UA | IRA | CRA |", "|---|---|---|---|---|---|"]
+    lines = ["", intro, "", f"| {first} | kind | avg | UA | IRA | CRA | kept on target |", "|---|---|---|---|---|---|---|"]
     for key, kinds in comparisons.items():
         for kind, e in kinds.items():
-            lines.append(f"| {name(key)} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} |")
+            kept = _diff(e["kept_on_target"]) if "kept_on_target" in e else "-"
+            lines.append(f"| {name(key)} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} | {kept} |")
     return lines
 
 
@@ -560,10 +569,10 @@ def markdown_table(result: dict) -> str:
     lines = [
         "### Ours: tiny SD-architecture model on MiniCanvas (this run)",
         "",
-        "UA / IRA / CRA with Wilson 95% intervals over the images pooled across concepts; avg with a bootstrap 95% interval over concepts; unrecognisable: share of the removed concept's images the judge places in neither head (top probability < 0.5 on both).",
+        "UA / IRA / CRA with Wilson 95% intervals over the images pooled across concepts; avg = (UA + IRA + CRA) / 3 (the paper's) with a bootstrap 95% interval over concepts; kept on target: share of the removed concept's own images on which the judge still sees the prompt's other concept (Wilson 95%); unrecognisable: share of the removed concept's images the judge places in neither head (top probability < 0.5 on both).",
         "",
-        "| Method | Domain | UA | IRA | CRA | avg | unrecognisable | UA attacked: before -> after | judge-FD (retained) | extra memory | extra storage | set-up s / removal | s / image |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Method | Domain | UA | IRA | CRA | avg | kept on target | unrecognisable | UA attacked: before -> after | judge-FD (retained) | extra memory | extra storage | set-up s / removal | s / image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, res in result["methods"].items():
         c = res["cost"]
@@ -575,7 +584,8 @@ def markdown_table(result: dict) -> str:
             per_image = result["reference"]["seconds_per_image"] + (c.get("extra_seconds_per_image", 0.0) if c else 0.0)
             iv = s.get("intervals", {})
             cells = " | ".join(_with_interval(s[k], iv.get(k)) for k in ("UA", "IRA", "CRA", "average"))
-            lines.append(f"| {method} | {kind} | {cells} | {_pct(s.get('unrecognisable'))} | {attacked} | {s['judge_fd_retained']:.2f} | {mem} | {sto} | {setup} | {per_image:.3f} |")
+            kept = _with_interval(s.get("kept_on_target"), iv.get("kept_on_target"))
+            lines.append(f"| {method} | {kind} | {cells} | {kept} | {_pct(s.get('unrecognisable'))} | {attacked} | {s['judge_fd_retained']:.2f} | {mem} | {sto} | {setup} | {per_image:.3f} |")
     attacked = [(m, k, s) for m, res in result["methods"].items() for k, s in res["summary"].items() if "attack_p_concept_after" in s]
     if attacked:
         lines += [
@@ -590,6 +600,9 @@ def markdown_table(result: dict) -> str:
             lines.append(f"| {method} | {kind} | {_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])} | {s['attack_p_concept_before']:.3f} -> {s['attack_p_concept_after']:.3f} ({s['attack_p_concept_target']:.3f}) | {s['attack_similarity_before']:.3f} -> {s['attack_similarity_after']:.3f} | {_pct(s['attack_similarity_recovered'])} | {readings} |")
     if result.get("comparisons"):
         lines += difference_lines(result["comparisons"], "Paired differences (bootstrap 95% interval over concepts, percentage points; methods share every prompt's seeds):", "Difference")
+    variants = {m: res["variant"] for m, res in result["methods"].items() if res.get("variant")}
+    if variants:
+        lines += ["", "SAE removal variants: " + "; ".join(f"`{m}` = {v}" + (" (the paper's method: the default is the paper's)" if v == "paper" and m == "saeuron" else "") for m, v in variants.items()) + "."]
     ref = result["reference"]
     lines += ["", f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])} (unstyled prompts: {_pct(ref['object_accuracy_unstyled'])}), judge-FD {ref['judge_fd']:.2f}. Method `none` is that model judged as if it had removed each concept (its UA is the judge's error)."]
     lines += [
@@ -612,16 +625,17 @@ def markdown_table(result: dict) -> str:
     for method, res in result["methods"].items():
         if not res["rows"]:
             continue
-        lines += ["", f"#### {method}: per removal (Wilson 95% intervals)", "", "| Removed | UA | IRA | CRA | unrecognisable | retain style | retain object | collateral MAE | attacked UA before -> after | attack: p(concept) before -> after | attack: similarity before -> after | attack reading |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"#### {method}: per removal (Wilson 95% intervals)", "", "| Removed | UA | IRA | CRA | kept on target | unrecognisable | retain style | retain object | collateral MAE | attacked UA before -> after | attack: p(concept) before -> after | attack: similarity before -> after | attack reading |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
             def cell(name):
-                return " / ".join((f"{c}: " if name == "UA" and len(r["per_concept"]) > 1 else "") + _with_interval(m[name], m.get("intervals", {}).get(name)) for c, m in r["per_concept"].items())
+                labelled = name in ("UA", "kept_on_target") and len(r["per_concept"]) > 1
+                return " / ".join((f"{c}: " if labelled else "") + _with_interval(m.get(name), m.get("intervals", {}).get(name)) for c, m in r["per_concept"].items())
 
             a = r.get("attack", {})
             attacked = f"{_pct(a['UA_before'])} -> {_pct(a['UA_after'])}" if a else "-"
             p_concept = f"{a['p_concept_before']:.3f} -> {a['p_concept_after']:.3f}" if "p_concept_after" in a else "-"
             sim = f"{a['similarity_before']:.3f} -> {a['similarity_after']:.3f}" if "similarity_after" in a else "-"
-            lines.append(f"| {'+'.join(r['removed'])} | {cell('UA')} | {cell('IRA')} | {cell('CRA')} | {cell('unrecognisable')} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} | {p_concept} | {sim} | {a.get('reading', '-')} |")
+            lines.append(f"| {'+'.join(r['removed'])} | {cell('UA')} | {cell('IRA')} | {cell('CRA')} | {cell('kept_on_target')} | {cell('unrecognisable')} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} | {p_concept} | {sim} | {a.get('reading', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -630,12 +644,12 @@ def write_reports(result: dict, examples: dict, out: Path) -> None:
     write_json(out / "metrics.json", result)
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "removed", "concept", "UA", "IRA", "CRA", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image", "setup_seconds", "UA_attack_before", "UA_attack_after", "p_concept_attack_before", "p_concept_attack_after", "similarity_attack_before", "similarity_attack_after"])
+        w.writerow(["method", "removed", "concept", "UA", "IRA", "CRA", "kept_on_target", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image", "setup_seconds", "UA_attack_before", "UA_attack_after", "p_concept_attack_before", "p_concept_attack_after", "similarity_attack_before", "similarity_attack_after"])
         for method, res in result["methods"].items():
             for r in res["rows"]:
                 a = r.get("attack", {})
                 for c, m in r["per_concept"].items():
-                    w.writerow([method, "+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"], r["setup_seconds"], a.get("UA_before", ""), a.get("UA_after", ""), a.get("p_concept_before", ""), a.get("p_concept_after", ""), a.get("similarity_before", ""), a.get("similarity_after", "")])
+                    w.writerow([method, "+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], m.get("kept_on_target", ""), r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"], r["setup_seconds"], a.get("UA_before", ""), a.get("UA_after", ""), a.get("p_concept_before", ""), a.get("p_concept_after", ""), a.get("similarity_before", ""), a.get("similarity_after", "")])
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(markdown_table(result))
     with atomic_path(out / "report.html") as tmp:
@@ -658,7 +672,7 @@ def html_report(result: dict, examples: dict) -> str:
             if not summaries:
                 continue
             fig = go.Figure()
-            metrics = ["UA", "IRA", "CRA", "average"] + (["UA_attack_after"] if any("UA_attack_after" in s for s in summaries.values()) else [])
+            metrics = ["UA", "IRA", "CRA", "average", "kept_on_target"] + (["UA_attack_after"] if any("UA_attack_after" in s for s in summaries.values()) else [])
             for method, s in summaries.items():
                 iv = s.get("intervals", {})
                 ys = [s.get(m) for m in metrics]

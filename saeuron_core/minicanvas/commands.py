@@ -142,7 +142,7 @@ def cmd_attack(args) -> int:
     from .. import minicanvas as mc
     from ..baselines.commands import cache_dir
     from ..baselines.erasure import check_concepts
-    from ..baselines.methods import Removal, check_method, prepare_removal
+    from ..baselines.methods import SAE_METHODS, Removal, check_method, prepare_removal
     from ..edits import WeightEdit
     from ..io import write_json
     from ..pipeline import save_image
@@ -167,7 +167,7 @@ def cmd_attack(args) -> int:
             raise_error(f"{args.erasure} erases {', '.join(edit.concepts)}, not {concept}")
         removal = Removal.from_edit(edit)
     else:
-        bundle = open_bundle(args, m.info, m.pipe) if method == "saeuron" else None
+        bundle = open_bundle(args, m.info, m.pipe) if method in SAE_METHODS else None
         removal = prepare_removal(m.pipe, m.info, method, [concept], bundle=bundle, cache=cache_dir(args), log=print)
     judge = open_judge(args)
     n_prompts = args.prompts or len(m.info.objects if concept in m.info.styles else m.info.styles)

@@ -29,7 +29,7 @@ def _log(msg: str) -> None:
 def cmd_evaluate(args) -> int:
     from .. import minicanvas as mc
     from ..baselines.commands import cache_dir, esd_config
-    from ..baselines.methods import parse_methods
+    from ..baselines.methods import SAE_METHODS, parse_methods
     from .benchmark import EvalPlan, default_concepts, run
     from .commands import open_judge
 
@@ -59,7 +59,7 @@ def cmd_evaluate(args) -> int:
     m = open_model(args, need_vocabulary="evaluate")
     plan = EvalPlan(methods, args.domain or "style", concepts, seeds, m.steps, m.guidance, multi, attack_prompts,
                     args.attack_steps)
-    bundle = open_bundle(args, m.info, m.pipe) if "saeuron" in methods else None
+    bundle = open_bundle(args, m.info, m.pipe) if set(methods) & set(SAE_METHODS) else None
     judge = open_judge(args)
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
@@ -178,7 +178,8 @@ def register_evaluate(sub) -> None:
     add_judge_option(ev)
     add_cache_options(ev)
     add_esd_options(ev)
-    ev.add_argument("--methods", default=None, help="comma-separated: saeuron,esd,uce,none (default saeuron)")
+    ev.add_argument("--methods", default=None, help="comma-separated: saeuron,saeuron-paper,esd,uce,none (default saeuron: the project's "
+                         "default SAE removal; saeuron-paper: the paper's exact method)")
     ev.add_argument("--method", default=None, help="one method (same as --methods with one name)")
     ev.add_argument("--domain", default=None,
                     help="style, object or both (default style; with --generalisation: every concept)")

@@ -324,12 +324,12 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
             settings = {iv.point: iv.per_concept() for iv in bundle.unlearn([concept])}
             row.update(settings=settings, group=split.group_of(concept), kind=mc.concept_kind(concept))
             rows[name].append(row)
-            log(f"{name} SAE removed {concept} ({GROUP_NAMES[row['group']]}): UA {row['UA']:.3f}, IRA {row['IRA']:.3f}, CRA {row['CRA']:.3f}")
+            log(f"{name} SAE removed {concept} ({GROUP_NAMES[row['group']]}): UA {row['UA']:.3f}, IRA {row['IRA']:.3f}, CRA {row['CRA']:.3f}, kept on target {row['kept_on_target']:.3f}")
 
     result = {
         "mode": "generalisation",
         "split": split.as_dict(),
-        "config": {**asdict(cfg), "full_reference": [str(f) for f in full.folders] if full is not None else None, "hook_points": {k: list(v) for k, v in info.points_of_kind.items()}, "steps": steps, "guidance": guidance, "defaults": str(defaults)},
+        "config": {**asdict(cfg), "full_reference": [str(f) for f in full.folders] if full is not None else None, "hook_points": {k: list(v) for k, v in info.points_of_kind.items()}, "variant": next(iter(bundles.values())).variant(), "steps": steps, "guidance": guidance, "defaults": str(defaults)},
         "settings_note": "every concept, in-half and out-of-half, is removed with its entry of the defaults table (latents per step and gamma, else the kind's tau / gamma), turned into a percentile for the SAE's width: the same selection procedure for both groups, tuned once on the sweep split with the bundled SAE of every concept, so neither group's settings were tuned on the SAE being tested",
         "statistics_note": "the half SAE is trained on the half's prompts only; its statistics are computed over every concept's prompts, since selecting a concept's features needs that concept's mean activations",
         "seed_derivation": "each prompt p gets seed dataset.prompt_seeds(seeds, p); the same for both SAEs (paired)",
@@ -352,7 +352,7 @@ def _groups_of(rows: list[dict], group: str, kind: str) -> list[dict]:
 
 
 def summarize_groups(rows: list[dict]) -> dict:
-    """Per group (in / out) and kind (object, style, all): mean UA / IRA / CRA over concepts, Wilson
+    """Per group (in / out) and kind (object, style, all): mean UA / IRA / CRA / kept_on_target over concepts, Wilson
     95% intervals over the pooled images, and a bootstrap interval over concepts of the average."""
     out: dict = {}
     for group in GROUPS:
@@ -360,10 +360,11 @@ def summarize_groups(rows: list[dict]) -> dict:
             chosen = _groups_of(rows, group, kind)
             if not chosen:
                 continue
-            s = {k: float(np.mean([r[k] for r in chosen])) for k in ("UA", "IRA", "CRA")}
+            present = [k for k in ("UA", "IRA", "CRA", "kept_on_target") if all(k in r for r in chosen)]  # rows from before kept_on_target lack it
+            s = {k: float(np.mean([r[k] for r in chosen])) for k in present}
             s["average"] = float(np.mean([concept_average(r) for r in chosen]))
             ivs = {}
-            for name in ("UA", "IRA", "CRA", "unrecognisable"):
+            for name in (*present, "unrecognisable"):
                 if kind == "all":
                     # objects and styles have different image counts per concept: the pooled rate
                     # is not the mean over concepts, so the interval is a bootstrap over concepts
@@ -393,8 +394,9 @@ def compare_groups(rows: dict[str, list[dict]]) -> dict:
                 continue
             theirs = [full[r["removed"][0]] for r in mine]
             entry = {"average": paired_bootstrap([concept_average(r) for r in mine], [concept_average(r) for r in theirs])}
-            for metric in ("UA", "IRA", "CRA"):
-                entry[metric] = paired_bootstrap([r[metric] for r in mine], [r[metric] for r in theirs])
+            for metric in ("UA", "IRA", "CRA", "kept_on_target"):
+                if all(metric in r for r in mine + theirs):
+                    entry[metric] = paired_bootstrap([r[metric] for r in mine], [r[metric] for r in theirs])
             out.setdefault(group, {})[kind] = entry
     return out
 
@@ -406,12 +408,12 @@ def markdown_table(result: dict) -> str:
         "### Ours: tiny SD-architecture model on MiniCanvas (this run)",
         "",
         f"SAE trained on half of the concepts ({how}): " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["in_half"].items()) + ". Never seen in training: " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["out_half"].items()) + ".",
-        f"Hook points: {result['config']['hook_points']}. Held-out base seeds {result['config']['seeds']} (each prompt its own seed per base), {result['config']['steps']} steps, guidance {result['config']['guidance']}.",
+        f"Hook points: {result['config']['hook_points']}. SAE removal variant: {result['config'].get('variant', 'paper')}. Held-out base seeds {result['config']['seeds']} (each prompt its own seed per base), {result['config']['steps']} steps, guidance {result['config']['guidance']}.",
         "",
-        "UA / IRA / CRA: mean over the group's concepts, Wilson 95% interval over the pooled images (kind 'all': bootstrap 95% interval over concepts, as objects and styles differ in images per concept); avg: (UA+IRA+CRA)/3 with a bootstrap 95% interval over concepts.",
+        "UA / IRA / CRA: mean over the group's concepts, Wilson 95% interval over the pooled images (kind 'all': bootstrap 95% interval over concepts, as objects and styles differ in images per concept); avg: (UA+IRA+CRA)/3 with a bootstrap 95% interval over concepts; kept on target: share of the removed concept's own images on which the judge still sees the prompt's other concept.",
         "",
-        "| SAE trained on | concepts removed | kind | UA | IRA | CRA | avg | unrecognisable | concepts |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| SAE trained on | concepts removed | kind | UA | IRA | CRA | avg | kept on target | unrecognisable | concepts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     sae_names = {"half": "half of the concepts", "full": "every concept (reference)"}
     for name, summary in result["summary"].items():
@@ -419,7 +421,8 @@ def markdown_table(result: dict) -> str:
             for kind, s in summary.get(group, {}).items():
                 iv = s["intervals"]
                 cells = " | ".join(_with_interval(s[k], iv.get(k)) for k in ("UA", "IRA", "CRA", "average"))
-                lines.append(f"| {sae_names[name]} | {GROUP_NAMES[group]} | {kind} | {cells} | {_pct(s['unrecognisable'])} | {', '.join(s['concepts'])} |")
+                kept = _with_interval(s.get("kept_on_target"), iv.get("kept_on_target"))
+                lines.append(f"| {sae_names[name]} | {GROUP_NAMES[group]} | {kind} | {cells} | {kept} | {_pct(s['unrecognisable'])} | {', '.join(s['concepts'])} |")
     if result.get("comparisons"):
         lines += difference_lines(result["comparisons"], "Half SAE minus full SAE on the same concepts and seeds (paired bootstrap 95% interval over concepts, percentage points):", "concepts removed", GROUP_NAMES.get)
     ref = result["reference"]
@@ -435,12 +438,12 @@ def markdown_table(result: dict) -> str:
     for label, key in (("all data", "all data"), ("concepts in the SAE's training half", "in"), ("concepts outside it", "out")):
         p = result["paper"][key]
         lines.append(f"| {label} | {_pct(p['UA'])} | {_pct(p['IRA'])} | {_pct(p['CRA'])} | {_pct(p['average'])} |")
-    lines += ["", "#### Per removal", "", "| SAE | removed | group | UA | IRA | CRA | unrecognisable | settings |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "#### Per removal", "", "| SAE | removed | group | UA | IRA | CRA | kept on target | unrecognisable | settings |", "|---|---|---|---|---|---|---|---|---|"]
     for name, rows in result["rows"].items():
         for r in rows:
             iv = r["intervals"]
             settings = "; ".join(f"{p}: " + ", ".join(f"tau {t:.3f} gamma {g:g}" for _, t, g in v) for p, v in r["settings"].items())
-            lines.append(f"| {name} | {r['removed'][0]} | {r['group']} | {_with_interval(r['UA'], iv['UA'])} | {_with_interval(r['IRA'], iv['IRA'])} | {_with_interval(r['CRA'], iv['CRA'])} | {_pct(r['unrecognisable'])} | {settings} |")
+            lines.append(f"| {name} | {r['removed'][0]} | {r['group']} | {_with_interval(r['UA'], iv['UA'])} | {_with_interval(r['IRA'], iv['IRA'])} | {_with_interval(r['CRA'], iv['CRA'])} | {_with_interval(r.get('kept_on_target'), iv.get('kept_on_target'))} | {_pct(r['unrecognisable'])} | {settings} |")
     return "\n".join(lines) + "\n"
 
 
@@ -452,10 +455,10 @@ def write_reports(result: dict, out: Path) -> None:
     write_json(out / "metrics.json", result)
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["sae", "removed", "kind", "group", "UA", "IRA", "CRA", "unrecognisable", "judge_fd_retained", "collateral_mae"])
+        w.writerow(["sae", "removed", "kind", "group", "UA", "IRA", "CRA", "kept_on_target", "unrecognisable", "judge_fd_retained", "collateral_mae"])
         for name, rows in result["rows"].items():
             for r in rows:
-                w.writerow([name, r["removed"][0], r["kind"], r["group"], r["UA"], r["IRA"], r["CRA"], r["unrecognisable"], r["judge_fd_retained"], r["collateral_mae"]])
+                w.writerow([name, r["removed"][0], r["kind"], r["group"], r["UA"], r["IRA"], r["CRA"], r.get("kept_on_target", ""), r["unrecognisable"], r["judge_fd_retained"], r["collateral_mae"]])
     table = markdown_table(result)
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(table)
@@ -464,17 +467,18 @@ def write_reports(result: dict, out: Path) -> None:
         import plotly.graph_objects as go
 
         fig = go.Figure()
-        metrics = ["UA", "IRA", "CRA", "average"]
+        metrics = ["UA", "IRA", "CRA", "average", "kept_on_target"]
         for name, summary in result["summary"].items():
             for group in GROUPS:
                 s = summary.get(group, {}).get("all")
                 if s is None:
                     continue
-                ys = [s[m] for m in metrics]
+                shown = [m for m in metrics if m in s]
+                ys = [s[m] for m in shown]
                 iv = s["intervals"]
-                fig.add_bar(name=f"{name} SAE, {GROUP_NAMES[group]}", x=metrics, y=ys, error_y=dict(type="data", symmetric=False, array=[iv[m]["hi"] - y for m, y in zip(metrics, ys)], arrayminus=[y - iv[m]["lo"] for m, y in zip(metrics, ys)]))
-        for key, label in (("in", "paper: in half"), ("out", "paper: outside")):
-            fig.add_scatter(name=label, x=metrics, y=[result["paper"][key][m] for m in metrics], mode="markers", marker_symbol="x", marker_size=12)
+                fig.add_bar(name=f"{name} SAE, {GROUP_NAMES[group]}", x=shown, y=ys, error_y=dict(type="data", symmetric=False, array=[iv[m]["hi"] - y for m, y in zip(shown, ys)], arrayminus=[y - iv[m]["lo"] for m, y in zip(shown, ys)]))
+        for key, label in (("in", "paper: in half"), ("out", "paper: outside")):  # the paper has no kept-on-target
+            fig.add_scatter(name=label, x=metrics, y=[result["paper"][key].get(m) for m in metrics], mode="markers", marker_symbol="x", marker_size=12)
         fig.update_layout(barmode="group", title="Every kind pooled: mean over concepts (bars: 95% intervals); crosses: published SD v1.5 numbers", yaxis_range=[0, 1.05])
         parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn"))
     except ImportError:
