@@ -25,6 +25,7 @@ from typing import Callable, ContextManager
 from ..edits import META_FILE, WeightEdit, applied, cross_attention_parameters, fingerprint
 from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, check_concepts, erase
 from ..errors import SaeuronError
+from ..interventions import Replace
 
 METHODS = ("none", "saeuron", "saeuron-paper", "esd", "uce")
 SAE_METHODS = ("saeuron", "saeuron-paper")
