@@ -10,8 +10,20 @@ import os
 
 from explorer.app import build_app, open_session, parse_args
 
-_FLAGS = {"--model": "SAEURON_MODEL", "--sae": "SAEURON_SAE", "--stats": "SAEURON_STATS", "--defaults": "SAEURON_DEFAULTS", "--judge": "SAEURON_JUDGE", "--threads": "SAEURON_THREADS",
-          "--run": "SAEURON_RUN", "--device": "SAEURON_DEVICE", "--dtype": "SAEURON_DTYPE", "--height": "SAEURON_HEIGHT", "--width": "SAEURON_WIDTH", "--preset": "SAEURON_PRESET"}
+_FLAGS = {
+    "--model": "SAEURON_MODEL",
+    "--sae": "SAEURON_SAE",
+    "--stats": "SAEURON_STATS",
+    "--defaults": "SAEURON_DEFAULTS",
+    "--judge": "SAEURON_JUDGE",
+    "--threads": "SAEURON_THREADS",
+    "--run": "SAEURON_RUN",
+    "--device": "SAEURON_DEVICE",
+    "--dtype": "SAEURON_DTYPE",
+    "--height": "SAEURON_HEIGHT",
+    "--width": "SAEURON_WIDTH",
+    "--preset": "SAEURON_PRESET",
+}
 args = parse_args([x for flag, var in _FLAGS.items() if var in os.environ for x in (flag, os.environ[var])])
 demo = build_app(open_session(args))
 

@@ -79,7 +79,9 @@ def tiny_pipeline_folder(sample_size: int = 8, folder: str | Path | None = None)
     return folder
 
 
-def calibrated_means(mean_codes: torch.Tensor, n_concepts: int, target: int, boosted_per_step: int, seed: int, boost: float = 5.0) -> torch.Tensor:
+def calibrated_means(
+    mean_codes: torch.Tensor, n_concepts: int, target: int, boosted_per_step: int, seed: int, boost: float = 5.0
+) -> torch.Tensor:
     """Synthetic per-concept means [n_concepts, T, n] from real spatially averaged codes [T, n].
 
     Every concept gets the real means times a random factor in [0.5, 1.5]; concept ``target``
@@ -100,7 +102,15 @@ def calibrated_means(mean_codes: torch.Tensor, n_concepts: int, target: int, boo
     return means
 
 
-def synthetic_feature_stats(means: torch.Tensor, concepts: list[str], kinds: list[str], timesteps: list[int], height: int, width: int, images_per_concept: int = 10):
+def synthetic_feature_stats(
+    means: torch.Tensor,
+    concepts: list[str],
+    kinds: list[str],
+    timesteps: list[int],
+    height: int,
+    width: int,
+    images_per_concept: int = 10,
+):
     """A ``FeatureStats`` holding ``means`` (and minimal placeholders for the explorer-only fields)."""
     from saeuron_core.stats import HIST_EDGES, FeatureStats
 

@@ -58,13 +58,28 @@ def _worker(rank: int, world: int, task: dict) -> None:
         from saeuron_core.sae_train import TrainConfig, train_sae
 
         store = ActivationStore(task["store"])
-        cfg = TrainConfig(SaeConfig(expansion_factor=task["expansion_factor"], k=task["k"]), batch_size=task["batch_size"], epochs=task["epochs"], checkpoint_every=10**9)
+        cfg = TrainConfig(
+            SaeConfig(expansion_factor=task["expansion_factor"], k=task["k"]),
+            batch_size=task["batch_size"],
+            epochs=task["epochs"],
+            checkpoint_every=10**9,
+        )
     if world > 1:
         tdist.barrier()
     t0 = time.time()
     if task["kind"] == "cache":
-        store = cache_activations(pipe, items, task["points"], task["out"], task["steps"], task["guidance"], items_per_shard=task["items_per_shard"])
-        tokens = sum(len(store.items) * store.meta["steps"] * d["height"] * d["width"] for d in store.meta["points"].values())
+        store = cache_activations(
+            pipe,
+            items,
+            task["points"],
+            task["out"],
+            task["steps"],
+            task["guidance"],
+            items_per_shard=task["items_per_shard"],
+        )
+        tokens = sum(
+            len(store.items) * store.meta["steps"] * d["height"] * d["width"] for d in store.meta["points"].values()
+        )
     else:
         metrics = train_sae(store, task["point"], cfg, task["out"])
         tokens = metrics["steps"] * cfg.batch_size
@@ -78,12 +93,24 @@ def _worker(rank: int, world: int, task: dict) -> None:
 
 
 def run(world: int, task: dict, tmp: Path) -> dict:
-    task = {**task, "init": str(tmp / f"init-{task['kind']}-{world}"), "result": str(tmp / f"result-{task['kind']}-{world}.json")}
+    task = {
+        **task,
+        "init": str(tmp / f"init-{task['kind']}-{world}"),
+        "result": str(tmp / f"result-{task['kind']}-{world}.json"),
+    }
     t = time.time()
     mp.spawn(_worker, args=(world, task), nprocs=world, join=True)
     res = json.loads(Path(task["result"]).read_text())
-    res.update(ranks=world, tokens_per_s=round(res["tokens"] / res["seconds"], 1), seconds=round(res["seconds"], 2), startup_s=round(res["startup_s"], 2), wall_s=round(time.time() - t, 2))
-    log(f"{task['kind']} on {world} rank(s): {res['tokens_per_s']:.0f} tokens/s ({res['tokens']} tokens in {res['seconds']} s)")
+    res.update(
+        ranks=world,
+        tokens_per_s=round(res["tokens"] / res["seconds"], 1),
+        seconds=round(res["seconds"], 2),
+        startup_s=round(res["startup_s"], 2),
+        wall_s=round(time.time() - t, 2),
+    )
+    log(
+        f"{task['kind']} on {world} rank(s): {res['tokens_per_s']:.0f} tokens/s ({res['tokens']} tokens in {res['seconds']} s)"
+    )
     return res
 
 
@@ -107,12 +134,25 @@ def paper_sae_step(batch: int, steps: int) -> dict:
         if i:  # the first step warms up allocations
             times.append(time.time() - t)
     per_step = sum(times) / len(times)
-    return {"d_in": 1280, "num_latents": 20480, "k": 32, "batch": batch, "steps_timed": steps, "seconds_per_step": round(per_step, 3), "tokens_per_s": round(batch / per_step, 1), "step_seconds": [round(t, 3) for t in times]}
+    return {
+        "d_in": 1280,
+        "num_latents": 20480,
+        "k": 32,
+        "batch": batch,
+        "steps_timed": steps,
+        "seconds_per_step": round(per_step, 3),
+        "tokens_per_s": round(batch / per_step, 1),
+        "step_seconds": [round(t, 3) for t in times],
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="pipeline folder (default: the bundled MiniCanvas if built, else a tiny random pipeline)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="pipeline folder (default: the bundled MiniCanvas if built, else a tiny random pipeline)",
+    )
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--items-per-shard", type=int, default=4)
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
@@ -120,7 +160,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--expansion-factor", type=int, default=16)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--paper-sae-batch", type=int, default=512, help="tokens per timed step of the paper-sized SAE (0: skip)")
+    p.add_argument(
+        "--paper-sae-batch", type=int, default=512, help="tokens per timed step of the paper-sized SAE (0: skip)"
+    )
     p.add_argument("--paper-sae-steps", type=int, default=3)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -130,7 +172,11 @@ def main() -> None:
     model = args.model
     if model is None:
         bundled = ROOT / "assets" / "minicanvas"
-        model = str(bundled) if (bundled / "unet").is_dir() and any((bundled / "unet").iterdir()) else str(tiny_pipeline_folder())
+        model = (
+            str(bundled)
+            if (bundled / "unet").is_dir() and any((bundled / "unet").iterdir())
+            else str(tiny_pipeline_folder())
+        )
     info = model_info(load_pipeline(model), model)
     steps = args.steps or info.default_steps
     points = sorted(set(info.hook_points.values()))
@@ -138,10 +184,26 @@ def main() -> None:
     prompts = [f"An image of {o} in {s} style." for s in styles for o in objects]
     items = [{"prompt": prompts[i % len(prompts)], "seed": i // len(prompts), "labels": {}} for i in range(args.images)]
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
-    cache_task = {"kind": "cache", "model": model, "items": items, "points": points, "steps": steps, "guidance": info.default_guidance, "items_per_shard": args.items_per_shard}
+    cache_task = {
+        "kind": "cache",
+        "model": model,
+        "items": items,
+        "points": points,
+        "steps": steps,
+        "guidance": info.default_guidance,
+        "items_per_shard": args.items_per_shard,
+    }
     cache = {w: run(w, {**cache_task, "out": str(tmp / f"store-{w}")}, tmp) for w in (1, 2)}
     point = points[-1]
-    train_task = {"kind": "train", "store": str(tmp / "store-1"), "point": point, "epochs": args.epochs, "batch_size": args.batch_size, "expansion_factor": args.expansion_factor, "k": args.k}
+    train_task = {
+        "kind": "train",
+        "store": str(tmp / "store-1"),
+        "point": point,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "expansion_factor": args.expansion_factor,
+        "k": args.k,
+    }
     train = {w: run(w, {**train_task, "out": str(tmp / f"sae-{w}")}, tmp) for w in (1, 2)}
     from saeuron_core.sae import TopKSae
 
@@ -150,8 +212,26 @@ def main() -> None:
     result = {
         "benchmark": "bench_distributed",
         "model": model if args.model else ("bundled minicanvas" if "minicanvas" in model else "tiny random pipeline"),
-        "cache": {"images": args.images, "items_per_shard": args.items_per_shard, "steps": steps, "points": points, "1_rank": cache[1], "2_ranks": cache[2], "ratio_2_over_1": round(cache[2]["tokens_per_s"] / cache[1]["tokens_per_s"], 3)},
-        "train": {"point": point, "batch_size": args.batch_size, "epochs": args.epochs, "expansion_factor": args.expansion_factor, "k": args.k, "1_rank": train[1], "2_ranks": train[2], "ratio_2_over_1": round(train[2]["tokens_per_s"] / train[1]["tokens_per_s"], 3), "max_abs_weight_difference_2_vs_1": max_diff},
+        "cache": {
+            "images": args.images,
+            "items_per_shard": args.items_per_shard,
+            "steps": steps,
+            "points": points,
+            "1_rank": cache[1],
+            "2_ranks": cache[2],
+            "ratio_2_over_1": round(cache[2]["tokens_per_s"] / cache[1]["tokens_per_s"], 3),
+        },
+        "train": {
+            "point": point,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "expansion_factor": args.expansion_factor,
+            "k": args.k,
+            "1_rank": train[1],
+            "2_ranks": train[2],
+            "ratio_2_over_1": round(train[2]["tokens_per_s"] / train[1]["tokens_per_s"], 3),
+            "max_abs_weight_difference_2_vs_1": max_diff,
+        },
         "environment": environment(),
     }
     if args.paper_sae_batch:

@@ -34,7 +34,13 @@ def free_port() -> int:
 
 
 def source_args(args) -> list[str]:
-    pairs = [("--model", args.model), ("--sae", args.sae), ("--stats", args.stats), ("--defaults", args.defaults), ("--judge", args.judge)]
+    pairs = [
+        ("--model", args.model),
+        ("--sae", args.sae),
+        ("--stats", args.stats),
+        ("--defaults", args.defaults),
+        ("--judge", args.judge),
+    ]
     return [x for flag, value in pairs if value for x in (flag, value)]
 
 
@@ -75,7 +81,13 @@ def served(args) -> dict:
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "explorer.app", "--port", str(port), "--threads", "1", *source_args(args)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "explorer.app", "--port", str(port), "--threads", "1", *source_args(args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         load_before = os.getloadavg()[0]
@@ -90,14 +102,24 @@ def served(args) -> dict:
         client.predict(args.point, str(feature), "(none)", "all", api_name="/feature_card")
         card_first = time.perf_counter() - t
         unopened = ids[1:]
-        card_unopened = timed(lambda: client.predict(args.point, str(unopened.pop()), "(none)", "all", api_name="/feature_card"), args.repeats)
-        card = timed(lambda: client.predict(args.point, str(feature), "(none)", "all", api_name="/feature_card"), args.repeats)
-        ranking = timed(lambda: client.predict("(none)", args.point, "all", 99.0, api_name="/rank_features"), args.repeats)
+        card_unopened = timed(
+            lambda: client.predict(args.point, str(unopened.pop()), "(none)", "all", api_name="/feature_card"),
+            args.repeats,
+        )
+        card = timed(
+            lambda: client.predict(args.point, str(feature), "(none)", "all", api_name="/feature_card"), args.repeats
+        )
+        ranking = timed(
+            lambda: client.predict("(none)", args.point, "all", 99.0, api_name="/rank_features"), args.repeats
+        )
         round_trip = timed(lambda: client.predict(api_name="/clear_interventions"), args.repeats)
         ablation = client.predict("[]", args.point, str(feature), 4.0, 4.0, 0, "", None, api_name="/add_ablation")
         prompt = args.prompt
         seeds = iter(range(10_000, 10_000 + 10 * args.repeats))
-        generation = timed(lambda: client.predict(prompt, next(seeds), args.steps, args.guidance, ablation, api_name="/generate"), args.repeats)
+        generation = timed(
+            lambda: client.predict(prompt, next(seeds), args.steps, args.guidance, ablation, api_name="/generate"),
+            args.repeats,
+        )
         return {
             "cold_start_to_first_page_s": round(cold, 2),
             "load_avg_1min_during_cold_start": [round(load_before, 2), round(load_after, 2)],
@@ -118,16 +140,18 @@ def in_process(args) -> dict:
     """Server-side times of the logic the events call."""
     from dataclasses import replace
 
-    from saeuron_core.interventions import ScaleFeatures
-
     from explorer import cardview, plots
     from explorer.context import Explorer
     from explorer.session import ExplorerSession
+    from saeuron_core.interventions import ScaleFeatures
 
     session = ExplorerSession.open(args.model, args.sae, args.stats, args.defaults, args.judge, threads=1)
     ex = Explorer.build(session)
     ranked = ex.features.rank(args.point, None, None, limit=2 * args.repeats + 1)
-    ranking = timed(lambda: ex.features.rank(args.point, "dots" if "dots" in ex.features.concepts(args.point) else None, None), args.repeats)
+    ranking = timed(
+        lambda: ex.features.rank(args.point, "dots" if "dots" in ex.features.concepts(args.point) else None, None),
+        args.repeats,
+    )
 
     def card(feature, generate_images=True):
         c = ex.features.card(args.point, feature, None, generate_images=generate_images)
@@ -180,7 +204,13 @@ def main() -> None:
     args.point = args.point or info.hook_points.get("style") or next(iter(info.hook_points.values()))
     args.steps = args.steps or info.default_steps
     args.guidance = info.default_guidance if args.guidance is None else args.guidance
-    result = {"environment": environment(), "model": args.model, "point": args.point, "steps": args.steps, "guidance": args.guidance}
+    result = {
+        "environment": environment(),
+        "model": args.model,
+        "point": args.point,
+        "steps": args.steps,
+        "guidance": args.guidance,
+    }
     result["server_side"] = in_process(args)
     result["served"] = served(args)
     emit(result, args.out)

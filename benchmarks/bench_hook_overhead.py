@@ -82,7 +82,11 @@ class DenseUnlearn:
     def __init__(self, sae: TopKSae, unlearn: Unlearn, stats: ConceptStats):
         self.sae, self.stats = sae, stats
         compiled = UnlearnEdit(unlearn, stats, sae.device)  # the same selection as the sparse hook
-        self.rows, self.factors, self.thresholds = compiled.latents_per_row, compiled.multipliers_per_row, compiled.thresholds_per_row
+        self.rows, self.factors, self.thresholds = (
+            compiled.latents_per_row,
+            compiled.multipliers_per_row,
+            compiled.thresholds_per_row,
+        )
         self.calls = 0
         self.selected_total = 0
         self.edited_tokens_total = 0
@@ -153,7 +157,10 @@ def interleaved(runners: dict, repeats: int, warmup: int) -> tuple[dict, dict]:
 
 def summarize(times: dict) -> dict:
     plain = times["plain"]
-    out = {"seconds": {a: [round(t, 4) for t in ts] for a, ts in times.items()}, "median_seconds": {a: round(statistics.median(ts), 4) for a, ts in times.items()}}
+    out = {
+        "seconds": {a: [round(t, 4) for t in ts] for a, ts in times.items()},
+        "median_seconds": {a: round(statistics.median(ts), 4) for a, ts in times.items()},
+    }
     for arm in times:
         if arm == "plain":
             continue
@@ -185,14 +192,22 @@ def hook_microbench(editors: dict, maps: dict, timesteps: list, reps: int) -> di
                     samples.append(time.perf_counter() - t0)
                 total += statistics.median(samples)
             per_step.append(total)
-        out[arm] = {"ms_per_step_median": round(1000 * statistics.median(per_step), 3), "ms_per_step_max": round(1000 * max(per_step), 3)}
+        out[arm] = {
+            "ms_per_step_median": round(1000 * statistics.median(per_step), 3),
+            "ms_per_step_max": round(1000 * max(per_step), 3),
+        }
     return out
 
 
 def _as_array(output) -> np.ndarray:
     if isinstance(output, torch.Tensor):
         return output.detach().float().cpu().numpy()
-    if isinstance(output, (list, tuple)) and output and hasattr(output[0], "size") and not isinstance(output[0], torch.Tensor):
+    if (
+        isinstance(output, (list, tuple))
+        and output
+        and hasattr(output[0], "size")
+        and not isinstance(output[0], torch.Tensor)
+    ):
         return np.stack([np.asarray(im, dtype=np.float32) for im in output])  # PIL images, 0..255
     return np.stack([np.asarray(o, dtype=np.float32) for o in output])
 
@@ -225,8 +240,17 @@ def run_pipeline(args) -> dict:
     from saeuron_core.device import dtype_name
     from saeuron_core.pipeline import image_size
 
-    result = {"mode": "pipeline", "model": args.model, "steps": steps, "guidance": guidance, "images_per_run": args.batch, "output_type": args.output_type,
-              "device": str(pipe.device), "dtype": dtype_name(pipe.unet.dtype), "size": list(image_size(pipe))}
+    result = {
+        "mode": "pipeline",
+        "model": args.model,
+        "steps": steps,
+        "guidance": guidance,
+        "images_per_run": args.batch,
+        "output_type": args.output_type,
+        "device": str(pipe.device),
+        "dtype": dtype_name(pipe.unet.dtype),
+        "size": list(image_size(pipe)),
+    }
 
     if args.synthetic_sae:
         concept = args.concept or "style_0"
@@ -248,7 +272,10 @@ def run_pipeline(args) -> dict:
             sae = TopKSae(SaeConfig(d_in=channels, expansion_factor=16, k=args.k), device=pipe.device)
             mean_codes = _mean_codes(sae, acts)
             means = calibrated_means(mean_codes, len(concepts), concepts.index(concept), args.boost_latents, args.seed)
-            saes[point], stats[point] = sae, synthetic_feature_stats(means, concepts, concept_kinds, rec.timesteps, height, width)
+            saes[point], stats[point] = (
+                sae,
+                synthetic_feature_stats(means, concepts, concept_kinds, rec.timesteps, height, width),
+            )
         bundle = SaeBundle(saes, stats, dict(info.hook_points), {})
         n = next(iter(saes.values())).num_latents
         tau = args.tau if args.tau is not None else round(100 * (1 - 2 / n), 4)
@@ -280,7 +307,9 @@ def run_pipeline(args) -> dict:
     result.update(
         concept=concept,
         prompt=prompt,
-        interventions=[{"point": iv.point, "concepts": list(iv.concepts), "tau": iv.tau, "gamma": iv.gamma} for iv in interventions],
+        interventions=[
+            {"point": iv.point, "concepts": list(iv.concepts), "tau": iv.tau, "gamma": iv.gamma} for iv in interventions
+        ],
         sae={p: {"d_in": s.d_in, "num_latents": s.num_latents, "k": s.cfg.k} for p, s in bundle.saes.items()},
     )
     dense_editors: list = []
@@ -289,7 +318,17 @@ def run_pipeline(args) -> dict:
         return generate(pipe, prompt, seeds, steps, guidance, output_type=args.output_type, batch_size=args.batch)
 
     def sparse():
-        return generate_with(pipe, bundle, interventions, prompt, seeds, steps, guidance, output_type=args.output_type, batch_size=args.batch)
+        return generate_with(
+            pipe,
+            bundle,
+            interventions,
+            prompt,
+            seeds,
+            steps,
+            guidance,
+            output_type=args.output_type,
+            batch_size=args.batch,
+        )
 
     def dense():
         dense_editors.clear()
@@ -300,9 +339,13 @@ def run_pipeline(args) -> dict:
         times, outputs = interleaved({"plain": plain, "sparse": sparse, "dense": dense}, args.repeats, args.warmup)
     result.update(summarize(times))
     result["check"] = {**diffs(outputs), "edit_activity": [e.summary() for e in dense_editors]}
-    result["hook_call_microbench"] = _microbench(pipe.unet, bundle.saes, interventions, stats_by_point, rec, args.micro_reps)
+    result["hook_call_microbench"] = _microbench(
+        pipe.unet, bundle.saes, interventions, stats_by_point, rec, args.micro_reps
+    )
     result["unet_ms_per_step_plain"] = round(1000 * statistics.median(times["plain"]) / steps, 3)
-    result["ratio_estimated_from_microbench"] = _estimate(result["hook_call_microbench"], result["unet_ms_per_step_plain"])
+    result["ratio_estimated_from_microbench"] = _estimate(
+        result["hook_call_microbench"], result["unet_ms_per_step_plain"]
+    )
     result["goal"] = "ratio_sparse <= 1.15 on the bundled model"
     return result
 
@@ -335,7 +378,9 @@ def _mean_codes(sae: TopKSae, acts: torch.Tensor) -> torch.Tensor:
     for maps in acts:
         tokens = to_tokens(maps.float()).reshape(-1, maps.shape[1])
         top_acts, top_indices = sae.encode(tokens)
-        dense = torch.zeros(sae.num_latents, device=sae.device).index_add_(0, top_indices.reshape(-1), top_acts.reshape(-1))
+        dense = torch.zeros(sae.num_latents, device=sae.device).index_add_(
+            0, top_indices.reshape(-1), top_acts.reshape(-1)
+        )
         out.append((dense / tokens.shape[0]).cpu())
     return torch.stack(out)
 
@@ -384,8 +429,20 @@ def run_sd15(args) -> dict:
         sae = TopKSae(SaeConfig(d_in=channels, num_latents=args.num_latents, k=args.k)).requires_grad_(False)
         means = calibrated_means(_mean_codes(sae, acts), len(concepts), 0, args.boost_latents, args.seed)
         saes[point] = sae
-        stats[point] = ConceptStats(means=means, counts=torch.full((len(concepts),), 10.0), concepts=tuple(concepts), timesteps=tuple(rec.timesteps))
-        interventions.append(Unlearn(("concept_0",), tau=args.tau if args.tau is not None else 99.99, gamma=args.gamma if args.gamma is not None else -1.0, point=point))
+        stats[point] = ConceptStats(
+            means=means,
+            counts=torch.full((len(concepts),), 10.0),
+            concepts=tuple(concepts),
+            timesteps=tuple(rec.timesteps),
+        )
+        interventions.append(
+            Unlearn(
+                ("concept_0",),
+                tau=args.tau if args.tau is not None else 99.99,
+                gamma=args.gamma if args.gamma is not None else -1.0,
+                point=point,
+            )
+        )
         hw = (height, width)
     dense_editors: list = []
 
@@ -428,12 +485,16 @@ def run_sd15(args) -> dict:
         "guidance": guidance,
         "points": points,
         "sae": {"d_in": channels, "num_latents": args.num_latents, "k": args.k},
-        "interventions": [{"point": iv.point, "concepts": list(iv.concepts), "tau": iv.tau, "gamma": iv.gamma} for iv in interventions],
+        "interventions": [
+            {"point": iv.point, "concepts": list(iv.concepts), "tau": iv.tau, "gamma": iv.gamma} for iv in interventions
+        ],
     }
     result.update(summarize(times))
     result["seconds_per_cfg_unet_forward_plain"] = round(statistics.median(times["plain"]) / steps, 3)
     result["hook_call_microbench"] = _microbench(unet, saes, interventions, stats, rec, args.micro_reps)
-    result["ratio_estimated_from_microbench"] = _estimate(result["hook_call_microbench"], 1000 * result["seconds_per_cfg_unet_forward_plain"])
+    result["ratio_estimated_from_microbench"] = _estimate(
+        result["hook_call_microbench"], 1000 * result["seconds_per_cfg_unet_forward_plain"]
+    )
     result["check"] = {**diffs(outputs), "edit_activity": [e.summary() for e in dense_editors]}
     result["goal"] = "ratio_sparse <= 1.04 at SD1.5 scale"
     return result
@@ -441,12 +502,20 @@ def run_sd15(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="minicanvas", help="'minicanvas', a pipeline folder, a hub id, or 'tiny' (a random tiny pipeline, for validation)")
+    ap.add_argument(
+        "--model",
+        default="minicanvas",
+        help="'minicanvas', a pipeline folder, a hub id, or 'tiny' (a random tiny pipeline, for validation)",
+    )
     ap.add_argument("--sae", default=None, help="SAE root (one subfolder per hook point); default assets/sae")
     ap.add_argument("--stats", default=None, help="statistics root; default assets/stats")
     ap.add_argument("--defaults", default=None, help="unlearn defaults json; default assets/unlearn_defaults.json")
-    ap.add_argument("--synthetic-sae", action="store_true", help="random SAE + synthetic statistics instead of --sae/--stats")
-    ap.add_argument("--concept", default=None, help="concept to unlearn (default: the first style; 'style_0' with --synthetic-sae)")
+    ap.add_argument(
+        "--synthetic-sae", action="store_true", help="random SAE + synthetic statistics instead of --sae/--stats"
+    )
+    ap.add_argument(
+        "--concept", default=None, help="concept to unlearn (default: the first style; 'style_0' with --synthetic-sae)"
+    )
     ap.add_argument("--tau", type=float, default=None)
     ap.add_argument("--gamma", type=float, default=None)
     ap.add_argument("--prompt", default=None)
@@ -454,12 +523,22 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--batch", type=int, default=1, help="images per generation call")
     ap.add_argument("--seed", type=int, default=1_000_000)
-    ap.add_argument("--output-type", default="pil", choices=["pil", "latent"], help="pipeline mode: 'pil' includes the VAE decode (what a user waits for)")
+    ap.add_argument(
+        "--output-type",
+        default="pil",
+        choices=["pil", "latent"],
+        help="pipeline mode: 'pil' includes the VAE decode (what a user waits for)",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per arm (default 7; 3 with --sd15)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs per arm first")
     ap.add_argument("--k", type=int, default=32, help="k of the synthetic / SD1.5 SAE")
     ap.add_argument("--fake-concepts", type=int, default=4, help="synthetic concepts (per kind in pipeline mode)")
-    ap.add_argument("--boost-latents", type=int, default=2, help="synthetic stats: latents per step made specific to the target concept")
+    ap.add_argument(
+        "--boost-latents",
+        type=int,
+        default=2,
+        help="synthetic stats: latents per step made specific to the target concept",
+    )
     ap.add_argument("--sd15", action="store_true", help="SD1.5-scale U-Net with random weights")
     ap.add_argument("--latent", type=int, default=32, help="--sd15: latent side (32 = 256 px, 64 = 512 px)")
     ap.add_argument("--points", nargs="+", default=None, help="--sd15: hook points (default up_blocks.1.attentions.2)")

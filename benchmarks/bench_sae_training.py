@@ -69,6 +69,7 @@ def sync() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize(DEVICE)
 
+
 with contextlib.redirect_stdout(sys.stderr):  # sparsify prints "Triton not installed ..." on import
     from sparsify import SparseCoder, SparseCoderConfig
 
@@ -123,10 +124,24 @@ def store_source(args):
 
 # --------------------------------------------------------------------------- sparsify, as its Trainer steps it
 class SparsifyRunner:
-    def __init__(self, d_in: int, num_latents: int, k: int, lr: float, auxk_alpha: float, dead_threshold: int, seed: int, warmup: int, total_steps: int, autocast: bool = False):
+    def __init__(
+        self,
+        d_in: int,
+        num_latents: int,
+        k: int,
+        lr: float,
+        auxk_alpha: float,
+        dead_threshold: int,
+        seed: int,
+        warmup: int,
+        total_steps: int,
+        autocast: bool = False,
+    ):
         torch.manual_seed(seed)
         # drawn on the CPU like ours (same seed, same initial weights), then moved
-        self.sae = SparseCoder(d_in, SparseCoderConfig(num_latents=num_latents, k=k), device="cpu", dtype=torch.float32).to(DEVICE)
+        self.sae = SparseCoder(
+            d_in, SparseCoderConfig(num_latents=num_latents, k=k), device="cpu", dtype=torch.float32
+        ).to(DEVICE)
         self.autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=autocast)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr)
         self.sched = None
@@ -164,14 +179,22 @@ class SparsifyRunner:
             self.did_fire.zero_()
         self.step_count += 1
         if self.step_count % 20 == 0:
-            self.history.append({"step": self.step_count, "fvu": fvu, "dead_fraction": float((self.since_fired > self.dead_threshold).float().mean())})
+            self.history.append(
+                {
+                    "step": self.step_count,
+                    "fvu": fvu,
+                    "dead_fraction": float((self.since_fired > self.dead_threshold).float().mean()),
+                }
+            )
 
 
 # --------------------------------------------------------------------------- ours, through train_sae
 class FeedStore:
     """Just enough of ``ActivationStore`` for ``train_sae``: one point, the benchmark's batches."""
 
-    def __init__(self, point: str, d_in: int, batches, n_batches: int, batch_size: int, before_yield=None, after_last=None):
+    def __init__(
+        self, point: str, d_in: int, batches, n_batches: int, batch_size: int, before_yield=None, after_last=None
+    ):
         self.points = [point]
         self.completed = [0]
         self.root = Path("<benchmark feed>")
@@ -218,7 +241,11 @@ def evaluate(forward, x: torch.Tensor, chunk: int = 2048) -> dict:
         f[idx[acts > 0]] = True
         fired = f if fired is None else fired | f
     total = (x - x.mean(0)).pow(2).sum().item()
-    return {"fvu": round(residual / total, 5), "l0": round(l0 / len(x), 2), "never_fired_fraction": round(1 - fired.float().mean().item(), 4)}
+    return {
+        "fvu": round(residual / total, 5),
+        "l0": round(l0 / len(x), 2),
+        "never_fired_fraction": round(1 - fired.float().mean().item(), 4),
+    }
 
 
 def _ours_forward(sae: TopKSae):
@@ -252,11 +279,14 @@ def throughput(seconds: list[float], batch_size: int, skip: int) -> dict:
 # --------------------------------------------------------------------------- profiling
 def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -> dict:
     """torch.profiler over ``steps`` steps of each trainer (fresh models), top ops by self CPU."""
-    from torch.profiler import ProfilerActivity, profile as tprofile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
 
     xs = [next(batches) for _ in range(steps + 1)]
     out = {}
-    runner = SparsifyRunner(d_in, num_latents, args.k, lr, args.auxk_alpha, args.dead_threshold, args.seed, 0, steps + 1)
+    runner = SparsifyRunner(
+        d_in, num_latents, args.k, lr, args.auxk_alpha, args.dead_threshold, args.seed, 0, steps + 1
+    )
     runner.step(xs[0])
     with tprofile(activities=[ProfilerActivity.CPU]) as prof:
         for x in xs[1:]:
@@ -276,7 +306,19 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
             state["prof"].__exit__(None, None, None)  # before train_sae's final checkpoint
 
         store = FeedStore("p", d_in, iter(xs), len(xs), args.batch_size, before_yield=before, after_last=after)
-        cfg = TrainConfig(SaeConfig(num_latents=num_latents, k=args.k, auxk_alpha=args.auxk_alpha, dead_feature_threshold=args.dead_threshold), batch_size=args.batch_size, epochs=1, lr=lr, checkpoint_every=10**9, seed=args.seed)
+        cfg = TrainConfig(
+            SaeConfig(
+                num_latents=num_latents,
+                k=args.k,
+                auxk_alpha=args.auxk_alpha,
+                dead_feature_threshold=args.dead_threshold,
+            ),
+            batch_size=args.batch_size,
+            epochs=1,
+            lr=lr,
+            checkpoint_every=10**9,
+            seed=args.seed,
+        )
         with open("/dev/null", "w") as devnull, contextlib.redirect_stderr(devnull):
             train_sae(store, "p", cfg, tmp)
     out["ours"] = _top_ops(state["prof"], steps)
@@ -285,7 +327,14 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
 
 def _top_ops(prof, steps: int, n: int = 12) -> list[dict]:
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
-    return [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 3), "calls_per_step": round(e.count / steps, 2)} for e in rows]
+    return [
+        {
+            "op": e.key,
+            "self_ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 3),
+            "calls_per_step": round(e.count / steps, 2),
+        }
+        for e in rows
+    ]
 
 
 def _sparsify_decoder() -> str:
@@ -301,26 +350,53 @@ def main() -> None:
     src.add_argument("--synthetic", action="store_true", help="synthetic structured tokens")
     src.add_argument("--store", help="activation store folder (saeuron cache)")
     ap.add_argument("--point", help="hook point in --store")
-    ap.add_argument("--epochs", type=int, default=1, help="--store: passes over the store (held-out batches are only disjoint within the first)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="--store: passes over the store (held-out batches are only disjoint within the first)",
+    )
     ap.add_argument("--d-in", type=int, default=64, help="--synthetic: token width")
     ap.add_argument("--atoms", type=int, default=512, help="--synthetic: ground-truth directions")
     ap.add_argument("--active", type=int, default=8, help="--synthetic: directions per token")
     ap.add_argument("--noise", type=float, default=0.05, help="--synthetic: gaussian noise std")
     ap.add_argument("--expansion", type=int, default=16, help="num_latents = expansion * d_in")
-    ap.add_argument("--k", type=int, default=16, help="TopK k (the bundled SAEs: 16; SaeConfig default and the paper: 32)")
+    ap.add_argument(
+        "--k", type=int, default=16, help="TopK k (the bundled SAEs: 16; SaeConfig default and the paper: 32)"
+    )
     ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=300, help="optimiser steps (equal tokens: steps * batch size for both)")
-    ap.add_argument("--lr", type=float, default=None, help="default: 2e-4 / sqrt(num_latents / 2**14), both projects' rule")
+    ap.add_argument(
+        "--steps", type=int, default=300, help="optimiser steps (equal tokens: steps * batch size for both)"
+    )
+    ap.add_argument(
+        "--lr", type=float, default=None, help="default: 2e-4 / sqrt(num_latents / 2**14), both projects' rule"
+    )
     ap.add_argument("--auxk-alpha", type=float, default=1 / 32)
-    ap.add_argument("--dead-threshold", type=int, default=1_000_000, help="tokens without firing before a latent is dead (1M: the bundled SAEs' setting; SaeConfig's default is 10M)")
-    ap.add_argument("--sparsify-warmup", type=int, default=0, help="sparsify Trainer's linear LR warmup/decay (its default: 1000); 0 = constant LR like ours")
+    ap.add_argument(
+        "--dead-threshold",
+        type=int,
+        default=1_000_000,
+        help="tokens without firing before a latent is dead (1M: the bundled SAEs' setting; SaeConfig's default is 10M)",
+    )
+    ap.add_argument(
+        "--sparsify-warmup",
+        type=int,
+        default=0,
+        help="sparsify Trainer's linear LR warmup/decay (its default: 1000); 0 = constant LR like ours",
+    )
     ap.add_argument("--heldout", type=int, default=8192, help="held-out tokens for the final FVU")
     ap.add_argument("--skip", type=int, default=2, help="first steps left out of the steady-state throughput")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both trainers run")
     ap.add_argument("--autocast", choices=["bf16"], default=None, help="train both under bf16 autocast")
-    ap.add_argument("--no-tf32", action="store_true", help="CUDA: keep float32 matmuls exact (ours' TrainConfig.tf32 off, and sparsify's)")
-    ap.add_argument("--profile", action="store_true", help="also profile a few steps of each (torch.profiler, CPU only)")
+    ap.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="CUDA: keep float32 matmuls exact (ours' TrainConfig.tf32 off, and sparsify's)",
+    )
+    ap.add_argument(
+        "--profile", action="store_true", help="also profile a few steps of each (torch.profiler, CPU only)"
+    )
     ap.add_argument("--profile-steps", type=int, default=5)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -342,7 +418,18 @@ def main() -> None:
     d_in, heldout, batches = synthetic_source(args) if args.synthetic else store_source(args)
     num_latents = d_in * args.expansion
     lr = args.lr or 2e-4 / math.sqrt(num_latents / 2**14)
-    sparsify = SparsifyRunner(d_in, num_latents, args.k, lr, args.auxk_alpha, args.dead_threshold, args.seed, args.sparsify_warmup, args.steps, autocast=args.autocast == "bf16")
+    sparsify = SparsifyRunner(
+        d_in,
+        num_latents,
+        args.k,
+        lr,
+        args.auxk_alpha,
+        args.dead_threshold,
+        args.seed,
+        args.sparsify_warmup,
+        args.steps,
+        autocast=args.autocast == "bf16",
+    )
     sparsify_seconds: list[float] = []
 
     def sparsify_step(x):
@@ -353,8 +440,25 @@ def main() -> None:
         sparsify_seconds.append(time.perf_counter() - t0)
 
     store = FeedStore("point", d_in, batches, args.steps, args.batch_size, before_yield=sparsify_step)
-    cfg = TrainConfig(SaeConfig(expansion_factor=args.expansion, k=args.k, auxk_alpha=args.auxk_alpha, dead_feature_threshold=args.dead_threshold), batch_size=args.batch_size, epochs=1, lr=lr, checkpoint_every=10**9, seed=args.seed, device=str(DEVICE), autocast=args.autocast, tf32=not args.no_tf32)
-    log(f"training {args.steps} steps of {args.batch_size} tokens: d_in={d_in}, num_latents={num_latents}, k={args.k}, lr={lr:.3g}")
+    cfg = TrainConfig(
+        SaeConfig(
+            expansion_factor=args.expansion,
+            k=args.k,
+            auxk_alpha=args.auxk_alpha,
+            dead_feature_threshold=args.dead_threshold,
+        ),
+        batch_size=args.batch_size,
+        epochs=1,
+        lr=lr,
+        checkpoint_every=10**9,
+        seed=args.seed,
+        device=str(DEVICE),
+        autocast=args.autocast,
+        tf32=not args.no_tf32,
+    )
+    log(
+        f"training {args.steps} steps of {args.batch_size} tokens: d_in={d_in}, num_latents={num_latents}, k={args.k}, lr={lr:.3g}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         metrics = train_sae(store, "point", cfg, tmp)
@@ -378,17 +482,38 @@ def main() -> None:
         "sparse_ops": {"ours": metrics.get("sparse_ops"), "sparsify": _sparsify_decoder()},
         "autocast": args.autocast,
         "tf32": DEVICE.type == "cuda" and not args.no_tf32,
-        "config": {"d_in": d_in, "num_latents": num_latents, "k": args.k, "batch_size": args.batch_size, "lr": lr, "auxk_alpha": args.auxk_alpha, "dead_feature_threshold": args.dead_threshold, "sparsify_warmup": args.sparsify_warmup},
+        "config": {
+            "d_in": d_in,
+            "num_latents": num_latents,
+            "k": args.k,
+            "batch_size": args.batch_size,
+            "lr": lr,
+            "auxk_alpha": args.auxk_alpha,
+            "dead_feature_threshold": args.dead_threshold,
+            "sparsify_warmup": args.sparsify_warmup,
+        },
         "tokens_each": steps_done * args.batch_size,
         "same_initial_weights": init_same,
-        "ours": {**t_ours, "heldout": evaluate(_ours_forward(ours), heldout), "train_fvu_last_logged": metrics.get("fvu"), "dead_fraction_last_logged": metrics.get("dead_fraction")},
-        "sparsify": {**t_sp, "heldout": evaluate(_sparsify_forward(sparsify.sae), heldout), "train_fvu_last_logged": sparsify.history[-1]["fvu"] if sparsify.history else None, "dead_fraction_last_logged": sparsify.history[-1]["dead_fraction"] if sparsify.history else None},
+        "ours": {
+            **t_ours,
+            "heldout": evaluate(_ours_forward(ours), heldout),
+            "train_fvu_last_logged": metrics.get("fvu"),
+            "dead_fraction_last_logged": metrics.get("dead_fraction"),
+        },
+        "sparsify": {
+            **t_sp,
+            "heldout": evaluate(_sparsify_forward(sparsify.sae), heldout),
+            "train_fvu_last_logged": sparsify.history[-1]["fvu"] if sparsify.history else None,
+            "dead_fraction_last_logged": sparsify.history[-1]["dead_fraction"] if sparsify.history else None,
+        },
         "throughput_ratio_ours_over_sparsify": round(t_ours["tokens_per_s_steady"] / t_sp["tokens_per_s_steady"], 3),
         "throughput_ratio_all_steps": round(t_ours["tokens_per_s"] / t_sp["tokens_per_s"], 3),
         "wall_seconds_both": round(wall, 1),
         "goal": "throughput_ratio >= 1.2 at equal or better held-out FVU",
     }
-    result["fvu_delta_ours_minus_sparsify"] = round(result["ours"]["heldout"]["fvu"] - result["sparsify"]["heldout"]["fvu"], 5)
+    result["fvu_delta_ours_minus_sparsify"] = round(
+        result["ours"]["heldout"]["fvu"] - result["sparsify"]["heldout"]["fvu"], 5
+    )
     if args.profile and DEVICE.type == "cpu":
         log(f"profiling {args.profile_steps} steps of each")
         source = synthetic_source(args)[2] if args.synthetic else store_source(args)[2]

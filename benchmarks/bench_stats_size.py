@@ -75,8 +75,20 @@ def phase_synthetic(a) -> dict:
     from saeuron_core.stats import StatsBuilder
 
     n, hw, steps = a.latents, a.grid * a.grid, a.steps
-    items = [{"prompt": f"prompt {i}", "seed": i, "labels": {"concept": f"c{i % a.concepts}"} if a.concepts else {}} for i in range(a.images)]
-    builder = StatsBuilder(n, a.grid, a.grid, steps, [[i % a.concepts] if a.concepts else [] for i in range(a.images)], a.concepts, list(range(a.images)), a.top_m)
+    items = [
+        {"prompt": f"prompt {i}", "seed": i, "labels": {"concept": f"c{i % a.concepts}"} if a.concepts else {}}
+        for i in range(a.images)
+    ]
+    builder = StatsBuilder(
+        n,
+        a.grid,
+        a.grid,
+        steps,
+        [[i % a.concepts] if a.concepts else [] for i in range(a.images)],
+        a.concepts,
+        list(range(a.images)),
+        a.top_m,
+    )
     gen = torch.Generator().manual_seed(0)
     t = time.perf_counter()
     per_call = 64
@@ -103,7 +115,22 @@ def phase_synthetic(a) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         stats.save(tmp)
         files = {f.name: f.stat().st_size for f in Path(tmp).iterdir()}
-    tensors = {name: getattr(stats, name).numel() * getattr(stats, name).element_size() for name in ("concept_sums", "example_map", "example_value", "example_item", "example_step", "example_pos", "histogram", "frequency", "thumb_data", "thumb_offset", "thumb_item")}
+    tensors = {
+        name: getattr(stats, name).numel() * getattr(stats, name).element_size()
+        for name in (
+            "concept_sums",
+            "example_map",
+            "example_value",
+            "example_item",
+            "example_step",
+            "example_pos",
+            "histogram",
+            "frequency",
+            "thumb_data",
+            "thumb_offset",
+            "thumb_item",
+        )
+    }
     total = sum(files.values())
     per_concept = steps * n * 4
     rest = total - tensors["concept_sums"]
@@ -135,11 +162,30 @@ def phase_real(a) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         items = [{"prompt": f"prompt {i}", "seed": i, "labels": {"style": f"s{i % 2}"}} for i in range(a.real_images)]
-        meta = {"model": "", "hook_points": [point], "points": {point: {"channels": a.channels, "height": a.grid, "width": a.grid}}, "items": items, "steps": steps, "guidance": 7.5, "items_per_shard": a.real_images, "dtype": "float16", "completed_shards": [0], "timesteps": list(range(steps))}
+        meta = {
+            "model": "",
+            "hook_points": [point],
+            "points": {point: {"channels": a.channels, "height": a.grid, "width": a.grid}},
+            "items": items,
+            "steps": steps,
+            "guidance": 7.5,
+            "items_per_shard": a.real_images,
+            "dtype": "float16",
+            "completed_shards": [0],
+            "timesteps": list(range(steps)),
+        }
         write_json(root / "store.json", meta)
         gen = torch.Generator().manual_seed(0)
         acts = torch.randn(a.real_images * steps, hw, a.channels, generator=gen).half()
-        save_safetensors({"acts": acts, "item": torch.arange(a.real_images).repeat_interleave(steps), "step": torch.arange(steps).repeat(a.real_images), "timestep": torch.arange(steps).repeat(a.real_images)}, ActivationStore(root).shard_path(point, 0))
+        save_safetensors(
+            {
+                "acts": acts,
+                "item": torch.arange(a.real_images).repeat_interleave(steps),
+                "step": torch.arange(steps).repeat(a.real_images),
+                "timestep": torch.arange(steps).repeat(a.real_images),
+            },
+            ActivationStore(root).shard_path(point, 0),
+        )
         del acts
         before = peak_rss_mb()
         torch.manual_seed(0)
@@ -219,12 +265,17 @@ def main() -> None:
     if a.phase:  # child process
         print(json.dumps(PHASES[a.phase](a)))
         return
-    result = {"environment": environment(), "assumed": {k: getattr(a, k) for k in ("latents", "channels", "grid", "k", "steps", "top_m", "thumb_side")}}
+    result = {
+        "environment": environment(),
+        "assumed": {k: getattr(a, k) for k in ("latents", "channels", "grid", "k", "steps", "top_m", "thumb_side")},
+    }
     phases = ["synthetic_codes", "real_path"] + (["card"] if a.card_stats else [])
     for phase in phases:
         log(f"phase {phase}")
         argv = [sys.executable, __file__, *sys.argv[1:], "--phase", phase]  # a child prints its JSON and ignores --out
-        done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        )
         if done.returncode:
             raise SystemExit(f"phase {phase} failed:\n{done.stderr[-3000:]}")
         result[phase] = json.loads(done.stdout.strip().splitlines()[-1])

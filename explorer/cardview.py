@@ -43,35 +43,49 @@ def heat_layer(activation_map: np.ndarray, scale: float) -> np.ndarray:
 
 
 def colour_bar(scale: float, box: bool = True) -> str:
-    stops = ", ".join(f"rgb({r},{g},{b}) {100 * i / (len(HEAT_ANCHORS) - 1):.0f}%" for i, (r, g, b) in enumerate(HEAT_ANCHORS.astype(int)))
-    return (f'<div class="colour-bar" style="display:flex;align-items:center;gap:8px;margin:4px 0 10px;font-size:13px">'
-            f'<span>0</span><div style="width:240px;height:14px;border:1px solid #888;background:linear-gradient(to right, {stops})"></div>'
-            f'<span>{sig3(scale)}</span><span style="color:#666">activation (top of the scale: the strongest {"example" if box else "step"})'
-            + (f'; <span style="border:2px solid {BOX_COLOUR};padding:0 4px">box</span> = the peak token' if box else "") + "</span></div>")
+    stops = ", ".join(
+        f"rgb({r},{g},{b}) {100 * i / (len(HEAT_ANCHORS) - 1):.0f}%"
+        for i, (r, g, b) in enumerate(HEAT_ANCHORS.astype(int))
+    )
+    return (
+        f'<div class="colour-bar" style="display:flex;align-items:center;gap:8px;margin:4px 0 10px;font-size:13px">'
+        f'<span>0</span><div style="width:240px;height:14px;border:1px solid #888;background:linear-gradient(to right, {stops})"></div>'
+        f'<span>{sig3(scale)}</span><span style="color:#666">activation (top of the scale: the strongest {"example" if box else "step"})'
+        + (f'; <span style="border:2px solid {BOX_COLOUR};padding:0 4px">box</span> = the peak token' if box else "")
+        + "</span></div>"
+    )
 
 
 def _framed(layers: str, box: tuple[float, float, float, float]) -> str:
     left, top, width, height = box
-    return (f'<div style="position:relative;width:{SIDE}px;height:{SIDE}px;flex:none">{layers}'
-            f'<div class="peak-box" style="position:absolute;left:{left:.2f}%;top:{top:.2f}%;width:{width:.2f}%;height:{height:.2f}%;'
-            f'border:2px solid {BOX_COLOUR};box-sizing:border-box;pointer-events:none"></div></div>')
+    return (
+        f'<div style="position:relative;width:{SIDE}px;height:{SIDE}px;flex:none">{layers}'
+        f'<div class="peak-box" style="position:absolute;left:{left:.2f}%;top:{top:.2f}%;width:{width:.2f}%;height:{height:.2f}%;'
+        f'border:2px solid {BOX_COLOUR};box-sizing:border-box;pointer-events:none"></div></div>'
+    )
 
 
 def patch_html(index: int, patch: Patch, timesteps: list[int] | None = None) -> str:
     rows, cols = patch.heatmap.shape
     box = (100 * patch.col / cols, 100 * patch.row / rows, 100 / cols, 100 / rows)
     raw = png_data_uri(patch.raw)
-    img = f'style="width:100%;height:100%;image-rendering:pixelated;display:block"'
+    img = 'style="width:100%;height:100%;image-rendering:pixelated;display:block"'
     heat = png_data_uri(heat_layer(patch.heatmap, patch.scale))
     raw_view = _framed(f'<img class="raw" src="{raw}" alt="raw image" {img}>', box)
     overlay_view = _framed(
         f'<img src="{raw}" alt="" {img}><img class="heat" src="{heat}" alt="activation map" '
-        f'style="position:absolute;left:0;top:0;width:100%;height:100%;opacity:var(--heat-opacity, {DEFAULT_OPACITY})">', box)
+        f'style="position:absolute;left:0;top:0;width:100%;height:100%;opacity:var(--heat-opacity, {DEFAULT_OPACITY})">',
+        box,
+    )
     note = " (no stored image: grey)" if patch.placeholder else ""
-    caption = (f"<b>#{index + 1}</b> · activation <b>{sig3(patch.value)}</b> · step {patch.step} (timestep {patch.timestep}) · "
-               f"token ({patch.row}, {patch.col}) · seed {patch.seed}{note}<br>{html.escape(patch.prompt)}")
-    return (f'<figure class="example" style="margin:0;width:{2 * SIDE + 6}px"><div style="display:flex;gap:6px">{raw_view}{overlay_view}</div>'
-            f'<figcaption style="font-size:12px;line-height:1.35;white-space:normal;overflow-wrap:anywhere;margin-top:3px">{caption}</figcaption></figure>')
+    caption = (
+        f"<b>#{index + 1}</b> · activation <b>{sig3(patch.value)}</b> · step {patch.step} (timestep {patch.timestep}) · "
+        f"token ({patch.row}, {patch.col}) · seed {patch.seed}{note}<br>{html.escape(patch.prompt)}"
+    )
+    return (
+        f'<figure class="example" style="margin:0;width:{2 * SIDE + 6}px"><div style="display:flex;gap:6px">{raw_view}{overlay_view}</div>'
+        f'<figcaption style="font-size:12px;line-height:1.35;white-space:normal;overflow-wrap:anywhere;margin-top:3px">{caption}</figcaption></figure>'
+    )
 
 
 def examples_html(patches: list[Patch]) -> str:
@@ -79,8 +93,10 @@ def examples_html(patches: list[Patch]) -> str:
     if not patches:
         return '<p class="no-examples">No stored examples: this feature never fired in the statistics.</p>'
     cards = "".join(patch_html(i, p) for i, p in enumerate(patches))
-    return (f'<div class="feature-examples">{colour_bar(patches[0].scale)}'
-            f'<div style="display:flex;flex-wrap:wrap;gap:14px">{cards}</div></div>')
+    return (
+        f'<div class="feature-examples">{colour_bar(patches[0].scale)}'
+        f'<div style="display:flex;flex-wrap:wrap;gap:14px">{cards}</div></div>'
+    )
 
 
 def steps_html(found) -> str:
@@ -91,13 +107,23 @@ def steps_html(found) -> str:
     cells = []
     for step, amap in enumerate(found.maps):
         heat = png_data_uri(heat_layer(amap, scale))
-        layers = (f'<img src="{raw}" alt="" {img}><img class="heat" src="{heat}" alt="activation map, step {step}" '
-                  f'style="position:absolute;left:0;top:0;width:100%;height:100%;opacity:var(--heat-opacity, {DEFAULT_OPACITY})">')
+        layers = (
+            f'<img src="{raw}" alt="" {img}><img class="heat" src="{heat}" alt="activation map, step {step}" '
+            f'style="position:absolute;left:0;top:0;width:100%;height:100%;opacity:var(--heat-opacity, {DEFAULT_OPACITY})">'
+        )
         view = f'<div style="position:relative;width:{SIDE}px;height:{SIDE}px">{layers}</div>'
-        cells.append(f'<figure class="step-map" style="margin:0"><figcaption style="font-size:12px">step {step} (timestep {found.timesteps[step]}) · max {sig3(float(amap.max()))}</figcaption>{view}</figure>')
+        cells.append(
+            f'<figure class="step-map" style="margin:0"><figcaption style="font-size:12px">step {step} (timestep {found.timesteps[step]}) · max {sig3(float(amap.max()))}</figcaption>{view}</figure>'
+        )
     how = "" if found.chosen else " (no feature given: the image's most active one)"
-    head = f'<p style="margin:0 0 4px"><b>Feature {found.feature}</b> at <code>{html.escape(found.point)}</code>{how}</p>'
-    bar = colour_bar(scale, box=False) if scale > 0 else '<p class="never-fires">This feature does not fire in this image at any step.</p>'
+    head = (
+        f'<p style="margin:0 0 4px"><b>Feature {found.feature}</b> at <code>{html.escape(found.point)}</code>{how}</p>'
+    )
+    bar = (
+        colour_bar(scale, box=False)
+        if scale > 0
+        else '<p class="never-fires">This feature does not fire in this image at any step.</p>'
+    )
     return f'<div class="feature-in-image">{head}{bar}<div style="display:flex;flex-wrap:wrap;gap:10px">{"".join(cells)}</div></div>'
 
 
@@ -107,7 +133,10 @@ def seeds_html(results) -> str:
     head = "<tr><th>seed</th><th>before</th><th>after</th><th>difference</th><th>largest change</th></tr>"
     rows = "".join(
         f'<tr class="seed-row"><th>{r.recipe.seed}</th>'
-        + "".join(f'<td><img src="{png_data_uri(a)}" alt="{what}, seed {r.recipe.seed}" {img}></td>' for what, a in (("before", r.before), ("after", r.after), ("difference", r.difference)))
+        + "".join(
+            f'<td><img src="{png_data_uri(a)}" alt="{what}, seed {r.recipe.seed}" {img}></td>'
+            for what, a in (("before", r.before), ("after", r.after), ("difference", r.difference))
+        )
         + f"<td>{r.max_difference:.1%}</td></tr>"
         for r in results
     )

@@ -63,19 +63,27 @@ def load_concept_map(path: str | Path) -> ConceptMap:
     if isinstance(data, dict) and isinstance(data.get("kinds"), dict) and "values" not in data:
         data = from_locate(data, path)
     if not isinstance(data, dict) or not {"blocks", "kinds", "values"} <= set(data):
-        raise SaeuronError(f"the concept map {path} needs \"blocks\", \"kinds\" and \"values\"")
+        raise SaeuronError(f'the concept map {path} needs "blocks", "kinds" and "values"')
     blocks, kinds, values = data["blocks"], data["kinds"], data["values"]
     if not (isinstance(blocks, list) and blocks and all(isinstance(b, str) for b in blocks)):
-        raise SaeuronError(f"the concept map {path}: \"blocks\" must be a non-empty list of block names")
+        raise SaeuronError(f'the concept map {path}: "blocks" must be a non-empty list of block names')
     if not (isinstance(kinds, list) and kinds and all(isinstance(k, str) for k in kinds)):
-        raise SaeuronError(f"the concept map {path}: \"kinds\" must be a non-empty list of concept kinds")
-    if not (isinstance(values, list) and len(values) == len(blocks) and all(isinstance(r, list) and len(r) == len(kinds) for r in values)):
-        raise SaeuronError(f"the concept map {path}: \"values\" must have one row per block ({len(blocks)}) and one column per kind ({len(kinds)})")
+        raise SaeuronError(f'the concept map {path}: "kinds" must be a non-empty list of concept kinds')
+    if not (
+        isinstance(values, list)
+        and len(values) == len(blocks)
+        and all(isinstance(r, list) and len(r) == len(kinds) for r in values)
+    ):
+        raise SaeuronError(
+            f'the concept map {path}: "values" must have one row per block ({len(blocks)}) and one column per kind ({len(kinds)})'
+        )
     try:
         table = tuple(tuple(float("nan") if v is None else float(v) for v in row) for row in values)
     except (TypeError, ValueError):
-        raise SaeuronError(f"the concept map {path}: \"values\" must be numbers (or null)") from None
-    return ConceptMap(tuple(blocks), tuple(kinds), table, str(data.get("metric") or ""), str(path), str(data.get("label") or ""))
+        raise SaeuronError(f'the concept map {path}: "values" must be numbers (or null)') from None
+    return ConceptMap(
+        tuple(blocks), tuple(kinds), table, str(data.get("metric") or ""), str(path), str(data.get("label") or "")
+    )
 
 
 def find_concept_map(model_folder: str | Path | None, given: str | Path | None = None) -> ConceptMap | None:
@@ -96,7 +104,7 @@ def from_locate(result: dict, path: Path) -> dict:
     """The block x kind table of a ``saeuron locate`` result (see the module docstring)."""
     blocks, kinds = result.get("blocks"), result["kinds"]
     if not isinstance(blocks, list) or not kinds:
-        raise SaeuronError(f"the locate result {path} needs \"blocks\" and at least one kind")
+        raise SaeuronError(f'the locate result {path} needs "blocks" and at least one kind')
     judged = bool(result.get("judged"))
     condition, field = ("right_here", "shows") if judged else ("wrong_here", "image_change")
     values = []
@@ -106,12 +114,16 @@ def from_locate(result: dict, path: Path) -> dict:
             try:
                 row.append(entry["per_block"][block][condition][field])
             except (KeyError, TypeError):
-                raise SaeuronError(f"the locate result {path} has no {condition} {field} for {kind!r} at {block}") from None
+                raise SaeuronError(
+                    f"the locate result {path} has no {condition} {field} for {kind!r} at {block}"
+                ) from None
         values.append(row)
     cases = ", ".join(f"{k}: {e.get('cases', '?')} prompt pairs" for k, e in kinds.items())
     if judged:
         metric = f"saeuron locate, judged: share of images showing the concept when only this block reads the right word ({cases})"
     else:
         metric = f"saeuron locate, no judge: image change when only this block reads the swapped word, as a share of swapping it everywhere ({cases})"
-    label = "share showing the concept (right word only here)" if judged else "image change share (swapped word only here)"
+    label = (
+        "share showing the concept (right word only here)" if judged else "image change share (swapped word only here)"
+    )
     return {"blocks": blocks, "kinds": list(kinds), "values": values, "metric": metric, "label": label}

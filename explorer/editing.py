@@ -104,7 +104,9 @@ class Editor:
 
         def work():
             try:
-                updates.put(self.session.before_after(recipe, lambda step, image: updates.put(Preview(step, image)), previews))
+                updates.put(
+                    self.session.before_after(recipe, lambda step, image: updates.put(Preview(step, image)), previews)
+                )
             except BaseException as e:  # handed to the consumer, raised there
                 updates.put(e)
 
@@ -117,7 +119,9 @@ class Editor:
         difference, peak = difference_heatmap(before, after)
         yield EditResult(recipe, before, after, difference, peak)
 
-    def features_at(self, recipe: Recipe, point: str, step: int, x: float, y: float, image_size: tuple[int, int], limit: int = 12) -> list[ActiveFeature]:
+    def features_at(
+        self, recipe: Recipe, point: str, step: int, x: float, y: float, image_size: tuple[int, int], limit: int = 12
+    ) -> list[ActiveFeature]:
         """SAE features active at the token under pixel (x, y) of the recipe's (edited) image
         shown at ``image_size`` (width, height), at denoising ``step``, conditional CFG half,
         strongest first."""
@@ -131,7 +135,11 @@ class Editor:
         with torch.inference_mode():
             acts, ids = sae.encode(token)
         order = acts.argsort(descending=True)
-        return [ActiveFeature(int(ids[i]), float(acts[i]), self.features.top_concept(point, int(ids[i]))) for i in order[:limit].tolist() if acts[i] > 0]
+        return [
+            ActiveFeature(int(ids[i]), float(acts[i]), self.features.top_concept(point, int(ids[i])))
+            for i in order[:limit].tolist()
+            if acts[i] > 0
+        ]
 
     def feature_in_image(self, recipe: Recipe, point: str, feature: int | None = None) -> FeatureInImage:
         """The activation map of ``feature`` at ``point`` over the recipe's (edited) image at every

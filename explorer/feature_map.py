@@ -19,8 +19,22 @@ from saeuron_core.errors import SaeuronError
 from .formatting import percent, sig3
 
 PALETTE = (
-    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
-    "#808000", "#000075", "#ffe119", "#469990", "#800000", "#dcbeff", "#aaffc3", "#a9a9a9",
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#9a6324",
+    "#808000",
+    "#000075",
+    "#ffe119",
+    "#469990",
+    "#800000",
+    "#dcbeff",
+    "#aaffc3",
+    "#a9a9a9",
 )
 """Sasha Trubetskoy's 16 distinct colours (in order of distinctness): enough for every concept of
 the bundled model (14), each told apart from the others at a glance."""
@@ -42,10 +56,18 @@ def map_frame(fmap, colour_by: str, labels: list[str], kind_of: dict[str, str]) 
     if colour_by not in COLOUR_BY:
         raise SaeuronError(f"colour the map by one of {', '.join(COLOUR_BY)}; got {colour_by!r}")
     kinds = [kind_of.get(c, "") for c in fmap.top_concept]
-    frame = pd.DataFrame({
-        "x": fmap.xy[:, 0], "y": fmap.xy[:, 1], "feature": np.arange(len(fmap.top_concept)), "point": fmap.point,
-        "top concept": fmap.top_concept, "kind": kinds, "score": [sig3(v) for v in fmap.top_score], "label": labels,
-    })
+    frame = pd.DataFrame(
+        {
+            "x": fmap.xy[:, 0],
+            "y": fmap.xy[:, 1],
+            "feature": np.arange(len(fmap.top_concept)),
+            "point": fmap.point,
+            "top concept": fmap.top_concept,
+            "kind": kinds,
+            "score": [sig3(v) for v in fmap.top_score],
+            "label": labels,
+        }
+    )
     if colour_by == "top concept":
         order = sorted(set(fmap.top_concept), key=lambda c: (kind_of.get(c, ""), c))
         frame["colour"] = frame["top concept"]
@@ -114,9 +136,11 @@ def label_structure(xy: np.ndarray, labels, k: int = 10, shuffles: int = 50, see
 
 def structure_sentence(s: LabelStructure, what: str = "top concept") -> str:
     """One plain sentence: is there label structure in the map, and how much."""
-    measured = (f"{percent(round(s.agreement, 3))} of each feature's {s.k} nearest neighbours on the map share its {what}, "
-                f"against {percent(round(s.chance, 3))} ± {percent(round(s.chance_sd, 3))} with the {what}s shuffled "
-                f"({s.labels} {what}s, {s.points} features)")
+    measured = (
+        f"{percent(round(s.agreement, 3))} of each feature's {s.k} nearest neighbours on the map share its {what}, "
+        f"against {percent(round(s.chance, 3))} ± {percent(round(s.chance_sd, 3))} with the {what}s shuffled "
+        f"({s.labels} {what}s, {s.points} features)"
+    )
     if s.labels < 2:
         return f"Every feature has the same {what}: the colours cannot show structure."
     if s.z < 3 or s.lift < 1.1:

@@ -51,7 +51,11 @@ class FeatureLabel:
             return "never active on the concepts"
         if self.ratio == float("inf"):
             return f"{self.concept} only (0 on other {self.kind}s)"
-        return f"{self.concept} x{self.ratio:.1f} vs other {self.kind}s" if self.ratio < 10 else f"{self.concept} x{self.ratio:.0f} vs other {self.kind}s"
+        return (
+            f"{self.concept} x{self.ratio:.1f} vs other {self.kind}s"
+            if self.ratio < 10
+            else f"{self.concept} x{self.ratio:.0f} vs other {self.kind}s"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,12 @@ class Patch:
         """(left, top, right, bottom) of the peak token in the pixels of ``raw``."""
         rows, cols = self.heatmap.shape
         height, width = self.raw.shape[:2]
-        return (round(self.col * width / cols), round(self.row * height / rows), round((self.col + 1) * width / cols), round((self.row + 1) * height / rows))
+        return (
+            round(self.col * width / cols),
+            round(self.row * height / rows),
+            round((self.col + 1) * width / cols),
+            round((self.row + 1) * height / rows),
+        )
 
     def overlaid(self, opacity: float = 0.6) -> np.ndarray:
         """uint8 [H, W, 3]: ``raw`` with the heatmap blended over it."""
@@ -200,7 +209,9 @@ class FeatureExplorer:
     def _compute_labels(stats: FeatureStats) -> list[FeatureLabel]:
         if not stats.concepts:
             return [FeatureLabel("", "", 0.0)] * stats.n_latents
-        means = (stats.concept_sums.float() / stats.concept_counts.clamp(min=1).float()[:, None, None]).mean(1)  # [C, F]
+        means = (stats.concept_sums.float() / stats.concept_counts.clamp(min=1).float()[:, None, None]).mean(
+            1
+        )  # [C, F]
         best_ratio = torch.zeros(stats.n_latents)
         best_concept = torch.full((stats.n_latents,), -1, dtype=torch.long)
         for kind in dict.fromkeys(stats.concept_kinds):
@@ -214,7 +225,10 @@ class FeatureExplorer:
             better = value > best_ratio
             best_ratio = torch.where(better, value, best_ratio)
             best_concept = torch.where(better, torch.tensor(index)[where], best_concept)
-        return [FeatureLabel(stats.concepts[c], stats.concept_kinds[c], float(r)) if c >= 0 else FeatureLabel("", "", 0.0) for c, r in zip(best_concept.tolist(), best_ratio.tolist())]
+        return [
+            FeatureLabel(stats.concepts[c], stats.concept_kinds[c], float(r)) if c >= 0 else FeatureLabel("", "", 0.0)
+            for c, r in zip(best_concept.tolist(), best_ratio.tolist())
+        ]
 
     def search(self, point: str, query: str, limit: int = 50) -> list[RankedFeature]:
         """Features whose label mentions ``query`` (a concept or any part of a label), most specific
@@ -227,11 +241,16 @@ class FeatureExplorer:
         if text.isdigit():
             found = [self.check_feature(point, int(text))]
         else:
-            found = sorted((i for i, label in enumerate(labels) if text in label.text.lower()), key=lambda i: -labels[i].ratio)[:limit]
+            found = sorted(
+                (i for i, label in enumerate(labels) if text in label.text.lower()), key=lambda i: -labels[i].ratio
+            )[:limit]
         names, scores = self._scores_at(point, None)
         best_score, best = scores.max(0)
         frequency = self.stats(point).frequency
-        return [RankedFeature(i, float(best_score[i]), float(frequency[i]), names[int(best[i])], labels[i].text) for i in found]
+        return [
+            RankedFeature(i, float(best_score[i]), float(frequency[i]), names[int(best[i])], labels[i].text)
+            for i in found
+        ]
 
     def _scores_at(self, point: str, step: int | None) -> tuple[tuple[str, ...], torch.Tensor]:
         names, scores = self.concept_scores(point)
@@ -249,7 +268,9 @@ class FeatureExplorer:
         return names[int(scores[:, feature].argmax())] if names else NO_CONCEPT
 
     # ------------------------------------------------------------------ ranking
-    def rank(self, point: str, concept: str | None = None, step: int | None = None, limit: int = 50) -> list[RankedFeature]:
+    def rank(
+        self, point: str, concept: str | None = None, step: int | None = None, limit: int = 50
+    ) -> list[RankedFeature]:
         """Features by descending score for ``concept`` at ``step`` (None: averaged over steps).
 
         Without a concept each feature is scored for its top concept, which ranks the most
@@ -260,7 +281,14 @@ class FeatureExplorer:
         limit = check_int("number of rows", limit, 1, self.session.limits.max_ranked_rows)
         return self._ranked(point, concept, step, None, limit)
 
-    def _ranked(self, point: str, concept: str | None, step: int | None, among: torch.Tensor | None = None, limit: int | None = None) -> list[RankedFeature]:
+    def _ranked(
+        self,
+        point: str,
+        concept: str | None,
+        step: int | None,
+        among: torch.Tensor | None = None,
+        limit: int | None = None,
+    ) -> list[RankedFeature]:
         """``rank``'s order over the features ``among`` (None: all), ``limit`` rows at most."""
         names, scores = self._scores_at(point, step)
         frequency = self.stats(point).frequency
@@ -274,9 +302,19 @@ class FeatureExplorer:
         chosen = best_score if concept is None else scores[self._concept_index(point, concept)]
         order = ids[chosen[ids].argsort(descending=True, stable=True)][:limit].tolist()
         labels = self.labels(point)
-        return [RankedFeature(i, float(chosen[i]), float(frequency[i]), names[int(best[i])], labels[i].text) for i in order]
+        return [
+            RankedFeature(i, float(chosen[i]), float(frequency[i]), names[int(best[i])], labels[i].text) for i in order
+        ]
 
-    def in_region(self, point: str, x_range=(None, None), y_range=(None, None), concept: str | None = None, step: int | None = None, limit: int = 50) -> list[RankedFeature]:
+    def in_region(
+        self,
+        point: str,
+        x_range=(None, None),
+        y_range=(None, None),
+        concept: str | None = None,
+        step: int | None = None,
+        limit: int = 50,
+    ) -> list[RankedFeature]:
         """Features whose UMAP position lies in the box ``x_range`` x ``y_range`` (a None bound
         is open), ranked as ``rank`` ranks them. Needs the computed map (``ready_map``)."""
         fmap = self.ready_map(point)
@@ -307,7 +345,10 @@ class FeatureExplorer:
     def selection(self, point: str, concept: str, percentile: float) -> list[list[int]]:
         """The feature ids the ``percentile`` threshold selects for ``concept`` at each step."""
         percentile = check_float("percentile", percentile, 1e-9, 100 - 1e-9)
-        return [ids.tolist() for ids in select(self.concept_scores(point)[1][self._concept_index(point, concept)], percentile)]
+        return [
+            ids.tolist()
+            for ids in select(self.concept_scores(point)[1][self._concept_index(point, concept)], percentile)
+        ]
 
     def concept_score_table(self, point: str, step: int | None, features: list[int]) -> torch.Tensor:
         """[len(features), n_concepts] scores of ``features`` for every concept at ``step``."""
@@ -315,7 +356,14 @@ class FeatureExplorer:
         return scores[:, features].T
 
     # ------------------------------------------------------------------ feature card
-    def card(self, point: str, feature: int, step: int | None = None, concept: str | None = None, generate_images: bool = True) -> FeatureCard:
+    def card(
+        self,
+        point: str,
+        feature: int,
+        step: int | None = None,
+        concept: str | None = None,
+        generate_images: bool = True,
+    ) -> FeatureCard:
         """Everything the feature card shows. Patches come from the statistics' stored examples
         and thumbnails; ``generate_images`` only matters for statistics stored without
         thumbnails (then False shows uncached images as heatmaps on grey, ``Patch.placeholder``)."""
@@ -357,15 +405,37 @@ class FeatureExplorer:
         if missing:
             steps, guidance = len(stats.timesteps), stats.guidance
             jobs = [(ex.prompt, ex.seed) for ex in missing]
-            found = self.session.plain_images(jobs, steps, guidance) if generate_images else [self.session.images.get((p, s, steps, float(guidance))) for p, s in jobs]
+            found = (
+                self.session.plain_images(jobs, steps, guidance)
+                if generate_images
+                else [self.session.images.get((p, s, steps, float(guidance))) for p, s in jobs]
+            )
             images.update({ex.item: img for ex, img in zip(missing, found)})
         size = self.session.info.image_size
         peak = examples[0].value
         patches = []
         for ex in examples:
             image = images[ex.item]
-            raw = np.full((size, size, 3), 128, dtype=np.uint8) if image is None else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-            patches.append(Patch(raw, ex.activation_map, peak, ex.value, ex.prompt, ex.seed, ex.step, ex.timestep, ex.row, ex.col, image is None))
+            raw = (
+                np.full((size, size, 3), 128, dtype=np.uint8)
+                if image is None
+                else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+            )
+            patches.append(
+                Patch(
+                    raw,
+                    ex.activation_map,
+                    peak,
+                    ex.value,
+                    ex.prompt,
+                    ex.seed,
+                    ex.step,
+                    ex.timestep,
+                    ex.row,
+                    ex.col,
+                    image is None,
+                )
+            )
         return patches
 
     # ------------------------------------------------------------------ UMAP
@@ -424,7 +494,11 @@ class FeatureExplorer:
 
             unit = w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True).clip(1e-12)
             try:
-                xy = umap.UMAP(n_neighbors=min(15, len(unit) - 1), metric="cosine", random_state=0, n_jobs=1).fit_transform(unit).astype(np.float32)
+                xy = (
+                    umap.UMAP(n_neighbors=min(15, len(unit) - 1), metric="cosine", random_state=0, n_jobs=1)
+                    .fit_transform(unit)
+                    .astype(np.float32)
+                )
             finally:
                 torch.set_num_threads(self.session.threads)  # numba changes it
             with atomic_path(cache) as tmp, open(tmp, "wb") as f:

@@ -19,7 +19,6 @@ from saeuron_core.interventions import (
     Unlearn,
     UnlearnEdit,
 )
-
 from saeuron_core.unlearning import ADD_STRENGTH
 
 from .formatting import sig3
@@ -29,10 +28,21 @@ from .session import ExplorerSession
 ACTIONS = ("remove", "add")
 DEFAULT_ADD_STRENGTH = ADD_STRENGTH
 """Default strength of an "add CONCEPT" row, x each selected feature's typical top activation."""
-EFFECT_COLUMNS = ["row", "intervention", "features edited", "activation before", "activation after", "judge before", "judge after", "what happened"]
+EFFECT_COLUMNS = [
+    "row",
+    "intervention",
+    "features edited",
+    "activation before",
+    "activation after",
+    "judge before",
+    "judge after",
+    "what happened",
+]
 
 
-def concept_handle(session: ExplorerSession, concept: str | None, action: str, strength: float | None = None) -> list[Intervention]:
+def concept_handle(
+    session: ExplorerSession, concept: str | None, action: str, strength: float | None = None
+) -> list[Intervention]:
     """The rows of one handle: ``remove`` is the bundle's default removal of ``concept``
     (``SaeBundle.unlearn``, one row per hook point of its kind); ``add`` steers the same selected
     latents in (``SaeBundle.add_concepts``) at ``strength`` x their typical top activation."""
@@ -47,7 +57,9 @@ def concept_handle(session: ExplorerSession, concept: str | None, action: str, s
         raise SaeuronError(f"enter a strength for adding {concept} (x the features' typical top activation)")
     limit = session.limits.max_steer_multiple
     if not -limit <= strength <= limit:
-        raise SaeuronError(f"strength {strength:g}x is over the cap of {limit:g}x (the features' typical top activation)")
+        raise SaeuronError(
+            f"strength {strength:g}x is over the cap of {limit:g}x (the features' typical top activation)"
+        )
     return list(session.bundle.add_concepts([concept], float(strength)))
 
 
@@ -63,13 +75,17 @@ def describe(iv: Intervention) -> str:
     return f"steer feature {features} at {iv.point}"
 
 
-def checked_addition(session: ExplorerSession, current: list[Intervention], new: list[Intervention]) -> tuple[list[Intervention], str]:
+def checked_addition(
+    session: ExplorerSession, current: list[Intervention], new: list[Intervention]
+) -> tuple[list[Intervention], str]:
     """``current + new`` if the whole list passes the recipe's checks (caps, SAEs), and a line
     saying what was added where; else a ``SaeuronError`` naming the problem."""
     combined = check_interventions([*current, *new], session.bundle, session.limits)
     first = len(current) + 1
     rows = f"row {first}" if len(new) == 1 else f"rows {first}-{first + len(new) - 1}"
-    return list(combined), f"Added {rows} to the intervention table (Generate tab): {'; '.join(describe(iv) for iv in new)}."
+    return list(
+        combined
+    ), f"Added {rows} to the intervention table (Generate tab): {'; '.join(describe(iv) for iv in new)}."
 
 
 # --------------------------------------------------------------------------- what each row did
@@ -89,7 +105,16 @@ class RowEffect:
     explanation: str
 
     def cells(self) -> list:
-        return [self.row, self.intervention, self.features, sig3(self.before), sig3(self.after), self.judge_before, self.judge_after, self.explanation]
+        return [
+            self.row,
+            self.intervention,
+            self.features,
+            sig3(self.before),
+            sig3(self.after),
+            self.judge_before,
+            self.judge_after,
+            self.explanation,
+        ]
 
 
 def _latents_per_step(session: ExplorerSession, iv: Intervention, timesteps: list) -> list[torch.Tensor | None]:
@@ -125,7 +150,9 @@ def _judged(session: ExplorerSession, images: np.ndarray) -> dict | None:
     return None if session.judge is None else session.judge.classify(images)
 
 
-def _concept_verdict(session: ExplorerSession, verdict: dict | None, index: int, concept: str) -> tuple[str, bool | None]:
+def _concept_verdict(
+    session: ExplorerSession, verdict: dict | None, index: int, concept: str
+) -> tuple[str, bool | None]:
     if verdict is None:
         return "no judge", None
     kind = session.bundle.kind_of(concept)
@@ -149,13 +176,29 @@ def _explain(iv: Intervention, before: float, after: float, seen_before: bool | 
         if isinstance(iv, (ScaleFeatures, Unlearn)) and before < 1e-3:
             return "nothing changed: the edited features do not fire in this image, so there was nothing to scale"
         return "nothing changed: the edited features' activation is the same after the edit"
-    moved = f"activation {'down' if change < 0 else 'up'} {abs(change) / max(abs(before), 1e-6):.0%}" if before > 1e-6 else f"activation up from 0 to {sig3(after)}"
+    moved = (
+        f"activation {'down' if change < 0 else 'up'} {abs(change) / max(abs(before), 1e-6):.0%}"
+        if before > 1e-6
+        else f"activation up from 0 to {sig3(after)}"
+    )
     if seen_before is None:
         return moved + "; no judge on this model"
     if isinstance(iv, Unlearn):
-        return moved + ("; removed: the judge no longer sees it" if seen_before and not seen_after else "; the judge still sees it" if seen_after else "; the judge did not see it before either")
+        return moved + (
+            "; removed: the judge no longer sees it"
+            if seen_before and not seen_after
+            else "; the judge still sees it"
+            if seen_after
+            else "; the judge did not see it before either"
+        )
     if isinstance(iv, AddConcept):
-        return moved + ("; added: the judge now sees it" if seen_after and not seen_before else "; the judge already saw it" if seen_before else "; the judge does not see it yet (try a larger strength)")
+        return moved + (
+            "; added: the judge now sees it"
+            if seen_after and not seen_before
+            else "; the judge already saw it"
+            if seen_before
+            else "; the judge does not see it yet (try a larger strength)"
+        )
     return moved
 
 
@@ -167,8 +210,12 @@ def row_effects(session: ExplorerSession, recipe: CheckedRecipe) -> tuple[list[R
     if not recipe.interventions:
         return [], "No interventions: nothing to compare."
     points = list(dict.fromkeys(iv.point for iv in recipe.interventions))
-    before_image, before_maps, timesteps = session.captured_image(recipe.prompt, recipe.seed, recipe.steps, recipe.guidance, points)
-    after_image, after_maps, _ = session.captured_image(recipe.prompt, recipe.seed, recipe.steps, recipe.guidance, points, recipe.interventions)
+    before_image, before_maps, timesteps = session.captured_image(
+        recipe.prompt, recipe.seed, recipe.steps, recipe.guidance, points
+    )
+    after_image, after_maps, _ = session.captured_image(
+        recipe.prompt, recipe.seed, recipe.steps, recipe.guidance, points, recipe.interventions
+    )
     verdict = _judged(session, np.stack([before_image, after_image]))
     rows = []
     for number, iv in enumerate(recipe.interventions, 1):
@@ -178,11 +225,28 @@ def row_effects(session: ExplorerSession, recipe: CheckedRecipe) -> tuple[list[R
         before = _activation(session, iv.point, before_maps[iv.point], latents)
         after = _activation(session, iv.point, after_maps[iv.point], latents)
         if isinstance(iv, (Unlearn, AddConcept)):
-            (judge_before, seen_before), (judge_after, seen_after) = (_concept_verdict(session, verdict, i, iv.concepts[0]) for i in (0, 1))
+            (judge_before, seen_before), (judge_after, seen_after) = (
+                _concept_verdict(session, verdict, i, iv.concepts[0]) for i in (0, 1)
+            )
         else:
             judge_before, judge_after, seen_before, seen_after = _overall(verdict, 0), _overall(verdict, 1), None, None
             if verdict is not None:
                 seen_before = seen_after = False  # a verdict exists; feature rows have no concept of their own
-        rows.append(RowEffect(number, describe(iv), distinct, before, after, judge_before, judge_after, _explain(iv, before, after, seen_before, seen_after)))
-    overall = f"Judge: unedited image {_overall(verdict, 0)}; edited image {_overall(verdict, 1)}." if verdict is not None else "This model has no judge: activations only."
+        rows.append(
+            RowEffect(
+                number,
+                describe(iv),
+                distinct,
+                before,
+                after,
+                judge_before,
+                judge_after,
+                _explain(iv, before, after, seen_before, seen_after),
+            )
+        )
+    overall = (
+        f"Judge: unedited image {_overall(verdict, 0)}; edited image {_overall(verdict, 1)}."
+        if verdict is not None
+        else "This model has no judge: activations only."
+    )
     return rows, overall

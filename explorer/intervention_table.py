@@ -60,7 +60,17 @@ def row_of(spec: dict, on: bool = True, unit: Unit | None = None) -> list:
     start, stop = spec.get("steps") or [0, None]
     mask = spec.get("mask")
     mask_text = "everywhere" if kind in ("steer", "add") and not mask else (f"{len(mask)} tokens" if mask else "")
-    return [bool(on), kind, spec["point"], features, value, str(start), "" if stop is None else str(stop), mask_text, json.dumps(spec, separators=(",", ":"))]
+    return [
+        bool(on),
+        kind,
+        spec["point"],
+        features,
+        value,
+        str(start),
+        "" if stop is None else str(stop),
+        mask_text,
+        json.dumps(spec, separators=(",", ":")),
+    ]
 
 
 def sig3_list(value) -> str:
@@ -85,14 +95,18 @@ def spec_of(row: list, number: int, unit: Unit | None = None) -> dict:
     try:
         spec = json.loads(row[8])
     except (TypeError, json.JSONDecodeError):
-        raise SaeuronError(f"row {number}: not an intervention of this editor (add rows from the feature card)") from None
+        raise SaeuronError(
+            f"row {number}: not an intervention of this editor (add rows from the feature card)"
+        ) from None
     if spec.get("type") == "AddConcept":
         spec["strength"] = _value(row, number)
     elif spec.get("type") != "Unlearn":
         try:
             spec["features"] = [int(f) for f in str(row[3]).replace(",", " ").split()]
         except ValueError:
-            raise SaeuronError(f"row {number}: features must be whole numbers separated by commas, got {row[3]!r}") from None
+            raise SaeuronError(
+                f"row {number}: features must be whole numbers separated by commas, got {row[3]!r}"
+            ) from None
         if not spec["features"]:
             raise SaeuronError(f"row {number}: no feature")
         value = _value(row, number)
@@ -139,5 +153,5 @@ def synced_rows(text: str, rows: list[list], unit: Unit | None = None) -> list[l
     if current is not None and new == current:
         return None
     if current is not None and new[: len(current)] == current:
-        return [list(r) for r in rows] + [row_of(spec, unit=unit) for spec in new[len(current):]]
+        return [list(r) for r in rows] + [row_of(spec, unit=unit) for spec in new[len(current) :]]
     return [row_of(spec, unit=unit) for spec in new]

@@ -43,7 +43,9 @@ class Recipe:
 
     def unchecked(self) -> "Recipe":
         """A plain ``Recipe`` with the same fields (to change them: it is checked again)."""
-        return Recipe(self.prompt, self.seed, self.steps, self.guidance, self.interventions, self.model, self.sae, self.stats)
+        return Recipe(
+            self.prompt, self.seed, self.steps, self.guidance, self.interventions, self.model, self.sae, self.stats
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +57,9 @@ class CheckedRecipe(Recipe):
     def with_interventions(self, interventions) -> Recipe:
         interventions = tuple(interventions)
         # dropping every intervention keeps a checked recipe valid; anything else is checked again
-        return replace(self, interventions=()) if not interventions else self.unchecked().with_interventions(interventions)
+        return (
+            replace(self, interventions=()) if not interventions else self.unchecked().with_interventions(interventions)
+        )
 
 
 # --------------------------------------------------------------------------- interventions <-> dicts
@@ -65,17 +69,46 @@ def _window(steps: StepWindow | None) -> list | None:
 
 def intervention_to_dict(iv: Intervention) -> dict:
     if isinstance(iv, ScaleFeatures):
-        return {"type": "ScaleFeatures", "point": iv.point, "features": list(iv.features), "factor": iv.factor, "steps": _window(iv.steps)}
+        return {
+            "type": "ScaleFeatures",
+            "point": iv.point,
+            "features": list(iv.features),
+            "factor": iv.factor,
+            "steps": _window(iv.steps),
+        }
     if isinstance(iv, Steer):
         mask = None if iv.mask is None else [list(r) if isinstance(r, tuple) else r for r in iv.mask]
-        return {"type": "Steer", "point": iv.point, "features": list(iv.features), "strength": iv.strength, "mask": mask, "steps": _window(iv.steps)}
+        return {
+            "type": "Steer",
+            "point": iv.point,
+            "features": list(iv.features),
+            "strength": iv.strength,
+            "mask": mask,
+            "steps": _window(iv.steps),
+        }
     if isinstance(iv, Unlearn):
         as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-        spec = {"type": "Unlearn", "point": iv.point, "concepts": list(iv.concepts), "tau": as_list(iv.tau), "gamma": as_list(iv.gamma), "steps": _window(iv.steps)}
-        return spec if iv.score == "paper" else {**spec, "score": iv.score}  # recipes from before the variant stay as they were
+        spec = {
+            "type": "Unlearn",
+            "point": iv.point,
+            "concepts": list(iv.concepts),
+            "tau": as_list(iv.tau),
+            "gamma": as_list(iv.gamma),
+            "steps": _window(iv.steps),
+        }
+        return (
+            spec if iv.score == "paper" else {**spec, "score": iv.score}
+        )  # recipes from before the variant stay as they were
     if isinstance(iv, AddConcept):
         tau = list(iv.tau) if isinstance(iv.tau, tuple) else iv.tau
-        spec = {"type": "AddConcept", "point": iv.point, "concepts": list(iv.concepts), "strength": iv.strength, "tau": tau, "steps": _window(iv.steps)}
+        spec = {
+            "type": "AddConcept",
+            "point": iv.point,
+            "concepts": list(iv.concepts),
+            "strength": iv.strength,
+            "tau": tau,
+            "steps": _window(iv.steps),
+        }
         spec = spec if iv.score == "paper" else {**spec, "score": iv.score}
         return spec if iv.cond_only else {**spec, "cond_only": False}
     raise SaeuronError(f"not an intervention: {iv!r}")
@@ -91,11 +124,15 @@ _FIELDS = {
 
 def intervention_from_dict(data) -> Intervention:
     if not isinstance(data, dict) or data.get("type") not in _FIELDS:
-        raise SaeuronError(f"an intervention must be an object with type one of {', '.join(_FIELDS)}; got {data!r:.120}")
+        raise SaeuronError(
+            f"an intervention must be an object with type one of {', '.join(_FIELDS)}; got {data!r:.120}"
+        )
     required, optional = _FIELDS[data["type"]]
     missing, unknown = required - set(data), set(data) - required - optional
     if missing or unknown:
-        raise SaeuronError(f"{data['type']} intervention: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}")
+        raise SaeuronError(
+            f"{data['type']} intervention: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}"
+        )
     steps = _read_window(data.get("steps"))
     try:
         if data["type"] == "ScaleFeatures":
@@ -103,8 +140,23 @@ def intervention_from_dict(data) -> Intervention:
         if data["type"] == "Steer":
             return Steer(tuple(data["features"]), float(data["strength"]), data.get("mask"), steps, data["point"])
         if data["type"] == "AddConcept":
-            return AddConcept(tuple(data["concepts"]), float(data["strength"]), _number_or_tuple(data["tau"]), steps, point=data["point"], score=data.get("score", "paper"), cond_only=bool(data.get("cond_only", True)))
-        return Unlearn(tuple(data["concepts"]), _number_or_tuple(data["tau"]), _number_or_tuple(data["gamma"]), steps, point=data["point"], score=data.get("score", "paper"))
+            return AddConcept(
+                tuple(data["concepts"]),
+                float(data["strength"]),
+                _number_or_tuple(data["tau"]),
+                steps,
+                point=data["point"],
+                score=data.get("score", "paper"),
+                cond_only=bool(data.get("cond_only", True)),
+            )
+        return Unlearn(
+            tuple(data["concepts"]),
+            _number_or_tuple(data["tau"]),
+            _number_or_tuple(data["gamma"]),
+            steps,
+            point=data["point"],
+            score=data.get("score", "paper"),
+        )
     except (TypeError, ValueError) as e:
         if isinstance(e, SaeuronError):
             raise
@@ -125,7 +177,12 @@ def interventions_from_json(text: str | None) -> tuple[Intervention, ...]:
 def _read_window(steps) -> StepWindow | None:
     if steps is None:
         return None
-    if not isinstance(steps, list) or len(steps) != 2 or not isinstance(steps[0], int) or not (steps[1] is None or isinstance(steps[1], int)):
+    if (
+        not isinstance(steps, list)
+        or len(steps) != 2
+        or not isinstance(steps[0], int)
+        or not (steps[1] is None or isinstance(steps[1], int))
+    ):
         raise SaeuronError(f"a step window is [start, stop] (stop may be null), got {steps!r}")
     return StepWindow(steps[0], steps[1])
 
@@ -152,11 +209,18 @@ def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tup
         if isinstance(iv, AddConcept):
             for concept in iv.concepts:
                 bundle.kind_of(concept)
-            check_float("concept strength (x typical top activation)", iv.strength, -limits.max_steer_multiple, limits.max_steer_multiple)
+            check_float(
+                "concept strength (x typical top activation)",
+                iv.strength,
+                -limits.max_steer_multiple,
+                limits.max_steer_multiple,
+            )
             continue
         n_latents = bundle.saes[iv.point].num_latents
         if len(iv.features) > limits.max_features_per_intervention:
-            raise SaeuronError(f"{len(iv.features)} features in one intervention; the limit is {limits.max_features_per_intervention}")
+            raise SaeuronError(
+                f"{len(iv.features)} features in one intervention; the limit is {limits.max_features_per_intervention}"
+            )
         for f in iv.features:
             check_int("feature id", f, 0, n_latents - 1)
         if isinstance(iv, ScaleFeatures):
@@ -172,7 +236,9 @@ def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits) -> CheckedRe
     for i, iv in enumerate(interventions, 1):
         # a window that starts after the last step would silently do nothing
         if iv.steps is not None and iv.steps.start >= steps:
-            raise SaeuronError(f"intervention {i} starts at step {iv.steps.start}, but the generation has only {steps} steps (0 to {steps - 1})")
+            raise SaeuronError(
+                f"intervention {i} starts at step {iv.steps.start}, but the generation has only {steps} steps (0 to {steps - 1})"
+            )
     return CheckedRecipe(
         prompt=check_prompt(recipe.prompt, limits),
         seed=check_int("seed", recipe.seed, 0, limits.max_seed),
@@ -243,11 +309,15 @@ def recipe_to_query(recipe: Recipe) -> str:
     """A URL query string (without "?") that restores the recipe in the app."""
     fields = {"prompt": recipe.prompt, "seed": recipe.seed, "steps": recipe.steps, "guidance": recipe.guidance}
     if recipe.interventions:
-        fields["interventions"] = json.dumps([intervention_to_dict(iv) for iv in recipe.interventions], separators=(",", ":"))
+        fields["interventions"] = json.dumps(
+            [intervention_to_dict(iv) for iv in recipe.interventions], separators=(",", ":")
+        )
     return urlencode(fields)
 
 
-def recipe_from_query(query: str | dict, model: str = "minicanvas", sae: str | None = None, stats: str | None = None) -> Recipe | None:
+def recipe_from_query(
+    query: str | dict, model: str = "minicanvas", sae: str | None = None, stats: str | None = None
+) -> Recipe | None:
     """The recipe in a query string (or a dict of query parameters); None when it holds none."""
     params = {k: v[-1] for k, v in parse_qs(query).items()} if isinstance(query, str) else dict(query)
     if "prompt" not in params:

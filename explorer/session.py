@@ -17,12 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saeuron_core.baselines.methods import Removal, prepare_removal
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import resolve_point
 from saeuron_core.minicanvas.judge import Judge
-from saeuron_core.baselines.methods import Removal, prepare_removal
 from saeuron_core.paths import ASSETS
-from saeuron_core.pipeline import ModelInfo, generate, image_size, load_pipeline, model_info, model_info_of_folder, resolve_spec
+from saeuron_core.pipeline import (
+    ModelInfo,
+    generate,
+    image_size,
+    load_pipeline,
+    model_info,
+    model_info_of_folder,
+    resolve_spec,
+)
 from saeuron_core.unlearning import HookedRun, SaeBundle
 
 from .cache import LruCache
@@ -44,7 +52,20 @@ class Sources:
 class ExplorerSession:
     """Pipeline + SaeBundle + judge, the U-Net lock and the image cache."""
 
-    def __init__(self, pipe, info: ModelInfo, bundle: SaeBundle, judge: Judge | None, sources: Sources, limits: Limits = Limits(), image_cache_size: int = 256, threads: int | None = None, erasure_cache: str | Path | None = None, concept_map: ConceptMap | None = None, size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        pipe,
+        info: ModelInfo,
+        bundle: SaeBundle,
+        judge: Judge | None,
+        sources: Sources,
+        limits: Limits = Limits(),
+        image_cache_size: int = 256,
+        threads: int | None = None,
+        erasure_cache: str | Path | None = None,
+        concept_map: ConceptMap | None = None,
+        size: tuple[int, int] | None = None,
+    ):
         """``pipe``: the loaded pipeline, or a function that loads it (called on first use or by
         ``load_pipeline``, so the app can serve its first page before diffusers is even imported).
         ``size``: (height, width) of the generated images (default: square, ``info.image_size``).
@@ -62,7 +83,9 @@ class ExplorerSession:
         self.removals = LruCache(16)
         self._unet_lock = threading.Lock()
         self._pipe_lock = threading.Lock()
-        self._pipe, self._load = (None, pipe) if callable(pipe) and not hasattr(pipe, "unet") else (self._checked(pipe), None)
+        self._pipe, self._load = (
+            (None, pipe) if callable(pipe) and not hasattr(pipe, "unet") else (self._checked(pipe), None)
+        )
 
     def _checked(self, pipe):
         for point in self.bundle.saes:
@@ -99,7 +122,25 @@ class ExplorerSession:
             yield self.pipe
 
     @classmethod
-    def open(cls, model: str = "minicanvas", sae: str | None = None, stats: str | None = None, defaults: str | None = None, judge: str | None = None, device: str = "cpu", limits: Limits = Limits(), threads: int | None = None, erasure_cache: str | Path | None = None, dtype: str | None = "float32", height: int | None = None, width: int | None = None, run: str | Path | None = None, preset: str | None = None, defer_pipeline: bool = False, concept_map: str | Path | None = None) -> "ExplorerSession":
+    def open(
+        cls,
+        model: str = "minicanvas",
+        sae: str | None = None,
+        stats: str | None = None,
+        defaults: str | None = None,
+        judge: str | None = None,
+        device: str = "cpu",
+        limits: Limits = Limits(),
+        threads: int | None = None,
+        erasure_cache: str | Path | None = None,
+        dtype: str | None = "float32",
+        height: int | None = None,
+        width: int | None = None,
+        run: str | Path | None = None,
+        preset: str | None = None,
+        defer_pipeline: bool = False,
+        concept_map: str | Path | None = None,
+    ) -> "ExplorerSession":
         """Load a model and its SAEs, statistics and (when available) judge.
 
         Without ``judge`` the bundled judge is used for the bundled model; other models have none
@@ -138,12 +179,33 @@ class ExplorerSession:
             sae_device = resolve_device(device)
         if spec is not None:
             # the run's routing replaces the model's: one point per kind, as prepare wrote it
-            info = replace(info, hook_points=dict(spec.hook_points), points_of_kind={}, default_steps=spec.steps, default_guidance=spec.guidance)
+            info = replace(
+                info,
+                hook_points=dict(spec.hook_points),
+                points_of_kind={},
+                default_steps=spec.steps,
+                default_guidance=spec.guidance,
+            )
         bundle = SaeBundle.load(info, sae, stats, defaults, device=sae_device, preset=preset)
         judge_dir = Path(judge) if judge else (ASSETS / "judge" if model == "minicanvas" else None)
-        loaded_judge = Judge.load(judge_dir) if judge_dir is not None and (judge or (judge_dir / "config.json").is_file()) else None
+        loaded_judge = (
+            Judge.load(judge_dir)
+            if judge_dir is not None and (judge or (judge_dir / "config.json").is_file())
+            else None
+        )
         as_text = lambda p: None if p is None else str(p)  # noqa: E731
-        return cls(pipe, info, bundle, loaded_judge, Sources(model, as_text(sae), as_text(stats), as_text(defaults)), limits, threads=threads, erasure_cache=erasure_cache, concept_map=cmap, size=size)
+        return cls(
+            pipe,
+            info,
+            bundle,
+            loaded_judge,
+            Sources(model, as_text(sae), as_text(stats), as_text(defaults)),
+            limits,
+            threads=threads,
+            erasure_cache=erasure_cache,
+            concept_map=cmap,
+            size=size,
+        )
 
     # ------------------------------------------------------------------ facts
     @property
@@ -156,7 +218,16 @@ class ExplorerSession:
         return point
 
     def default_recipe(self, prompt: str) -> Recipe:
-        return Recipe(prompt, 0, self.info.default_steps, self.info.default_guidance, (), self.sources.model, self.sources.sae, self.sources.stats)
+        return Recipe(
+            prompt,
+            0,
+            self.info.default_steps,
+            self.info.default_guidance,
+            (),
+            self.sources.model,
+            self.sources.sae,
+            self.sources.stats,
+        )
 
     def recipe(self, prompt, seed, steps, guidance, interventions=()) -> CheckedRecipe:
         """The one constructor of a generation request from its fields (as typed: 2.5 steps is
@@ -190,7 +261,9 @@ class ExplorerSession:
             return self.plain_images([(recipe.prompt, recipe.seed)], recipe.steps, recipe.guidance)[0]
         return self.run(recipe, on_preview=on_preview, previews=previews).image
 
-    def before_after(self, recipe: Recipe, on_preview=None, previews: int = 4) -> tuple[CheckedRecipe, np.ndarray, np.ndarray]:
+    def before_after(
+        self, recipe: Recipe, on_preview=None, previews: int = 4
+    ) -> tuple[CheckedRecipe, np.ndarray, np.ndarray]:
         """(the checked recipe, its image without interventions, its image) in one call: the
         unedited image from the cache (or generated), the edited one through ``run`` with previews
         (without interventions the two are one image, generated once)."""
@@ -200,12 +273,24 @@ class ExplorerSession:
             return recipe, before, before
         return recipe, before, self.run(recipe, on_preview=on_preview, previews=previews).image
 
-    def run(self, recipe: CheckedRecipe, capture=(), on_preview=None, previews: int = 4, removal: Removal | None = None) -> HookedRun:
+    def run(
+        self, recipe: CheckedRecipe, capture=(), on_preview=None, previews: int = 4, removal: Removal | None = None
+    ) -> HookedRun:
         """One pass of the (checked) recipe through ``SaeBundle.run`` under the U-Net lock: image,
         the maps of the ``capture`` points and the timesteps; ``removal``: a weight edit active
         meanwhile (ESD / UCE)."""
-        with self.unet() as pipe, (removal.active(pipe) if removal is not None else contextlib.nullcontext()):
-            return self.bundle.run(pipe, recipe.prompt, recipe.seed, recipe.steps, recipe.guidance, recipe.interventions, capture, on_preview, previews)
+        with self.unet() as pipe, removal.active(pipe) if removal is not None else contextlib.nullcontext():
+            return self.bundle.run(
+                pipe,
+                recipe.prompt,
+                recipe.seed,
+                recipe.steps,
+                recipe.guidance,
+                recipe.interventions,
+                capture,
+                on_preview,
+                previews,
+            )
 
     def to_device(self, device) -> None:
         """Move the pipeline and the SAEs to ``device`` (ZeroGPU: inside the GPU-decorated call)."""
@@ -226,7 +311,9 @@ class ExplorerSession:
         if found is not None:
             return found
         if method == "esd" and not self.limits.train_esd and not self._esd_cached(concepts):
-            raise SaeuronError(f"ESD for {'+'.join(concepts)} is not precomputed on this server, and training it here is off (Limits.train_esd)")
+            raise SaeuronError(
+                f"ESD for {'+'.join(concepts)} is not precomputed on this server, and training it here is off (Limits.train_esd)"
+            )
 
         def report(i, n, loss):
             if progress is not None:
@@ -239,13 +326,18 @@ class ExplorerSession:
 
     def _esd_cached(self, concepts) -> bool:
         from saeuron_core.baselines.erasure import EsdConfig
-        from saeuron_core.edits import META_FILE
         from saeuron_core.baselines.methods import edit_folder
+        from saeuron_core.edits import META_FILE
 
-        return self.erasure_cache is not None and (edit_folder(self.pipe, "esd", concepts, EsdConfig(), self.erasure_cache) / META_FILE).is_file()
+        return (
+            self.erasure_cache is not None
+            and (edit_folder(self.pipe, "esd", concepts, EsdConfig(), self.erasure_cache) / META_FILE).is_file()
+        )
 
     @torch.inference_mode()
-    def images_with_removal(self, removal: Removal, jobs: list[tuple[str, int]], steps: int, guidance: float) -> list[np.ndarray]:
+    def images_with_removal(
+        self, removal: Removal, jobs: list[tuple[str, int]], steps: int, guidance: float
+    ) -> list[np.ndarray]:
         """uint8 images of (prompt, seed) jobs generated with ``removal`` active, one at a time
         (bit-identical to a lone ``generate`` call, like ``plain_images``)."""
         images = []
@@ -254,7 +346,16 @@ class ExplorerSession:
                 images.append(np.asarray(generate(self.pipe, prompt, [seed], steps, guidance)[0].convert("RGB")))
         return images
 
-    def captured_image(self, prompt: str, seed: int, steps: int, guidance: float, points: list[str], interventions=(), removal: Removal | None = None) -> tuple[np.ndarray, dict[str, torch.Tensor], list]:
+    def captured_image(
+        self,
+        prompt: str,
+        seed: int,
+        steps: int,
+        guidance: float,
+        points: list[str],
+        interventions=(),
+        removal: Removal | None = None,
+    ) -> tuple[np.ndarray, dict[str, torch.Tensor], list]:
         """One image generated with ``interventions`` (or a weight-editing ``removal``) active, the
         block output at each of ``points`` per step ([T, C, H, W], the conditional half, recorded
         after any edit of that block) and the timesteps of those steps."""

@@ -113,7 +113,12 @@ class FeatureMeter:
 
     def __init__(self, bundle, interventions: list[Unlearn]):
         self.bundle = bundle
-        self.edits = {iv.point: UnlearnEdit(iv, bundle.stats[iv.point].concept_stats(bundle.kind_of(iv.concepts[0])), torch.device("cpu")) for iv in interventions}
+        self.edits = {
+            iv.point: UnlearnEdit(
+                iv, bundle.stats[iv.point].concept_stats(bundle.kind_of(iv.concepts[0])), torch.device("cpu")
+            )
+            for iv in interventions
+        }
 
     @property
     def points(self) -> list[str]:

@@ -91,15 +91,27 @@ class UnlearnAudit:
         if info.objects or info.styles:
             return [*info.objects, *info.styles]
         bundle = self.session.bundle  # a model with its own concepts: those of the statistics
-        return list(dict.fromkeys(c for kind, point in bundle.point_of_kind.items() for c in bundle.stats[point].concepts_of_kind(kind)))
+        return list(
+            dict.fromkeys(
+                c for kind, point in bundle.point_of_kind.items() for c in bundle.stats[point].concepts_of_kind(kind)
+            )
+        )
 
     def methods(self) -> list[str]:
         if self.judged or self.session.limits.train_esd:
             return list(METHODS)
         return [m for m in METHODS if m != "esd"]  # ESD trains the U-Net; this server does not
 
-    def compare(self, concepts: list[str], methods: list[str], seed: int = 0, tau: float | None = None, gamma: float | None = None, progress=None,
-                seeds: int = DEFAULT_GRID_SEEDS) -> list[UnlearnGrid]:
+    def compare(
+        self,
+        concepts: list[str],
+        methods: list[str],
+        seed: int = 0,
+        tau: float | None = None,
+        gamma: float | None = None,
+        progress=None,
+        seeds: int = DEFAULT_GRID_SEEDS,
+    ) -> list[UnlearnGrid]:
         """One grid per method on the same prompts and seeds (the before images are shared).
 
         ``tau`` / ``gamma`` may be None or empty text (the defaults table applies) or numbers.
@@ -114,16 +126,32 @@ class UnlearnAudit:
         if not self.judged:
             return self.measure(concepts, methods, seed, tau, gamma, progress)
         for m in methods:  # every request checked before the first image
-            self._check_request(concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, m, seeds)
+            self._check_request(
+                concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, m, seeds
+            )
         n_images = len(self._pairs(list(dict.fromkeys(concepts)))) * check_int("seeds", seeds, 1, MAX_GRID_SEEDS)
-        stages = StageProgress(progress, [("before", n_images)] + [(m, n_images * (3 if m == "esd" else 1)) for m in methods])
+        stages = StageProgress(
+            progress, [("before", n_images)] + [(m, n_images * (3 if m == "esd" else 1)) for m in methods]
+        )
         grids = []
         for m in methods:
-            grids.append(self.run(concepts, tau if m == "saeuron" else None, gamma if m == "saeuron" else None, seed, method=m, seeds=seeds, stages=stages))
+            grids.append(
+                self.run(
+                    concepts,
+                    tau if m == "saeuron" else None,
+                    gamma if m == "saeuron" else None,
+                    seed,
+                    method=m,
+                    seeds=seeds,
+                    stages=stages,
+                )
+            )
         stages.report("done", 1.0, "done")
         return grids
 
-    def saeuron_interventions(self, concepts: list[str], tau: float | None, gamma: float | None) -> tuple[list[Unlearn], dict]:
+    def saeuron_interventions(
+        self, concepts: list[str], tau: float | None, gamma: float | None
+    ) -> tuple[list[Unlearn], dict]:
         """SAeUron's interventions and, per concept, (tau, gamma, where they came from)."""
         bundle = self.session.bundle
         if tau is not None:
@@ -137,11 +165,24 @@ class UnlearnAudit:
             kind = bundle.kind_of(c)
             for point in bundle.points_of_kind[kind]:
                 if kind_at.setdefault(point, kind) != kind:
-                    raise SaeuronError(f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; remove them one kind at a time")
+                    raise SaeuronError(
+                        f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; remove them one kind at a time"
+                    )
                 rows.setdefault(point, []).append((c, params[c][0], params[c][1]))
-        return [Unlearn(tuple(r[0] for r in rs), tuple(r[1] for r in rs), tuple(r[2] for r in rs), point=p) for p, rs in rows.items()], params
+        return [
+            Unlearn(tuple(r[0] for r in rs), tuple(r[1] for r in rs), tuple(r[2] for r in rs), point=p)
+            for p, rs in rows.items()
+        ], params
 
-    def measure(self, concepts: list[str], methods: list[str], seed: int = 0, tau: float | None = None, gamma: float | None = None, progress=None) -> ChangeGrid:
+    def measure(
+        self,
+        concepts: list[str],
+        methods: list[str],
+        seed: int = 0,
+        tau: float | None = None,
+        gamma: float | None = None,
+        progress=None,
+    ) -> ChangeGrid:
         """Without a judge: before / after images of the concepts' own prompts and a few others,
         with image-level change and the drop of the removed concepts' selected features."""
         session = self.session
@@ -176,13 +217,19 @@ class UnlearnAudit:
             cell = ChangeCell(prompt, role, image, meter.measure(maps, timesteps))
             for m in methods:
                 if m == "saeuron":
-                    after, maps, timesteps = session.captured_image(prompt, seed, steps, guidance, meter.points, interventions=interventions)
+                    after, maps, timesteps = session.captured_image(
+                        prompt, seed, steps, guidance, meter.points, interventions=interventions
+                    )
                 else:
-                    after, maps, timesteps = session.captured_image(prompt, seed, steps, guidance, meter.points, removal=removals[m])
+                    after, maps, timesteps = session.captured_image(
+                        prompt, seed, steps, guidance, meter.points, removal=removals[m]
+                    )
                 cell.after[m] = after
                 cell.feature_after[m] = meter.measure(maps, timesteps)
             cells.append(cell)
-        return ChangeGrid(tuple(concepts), tuple(methods), seed, cells, params, tuple(meter.points), meter.selected_per_step(), setup)
+        return ChangeGrid(
+            tuple(concepts), tuple(methods), seed, cells, params, tuple(meter.points), meter.selected_per_step(), setup
+        )
 
     def best_default_concept(self) -> str | None:
         """The concept the defaults table says it removes best (its "score"), so that the panel's
@@ -219,7 +266,9 @@ class UnlearnAudit:
         (tau, gamma), source = paper_params(concept)
         return tau, gamma, source
 
-    def _check_request(self, concepts, tau, gamma, seed, method, seeds) -> tuple[list[str], float | None, float | None, int, int]:
+    def _check_request(
+        self, concepts, tau, gamma, seed, method, seeds
+    ) -> tuple[list[str], float | None, float | None, int, int]:
         """The validated request of one grid (one clear message per problem, before any work)."""
         session = self.session
         tau, gamma = optional_number("tau", tau), optional_number("gamma", gamma)
@@ -228,7 +277,9 @@ class UnlearnAudit:
         if session.judge is None:
             raise SaeuronError("the unlearn grid needs a judge; start the app with --judge <folder>")
         if not session.info.objects or not session.info.styles:
-            raise SaeuronError("the unlearn grid needs a model with a concept vocabulary (objects and styles in saeuron.json)")
+            raise SaeuronError(
+                "the unlearn grid needs a model with a concept vocabulary (objects and styles in saeuron.json)"
+            )
         concepts = list(dict.fromkeys(concepts or []))
         if not concepts:
             raise SaeuronError("choose at least one concept to unlearn")
@@ -248,8 +299,17 @@ class UnlearnAudit:
             session.bundle.unlearn(concepts, tau, gamma)  # a concept without defaults fails here
         return concepts, tau, gamma, seed, seeds
 
-    def run(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, seed: int = 0, method: str = "saeuron", progress=None,
-            seeds: int = DEFAULT_GRID_SEEDS, stages: "StageProgress | None" = None) -> UnlearnGrid:
+    def run(
+        self,
+        concepts: list[str],
+        tau: float | None = None,
+        gamma: float | None = None,
+        seed: int = 0,
+        method: str = "saeuron",
+        progress=None,
+        seeds: int = DEFAULT_GRID_SEEDS,
+        stages: "StageProgress | None" = None,
+    ) -> UnlearnGrid:
         """Remove ``concepts`` with ``method`` and judge a small grid before and after: every
         prompt at seeds ``seed`` .. ``seed + seeds - 1``.
 
@@ -261,7 +321,9 @@ class UnlearnAudit:
         pairs = [(o, s, role, k) for o, s, role in self._pairs(concepts) for k in range(seed, seed + seeds)]
         jobs = [(mc.prompt(o, s), k) for o, s, _, k in pairs]
         if stages is None:
-            stages = StageProgress(progress, [("before", len(jobs)), (method, len(jobs) * (3 if method == "esd" else 1))])
+            stages = StageProgress(
+                progress, [("before", len(jobs)), (method, len(jobs) * (3 if method == "esd" else 1))]
+            )
         before = []
         for i, job in enumerate(jobs):
             stages.report("before", i / len(jobs), f"before: image {i + 1}/{len(jobs)}")
@@ -272,13 +334,19 @@ class UnlearnAudit:
             base = session.default_recipe(jobs[0][0])
             for i, (p, k) in enumerate(jobs):
                 stages.report(method, i / len(jobs), f"SAeUron: image {i + 1}/{len(jobs)}")
-                after.append(session.render(Recipe(p, k, steps, guidance, interventions, base.model, base.sae, base.stats)))
+                after.append(
+                    session.render(Recipe(p, k, steps, guidance, interventions, base.model, base.sae, base.stats))
+                )
         else:
             images_share = 1 / 3 if method == "esd" else 0.5
             setup_share = 1 - images_share
             name = method.upper()
-            stages.report(method, 0.0, f"{name}: preparing the edit for {'+'.join(concepts)} (from the cache, or computed now: "
-                                       + ("a training pool of concept images first, then fine-tuning)" if method == "esd" else "closed form)"))
+            stages.report(
+                method,
+                0.0,
+                f"{name}: preparing the edit for {'+'.join(concepts)} (from the cache, or computed now: "
+                + ("a training pool of concept images first, then fine-tuning)" if method == "esd" else "closed form)"),
+            )
 
             def heard(fraction, text):
                 stages.report(method, setup_share * fraction, text)
@@ -290,12 +358,23 @@ class UnlearnAudit:
                 after += session.images_with_removal(removal, [job], steps, guidance)
         stages.report(method, 1.0, f"{method}: judging")
         seen_before, seen_after = self._judge(before), self._judge(after)
-        cells = [GridCell(o, s, role, b, a, vb[:2], va[:2], k, vb[2:], va[2:])
-                 for (o, s, role, k), b, a, vb, va in zip(pairs, before, after, seen_before, seen_after)]
+        cells = [
+            GridCell(o, s, role, b, a, vb[:2], va[:2], k, vb[2:], va[2:])
+            for (o, s, role, k), b, a, vb, va in zip(pairs, before, after, seen_before, seen_after)
+        ]
         counts_before, counts_after = self._counts(cells, concepts, "before"), self._counts(cells, concepts, "after")
         return UnlearnGrid(
-            tuple(concepts), interventions, seed, cells, self._rates(counts_before), self._rates(counts_after), method, setup,
-            counts_before, counts_after, tuple(range(seed, seed + seeds)),
+            tuple(concepts),
+            interventions,
+            seed,
+            cells,
+            self._rates(counts_before),
+            self._rates(counts_after),
+            method,
+            setup,
+            counts_before,
+            counts_after,
+            tuple(range(seed, seed + seeds)),
         )
 
     def _pairs(self, concepts: list[str]) -> list[tuple[str, str, str]]:
@@ -307,7 +386,11 @@ class UnlearnAudit:
         for i in range(max(budget // 2, 1)):
             concept = concepts[i % len(concepts)]
             rotate = i // len(concepts)
-            pair = (concept, styles[rotate % len(styles)]) if concept in objects else (objects[rotate % len(objects)], concept)
+            pair = (
+                (concept, styles[rotate % len(styles)])
+                if concept in objects
+                else (objects[rotate % len(objects)], concept)
+            )
             if pair not in target:
                 target.append(pair)
         kept_objects = [o for o in objects if o not in removed] or list(objects)
@@ -329,8 +412,13 @@ class UnlearnAudit:
         """Judged cells (``when``: "before" / "after") for ``concept``'s metrics: those that show
         no other removed concept."""
         others = set(concepts) - {concept}
-        return [JudgedImage(c.object_name, c.style, c.seed, *getattr(c, f"{when}_verdict"), *getattr(c, f"{when}_confidence"))
-                for c in cells if not others & {c.object_name, c.style}]
+        return [
+            JudgedImage(
+                c.object_name, c.style, c.seed, *getattr(c, f"{when}_verdict"), *getattr(c, f"{when}_confidence")
+            )
+            for c in cells
+            if not others & {c.object_name, c.style}
+        ]
 
     @classmethod
     def _counts(cls, cells: list[GridCell], concepts: list[str], when: str) -> dict[str, dict[str, tuple[int, int]]]:
@@ -370,21 +458,48 @@ class StageProgress:
 
 
 # --------------------------------------------------------------------------- tables and export
-METRIC_NAMES = {"UA": "unlearning accuracy", "IRA": "in-domain retain accuracy", "CRA": "cross-domain retain accuracy",
-                "kept_on_target": "the target images' other concept still seen"}
+METRIC_NAMES = {
+    "UA": "unlearning accuracy",
+    "IRA": "in-domain retain accuracy",
+    "CRA": "cross-domain retain accuracy",
+    "kept_on_target": "the target images' other concept still seen",
+}
 
 
 def verdict_rows(grids: list[UnlearnGrid]) -> list[dict]:
     """One row per prompt and column of the matrix (before, then each method): what the judge saw."""
     rows = []
     for i, cell in enumerate(grids[0].cells):
-        common = {"row": i, "role": cell.role, "prompt": cell.prompt, "seed": cell.seed, "object": cell.object_name, "style": cell.style}
-        rows.append({**common, "column": "before", "judged object": cell.before_verdict[0], "object confidence": round(cell.before_confidence[0], 4),
-                     "judged style": cell.before_verdict[1], "style confidence": round(cell.before_confidence[1], 4)})
+        common = {
+            "row": i,
+            "role": cell.role,
+            "prompt": cell.prompt,
+            "seed": cell.seed,
+            "object": cell.object_name,
+            "style": cell.style,
+        }
+        rows.append(
+            {
+                **common,
+                "column": "before",
+                "judged object": cell.before_verdict[0],
+                "object confidence": round(cell.before_confidence[0], 4),
+                "judged style": cell.before_verdict[1],
+                "style confidence": round(cell.before_confidence[1], 4),
+            }
+        )
         for grid in grids:
             after = grid.cells[i]
-            rows.append({**common, "column": grid.method, "judged object": after.after_verdict[0], "object confidence": round(after.after_confidence[0], 4),
-                         "judged style": after.after_verdict[1], "style confidence": round(after.after_confidence[1], 4)})
+            rows.append(
+                {
+                    **common,
+                    "column": grid.method,
+                    "judged object": after.after_verdict[0],
+                    "object confidence": round(after.after_confidence[0], 4),
+                    "judged style": after.after_verdict[1],
+                    "style confidence": round(after.after_confidence[1], 4),
+                }
+            )
     return rows
 
 
@@ -400,7 +515,19 @@ def metric_rows(grids: list[UnlearnGrid]) -> list[dict]:
             for column, counts, setup in columns:
                 k, n = counts[concept][metric]
                 low, high = wilson(k, n)
-                rows.append({"concept": concept, "metric": metric, "column": column, "successes": k, "images": n, "rate": k / n if n else None, "low95": low, "high95": high, "setup_s": round(setup, 2)})
+                rows.append(
+                    {
+                        "concept": concept,
+                        "metric": metric,
+                        "column": column,
+                        "successes": k,
+                        "images": n,
+                        "rate": k / n if n else None,
+                        "low95": low,
+                        "high95": high,
+                        "setup_s": round(setup, 2),
+                    }
+                )
     return rows
 
 
@@ -430,7 +557,7 @@ def grid_export(grids: list[UnlearnGrid]) -> dict:
 
 
 def metric_cell(k: int, n: int) -> str:
-    """"62.5% (5/8)\\n[30.6–86.3%]": a rate, its counts and its Wilson 95% interval."""
+    """ "62.5% (5/8)\\n[30.6–86.3%]": a rate, its counts and its Wilson 95% interval."""
     if n == 0:
         return "n/a (no images)"
     low, high = wilson(k, n)
@@ -442,9 +569,29 @@ def change_rows(grid: ChangeGrid) -> list[dict]:
     """One row per prompt and column (before, then each method): the measured change."""
     rows = []
     for i, cell in enumerate(grid.cells):
-        rows.append({"row": i, "role": cell.role, "prompt": cell.prompt, "column": "before", "pixel_change": 0.0, "feature_activation": cell.feature_before, "feature_drop": None})
+        rows.append(
+            {
+                "row": i,
+                "role": cell.role,
+                "prompt": cell.prompt,
+                "column": "before",
+                "pixel_change": 0.0,
+                "feature_activation": cell.feature_before,
+                "feature_drop": None,
+            }
+        )
         for m in grid.methods:
-            rows.append({"row": i, "role": cell.role, "prompt": cell.prompt, "column": m, "pixel_change": cell.pixel_change(m), "feature_activation": cell.feature_after[m], "feature_drop": cell.feature_drop(m)})
+            rows.append(
+                {
+                    "row": i,
+                    "role": cell.role,
+                    "prompt": cell.prompt,
+                    "column": m,
+                    "pixel_change": cell.pixel_change(m),
+                    "feature_activation": cell.feature_after[m],
+                    "feature_drop": cell.feature_drop(m),
+                }
+            )
     return rows
 
 
@@ -459,15 +606,33 @@ def change_summary(grid: ChangeGrid) -> list[dict]:
                 continue
             before = float(np.mean([c.feature_before for c in cells]))
             after = float(np.mean([c.feature_after[m] for c in cells]))
-            out.append({"method": m, "role": role, "images": len(cells), "pixel_change": float(np.mean([c.pixel_change(m) for c in cells])),
-                        "feature_before": before, "feature_after": after, "feature_drop": (1 - after / before) if before > 0 else None})
+            out.append(
+                {
+                    "method": m,
+                    "role": role,
+                    "images": len(cells),
+                    "pixel_change": float(np.mean([c.pixel_change(m) for c in cells])),
+                    "feature_before": before,
+                    "feature_after": after,
+                    "feature_drop": (1 - after / before) if before > 0 else None,
+                }
+            )
     return out
 
 
 def change_export(grid: ChangeGrid) -> dict:
     return {
-        "concepts": list(grid.concepts), "seed": grid.seed, "methods": list(grid.methods),
-        "judge": None, "measures": {"pixel_change": "mean |after - before| over pixels and channels, 0-255", "feature_activation": "summed activation of the removed concepts' selected features, mean over steps and patches, at " + ", ".join(grid.points)},
+        "concepts": list(grid.concepts),
+        "seed": grid.seed,
+        "methods": list(grid.methods),
+        "judge": None,
+        "measures": {
+            "pixel_change": "mean |after - before| over pixels and channels, 0-255",
+            "feature_activation": "summed activation of the removed concepts' selected features, mean over steps and patches, at "
+            + ", ".join(grid.points),
+        },
         "params": {c: {"tau": t, "gamma": g, "source": src} for c, (t, g, src) in grid.params.items()},
-        "selected_per_step": grid.selected, "rows": change_rows(grid), "summary": change_summary(grid),
+        "selected_per_step": grid.selected,
+        "rows": change_rows(grid),
+        "summary": change_summary(grid),
     }

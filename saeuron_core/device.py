@@ -49,11 +49,17 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     match = _CUDA.match(spec)
     if match:
         if not torch.cuda.is_available():
-            build = f"torch {torch.__version__} was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA device (driver or CUDA_VISIBLE_DEVICES?)"
+            build = (
+                f"torch {torch.__version__} was built without CUDA"
+                if torch.version.cuda is None
+                else "torch sees no CUDA device (driver or CUDA_VISIBLE_DEVICES?)"
+            )
             raise SaeuronError(f"--device {spec}: {build}; use --device cpu (or auto)")
         index = int(match.group(1) or 0)
         if index >= torch.cuda.device_count():
-            raise SaeuronError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0 ... cuda:{torch.cuda.device_count() - 1})")
+            raise SaeuronError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0 ... cuda:{torch.cuda.device_count() - 1})"
+            )
         return torch.device("cuda", index)
     if spec == "mps":
         if not _mps_available():
@@ -78,7 +84,9 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     if dtype not in DTYPES.values():
         raise SaeuronError(f"unsupported dtype {dtype}; use {', '.join(DTYPES)}")
     if dtype != torch.float32 and not _runs_unet_ops(device.type, dtype):
-        warnings.warn(f"{dtype_name(dtype)} is not supported on {device.type} by this torch build; using float32", stacklevel=2)
+        warnings.warn(
+            f"{dtype_name(dtype)} is not supported on {device.type} by this torch build; using float32", stacklevel=2
+        )
         return torch.float32
     return dtype
 
@@ -115,7 +123,9 @@ def explain_dtype_failure(error: BaseException, device: torch.device | str, dtyp
     text = str(error)
     if "not implemented for" in text and ("Half" in text or "BFloat16" in text):
         op = text.strip().splitlines()[0]
-        return SaeuronError(f"{dtype_name(dtype)} is not supported on {device} by an op of this model ({op}); use --dtype float32")
+        return SaeuronError(
+            f"{dtype_name(dtype)} is not supported on {device} by an op of this model ({op}); use --dtype float32"
+        )
     return None
 
 

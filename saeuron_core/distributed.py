@@ -42,7 +42,9 @@ def session(backend: str | None = None, timeout_minutes: float = 60) -> Iterator
         return
     for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
-            raise SaeuronError(f"WORLD_SIZE is set but {var} is not: launch with torchrun (python -m torch.distributed.run)")
+            raise SaeuronError(
+                f"WORLD_SIZE is set but {var} is not: launch with torchrun (python -m torch.distributed.run)"
+            )
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":  # each rank its own GPU (round-robin when there are more ranks than GPUs)
@@ -137,7 +139,9 @@ def agree(value, what: str) -> None:
     values = all_gather_object(value)
     if any(v != values[0] for v in values):
         differing = [r for r, v in enumerate(values) if v != values[0]]
-        raise SaeuronError(f"ranks disagree on {what} (ranks {differing} differ from rank 0): launch every rank with the same model, prompts and flags")
+        raise SaeuronError(
+            f"ranks disagree on {what} (ranks {differing} differ from rank 0): launch every rank with the same model, prompts and flags"
+        )
 
 
 def raise_together(error: str | None) -> None:

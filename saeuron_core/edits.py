@@ -51,7 +51,13 @@ class WeightEdit:
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             save_safetensors(self.deltas, tmp / EDIT_FILE)
-            meta = {"method": self.method, "concepts": list(self.concepts), "base_fingerprint": self.base_fingerprint, "settings": self.settings, "setup_seconds": self.setup_seconds}
+            meta = {
+                "method": self.method,
+                "concepts": list(self.concepts),
+                "base_fingerprint": self.base_fingerprint,
+                "settings": self.settings,
+                "setup_seconds": self.setup_seconds,
+            }
             write_json(tmp / META_FILE, meta)
         return folder
 
@@ -63,7 +69,14 @@ class WeightEdit:
             raise SaeuronError(f"{folder} is not a saved erasure (no {META_FILE}); write one with `saeuron erase`")
         try:
             meta = json.loads(meta_file.read_text())
-            return cls(meta["method"], tuple(meta["concepts"]), load_safetensors(folder / EDIT_FILE), meta["base_fingerprint"], meta.get("settings", {}), float(meta.get("setup_seconds", 0.0)))
+            return cls(
+                meta["method"],
+                tuple(meta["concepts"]),
+                load_safetensors(folder / EDIT_FILE),
+                meta["base_fingerprint"],
+                meta.get("settings", {}),
+                float(meta.get("setup_seconds", 0.0)),
+            )
         except (ValueError, KeyError, TypeError) as e:
             raise SaeuronError(f"{meta_file} is malformed ({e})") from None
 
@@ -93,12 +106,18 @@ def applied(unet: nn.Module, edit: WeightEdit | None) -> Iterator[nn.Module]:
     params = dict(unet.named_parameters())
     missing = [n for n in edit.deltas if n not in params]
     if missing:
-        raise SaeuronError(f"this {edit.method} edit changes parameters the U-Net lacks ({', '.join(missing[:3])}...): it was made for another model")
+        raise SaeuronError(
+            f"this {edit.method} edit changes parameters the U-Net lacks ({', '.join(missing[:3])}...): it was made for another model"
+        )
     for name, delta in edit.deltas.items():
         if params[name].shape != delta.shape:
-            raise SaeuronError(f"{edit.method} edit of {name} has shape {tuple(delta.shape)}, the U-Net's is {tuple(params[name].shape)}")
+            raise SaeuronError(
+                f"{edit.method} edit of {name} has shape {tuple(delta.shape)}, the U-Net's is {tuple(params[name].shape)}"
+            )
     if fingerprint(unet, edit.deltas) != edit.base_fingerprint:
-        raise SaeuronError(f"this {edit.method} edit was made for other weights (fingerprint mismatch): another model, or an edit is already applied")
+        raise SaeuronError(
+            f"this {edit.method} edit was made for other weights (fingerprint mismatch): another model, or an edit is already applied"
+        )
     originals = {n: params[n].detach().clone() for n in edit.deltas}
     try:
         with torch.no_grad():
@@ -124,7 +143,9 @@ def restoring(unet: nn.Module, names) -> Iterator[dict[str, Tensor]]:
                 params[name].copy_(value)
 
 
-def cross_attention_parameters(unet: nn.Module, projections: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out")) -> dict[str, nn.Parameter]:
+def cross_attention_parameters(
+    unet: nn.Module, projections: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out")
+) -> dict[str, nn.Parameter]:
     """Parameters of every ``attn2`` module whose sub-module name starts with one of ``projections``."""
     out = {}
     for name, p in unet.named_parameters():

@@ -24,7 +24,21 @@ from .errors import SaeuronError
 from .io import load_safetensors, save_safetensors, write_json
 from .scoring import ConceptStats
 
-_TENSORS = ("bin_edges", "concept_sums", "concept_counts", "frequency", "histogram", "example_value", "example_item", "example_step", "example_pos", "example_map", "thumb_item", "thumb_offset", "thumb_data")
+_TENSORS = (
+    "bin_edges",
+    "concept_sums",
+    "concept_counts",
+    "frequency",
+    "histogram",
+    "example_value",
+    "example_item",
+    "example_step",
+    "example_pos",
+    "example_map",
+    "thumb_item",
+    "thumb_offset",
+    "thumb_data",
+)
 _META = ("concepts", "concept_kinds", "timesteps", "items", "height", "width", "guidance", "distinct")
 
 
@@ -120,11 +134,21 @@ class FeatureStats:
     def _concept_stats(self, kind: str | None) -> ConceptStats:
         keep = [i for i, k in enumerate(self.concept_kinds) if kind is None or k == kind]
         if not keep:
-            raise SaeuronError(f"no concepts of kind {kind!r} in these statistics" if kind else "these statistics hold no concepts (computed over a plain prompt list)")
+            raise SaeuronError(
+                f"no concepts of kind {kind!r} in these statistics"
+                if kind
+                else "these statistics hold no concepts (computed over a plain prompt list)"
+            )
         sums = self.concept_sums[keep]
         counts = self.concept_counts[keep]
         means = sums / counts.clamp(min=1)[:, None, None]
-        return ConceptStats(means=means, counts=counts, concepts=tuple(self.concepts[i] for i in keep), timesteps=self.timesteps, typical_top=self.typical_top_activations())
+        return ConceptStats(
+            means=means,
+            counts=counts,
+            concepts=tuple(self.concepts[i] for i in keep),
+            timesteps=self.timesteps,
+            typical_top=self.typical_top_activations(),
+        )
 
     # ------------------------------------------------------------------ examples
     def examples(self, feature: int) -> list[Example]:
@@ -136,10 +160,18 @@ class FeatureStats:
                 continue
             value = float(self.example_value[feature, slot])
             pos, step = int(self.example_pos[feature, slot]), int(self.example_step[feature, slot])
-            amap = unpack_levels(self.example_map[feature, slot], self.height * self.width).float().mul_(value / MAP_LEVELS).reshape(self.height, self.width).numpy()
+            amap = (
+                unpack_levels(self.example_map[feature, slot], self.height * self.width)
+                .float()
+                .mul_(value / MAP_LEVELS)
+                .reshape(self.height, self.width)
+                .numpy()
+            )
             row, col = divmod(pos, self.width)
             info = self.items[item]
-            out.append(Example(value, item, info["prompt"], int(info["seed"]), step, int(self.timesteps[step]), row, col, amap))
+            out.append(
+                Example(value, item, info["prompt"], int(info["seed"]), step, int(self.timesteps[step]), row, col, amap)
+            )
         return out
 
     def has_thumbnail(self, item: int) -> bool:
@@ -171,7 +203,11 @@ class FeatureStats:
         sizes = torch.tensor([len(b) for b in blobs.values()], dtype=torch.int64)
         self.thumb_item = torch.tensor(list(blobs), dtype=torch.int32)
         self.thumb_offset = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
-        self.thumb_data = torch.frombuffer(bytearray(b"".join(blobs.values())), dtype=torch.uint8) if blobs else torch.zeros(0, dtype=torch.uint8)
+        self.thumb_data = (
+            torch.frombuffer(bytearray(b"".join(blobs.values())), dtype=torch.uint8)
+            if blobs
+            else torch.zeros(0, dtype=torch.uint8)
+        )
         self._thumb_index.clear()
 
     # ------------------------------------------------------------------ disk
@@ -188,7 +224,9 @@ class FeatureStats:
             raise SaeuronError(f"{folder} holds no feature statistics (no stats.json)")
         meta = json.loads(meta_path.read_text())
         if "bucket_edges" in meta:
-            raise SaeuronError(f"{folder} holds statistics in the old format (per-bucket top patches); rerun `saeuron stats`")
+            raise SaeuronError(
+                f"{folder} holds statistics in the old format (per-bucket top patches); rerun `saeuron stats`"
+            )
         tensors = load_safetensors(folder / "stats.safetensors")
         for key in ("concepts", "concept_kinds", "timesteps"):
             meta[key] = tuple(meta[key])

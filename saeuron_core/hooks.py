@@ -83,7 +83,9 @@ def resolve_point(unet: nn.Module, point: str) -> nn.Module:
     close = difflib.get_close_matches(path, names, n=5, cutoff=0.6)
     blocks = [n for n, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
     hint = f"; close names: {', '.join(close)}" if close else ""
-    raise SaeuronError(f"hook point {point!r} does not exist in this U-Net{hint}; attention blocks: {', '.join(blocks) or 'none'}")
+    raise SaeuronError(
+        f"hook point {point!r} does not exist in this U-Net{hint}; attention blocks: {', '.join(blocks) or 'none'}"
+    )
 
 
 def block_channels(unet: nn.Module, point: str) -> int | None:
@@ -309,7 +311,9 @@ def half_slice(batch: int, halves: Halves, cfg: bool) -> slice:
     if not cfg or halves == "both":
         return slice(0, batch)
     if batch % 2:
-        raise SaeuronError(f"a batch of {batch} cannot be split into [uncond, cond] halves; pass cfg=False when guidance is off")
+        raise SaeuronError(
+            f"a batch of {batch} cannot be split into [uncond, cond] halves; pass cfg=False when guidance is off"
+        )
     return slice(batch // 2, batch) if halves == "cond" else slice(0, batch // 2)
 
 
@@ -380,7 +384,9 @@ def capture_activations(
     with HookSet(unet) as hooks, contextlib.ExitStack() as stack:
         for point in recorder.records:
             module = resolve_point(unet, point)
-            hooks.forward_hook(f"{name}:{point}", module, _recording_hook(recorder.records[point], clock, halves, cfg, dtype, device))
+            hooks.forward_hook(
+                f"{name}:{point}", module, _recording_hook(recorder.records[point], clock, halves, cfg, dtype, device)
+            )
         _start_clock(hooks, name, clock, stack, scheduler)
         yield recorder
 
@@ -435,7 +441,9 @@ def _editing_hook(fn: BlockEdit, clock: StepClock, halves: Halves, cfg: bool):
         if edited is part:
             return None  # None keeps the block's own output object
         if edited.shape != part.shape:
-            raise SaeuronError(f"a block edit returned shape {tuple(edited.shape)} for a map of shape {tuple(part.shape)}")
+            raise SaeuronError(
+                f"a block edit returned shape {tuple(edited.shape)} for a map of shape {tuple(part.shape)}"
+            )
         if rows != slice(0, tensor.shape[0]):
             kept = tensor[: rows.start] if rows.start else tensor[rows.stop :]
             edited = torch.cat([kept, edited] if rows.start else [edited, kept])

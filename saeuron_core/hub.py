@@ -42,7 +42,9 @@ def folder_points(root: str | Path, marker: str = CONFIG_FILE) -> dict[str, Path
     for folder in sorted(p for p in root.iterdir() if (p / marker).is_file()):
         point = normalize_point(folder.name)
         if point in found:
-            raise SaeuronError(f"{root} holds two folders for hook point {point}: {found[point].name} and {folder.name}")
+            raise SaeuronError(
+                f"{root} holds two folders for hook point {point}: {found[point].name} and {folder.name}"
+            )
         found[point] = folder
     return found
 
@@ -58,7 +60,9 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or flag.strip().lower() in ("1", "true", "yes", "on")
 
 
-def resolve_sae_dir(spec: str | Path, points: list[str] | tuple[str, ...] = (), cache_dir: str | Path | None = None) -> Path:
+def resolve_sae_dir(
+    spec: str | Path, points: list[str] | tuple[str, ...] = (), cache_dir: str | Path | None = None
+) -> Path:
     """A local folder holding SAE subfolders for ``spec`` (a folder or a hub id); for a hub id,
     only ``points``' folders are fetched (every folder when ``points`` is empty)."""
     text = str(spec)
@@ -81,7 +85,9 @@ def resolve_sae_dir(spec: str | Path, points: list[str] | tuple[str, ...] = (), 
     missing = [p for p in points if point_folder(root, p) is None]
     if missing:
         where = "in the local Hugging Face cache (offline)" if offline() else "in the repo"
-        raise SaeuronError(f"{spec}: no SAE for hook point(s) {', '.join(missing)} {where} (looked for <point>/ and unet.<point>/ under {root})")
+        raise SaeuronError(
+            f"{spec}: no SAE for hook point(s) {', '.join(missing)} {where} (looked for <point>/ and unet.<point>/ under {root})"
+        )
     return root
 
 
@@ -94,11 +100,17 @@ def _snapshot(repo: str, patterns: list[str], cache_dir: str | Path | None) -> s
     try:
         return snapshot_download(repo, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=is_offline)
     except RepositoryNotFoundError:
-        raise SaeuronError(f"SAE repo {repo} does not exist on the hub (or is private / gated: log in with `hf auth login`)") from None
+        raise SaeuronError(
+            f"SAE repo {repo} does not exist on the hub (or is private / gated: log in with `hf auth login`)"
+        ) from None
     except LocalEntryNotFoundError:
         if is_offline:
-            raise SaeuronError(f"no local folder {repo}/..., and SAE repo {repo} is not in the Hugging Face cache while the hub is offline (HF_HUB_OFFLINE=1); run once online or pass a local folder") from None
-        raise SaeuronError(f"could not reach the hub to fetch SAE repo {repo}, and it is not cached; check the network or pass a local folder") from None
+            raise SaeuronError(
+                f"no local folder {repo}/..., and SAE repo {repo} is not in the Hugging Face cache while the hub is offline (HF_HUB_OFFLINE=1); run once online or pass a local folder"
+            ) from None
+        raise SaeuronError(
+            f"could not reach the hub to fetch SAE repo {repo}, and it is not cached; check the network or pass a local folder"
+        ) from None
     except (HfHubHTTPError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SaeuronError(f"could not fetch SAE repo {repo}: {first}") from None

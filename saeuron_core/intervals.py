@@ -90,7 +90,14 @@ def paired_bootstrap(a, b, n_resamples: int = 10_000, level: float = 0.95, seed:
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(n_resamples, len(d)))].mean(1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean": float(d.mean()), "lo": float(lo), "hi": float(hi), "units": len(d), "resamples": n_resamples, "level": level}
+    return {
+        "mean": float(d.mean()),
+        "lo": float(lo),
+        "hi": float(hi),
+        "units": len(d),
+        "resamples": n_resamples,
+        "level": level,
+    }
 
 
 def derive_seed(base: int, prompt: str, seeds: range) -> int:

@@ -90,7 +90,9 @@ class Unlearn:
             if len(values) > 1:
                 object.__setattr__(self, name, values)  # a list becomes a (hashable) tuple
             if len(values) not in (1, len(self.concepts)):
-                raise SaeuronError(f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}")
+                raise SaeuronError(
+                    f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}"
+                )
         for tau in _as_tuple(self.tau, "tau"):
             if not 0 < tau < 100:
                 raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
@@ -135,7 +137,9 @@ class Steer:
         object.__setattr__(self, "features", _as_tuple(self.features, "features"))
         if isinstance(self.mask, Tensor):
             if self.mask.ndim != 2 or self.mask.dtype != torch.bool:
-                raise SaeuronError(f"a steering mask must be an [H, W] bool map, got {self.mask.dtype} {tuple(self.mask.shape)}")
+                raise SaeuronError(
+                    f"a steering mask must be an [H, W] bool map, got {self.mask.dtype} {tuple(self.mask.shape)}"
+                )
             # Stored as nested tuples: the dataclass stays hashable and comparable.
             object.__setattr__(self, "mask", tuple(tuple(row) for row in self.mask.tolist()))
         elif isinstance(self.mask, list):
@@ -241,7 +245,9 @@ class Replace:
             if len(values) > 1:
                 object.__setattr__(self, name, values)
             if len(values) not in (1, len(self.concepts)):
-                raise SaeuronError(f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}")
+                raise SaeuronError(
+                    f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}"
+                )
         for tau in _as_tuple(self.tau, "tau"):
             if not 0 < tau < 100:
                 raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
@@ -317,7 +323,9 @@ class AddConceptEdit:
     def latents(self, step: Step) -> Tensor:
         return self.latents_per_row[self.stats.row_for_timestep(step.timestep)]
 
-    def apply(self, z: Tensor, columns: Tensor, step: Step, grid: tuple[int, int, int], rows: slice | None = None) -> None:
+    def apply(
+        self, z: Tensor, columns: Tensor, step: Step, grid: tuple[int, int, int], rows: slice | None = None
+    ) -> None:
         """``rows``: the batch rows to steer (None: all)."""
         amounts = self.amounts_per_row[self.stats.row_for_timestep(step.timestep)]
         if rows is None:
@@ -352,7 +360,9 @@ class ReplaceEdit:
                 else:
                     towards = torch.topk(target - means[c, t], max(1, len(flag_ids))).indices
                     ids = torch.cat([flag_ids, towards]).unique()
-                self.per_row[t].append((flag_ids.to(device), thresholds[t, flag_ids].to(device), ids.to(device), shift[ids].to(device)))
+                self.per_row[t].append(
+                    (flag_ids.to(device), thresholds[t, flag_ids].to(device), ids.to(device), shift[ids].to(device))
+                )
         self.latents_per_row = [torch.cat([torch.cat([f, i]) for f, _, i, _ in row]).unique() for row in self.per_row]
 
     def _target(self, concept: str, c: int, t: int, means: Tensor, unit: Tensor, others: Tensor) -> Tensor:
@@ -403,25 +413,43 @@ class _FeatureEdit:
 class PointEditor:
     """The edit applied at one hook point: ``editor(x [B, C, H, W], step) -> x'``."""
 
-    def __init__(self, point: str, sae: TopKSae, interventions: Sequence[Intervention], stats: ConceptStats | None, halves: Halves = "both", cfg: bool = True):
+    def __init__(
+        self,
+        point: str,
+        sae: TopKSae,
+        interventions: Sequence[Intervention],
+        stats: ConceptStats | None,
+        halves: Halves = "both",
+        cfg: bool = True,
+    ):
         """``halves`` / ``cfg``: which CFG rows the hook hands this editor (as in ``hooks``), so
         that a conditional-only edit finds its rows."""
         self.point, self.sae = point, sae
         self.halves, self.cfg = halves, cfg
         self._edits = [self._compile(iv, stats) for iv in interventions]
 
-    def _compile(self, iv: Intervention, stats: ConceptStats | None) -> UnlearnEdit | AddConceptEdit | ReplaceEdit | _FeatureEdit:
+    def _compile(
+        self, iv: Intervention, stats: ConceptStats | None
+    ) -> UnlearnEdit | AddConceptEdit | ReplaceEdit | _FeatureEdit:
         if isinstance(iv, (Unlearn, AddConcept, Replace)):
             if stats is None:
                 raise SaeuronError(f"unlearning at {self.point} needs concept statistics for that point")
             if stats.n_latents != self.sae.num_latents:
-                raise SaeuronError(f"statistics for {self.point} cover {stats.n_latents} latents but its SAE has {self.sae.num_latents}")
+                raise SaeuronError(
+                    f"statistics for {self.point} cover {stats.n_latents} latents but its SAE has {self.sae.num_latents}"
+                )
             if isinstance(iv, Unlearn):
                 return UnlearnEdit(iv, stats, self.sae.device)
-            return AddConceptEdit(iv, stats, self.sae.device) if isinstance(iv, AddConcept) else ReplaceEdit(iv, stats, self.sae.device)
+            return (
+                AddConceptEdit(iv, stats, self.sae.device)
+                if isinstance(iv, AddConcept)
+                else ReplaceEdit(iv, stats, self.sae.device)
+            )
         bad = [f for f in iv.features if not isinstance(f, int) or not 0 <= f < self.sae.num_latents]
         if bad:
-            raise SaeuronError(f"feature ids {bad} are out of range for the SAE at {self.point} ({self.sae.num_latents} latents)")
+            raise SaeuronError(
+                f"feature ids {bad} are out of range for the SAE at {self.point} ({self.sae.num_latents} latents)"
+            )
         if len(set(iv.features)) != len(iv.features):
             raise SaeuronError(f"feature ids repeat in {iv.features}")
         return _FeatureEdit(iv, self.sae.device)
@@ -437,11 +465,15 @@ class PointEditor:
     def __call__(self, x: Tensor, step: Step) -> Tensor:
         batch, channels, height, width = x.shape
         if channels != self.sae.d_in:
-            raise SaeuronError(f"the SAE at {self.point} has d_in={self.sae.d_in} but the block outputs {channels} channels")
+            raise SaeuronError(
+                f"the SAE at {self.point} has d_in={self.sae.d_in} but the block outputs {channels} channels"
+            )
         active = [e for e in self._edits if _in_window(e.source.steps, step)]
         reference_form = any(isinstance(e.source, Unlearn) and e.source.reference_error_term for e in active)
         latent_sets = [e.latents(step) for e in active]
-        touched = torch.cat(latent_sets).unique() if latent_sets else torch.empty(0, dtype=torch.long, device=self.sae.device)
+        touched = (
+            torch.cat(latent_sets).unique() if latent_sets else torch.empty(0, dtype=torch.long, device=self.sae.device)
+        )
         if not len(touched) and not reference_form:
             return x
         tokens = to_tokens(x).reshape(-1, channels)
@@ -462,7 +494,9 @@ class PointEditor:
         if reference_form:
             x_hat = self.sae.decode(top_acts, top_indices, tokens)
             direction = delta @ rows if scale is None else (delta @ rows) * scale
-            out = (2 * x_hat - tokens.to(device=x_hat.device, dtype=x_hat.dtype) + direction).to(device=x.device, dtype=x.dtype)
+            out = (2 * x_hat - tokens.to(device=x_hat.device, dtype=x_hat.dtype) + direction).to(
+                device=x.device, dtype=x.dtype
+            )
             return _to_map(out, x.shape)
         changed = delta.ne(0).any(1).nonzero().squeeze(1)
         if not len(changed):
@@ -521,17 +555,25 @@ def apply_interventions(
     }
     with contextlib.ExitStack() as stack:
         for point, editor in editors.items():
-            stack.enter_context(edit_block_output(unet, point, editor, name=f"{name}:{point}", halves=halves, cfg=cfg, scheduler=scheduler))
+            stack.enter_context(
+                edit_block_output(
+                    unet, point, editor, name=f"{name}:{point}", halves=halves, cfg=cfg, scheduler=scheduler
+                )
+            )
         yield editors
 
 
-def _group_by_point(interventions: Sequence[Intervention], saes: Mapping[str, TopKSae]) -> dict[str, list[Intervention]]:
+def _group_by_point(
+    interventions: Sequence[Intervention], saes: Mapping[str, TopKSae]
+) -> dict[str, list[Intervention]]:
     groups: dict[str, list[Intervention]] = {}
     for iv in interventions:
         if not isinstance(iv, (Unlearn, ScaleFeatures, Steer, AddConcept, Replace)):
             raise SaeuronError(f"not an intervention: {iv!r}")
         if iv.point is None and len(saes) > 1:
-            raise SaeuronError(f"{type(iv).__name__} does not name its hook point, and SAEs are given for {', '.join(saes)}")
+            raise SaeuronError(
+                f"{type(iv).__name__} does not name its hook point, and SAEs are given for {', '.join(saes)}"
+            )
         point = normalize_point(iv.point) if iv.point is not None else next(iter(saes))
         if point not in saes:
             raise SaeuronError(f"no SAE for hook point {iv.point!r}; SAEs are given for {', '.join(saes)}")
@@ -539,7 +581,9 @@ def _group_by_point(interventions: Sequence[Intervention], saes: Mapping[str, To
     return groups
 
 
-def _stats_by_point(stats: ConceptStats | Mapping[str, ConceptStats] | None, saes: Mapping[str, TopKSae]) -> dict[str, ConceptStats]:
+def _stats_by_point(
+    stats: ConceptStats | Mapping[str, ConceptStats] | None, saes: Mapping[str, TopKSae]
+) -> dict[str, ConceptStats]:
     if stats is None:
         return {}
     if isinstance(stats, ConceptStats):

@@ -71,7 +71,9 @@ def cross_attention_blocks(unet) -> list[str]:
         if any(getattr(getattr(b, "attn2", None), "is_cross_attention", False) for b in blocks):
             names.append(name)
     order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
-    return sorted(names, key=lambda n: (order.get(n.split(".")[0], 3), [int(p) if p.isdigit() else 0 for p in n.split(".")[1:]]))
+    return sorted(
+        names, key=lambda n: (order.get(n.split(".")[0], 3), [int(p) if p.isdigit() else 0 for p in n.split(".")[1:]])
+    )
 
 
 def check_blocks(unet, blocks: Sequence[str] | None) -> list[str]:
@@ -102,7 +104,9 @@ def text_override(unet, blocks: Sequence[str], original: torch.Tensor, replaceme
     ``original`` as text (rows are matched by value, so any CFG batch order works; the
     unconditional rows pass through). Hooks are removed on exit, also on errors."""
     if original.shape != replacement.shape:
-        raise SaeuronError(f"text override needs equal shapes, got {tuple(original.shape)} and {tuple(replacement.shape)}")
+        raise SaeuronError(
+            f"text override needs equal shapes, got {tuple(original.shape)} and {tuple(replacement.shape)}"
+        )
     modules = dict(unet.named_modules())
 
     def hook(module, args, kwargs):
@@ -221,7 +225,9 @@ def locate(
                 if shows is not None:
                     shown[key] += list(shows((imgs * 255 + 0.5).astype(np.uint8), [c.label for c in chunk], kind))
             if log:
-                log(f"locate {kind}: {min(i + batch_size, len(chosen))}/{len(chosen)} prompt pairs, {time.time() - t0:.0f} s")
+                log(
+                    f"locate {kind}: {min(i + batch_size, len(chosen))}/{len(chosen)} prompt pairs, {time.time() - t0:.0f} s"
+                )
 
         def share(key):
             change = np.concatenate([c for c, _ in sums[key]])
@@ -231,7 +237,12 @@ def locate(
         def rate(key):
             return float(np.mean(shown[key])) if shown[key] else None
 
-        entry = {"cases": len(chosen), "right": {"shows": rate("right")}, "wrong": {"shows": rate("wrong"), "image_change": 1.0}, "per_block": {}}
+        entry = {
+            "cases": len(chosen),
+            "right": {"shows": rate("right")},
+            "wrong": {"shows": rate("wrong"), "image_change": 1.0},
+            "per_block": {},
+        }
         for b in blocks:
             entry["per_block"][b] = {}
             for cond in CONDITIONS:
@@ -241,7 +252,14 @@ def locate(
                 entry["per_block"][b][cond] = cell
         result["kinds"][kind] = entry
         if on_kind is not None:
-            on_kind({**result, "seconds": round(time.time() - t0, 1), "judged": shows is not None, "partial": len(result["kinds"]) < len(kinds)})
+            on_kind(
+                {
+                    **result,
+                    "seconds": round(time.time() - t0, 1),
+                    "judged": shows is not None,
+                    "partial": len(result["kinds"]) < len(kinds),
+                }
+            )
     result["seconds"] = round(time.time() - t0, 1)
     result["cases"] = [asdict(c) for c in cases]
     result["judged"] = shows is not None
@@ -264,10 +282,39 @@ def heatmap_html(result: dict, title: str = "Where concepts enter the U-Net") ->
         entry = result["kinds"][kind]
         z = [[entry["per_block"][b][cond][metric] for cond in CONDITIONS] for b in result["blocks"]]
         text = [[f"{v:.2f}" if v is not None else "-" for v in row] for row in z]
-        fig.add_trace(go.Heatmap(z=z, x=list(CONDITIONS), y=result["blocks"], zmin=0, zmax=1, colorscale="Viridis", text=text, texttemplate="%{text}", showscale=i == len(kinds)), row=1, col=i)
-    what = "share of images the judge finds showing the intended concept" if judged else "image change / change of swapping the word everywhere"
-    refs = "; ".join(f"{k}: right prompt {_fmt(e['right']['shows'])}, swapped everywhere {_fmt(e['wrong']['shows'])}" for k, e in result["kinds"].items()) if judged else ""
-    fig.update_layout(title=f"{title}<br><sub>{what}{'. ' + refs if refs else ''}</sub>", height=120 + 60 * len(result["blocks"]), width=420 * len(kinds) + 200)
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=list(CONDITIONS),
+                y=result["blocks"],
+                zmin=0,
+                zmax=1,
+                colorscale="Viridis",
+                text=text,
+                texttemplate="%{text}",
+                showscale=i == len(kinds),
+            ),
+            row=1,
+            col=i,
+        )
+    what = (
+        "share of images the judge finds showing the intended concept"
+        if judged
+        else "image change / change of swapping the word everywhere"
+    )
+    refs = (
+        "; ".join(
+            f"{k}: right prompt {_fmt(e['right']['shows'])}, swapped everywhere {_fmt(e['wrong']['shows'])}"
+            for k, e in result["kinds"].items()
+        )
+        if judged
+        else ""
+    )
+    fig.update_layout(
+        title=f"{title}<br><sub>{what}{'. ' + refs if refs else ''}</sub>",
+        height=120 + 60 * len(result["blocks"]),
+        width=420 * len(kinds) + 200,
+    )
     return fig.to_html(full_html=True, include_plotlyjs="cdn")
 
 
@@ -282,11 +329,19 @@ def markdown_table(result: dict) -> str:
     for kind, entry in result["kinds"].items():
         lines += [f"#### {kind} ({entry['cases']} prompt pairs)", ""]
         if judged:
-            lines += [f"Right prompt in every block: {_fmt(entry['right']['shows'])} show the {kind}; swapped word in every block: {_fmt(entry['wrong']['shows'])}.", ""]
-        lines += ["| block | wrong word here only: shows | image change | block output change | right word here only: shows | image change |", "|---|---|---|---|---|---|"]
+            lines += [
+                f"Right prompt in every block: {_fmt(entry['right']['shows'])} show the {kind}; swapped word in every block: {_fmt(entry['wrong']['shows'])}.",
+                "",
+            ]
+        lines += [
+            "| block | wrong word here only: shows | image change | block output change | right word here only: shows | image change |",
+            "|---|---|---|---|---|---|",
+        ]
         for b, cells in entry["per_block"].items():
             w, r = cells["wrong_here"], cells["right_here"]
-            lines.append(f"| {b} | {_fmt(w['shows'])} | {w['image_change']:.2f} | {w['output_change']:.2f} | {_fmt(r['shows'])} | {r['image_change']:.2f} |")
+            lines.append(
+                f"| {b} | {_fmt(w['shows'])} | {w['image_change']:.2f} | {w['output_change']:.2f} | {_fmt(r['shows'])} | {r['image_change']:.2f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

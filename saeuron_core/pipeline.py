@@ -57,7 +57,9 @@ def split_hook_points(meta_points: dict) -> tuple[dict, dict]:
     for kind, points in meta_points.items():
         points = (points,) if isinstance(points, str) else tuple(points)
         if not points or not all(isinstance(p, str) and p for p in points):
-            raise SaeuronError(f"hook points of {kind!r} must be a block name or a non-empty list of them, got {meta_points[kind]!r}")
+            raise SaeuronError(
+                f"hook points of {kind!r} must be a block name or a non-empty list of them, got {meta_points[kind]!r}"
+            )
         first[kind], every[kind] = points[0], points
     return first, every
 
@@ -73,9 +75,7 @@ def resolve_spec(spec: str) -> str:
     if spec in BUNDLED:
         folder = BUNDLED[spec]
         if not (folder / "model_index.json").is_file():
-            raise SaeuronError(
-                f"the bundled model is missing from {folder}; run `saeuron build-model` to create it"
-            )
+            raise SaeuronError(f"the bundled model is missing from {folder}; run `saeuron build-model` to create it")
         return str(folder)
     path = Path(spec).expanduser()
     if path.exists():
@@ -186,8 +186,12 @@ def check_image_size(pipe, height: int | None, width: int | None) -> tuple[int, 
     native_h, native_w = native_size(pipe)
     multiple = size_multiple(pipe)
     for name, value in (("height", height), ("width", width)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < multiple or value % multiple):
-            raise SaeuronError(f"{name} {value!r} must be a positive multiple of {multiple} for this model (VAE factor {pipe.vae_scale_factor} x U-Net downsampling {multiple // pipe.vae_scale_factor}); native size {native_h}x{native_w}")
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < multiple or value % multiple
+        ):
+            raise SaeuronError(
+                f"{name} {value!r} must be a positive multiple of {multiple} for this model (VAE factor {pipe.vae_scale_factor} x U-Net downsampling {multiple // pipe.vae_scale_factor}); native size {native_h}x{native_w}"
+            )
     return (native_h if height is None else height), (native_w if width is None else width)
 
 
@@ -274,11 +278,24 @@ def generate(
     return generate_jobs(pipe, jobs, steps, guidance, negative_prompt, batch_size, output_type, callback_on_step_end)
 
 
-def generate_jobs(pipe, jobs: list[tuple[str, int]], steps: int, guidance: float, negative_prompt: str = "", batch_size: int = 16, output_type: str = "pil", callback_on_step_end=None):
+def generate_jobs(
+    pipe,
+    jobs: list[tuple[str, int]],
+    steps: int,
+    guidance: float,
+    negative_prompt: str = "",
+    batch_size: int = 16,
+    output_type: str = "pil",
+    callback_on_step_end=None,
+):
     """One image per (prompt, seed) job, in order; see ``generate``."""
     _check_generation_args([p for p, _ in jobs], [s for _, s in jobs], steps, guidance)
     height, width = image_size(pipe)
-    step_callback = {} if callback_on_step_end is None else {"callback_on_step_end": callback_on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
+    step_callback = (
+        {}
+        if callback_on_step_end is None
+        else {"callback_on_step_end": callback_on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
+    )
     images = []
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i : i + batch_size]

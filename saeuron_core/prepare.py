@@ -57,6 +57,7 @@ class RunSpec:
 
     def resolved(self, folder: Path) -> "RunSpec":
         """Paths inside the run made absolute (an external --sae, e.g. a hub id, is kept)."""
+
         def inside(p):
             return str(folder / p) if p is not None and (folder / p).exists() else p
 
@@ -74,11 +75,15 @@ def load_run(folder: str | Path) -> RunSpec:
     except (TypeError, ValueError) as e:
         raise SaeuronError(f"{path} is not a run file of this version ({e})") from None
     if not spec.complete:
-        raise SaeuronError(f"the run in {folder} is not finished; run the same `saeuron prepare` command again to complete it")
+        raise SaeuronError(
+            f"the run in {folder} is not finished; run the same `saeuron prepare` command again to complete it"
+        )
     return spec.resolved(folder)
 
 
-def route_kinds(items: list[PromptItem], default_points: dict, kind_points: dict | None = None) -> tuple[dict, list[str]]:
+def route_kinds(
+    items: list[PromptItem], default_points: dict, kind_points: dict | None = None
+) -> tuple[dict, list[str]]:
     """(hook point of each concept kind, notes). Kinds of the model's defaults go to their point,
     ``kind_points`` overrides, other kinds go to the first default point (noted)."""
     from .hooks import normalize_point
@@ -87,7 +92,9 @@ def route_kinds(items: list[PromptItem], default_points: dict, kind_points: dict
     explicit = {k: normalize_point(p) for k, p in (kind_points or {}).items()}
     unknown = sorted(set(explicit) - set(kinds) - set(default_points))
     if unknown:
-        raise SaeuronError(f"--kind-point names kind(s) {', '.join(unknown)} that no label column of the concepts file has ({', '.join(kinds) or 'no labels'})")
+        raise SaeuronError(
+            f"--kind-point names kind(s) {', '.join(unknown)} that no label column of the concepts file has ({', '.join(kinds) or 'no labels'})"
+        )
     first = next(iter(default_points.values()))
     routing = {k: normalize_point(p) for k, p in default_points.items()}
     routing.update(explicit)
@@ -95,7 +102,9 @@ def route_kinds(items: list[PromptItem], default_points: dict, kind_points: dict
     for kind in kinds:
         if kind not in routing:
             routing[kind] = first
-            notes.append(f"concept kind {kind!r} has no hook point of its own; using {first} (choose with --kind-point {kind}=POINT)")
+            notes.append(
+                f"concept kind {kind!r} has no hook point of its own; using {first} (choose with --kind-point {kind}=POINT)"
+            )
     return routing, notes
 
 
@@ -129,9 +138,9 @@ def prepare(
     from .hooks import block_channels
     from .hub import point_folder, resolve_sae_dir
     from .sae import TopKSae
+    from .sae_train import METRICS_FILE, train_dir
     from .stats import FeatureStats, add_thumbnails, compute_stats
     from .store import cache_activations
-    from .sae_train import METRICS_FILE, train_dir
 
     out = Path(out)
     sae_device = str(process_device(pipe.device if sae_device is None else sae_device))
@@ -144,20 +153,35 @@ def prepare(
         for p in points:
             sae = TopKSae.load(point_folder(sae_root, p))
             if channels[p] is not None and sae.d_in != channels[p]:
-                raise SaeuronError(f"the SAE for {p} in {given_sae} has d_in={sae.d_in}, but that block outputs {channels[p]} channels")
+                raise SaeuronError(
+                    f"the SAE for {p} in {given_sae} has d_in={sae.d_in}, but that block outputs {channels[p]} channels"
+                )
             log(f"{p}: given SAE of {sae.num_latents} latents, {sae.cfg.inference_topk()}")
     run_file = out / RUN_FILE
     plan = asdict(spec)
     if run_file.is_file():
         old = json.loads(run_file.read_text())
         if not _same_plan(old, plan):
-            raise SaeuronError(f"{out} holds a run with a different plan (model, concepts, size, steps, guidance, hook points or SAEs); use another --out")
+            raise SaeuronError(
+                f"{out} holds a run with a different plan (model, concepts, size, steps, guidance, hook points or SAEs); use another --out"
+            )
         log(f"resuming the run in {out}")
     plan["complete"] = False
     write_json(run_file, plan)
 
-    log(f"[1/4] cache: {len(items)} prompts x {spec.steps} steps at {', '.join(points)} ({spec.height}x{spec.width} px)")
-    store = cache_activations(pipe, items, points, out / "store", spec.steps, spec.guidance, items_per_shard=items_per_shard, model_name=spec.model)
+    log(
+        f"[1/4] cache: {len(items)} prompts x {spec.steps} steps at {', '.join(points)} ({spec.height}x{spec.width} px)"
+    )
+    store = cache_activations(
+        pipe,
+        items,
+        points,
+        out / "store",
+        spec.steps,
+        spec.guidance,
+        items_per_shard=items_per_shard,
+        model_name=spec.model,
+    )
 
     if sae_root is None:
         sae_root = out / "sae"
@@ -167,7 +191,9 @@ def prepare(
                 log(f"  {p}: trained already")
                 continue
             metrics = _train(store, p, train_config, sae_root, log, sae_device)
-            log(f"  {p}: FVU {metrics.get('fvu', float('nan')):.3f}, {metrics['num_latents']} latents, k {metrics['k']}")
+            log(
+                f"  {p}: FVU {metrics.get('fvu', float('nan')):.3f}, {metrics['num_latents']} latents, k {metrics['k']}"
+            )
     else:
         log(f"[2/4] train: skipped, using the SAEs in {given_sae}")
 
@@ -195,7 +221,9 @@ def prepare(
         write_json(out / "defaults.json", tune(pipe, bundle))
         defaults = "defaults.json"
     else:
-        log("[4/4] tune: skipped (no judge given); the explorer and `saeuron unlearn` take --tau/--gamma or --preset paper")
+        log(
+            "[4/4] tune: skipped (no judge given); the explorer and `saeuron unlearn` take --tau/--gamma or --preset paper"
+        )
 
     finished = replace(spec, defaults=defaults, complete=True)
     write_json(run_file, asdict(finished))

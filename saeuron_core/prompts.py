@@ -10,5 +10,5 @@ from __future__ import annotations
 
 
 def concept_prompt(object_name: str, style: str | None = None) -> str:
-    """"An image of {object} in {style} style.", or "An image of {object}." without a style."""
+    """ "An image of {object} in {style} style.", or "An image of {object}." without a style."""
     return f"An image of {object_name}." if style is None else f"An image of {object_name} in {style} style."

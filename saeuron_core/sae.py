@@ -30,7 +30,10 @@ _UNSUPPORTED_OPTIONS = {
     "activation": (lambda v: v != "topk", "only TopK activations are implemented"),
     "skip_connection": (bool, "a skip connection is not implemented"),
     "transcode": (bool, "transcoders are not SAEs of one block's output"),
-    "sample_topk": (bool, "it selects the top k latents per whole image, not per token; only per-token TopK is implemented"),
+    "sample_topk": (
+        bool,
+        "it selects the top k latents per whole image, not per token; only per-token TopK is implemented",
+    ),
 }
 #: Below 32 bits the SAE's matmuls and sums run in float32 (weights upcast per call).
 _HALF = (torch.float16, torch.bfloat16)
@@ -74,7 +77,12 @@ class SaeConfig:
     def __post_init__(self):
         if not isinstance(self.d_in, int) or self.d_in < 0:
             raise SaeuronError(f"d_in must be a positive integer, got {self.d_in!r}")
-        if not isinstance(self.num_latents, int) or self.num_latents < 0 or not isinstance(self.expansion_factor, int) or self.expansion_factor < 1:
+        if (
+            not isinstance(self.num_latents, int)
+            or self.num_latents < 0
+            or not isinstance(self.expansion_factor, int)
+            or self.expansion_factor < 1
+        ):
             raise SaeuronError(
                 f"num_latents must be >= 0 and expansion_factor >= 1, got {self.num_latents} and {self.expansion_factor}"
             )
@@ -219,7 +227,11 @@ class TopKSae(nn.Module):
         that were encoded are given, whose mean and std it is then mapped back with."""
         lead = top_acts.shape[:-1]
         cd = self.compute_dtype
-        summed = _weighted_row_sum(self.W_dec.to(cd), top_indices.reshape(-1, top_indices.shape[-1]), top_acts.reshape(-1, top_acts.shape[-1]).to(cd))
+        summed = _weighted_row_sum(
+            self.W_dec.to(cd),
+            top_indices.reshape(-1, top_indices.shape[-1]),
+            top_acts.reshape(-1, top_acts.shape[-1]).to(cd),
+        )
         out = summed.reshape(*lead, self.d_in) + self.b_dec.to(cd)
         if self.cfg.input_unit_norm and x is not None:
             _, mean, std = _standardise(x.to(device=self.device, dtype=cd))
@@ -241,7 +253,13 @@ class TopKSae(nn.Module):
         num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
         k_aux = min(self.d_in // 2, num_dead)
         top_acts, top_indices, aux_acts, aux_indices = _SparseTopKEncoder.apply(
-            x - b_dec, self.encoder.weight.to(cd), self.encoder.bias.to(cd), self.cfg.k, dead_mask if k_aux else None, k_aux, ops
+            x - b_dec,
+            self.encoder.weight.to(cd),
+            self.encoder.bias.to(cd),
+            self.cfg.k,
+            dead_mask if k_aux else None,
+            k_aux,
+            ops,
         )
         sae_out = ops.decode(top_indices, top_acts.to(cd), W_dec) + b_dec
         residual = x - sae_out
@@ -250,7 +268,16 @@ class TopKSae(nn.Module):
         auxk_loss = self._auxk_loss(aux_acts, aux_indices, num_dead, residual, total_variance, W_dec, ops)
         return ForwardOutput(sae_out, top_acts, top_indices, fvu, auxk_loss)
 
-    def _auxk_loss(self, aux_acts: Tensor, aux_indices: Tensor, num_dead: int, residual: Tensor, total_variance: Tensor, W_dec: Tensor, ops) -> Tensor:
+    def _auxk_loss(
+        self,
+        aux_acts: Tensor,
+        aux_indices: Tensor,
+        num_dead: int,
+        residual: Tensor,
+        total_variance: Tensor,
+        W_dec: Tensor,
+        ops,
+    ) -> Tensor:
         """Dead latents' reconstruction of the residual, as in sparsify (Gao et al., App. B.1)."""
         if num_dead == 0:
             return residual.new_tensor(0.0)
@@ -307,12 +334,19 @@ class TopKSae(nn.Module):
     def save(self, folder: str | Path) -> None:
         """Write ``cfg.json`` and ``sae.safetensors`` into ``folder``, each file atomically."""
         folder = Path(folder)
-        tensors = {"encoder.weight": self.encoder.weight, "encoder.bias": self.encoder.bias, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        tensors = {
+            "encoder.weight": self.encoder.weight,
+            "encoder.bias": self.encoder.bias,
+            "W_dec": self.W_dec,
+            "b_dec": self.b_dec,
+        }
         save_safetensors(tensors, folder / WEIGHTS_FILE)
         write_json(folder / CONFIG_FILE, asdict(self.cfg))
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "TopKSae":
+    def load(
+        cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> "TopKSae":
         """Open a ``cfg.json`` + ``sae.safetensors`` folder (ours, sparsify's or the paper's).
 
         ``dtype`` None keeps the stored precision.
@@ -329,7 +363,9 @@ class TopKSae(nn.Module):
         return sae.to(device=device, dtype=dtype or tensors["W_dec"].dtype)
 
 
-def load_many(root: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> dict[str, TopKSae]:
+def load_many(
+    root: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> dict[str, TopKSae]:
     """Every SAE under ``root`` (a folder or a hub id, see ``hub``), keyed by its hook point:
     the subfolder name without the paper's ``unet.`` prefix; sorted by name."""
     from .hub import folder_points, resolve_sae_dir
@@ -369,7 +405,9 @@ class _SparseTopKEncoder(torch.autograd.Function):
         widths = (ctx.k, indices.shape[1] - ctx.k)
         parts = [g if g is not None else acts.new_zeros(acts.shape[0], w) for g, w in zip((grad_top, grad_aux), widths)]
         # float32 (the weights' precision) even when autocast ran the forward matmul in bfloat16
-        grad = torch.cat([p.to(weight.dtype) for p in parts], 1) * (acts > 0)  # ReLU: no gradient where the latent is off
+        grad = torch.cat([p.to(weight.dtype) for p in parts], 1) * (
+            acts > 0
+        )  # ReLU: no gradient where the latent is off
         grad_x, grad_w, grad_b = ctx.ops.encoder_grads(x, weight, indices, grad)
         return grad_x.to(x.dtype), grad_w, grad_b, None, None, None, None
 
@@ -399,7 +437,7 @@ def _read_config(path: Path) -> SaeConfig:
         raise SaeuronError(f"{path} is not an SAE config (no d_in)")
     if "k" not in raw:
         # A silent default would change which latents fire; the paper's and sparsify's files say k.
-        raise SaeuronError(f"{path} does not say k (latents per token); add \"k\" to cfg.json")
+        raise SaeuronError(f'{path} does not say k (latents per token); add "k" to cfg.json')
     for option, (unsupported, why) in _UNSUPPORTED_OPTIONS.items():
         if option in raw and unsupported(raw[option]):
             raise SaeuronError(f"{path}: {option}={raw[option]!r} is not supported: {why}")

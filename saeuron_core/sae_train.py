@@ -89,7 +89,11 @@ class TrainConfig:
         if dtype not in ("float32", "bfloat16"):
             raise SaeuronError(f"the SAE's dtype must be float32 or bfloat16, got {self.dtype!r}")
         self.dtype = dtype
-        autocast = None if self.autocast in (None, "", "none") else DTYPE_ALIASES.get(str(self.autocast).lower(), str(self.autocast).lower())
+        autocast = (
+            None
+            if self.autocast in (None, "", "none")
+            else DTYPE_ALIASES.get(str(self.autocast).lower(), str(self.autocast).lower())
+        )
         if autocast not in (None, "bfloat16"):
             raise SaeuronError(f"autocast must be None (off) or bf16, got {self.autocast!r}")
         self.autocast = autocast and "bf16"
@@ -113,7 +117,15 @@ def train_dir(out: str | Path, point: str) -> Path:
     return Path(out) / TRAIN_DIR / point
 
 
-def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | Path, log=None, data_parallel: bool = True, device: str | torch.device | None = None) -> dict:
+def train_sae(
+    store: ActivationStore,
+    point: str,
+    cfg: TrainConfig,
+    out: str | Path,
+    log=None,
+    data_parallel: bool = True,
+    device: str | torch.device | None = None,
+) -> dict:
     """Train (or resume training) the SAE for ``point``; returns final metrics.
 
     ``device``: where to train (None: ``cfg.device``), resolved for this process
@@ -135,9 +147,13 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
     tokens_per_epoch = store.token_count(point)
     total = cfg.epochs * (tokens_per_epoch // cfg.batch_size)  # an upper bound: group leftovers are dropped
     if total < 1:
-        raise SaeuronError(f"the store holds {tokens_per_epoch} tokens at {point}: fewer than one batch of {cfg.batch_size}")
+        raise SaeuronError(
+            f"the store holds {tokens_per_epoch} tokens at {point}: fewer than one batch of {cfg.batch_size}"
+        )
     if cfg.batch_size < 2 * world:
-        raise SaeuronError(f"batch_size {cfg.batch_size} is too small for {world} ranks: each rank needs at least 2 tokens of every batch")
+        raise SaeuronError(
+            f"batch_size {cfg.batch_size} is too small for {world} ranks: each rank needs at least 2 tokens of every batch"
+        )
     folder, state_path = Path(out) / point, train_dir(out, point) / STATE_FILE
     identity = cfg.identity(sae_cfg.d_in)
     torch.manual_seed(cfg.seed)
@@ -161,13 +177,28 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
             return
         # The state holds the weights too: it is one atomic file, consistent with the optimizer
         # even if the process dies between writing it and exporting the artefact.
-        save_state(state_path, {"sae": sae.state_dict(), "opt": opt.state_dict(), "step": step, "tokens_since_fired": tokens_since_fired, "history": history, "train_config": identity})
+        save_state(
+            state_path,
+            {
+                "sae": sae.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "tokens_since_fired": tokens_since_fired,
+                "history": history,
+                "train_config": identity,
+            },
+        )
         sae.save(folder)
 
-    batches = prefetch_to(store.iter_token_batches(point, cfg.batch_size, shuffle=True, seed=cfg.seed, epochs=cfg.epochs, start=step), device)
+    batches = prefetch_to(
+        store.iter_token_batches(point, cfg.batch_size, shuffle=True, seed=cfg.seed, epochs=cfg.epochs, start=step),
+        device,
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
     t0 = time.time()
-    progress = Progress(f"train-sae {point}", total, step, checkpoint, every_steps=cfg.checkpoint_every, postfix_every=20)
+    progress = Progress(
+        f"train-sae {point}", total, step, checkpoint, every_steps=cfg.checkpoint_every, postfix_every=20
+    )
     with StopRequest() as stop, tf32(cfg.tf32), contextlib.closing(batches):
         for x in batches:
             stop_now = stop.requested
@@ -176,7 +207,9 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
             if stop_now:
                 checkpoint()
                 progress.close()
-                raise SaeuronError(f"train-sae {point} stopped by SIGTERM at step {step}; checkpoint saved, run the same command to resume")
+                raise SaeuronError(
+                    f"train-sae {point} stopped by SIGTERM at step {step}; checkpoint saved, run the same command to resume"
+                )
             if step == 0:
                 sae.init_b_dec_geometric_median(x)
             dead = tokens_since_fired > sae_cfg.dead_feature_threshold
@@ -218,7 +251,16 @@ def train_sae(store: ActivationStore, point: str, cfg: TrainConfig, out: str | P
     progress.close()
     checkpoint()
     final = history[-1] if history else {}
-    metrics = {**final, "steps": step, "tokens": step * cfg.batch_size, "seconds_this_run": round(time.time() - t0, 1), "num_latents": sae.num_latents, "k": sae_cfg.k, "device": str(device), "sparse_ops": sae.sparse_ops.name}
+    metrics = {
+        **final,
+        "steps": step,
+        "tokens": step * cfg.batch_size,
+        "seconds_this_run": round(time.time() - t0, 1),
+        "num_latents": sae.num_latents,
+        "k": sae_cfg.k,
+        "device": str(device),
+        "sparse_ops": sae.sparse_ops.name,
+    }
     if ddp:
         metrics["ranks"] = world
     if writer:

@@ -89,7 +89,9 @@ def concept_means(codes: Tensor, labels: Sequence[str | Collection[str]], concep
     """
     if codes.ndim != 3 or codes.shape[0] != len(labels):
         raise SaeuronError(f"codes must be [N={len(labels)}, T, n_latents], got shape {tuple(codes.shape)}")
-    members = [i for i, label in enumerate(labels) if (label == concept if isinstance(label, str) else concept in label)]
+    members = [
+        i for i, label in enumerate(labels) if (label == concept if isinstance(label, str) else concept in label)
+    ]
     if not members:
         raise SaeuronError(f"unknown concept {concept!r}: no image carries it")
     chosen = codes.index_select(0, torch.tensor(members, device=codes.device))

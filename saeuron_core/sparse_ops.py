@@ -49,7 +49,12 @@ class SparseOps:
         n_tokens, width = indices.shape
         # dL/dW = G^T x with G sparse [n_latents, N]: one sparse matmul, no [N, n_latents] tensor
         rows = torch.arange(n_tokens, device=x.device).repeat_interleave(width)
-        g_sparse = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), rows]), grad.reshape(-1), (weight.shape[0], n_tokens), check_invariants=False)
+        g_sparse = torch.sparse_coo_tensor(
+            torch.stack([indices.reshape(-1), rows]),
+            grad.reshape(-1),
+            (weight.shape[0], n_tokens),
+            check_invariants=False,
+        )
         grad_w = torch.sparse.mm(g_sparse, x.to(grad.dtype)).to(weight.dtype)
         return grad_x, grad_w, _grad_bias(weight, indices, grad)
 
@@ -119,7 +124,9 @@ def triton_available() -> bool:
 
 
 def _grad_bias(weight: Tensor, indices: Tensor, grad: Tensor) -> Tensor:
-    return torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device).index_add_(0, indices.reshape(-1), grad.reshape(-1).to(weight.dtype))
+    return torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device).index_add_(
+        0, indices.reshape(-1), grad.reshape(-1).to(weight.dtype)
+    )
 
 
 def _chunk(width: int, d: int) -> int:

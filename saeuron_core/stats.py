@@ -28,6 +28,7 @@ statistics are computed: the store keeps block activations only (``cache`` gener
 than the store's), and the cost is one more pass of plain generation over those images only,
 paid once at build time rather than on every first card open.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,19 @@ from .errors import SaeuronError
 from .feature_stats import MAP_LEVELS, Example, FeatureStats, encode_thumbnail, pack_levels, unpack_levels
 from .store import ActivationStore
 
-__all__ = ["HIST_EDGES", "ENCODE_BYTES", "StatsBuilder", "compute_stats", "add_thumbnails", "FeatureStats", "Example", "MAP_LEVELS", "pack_levels", "unpack_levels", "encode_thumbnail"]
+__all__ = [
+    "HIST_EDGES",
+    "ENCODE_BYTES",
+    "StatsBuilder",
+    "compute_stats",
+    "add_thumbnails",
+    "FeatureStats",
+    "Example",
+    "MAP_LEVELS",
+    "pack_levels",
+    "unpack_levels",
+    "encode_thumbnail",
+]
 
 #: Histogram bin edges in absolute activation units, log-spaced: wide enough for SD and MiniCanvas.
 HIST_EDGES = torch.logspace(-3, 3, 33)
@@ -67,7 +80,18 @@ class StatsBuilder:
     it lives on ``device``; codes given to ``add`` are moved there.
     """
 
-    def __init__(self, n_latents: int, height: int, width: int, n_steps: int, item_concepts: list[list[int]], n_concepts: int, item_groups: list[int], top_m: int = 8, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        n_latents: int,
+        height: int,
+        width: int,
+        n_steps: int,
+        item_concepts: list[list[int]],
+        n_concepts: int,
+        item_groups: list[int],
+        top_m: int = 8,
+        device: str | torch.device = "cpu",
+    ):
         if top_m < 1:
             raise SaeuronError(f"top_m must be >= 1, got {top_m}")
         n, hw = n_latents, height * width
@@ -99,7 +123,12 @@ class StatsBuilder:
         m, hw = vals.shape[:2]
         n = self.n
         dev = self.device
-        vals, idx, items, steps = vals.to(dev, torch.float32), idx.to(dev, torch.long), items.to(dev, torch.long), steps.to(dev, torch.long)
+        vals, idx, items, steps = (
+            vals.to(dev, torch.float32),
+            idx.to(dev, torch.long),
+            items.to(dev, torch.long),
+            steps.to(dev, torch.long),
+        )
         flat_idx, flat_vals = idx.reshape(m, -1), vals.reshape(m, -1)
         # spatially averaged code of each map, added to each of its item's concepts at its step
         if self.membership.shape[1]:
@@ -125,7 +154,9 @@ class StatsBuilder:
         # the map where each (group, latent) peaks: the first map that reaches the group's max
         is_peak = map_max == g_max[inv]
         map_ids = torch.where(is_peak, torch.arange(m, device=dev)[:, None], m)
-        peak_map = torch.full((u, n), m, dtype=torch.long, device=dev).scatter_reduce_(0, inv[:, None].expand(-1, n), map_ids, "amin")
+        peak_map = torch.full((u, n), m, dtype=torch.long, device=dev).scatter_reduce_(
+            0, inv[:, None].expand(-1, n), map_ids, "amin"
+        )
         cand_val, cand_u = g_max.T.topk(min(top_m, u), dim=1)  # [n, M']
         cand_group = uniq[cand_u]
         cand_map = peak_map.T.gather(1, cand_u)
@@ -191,7 +222,9 @@ class StatsBuilder:
         value, group, item = cat["value"], cat["group"], cat["item"]
         valid = (group >= 0) & (value > 0)
         same = (group[:, :, None] == group[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-        wins = (value[:, :, None] > value[:, None, :]) | ((value[:, :, None] == value[:, None, :]) & (item[:, :, None] < item[:, None, :]))
+        wins = (value[:, :, None] > value[:, None, :]) | (
+            (value[:, :, None] == value[:, None, :]) & (item[:, :, None] < item[:, None, :])
+        )
         beaten = (same & wins).any(1)  # [n, R*M]: another entry of its group is preferred
         ranked = torch.where(valid & ~beaten, value, torch.full_like(value, -1.0))
         keep = ranked.topk(self.top_m, dim=1).indices
@@ -226,7 +259,13 @@ class StatsBuilder:
         )
         if "concept_counts" in meta:
             meta["concept_counts"] = meta["concept_counts"].cpu()
-        return FeatureStats(height=self.height, width=self.width, bin_edges=HIST_EDGES.clone(), **{k: t.cpu() for k, t in tensors.items()}, **meta)
+        return FeatureStats(
+            height=self.height,
+            width=self.width,
+            bin_edges=HIST_EDGES.clone(),
+            **{k: t.cpu() for k, t in tensors.items()},
+            **meta,
+        )
 
 
 def _maps_per_call(hw: int, n_latents: int, budget: int = ENCODE_BYTES) -> int:
@@ -234,7 +273,17 @@ def _maps_per_call(hw: int, n_latents: int, budget: int = ENCODE_BYTES) -> int:
 
 
 @torch.inference_mode()
-def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, distinct: str = "image", batch_maps: int | None = None, shards: list[int] | None = None, data_parallel: bool = True, device: str | torch.device | None = None) -> FeatureStats:
+def compute_stats(
+    store: ActivationStore,
+    point: str,
+    sae,
+    top_m: int = 8,
+    distinct: str = "image",
+    batch_maps: int | None = None,
+    shards: list[int] | None = None,
+    data_parallel: bool = True,
+    device: str | torch.device | None = None,
+) -> FeatureStats:
     """One streaming pass over ``store`` at ``point`` through ``sae``; see the module docstring.
 
     ``device``: where the encoding and the statistics run (auto, cpu, cuda, cuda:N, mps; None:
@@ -278,13 +327,19 @@ def compute_stats(store: ActivationStore, point: str, sae, top_m: int = 8, disti
     mine = [shards[i] for i in dist.split(len(shards))] if ddp else shards
 
     def slices():
-        for shard in tqdm(mine, desc=f"stats {point}" if not ddp else f"stats {point} rank {dist.rank()}", mininterval=5):
+        for shard in tqdm(
+            mine, desc=f"stats {point}" if not ddp else f"stats {point} rank {dist.rank()}", mininterval=5
+        ):
             # read the shard a slice at a time: a paper-scale shard is ~0.5 GB of fp16 maps
             with safe_open(str(store.shard_path(point, shard)), framework="pt") as f:
                 acts = f.get_slice("acts")
                 items, steps = f.get_tensor("item").long(), f.get_tensor("step").long()
                 for i in range(0, len(items), batch_maps):
-                    yield acts[i : i + batch_maps], items[i : i + batch_maps], steps[i : i + batch_maps]  # [m, hw, c] as stored
+                    yield (
+                        acts[i : i + batch_maps],
+                        items[i : i + batch_maps],
+                        steps[i : i + batch_maps],
+                    )  # [m, hw, c] as stored
 
     with contextlib.closing(prefetch_to(slices(), device)) as stream:
         for x, items, steps in stream:
@@ -315,7 +370,9 @@ def _sae_on(sae, device: torch.device):
 
 
 @torch.inference_mode()
-def add_thumbnails(pipe, store: ActivationStore, stats: list[FeatureStats], max_side: int = 128, batch_size: int = 16) -> int:
+def add_thumbnails(
+    pipe, store: ActivationStore, stats: list[FeatureStats], max_side: int = 128, batch_size: int = 16
+) -> int:
     """Generate every image that any of ``stats`` shows among its examples, once, in batches (the
     store's steps and guidance), and store its thumbnail in each. Returns the number generated.
 

@@ -61,7 +61,9 @@ def read_prompt_file(path: str | Path) -> list[PromptItem]:
             rows = list(reader)
             columns = reader.fieldnames or []
         if "prompt" not in columns:
-            raise SaeuronError(f"{path}: a CSV prompt file needs a 'prompt' column (it has {', '.join(columns) or 'none'})")
+            raise SaeuronError(
+                f"{path}: a CSV prompt file needs a 'prompt' column (it has {', '.join(columns) or 'none'})"
+            )
     elif suffix in (".json", ".yaml", ".yml"):
         rows = _structured_rows(path)
     else:
@@ -78,7 +80,11 @@ def read_prompt_file(path: str | Path) -> list[PromptItem]:
             raise SaeuronError(f"{path}: row {i + 1} has seed {seed_text!r}, not an integer") from None
         if seed < 0:
             raise SaeuronError(f"{path}: row {i + 1} has a negative seed {seed}")
-        labels = {str(k).strip(): str(v).strip() for k, v in row.items() if k is not None and v not in (None, "") and str(v).strip()}
+        labels = {
+            str(k).strip(): str(v).strip()
+            for k, v in row.items()
+            if k is not None and v not in (None, "") and str(v).strip()
+        }
         items.append(PromptItem(text, seed, labels))
     if not items:
         raise SaeuronError(f"{path} holds no prompts")
@@ -156,7 +162,16 @@ class ActivationStore:
         for shard in shards if shards is not None else self.completed:
             yield load_safetensors(self.shard_path(point, shard))
 
-    def iter_token_batches(self, point: str, batch_size: int, shuffle: bool = True, seed: int = 0, epochs: int = 1, shards_in_memory: int = 4, start: int = 0) -> Iterator[torch.Tensor]:
+    def iter_token_batches(
+        self,
+        point: str,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        epochs: int = 1,
+        shards_in_memory: int = 4,
+        start: int = 0,
+    ) -> Iterator[torch.Tensor]:
         """float32 token batches [batch_size, C] for SAE training, streamed.
 
         Shuffling mixes tokens across ``shards_in_memory`` shards at a time: enough to break up
@@ -186,7 +201,9 @@ class ActivationStore:
                     continue
                 tokens = torch.cat([s["acts"].reshape(-1, s["acts"].shape[-1]) for s in self.iter_shards(point, group)])
                 if len(tokens) != n_tokens:
-                    raise SaeuronError(f"{self.root}: shards {group} at {point} hold {len(tokens)} tokens, the manifest says {n_tokens}")
+                    raise SaeuronError(
+                        f"{self.root}: shards {group} at {point} hold {len(tokens)} tokens, the manifest says {n_tokens}"
+                    )
                 if shuffle:
                     tokens = tokens[torch.randperm(len(tokens), generator=gen)]
                 for i in range(skip * batch_size, n_batches * batch_size, batch_size):
@@ -204,7 +221,17 @@ class ActivationStore:
         return sum(self.shard_token_count(point, s) for s in self.completed)
 
 
-def cache_activations(pipe, items: list[PromptItem], points: list[str], root: str | Path, steps: int, guidance: float, items_per_shard: int = 16, model_name: str = "", log=print) -> ActivationStore:
+def cache_activations(
+    pipe,
+    items: list[PromptItem],
+    points: list[str],
+    root: str | Path,
+    steps: int,
+    guidance: float,
+    items_per_shard: int = 16,
+    model_name: str = "",
+    log=print,
+) -> ActivationStore:
     """Generate every item, capturing the conditional CFG half of each hook point at every step.
 
     Resumes a store with the same plan; refuses a folder that holds a different plan (other
@@ -245,7 +272,11 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
         "items_per_shard": items_per_shard,
         "dtype": "float16",
     }
-    dist.agree({k: plan[k] for k in ("model", "items", "steps", "guidance", "items_per_shard", "height", "width")} | {"hook_points": sorted(points)}, "the cache plan")
+    dist.agree(
+        {k: plan[k] for k in ("model", "items", "steps", "guidance", "items_per_shard", "height", "width")}
+        | {"hook_points": sorted(points)},
+        "the cache plan",
+    )
     manifest = root / MANIFEST
     old = json.loads(manifest.read_text()) if manifest.is_file() else None
     dist.raise_together(_plan_mismatch(old, plan, root) if old is not None else None)
@@ -258,13 +289,22 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
     plan = store.meta
     mine = dist.split(store.n_shards)
     if not mine:
-        log(f"cache: rank {dist.rank()} of {dist.world()} has no shard to write (the store has {store.n_shards} shards; use a smaller --items-per-shard to use every rank); it idles")
+        log(
+            f"cache: rank {dist.rank()} of {dist.world()} has no shard to write (the store has {store.n_shards} shards; use a smaller --items-per-shard to use every rank); it idles"
+        )
     todo = [s for s in mine if s not in set(store.completed)]
     desc = "cache" if dist.world() == 1 else f"cache rank {dist.rank()}"
     for done, shard in enumerate(tqdm(todo, desc=desc, mininterval=5), start=1):
         ids = list(store.shard_items(shard))
         with capture_activations(pipe.unet, points, halves="cond", cfg=guidance > 1, scheduler=pipe.scheduler) as rec:
-            generate_jobs(pipe, [(items[i].prompt, items[i].seed) for i in ids], steps, guidance, batch_size=len(ids), output_type="latent")
+            generate_jobs(
+                pipe,
+                [(items[i].prompt, items[i].seed) for i in ids],
+                steps,
+                guidance,
+                batch_size=len(ids),
+                output_type="latent",
+            )
         dims = {}
         for point in points:
             acts = rec.stacked(point)  # [T, B, C, H, W], steps in denoising order
@@ -274,7 +314,9 @@ def cache_activations(pipe, items: list[PromptItem], points: list[str], root: st
             item = torch.tensor(ids).repeat_interleave(t_)
             step = torch.arange(t_).repeat(b)
             timestep = torch.tensor(rec.timesteps, dtype=torch.long).repeat(b)
-            save_safetensors({"acts": maps, "item": item, "step": step, "timestep": timestep}, store.shard_path(point, shard))
+            save_safetensors(
+                {"acts": maps, "item": item, "step": step, "timestep": timestep}, store.shard_path(point, shard)
+            )
         if dist.world() == 1:
             plan["points"].update(dims)
             plan["timesteps"] = list(rec.timesteps)
@@ -326,12 +368,18 @@ def _fold_markers(root: Path) -> None:
     for path in markers:
         rec = json.loads(path.read_text())
         if set(rec["points"]) != set(plan["hook_points"]):
-            raise SaeuronError(f"{path} records hook points {', '.join(sorted(rec['points']))}, but the store holds {', '.join(sorted(plan['hook_points']))}; remove {root / PARTS}")
+            raise SaeuronError(
+                f"{path} records hook points {', '.join(sorted(rec['points']))}, but the store holds {', '.join(sorted(plan['hook_points']))}; remove {root / PARTS}"
+            )
         for point, dims in rec["points"].items():
             if plan["points"].get(point, dims) != dims:
-                raise SaeuronError(f"{path}: hook point {point} has shape {dims} there but {plan['points'][point]} in the store; stores of different models cannot be mixed")
+                raise SaeuronError(
+                    f"{path}: hook point {point} has shape {dims} there but {plan['points'][point]} in the store; stores of different models cannot be mixed"
+                )
         if plan["timesteps"] and rec["timesteps"] != plan["timesteps"]:
-            raise SaeuronError(f"{path} was generated with timesteps {rec['timesteps']}, the store with {plan['timesteps']}; stores of different schedulers cannot be mixed")
+            raise SaeuronError(
+                f"{path} was generated with timesteps {rec['timesteps']}, the store with {plan['timesteps']}; stores of different schedulers cannot be mixed"
+            )
         plan["points"].update(rec["points"])
         plan["timesteps"] = rec["timesteps"]
         done.add(rec["shard"])
@@ -339,4 +387,3 @@ def _fold_markers(root: Path) -> None:
     write_json(manifest, plan)
     for path in markers:  # after the manifest: a kill in between only folds them again
         path.unlink(missing_ok=True)
-

@@ -53,7 +53,16 @@ class Progress:
     """A progress bar that also runs ``save`` every ``minutes`` of wall time and/or every
     ``every_steps`` steps (checkpoints)."""
 
-    def __init__(self, desc: str, total: int, initial: int, save: Callable[[], None], minutes: float | None = None, every_steps: int | None = None, postfix_every: int = 50):
+    def __init__(
+        self,
+        desc: str,
+        total: int,
+        initial: int,
+        save: Callable[[], None],
+        minutes: float | None = None,
+        every_steps: int | None = None,
+        postfix_every: int = 50,
+    ):
         self.bar = tqdm(total=total, initial=initial, desc=desc, mininterval=5)
         self.save, self.minutes, self.every_steps, self.postfix_every = save, minutes, every_steps, postfix_every
         self.last_save = time.time()

@@ -47,16 +47,33 @@ variant "paper" (``saeuron evaluate --methods saeuron-paper``)."""
 #: The paper's settings (METHOD section 8): every style tau 99.999 / gamma -1; objects from its
 #: Table 4 (SD v1.5 on UnlearnCanvas, 20480 latents), applied where a concept's name matches.
 PAPER_TABLE4 = {
-    "Architectures": (99.999, -30), "Bears": (99.999, -5), "Birds": (99.999, -5), "Butterfly": (99.99, -5),
-    "Cats": (99.999, -30), "Dogs": (99.999, -15), "Fishes": (99.995, -30), "Flame": (99.995, -1),
-    "Flowers": (99.99, -20), "Frogs": (99.999, -30), "Horses": (99.99, -20), "Human": (99.995, -5),
-    "Jellyfish": (99.999, -1), "Rabbits": (99.99, -10), "Sandwiches": (99.999, -10), "Sea": (99.995, -5),
-    "Statues": (99.995, -5), "Towers": (99.995, -1), "Trees": (99.99, -20), "Waterfalls": (99.99, -1),
+    "Architectures": (99.999, -30),
+    "Bears": (99.999, -5),
+    "Birds": (99.999, -5),
+    "Butterfly": (99.99, -5),
+    "Cats": (99.999, -30),
+    "Dogs": (99.999, -15),
+    "Fishes": (99.995, -30),
+    "Flame": (99.995, -1),
+    "Flowers": (99.99, -20),
+    "Frogs": (99.999, -30),
+    "Horses": (99.99, -20),
+    "Human": (99.995, -5),
+    "Jellyfish": (99.999, -1),
+    "Rabbits": (99.99, -10),
+    "Sandwiches": (99.999, -10),
+    "Sea": (99.995, -5),
+    "Statues": (99.995, -5),
+    "Towers": (99.995, -1),
+    "Trees": (99.99, -20),
+    "Waterfalls": (99.99, -1),
 }
 PRESETS = {
     "paper": {
         "kinds": {"style": {"tau": 99.999, "gamma": -1.0}},
-        "concepts": {name: {"tau": tau, "gamma": float(gamma), "kind": "object"} for name, (tau, gamma) in PAPER_TABLE4.items()},
+        "concepts": {
+            name: {"tau": tau, "gamma": float(gamma), "kind": "object"} for name, (tau, gamma) in PAPER_TABLE4.items()
+        },
         "match": "case-insensitive",
     }
 }
@@ -73,7 +90,9 @@ def load_defaults(info: ModelInfo, defaults: str | Path | None = None, preset: s
     if preset is not None:
         if preset not in PRESETS:
             raise SaeuronError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        return PRESETS[preset], f"preset {preset} (METHOD section 8: styles 99.999 / -1, objects from Table 4 where names match)"
+        return PRESETS[
+            preset
+        ], f"preset {preset} (METHOD section 8: styles 99.999 / -1, objects from Table 4 where names match)"
     if defaults is not None:
         path = Path(defaults)
         if not path.is_file():
@@ -112,7 +131,15 @@ class SaeBundle:
             self.points_of_kind = {k: (p,) for k, p in self.point_of_kind.items()}
 
     @classmethod
-    def load(cls, info: ModelInfo, sae_dir: str | Path | None = None, stats_dir: str | Path | None = None, defaults: str | Path | None = None, device: str | torch.device = "cpu", preset: str | None = None) -> "SaeBundle":
+    def load(
+        cls,
+        info: ModelInfo,
+        sae_dir: str | Path | None = None,
+        stats_dir: str | Path | None = None,
+        defaults: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        preset: str | None = None,
+    ) -> "SaeBundle":
         """SAEs (``sae_dir``: a folder or a hub id, default the bundled ones) and statistics of
         every hook point of ``info`` (all points of each kind); SAEs on ``device`` in float32
         whatever the model's dtype."""
@@ -121,7 +148,10 @@ class SaeBundle:
 
         # the paper's "unet." spelling and ours name the same block: one key per block
         primary = {kind: normalize_point(p) for kind, p in info.hook_points.items()}
-        every = {k: tuple(normalize_point(p) for p in v) for k, v in (info.points_of_kind or {k: (p,) for k, p in primary.items()}).items()}
+        every = {
+            k: tuple(normalize_point(p) for p in v)
+            for k, v in (info.points_of_kind or {k: (p,) for k, p in primary.items()}).items()
+        }
         points = list(dict.fromkeys(p for ps in every.values() for p in ps))
         sae_root = resolve_sae_dir(sae_dir, points) if sae_dir else ASSETS / "sae"
         stats_dir = Path(stats_dir) if stats_dir else ASSETS / "stats"
@@ -131,14 +161,20 @@ class SaeBundle:
                 continue
             sae_folder = point_folder(sae_root, point)
             if sae_folder is None:
-                raise SaeuronError(f"no SAE for hook point {point} ({kind}) in {sae_root} (looked for {point}/ and unet.{point}/); train one with `saeuron train-sae` or `saeuron prepare`")
+                raise SaeuronError(
+                    f"no SAE for hook point {point} ({kind}) in {sae_root} (looked for {point}/ and unet.{point}/); train one with `saeuron train-sae` or `saeuron prepare`"
+                )
             stats_folder = point_folder(stats_dir, point)
             if stats_folder is None:
-                raise SaeuronError(f"no statistics for hook point {point} ({kind}) in {stats_dir}; compute them with `saeuron stats` or `saeuron prepare`")
+                raise SaeuronError(
+                    f"no statistics for hook point {point} ({kind}) in {stats_dir}; compute them with `saeuron stats` or `saeuron prepare`"
+                )
             saes[point] = TopKSae.load(sae_folder, device=device, dtype=torch.float32)
             stats[point] = FeatureStats.load(stats_folder)
             if stats[point].n_latents != saes[point].num_latents:
-                raise SaeuronError(f"statistics in {stats_folder} cover {stats[point].n_latents} latents, the SAE has {saes[point].num_latents}")
+                raise SaeuronError(
+                    f"statistics in {stats_folder} cover {stats[point].n_latents} latents, the SAE has {saes[point].num_latents}"
+                )
             folders += [sae_folder, stats_folder]
         table, source = load_defaults(info, defaults, preset)
         return cls(saes, stats, primary, table, tuple(folders), source, every)
@@ -151,7 +187,9 @@ class SaeBundle:
         for point, sae in self.saes.items():
             channels = block_channels(unet, point)
             if channels is not None and channels != sae.d_in:
-                raise SaeuronError(f"the SAE for {point} has d_in={sae.d_in}, but that block of this U-Net outputs {channels} channels: SAEs and model do not match")
+                raise SaeuronError(
+                    f"the SAE for {point} has d_in={sae.d_in}, but that block of this U-Net outputs {channels} channels: SAEs and model do not match"
+                )
 
     def storage_bytes(self) -> int:
         """Bytes on disk of the SAE and statistics files."""
@@ -178,7 +216,9 @@ class SaeBundle:
         """A concept's row of the defaults table (per concept, else per kind)."""
         entry = self._default_entry(concept)
         if entry is None:
-            raise SaeuronError(f"no default tau/gamma for {concept!r} in {self.defaults_source}; pass --tau and --gamma")
+            raise SaeuronError(
+                f"no default tau/gamma for {concept!r} in {self.defaults_source}; pass --tau and --gamma"
+            )
         return entry
 
     def default_params(self, concept: str) -> tuple[float, float]:
@@ -196,7 +236,16 @@ class SaeBundle:
         """The name of the removal variant ``unlearn`` applies: the table's default, or "paper"."""
         return PAPER_VARIANT if paper else str(self.defaults.get("variant", PAPER_VARIANT))
 
-    def unlearn(self, concepts: list[str], tau: float | None = None, gamma: float | None = None, reference_error_term: bool = False, count: int | None = None, score: str | None = None, paper: bool = False) -> list[Unlearn | Replace]:
+    def unlearn(
+        self,
+        concepts: list[str],
+        tau: float | None = None,
+        gamma: float | None = None,
+        reference_error_term: bool = False,
+        count: int | None = None,
+        score: str | None = None,
+        paper: bool = False,
+    ) -> list[Unlearn | Replace]:
         """One ``Unlearn`` per hook point for ``concepts``: each concept at every hook point of its
         kind (``points_of_kind``). ``tau`` (a percentile) or ``count`` (latents per step, turned
         into each point's percentile for that SAE's width) and ``gamma`` override the defaults;
@@ -214,20 +263,58 @@ class SaeBundle:
         kind_at: dict[str, str] = {}
         for concept in dict.fromkeys(concepts):
             kind = self.kind_of(concept)
-            entry = None if (tau is not None or count is not None) and gamma is not None else self.default_entry(concept)
+            entry = (
+                None if (tau is not None or count is not None) and gamma is not None else self.default_entry(concept)
+            )
             c_gamma = gamma if gamma is not None else float(entry["gamma"])
-            c_count = count if count is not None else (None if tau is not None or "latents_per_step" not in entry else int(entry["latents_per_step"]))
+            c_count = (
+                count
+                if count is not None
+                else (None if tau is not None or "latents_per_step" not in entry else int(entry["latents_per_step"]))
+            )
             for point in self.points_of_kind[kind]:
                 if kind_at.setdefault(point, kind) != kind:
-                    raise SaeuronError(f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; its statistics serve one kind per removal")
-                c_tau = tau if tau is not None else tau_for_count(c_count, self.saes[point].num_latents) if c_count is not None else float(entry["tau"])
-                if "replace" in (entry or {}) and not paper and not reference_error_term and tau is None and count is None and gamma is None:
+                    raise SaeuronError(
+                        f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; its statistics serve one kind per removal"
+                    )
+                c_tau = (
+                    tau
+                    if tau is not None
+                    else tau_for_count(c_count, self.saes[point].num_latents)
+                    if c_count is not None
+                    else float(entry["tau"])
+                )
+                if (
+                    "replace" in (entry or {})
+                    and not paper
+                    and not reference_error_term
+                    and tau is None
+                    and count is None
+                    and gamma is None
+                ):
                     r = entry["replace"]
-                    replaced.append(Replace((concept,), c_tau, float(r["strength"]), r.get("target", "nearest"), r.get("latents", "all"), point=point, score=score))
+                    replaced.append(
+                        Replace(
+                            (concept,),
+                            c_tau,
+                            float(r["strength"]),
+                            r.get("target", "nearest"),
+                            r.get("latents", "all"),
+                            point=point,
+                            score=score,
+                        )
+                    )
                     continue
                 by_point.setdefault(point, []).append((concept, c_tau, c_gamma))
         return [
-            Unlearn(tuple(c for c, _, _ in rows), tuple(t for _, t, _ in rows), tuple(g for _, _, g in rows), point=point, reference_error_term=reference_error_term, score=score)
+            Unlearn(
+                tuple(c for c, _, _ in rows),
+                tuple(t for _, t, _ in rows),
+                tuple(g for _, _, g in rows),
+                point=point,
+                reference_error_term=reference_error_term,
+                score=score,
+            )
             for point, rows in by_point.items()
         ] + replaced
 
@@ -269,7 +356,9 @@ class SaeBundle:
         return out
 
     @contextlib.contextmanager
-    def hooked(self, pipe, interventions: Sequence[Intervention] = (), capture: Sequence[str] = (), cfg: bool = True) -> Iterator[ActivationRecorder | None]:
+    def hooked(
+        self, pipe, interventions: Sequence[Intervention] = (), capture: Sequence[str] = (), cfg: bool = True
+    ) -> Iterator[ActivationRecorder | None]:
         """A context in which ``pipe`` (a pipeline, or a bare U-Net) generates with
         ``interventions`` applied and the outputs of the ``capture`` points recorded (conditional
         CFG half, after the edits; ``cfg``: whether guidance splits the batch). Yields the
@@ -279,12 +368,33 @@ class SaeBundle:
         interventions = self.placed(interventions)
         with contextlib.ExitStack() as stack:
             if interventions:
-                stack.enter_context(apply_interventions(unet, self.saes, interventions, stats=self._concept_stats(interventions), scheduler=scheduler))
+                stack.enter_context(
+                    apply_interventions(
+                        unet, self.saes, interventions, stats=self._concept_stats(interventions), scheduler=scheduler
+                    )
+                )
             # registered after the edits: records the edited block outputs
-            recorder = stack.enter_context(capture_activations(unet, list(capture), halves="cond", cfg=cfg, scheduler=scheduler)) if capture else None
+            recorder = (
+                stack.enter_context(
+                    capture_activations(unet, list(capture), halves="cond", cfg=cfg, scheduler=scheduler)
+                )
+                if capture
+                else None
+            )
             yield recorder
 
-    def run(self, pipe, prompt: str, seed: int, steps: int, guidance: float, interventions: Sequence[Intervention] = (), capture: Sequence[str] = (), on_preview: Callable[[int, np.ndarray], None] | None = None, previews: int = 4) -> "HookedRun":
+    def run(
+        self,
+        pipe,
+        prompt: str,
+        seed: int,
+        steps: int,
+        guidance: float,
+        interventions: Sequence[Intervention] = (),
+        capture: Sequence[str] = (),
+        on_preview: Callable[[int, np.ndarray], None] | None = None,
+        previews: int = 4,
+    ) -> "HookedRun":
         """One image of ``prompt`` at ``seed`` generated through ``hooked``: the image, the maps
         of the ``capture`` points and the timesteps, all from this one pass. ``on_preview(step,
         image)`` receives the decoded latents (uint8) after about ``previews`` evenly spaced steps."""
@@ -296,7 +406,9 @@ class SaeBundle:
             return tensors
 
         with torch.inference_mode(), self.hooked(pipe, interventions, capture, cfg=guidance > 1) as recorder:
-            image = generate(pipe, prompt, [seed], steps, guidance, callback_on_step_end=None if on_preview is None else preview)[0]
+            image = generate(
+                pipe, prompt, [seed], steps, guidance, callback_on_step_end=None if on_preview is None else preview
+            )[0]
         maps = {} if recorder is None else {p: recorder.stacked(p)[:, 0] for p in recorder.records}
         timesteps = () if recorder is None else tuple(recorder.timesteps)
         return HookedRun(np.asarray(image.convert("RGB")), MappingProxyType(maps), timesteps)

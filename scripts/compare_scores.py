@@ -65,41 +65,82 @@ def main() -> None:
         for score, gamma in wanted:
             if (concept, score, count, gamma) in done:
                 continue
-            twin = next((r for r in rows if (r["concept"], r["count"], r["gamma"]) == (concept, count, gamma) and r["score"] != score), None) if identical else None
+            twin = (
+                next(
+                    (
+                        r
+                        for r in rows
+                        if (r["concept"], r["count"], r["gamma"]) == (concept, count, gamma) and r["score"] != score
+                    ),
+                    None,
+                )
+                if identical
+                else None
+            )
             if twin is not None:
                 row = {**twin, "score": score, "copied_from": twin["score"], "seconds": 0.0}
             else:
-                row = sweep_concept(pipe, bundle, judge, concept, (count,), (gamma,), seeds, steps, guidance, score=score)[0]
+                row = sweep_concept(
+                    pipe, bundle, judge, concept, (count,), (gamma,), seeds, steps, guidance, score=score
+                )[0]
             row["same_selection_as_paper"] = identical
             rows.append(row)
             done.add((concept, score, count, gamma))
             write_json(path, {"seeds": seeds, "steps": steps, "guidance": guidance, "rows": rows})
-            print(f"{concept} {score} {count}/step gamma {gamma}: UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f} ({row['seconds']} s)", flush=True)
+            print(
+                f"{concept} {score} {count}/step gamma {gamma}: UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f} ({row['seconds']} s)",
+                flush=True,
+            )
     write_table(rows, seeds)
 
 
 def write_table(rows: list[dict], seeds) -> None:
     concepts = list(dict.fromkeys(r["concept"] for r in rows))
-    best = {(c, s): max((r for r in rows if r["concept"] == c and r["score"] == s), key=lambda r: criterion_score(r, "all")) for c in concepts for s in ("paper", "specific")}
-    lines = [f"Sweep split, {len(seeds)} seeds per pair (each pair its own), (UA + IRA + CRA) / 3; each score at the bundled latents per step and its best gamma of {{tuned, -5, -10, -30}} on these seeds (the same choices for both scores).", "",
-             "| concept | latents / step | same selection | paper: gamma, UA, IRA, CRA, score | specific: gamma, UA, IRA, CRA, score |", "|---|---|---|---|---|"]
+    best = {
+        (c, s): max((r for r in rows if r["concept"] == c and r["score"] == s), key=lambda r: criterion_score(r, "all"))
+        for c in concepts
+        for s in ("paper", "specific")
+    }
+    lines = [
+        f"Sweep split, {len(seeds)} seeds per pair (each pair its own), (UA + IRA + CRA) / 3; each score at the bundled latents per step and its best gamma of {{tuned, -5, -10, -30}} on these seeds (the same choices for both scores).",
+        "",
+        "| concept | latents / step | same selection | paper: gamma, UA, IRA, CRA, score | specific: gamma, UA, IRA, CRA, score |",
+        "|---|---|---|---|---|",
+    ]
     for c in concepts:
         p, s = best[c, "paper"], best[c, "specific"]
-        cell = lambda r: f"{r['gamma']:g}, {r['UA']:.2f}, {r['IRA']:.2f}, {r['CRA']:.2f}, **{criterion_score(r, 'all'):.3f}**"  # noqa: E731
-        lines.append(f"| {c} | {p['count']} | {'yes' if p.get('same_selection_as_paper') else 'no'} | {cell(p)} | {cell(s)} |")
+        cell = lambda r: (
+            f"{r['gamma']:g}, {r['UA']:.2f}, {r['IRA']:.2f}, {r['CRA']:.2f}, **{criterion_score(r, 'all'):.3f}**"
+        )  # noqa: E731
+        lines.append(
+            f"| {c} | {p['count']} | {'yes' if p.get('same_selection_as_paper') else 'no'} | {cell(p)} | {cell(s)} |"
+        )
     for kind in ("object", "style", "all"):
         chosen = [c for c in concepts if kind == "all" or mc.concept_kind(c) == kind]
         if not chosen:
             continue
-        d = paired_bootstrap([criterion_score(best[c, "specific"], "all") for c in chosen], [criterion_score(best[c, "paper"], "all") for c in chosen])
-        lines.append(f"\n{kind}: specific - paper = {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (paired bootstrap over {len(chosen)} concepts)")
+        d = paired_bootstrap(
+            [criterion_score(best[c, "specific"], "all") for c in chosen],
+            [criterion_score(best[c, "paper"], "all") for c in chosen],
+        )
+        lines.append(
+            f"\n{kind}: specific - paper = {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (paired bootstrap over {len(chosen)} concepts)"
+        )
     (OUT / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     # the specific score's own table (each concept its best row), to evaluate on held-out seeds
     # with `saeuron evaluate --defaults results/protocol/score_variant/defaults_specific.json`
     specific = [r for r in rows if r["score"] == "specific"]
-    table = defaults_table([r for r in specific if r["kind"] == "style"], [r for r in specific if r["kind"] == "object"], "per-concept", "all")
-    write_json(OUT / "defaults_specific.json", {**table, "seeds": list(seeds), "reports": ["results/protocol/score_variant/rows.json"]})
+    table = defaults_table(
+        [r for r in specific if r["kind"] == "style"],
+        [r for r in specific if r["kind"] == "object"],
+        "per-concept",
+        "all",
+    )
+    write_json(
+        OUT / "defaults_specific.json",
+        {**table, "seeds": list(seeds), "reports": ["results/protocol/score_variant/rows.json"]},
+    )
 
 
 if __name__ == "__main__":

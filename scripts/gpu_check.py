@@ -29,11 +29,26 @@ sys.path.insert(0, str(ROOT))
 
 OBJECTS = ("star", "heart", "circle", "square")
 STYLES = ("dots", "solid")
-SD15 = dict(latent_size=64, unet_channels=(320, 640, 1280, 1280), vae_channels=(128, 256, 512, 512), text_hidden=768, text_layers=12)
+SD15 = dict(
+    latent_size=64,
+    unet_channels=(320, 640, 1280, 1280),
+    vae_channels=(128, 256, 512, 512),
+    text_hidden=768,
+    text_layers=12,
+)
 # --smoke: the same stages on the CPU with a small SD-architecture model at 64 px (checks the script)
 SMOKE = dict(latent_size=32, unet_channels=(32, 32, 64, 64), vae_channels=(16, 16), text_hidden=32, text_layers=1)
 # seeds 4: 32 prompts, 80k tokens per 16x16 hook point at 10 steps (20 batches of 4096)
-RUN = {"device": "cuda", "dtype": "float16", "size": 512, "model": SD15, "seeds": 4, "expansion": 16, "throughput_steps": 100, "batch": 4096}
+RUN = {
+    "device": "cuda",
+    "dtype": "float16",
+    "size": 512,
+    "model": SD15,
+    "seeds": 4,
+    "expansion": 16,
+    "throughput_steps": 100,
+    "batch": 4096,
+}
 
 
 def sync() -> None:
@@ -57,7 +72,12 @@ def build_folder(folder: Path) -> dict:
     pipe = conftest.make_sd_architecture_pipeline(**RUN["model"])
     pipe.to(torch.float16 if RUN["device"] == "cuda" else torch.float32).save_pretrained(folder)
     params = sum(p.numel() for p in pipe.unet.parameters())
-    return {"seconds": round(time.perf_counter() - t0, 1), "unet_params_M": round(params / 1e6, 1), "folder": str(folder), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in RUN["model"].items()}}
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "unet_params_M": round(params / 1e6, 1),
+        "folder": str(folder),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in RUN["model"].items()},
+    }
 
 
 def run_prepare(model: Path, run: Path, steps: int) -> dict:
@@ -68,14 +88,55 @@ def run_prepare(model: Path, run: Path, steps: int) -> dict:
     rows = ["prompt,seed,object,style"] + [f"An image of {o} in {s} style.,{seed},{o},{s}" for o, s, seed in combos]
     concepts.write_text("\n".join(rows) + "\n")
     t0 = time.perf_counter()
-    code = saeuron(["--threads", str(min(8, os.cpu_count() or 1)), "prepare", "--model", str(model), "--concepts", str(concepts), "--device", RUN["device"], "--dtype", RUN["dtype"],
-                    "--height", str(RUN["size"]), "--width", str(RUN["size"]), "--steps", str(steps), "--expansion-factor", "4", "--k", "32", "--epochs", "1", "--top-m", "2", "--out", str(run)])
+    code = saeuron(
+        [
+            "--threads",
+            str(min(8, os.cpu_count() or 1)),
+            "prepare",
+            "--model",
+            str(model),
+            "--concepts",
+            str(concepts),
+            "--device",
+            RUN["device"],
+            "--dtype",
+            RUN["dtype"],
+            "--height",
+            str(RUN["size"]),
+            "--width",
+            str(RUN["size"]),
+            "--steps",
+            str(steps),
+            "--expansion-factor",
+            "4",
+            "--k",
+            "32",
+            "--epochs",
+            "1",
+            "--top-m",
+            "2",
+            "--out",
+            str(run),
+        ]
+    )
     if code != 0:
         raise RuntimeError(f"saeuron prepare exited {code}")
     spec = json.loads((run / "run.json").read_text())
-    metrics = {p: json.loads((run / "sae" / ".train" / p / "metrics.json").read_text()) for p in dict.fromkeys(spec["hook_points"].values())}
-    return {"seconds": round(time.perf_counter() - t0, 1), "prompts": len(rows) - 1, "steps": steps, "hook_points": spec["hook_points"], "sae": "expansion 4, k 32, 1 epoch",
-            "sae_training": {p: {k: m.get(k) for k in ("device", "sparse_ops", "tokens", "seconds_this_run", "fvu")} for p, m in metrics.items()}}
+    metrics = {
+        p: json.loads((run / "sae" / ".train" / p / "metrics.json").read_text())
+        for p in dict.fromkeys(spec["hook_points"].values())
+    }
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "prompts": len(rows) - 1,
+        "steps": steps,
+        "hook_points": spec["hook_points"],
+        "sae": "expansion 4, k 32, 1 epoch",
+        "sae_training": {
+            p: {k: m.get(k) for k in ("device", "sparse_ops", "tokens", "seconds_this_run", "fvu")}
+            for p, m in metrics.items()
+        },
+    }
 
 
 def style_point(run: Path) -> str:
@@ -85,19 +146,52 @@ def style_point(run: Path) -> str:
 def training_throughput(run: Path, out: Path) -> dict:
     """Ours vs sparsify's trainer on the same device and the same tokens of the run's store."""
     steps = RUN["throughput_steps"]
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_sae_training.py"), "--store", str(run / "store"), "--point", style_point(run), "--device", RUN["device"],
-           "--expansion", str(RUN["expansion"]), "--k", "32", "--batch-size", str(RUN["batch"]), "--steps", str(steps),
-           "--epochs", "50", "--heldout", str(RUN["batch"]), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_sae_training.py"),
+        "--store",
+        str(run / "store"),
+        "--point",
+        style_point(run),
+        "--device",
+        RUN["device"],
+        "--expansion",
+        str(RUN["expansion"]),
+        "--k",
+        "32",
+        "--batch-size",
+        str(RUN["batch"]),
+        "--steps",
+        str(steps),
+        "--epochs",
+        "50",
+        "--heldout",
+        str(RUN["batch"]),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"bench_sae_training exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
+        raise RuntimeError(
+            f"bench_sae_training exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
+        )
     r = json.loads(out.read_text())
-    side = lambda s: {k: r[s][k] for k in ("tokens_per_s_steady", "ms_per_step_median")} | {"heldout_fvu": r[s]["heldout"]["fvu"]}  # noqa: E731
-    return {"seconds": round(time.perf_counter() - t0, 1), "config": r["config"], "tokens_each": r["tokens_each"], "sparse_ops": r["sparse_ops"], "tf32": r["tf32"],
-            "ours": side("ours"), "sparsify": side("sparsify"), "throughput_ratio_ours_over_sparsify": r["throughput_ratio_ours_over_sparsify"],
-            "goal": "ratio >= 1.2 at equal FVU (held-out tokens also trained on in later epochs: a small store)"}
+    side = lambda s: (
+        {k: r[s][k] for k in ("tokens_per_s_steady", "ms_per_step_median")} | {"heldout_fvu": r[s]["heldout"]["fvu"]}
+    )  # noqa: E731
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "config": r["config"],
+        "tokens_each": r["tokens_each"],
+        "sparse_ops": r["sparse_ops"],
+        "tf32": r["tf32"],
+        "ours": side("ours"),
+        "sparsify": side("sparsify"),
+        "throughput_ratio_ours_over_sparsify": r["throughput_ratio_ours_over_sparsify"],
+        "goal": "ratio >= 1.2 at equal FVU (held-out tokens also trained on in later epochs: a small store)",
+    }
 
 
 def device_vs_cpu(run: Path, work: Path) -> dict:
@@ -113,22 +207,36 @@ def device_vs_cpu(run: Path, work: Path) -> dict:
     out = {}
     saes = {}
     for device in (RUN["device"], "cpu"):
-        cfg = TrainConfig(SaeConfig(expansion_factor=4, k=32), batch_size=RUN["batch"] // 4, epochs=1, checkpoint_every=10**9, device=device, tf32=False)
+        cfg = TrainConfig(
+            SaeConfig(expansion_factor=4, k=32),
+            batch_size=RUN["batch"] // 4,
+            epochs=1,
+            checkpoint_every=10**9,
+            device=device,
+            tf32=False,
+        )
         small = _FirstBatches(store, 5)
         t0 = time.perf_counter()
         train_sae(small, point, cfg, work / f"train_{device}")
         out[f"train_seconds_{device}"] = round(time.perf_counter() - t0, 2)
         saes[device] = TopKSae.load(work / f"train_{device}" / point)
     out["train_max_abs_diff_W_dec"] = float((saes["cpu"].W_dec - saes[RUN["device"]].W_dec).abs().max())
-    out["train_max_abs_diff_encoder"] = float((saes["cpu"].encoder.weight - saes[RUN["device"]].encoder.weight).abs().max())
+    out["train_max_abs_diff_encoder"] = float(
+        (saes["cpu"].encoder.weight - saes[RUN["device"]].encoder.weight).abs().max()
+    )
     stats = {}
     for device in (RUN["device"], "cpu"):
         t0 = time.perf_counter()
         stats[device] = compute_stats(store, point, saes["cpu"], top_m=4, shards=store.completed[:1], device=device)
         out[f"stats_seconds_{device}"] = round(time.perf_counter() - t0, 2)
     a, b = stats["cpu"], stats[RUN["device"]]
-    out["stats_equal"] = {name: bool(torch.equal(getattr(a, name), getattr(b, name))) for name in ("frequency", "histogram", "example_item", "example_step", "example_pos")}
-    out["stats_max_abs_diff"] = {name: float((getattr(a, name) - getattr(b, name)).abs().max()) for name in ("concept_sums", "example_value")}
+    out["stats_equal"] = {
+        name: bool(torch.equal(getattr(a, name), getattr(b, name)))
+        for name in ("frequency", "histogram", "example_item", "example_step", "example_pos")
+    }
+    out["stats_max_abs_diff"] = {
+        name: float((getattr(a, name) - getattr(b, name)).abs().max()) for name in ("concept_sums", "example_value")
+    }
     return out
 
 
@@ -172,7 +280,13 @@ def paper_size_stats(run: Path, work: Path) -> dict:
     seconds = time.perf_counter() - t0
     stats.save(work / "paper_stats")
     size = sum(f.stat().st_size for f in (work / "paper_stats").iterdir())
-    out = {"seconds": round(seconds, 1), "num_latents": sae.num_latents, "tokens": store.token_count(point), "megabytes_on_disk": round(size / 1e6, 1), "goal": "<= 50 MB on disk, <= 2 GB device memory"}
+    out = {
+        "seconds": round(seconds, 1),
+        "num_latents": sae.num_latents,
+        "tokens": store.token_count(point),
+        "megabytes_on_disk": round(size / 1e6, 1),
+        "goal": "<= 50 MB on disk, <= 2 GB device memory",
+    }
     if cuda:
         out["peak_device_memory_GiB"] = round((torch.cuda.max_memory_allocated() - base) / 2**30, 2)
     return out
@@ -182,9 +296,37 @@ def unlearn(model: Path, run: Path, steps: int, out: Path) -> dict:
     from saeuron_core.cli import main as saeuron
 
     t0 = time.perf_counter()
-    code = saeuron(["unlearn", "--model", str(model), "--sae", str(run / "sae"), "--stats", str(run / "stats"), "--concept", "dots", "--tau", "99.9", "--gamma", "-1",
-                    "--prompt", "An image of star in dots style.", "--device", RUN["device"], "--dtype", RUN["dtype"], "--height", str(RUN["size"]), "--width", str(RUN["size"]),
-                    "--steps", str(steps), "--out", str(out)])
+    code = saeuron(
+        [
+            "unlearn",
+            "--model",
+            str(model),
+            "--sae",
+            str(run / "sae"),
+            "--stats",
+            str(run / "stats"),
+            "--concept",
+            "dots",
+            "--tau",
+            "99.9",
+            "--gamma",
+            "-1",
+            "--prompt",
+            "An image of star in dots style.",
+            "--device",
+            RUN["device"],
+            "--dtype",
+            RUN["dtype"],
+            "--height",
+            str(RUN["size"]),
+            "--width",
+            str(RUN["size"]),
+            "--steps",
+            str(steps),
+            "--out",
+            str(out),
+        ]
+    )
     if code != 0:
         raise RuntimeError(f"saeuron unlearn exited {code}")
     return {"seconds": round(time.perf_counter() - t0, 1), "image": str(out), "bytes": out.stat().st_size}
@@ -192,7 +334,6 @@ def unlearn(model: Path, run: Path, steps: int, out: Path) -> dict:
 
 def generate_with_ablation(run: Path, steps: int) -> dict:
     import numpy as np
-    import torch
 
     from explorer.context import Explorer
     from explorer.session import ExplorerSession
@@ -205,7 +346,9 @@ def generate_with_ablation(run: Path, steps: int) -> dict:
     point = session.info.hook_points["style"]
     ranked = ex.features.rank(point, concept="dots", limit=8)
     recipe = session.default_recipe("An image of star in dots style.")
-    recipe = type(recipe)(recipe.prompt, recipe.seed, steps, recipe.guidance, (), recipe.model, recipe.sae, recipe.stats)
+    recipe = type(recipe)(
+        recipe.prompt, recipe.seed, steps, recipe.guidance, (), recipe.model, recipe.sae, recipe.stats
+    )
     timings = {}
     images = {}
     for name, ivs in (("plain", ()), ("ablated", (ScaleFeatures(tuple(r.feature for r in ranked), 0.0, point=point),))):
@@ -229,17 +372,64 @@ def generate_with_ablation(run: Path, steps: int) -> dict:
 
 
 def hook_overhead(model: Path, run: Path, steps: int, out: Path) -> dict:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_hook_overhead.py"), "--model", str(model), "--sae", str(run / "sae"), "--stats", str(run / "stats"),
-           "--concept", "dots", "--tau", "99.9", "--gamma", "-1", "--steps", str(steps), "--repeats", "3", "--micro-reps", "3",
-           "--device", RUN["device"], "--dtype", RUN["dtype"], "--height", str(RUN["size"]), "--width", str(RUN["size"]), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_hook_overhead.py"),
+        "--model",
+        str(model),
+        "--sae",
+        str(run / "sae"),
+        "--stats",
+        str(run / "stats"),
+        "--concept",
+        "dots",
+        "--tau",
+        "99.9",
+        "--gamma",
+        "-1",
+        "--steps",
+        str(steps),
+        "--repeats",
+        "3",
+        "--micro-reps",
+        "3",
+        "--device",
+        RUN["device"],
+        "--dtype",
+        RUN["dtype"],
+        "--height",
+        str(RUN["size"]),
+        "--width",
+        str(RUN["size"]),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"bench_hook_overhead exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
+        raise RuntimeError(
+            f"bench_hook_overhead exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
+        )
     result = json.loads(out.read_text())
-    keep = ("device", "dtype", "size", "steps", "median_seconds", "ratio_sparse", "ratio_dense", "ratio_sparse_median_of_rounds", "ratio_estimated_from_microbench", "hook_call_microbench", "unet_ms_per_step_plain")
-    return {"seconds": round(time.perf_counter() - t0, 1), **{k: result[k] for k in keep if k in result}, "max_abs_diff_dense_vs_sparse": result.get("check", {}).get("max_abs_diff_dense_vs_sparse")}
+    keep = (
+        "device",
+        "dtype",
+        "size",
+        "steps",
+        "median_seconds",
+        "ratio_sparse",
+        "ratio_dense",
+        "ratio_sparse_median_of_rounds",
+        "ratio_estimated_from_microbench",
+        "hook_call_microbench",
+        "unet_ms_per_step_plain",
+    )
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        **{k: result[k] for k in keep if k in result},
+        "max_abs_diff_dense_vs_sparse": result.get("check", {}).get("max_abs_diff_dense_vs_sparse"),
+    }
 
 
 def main() -> int:
@@ -248,20 +438,36 @@ def main() -> int:
     ap.add_argument("--prepare-steps", type=int, default=10, help="denoising steps of the cached prompts")
     ap.add_argument("--steps", type=int, default=25, help="denoising steps of the generations and the benchmark")
     ap.add_argument("--out", default=None, help="also write the JSON summary here")
-    ap.add_argument("--smoke", action="store_true", help="run the stages on the CPU with a small model at 64 px, 8 prompts (checks this script without a GPU; use --prepare-steps 2 --steps 2)")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run the stages on the CPU with a small model at 64 px, 8 prompts (checks this script without a GPU; use --prepare-steps 2 --steps 2)",
+    )
     args = ap.parse_args()
 
     import torch
 
     if args.smoke:
-        RUN.update(device="cpu", dtype="float32", size=64, model=SMOKE, seeds=1, expansion=4, throughput_steps=10, batch=128)
+        RUN.update(
+            device="cpu", dtype="float32", size=64, model=SMOKE, seeds=1, expansion=4, throughput_steps=10, batch=128
+        )
     if not torch.cuda.is_available() and not args.smoke:
         summary = skipped(f"no CUDA device (torch {torch.__version__}, cuda {torch.version.cuda})")
     else:
         work = Path(args.work or tempfile.mkdtemp(prefix="saeuron_gpu_check_"))
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        summary = {"status": "ok", "gpu": torch.cuda.get_device_name(0) if RUN["device"] == "cuda" else "none (--smoke on the CPU)", "device": RUN["device"], "dtype": RUN["dtype"], "size": RUN["size"], "torch": torch.__version__, "cuda": torch.version.cuda, "work": str(work), "goal": "total_seconds < 480"}
+        summary = {
+            "status": "ok",
+            "gpu": torch.cuda.get_device_name(0) if RUN["device"] == "cuda" else "none (--smoke on the CPU)",
+            "device": RUN["device"],
+            "dtype": RUN["dtype"],
+            "size": RUN["size"],
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "work": str(work),
+            "goal": "total_seconds < 480",
+        }
         stages = {}
         try:
             stages["build"] = build_folder(work / "sd15-random")
@@ -271,7 +477,9 @@ def main() -> int:
             stages["paper_size_stats"] = paper_size_stats(work / "run", work)
             stages["unlearn"] = unlearn(work / "sd15-random", work / "run", args.steps, work / "unlearn.png")
             stages["generate_with_ablation"] = generate_with_ablation(work / "run", args.steps)
-            stages["hook_overhead"] = hook_overhead(work / "sd15-random", work / "run", args.steps, work / "bench_hook.json")
+            stages["hook_overhead"] = hook_overhead(
+                work / "sd15-random", work / "run", args.steps, work / "bench_hook.json"
+            )
         except Exception as e:  # the summary says which stage failed and why, in one line
             summary["status"] = "failed"
             summary["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

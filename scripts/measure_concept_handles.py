@@ -8,6 +8,7 @@ The default add strength (2x) was chosen on the "sweep" split (2 seeds, 0.5 / 1 
 on held-out seeds: `heldout 6 2 results/concept_handles/heldout.json dots stripes star heart`.
 "removed" counts every prompt of the concept (also those where the judge did not see it unedited).
 """
+
 import json
 import sys
 import time
@@ -16,12 +17,12 @@ import numpy as np
 import torch
 
 torch.set_num_threads(1)
-from saeuron_core.interventions import apply_interventions  # noqa: E402
+from explorer.session import ExplorerSession  # noqa: E402
 from saeuron_core.intervals import Rate  # noqa: E402
+from saeuron_core.interventions import apply_interventions  # noqa: E402
 from saeuron_core.minicanvas import dataset as mc  # noqa: E402
 from saeuron_core.minicanvas.control import steer_pairs  # noqa: E402
 from saeuron_core.minicanvas.evaluation import judge_decorrelated  # noqa: E402
-from explorer.session import ExplorerSession  # noqa: E402
 
 split, n, strengths, out = sys.argv[1], int(sys.argv[2]), [float(s) for s in sys.argv[3].split(",")], sys.argv[4]
 concepts = sys.argv[5:] or ["dots", "stripes", "star", "heart"]
@@ -34,7 +35,10 @@ bases = mc.split_seeds(split, n)
 def run(interventions, pairs):
     if not interventions:
         return judge_decorrelated(pipe, judge, pairs, bases, steps, guidance)
-    with torch.inference_mode(), apply_interventions(pipe.unet, bundle.saes, interventions, stats=bundle.concept_stats(interventions)):
+    with (
+        torch.inference_mode(),
+        apply_interventions(pipe.unet, bundle.saes, interventions, stats=bundle.concept_stats(interventions)),
+    ):
         return judge_decorrelated(pipe, judge, pairs, bases, steps, guidance)
 
 
@@ -43,7 +47,11 @@ def seen(r, concept):
 
 
 def other_kept(r, concept):
-    return r.predicted_object == r.object_name if mc.concept_kind(concept) == "style" else (r.style is None or r.predicted_style == r.style)
+    return (
+        r.predicted_object == r.object_name
+        if mc.concept_kind(concept) == "style"
+        else (r.style is None or r.predicted_style == r.style)
+    )
 
 
 results = {}
@@ -74,4 +82,15 @@ for concept in concepts:
     row["seconds"] = time.time() - t
     results[concept] = row
     print(concept, json.dumps(row), flush=True)
-    json.dump({"split": split, "bases": bases, "strengths": strengths, "steps": steps, "guidance": guidance, "results": results}, open(out, "w"), indent=1)
+    json.dump(
+        {
+            "split": split,
+            "bases": bases,
+            "strengths": strengths,
+            "steps": steps,
+            "guidance": guidance,
+            "results": results,
+        },
+        open(out, "w"),
+        indent=1,
+    )

@@ -50,7 +50,7 @@ WRAPPERS = (os.path.join("torch", "utils", "_contextlib.py"),)
 
 
 def kind_of(filename: str) -> str:
-    """"project", "stdlib" (transparent) or "library" (opaque: what it calls is a callback)."""
+    """ "project", "stdlib" (transparent) or "library" (opaque: what it calls is a callback)."""
     if filename.startswith(PROJECT):
         return "project"
     in_stdlib = filename.startswith(STDLIB) and "site-packages" not in filename
@@ -193,8 +193,10 @@ def main() -> int:
     parts = Counter(part for _, part in counter.trail)
     returns = Counter(part for arrow, part in counter.trail if arrow.startswith("<-"))
     print(f"stays: {counter.stays}  (stream {parts['stream']}, leaf visits {parts['leaf']}, chain {parts['chain']})")
-    print(f"returns: {counter.returns}  (stream {returns['stream']}, leaf visits {returns['leaf']}, "
-          f"chain {returns['chain']})")
+    print(
+        f"returns: {counter.returns}  (stream {returns['stream']}, leaf visits {returns['leaf']}, "
+        f"chain {returns['chain']})"
+    )
     print(f"calls: {counter.calls}")
     print(f"callbacks from torch/diffusers (hooks, step callback; per step, not on the path): {counter.callbacks}")
     print("stays per file: " + ", ".join(f"{f} {n}" for f, n in counter.files.most_common()))

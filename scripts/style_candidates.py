@@ -46,7 +46,14 @@ from saeuron_core.unlearning import SaeBundle  # noqa: E402
 
 METRICS = ("UA", "IRA", "CRA", "kept_on_target")
 CANDIDATES = {"paper": None, "none": ("none", "none", 0.0)}  # none: the un-edited model, the floor of every metric
-CANDIDATES.update({f"replace-{t}-{lat}-s{s:g}": (t, lat, s) for t in ("nearest", "others") for lat in ("selected", "all") for s in (1.0, 3.0, 5.0, 10.0, 20.0, 30.0)})
+CANDIDATES.update(
+    {
+        f"replace-{t}-{lat}-s{s:g}": (t, lat, s)
+        for t in ("nearest", "others")
+        for lat in ("selected", "all")
+        for s in (1.0, 3.0, 5.0, 10.0, 20.0, 30.0)
+    }
+)
 
 
 def interventions_for(bundle, name: str, concept: str) -> list:
@@ -57,7 +64,17 @@ def interventions_for(bundle, name: str, concept: str) -> list:
     target, latents, strength = CANDIDATES[name]
     count = int(bundle.default_entry(concept)["latents_per_step"])
     kind = bundle.kind_of(concept)
-    return [Replace((concept,), tau=tau_for_count(count, bundle.saes[p].num_latents), strength=strength, target=target, latents=latents, point=p) for p in bundle.points_of_kind[kind]]
+    return [
+        Replace(
+            (concept,),
+            tau=tau_for_count(count, bundle.saes[p].num_latents),
+            strength=strength,
+            target=target,
+            latents=latents,
+            point=p,
+        )
+        for p in bundle.points_of_kind[kind]
+    ]
 
 
 def score4(row: dict) -> float:
@@ -77,7 +94,11 @@ def main() -> None:
     ap.add_argument("--concepts", default=None, help="comma-separated subset (default: every concept of the kind)")
     ap.add_argument("--out", default=str(ROOT / "results" / "protocol" / "style_candidates"))
     ap.add_argument("--report", nargs="*", default=None, help="only print the markdown table of these rows files")
-    ap.add_argument("--adopt", action="store_true", help="with --report: apply the adoption rule (``adopt``) to the bundled defaults table")
+    ap.add_argument(
+        "--adopt",
+        action="store_true",
+        help="with --report: apply the adoption rule (``adopt``) to the bundled defaults table",
+    )
     args = ap.parse_args()
     if args.report is not None:
         print("\n".join(report([Path(p) for p in args.report], args.kind)))
@@ -110,13 +131,23 @@ def main() -> None:
             with apply_interventions(pipe.unet, bundle.saes, ivs, stats=bundle.concept_stats(ivs)):
                 records, _, images = judge_decorrelated(pipe, judge, target + retain, bases, steps, guidance)
             counts = removal_counts(records, concept)
-            row = {"candidate": name, "concept": concept, "kind": args.kind, **{m: counts[m].value for m in METRICS}, "counts": {m: counts[m].as_dict() for m in METRICS},
-                   "settings": [repr(iv) for iv in ivs], "seconds": round(time.time() - t0, 1)}
+            row = {
+                "candidate": name,
+                "concept": concept,
+                "kind": args.kind,
+                **{m: counts[m].value for m in METRICS},
+                "counts": {m: counts[m].as_dict() for m in METRICS},
+                "settings": [repr(iv) for iv in ivs],
+                "seconds": round(time.time() - t0, 1),
+            }
             row["score4"] = score4(row)
             rows.append(row)
             write_json(path, {"bases": bases, "steps": steps, "guidance": guidance, "rows": rows})
             strip(plain[concept], images[: len(plain[concept])]).save(out / "images" / f"{name}-{concept}.png")
-            print(f"{name} {concept}: UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f} kept {row['kept_on_target']:.2f} -> {row['score4']:.3f} ({row['seconds']} s)", flush=True)
+            print(
+                f"{name} {concept}: UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f} kept {row['kept_on_target']:.2f} -> {row['score4']:.3f} ({row['seconds']} s)",
+                flush=True,
+            )
     summary(rows, concepts)
 
 
@@ -129,13 +160,18 @@ def report(paths: list[Path], kind: str) -> list[str]:
     by = {(r["candidate"], r["concept"]): r for r in rows}
     names = list(dict.fromkeys(r["candidate"] for r in rows))
     concepts = [c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names)]
-    lines = [f"| candidate | UA | IRA | CRA | kept on target | (UA+IRA+CRA+kept)/4 | (UA+IRA+CRA)/3 | (UA+IRA+CRA+kept)/4 minus paper (paired, {len(concepts)} {kind}s) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| candidate | UA | IRA | CRA | kept on target | (UA+IRA+CRA+kept)/4 | (UA+IRA+CRA)/3 | (UA+IRA+CRA+kept)/4 minus paper (paired, {len(concepts)} {kind}s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def cells(chosen: list[dict]) -> str:
         out = []
         for m in METRICS:
             pooled = Rate(sum(r["counts"][m]["k"] for r in chosen), sum(r["counts"][m]["n"] for r in chosen)).as_dict()
-            out.append(f"{100 * np.mean([r[m] for r in chosen]):.1f} [{100 * pooled['lo']:.1f}, {100 * pooled['hi']:.1f}]")
+            out.append(
+                f"{100 * np.mean([r[m] for r in chosen]):.1f} [{100 * pooled['lo']:.1f}, {100 * pooled['hi']:.1f}]"
+            )
         avg3 = np.mean([(r["UA"] + r["IRA"] + r["CRA"]) / 3 for r in chosen])
         return " | ".join(out) + f" | {100 * np.mean([r['score4'] for r in chosen]):.1f} | {100 * avg3:.1f}"
 
@@ -147,13 +183,27 @@ def report(paths: list[Path], kind: str) -> list[str]:
         chosen = [by[name, c] for c in concepts]
         lines.append(f"| {name} | {cells(chosen)} | {'-' if name == 'paper' else versus_paper(chosen)} |")
     replacements = [n for n in names if n not in ("paper", "none")]
-    picks = {c: max((by[n, c] for n in replacements), key=lambda r: (round(r["score4"], 6), -CANDIDATES[r["candidate"]][2])) for c in concepts} if replacements else {}
+    picks = (
+        {
+            c: max(
+                (by[n, c] for n in replacements), key=lambda r: (round(r["score4"], 6), -CANDIDATES[r["candidate"]][2])
+            )
+            for c in concepts
+        }
+        if replacements
+        else {}
+    )
     if picks:
         chosen = [picks[c] for c in concepts]
-        lines.append(f"| replacement, strength picked per {kind} on these seeds | {cells(chosen)} | {versus_paper(chosen)} |")
+        lines.append(
+            f"| replacement, strength picked per {kind} on these seeds | {cells(chosen)} | {versus_paper(chosen)} |"
+        )
     lines += ["", f"| {kind} | " + " | ".join(names) + " | picked |", "|---|" + "---|" * (len(names) + 1)]
     for c in concepts:
-        row = " | ".join(f"{by[n, c]['UA']:.2f} / {by[n, c]['IRA']:.2f} / {by[n, c]['CRA']:.2f} / {by[n, c]['kept_on_target']:.2f} = **{by[n, c]['score4']:.3f}**" for n in names)
+        row = " | ".join(
+            f"{by[n, c]['UA']:.2f} / {by[n, c]['IRA']:.2f} / {by[n, c]['CRA']:.2f} / {by[n, c]['kept_on_target']:.2f} = **{by[n, c]['score4']:.3f}**"
+            for n in names
+        )
         lines.append(f"| {c} | {row} | {picks[c]['candidate'] if picks else '-'} |")
     return lines
 
@@ -166,8 +216,13 @@ def adopt(paths: list[Path], kind: str, table_path: Path) -> str:
     rows = [r for p in paths for r in json.loads(p.read_text())["rows"] if r["kind"] == kind]
     by = {(r["candidate"], r["concept"]): r for r in rows}
     names = [n for n in dict.fromkeys(r["candidate"] for r in rows) if n not in ("paper", "none")]
-    concepts = [c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names + ["paper"])]
-    picks = {c: max((by[n, c] for n in names), key=lambda r: (round(r["score4"], 6), -CANDIDATES[r["candidate"]][2])) for c in concepts}
+    concepts = [
+        c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names + ["paper"])
+    ]
+    picks = {
+        c: max((by[n, c] for n in names), key=lambda r: (round(r["score4"], 6), -CANDIDATES[r["candidate"]][2]))
+        for c in concepts
+    }
     d = paired_bootstrap([picks[c]["score4"] for c in concepts], [by["paper", c]["score4"] for c in concepts])
     verdict = f"replacement (per-{kind} strength) minus paper: {100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] points of (UA+IRA+CRA+kept)/4 over {len(concepts)} {kind}s"
     if d["lo"] <= 0:
@@ -175,9 +230,17 @@ def adopt(paths: list[Path], kind: str, table_path: Path) -> str:
     table = json.loads(table_path.read_text())
     for c in concepts:
         target, latents, strength = CANDIDATES[picks[c]["candidate"]]
-        table["concepts"][c]["replace"] = {"strength": strength, "target": target, "latents": latents, "score4": picks[c]["score4"], "paper_score4": by["paper", c]["score4"]}
+        table["concepts"][c]["replace"] = {
+            "strength": strength,
+            "target": target,
+            "latents": latents,
+            "score4": picks[c]["score4"],
+            "paper_score4": by["paper", c]["score4"],
+        }
     table["variant"] = f"replace-{CANDIDATES[picks[concepts[0]]['candidate']][0]}-{kind}s"
-    table["variant_selection"] = verdict + f"; sweep split, bases {json.loads(paths[0].read_text())['bases']}, scripts/style_candidates.py"
+    table["variant_selection"] = (
+        verdict + f"; sweep split, bases {json.loads(paths[0].read_text())['bases']}, scripts/style_candidates.py"
+    )
     write_json(table_path, table)
     return verdict + f": adopted as variant {table['variant']!r} in {table_path}"
 

@@ -43,7 +43,14 @@ def make_tiny_pipeline(sample_size: int = 8):
     )
 
 
-def make_sd_architecture_pipeline(latent_size: int = 32, unet_channels=(32, 32, 64, 64), vae_channels=(16, 16), text_hidden: int = 32, text_layers: int = 1, seed: int = 0):
+def make_sd_architecture_pipeline(
+    latent_size: int = 32,
+    unet_channels=(32, 32, 64, 64),
+    vae_channels=(16, 16),
+    text_hidden: int = 32,
+    text_layers: int = 1,
+    seed: int = 0,
+):
     """A random pipeline with Stable Diffusion 1.x's U-Net layout (4 levels, 2 layers per block,
     cross-attention in the top three: ``up_blocks.1.attentions.{0,1,2}`` exist as in SD1.5) at
     any width. SD1.5's own sizes: unet_channels (320, 640, 1280, 1280), vae_channels
@@ -112,8 +119,8 @@ def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
 
     from saeuron_core.minicanvas.judge import Judge, JudgeConfig
     from saeuron_core.pipeline import load_pipeline
-    from saeuron_core.sae_train import TrainConfig, train_sae
     from saeuron_core.sae import SaeConfig, TopKSae
+    from saeuron_core.sae_train import TrainConfig, train_sae
     from saeuron_core.stats import compute_stats
     from saeuron_core.store import PromptItem, cache_activations
 
@@ -121,11 +128,26 @@ def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
     model = root / "model"
     shutil.copytree(tiny_pipeline_dir, model)
     objects, styles = ["star", "heart", "circle"], ["dots", "solid", "rings"]
-    meta = {"name": "tiny", "image_size": 16, "objects": objects, "styles": styles, "hook_points": TINY_POINTS, "default_steps": 3, "default_guidance": 4.0}
+    meta = {
+        "name": "tiny",
+        "image_size": 16,
+        "objects": objects,
+        "styles": styles,
+        "hook_points": TINY_POINTS,
+        "default_steps": 3,
+        "default_guidance": 4.0,
+    }
     (model / "saeuron.json").write_text(json.dumps(meta))
     pipe = load_pipeline(str(model))
-    items = [PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s}) for o in objects for s in styles for seed in (0, 1)]
-    store = cache_activations(pipe, items, list(TINY_POINTS.values()), root / "store", steps=3, guidance=4.0, items_per_shard=9)
+    items = [
+        PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s})
+        for o in objects
+        for s in styles
+        for seed in (0, 1)
+    ]
+    store = cache_activations(
+        pipe, items, list(TINY_POINTS.values()), root / "store", steps=3, guidance=4.0, items_per_shard=9
+    )
     for point in TINY_POINTS.values():
         train_sae(store, point, TrainConfig(SaeConfig(expansion_factor=4, k=4), batch_size=64, epochs=2), root / "sae")
         compute_stats(store, point, TopKSae.load(root / "sae" / point), top_m=2).save(root / "stats" / point)

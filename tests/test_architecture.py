@@ -64,13 +64,16 @@ def test_import_walk_sees_relative_imports():
     assert "saeuron_core.edits" in imported_modules(sample)
 
 
-@pytest.mark.parametrize("source", [
-    "from ..minicanvas.commands import register",  # relative, from the cli subpackage
-    "from .. import baselines",
-    "import saeuron_core.minicanvas",
-    "def f():\n    from ..baselines.methods import erase_to\n",  # a lazy import inside a function
-    "import gradio as gr",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from ..minicanvas.commands import register",  # relative, from the cli subpackage
+        "from .. import baselines",
+        "import saeuron_core.minicanvas",
+        "def f():\n    from ..baselines.methods import erase_to\n",  # a lazy import inside a function
+        "import gradio as gr",
+    ],
+)
 def test_an_upward_import_in_the_cli_package_is_caught(source):
     assert upper_layer_imports(ROOT / "cli" / "registry.py", source)
 

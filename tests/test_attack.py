@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import needs_bundled
+
 from saeuron_core.baselines.attack import AttackConfig, run_attack, soft_prompt_embeddings
 from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import ScaleFeatures, apply_interventions
@@ -47,7 +47,9 @@ def test_gradients_flow_through_the_intervention(tiny):
 
     def grad_with(factor):
         with apply_interventions(pipe.unet, bundle.saes, [ScaleFeatures(every, factor, point=point)]):
-            out = pipe.unet(x, torch.tensor(500), encoder_hidden_states=soft_prompt_embeddings(pipe, ["An image of star."], soft)).sample
+            out = pipe.unet(
+                x, torch.tensor(500), encoder_hidden_states=soft_prompt_embeddings(pipe, ["An image of star."], soft)
+            ).sample
             return torch.autograd.grad(out.square().mean(), [soft])[0]
 
     plain, edited = grad_with(1.0), grad_with(-2.0)
@@ -58,9 +60,13 @@ def test_gradients_flow_through_the_intervention(tiny):
 def test_attack_feeds_the_unet_scheduler_timesteps(tiny):
     pipe, _, _ = tiny
     seen = []
-    handle = pipe.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(float(args[1] if len(args) > 1 else kwargs["timestep"])), with_kwargs=True)
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(float(args[1] if len(args) > 1 else kwargs["timestep"])), with_kwargs=True
+    )
     try:
-        result = run_attack(pipe, None, ["An image of star in dots style."], [1_000_000], 3, 2.0, AttackConfig(steps=4, n_tokens=2))
+        result = run_attack(
+            pipe, None, ["An image of star in dots style."], [1_000_000], 3, 2.0, AttackConfig(steps=4, n_tokens=2)
+        )
     finally:
         handle.remove()
     pipe.scheduler.set_timesteps(3)
@@ -74,9 +80,9 @@ def test_attack_feeds_the_unet_scheduler_timesteps(tiny):
 def test_attack_pulls_the_target_concept_back_on_an_unedited_model():
     """Sanity: from 'solid' prompts, soft tokens fitted to 'stripes' targets raise the judge's
     stripes probability of what the model then generates."""
+    import saeuron_core.minicanvas as mc
     from saeuron_core.minicanvas.judge import Judge, to_tensor
     from saeuron_core.paths import ASSETS
-    import saeuron_core.minicanvas as mc
 
     pipe = load_pipeline("minicanvas")
     judge = Judge.load(ASSETS / "judge")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from saeuron_core.errors import SaeuronError
+from saeuron_core.minicanvas.build import BuildConfig, build_model
 from saeuron_core.minicanvas.judge import Judge
 from saeuron_core.pipeline import generate, load_pipeline, model_info
-from saeuron_core.minicanvas.build import BuildConfig, build_model
 
 MICRO = dict(
     images_per_pair=2,
@@ -104,8 +104,9 @@ def test_build_model_flags_come_from_build_config():
     def config(*argv):
         return build_config(build_parser().parse_args(["build-model", *argv]))
 
-    cfg = config("--config", '{"unet_steps": 10, "seed": 3}', "--seed", "4", "--vae-channels", "16", "32",
-                 "--unet-minutes", "2")
+    cfg = config(
+        "--config", '{"unet_steps": 10, "seed": 3}', "--seed", "4", "--vae-channels", "16", "32", "--unet-minutes", "2"
+    )
     # a flag wins over --config
     assert (cfg.unet_steps, cfg.seed, cfg.vae_channels, cfg.unet_minutes) == (10, 4, [16, 32], 2.0)
     assert config() == BuildConfig()

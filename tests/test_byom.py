@@ -33,7 +33,20 @@ def test_cuda_without_cuda_is_one_clear_line(capsys, tiny_pipeline_dir, tmp_path
 
     with pytest.raises(SaeuronError, match="--device cuda: torch .* without CUDA|sees no CUDA"):
         resolve_device("cuda")
-    code, _, err = cli(capsys, "generate", "--model", str(tiny_pipeline_dir), "--device", "cuda:1", "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "x.png"))
+    code, _, err = cli(
+        capsys,
+        "generate",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--device",
+        "cuda:1",
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "x.png"),
+    )
     assert code == 2 and one_line(err) and "--device cuda:1" in err
     assert not (tmp_path / "x.png").exists()
 
@@ -54,7 +67,7 @@ def test_device_and_dtype_resolution(monkeypatch):
     monkeypatch.setattr(dev, "_runs_unet_ops", lambda device_type, dtype: False)
     with pytest.warns(UserWarning, match="float16 is not supported on cpu.*using float32"):
         assert dev.resolve_dtype("float16", cpu) == torch.float32
-    err = dev.explain_dtype_failure(RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\''), cpu, torch.float16)
+    err = dev.explain_dtype_failure(RuntimeError("\"slow_conv2d_cpu\" not implemented for 'Half'"), cpu, torch.float16)
     assert err is not None and "use --dtype float32" in str(err)
 
 
@@ -119,9 +132,37 @@ def test_height_width_checked_and_used(capsys, tiny_pipeline_dir, tmp_path):
 
     pipe = load_pipeline(str(tiny_pipeline_dir))
     assert size_multiple(pipe) == 8  # VAE factor 2 x 2**(3 levels - 1)
-    code, _, err = cli(capsys, "generate", "--model", str(tiny_pipeline_dir), "--height", "20", "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "x.png"))
+    code, _, err = cli(
+        capsys,
+        "generate",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--height",
+        "20",
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "x.png"),
+    )
     assert code == 2 and "height 20 must be a positive multiple of 8" in err and one_line(err)
-    code, out, _ = cli(capsys, "generate", "--model", str(tiny_pipeline_dir), "--height", "24", "--width", "32", "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "y.png"))
+    code, out, _ = cli(
+        capsys,
+        "generate",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--height",
+        "24",
+        "--width",
+        "32",
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "y.png"),
+    )
     assert code == 0 and "24x32 px" in out
     assert Image.open(tmp_path / "y.png").size == (32, 24)
 
@@ -141,9 +182,16 @@ def _write_sae(folder, cfg_fields, d_in=32, n=64):
 def test_paper_cfg_fields(tmp_path):
     with pytest.raises(SaeuronError, match="does not say k"):
         TopKSae.load(_write_sae(tmp_path / "nok", {"k": None}))
-    with pytest.raises(SaeuronError, match="sample_topk=True is not supported: it selects the top k latents per whole image"):
+    with pytest.raises(
+        SaeuronError, match="sample_topk=True is not supported: it selects the top k latents per whole image"
+    ):
         TopKSae.load(_write_sae(tmp_path / "sample", {"sample_topk": True}))
-    paper = TopKSae.load(_write_sae(tmp_path / "paper", {"batch_topk": True, "multi_topk": False, "input_unit_norm": False, "expansion_factor": 4}))
+    paper = TopKSae.load(
+        _write_sae(
+            tmp_path / "paper",
+            {"batch_topk": True, "multi_topk": False, "input_unit_norm": False, "expansion_factor": 4},
+        )
+    )
     assert paper.cfg.inference_topk() == "per-token TopK, k=4 (trained with BatchTopK)"
 
 
@@ -175,7 +223,9 @@ def test_input_unit_norm_is_honoured(tmp_path):
 # --------------------------------------------------------------------------- paper folders and hub ids
 def _paper_layout(tiny_bundle, dest):
     """The bundle's SAEs renamed the way the paper's release names them: unet.<point>."""
-    for folder in (p for p in (tiny_bundle / "sae").iterdir() if not p.name.startswith(".")):  # .train holds training state
+    for folder in (
+        p for p in (tiny_bundle / "sae").iterdir() if not p.name.startswith(".")
+    ):  # .train holds training state
         shutil.copytree(folder, dest / f"unet.{folder.name}", ignore=shutil.ignore_patterns("train_state.pt"))
     return dest
 
@@ -217,10 +267,26 @@ def test_paper_layout_and_hub_id_load_offline(capsys, tiny_bundle, tmp_path, mon
     # statistics computed straight from the paper-layout folder and from the hub id
     store = tiny_bundle / "store"
     point = info.hook_points["style"]
-    code, out, _ = cli(capsys, "stats", "--store", str(store), "--sae", "someone/saeuron-saes/sd15", "--point", f"unet.{point}", "--top-m", "1", "--no-thumbnails", "--out", str(tmp_path / "stats"))
+    code, out, _ = cli(
+        capsys,
+        "stats",
+        "--store",
+        str(store),
+        "--sae",
+        "someone/saeuron-saes/sd15",
+        "--point",
+        f"unet.{point}",
+        "--top-m",
+        "1",
+        "--no-thumbnails",
+        "--out",
+        str(tmp_path / "stats"),
+    )
     assert code == 0 and (tmp_path / "stats" / point / "stats.json").is_file(), out
     # not cached while offline: one clear line
-    code, _, err = cli(capsys, "stats", "--store", str(store), "--sae", "someone/other-saes", "--out", str(tmp_path / "s2"))
+    code, _, err = cli(
+        capsys, "stats", "--store", str(store), "--sae", "someone/other-saes", "--out", str(tmp_path / "s2")
+    )
     assert code == 2 and "not in the Hugging Face cache" in err and "offline" in err and one_line(err)
     # cached repo without the asked hook point
     with pytest.raises(SaeuronError, match="no SAE for hook point.*mid_block.attentions.0"):
@@ -232,13 +298,38 @@ def test_paper_layout_and_hub_id_load_offline(capsys, tiny_bundle, tmp_path, mon
 def test_unlearn_with_paper_saes_and_sources(capsys, tiny_bundle, tmp_path):
     paper = _paper_layout(tiny_bundle, tmp_path / "paper")
     model, stats = tiny_bundle / "model", tiny_bundle / "stats"
-    common = ["unlearn", "--model", str(model), "--sae", str(paper), "--stats", str(stats), "--steps", "2", "--prompt", "a star"]
+    common = [
+        "unlearn",
+        "--model",
+        str(model),
+        "--sae",
+        str(paper),
+        "--stats",
+        str(stats),
+        "--steps",
+        "2",
+        "--prompt",
+        "a star",
+    ]
     # a foreign model gets no bundled table: a clear line, nothing generated
     code, _, err = cli(capsys, *common, "--concept", "dots", "--out", str(tmp_path / "a.png"))
     assert code == 2 and "no default tau/gamma for 'dots' in none" in err and not (tmp_path / "a.png").exists()
     code, out, _ = cli(capsys, *common, "--concept", "dots", "--preset", "paper", "--out", str(tmp_path / "b.png"))
-    assert code == 0 and "dots: tau/gamma from preset paper" in out and "per-token TopK, k=4 (trained with per-token TopK)" in out
-    code, out, _ = cli(capsys, *common, "--concept", "star", "--defaults", str(tiny_bundle / "defaults.json"), "--out", str(tmp_path / "c.png"))
+    assert (
+        code == 0
+        and "dots: tau/gamma from preset paper" in out
+        and "per-token TopK, k=4 (trained with per-token TopK)" in out
+    )
+    code, out, _ = cli(
+        capsys,
+        *common,
+        "--concept",
+        "star",
+        "--defaults",
+        str(tiny_bundle / "defaults.json"),
+        "--out",
+        str(tmp_path / "c.png"),
+    )
     assert code == 0 and f"star: tau/gamma from table {tiny_bundle / 'defaults.json'}" in out
 
 
@@ -247,22 +338,48 @@ def test_paper_preset_matches_names_by_kind(tiny_bundle):
     from saeuron_core.unlearning import PRESETS, SaeBundle
 
     # hook points spelled the paper's way (unet. prefix) name the same blocks
-    info = ModelInfo("elsewhere", 16, {"object": "unet.up_blocks.1.attentions.0", "style": "unet.up_blocks.1.attentions.1"})
+    info = ModelInfo(
+        "elsewhere", 16, {"object": "unet.up_blocks.1.attentions.0", "style": "unet.up_blocks.1.attentions.1"}
+    )
     bundle = SaeBundle.load(info, tiny_bundle / "sae", tiny_bundle / "stats", preset="paper")
     assert sorted(bundle.saes) == ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
     assert bundle.default_params("rings") == (99.999, -1.0)  # every style
     with pytest.raises(SaeuronError, match="no default tau/gamma for 'star'"):
         bundle.default_params("star")  # not a Table 4 object
-    bundle.defaults = {**PRESETS["paper"], "concepts": {**PRESETS["paper"]["concepts"], "Star": {"tau": 99.995, "gamma": -5.0, "kind": "object"}}}
+    bundle.defaults = {
+        **PRESETS["paper"],
+        "concepts": {**PRESETS["paper"]["concepts"], "Star": {"tau": 99.995, "gamma": -5.0, "kind": "object"}},
+    }
     assert bundle.default_params("star") == (99.995, -5.0)  # names match case-insensitively
 
 
 def test_sae_that_does_not_fit_fails_before_generating(capsys, tiny_bundle, tmp_path):
     wrong = tmp_path / "wrong"
-    for folder in (p for p in (tiny_bundle / "sae").iterdir() if not p.name.startswith(".")):  # .train holds training state
+    for folder in (
+        p for p in (tiny_bundle / "sae").iterdir() if not p.name.startswith(".")
+    ):  # .train holds training state
         sae = TopKSae.load(folder)
         _write_sae(wrong / folder.name, {}, d_in=sae.d_in + 8, n=sae.num_latents)
-    code, _, err = cli(capsys, "unlearn", "--model", str(tiny_bundle / "model"), "--sae", str(wrong), "--stats", str(tiny_bundle / "stats"), "--concept", "dots", "--tau", "99", "--gamma", "-5", "--prompt", "x", "--out", str(tmp_path / "x.png"))
+    code, _, err = cli(
+        capsys,
+        "unlearn",
+        "--model",
+        str(tiny_bundle / "model"),
+        "--sae",
+        str(wrong),
+        "--stats",
+        str(tiny_bundle / "stats"),
+        "--concept",
+        "dots",
+        "--tau",
+        "99",
+        "--gamma",
+        "-5",
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "x.png"),
+    )
     assert code == 2 and "d_in=" in err and "outputs 32 channels" in err and one_line(err)
     assert not (tmp_path / "x.png").exists()
 

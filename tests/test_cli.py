@@ -29,11 +29,41 @@ def test_help_lists_subcommands():
 @pytest.mark.slow
 def test_generate_single_image_and_grid(tiny_pipeline_dir, tmp_path):
     one = tmp_path / "one.png"
-    proc = run("generate", "--model", str(tiny_pipeline_dir), "--object", "star", "--style", "dots", "--steps", "2", "--out", str(one))
+    proc = run(
+        "generate",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--object",
+        "star",
+        "--style",
+        "dots",
+        "--steps",
+        "2",
+        "--out",
+        str(one),
+    )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(one).size == (16, 16)
     grid = tmp_path / "grid.png"
-    proc = run("generate", "--model", str(tiny_pipeline_dir), "--prompt", "a", "--prompt", "b", "--seed", "1", "--seed", "2", "--seed", "3", "--steps", "1", "--out", str(grid))
+    proc = run(
+        "generate",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--prompt",
+        "a",
+        "--prompt",
+        "b",
+        "--seed",
+        "1",
+        "--seed",
+        "2",
+        "--seed",
+        "3",
+        "--steps",
+        "1",
+        "--out",
+        str(grid),
+    )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(grid).size == (48, 32)
 
@@ -67,10 +97,30 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
 def test_unwritable_output_leaves_nothing_behind(tiny_pipeline_dir, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
-    proc = run("generate", "--model", str(tiny_pipeline_dir), "--prompt", "x", "--steps", "1", "--out", str(blocker / "img.png"))
+    proc = run(
+        "generate",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        str(blocker / "img.png"),
+    )
     assert_one_line_error(proc, "cannot create folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
-    bad_ext = run("generate", "--model", str(tiny_pipeline_dir), "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "img.unknown"))
+    bad_ext = run(
+        "generate",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "img.unknown"),
+    )
     assert_one_line_error(bad_ext, "cannot tell the image format")
 
 

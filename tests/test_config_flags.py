@@ -78,8 +78,26 @@ def test_help_comes_from_the_docstring_with_the_default():
 def test_train_config_flags_keep_todays_spellings():
     p = argparse.ArgumentParser()
     flags = add_config_flags(p, TrainConfig, exclude=SAE_FIELDS_NOT_TRAINED)
-    args = p.parse_args(["--expansion-factor", "8", "--k", "8", "--batch-size", "32", "--epochs", "30", "--lr", "1e-3",
-                         "--seed", "2", "--num-latents", "0", "--dead-feature-threshold", "5"])
+    args = p.parse_args(
+        [
+            "--expansion-factor",
+            "8",
+            "--k",
+            "8",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "30",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "2",
+            "--num-latents",
+            "0",
+            "--dead-feature-threshold",
+            "5",
+        ]
+    )
     cfg = flags.build(args)
     assert cfg.sae == SaeConfig(expansion_factor=8, k=8, dead_feature_threshold=5)
     assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed) == (32, 30, 1e-3, 2)

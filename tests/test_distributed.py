@@ -26,7 +26,12 @@ from saeuron_core.store import ActivationStore, PromptItem, cache_activations
 from saeuron_core.training import load_state
 
 POINTS = ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
-ITEMS = [PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s}) for o in ("star", "heart") for s in ("dots", "solid") for seed in (1, 2)]
+ITEMS = [
+    PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s})
+    for o in ("star", "heart")
+    for s in ("dots", "solid")
+    for seed in (1, 2)
+]
 # AuxK is on from the 2nd step (threshold 100 tokens): the dead-latent path is exercised too
 TRAIN = TrainConfig(SaeConfig(expansion_factor=4, k=4, dead_feature_threshold=100), batch_size=64, epochs=2, seed=3)
 
@@ -101,7 +106,9 @@ def _worker(rank: int, world: int, init_file: str, out: str, pipeline_dir: str, 
 def two_ranks(tiny_pipeline_dir, reference, tmp_path_factory):
     """Two gloo processes run the cache, DDP training and statistics (one start-up for all)."""
     out = tmp_path_factory.mktemp("two_ranks")
-    mp.spawn(_worker, args=(2, str(out / "init"), str(out), str(tiny_pipeline_dir), str(reference)), nprocs=2, join=True)
+    mp.spawn(
+        _worker, args=(2, str(out / "init"), str(out), str(tiny_pipeline_dir), str(reference)), nprocs=2, join=True
+    )
     return out
 
 
@@ -122,7 +129,10 @@ def test_two_rank_ddp_training_gives_the_one_process_sae(reference, two_ranks):
     one, two = TopKSae.load(reference / "sae" / POINTS[1]), TopKSae.load(two_ranks / "sae" / POINTS[1])
     for name, p in one.state_dict().items():
         assert torch.allclose(p, two.state_dict()[name], atol=1e-5, rtol=1e-4), name
-    s1, s2 = load_state(train_dir(reference / "sae", POINTS[1]) / STATE_FILE), load_state(train_dir(two_ranks / "sae", POINTS[1]) / STATE_FILE)
+    s1, s2 = (
+        load_state(train_dir(reference / "sae", POINTS[1]) / STATE_FILE),
+        load_state(train_dir(two_ranks / "sae", POINTS[1]) / STATE_FILE),
+    )
     assert s1["step"] == s2["step"] > 0
     assert torch.equal(s1["tokens_since_fired"], s2["tokens_since_fired"])  # dead-latent counters all-reduced
     assert [round(h["fvu"], 4) for h in s1["history"]] == [round(h["fvu"], 4) for h in s2["history"]]
@@ -148,7 +158,16 @@ def test_stats_merged_from_two_ranks_equal_one_process(reference, two_ranks, dis
     one = compute_stats(store, POINTS[1], sae, top_m=3, distinct=distinct, batch_maps=5)
     two = FeatureStats.load(two_ranks / f"stats-{distinct}")
     assert torch.allclose(one.concept_sums, two.concept_sums, atol=1e-5)
-    for name in ("concept_counts", "frequency", "histogram", "example_value", "example_item", "example_step", "example_pos", "example_map"):
+    for name in (
+        "concept_counts",
+        "frequency",
+        "histogram",
+        "example_value",
+        "example_item",
+        "example_step",
+        "example_pos",
+        "example_map",
+    ):
         assert torch.equal(getattr(one, name), getattr(two, name)), name
     assert (one.example_item >= 0).sum() > 0
 
@@ -180,9 +199,22 @@ def test_stats_builders_merge_exactly_in_one_process(reference, monkeypatch):
     monkeypatch.undo()
     whole = compute_stats(store, POINTS[0], sae, top_m=4, distinct="prompt", batch_maps=4)
     built[0].merge(built[1:])
-    merged = built[0].finish(**{k: getattr(whole, k) for k in ("concepts", "concept_kinds", "timesteps", "items", "guidance", "distinct", "concept_counts")})
+    merged = built[0].finish(
+        **{
+            k: getattr(whole, k)
+            for k in ("concepts", "concept_kinds", "timesteps", "items", "guidance", "distinct", "concept_counts")
+        }
+    )
     assert torch.allclose(whole.concept_sums, merged.concept_sums, atol=1e-5)
-    for name in ("frequency", "histogram", "example_value", "example_item", "example_step", "example_pos", "example_map"):
+    for name in (
+        "frequency",
+        "histogram",
+        "example_value",
+        "example_item",
+        "example_step",
+        "example_pos",
+        "example_map",
+    ):
         assert torch.equal(getattr(whole, name), getattr(merged, name)), name
 
 
@@ -206,7 +238,9 @@ def test_mixing_models_or_points_in_one_store_is_refused(tiny_pipeline_dir, refe
     (root / "store.json").write_text(json.dumps(meta))
     (root / ".parts").mkdir()
     other = {p: {"channels": 64, "height": 4, "width": 4} for p in POINTS}
-    (root / ".parts" / "shard-00002.json").write_text(json.dumps({"shard": 2, "points": other, "timesteps": meta["timesteps"]}))
+    (root / ".parts" / "shard-00002.json").write_text(
+        json.dumps({"shard": 2, "points": other, "timesteps": meta["timesteps"]})
+    )
     with pytest.raises(SaeuronError, match="stores of different models cannot be mixed"):
         cache_activations(pipe, ITEMS, POINTS, root, steps=3, guidance=4.0, items_per_shard=3, model_name="model-a")
     assert json.loads((root / "store.json").read_text())["completed_shards"] == [0, 1]
@@ -241,9 +275,36 @@ def test_torchrun_cache_killed_mid_run_resumes_to_the_same_tokens(tiny_pipeline_
     SIGKILLed once a shard is done (torchrun then stops the other); the store then lists only whole
     shards, and the same command completes it to the one-process tokens."""
     prompts = tmp_path / "prompts.csv"
-    prompts.write_text("prompt,seed,object,style\n" + "".join(f"{it.prompt},{it.seed},{it.labels['object']},{it.labels['style']}\n" for it in ITEMS))
+    prompts.write_text(
+        "prompt,seed,object,style\n"
+        + "".join(f"{it.prompt},{it.seed},{it.labels['object']},{it.labels['style']}\n" for it in ITEMS)
+    )
     out = tmp_path / "store"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "saeuron_core", "--threads", "1", "cache", "--model", str(tiny_pipeline_dir), "--steps", "3", "--guidance", "4", "--prompts", str(prompts), "--items-per-shard", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "saeuron_core",
+        "--threads",
+        "1",
+        "cache",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--steps",
+        "3",
+        "--guidance",
+        "4",
+        "--prompts",
+        str(prompts),
+        "--items-per-shard",
+        "1",
+        "--out",
+        str(out),
+    ]
     cmd[cmd.index("cache") + 1 : cmd.index("cache") + 1] = sum((["--point", p] for p in POINTS), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc, paused = start_paused(cmd, after=1, env=env)  # a rank has written its first shard

@@ -17,9 +17,9 @@ from saeuron_core.baselines.erasure import (
     uce_pairs,
     uce_solve,
 )
+from saeuron_core.baselines.methods import parse_methods, prepare_removal
 from saeuron_core.edits import META_FILE, WeightEdit, applied, cross_attention_parameters
 from saeuron_core.errors import SaeuronError
-from saeuron_core.baselines.methods import parse_methods, prepare_removal
 from saeuron_core.pipeline import load_pipeline, model_info
 
 
@@ -161,7 +161,15 @@ def test_esd_resumes_bit_identically(tiny, tmp_path):
     straight = esd_erase(pipe, info, ["star"], cfg)
     calls = []
     with pytest.raises(SaeuronError, match="checkpoint saved"):
-        esd_erase(pipe, info, ["star"], cfg, work=tmp_path, progress=lambda i, n, l: calls.append(i), should_stop=lambda: len(calls) >= 5)
+        esd_erase(
+            pipe,
+            info,
+            ["star"],
+            cfg,
+            work=tmp_path,
+            progress=lambda i, n, l: calls.append(i),
+            should_stop=lambda: len(calls) >= 5,
+        )
     assert (tmp_path / "esd_state.pt").is_file()
     resumed_from = []
     edit = esd_erase(pipe, info, ["star"], cfg, work=tmp_path, progress=lambda i, n, l: resumed_from.append(i))
@@ -191,7 +199,9 @@ def cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "saeuron_core.cli", "--threads", "1", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -200,29 +210,126 @@ def test_erase_and_attack_commands(tiny_bundle, tmp_path):
     proc = cli("erase", "--model", model, "--method", "uce", "--concept", "dots", "--out", str(tmp_path / "uce"))
     assert proc.returncode == 0, proc.stderr
     assert WeightEdit.load(tmp_path / "uce").concepts == ("dots",)
-    gen = [("generate", "--model", model, "--prompt", "An image of star in dots style.", "--steps", "2", "--out", str(tmp_path / name)) for name in ("plain.png", "erased.png")]
+    gen = [
+        (
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "An image of star in dots style.",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / name),
+        )
+        for name in ("plain.png", "erased.png")
+    ]
     assert cli(*gen[0]).returncode == 0
     proc = cli(*gen[1], "--erasure", str(tmp_path / "uce"))
     assert proc.returncode == 0 and "uce erasure of dots" in proc.stdout, proc.stderr
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
-    assert not np.array_equal(np.asarray(Image.open(tmp_path / "plain.png")), np.asarray(Image.open(tmp_path / "erased.png")))
+    assert not np.array_equal(
+        np.asarray(Image.open(tmp_path / "plain.png")), np.asarray(Image.open(tmp_path / "erased.png"))
+    )
     again = cli("erase", "--model", model, "--method", "uce", "--concept", "dots", "--out", str(tmp_path / "uce"))
     assert again.returncode == 2 and "--overwrite" in again.stderr
-    proc = cli("attack", "--model", model, "--judge", str(tiny_bundle / "judge"), "--method", "uce", "--erasure", str(tmp_path / "uce"), "--concept", "dots", "--prompts", "2", "--steps", "3", "--gen-steps", "2", "--out", str(tmp_path / "atk"))
+    proc = cli(
+        "attack",
+        "--model",
+        model,
+        "--judge",
+        str(tiny_bundle / "judge"),
+        "--method",
+        "uce",
+        "--erasure",
+        str(tmp_path / "uce"),
+        "--concept",
+        "dots",
+        "--prompts",
+        "2",
+        "--steps",
+        "3",
+        "--gen-steps",
+        "2",
+        "--out",
+        str(tmp_path / "atk"),
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "atk" / "attack.json").read_text())
-    assert report["method"] == "uce" and len(report["prompts"]) == 2 and len(report["losses"]) == 3 and 0 <= report["UA_after"] <= 1
+    assert (
+        report["method"] == "uce"
+        and len(report["prompts"]) == 2
+        and len(report["losses"]) == 3
+        and 0 <= report["UA_after"] <= 1
+    )
     assert (tmp_path / "atk" / "attack.png").is_file()
     bad = [
-        (("erase", "--model", model, "--method", "salun", "--concept", "dots", "--out", str(tmp_path / "x")), "unknown erasure method 'salun'"),
-        (("erase", "--model", model, "--method", "esd", "--concept", "dog", "--out", str(tmp_path / "x")), "'dog' is not in this model's vocabulary"),
-        (("attack", "--model", model, "--method", "uce", "--concept", "dots", "--steps", "0", "--out", str(tmp_path / "y")), "attack budget"),
-        (("attack", "--model", model, "--method", "uce", "--concept", "dots", "--steps", "-2", "--out", str(tmp_path / "y")), "attack budget"),
-        (("attack", "--model", model, "--method", "esd3", "--concept", "dots", "--out", str(tmp_path / "y")), "unknown method 'esd3'"),
-        (("attack", "--model", model, "--method", "uce", "--concept", "vangogh", "--out", str(tmp_path / "y")), "'vangogh' is not in this model's vocabulary"),
-        (("attack", "--model", model, "--method", "esd", "--erasure", str(tmp_path / "uce"), "--concept", "dots", "--out", str(tmp_path / "y")), "holds a uce erasure"),
+        (
+            ("erase", "--model", model, "--method", "salun", "--concept", "dots", "--out", str(tmp_path / "x")),
+            "unknown erasure method 'salun'",
+        ),
+        (
+            ("erase", "--model", model, "--method", "esd", "--concept", "dog", "--out", str(tmp_path / "x")),
+            "'dog' is not in this model's vocabulary",
+        ),
+        (
+            (
+                "attack",
+                "--model",
+                model,
+                "--method",
+                "uce",
+                "--concept",
+                "dots",
+                "--steps",
+                "0",
+                "--out",
+                str(tmp_path / "y"),
+            ),
+            "attack budget",
+        ),
+        (
+            (
+                "attack",
+                "--model",
+                model,
+                "--method",
+                "uce",
+                "--concept",
+                "dots",
+                "--steps",
+                "-2",
+                "--out",
+                str(tmp_path / "y"),
+            ),
+            "attack budget",
+        ),
+        (
+            ("attack", "--model", model, "--method", "esd3", "--concept", "dots", "--out", str(tmp_path / "y")),
+            "unknown method 'esd3'",
+        ),
+        (
+            ("attack", "--model", model, "--method", "uce", "--concept", "vangogh", "--out", str(tmp_path / "y")),
+            "'vangogh' is not in this model's vocabulary",
+        ),
+        (
+            (
+                "attack",
+                "--model",
+                model,
+                "--method",
+                "esd",
+                "--erasure",
+                str(tmp_path / "uce"),
+                "--concept",
+                "dots",
+                "--out",
+                str(tmp_path / "y"),
+            ),
+            "holds a uce erasure",
+        ),
     ]
     for args, message in bad:
         proc = cli(*args)

@@ -36,4 +36,7 @@ def test_kept_on_target_counts_the_other_concept_on_the_removed_concepts_own_ima
     assert (dots["kept_on_target"].k, dots["kept_on_target"].n) == (2, 3)
     assert (dots["CRA"].k, dots["CRA"].n) == (3, 5)  # CRA: objects on every image, unstyled included
     star = removal_counts(records, "star")  # removing an object: is its style still seen on its images?
-    assert (star["kept_on_target"].k, star["kept_on_target"].n) == (1, 2)  # two styled stars; the unstyled one has no style to keep
+    assert (star["kept_on_target"].k, star["kept_on_target"].n) == (
+        1,
+        2,
+    )  # two styled stars; the unstyled one has no style to keep

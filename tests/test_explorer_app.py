@@ -33,7 +33,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
     r = tiny_bundle
-    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge"))
+    session = ExplorerSession.open(
+        str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge")
+    )
     demo = build_app(session, tmp_path_factory.mktemp("maps"), precompute_maps=False)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -61,7 +63,9 @@ def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def generate(client, interventions="[]", prompt=PROMPT, seed=0):
-    before, after, difference, note, recipe, url, python = client.predict(prompt, seed, 3, 4.0, interventions, api_name="/generate")
+    before, after, difference, note, recipe, url, python = client.predict(
+        prompt, seed, 3, 4.0, interventions, api_name="/generate"
+    )
     return pixels(before), pixels(after), recipe
 
 
@@ -71,14 +75,20 @@ def test_rank_and_open_a_feature(server, client):
     table, _scores, counts = client.predict("dots", point, "1", 95.0, api_name="/rank_features")
     assert table["headers"] == ["feature", "score", "active on", "top concept", "label"]
     scores = [float(row[1]) for row in table["data"]]
-    assert all(len(row[1].replace("-", "").replace(".", "").lstrip("0")) <= 3 for row in table["data"] if "e" not in row[1])  # 3 significant digits
+    assert all(
+        len(row[1].replace("-", "").replace(".", "").lstrip("0")) <= 3 for row in table["data"] if "e" not in row[1]
+    )  # 3 significant digits
     assert all(row[2].endswith("%") for row in table["data"])
     assert scores == sorted(scores, reverse=True) and len(scores) == 50
     assert counts is not None  # a concept is chosen: the selection chart is drawn
     feature = table["data"][0][0]
     summary, examples, *_plots = client.predict(point, str(feature), "dots", "1", api_name="/feature_card")
-    assert f"**Feature {feature}**" in summary and "step 1" in summary and f"feature={feature}" in summary  # the permalink
-    assert examples.count('class="example"') > 0 and examples.count("data:image/png;base64,") == 3 * examples.count('class="example"')
+    assert (
+        f"**Feature {feature}**" in summary and "step 1" in summary and f"feature={feature}" in summary
+    )  # the permalink
+    assert examples.count('class="example"') > 0 and examples.count("data:image/png;base64,") == 3 * examples.count(
+        'class="example"'
+    )
     found = client.predict(point, "dots", api_name="/search_features")
     assert found["data"] and all("dots" in row[4] for row in found["data"])
 
@@ -86,7 +96,9 @@ def test_rank_and_open_a_feature(server, client):
 def test_an_ablation_changes_the_image_and_its_recipe_reproduces_it(server, client):
     point = server[0].points[0]
     table, *_ = client.predict("dots", point, "all", 95.0, api_name="/rank_features")
-    interventions, note = client.predict("[]", point, str(table["data"][0][0]), 4.0, 4.0, 0, "", None, api_name="/add_ablation")
+    interventions, note = client.predict(
+        "[]", point, str(table["data"][0][0]), 4.0, 4.0, 0, "", None, api_name="/add_ablation"
+    )
     assert note.startswith("Added row 1 to the intervention table")
     assert json.loads(interventions)[0]["factor"] == 0.0
     plain_before, plain_after, _ = generate(client)
@@ -103,15 +115,33 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
     point = server[0].points[0]
     cases = [
         (("", 0, 3, 4.0, "[]"), "/generate", "the prompt is empty"),
-        ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [99999], "factor": 0}]' % point), "/generate", "feature id must be in"),
-        ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 1e9}]' % point), "/generate", "scale factor must be in"),
+        (
+            (PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [99999], "factor": 0}]' % point),
+            "/generate",
+            "feature id must be in",
+        ),
+        (
+            (PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 1e9}]' % point),
+            "/generate",
+            "scale factor must be in",
+        ),
         (("{broken",), "/import_recipe", "not valid JSON"),
         ((point, "99999", None, "all"), "/feature_card", "feature id must be in"),
         ((point, "", None, "all"), "/feature_card", "enter a feature id"),
         ((point, "2.5", None, "all"), "/feature_card", "whole number"),
         ((point, " "), "/search_features", "enter a concept"),
         ((PROMPT, 0, 2.5, 4.0, "[]"), "/generate", "steps must be an integer"),
-        ((PROMPT, 0, 3, 4.0, '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 0, "steps": [5, null]}]' % point), "/generate", "starts at step 5, but the generation has only 3 steps"),
+        (
+            (
+                PROMPT,
+                0,
+                3,
+                4.0,
+                '[{"type": "ScaleFeatures", "point": "%s", "features": [1], "factor": 0, "steps": [5, null]}]' % point,
+            ),
+            "/generate",
+            "starts at step 5, but the generation has only 3 steps",
+        ),
         (("[]", point, "99999", 4.0, 4.0, 0, "", None), "/add_ablation", "feature id must be in"),
         (("[]", point, "1", 4.0, 4.0, 2, "1", None), "/add_steering", "until step must be after"),
         ((["dots"], ["saeuron"], "abc", "", 0, 2), "/unlearn_grid", "tau must be a number"),
@@ -140,7 +170,10 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
 def test_eight_concurrent_clients_get_their_own_interventions(server, tmp_path):
     session, url = server
     point = session.points[0]
-    jobs = [json.dumps([{"type": "ScaleFeatures", "point": point, "features": [i], "factor": 0.0 if i % 2 else 4.0}]) for i in range(8)]
+    jobs = [
+        json.dumps([{"type": "ScaleFeatures", "point": point, "features": [i], "factor": 0.0 if i % 2 else 4.0}])
+        for i in range(8)
+    ]
     sequential = [generate(new_client(url, tmp_path / "sequential"), iv)[1] for iv in jobs]
     clients = [new_client(url, tmp_path / f"client{i}") for i in range(len(jobs))]
     with ThreadPoolExecutor(8) as pool:
@@ -153,7 +186,9 @@ def test_eight_concurrent_clients_get_their_own_interventions(server, tmp_path):
     for i, (got, own) in enumerate(zip(concurrent, sequential)):
         mine = mean_abs(got, own)
         others = [mean_abs(own, b) for b in sequential if b.tobytes() != own.tobytes()]
-        assert mine < min(others) / 2, f"job {i}: mean |difference| to its own sequential image {mine:.3f}, to the nearest other job's {min(others):.3f}"
+        assert mine < min(others) / 2, (
+            f"job {i}: mean |difference| to its own sequential image {mine:.3f}, to the nearest other job's {min(others):.3f}"
+        )
 
 
 def test_served_images_carry_their_recipe(server, client):
@@ -168,17 +203,38 @@ def test_served_images_carry_their_recipe(server, client):
 
 @pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "explorer.app", "--model", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "explorer.app", "--model", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("saeuron-explorer: error: unknown model spec") and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("saeuron-explorer: error: unknown model spec")
+        and "Traceback" not in proc.stderr
+    )
 
 
 @pytest.mark.slow
 def test_spaces_entry_point_builds_the_app(tiny_bundle):
     r = tiny_bundle
-    env = {**os.environ, "SAEURON_MODEL": str(r / "model"), "SAEURON_SAE": str(r / "sae"), "SAEURON_STATS": str(r / "stats"), "SAEURON_JUDGE": str(r / "judge")}
+    env = {
+        **os.environ,
+        "SAEURON_MODEL": str(r / "model"),
+        "SAEURON_SAE": str(r / "sae"),
+        "SAEURON_STATS": str(r / "stats"),
+        "SAEURON_JUDGE": str(r / "judge"),
+    }
     code = "import app, gradio; assert isinstance(app.demo, gradio.Blocks); print('ok')"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -194,7 +250,16 @@ def test_steering_with_a_painted_mask(server, client, tmp_path):
 
     typical = FeatureExplorer(server[0]).typical_top_activation(point, 3)
     added = json.loads(client.predict("[]", point, "3", 4.0, 30.0, 1, "", painting, api_name="/add_steering")[0])
-    assert added == [{"type": "Steer", "point": point, "features": [3], "strength": pytest.approx(30.0 * typical), "mask": [0], "steps": [1, None]}]
+    assert added == [
+        {
+            "type": "Steer",
+            "point": point,
+            "features": [3],
+            "strength": pytest.approx(30.0 * typical),
+            "mask": [0],
+            "steps": [1, None],
+        }
+    ]
     everywhere = json.loads(client.predict("[]", point, "3", 4.0, 30.0, 0, "", None, api_name="/add_steering")[0])
     assert everywhere[0]["mask"] is None and everywhere[0]["steps"] is None
     before, after, _ = generate(client, json.dumps(added))
@@ -203,16 +268,31 @@ def test_steering_with_a_painted_mask(server, client, tmp_path):
 
 def test_unlearn_panel_compares_methods_side_by_side(client):
     matrix, metrics, files = client.predict(["dots"], ["saeuron", "uce"], None, None, 1, 2, api_name="/unlearn_grid")
-    header = matrix[matrix.index("<thead>"):matrix.index("</thead>")]
-    assert [h for h in ("prompt", "before", "saeuron", "uce") if f"<th>{h}</th>" in header] == ["prompt", "before", "saeuron", "uce"]
-    rows = matrix.count("<tr class=\"u-")
-    assert matrix.count("<img ") == 3 * 2 * rows and matrix.index("u-target") < matrix.index("u-retained")  # 2 seeds per prompt
-    assert matrix.count('class="u-conf"') == 2 * 3 * 2 * rows  # the judge's confidence beside both verdicts of every image
+    header = matrix[matrix.index("<thead>") : matrix.index("</thead>")]
+    assert [h for h in ("prompt", "before", "saeuron", "uce") if f"<th>{h}</th>" in header] == [
+        "prompt",
+        "before",
+        "saeuron",
+        "uce",
+    ]
+    rows = matrix.count('<tr class="u-')
+    assert matrix.count("<img ") == 3 * 2 * rows and matrix.index("u-target") < matrix.index(
+        "u-retained"
+    )  # 2 seeds per prompt
+    assert (
+        matrix.count('class="u-conf"') == 2 * 3 * 2 * rows
+    )  # the judge's confidence beside both verdicts of every image
     assert metrics["headers"] == ["concept", "metric", "before", "saeuron", "uce"]
     assert [r[1].split(":")[0] for r in metrics["data"]] == ["UA", "IRA", "CRA", "kept"]
-    assert all(re.fullmatch(r"[\d.]+% \(\d+/\d+\) \[[\d.]+%–[\d.]+%\]", cell) for r in metrics["data"] for cell in r[2:])
+    assert all(
+        re.fullmatch(r"[\d.]+% \(\d+/\d+\) \[[\d.]+%–[\d.]+%\]", cell) for r in metrics["data"] for cell in r[2:]
+    )
     names = sorted(Path(f).name for f in files)
-    assert names == ["unlearn_dots_seeds1-2.json", "unlearn_dots_seeds1-2_metrics.csv", "unlearn_dots_seeds1-2_verdicts.csv"]
+    assert names == [
+        "unlearn_dots_seeds1-2.json",
+        "unlearn_dots_seeds1-2_metrics.csv",
+        "unlearn_dots_seeds1-2_verdicts.csv",
+    ]
     exported = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
     assert exported["methods"] == ["saeuron", "uce"] and len(exported["verdicts"]) == 3 * 2 * rows
     assert all(isinstance(iv, dict) for iv in exported["interventions"])
@@ -241,7 +321,9 @@ def test_a_patch_click_on_a_non_square_image_maps_to_its_own_token(tiny_bundle, 
     from saeuron_core.hooks import to_tokens
 
     r = tiny_bundle
-    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), height=32, width=48)
+    session = ExplorerSession.open(
+        str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), height=32, width=48
+    )
     assert session.size == (32, 48)
     demo = build_app(session, tmp_path, precompute_maps=False)
     features_at_patch = next(f.fn for f in demo.fns.values() if f.api_name == "features_at_patch")
@@ -284,8 +366,19 @@ def test_the_concept_map_tab_appears_only_with_a_concept_map(server, tmp_path):
         return [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
 
     session = server[0]
-    assert session.concept_map is None and "Concept map" not in tabs(build_app(session, tmp_path, precompute_maps=False))
-    (tmp_path / "map.json").write_text(json.dumps({"blocks": session.points, "kinds": ["object", "style"], "values": [[0.8, 0.1], [0.2, 0.7]], "metric": "flip rate"}))
+    assert session.concept_map is None and "Concept map" not in tabs(
+        build_app(session, tmp_path, precompute_maps=False)
+    )
+    (tmp_path / "map.json").write_text(
+        json.dumps(
+            {
+                "blocks": session.points,
+                "kinds": ["object", "style"],
+                "values": [[0.8, 0.1], [0.2, 0.7]],
+                "metric": "flip rate",
+            }
+        )
+    )
     with_map = copy.copy(session)
     with_map.concept_map = load_concept_map(tmp_path / "map.json")
     demo = build_app(with_map, tmp_path, precompute_maps=False)
@@ -293,4 +386,6 @@ def test_the_concept_map_tab_appears_only_with_a_concept_map(server, tmp_path):
     plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "concept-map-plot")
     figure = json.loads(plot.value["plot"])
     assert figure["data"][0]["y"] == session.points and figure["data"][0]["z"] == [[0.8, 0.1], [0.2, 0.7]]
-    assert len(figure["layout"]["shapes"]) == len(set(session.bundle.point_of_kind.items()) & {(k, p) for k in ("object", "style") for p in session.points})
+    assert len(figure["layout"]["shapes"]) == len(
+        set(session.bundle.point_of_kind.items()) & {(k, p) for k in ("object", "style") for p in session.points}
+    )

@@ -18,11 +18,23 @@ import pytest
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
 
 from test_explorer_app import free_port, server  # noqa: E402,F401  (the in-process app fixture)
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 expect = sync_api.expect
 expect.set_options(timeout=120_000)  # a shared 2-core machine: generations take seconds
 
@@ -117,7 +129,9 @@ def test_rank_features_for_a_style_and_open_its_card(app_url, page, shots):
 
 def test_open_feature_with_an_empty_id_says_so_at_the_field(app_url, page):
     page.goto(app_url[1])
-    expect(page.locator("#ranked [role=row] [role=gridcell]").first).not_to_be_empty()  # the page's load events are done
+    expect(
+        page.locator("#ranked [role=row] [role=gridcell]").first
+    ).not_to_be_empty()  # the page's load events are done
     page.locator("#open-feature").click()
     expect(page.get_by_text("enter a feature id").first).to_be_visible()
     expect(page.locator("#card-summary")).not_to_contain_text("Feature 0")
@@ -188,7 +202,9 @@ def test_unlearn_with_every_field_untouched(app_url, page, shots):
     matrix = page.locator("#unlearn-matrix table")
     expect(matrix).to_be_visible()
     rows = matrix.locator("tbody tr")
-    assert rows.count() >= 2 and matrix.locator("tbody tr img").count() == 2 * 2 * rows.count()  # (before + saeuron) x 2 seeds
+    assert (
+        rows.count() >= 2 and matrix.locator("tbody tr img").count() == 2 * 2 * rows.count()
+    )  # (before + saeuron) x 2 seeds
     expect(matrix.locator("thead")).to_contain_text("before")
     expect(matrix.locator("tbody tr").first).to_contain_text("target")
     expect(page.locator("#unlearn-metrics")).to_contain_text("UA: concept gone")
@@ -200,7 +216,10 @@ def test_unlearn_with_every_field_untouched(app_url, page, shots):
 
 def test_a_recipe_url_restores_the_generate_panel(app_url, page):
     session, url = app_url
-    query = "prompt=An+image+of+heart+in+rings+style.&seed=7&steps=2&guidance=3.0&interventions=" + '[{"type":"ScaleFeatures","point":"%s","features":[4],"factor":0.0}]' % session.points[0]
+    query = (
+        "prompt=An+image+of+heart+in+rings+style.&seed=7&steps=2&guidance=3.0&interventions="
+        + '[{"type":"ScaleFeatures","point":"%s","features":[4],"factor":0.0}]' % session.points[0]
+    )
     page.goto(url + "?" + query.replace('"', "%22").replace(" ", "%20"))
     page.get_by_role("tab", name="Generate").click()
     expect(page.locator("#prompt textarea")).to_have_value("An image of heart in rings style.")
@@ -237,7 +256,9 @@ def test_search_features_by_concept_and_open_one_by_permalink(app_url, page, sho
     expect(summary).to_contain_text(f"Feature {feature}")
     expect(summary).to_contain_text(point)
     expect(page.locator("#patches .example").first).to_be_visible()
-    expect(summary.get_by_role("link", name="Permalink")).to_have_attribute("href", f"{url}?point={point.replace('.', '.')}&feature={feature}")
+    expect(summary.get_by_role("link", name="Permalink")).to_have_attribute(
+        "href", f"{url}?point={point.replace('.', '.')}&feature={feature}"
+    )
 
 
 def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, page, shots, tmp_path):
@@ -253,7 +274,16 @@ def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, 
     expect(page.get_by_role("tab", name="Concept map")).to_have_count(0)  # no concept map: no tab
     blocks = ["down_blocks.1.attentions.0", *session.points, "mid_block.attentions.0"]
     values = [[0.05, 0.1], [0.85, 0.2], [0.3, 0.9], [0.6, 0.05]][: len(blocks)]
-    (tmp_path / "map.json").write_text(json.dumps({"blocks": blocks, "kinds": ["object", "style"], "values": values, "metric": "example values (test data, not measured)"}))
+    (tmp_path / "map.json").write_text(
+        json.dumps(
+            {
+                "blocks": blocks,
+                "kinds": ["object", "style"],
+                "values": values,
+                "metric": "example values (test data, not measured)",
+            }
+        )
+    )
     with_map = copy.copy(session)
     with_map.concept_map = load_concept_map(tmp_path / "map.json")
     demo = build_app(with_map, tmp_path, precompute_maps=False)
@@ -282,7 +312,9 @@ def test_concept_handles_add_checked_rows_and_say_what_they_did(app_url, page, s
     expect(page.locator("#what-each-does")).to_contain_text("gamma")  # what ablate / scale / steer / remove do
     concept = page.locator("#handle-concept input").input_value().split("·")[-1].strip()
     page.locator("#remove-concept").click()
-    expect(page.locator("#handle-note")).to_contain_text(f"Added row 1 to the intervention table (Generate tab): remove {concept}")
+    expect(page.locator("#handle-note")).to_contain_text(
+        f"Added row 1 to the intervention table (Generate tab): remove {concept}"
+    )
     expect(page.locator("#intervention-table")).to_contain_text("remove")
     page.locator("#add-concept").click()
     expect(page.locator("#handle-note")).to_contain_text(f"add {concept}")
@@ -304,8 +336,12 @@ def test_a_failed_generate_clears_the_images_and_says_why_without_error_badges(a
     note = page.locator("#generate-note")
     expect(note).to_contain_text("No interventions")
     expect(page.locator("#after img")).to_be_visible()
-    for field, value, message in [("#seed", "-1", "seed must be in"), ("#seed", "1.5", "seed must be an integer, got 1.5"), ("#steps", "9999", "steps must be in [1, 50], got 9999"),
-                                  ("#guidance", "1000000000", "guidance must be in [0, 30]")]:
+    for field, value, message in [
+        ("#seed", "-1", "seed must be in"),
+        ("#seed", "1.5", "seed must be an integer, got 1.5"),
+        ("#steps", "9999", "steps must be in [1, 50], got 9999"),
+        ("#guidance", "1000000000", "guidance must be in [0, 30]"),
+    ]:
         page.locator(f"{field} input").fill(value)
         page.locator("#generate").click()
         expect(note).to_contain_text(message)
@@ -343,7 +379,9 @@ def test_a_feature_keeps_its_hook_point_from_search_to_generate(app_url, page):
     page.locator("#add-ablation").click()
     expect(page.locator("#add-note")).to_contain_text(f"ablate feature {feature} at {style_point}")
     page.get_by_role("tab", name="Generate").click()
-    expect(page.get_by_label("Hook point (of the clicked patch and of 'where a feature fires')")).to_have_value(style_point)
+    expect(page.get_by_label("Hook point (of the clicked patch and of 'where a feature fires')")).to_have_value(
+        style_point
+    )
 
 
 def test_the_card_scrolls_into_view_and_add_confirms_in_one_steering_unit(app_url, page, shots):
@@ -361,16 +399,22 @@ def test_the_card_scrolls_into_view_and_add_confirms_in_one_steering_unit(app_ur
     page.screenshot(path=str(shots / "explorer_add_confirmed.png"))
     page.get_by_role("tab", name="Generate").click()
     expect(page.locator("#intervention-table")).to_contain_text("4x")
-    expect(page.locator("#intervention-table [role=row]")).to_have_count(2)  # the header and the one row: 500x was not added
+    expect(page.locator("#intervention-table [role=row]")).to_have_count(
+        2
+    )  # the header and the one row: 500x was not added
 
 
 def test_concept_handles_in_the_features_panel(app_url, page):
     """Item 1, Features side: the chosen concept's handles add confirmed rows to the Generate table."""
     open_first_ranked_feature(page, app_url[1])  # chooses "style · dots"
     page.locator("#features-remove-concept").click()
-    expect(page.locator("#features-handle-note")).to_contain_text("Added row 1 to the intervention table (Generate tab): remove dots")
+    expect(page.locator("#features-handle-note")).to_contain_text(
+        "Added row 1 to the intervention table (Generate tab): remove dots"
+    )
     page.locator("#features-add-concept").click()  # strength untouched
-    expect(page.locator("#features-handle-note")).to_contain_text("Added row 2 to the intervention table (Generate tab): add dots")
+    expect(page.locator("#features-handle-note")).to_contain_text(
+        "Added row 2 to the intervention table (Generate tab): add dots"
+    )
     page.get_by_role("tab", name="Generate").click()
     expect(page.locator("#intervention-table")).to_contain_text("remove")
     expect(page.locator("#intervention-table")).to_contain_text("2x")

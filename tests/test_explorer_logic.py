@@ -10,6 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+from explorer.cache import LruCache
+from explorer.context import Explorer
+from explorer.limits import Limits
+from explorer.recipes import (
+    Recipe,
+    recipe_from_json,
+    recipe_from_query,
+    recipe_to_json,
+    recipe_to_python,
+    recipe_to_query,
+)
+from explorer.session import ExplorerSession
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import capture_activations, to_tokens
 from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow, Unlearn, apply_interventions
@@ -17,19 +29,15 @@ from saeuron_core.pipeline import generate
 from saeuron_core.scoring import score, select
 from saeuron_core.unlearning import SaeBundle
 
-from explorer.context import Explorer
-from explorer.limits import Limits
-from explorer.recipes import Recipe, recipe_from_json, recipe_from_query, recipe_to_json, recipe_to_python, recipe_to_query
-from explorer.cache import LruCache
-from explorer.session import ExplorerSession
-
 PROMPT = "An image of star in dots style."
 
 
 @pytest.fixture(scope="module")
 def ex(tiny_bundle, tmp_path_factory) -> Explorer:
     r = tiny_bundle
-    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge"))
+    session = ExplorerSession.open(
+        str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge")
+    )
     return Explorer.build(session, tmp_path_factory.mktemp("maps"))
 
 
@@ -69,14 +77,17 @@ def test_selection_counts_match_select_and_shrink_with_the_percentile(ex, point)
     assert all(h <= lo for h, lo in zip(high, low)) and sum(high) < sum(low)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda f, p: f.rank(p, "vangogh"), "unknown concept 'vangogh'"),
-    (lambda f, p: f.rank(p, "dots", step=99), "step must be in"),
-    (lambda f, p: f.rank("up_blocks.9.attentions.0"), "no SAE for hook point"),
-    (lambda f, p: f.card(p, 10_000), "feature id must be in"),
-    (lambda f, p: f.card(p, -1), "feature id must be in"),
-    (lambda f, p: f.selection_counts(p, "dots", 100), "percentile must be in"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda f, p: f.rank(p, "vangogh"), "unknown concept 'vangogh'"),
+        (lambda f, p: f.rank(p, "dots", step=99), "step must be in"),
+        (lambda f, p: f.rank("up_blocks.9.attentions.0"), "no SAE for hook point"),
+        (lambda f, p: f.card(p, 10_000), "feature id must be in"),
+        (lambda f, p: f.card(p, -1), "feature id must be in"),
+        (lambda f, p: f.selection_counts(p, "dots", 100), "percentile must be in"),
+    ],
+)
 def test_bad_feature_requests_name_the_problem(ex, point, call, message):
     with pytest.raises(SaeuronError, match=message):
         call(ex.features, point)
@@ -94,7 +105,9 @@ def test_card_patches_are_the_stored_diverse_examples_with_deterministic_images(
         assert len({(p.prompt, p.seed) for p in card.patches}) == len(card.patches)  # one per image
     # the tiny bundle's statistics carry no thumbnails: the fallback regenerates them exactly
     patch = card.patches[0]
-    regenerated = np.asarray(generate(ex.session.pipe, patch.prompt, [patch.seed], len(stats.timesteps), ex.session.info.default_guidance)[0])
+    regenerated = np.asarray(
+        generate(ex.session.pipe, patch.prompt, [patch.seed], len(stats.timesteps), ex.session.info.default_guidance)[0]
+    )
     cached = ex.session.images.get((patch.prompt, patch.seed, len(stats.timesteps), ex.session.info.default_guidance))
     assert np.array_equal(regenerated, cached)
     assert patch.image.size[0] >= 192 and patch.crop.size[0] >= 96
@@ -181,7 +194,13 @@ def test_generate_before_after_and_difference(ex, point):
     plain = ex.editor.generate(recipe(ex))
     assert np.array_equal(plain.before, plain.after) and plain.max_difference == 0
     feature = ex.features.rank(point, "dots", limit=1)[0].feature
-    edited = ex.editor.generate(recipe(ex, ScaleFeatures((feature,), 0.0, None, point), Steer((1, 2), 25.0, (0, 5), StepWindow(0, 2), ex.session.points[1])))
+    edited = ex.editor.generate(
+        recipe(
+            ex,
+            ScaleFeatures((feature,), 0.0, None, point),
+            Steer((1, 2), 25.0, (0, 5), StepWindow(0, 2), ex.session.points[1]),
+        )
+    )
     assert np.array_equal(edited.before, plain.before)
     assert not np.array_equal(edited.before, edited.after) and edited.max_difference > 0
     assert edited.difference.shape == edited.after.shape
@@ -210,7 +229,11 @@ def test_features_at_a_patch_are_the_saes_top_k_of_that_token(ex, point):
     session = ex.session
     from saeuron_core.interventions import apply_interventions
 
-    with torch.inference_mode(), apply_interventions(session.pipe.unet, session.bundle.saes, list(r.interventions)), capture_activations(session.pipe.unet, point, halves="cond") as rec:
+    with (
+        torch.inference_mode(),
+        apply_interventions(session.pipe.unet, session.bundle.saes, list(r.interventions)),
+        capture_activations(session.pipe.unet, point, halves="cond") as rec,
+    ):
         generate(session.pipe, r.prompt, [r.seed], r.steps, r.guidance, output_type="latent")
         maps = rec.stacked(point)[1]
         _, _, height, width = maps.shape
@@ -256,7 +279,14 @@ def test_several_seeds_give_each_seeds_before_and_after(ex, point):
 
 # --------------------------------------------------------------------------- recipes
 def test_recipe_json_query_and_snippet_reproduce_the_image(ex, point, tmp_path, monkeypatch):
-    r = ex.session.complete(recipe(ex, ScaleFeatures((7,), 0.0, StepWindow(1, None), point), Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1]), seed=5))
+    r = ex.session.complete(
+        recipe(
+            ex,
+            ScaleFeatures((7,), 0.0, StepWindow(1, None), point),
+            Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1]),
+            seed=5,
+        )
+    )
     image = ex.session.render(r)
     assert recipe_from_json(recipe_to_json(r)) == r
     assert recipe_from_query(recipe_to_query(r), r.model, r.sae, r.stats) == r
@@ -269,41 +299,63 @@ def test_recipe_json_query_and_snippet_reproduce_the_image(ex, point, tmp_path, 
 
 
 def test_a_recipe_keeps_the_unlearn_score_and_the_papers_stays_implicit(ex, point):
-    specific = ex.session.complete(recipe(ex, Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1], score="specific")))
+    specific = ex.session.complete(
+        recipe(ex, Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1], score="specific"))
+    )
     assert recipe_from_json(recipe_to_json(specific)) == specific and '"score": "specific"' in recipe_to_json(specific)
     paper = ex.session.complete(recipe(ex, Unlearn(("dots",), 90.0, -10.0, point=ex.session.points[1])))
     assert '"score"' not in recipe_to_json(paper)  # recipes written before the variant read the same
-    assert ex.session.render(specific).shape == ex.session.render(paper).shape  # the variant renders through the same path
+    assert (
+        ex.session.render(specific).shape == ex.session.render(paper).shape
+    )  # the variant renders through the same path
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "not valid JSON"),
-    ("[]", "a recipe is a JSON object"),
-    ('{"format": "other"}', "not a recipe of format"),
-    ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3}', r"missing fields \['guidance'\]"),
-    ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "Ablate"}]}', "type one of"),
-    ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "Steer", "point": "p", "features": [1]}]}', r"missing fields \['strength'\]"),
-    ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "ScaleFeatures", "point": "p", "features": [1], "factor": 0, "steps": [3, 1]}]}', "step window needs"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "a recipe is a JSON object"),
+        ('{"format": "other"}', "not a recipe of format"),
+        ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3}', r"missing fields \['guidance'\]"),
+        (
+            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "Ablate"}]}',
+            "type one of",
+        ),
+        (
+            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "Steer", "point": "p", "features": [1]}]}',
+            r"missing fields \['strength'\]",
+        ),
+        (
+            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "ScaleFeatures", "point": "p", "features": [1], "factor": 0, "steps": [3, 1]}]}',
+            "step window needs",
+        ),
+    ],
+)
 def test_malformed_recipes_are_refused(text, message):
     with pytest.raises(SaeuronError, match=message):
         recipe_from_json(text)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda ex, p: recipe(ex, prompt="  "), "prompt is empty"),
-    (lambda ex, p: recipe(ex, prompt="x" * 301), "the limit is 300"),
-    (lambda ex, p: recipe(ex, steps=51), r"steps must be in \[1, 50\]"),
-    (lambda ex, p: recipe(ex, seed=-1), "seed must be in"),
-    (lambda ex, p: recipe(ex, guidance=1e9), "guidance must be in"),
-    (lambda ex, p: recipe(ex, *[ScaleFeatures((i,), 0.0, None, p) for i in range(13)]), "13 interventions; the limit is 12"),
-    (lambda ex, p: recipe(ex, ScaleFeatures((1,), 1e6, None, p)), "scale factor must be in"),
-    (lambda ex, p: recipe(ex, Steer((1,), float("nan"), None, None, p)), "steering strength must be a number"),
-    (lambda ex, p: recipe(ex, ScaleFeatures((100_000,), 0.0, None, p)), "feature id must be in"),
-    (lambda ex, p: recipe(ex, ScaleFeatures((1,), 0.0, None, "up_blocks.7.attentions.0")), "no SAE for hook point"),
-    (lambda ex, p: recipe(ex, Unlearn(("vangogh",), 90.0, -1.0, point=p)), "unknown concept 'vangogh'"),
-    (lambda ex, p: replace(recipe(ex), model="other/model"), "the recipe is for model"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda ex, p: recipe(ex, prompt="  "), "prompt is empty"),
+        (lambda ex, p: recipe(ex, prompt="x" * 301), "the limit is 300"),
+        (lambda ex, p: recipe(ex, steps=51), r"steps must be in \[1, 50\]"),
+        (lambda ex, p: recipe(ex, seed=-1), "seed must be in"),
+        (lambda ex, p: recipe(ex, guidance=1e9), "guidance must be in"),
+        (
+            lambda ex, p: recipe(ex, *[ScaleFeatures((i,), 0.0, None, p) for i in range(13)]),
+            "13 interventions; the limit is 12",
+        ),
+        (lambda ex, p: recipe(ex, ScaleFeatures((1,), 1e6, None, p)), "scale factor must be in"),
+        (lambda ex, p: recipe(ex, Steer((1,), float("nan"), None, None, p)), "steering strength must be a number"),
+        (lambda ex, p: recipe(ex, ScaleFeatures((100_000,), 0.0, None, p)), "feature id must be in"),
+        (lambda ex, p: recipe(ex, ScaleFeatures((1,), 0.0, None, "up_blocks.7.attentions.0")), "no SAE for hook point"),
+        (lambda ex, p: recipe(ex, Unlearn(("vangogh",), 90.0, -1.0, point=p)), "unknown concept 'vangogh'"),
+        (lambda ex, p: replace(recipe(ex), model="other/model"), "the recipe is for model"),
+    ],
+)
 def test_inputs_beyond_the_caps_are_refused(ex, point, make, message):
     with pytest.raises(SaeuronError, match=message):
         ex.session.render(make(ex, point))
@@ -318,7 +370,9 @@ def test_a_model_without_the_sae_hook_points_is_refused(ex):
 
 def test_a_deferred_pipeline_is_loaded_on_first_use_and_checked_then(ex, tiny_bundle):
     r = tiny_bundle
-    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), defer_pipeline=True)
+    session = ExplorerSession.open(
+        str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), defer_pipeline=True
+    )
     assert not session.pipeline_loaded and session.info == ex.session.info
     assert Explorer.build(session).features.rank(session.points[0], "dots", limit=3)  # the first page needs no pipeline
     assert not session.pipeline_loaded
@@ -358,7 +412,9 @@ def test_previews_come_through_the_librarys_step_callback(ex, point):
 
     with_callback = library_generate(ex.session.pipe, PROMPT, [1], 3, 4.0, callback_on_step_end=callback)[0]
     assert [i for i, _ in seen] == [0, 1, 2]
-    assert np.array_equal(np.asarray(with_callback), np.asarray(library_generate(ex.session.pipe, PROMPT, [1], 3, 4.0)[0]))
+    assert np.array_equal(
+        np.asarray(with_callback), np.asarray(library_generate(ex.session.pipe, PROMPT, [1], 3, 4.0)[0])
+    )
 
 
 # --------------------------------------------------------------------------- unlearn grid
@@ -366,7 +422,11 @@ def test_unlearn_grid_judges_before_and_after(ex):
     grid = ex.audit.run(["dots", "star"], seed=3)
     assert {iv.point for iv in grid.interventions} == set(ex.session.points)
     roles = [c.role for c in grid.cells]
-    assert len({c.prompt for c in grid.cells}) <= ex.session.limits.max_grid_prompts and "target" in roles and "retained" in roles
+    assert (
+        len({c.prompt for c in grid.cells}) <= ex.session.limits.max_grid_prompts
+        and "target" in roles
+        and "retained" in roles
+    )
     assert len(roles) == len(grid.seeds) * len({c.prompt for c in grid.cells})
     for c in grid.cells:
         assert ("dots" in (c.object_name, c.style) or "star" in (c.object_name, c.style)) == (c.role == "target")
@@ -405,15 +465,18 @@ def test_esd_training_can_be_switched_off_for_public_servers(ex):
         locked.removal("esd", ["rings"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(concepts=["dots"], method="salun"), "unknown method 'salun'"),
-    (dict(concepts=["dots"], method="uce", tau=90.0, gamma=-2.0), "tau and gamma are SAeUron's settings"),
-    (dict(concepts=[]), "choose at least one concept"),
-    (dict(concepts=["vangogh"]), "unknown concept 'vangogh'"),
-    (dict(concepts=["dots"], tau=90.0), "give both tau and gamma"),
-    (dict(concepts=["heart"]), "no default tau/gamma for 'heart'"),
-    (dict(concepts=["dots"], tau=90.0, gamma=-1e6), "gamma must be in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(concepts=["dots"], method="salun"), "unknown method 'salun'"),
+        (dict(concepts=["dots"], method="uce", tau=90.0, gamma=-2.0), "tau and gamma are SAeUron's settings"),
+        (dict(concepts=[]), "choose at least one concept"),
+        (dict(concepts=["vangogh"]), "unknown concept 'vangogh'"),
+        (dict(concepts=["dots"], tau=90.0), "give both tau and gamma"),
+        (dict(concepts=["heart"]), "no default tau/gamma for 'heart'"),
+        (dict(concepts=["dots"], tau=90.0, gamma=-1e6), "gamma must be in"),
+    ],
+)
 def test_unlearn_grid_bad_input(ex, kwargs, message):
     with pytest.raises(SaeuronError, match=message):
         ex.audit.run(**kwargs)
@@ -468,18 +531,23 @@ def test_numbers_are_shown_with_three_significant_digits_and_rates_as_percentage
     assert [percent(v) for v in (0.0503, 1.0, 0.375, 0.0)] == ["5.03%", "100%", "37.5%", "0%"]
 
 
-@pytest.mark.parametrize("value, expected", [(None, None), ("", None), ("  ", None), ("3", 3.0), (" -2.5 ", -2.5), (7, 7.0)])
+@pytest.mark.parametrize(
+    "value, expected", [(None, None), ("", None), ("  ", None), ("3", 3.0), (" -2.5 ", -2.5), (7, 7.0)]
+)
 def test_empty_optional_numbers_are_none(value, expected):
     from explorer.formatting import optional_number
 
     assert optional_number("tau", value) == expected
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: __import__("explorer.formatting").formatting.optional_number("tau", "abc"), "tau must be a number"),
-    (lambda: __import__("explorer.formatting").formatting.optional_number("tau", float("nan")), "finite number"),
-    (lambda: __import__("explorer.formatting").formatting.optional_int("feature id", "2.5"), "whole number"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: __import__("explorer.formatting").formatting.optional_number("tau", "abc"), "tau must be a number"),
+        (lambda: __import__("explorer.formatting").formatting.optional_number("tau", float("nan")), "finite number"),
+        (lambda: __import__("explorer.formatting").formatting.optional_int("feature id", "2.5"), "whole number"),
+    ],
+)
 def test_bad_optional_numbers_name_the_field(call, message):
     with pytest.raises(SaeuronError, match=message):
         call()
@@ -496,7 +564,9 @@ def test_unlearn_grid_counts_agree_with_its_rates_and_export(ex):
     assert counts["CRA"][1] == len(grid.cells) and counts["UA"][1] == sum(c.role == "target" for c in grid.cells)
     assert counts["kept_on_target"][1] == counts["UA"][1]  # dots: a style, every target image names an object
     rows = metric_rows([grid])
-    assert {(r["column"], r["metric"]) for r in rows} == {(c, m) for c in ("before", "saeuron") for m in ("UA", "IRA", "CRA", "kept_on_target")}
+    assert {(r["column"], r["metric"]) for r in rows} == {
+        (c, m) for c in ("before", "saeuron") for m in ("UA", "IRA", "CRA", "kept_on_target")
+    }
     assert all(r["low95"] <= (r["rate"] or 0) <= r["high95"] for r in rows)
     assert len(verdict_rows([grid])) == 2 * len(grid.cells)
     assert to_csv(rows).splitlines()[0] == "concept,metric,column,successes,images,rate,low95,high95,setup_s"
@@ -517,13 +587,24 @@ def test_unlearn_grid_kept_on_target_counts_the_other_concept_on_target_images(e
 
     blank = np.zeros((2, 2, 3), np.uint8)
     cells = [
-        GridCell("star", "dots", "target", blank, blank, ("star", "dots"), ("star", "solid"), 1),   # dots gone, star kept
-        GridCell("heart", "dots", "target", blank, blank, ("heart", "dots"), ("cross", "solid"), 1),  # dots gone, heart lost
-        GridCell("circle", "dots", "target", blank, blank, ("circle", "dots"), ("circle", "dots"), 1),  # not removed, kept
+        GridCell(
+            "star", "dots", "target", blank, blank, ("star", "dots"), ("star", "solid"), 1
+        ),  # dots gone, star kept
+        GridCell(
+            "heart", "dots", "target", blank, blank, ("heart", "dots"), ("cross", "solid"), 1
+        ),  # dots gone, heart lost
+        GridCell(
+            "circle", "dots", "target", blank, blank, ("circle", "dots"), ("circle", "dots"), 1
+        ),  # not removed, kept
         GridCell("star", "rings", "retained", blank, blank, ("star", "rings"), ("star", "rings"), 1),
     ]
     counts = UnlearnAudit._counts(cells, ["dots"], "after")["dots"]
-    assert counts["UA"] == (2, 3) and counts["kept_on_target"] == (2, 3) and counts["IRA"] == (1, 1) and counts["CRA"] == (3, 4)
+    assert (
+        counts["UA"] == (2, 3)
+        and counts["kept_on_target"] == (2, 3)
+        and counts["IRA"] == (1, 1)
+        and counts["CRA"] == (3, 4)
+    )
 
 
 def test_unlearn_grid_generates_every_prompt_at_every_seed_and_reports_progress_first(ex):
@@ -534,7 +615,9 @@ def test_unlearn_grid_generates_every_prompt_at_every_seed_and_reports_progress_
         by_prompt.setdefault(c.prompt, []).append(c.seed)
     assert all(seeds == [5, 6] for seeds in by_prompt.values()) and grid.seeds == (5, 6)
     targets = sum(c.role == "target" for c in grid.cells)
-    assert grid.counts_after["dots"]["UA"][1] == targets == 2 * len({c.prompt for c in grid.cells if c.role == "target"})
+    assert (
+        grid.counts_after["dots"]["UA"][1] == targets == 2 * len({c.prompt for c in grid.cells if c.role == "target"})
+    )
     assert all(0 < conf <= 1 for c in grid.cells for conf in (*c.before_confidence, *c.after_confidence))
     assert heard[0][0] == 0.0 and heard[0][1].startswith("before")  # the first report comes before any image
     fractions = [f for f, _ in heard]
@@ -603,8 +686,12 @@ def test_the_intervention_table_keeps_rows_that_are_off_and_checks_edits(point):
 
 
 # --------------------------------------------------------------------------- concept map
-CONCEPT_MAP = {"blocks": ["down_blocks.1.attentions.0", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"], "kinds": ["object", "style"],
-               "values": [[0.1, 0.0], [0.9, 0.2], [0.3, None]], "metric": "judged flip rate when only this block sees the swapped word"}
+CONCEPT_MAP = {
+    "blocks": ["down_blocks.1.attentions.0", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"],
+    "kinds": ["object", "style"],
+    "values": [[0.1, 0.0], [0.9, 0.2], [0.3, None]],
+    "metric": "judged flip rate when only this block sees the swapped word",
+}
 
 
 def test_a_concept_map_is_found_beside_the_model_or_where_saeuron_json_says(tmp_path):
@@ -615,9 +702,16 @@ def test_a_concept_map_is_found_beside_the_model_or_where_saeuron_json_says(tmp_
     assert find_concept_map(tmp_path) is None and find_concept_map(None) is None  # none: the tab is hidden
     (tmp_path / "concept_map.json").write_text(json.dumps(CONCEPT_MAP))
     found = find_concept_map(tmp_path)
-    assert found.blocks == tuple(CONCEPT_MAP["blocks"]) and found.kinds == ("object", "style") and found.metric.startswith("judged")
+    assert (
+        found.blocks == tuple(CONCEPT_MAP["blocks"])
+        and found.kinds == ("object", "style")
+        and found.metric.startswith("judged")
+    )
     assert found.values[1] == (0.9, 0.2) and found.values[2][1] != found.values[2][1]  # null is NaN
-    assert found.strongest_block("object") == "up_blocks.1.attentions.0" and found.strongest_block("style") == "up_blocks.1.attentions.0"
+    assert (
+        found.strongest_block("object") == "up_blocks.1.attentions.0"
+        and found.strongest_block("style") == "up_blocks.1.attentions.0"
+    )
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "locate.json").write_text(json.dumps({**CONCEPT_MAP, "metric": "named"}))
     (tmp_path / "saeuron.json").write_text(json.dumps({"concept_map": "runs/locate.json"}))
@@ -625,13 +719,16 @@ def test_a_concept_map_is_found_beside_the_model_or_where_saeuron_json_says(tmp_
     assert load_concept_map(tmp_path / "concept_map.json").blocks == found.blocks
 
 
-@pytest.mark.parametrize("data, message", [
-    ("{", "not valid JSON"),
-    ({"blocks": ["a"], "kinds": ["object"]}, "needs"),
-    ({"blocks": [], "kinds": ["object"], "values": []}, "non-empty list of block names"),
-    ({"blocks": ["a", "b"], "kinds": ["object"], "values": [[1.0]]}, "one row per block"),
-    ({"blocks": ["a"], "kinds": ["object"], "values": [["x"]]}, "must be numbers"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ("{", "not valid JSON"),
+        ({"blocks": ["a"], "kinds": ["object"]}, "needs"),
+        ({"blocks": [], "kinds": ["object"], "values": []}, "non-empty list of block names"),
+        ({"blocks": ["a", "b"], "kinds": ["object"], "values": [[1.0]]}, "one row per block"),
+        ({"blocks": ["a"], "kinds": ["object"], "values": [["x"]]}, "must be numbers"),
+    ],
+)
 def test_a_bad_concept_map_is_refused_with_what_is_wrong(tmp_path, data, message):
     import json
 
@@ -651,13 +748,35 @@ def prepared_run(tmp_path_factory):
     """A run folder from `saeuron prepare` on a save_pretrained SD-architecture folder: no judge,
     no bundled metadata; concepts (animal, painter) come from the statistics."""
     from conftest import make_sd_architecture_pipeline
-    from saeuron_core.cli import main
     from test_prepare import CONCEPTS
+
+    from saeuron_core.cli import main
 
     root = tmp_path_factory.mktemp("judge_free")
     make_sd_architecture_pipeline(latent_size=32).save_pretrained(root / "model")
     (root / "concepts.csv").write_text(CONCEPTS)
-    assert main(["--threads", "1", "prepare", "--model", str(root / "model"), "--concepts", str(root / "concepts.csv"), "--steps", "2", "--device", "cpu", "--kind-point", "painter=up_blocks.1.attentions.2", "--out", str(root / "run")]) == 0
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "prepare",
+                "--model",
+                str(root / "model"),
+                "--concepts",
+                str(root / "concepts.csv"),
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--kind-point",
+                "painter=up_blocks.1.attentions.2",
+                "--out",
+                str(root / "run"),
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -687,7 +806,9 @@ def test_unlearn_without_a_judge_measures_image_and_feature_change(prepared_run)
     own = {it["prompt"] for it in items if concept in it["labels"].values()}
     roles = [c.role for c in grid.cells]
     assert roles == sorted(roles, key=lambda r: r != "target") and "retained" in roles  # target rows first
-    assert {c.prompt for c in grid.cells if c.role == "target"} <= own and not {c.prompt for c in grid.cells if c.role == "retained"} & own
+    assert {c.prompt for c in grid.cells if c.role == "target"} <= own and not {
+        c.prompt for c in grid.cells if c.role == "retained"
+    } & own
     assert len(grid.cells) <= session.limits.max_grid_prompts
     for cell in grid.cells:
         assert cell.before.shape == cell.after["saeuron"].shape == (64, 64, 3)
@@ -695,7 +816,10 @@ def test_unlearn_without_a_judge_measures_image_and_feature_change(prepared_run)
         assert cell.pixel_change("saeuron") == pytest.approx(manual)
     # the before image is the plain generation, bit for bit
     first = grid.cells[0]
-    assert np.array_equal(first.before, session.plain_images([(first.prompt, 0)], session.info.default_steps, session.info.default_guidance)[0])
+    assert np.array_equal(
+        first.before,
+        session.plain_images([(first.prompt, 0)], session.info.default_steps, session.info.default_guidance)[0],
+    )
     # SAeUron multiplies the selected features by a negative factor where they fire: on the
     # concept's own prompts their activation must go down
     target = [c for c in grid.cells if c.role == "target"]
@@ -716,17 +840,29 @@ def test_unlearn_without_a_judge_measures_image_and_feature_change(prepared_run)
 
 def _locate_result(judged: bool) -> dict:
     """A small result in the layout `saeuron locate` writes (saeuron_core.locate.locate)."""
+
     def cell(shows_right, change_wrong):
-        return {"right_here": {"image_change": 0.5, "shows": shows_right if judged else None},
-                "wrong_here": {"image_change": change_wrong, "output_change": 0.2, "shows": 0.5 if judged else None}}
+        return {
+            "right_here": {"image_change": 0.5, "shows": shows_right if judged else None},
+            "wrong_here": {"image_change": change_wrong, "output_change": 0.2, "shows": 0.5 if judged else None},
+        }
 
     per_block = {
         "object": {"down_blocks.1.attentions.0": cell(0.1, 0.2), "mid_block.attentions.0": cell(0.9, 0.8)},
         "style": {"down_blocks.1.attentions.0": cell(0.6, 0.7), "mid_block.attentions.0": cell(0.0, 0.1)},
     }
-    return {"blocks": ["down_blocks.1.attentions.0", "mid_block.attentions.0"], "conditions": ["wrong_here", "right_here"], "judged": judged, "model": "tiny",
-            "kinds": {k: {"cases": 4, "right": {"shows": None}, "wrong": {"shows": None, "image_change": 1.0}, "per_block": v} for k, v in per_block.items()},
-            "cases": [], "seconds": 1.0}
+    return {
+        "blocks": ["down_blocks.1.attentions.0", "mid_block.attentions.0"],
+        "conditions": ["wrong_here", "right_here"],
+        "judged": judged,
+        "model": "tiny",
+        "kinds": {
+            k: {"cases": 4, "right": {"shows": None}, "wrong": {"shows": None, "image_change": 1.0}, "per_block": v}
+            for k, v in per_block.items()
+        },
+        "cases": [],
+        "seconds": 1.0,
+    }
 
 
 @pytest.mark.parametrize("judged", [True, False])
@@ -740,9 +876,14 @@ def test_a_locate_result_is_read_as_a_concept_map(tmp_path, judged):
     assert cmap.blocks == ("down_blocks.1.attentions.0", "mid_block.attentions.0") and cmap.kinds == ("object", "style")
     # judged: "right word only here" shows the concept; else "swapped word only here" image change
     assert cmap.values == (((0.1, 0.6), (0.9, 0.0)) if judged else ((0.2, 0.7), (0.8, 0.1)))
-    assert cmap.strongest_block("object") == "mid_block.attentions.0" and cmap.strongest_block("style") == "down_blocks.1.attentions.0"
+    assert (
+        cmap.strongest_block("object") == "mid_block.attentions.0"
+        and cmap.strongest_block("style") == "down_blocks.1.attentions.0"
+    )
     assert "saeuron locate" in cmap.metric and ("judged" in cmap.metric) == judged
-    assert find_concept_map(None, tmp_path / "locate.json").values == cmap.values  # --concept-map results/locate/locate.json
+    assert (
+        find_concept_map(None, tmp_path / "locate.json").values == cmap.values
+    )  # --concept-map results/locate/locate.json
     broken = _locate_result(judged)
     del broken["kinds"]["style"]["per_block"]["mid_block.attentions.0"]
     (tmp_path / "broken.json").write_text(json.dumps(broken))
@@ -775,7 +916,9 @@ def test_a_map_region_uses_both_axes_and_ranks_what_is_inside(ex, point):
     full = [r.feature for r in ex.features._ranked(point, None, None) if r.feature in expected]
     assert [r.feature for r in rows] == full[: len(rows)]
     # open bounds: everything
-    assert len(ex.features.in_region(point, limit=ex.session.limits.max_ranked_rows)) == min(len(xs), ex.session.limits.max_ranked_rows)
+    assert len(ex.features.in_region(point, limit=ex.session.limits.max_ranked_rows)) == min(
+        len(xs), ex.session.limits.max_ranked_rows
+    )
     with pytest.raises(SaeuronError, match="lower bound"):
         ex.features.in_region(point, (1.0, 0.0))
     with pytest.raises(SaeuronError, match="no feature"):
@@ -784,9 +927,8 @@ def test_a_map_region_uses_both_axes_and_ranks_what_is_inside(ex, point):
 
 # --------------------------------------------------------------------------- concept handles
 def test_concept_handles_follow_the_bundles_default_removal(ex):
-    from saeuron_core.interventions import AddConcept
-
     from explorer import handles
+    from saeuron_core.interventions import AddConcept
 
     session = ex.session
     assert handles.concept_handle(session, "dots", "remove") == session.bundle.unlearn(["dots"])
@@ -806,7 +948,9 @@ def test_a_row_is_checked_when_added_and_the_addition_is_named(ex, point):
     from explorer import handles
 
     rows, message = handles.checked_addition(ex.session, [], [ScaleFeatures((1,), 0.0, None, point)])
-    assert len(rows) == 1 and message.startswith("Added row 1 to the intervention table (Generate tab): ablate feature 1 at")
+    assert len(rows) == 1 and message.startswith(
+        "Added row 1 to the intervention table (Generate tab): ablate feature 1 at"
+    )
     rows, message = handles.checked_addition(ex.session, rows, handles.concept_handle(ex.session, "dots", "remove"))
     assert "row 2" in message and "remove dots at" in message
     full = [ScaleFeatures((1,), 0.0, None, point)] * ex.session.limits.max_interventions
@@ -824,7 +968,9 @@ def test_the_table_shows_steering_in_multiples_of_typical_activation(ex, point):
     typical = ex.features.typical_top_activation(point, 3)
     assert typical > 0
     unit = ex.features.typical_top_activation
-    text = json.dumps([{"type": "Steer", "point": point, "features": [3], "strength": 4.0 * typical, "mask": None, "steps": None}])
+    text = json.dumps(
+        [{"type": "Steer", "point": point, "features": [3], "strength": 4.0 * typical, "mask": None, "steps": None}]
+    )
     rows = table.synced_rows(text, [], unit)
     assert rows[0][1] == "steer" and rows[0][4] == "4x"
     rows[0][4] = "10x"  # an edit in the card's unit becomes 10 x typical in the recipe
@@ -845,10 +991,19 @@ def test_an_added_concept_round_trips_through_recipes(ex):
 def test_row_effects_say_what_each_row_did(ex, point):
     from explorer import handles
 
-    assert handles.row_effects(ex.session, ex.session.complete(recipe(ex))) == ([], "No interventions: nothing to compare.")
-    never = int(torch.nonzero(ex.session.bundle.stats[point].frequency == 0).flatten()[0]) if (ex.session.bundle.stats[point].frequency == 0).any() else None
+    assert handles.row_effects(ex.session, ex.session.complete(recipe(ex))) == (
+        [],
+        "No interventions: nothing to compare.",
+    )
+    never = (
+        int(torch.nonzero(ex.session.bundle.stats[point].frequency == 0).flatten()[0])
+        if (ex.session.bundle.stats[point].frequency == 0).any()
+        else None
+    )
     ranked = ex.features.rank(point, "dots")[0].feature
-    rows, overall = handles.row_effects(ex.session, ex.session.complete(recipe(ex, ScaleFeatures((ranked,), 0.0, None, point))))
+    rows, overall = handles.row_effects(
+        ex.session, ex.session.complete(recipe(ex, ScaleFeatures((ranked,), 0.0, None, point)))
+    )
     (row,) = rows
     assert row.row == 1 and row.features == 1 and row.intervention.startswith(f"ablate feature {ranked}")
     if row.before > 0:
@@ -857,5 +1012,7 @@ def test_row_effects_say_what_each_row_did(ex, point):
         assert row.explanation.startswith("nothing changed: the edited features do not fire")
     assert overall.startswith("Judge: unedited image")
     if never is not None:
-        (row,) = handles.row_effects(ex.session, ex.session.complete(recipe(ex, ScaleFeatures((never,), 0.0, None, point))))[0]
+        (row,) = handles.row_effects(
+            ex.session, ex.session.complete(recipe(ex, ScaleFeatures((never,), 0.0, None, point)))
+        )[0]
         assert row.explanation.startswith("nothing changed")

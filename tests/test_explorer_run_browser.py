@@ -14,23 +14,48 @@ import pytest
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
 
-from test_explorer_browser import CHROMIUM_ARGS  # noqa: E402
 from test_explorer_app import free_port  # noqa: E402
+from test_explorer_browser import CHROMIUM_ARGS  # noqa: E402
 from test_prepare import CONCEPTS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run_server(tmp_path_factory):
     from conftest import make_sd_architecture_pipeline
+
     from explorer.app import build_app, open_session, parse_args
     from saeuron_core.cli import main
 
     root = tmp_path_factory.mktemp("run_browser")
     make_sd_architecture_pipeline(latent_size=32).save_pretrained(root / "model")
     (root / "concepts.csv").write_text(CONCEPTS)
-    assert main(["--threads", "1", "prepare", "--model", str(root / "model"), "--concepts", str(root / "concepts.csv"), "--steps", "2", "--device", "cpu", "--kind-point", "painter=up_blocks.1.attentions.2", "--out", str(root / "run")]) == 0
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "prepare",
+                "--model",
+                str(root / "model"),
+                "--concepts",
+                str(root / "concepts.csv"),
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--kind-point",
+                "painter=up_blocks.1.attentions.2",
+                "--out",
+                str(root / "run"),
+            ]
+        )
+        == 0
+    )
     session = open_session(parse_args(["--run", str(root / "run"), "--device", "cpu", "--threads", "1"]))
     demo = build_app(session, root / "maps")
     port = free_port()

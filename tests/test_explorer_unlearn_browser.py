@@ -15,10 +15,13 @@ import pytest
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from test_explorer_browser import CHROMIUM, CHROMIUM_ARGS, app_url, shots  # noqa: E402,F401
 from test_explorer_app import free_port, server  # noqa: E402,F401
+from test_explorer_browser import CHROMIUM, CHROMIUM_ARGS, app_url, shots  # noqa: E402,F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
 expect = sync_api.expect
 
 
@@ -54,12 +57,16 @@ def test_unlearn_defaults_show_seeds_confidence_kept_and_a_fitting_table(app_url
     table = metrics.locator("table").first
     box, viewport = table.bounding_box(), page.viewport_size
     assert box["x"] + box["width"] <= viewport["width"], box  # every column on screen at 1400 px
-    assert metrics.evaluate("e => [...e.querySelectorAll('*')].every(n => n.scrollWidth <= n.clientWidth + 2 || getComputedStyle(n).overflowX === 'visible')")
+    assert metrics.evaluate(
+        "e => [...e.querySelectorAll('*')].every(n => n.scrollWidth <= n.clientWidth + 2 || getComputedStyle(n).overflowX === 'visible')"
+    )
     page.screenshot(path=str(shots / "explorer_unlearn_1400.png"), full_page=True)
     href = page.locator("#unlearn-exports a[href$='.json']").first.get_attribute("href")
     exported = json.loads(page.request.get(href if href.startswith("http") else url.rstrip("/") + href).text())
     assert exported["seeds"] == [0, 1] and exported["interventions"]
-    assert all(isinstance(iv, dict) and iv["type"] == "Unlearn" for iv in exported["interventions"])  # structured, not a repr string
+    assert all(
+        isinstance(iv, dict) and iv["type"] == "Unlearn" for iv in exported["interventions"]
+    )  # structured, not a repr string
     assert {r["metric"] for r in exported["metrics"]} >= {"UA", "kept_on_target"}
     assert all("object confidence" in r for r in exported["verdicts"])
 
@@ -92,8 +99,13 @@ def test_feature_map_is_coloured_labelled_and_says_what_structure_it_has(app_url
 
 def test_a_recipe_url_regenerates_its_image(app_url, page):  # noqa: F811
     session, url = app_url
-    query = "prompt=An+image+of+heart+in+rings+style.&seed=7&steps=2&guidance=3.0&interventions=" + '[{"type":"ScaleFeatures","point":"%s","features":[4],"factor":0.0}]' % session.points[0]
+    query = (
+        "prompt=An+image+of+heart+in+rings+style.&seed=7&steps=2&guidance=3.0&interventions="
+        + '[{"type":"ScaleFeatures","point":"%s","features":[4],"factor":0.0}]' % session.points[0]
+    )
     page.goto(url + "?" + query.replace('"', "%22").replace(" ", "%20"))
-    expect(page.locator("#prompt textarea")).to_have_value("An image of heart in rings style.")  # the Generate tab is open
+    expect(page.locator("#prompt textarea")).to_have_value(
+        "An image of heart in rings style."
+    )  # the Generate tab is open
     expect(page.locator("#after img")).to_be_visible()  # and its image generated without a click
     expect(page.locator("#before img")).to_be_visible()

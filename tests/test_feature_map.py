@@ -25,10 +25,30 @@ def test_clustered_labels_read_as_structure_and_random_labels_as_a_blob():
 
 
 def test_map_frame_gives_every_concept_its_own_colour_and_hover_columns():
-    concepts = ["solid", "stripes", "dots", "checkerboard", "gradient", "outline", "rings", "mosaic", "circle", "square", "triangle", "star", "cross", "heart"]
+    concepts = [
+        "solid",
+        "stripes",
+        "dots",
+        "checkerboard",
+        "gradient",
+        "outline",
+        "rings",
+        "mosaic",
+        "circle",
+        "square",
+        "triangle",
+        "star",
+        "cross",
+        "heart",
+    ]
     kind_of = {c: ("style" if i < 8 else "object") for i, c in enumerate(concepts)}
     n = 56
-    fmap = FeatureMap("up_blocks.1.attentions.1", np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32), [concepts[i % 14] for i in range(n)], np.linspace(0, 1, n))
+    fmap = FeatureMap(
+        "up_blocks.1.attentions.1",
+        np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32),
+        [concepts[i % 14] for i in range(n)],
+        np.linspace(0, 1, n),
+    )
     frame, colours = map_frame(fmap, "top concept", [f"label {i}" for i in range(n)], kind_of)
     assert {"feature", "point", "label", "top concept", "score", "colour"} <= set(frame.columns)
     assert set(colours) == set(concepts) and len(set(colours.values())) == 14  # no two concepts share a colour

@@ -37,7 +37,12 @@ def run(unet, timestep, batch: int = 2, height: int = 8, width: int = 8):
 
 def assert_no_hooks(unet):
     for name, module in unet.named_modules():
-        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
+        for hooks in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_pre_hooks_with_kwargs",
+        ):
             assert not getattr(module, hooks), f"{name or 'unet'} still has {hooks}"
 
 
@@ -111,7 +116,14 @@ def test_timestep_is_read_from_each_call_not_counted(unet):
         for t in (torch.tensor(900), torch.tensor([600, 600]), 300):
             run(unet, t)  # twice per step: separate uncond / cond calls
             run(unet, t)
-    assert [(r.timestep, r.step) for r in rec.records[POINT]] == [(900, 0), (900, 0), (600, 1), (600, 1), (300, 2), (300, 2)]
+    assert [(r.timestep, r.step) for r in rec.records[POINT]] == [
+        (900, 0),
+        (900, 0),
+        (600, 1),
+        (600, 1),
+        (300, 2),
+        (300, 2),
+    ]
     with pytest.raises(SaeuronError, match="one U-Net call per step"):
         rec.stacked(POINT)
 
@@ -132,7 +144,12 @@ def test_steps_in_a_real_cfg_pipeline():
     pipe = make_tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
     with capture_activations(pipe.unet, POINT, halves="cond") as rec:
-        pipe(prompt=["An image of star.", "An image of heart."], num_inference_steps=3, guidance_scale=5.0, output_type="latent")
+        pipe(
+            prompt=["An image of star.", "An image of heart."],
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            output_type="latent",
+        )
     assert rec.stacked(POINT).shape == (3, 2, 32, 4, 4)
     assert rec.timesteps == pipe.scheduler.timesteps.tolist()
     with capture_activations(pipe.unet, POINT, halves="uncond") as rec:
@@ -216,7 +233,13 @@ def test_step_index_is_the_pipelines_loop_index_for_any_scheduler(name):
 
     with capture_activations(pipe.unet, [POINT, "conv_in"], halves="cond", scheduler=pipe.scheduler) as rec:
         for _ in range(2):  # back to back: the second starts at index 0 again
-            pipe(prompt="An image of star.", num_inference_steps=4, guidance_scale=5.0, output_type="latent", callback_on_step_end=callback)
+            pipe(
+                prompt="An image of star.",
+                num_inference_steps=4,
+                guidance_scale=5.0,
+                output_type="latent",
+                callback_on_step_end=callback,
+            )
     loops = len(seen) // 2
     assert [i for i, _, _ in seen] == list(range(loops)) * 2
     assert all(i == a == b for i, a, b in seen)

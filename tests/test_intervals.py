@@ -61,7 +61,9 @@ def test_paired_bootstrap_hand_computed():
     # differences (0, 0, 3): P(all three resampled are 0) = 8/27 > 2.5%, P(all 3) = 1/27 > 2.5%
     three = paired_bootstrap([0, 0, 3], [0, 0, 0])
     assert three["lo"] == 0.0 and three["hi"] == 3.0 and three["mean"] == 1.0
-    assert paired_bootstrap([0.1, 0.5, 0.9, 0.2], [0.0] * 4) == paired_bootstrap([0.1, 0.5, 0.9, 0.2], [0.0] * 4)  # reproducible
+    assert paired_bootstrap([0.1, 0.5, 0.9, 0.2], [0.0] * 4) == paired_bootstrap(
+        [0.1, 0.5, 0.9, 0.2], [0.0] * 4
+    )  # reproducible
     with pytest.raises(SaeuronError, match="equal-length"):
         paired_bootstrap([1, 2], [1])
     with pytest.raises(SaeuronError, match="no units"):

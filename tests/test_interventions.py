@@ -48,7 +48,9 @@ def run(unet, timestep: int = 500, batch: int = 2):
 
 def block_output(unet, interventions=(), saes=None, stats=None, **kwargs) -> torch.Tensor:
     """The (possibly edited) output of POINT in one U-Net call: a capture registered after the edit."""
-    editing = apply_interventions(unet, saes, interventions, stats, **kwargs) if interventions else contextlib.nullcontext()
+    editing = (
+        apply_interventions(unet, saes, interventions, stats, **kwargs) if interventions else contextlib.nullcontext()
+    )
     with editing, capture_activations(unet, POINT) as rec:
         run(unet)
     return rec.stacked(POINT)[0]
@@ -119,7 +121,9 @@ def test_steering_changes_only_masked_tokens_in_both_halves(unet, sae):
     assert torch.allclose(delta[:, 1 * 4 + 2], (4.0 * sae.W_dec[5]).expand(2, -1), atol=1e-5)
     # token indices address the same places; halves="cond" edits only the second half
     only_cond = block_output(unet, [Steer((5,), 4.0, mask=(6, 12))], {POINT: sae}, halves="cond")
-    assert torch.equal(changed_tokens(before, only_cond), torch.cat([torch.zeros(16, dtype=torch.bool), mask.reshape(-1)]))
+    assert torch.equal(
+        changed_tokens(before, only_cond), torch.cat([torch.zeros(16, dtype=torch.bool), mask.reshape(-1)])
+    )
 
 
 def test_reference_error_term_differs_even_with_nothing_selected(unet, sae):
@@ -200,7 +204,9 @@ def test_invalid_interventions_are_named(unet, sae):
     with pytest.raises(SaeuronError, match="gamma needs one value or one per concept"):
         Unlearn(("Sketch", "Cartoon"), gamma=(-1.0, -2.0, -3.0))
     with pytest.raises(SaeuronError, match=r"steering mask is \(3, 3\) but the map is 4x4"):
-        PointEditor(POINT, sae, [Steer((1,), 1.0, mask=torch.ones(3, 3, dtype=torch.bool))], None)(torch.randn(1, 32, 4, 4), Step(1, 0))
+        PointEditor(POINT, sae, [Steer((1,), 1.0, mask=torch.ones(3, 3, dtype=torch.bool))], None)(
+            torch.randn(1, 32, 4, 4), Step(1, 0)
+        )
     small = TopKSae(SaeConfig(d_in=16, num_latents=32, k=4))
     with pytest.raises(SaeuronError, match="has d_in=16 but the block outputs 32 channels"):
         block_output(unet, [ScaleFeatures((1,), 0.0)], {POINT: small})
@@ -210,10 +216,12 @@ def test_invalid_interventions_are_named(unet, sae):
 
 
 def concept_stats_with_unit(n_latents: int) -> ConceptStats:
-    """"Sketch" stands out on latents 3 and 7 at every step; every latent's typical top activation is 2."""
+    """ "Sketch" stands out on latents 3 and 7 at every step; every latent's typical top activation is 2."""
     means = torch.full((3, 3, n_latents), 0.1)
     means[1, :, [3, 7]] = 5.0
-    return ConceptStats(means, torch.tensor([4.0, 2.0, 3.0]), CONCEPTS, TIMESTEPS, typical_top=torch.full((n_latents,), 2.0))
+    return ConceptStats(
+        means, torch.tensor([4.0, 2.0, 3.0]), CONCEPTS, TIMESTEPS, typical_top=torch.full((n_latents,), 2.0)
+    )
 
 
 def test_add_concept_steers_the_selected_latents_into_the_conditional_half(unet, sae):
@@ -237,7 +245,9 @@ def test_add_concept_needs_the_typical_activations_and_a_known_concept(unet, sae
     with pytest.raises(SaeuronError, match="typical top activations"):
         block_output(unet, [AddConcept(("Sketch",), 1.0, tau=98.0)], {POINT: sae}, uniform_stats(sae.num_latents))
     with pytest.raises(SaeuronError, match="unknown concept 'Oil'"):
-        block_output(unet, [AddConcept(("Oil",), 1.0, tau=98.0)], {POINT: sae}, concept_stats_with_unit(sae.num_latents))
+        block_output(
+            unet, [AddConcept(("Oil",), 1.0, tau=98.0)], {POINT: sae}, concept_stats_with_unit(sae.num_latents)
+        )
     with pytest.raises(SaeuronError, match="tau is a percentile"):
         AddConcept(("Sketch",), 1.0, tau=100.0)
 
@@ -263,7 +273,9 @@ def test_replacement_moves_flagged_tokens_towards_the_target_code(sae):
     z = sae.dense_codes(*sae.encode(to_tokens(x).reshape(-1, 32)))
     stats = random_stats(sae.num_latents, scale=float(z[z > 0].median()))
     for target in ("others", "Watercolor"):
-        editor = PointEditor(POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target=target, latents="all")], stats)
+        editor = PointEditor(
+            POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target=target, latents="all")], stats
+        )
         for timestep in (950, 480):
             out = to_tokens(editor(x, Step(timestep, 0))).reshape(-1, 32)
             expected = slow_replace(sae, x, stats, "Cartoon", 90.0, 3.0, target, timestep)
@@ -275,8 +287,12 @@ def test_replacement_moves_flagged_tokens_towards_the_target_code(sae):
             assert not torch.equal(out[~unflagged], to_tokens(x).reshape(-1, 32)[~unflagged])
     # "nearest": the other concept whose mean code is closest by cosine at that step
     stats.means[2] = stats.means[0] * 1.5 + 0.01  # Watercolor ~ Cartoon
-    nearest = PointEditor(POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target="nearest", latents="all")], stats)
-    named = PointEditor(POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target="Watercolor", latents="all")], stats)
+    nearest = PointEditor(
+        POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target="nearest", latents="all")], stats
+    )
+    named = PointEditor(
+        POINT, sae, [Replace(("Cartoon",), tau=90.0, strength=3.0, target="Watercolor", latents="all")], stats
+    )
     assert torch.equal(nearest(x, Step(480, 0)), named(x, Step(480, 0)))
     with pytest.raises(SaeuronError, match="strength must be > 0"):
         Replace(("Cartoon",), strength=-1.0)

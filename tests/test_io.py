@@ -4,8 +4,6 @@ import os
 import stat
 import threading
 
-import pytest
-
 from saeuron_core import io
 from saeuron_core.io import atomic_dir, write_json
 
@@ -26,7 +24,9 @@ def test_atomic_writes_never_set_the_umask(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "umask", forbidden)
     write_json(tmp_path / "a.json", {"x": 1})
-    io.save_safetensors({"t": __import__("torch").zeros(2)}, tmp_path / "t.safetensors")  # safetensors recreates its file
+    io.save_safetensors(
+        {"t": __import__("torch").zeros(2)}, tmp_path / "t.safetensors"
+    )  # safetensors recreates its file
     with atomic_dir(tmp_path / "folder") as tmp:
         (tmp / "inner.txt").write_text("x")
     assert _mode(tmp_path / "a.json") == 0o666 & ~io.UMASK

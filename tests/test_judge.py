@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import needs_bundled
+
 from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
+from saeuron_core.minicanvas.build import judge_accuracy
 from saeuron_core.minicanvas.judge import Judge, JudgeConfig, augment
 from saeuron_core.paths import ASSETS
-from saeuron_core.minicanvas.build import judge_accuracy
 
 
 def test_config_validation_and_save_load_roundtrip(tmp_path):

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-import torch
-
 from conftest import needs_bundled
+
 from saeuron_core.errors import SaeuronError
 from saeuron_core.pipeline import generate, image_grid, load_pipeline, model_info, resolve_spec
 

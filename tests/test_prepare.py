@@ -45,12 +45,36 @@ def test_prepare_then_explorer_run_rank_and_ablate(sd_folder, tmp_path, capsys):
     concepts = tmp_path / "concepts.csv"
     concepts.write_text(CONCEPTS)
     run = tmp_path / "run"
-    argv = ["--threads", "1", "prepare", "--model", str(sd_folder), "--concepts", str(concepts), "--height", "64", "--width", "64", "--steps", "2", "--device", "cpu", "--kind-point", "painter=up_blocks.1.attentions.2", "--out", str(run)]
+    argv = [
+        "--threads",
+        "1",
+        "prepare",
+        "--model",
+        str(sd_folder),
+        "--concepts",
+        str(concepts),
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--kind-point",
+        "painter=up_blocks.1.attentions.2",
+        "--out",
+        str(run),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[3/4] stats" in out and "3 animal concept(s), 2 painter concept(s)" in out
     spec = json.loads((run / "run.json").read_text())
-    assert spec["complete"] and spec["hook_points"]["painter"] == "up_blocks.1.attentions.2" and spec["hook_points"]["animal"] == "up_blocks.1.attentions.1"
+    assert (
+        spec["complete"]
+        and spec["hook_points"]["painter"] == "up_blocks.1.attentions.2"
+        and spec["hook_points"]["animal"] == "up_blocks.1.attentions.1"
+    )
     assert (spec["height"], spec["width"], spec["steps"]) == (64, 64, 2)
 
     # rerunning resumes: every stage is found finished
@@ -66,7 +90,11 @@ def test_prepare_then_explorer_run_rank_and_ablate(sd_folder, tmp_path, capsys):
     recipe = session.default_recipe("An image of star in dots style.")
     assert recipe.steps == 2
     plain = session.render(recipe)
-    ablated = session.render(recipe.with_interventions([ScaleFeatures(tuple(r.feature for r in ranked), 0.0, point="up_blocks.1.attentions.2")]))
+    ablated = session.render(
+        recipe.with_interventions(
+            [ScaleFeatures(tuple(r.feature for r in ranked), 0.0, point="up_blocks.1.attentions.2")]
+        )
+    )
     assert plain.shape == ablated.shape == (64, 64, 3)
     assert not np.array_equal(plain, ablated)
     # removal by concept name routes through the run's kinds (explicit tau/gamma: no table for this model)
@@ -85,7 +113,32 @@ def test_plain_prompt_list_ranks_by_frequency(sd_folder, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a star\na heart\na circle\na square\n")
     run = tmp_path / "run"
-    assert main(["--threads", "1", "prepare", "--model", str(sd_folder), "--concepts", str(prompts), "--steps", "2", "--device", "cpu", "--point", "up_blocks.1.attentions.1", "--k", "8", "--expansion-factor", "4", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "prepare",
+                "--model",
+                str(sd_folder),
+                "--concepts",
+                str(prompts),
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--point",
+                "up_blocks.1.attentions.1",
+                "--k",
+                "8",
+                "--expansion-factor",
+                "4",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert "no concept labels" in capsys.readouterr().out
     session = ExplorerSession.open(run=run, threads=1)
     ex = Explorer.build(session, tmp_path / "maps")
@@ -98,7 +151,30 @@ def test_plain_prompt_list_ranks_by_frequency(sd_folder, tmp_path, capsys):
     concepts = tmp_path / "concepts.csv"
     concepts.write_text(CONCEPTS)
     reuse = tmp_path / "reuse"
-    assert main(["--threads", "1", "prepare", "--model", str(sd_folder), "--concepts", str(concepts), "--steps", "2", "--device", "cpu", "--point", "up_blocks.1.attentions.1", "--sae", str(run / "sae"), "--out", str(reuse)]) == 0
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "prepare",
+                "--model",
+                str(sd_folder),
+                "--concepts",
+                str(concepts),
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--point",
+                "up_blocks.1.attentions.1",
+                "--sae",
+                str(run / "sae"),
+                "--out",
+                str(reuse),
+            ]
+        )
+        == 0
+    )
     assert "[2/4] train: skipped" in capsys.readouterr().out and not (reuse / "sae").exists()
     assert json.loads((reuse / "run.json").read_text())["sae"] == str((run / "sae").resolve())
 
@@ -106,15 +182,64 @@ def test_plain_prompt_list_ranks_by_frequency(sd_folder, tmp_path, capsys):
 def test_prepare_bad_input_is_one_line_before_work(sd_folder, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,style\nhello,dots\n")
-    assert main(["--threads", "1", "prepare", "--model", str(sd_folder), "--concepts", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "prepare",
+                "--model",
+                str(sd_folder),
+                "--concepts",
+                str(bad),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "needs a 'prompt' column (it has text, style)" in err and one_line(err)
     good = tmp_path / "good.csv"
     good.write_text(CONCEPTS)
-    assert main(["--threads", "1", "prepare", "--model", str(sd_folder), "--concepts", str(good), "--height", "72", "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "prepare",
+                "--model",
+                str(sd_folder),
+                "--concepts",
+                str(good),
+                "--height",
+                "72",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "height 72 must be a positive multiple of 16" in err and one_line(err)
-    assert main(["--threads", "1", "prepare", "--model", str(sd_folder), "--concepts", str(good), "--kind-point", "colour=up_blocks.1.attentions.1", "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "prepare",
+                "--model",
+                str(sd_folder),
+                "--concepts",
+                str(good),
+                "--kind-point",
+                "colour=up_blocks.1.attentions.1",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     assert "no label column" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -125,7 +250,20 @@ def test_explorer_run_flag_refuses_an_unfinished_run(tmp_path):
 
     with pytest.raises(SaeuronError, match="not a prepared run"):
         load_run(tmp_path)
-    (tmp_path / "run.json").write_text(json.dumps({"model": "m", "hook_points": {}, "height": 64, "width": 64, "steps": 2, "guidance": 7.0, "sae": "sae", "complete": False}))
+    (tmp_path / "run.json").write_text(
+        json.dumps(
+            {
+                "model": "m",
+                "hook_points": {},
+                "height": 64,
+                "width": 64,
+                "steps": 2,
+                "guidance": 7.0,
+                "sae": "sae",
+                "complete": False,
+            }
+        )
+    )
     with pytest.raises(SaeuronError, match="not finished"):
         load_run(tmp_path)
 
@@ -142,7 +280,13 @@ def test_gpu_check_skips_cleanly_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the check would run, not skip")
     script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.sh"
-    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    proc = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["status"] == "skipped" and "no CUDA device" in summary["reason"]

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-
 from saeuron_core.errors import SaeuronError  # noqa: E402
 from saeuron_core.sae import SaeConfig, TopKSae, load_many  # noqa: E402
 
@@ -202,7 +201,9 @@ def test_matches_a_sae_trained_with_sparsify(tmp_path):
         assert torch.allclose(
             ours.dense_codes(*our_enc), ours.dense_codes(their_enc.top_acts, their_enc.top_indices), atol=1e-6
         )
-        assert torch.allclose(ours.decode(*our_enc), theirs.decode(their_enc.top_acts, their_enc.top_indices), atol=1e-5)
+        assert torch.allclose(
+            ours.decode(*our_enc), theirs.decode(their_enc.top_acts, their_enc.top_indices), atol=1e-5
+        )
         dead = torch.arange(64) % 3 == 0
         their_out, our_out = theirs(x, dead_mask=dead), ours(x, dead_mask=dead)
         assert torch.allclose(our_out.fvu, their_out.fvu, atol=1e-6)

@@ -25,7 +25,9 @@ def store(tiny_pipeline_dir, tmp_path_factory):
     pipe = load_pipeline(str(tiny_pipeline_dir))
     pipe.set_progress_bar_config(disable=True)
     items = [PromptItem(f"An image of {o}.", seed, {"object": o}) for o in ("star", "heart") for seed in range(3)]
-    return cache_activations(pipe, items, [POINT], tmp_path_factory.mktemp("store"), steps=3, guidance=4.0, items_per_shard=3)
+    return cache_activations(
+        pipe, items, [POINT], tmp_path_factory.mktemp("store"), steps=3, guidance=4.0, items_per_shard=3
+    )
 
 
 def small(**kw) -> TrainConfig:

@@ -28,8 +28,15 @@ def store(tiny_pipeline_dir, tmp_path_factory):
     from saeuron_core.pipeline import load_pipeline
 
     pipe = load_pipeline(str(tiny_pipeline_dir))
-    items = [PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s}) for o in ("star", "heart", "circle") for s in ("dots", "solid", "rings") for seed in range(4)]
-    return cache_activations(pipe, items, [POINT], tmp_path_factory.mktemp("store"), steps=4, guidance=4.0, items_per_shard=6)
+    items = [
+        PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s})
+        for o in ("star", "heart", "circle")
+        for s in ("dots", "solid", "rings")
+        for seed in range(4)
+    ]
+    return cache_activations(
+        pipe, items, [POINT], tmp_path_factory.mktemp("store"), steps=4, guidance=4.0, items_per_shard=6
+    )
 
 
 def test_training_lowers_fvu_and_saves_sparsify_layout(store, tmp_path):
@@ -52,7 +59,13 @@ def test_training_lowers_fvu_and_saves_sparsify_layout(store, tmp_path):
 
 def test_train_config_nests_the_sae_config_with_one_set_of_defaults():
     names = {f.name for f in fields(TrainConfig)}
-    assert "sae" in names and not names & {"k", "expansion_factor", "num_latents", "dead_feature_threshold", "auxk_alpha"}
+    assert "sae" in names and not names & {
+        "k",
+        "expansion_factor",
+        "num_latents",
+        "dead_feature_threshold",
+        "auxk_alpha",
+    }
     assert TrainConfig().sae == SaeConfig()
     assert (SaeConfig().k, SaeConfig().dead_feature_threshold, SaeConfig().expansion_factor) == (32, 10_000_000, 16)
     with pytest.raises(SaeuronError, match="must be a SaeConfig"):
@@ -67,7 +80,21 @@ def test_bundled_saes_still_load():
 
 
 def test_cli_records_what_was_trained(store, tmp_path):
-    base = ["--threads", "1", "train-sae", "--store", str(store.root), "--point", POINT, "--k", "8", "--batch-size", "64", "--epochs", "1"]
+    base = [
+        "--threads",
+        "1",
+        "train-sae",
+        "--store",
+        str(store.root),
+        "--point",
+        POINT,
+        "--k",
+        "8",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+    ]
     assert cli_main([*base, "--out", str(tmp_path / "a"), "--expansion-factor", "8"]) == 0
     saved = json.loads((tmp_path / "a" / POINT / "cfg.json").read_text())
     assert (saved["expansion_factor"], saved["num_latents"], saved["k"]) == (8, 256, 8)
@@ -81,7 +108,9 @@ def test_cli_records_what_was_trained(store, tmp_path):
 
 def test_sigterm_then_resume_seeks_and_gives_the_same_sae(store, tmp_path, monkeypatch):
     # a low dead threshold so that the AuxK path and the dead-latent counters take part
-    cfg = TrainConfig(SaeConfig(expansion_factor=4, k=4, dead_feature_threshold=300), batch_size=64, epochs=3, checkpoint_every=25)
+    cfg = TrainConfig(
+        SaeConfig(expansion_factor=4, k=4, dead_feature_threshold=300), batch_size=64, epochs=3, checkpoint_every=25
+    )
     straight = train_sae(store, POINT, cfg, tmp_path / "straight")
 
     def stop_at_60(rec):
@@ -93,7 +122,9 @@ def test_sigterm_then_resume_seeks_and_gives_the_same_sae(store, tmp_path, monke
     assert load_state(train_dir(tmp_path / "resumed", POINT) / STATE_FILE)["step"] == 60
     read = []
     original = store.iter_shards
-    monkeypatch.setattr(store, "iter_shards", lambda point, shards=None: (read.append(list(shards)), original(point, shards))[1])
+    monkeypatch.setattr(
+        store, "iter_shards", lambda point, shards=None: (read.append(list(shards)), original(point, shards))[1]
+    )
     resumed = train_sae(store, POINT, cfg, tmp_path / "resumed")
     # 36 batches per epoch in groups of 24 + 12: step 60 is the start of epoch 2's second group,
     # so the resumed run reads that group (2 shards) and epoch 3 (6 shards), nothing before.
@@ -108,12 +139,33 @@ def test_sigterm_then_resume_seeks_and_gives_the_same_sae(store, tmp_path, monke
     assert any(r["dead_fraction"] > 0 for r in state_a["history"])  # AuxK did run
     assert [r["step"] for r in state_a["history"]] == [r["step"] for r in state_b["history"]]
     with pytest.raises(SaeuronError, match="different training config"):
-        train_sae(store, POINT, TrainConfig(SaeConfig(expansion_factor=4, k=5), batch_size=64, epochs=3), tmp_path / "resumed")
+        train_sae(
+            store, POINT, TrainConfig(SaeConfig(expansion_factor=4, k=5), batch_size=64, epochs=3), tmp_path / "resumed"
+        )
 
 
 @pytest.mark.slow
 def test_kill_9_during_training_then_resume(store, tmp_path):
-    cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "train-sae", "--store", str(store.root), "--out", str(tmp_path), "--expansion-factor", "8", "--k", "8", "--batch-size", "32", "--epochs", "30"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saeuron_core.cli",
+        "--threads",
+        "1",
+        "train-sae",
+        "--store",
+        str(store.root),
+        "--out",
+        str(tmp_path),
+        "--expansion-factor",
+        "8",
+        "--k",
+        "8",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "30",
+    ]
     every = TrainConfig().checkpoint_every
     total = 30 * (store.token_count(POINT) // 32)
     after = every + every // 4  # past the first checkpoint, before the second: the kill loses steps
@@ -143,5 +195,20 @@ def test_an_unfinished_store_is_refused_by_train_sae_and_stats(store, tmp_path, 
     n = ActivationStore(partial).n_shards
     assert cli_main(["--threads", "1", "train-sae", "--store", str(partial), "--out", str(tmp_path / "sae")]) == 2
     assert f"holds 1 of {n} shards: finish caching" in capsys.readouterr().err and not (tmp_path / "sae").exists()
-    assert cli_main(["--threads", "1", "stats", "--store", str(partial), "--sae", str(tmp_path / "sae"), "--out", str(tmp_path / "stats")]) == 2
+    assert (
+        cli_main(
+            [
+                "--threads",
+                "1",
+                "stats",
+                "--store",
+                str(partial),
+                "--sae",
+                str(tmp_path / "sae"),
+                "--out",
+                str(tmp_path / "stats"),
+            ]
+        )
+        == 2
+    )
     assert f"holds 1 of {n} shards" in capsys.readouterr().err

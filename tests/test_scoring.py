@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-
 from saeuron_core.errors import SaeuronError  # noqa: E402
 from saeuron_core.scoring import ConceptStats, concept_means, mean_activation_all, score, select  # noqa: E402
 
@@ -24,7 +23,9 @@ def random_codes(seed: int = 0, per_concept=(3, 5, 2), steps: int = 4, n_latents
 def stats_from(codes, labels) -> ConceptStats:
     means = torch.stack([concept_means(codes, labels, c) for c in CONCEPTS])
     counts = torch.tensor([labels.count(c) for c in CONCEPTS], dtype=torch.float32)
-    return ConceptStats(means=means, counts=counts, concepts=CONCEPTS, timesteps=tuple(900 - 200 * t for t in range(codes.shape[1])))
+    return ConceptStats(
+        means=means, counts=counts, concepts=CONCEPTS, timesteps=tuple(900 - 200 * t for t in range(codes.shape[1]))
+    )
 
 
 def slow_score(codes, labels, concept):
@@ -51,7 +52,9 @@ def test_scores_match_the_formula():
 def test_sparse_and_multi_label_codes():
     codes, labels = random_codes(seed=1)
     for concept in CONCEPTS:
-        assert torch.allclose(concept_means(codes.to_sparse(), labels, concept), concept_means(codes, labels, concept), atol=1e-6)
+        assert torch.allclose(
+            concept_means(codes.to_sparse(), labels, concept), concept_means(codes, labels, concept), atol=1e-6
+        )
     # an image may carry several concepts (an object and a style)
     multi = [{label, "Dogs" if i % 2 else "Cats"} for i, label in enumerate(labels)]
     assert torch.allclose(concept_means(codes, multi, "Sketch"), concept_means(codes, labels, "Sketch"))
@@ -90,7 +93,9 @@ def test_unknown_concept_and_missing_others():
         score(stats, "Pixel")
     with pytest.raises(SaeuronError, match="unknown concept 'Pixel'"):
         concept_means(codes, labels, "Pixel")
-    alone = ConceptStats(means=stats.means[:1], counts=stats.counts[:1], concepts=CONCEPTS[:1], timesteps=stats.timesteps)
+    alone = ConceptStats(
+        means=stats.means[:1], counts=stats.counts[:1], concepts=CONCEPTS[:1], timesteps=stats.timesteps
+    )
     with pytest.raises(SaeuronError, match="at least one other concept"):
         score(alone, "Cartoon")
 
@@ -100,7 +105,9 @@ def test_stats_shapes_are_checked_and_timesteps_looked_up():
         ConceptStats(means=torch.zeros(2, 3, 4), counts=torch.ones(3), concepts=("a", "b"), timesteps=(3, 2, 1))
     with pytest.raises(SaeuronError, match="3 steps but 2 timesteps"):
         ConceptStats(means=torch.zeros(2, 3, 4), counts=torch.ones(2), concepts=("a", "b"), timesteps=(3, 2))
-    stats = ConceptStats(means=torch.zeros(2, 3, 4), counts=torch.ones(2), concepts=("a", "b"), timesteps=(901, 601, 301))
+    stats = ConceptStats(
+        means=torch.zeros(2, 3, 4), counts=torch.ones(2), concepts=("a", "b"), timesteps=(901, 601, 301)
+    )
     assert [stats.row_for_timestep(t) for t in (999, 700, 650, 1)] == [0, 1, 1, 2]
 
 
@@ -119,9 +126,17 @@ def test_specificity_of_a_selection_by_hand():
     stats = ConceptStats(means, torch.tensor([10, 10]), ("a", "b"), (999,))
     # scores: 4/8 - 1/3, 1/8 - 1/3, 1/8 - 1/3, 2/8 - 0: latent 3 (0.25) first, then latent 0 (0.17)
     one = specificity(stats, "a", tau_for_count(1, 4))
-    assert one["distinct_latents"] == 1 and one["median_ratio"] == float("inf") and one["mass_share"] == pytest.approx(2 / 8)
+    assert (
+        one["distinct_latents"] == 1
+        and one["median_ratio"] == float("inf")
+        and one["mass_share"] == pytest.approx(2 / 8)
+    )
     two = specificity(stats, "a", tau_for_count(2, 4))
-    assert two["distinct_latents"] == 2 and two["min_ratio"] == pytest.approx(4.0) and two["mass_share"] == pytest.approx(6 / 8)
+    assert (
+        two["distinct_latents"] == 2
+        and two["min_ratio"] == pytest.approx(4.0)
+        and two["mass_share"] == pytest.approx(6 / 8)
+    )
 
 
 def test_specific_score_weighs_the_paper_score_by_contrast():

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from explorer.features import FeatureExplorer
 from saeuron_core.errors import SaeuronError
 from saeuron_core.sae import SaeConfig, TopKSae
 from saeuron_core.stats import FeatureStats, add_thumbnails, compute_stats
 from saeuron_core.store import PromptItem, cache_activations
-
-from explorer.features import FeatureExplorer
 
 POINT = "up_blocks.1.attentions.0"
 TOP_M = 3
@@ -28,9 +27,16 @@ def pipe(tiny_pipeline_dir):
 
 @pytest.fixture(scope="module")
 def setup(pipe, tmp_path_factory):
-    items = [PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s}) for o in ("star", "heart") for s in ("dots", "solid", "rings") for seed in range(2)]
+    items = [
+        PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s})
+        for o in ("star", "heart")
+        for s in ("dots", "solid", "rings")
+        for seed in range(2)
+    ]
     items += [PromptItem("An image of star.", 9, {"object": "star"})]
-    store = cache_activations(pipe, items, [POINT], tmp_path_factory.mktemp("store"), steps=4, guidance=4.0, items_per_shard=5)
+    store = cache_activations(
+        pipe, items, [POINT], tmp_path_factory.mktemp("store"), steps=4, guidance=4.0, items_per_shard=5
+    )
     torch.manual_seed(0)
     sae = TopKSae(SaeConfig(d_in=32, num_latents=64, k=6))
     # 7 maps per encoder call: an image's 4 steps straddle calls, which the diversity merge must handle
@@ -59,7 +65,11 @@ def test_concept_means_match_brute_force(setup):
     assert set(stats.concept_kinds) == {"object", "style"}
     styles = stats.concept_stats("style")
     assert styles.concepts == ("dots", "rings", "solid")
-    assert torch.allclose(styles.means[0], dense[[i for i, it in enumerate(store.items) if it.labels.get("style") == "dots"]].mean(0), atol=1e-5)
+    assert torch.allclose(
+        styles.means[0],
+        dense[[i for i, it in enumerate(store.items) if it.labels.get("style") == "dots"]].mean(0),
+        atol=1e-5,
+    )
 
 
 def test_frequency_and_histogram_match_brute_force(setup):
@@ -110,8 +120,12 @@ def test_distinct_prompts(setup):
     for latent in range(0, sae.num_latents, 5):
         examples = stats.examples(latent)
         assert len({ex.prompt for ex in examples}) == len(examples)
-        per_prompt = torch.stack([dense[[i for i, it in enumerate(store.items) if it.prompt == p], ..., latent].amax() for p in prompts])
-        assert [ex.value for ex in examples] == pytest.approx(per_prompt.sort(descending=True).values[: len(examples)].tolist(), abs=1e-5)
+        per_prompt = torch.stack(
+            [dense[[i for i, it in enumerate(store.items) if it.prompt == p], ..., latent].amax() for p in prompts]
+        )
+        assert [ex.value for ex in examples] == pytest.approx(
+            per_prompt.sort(descending=True).values[: len(examples)].tolist(), abs=1e-5
+        )
     with pytest.raises(SaeuronError, match="distinct must be"):
         compute_stats(store, POINT, sae, distinct="seed")
 
@@ -189,13 +203,14 @@ def test_old_format_is_refused_with_a_clear_line(tmp_path):
 
 def test_feature_card_reads_stored_examples_without_generating(tiny_bundle, monkeypatch, tmp_path):
     """The card's images are the stored thumbnails and its maps the stored ones: the pipeline is never called."""
-    from saeuron_core.store import ActivationStore
-
     from explorer.context import Explorer
     from explorer.session import ExplorerSession
+    from saeuron_core.store import ActivationStore
 
     r = tiny_bundle
-    session = ExplorerSession.open(str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge"))
+    session = ExplorerSession.open(
+        str(r / "model"), str(r / "sae"), str(r / "stats"), str(r / "defaults.json"), str(r / "judge")
+    )
     point = session.points[0]
     stats = session.bundle.stats[point]
     add_thumbnails(session.pipe, ActivationStore(r / "store"), [stats])
@@ -214,7 +229,14 @@ def test_feature_card_reads_stored_examples_without_generating(tiny_bundle, monk
     assert len(card.patches) == len(examples) > 0
     for patch, ex in zip(card.patches, examples):
         assert not patch.placeholder
-        assert (patch.value, patch.prompt, patch.seed, patch.step, patch.row, patch.col) == (ex.value, ex.prompt, ex.seed, ex.step, ex.row, ex.col)
+        assert (patch.value, patch.prompt, patch.seed, patch.step, patch.row, patch.col) == (
+            ex.value,
+            ex.prompt,
+            ex.seed,
+            ex.step,
+            ex.row,
+            ex.col,
+        )
         assert np.array_equal(patch.heatmap, ex.activation_map)
         raw = np.asarray(patch.raw)
         factor = raw.shape[0] // np.asarray(stats.thumbnail(ex.item)).shape[0]

@@ -14,7 +14,12 @@ from saeuron_core.pipeline import load_pipeline
 from saeuron_core.store import ActivationStore, PromptItem, cache_activations, read_prompt_file
 
 POINTS = ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
-ITEMS = [PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s}) for o in ("star", "heart") for s in ("dots", "solid") for seed in (1, 2)]
+ITEMS = [
+    PromptItem(f"An image of {o} in {s} style.", seed, {"object": o, "style": s})
+    for o in ("star", "heart")
+    for s in ("dots", "solid")
+    for seed in (1, 2)
+]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +77,9 @@ def test_token_batches_seek_to_a_batch_without_reading_earlier_shards(tiny_store
     assert len(full) > 2 * per_epoch >= 20
     read = []
     original = tiny_store.iter_shards
-    monkeypatch.setattr(tiny_store, "iter_shards", lambda point, shards=None: (read.append(list(shards)), original(point, shards))[1])
+    monkeypatch.setattr(
+        tiny_store, "iter_shards", lambda point, shards=None: (read.append(list(shards)), original(point, shards))[1]
+    )
     for start in (0, 1, per_epoch - 1, per_epoch, per_epoch + 7, len(full) - 1, len(full)):
         read.clear()
         seeked = list(tiny_store.iter_token_batches(POINTS[0], start=start, **kw))
@@ -134,7 +141,28 @@ def test_kill_9_during_cache_then_resume(tiny_pipeline_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"An image of star in dots style. {i}" for i in range(40)))
     out = tmp_path / "store"
-    cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "cache", "--model", str(tiny_pipeline_dir), "--prompts", str(prompts), "--steps", "4", "--guidance", "3", "--items-per-shard", "2", "--point", POINTS[1], "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saeuron_core.cli",
+        "--threads",
+        "1",
+        "cache",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--prompts",
+        str(prompts),
+        "--steps",
+        "4",
+        "--guidance",
+        "3",
+        "--items-per-shard",
+        "2",
+        "--point",
+        POINTS[1],
+        "--out",
+        str(out),
+    ]
     proc, _ = start_paused(cmd, after=2)  # killed right after its second shard is listed
     proc.kill()
     proc.communicate()

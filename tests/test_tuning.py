@@ -3,8 +3,8 @@ import torch
 
 from saeuron_core.errors import SaeuronError
 from saeuron_core.minicanvas.evaluation import JudgedImage, removal_metrics, removal_pairs
-from saeuron_core.scoring import select
 from saeuron_core.minicanvas.tuning import criterion_score, defaults_table, pick, tau_for_count
+from saeuron_core.scoring import select
 
 
 @pytest.mark.parametrize("n", [1024, 20480])
@@ -20,7 +20,9 @@ def test_paper_percentiles_and_ours_agree_at_paper_width():
     # the paper's 99.999 / 99.995 / 99.99 select 1 / 2 / 3 of 20480
     for count, paper_tau in ((1, 99.999), (2, 99.995), (3, 99.99)):
         scores = torch.randn(3, 20480)
-        assert [len(s) for s in select(scores, paper_tau)] == [len(s) for s in select(scores, tau_for_count(count, 20480))]
+        assert [len(s) for s in select(scores, paper_tau)] == [
+            len(s) for s in select(scores, tau_for_count(count, 20480))
+        ]
 
 
 def test_removal_pairs():
@@ -51,8 +53,17 @@ def _row(concept, count, gamma, ua, ira, cra, tau=99.0):
 
 def test_defaults_table_picks_best_shared_style_setting_and_per_object():
     # paper score (UA+IRA)/2: dots@1 0.9, solid@1 0.5, dots@2 0.8, solid@2 0.8; CRA equal (1.0)
-    rows = [_row("dots", 1, -1.0, 0.9, 0.9, 1.0), _row("solid", 1, -1.0, 0.5, 0.5, 1.0), _row("dots", 2, -5.0, 0.8, 0.8, 1.0), _row("solid", 2, -5.0, 0.8, 0.8, 1.0)]
-    objects = [_row("star", 1, -5.0, 0.7, 0.7, 1.0), _row("star", 3, -20.0, 0.7, 0.7, 1.0), _row("star", 2, -10.0, 0.6, 0.6, 1.0)]
+    rows = [
+        _row("dots", 1, -1.0, 0.9, 0.9, 1.0),
+        _row("solid", 1, -1.0, 0.5, 0.5, 1.0),
+        _row("dots", 2, -5.0, 0.8, 0.8, 1.0),
+        _row("solid", 2, -5.0, 0.8, 0.8, 1.0),
+    ]
+    objects = [
+        _row("star", 1, -5.0, 0.7, 0.7, 1.0),
+        _row("star", 3, -20.0, 0.7, 0.7, 1.0),
+        _row("star", 2, -10.0, 0.6, 0.6, 1.0),
+    ]
     for criterion in ("paper", "all"):
         table = defaults_table(rows, objects, criterion=criterion)
         assert table["kinds"]["style"]["gamma"] == -5.0 and table["kinds"]["style"]["latents_per_step"] == 2
@@ -61,7 +72,9 @@ def test_defaults_table_picks_best_shared_style_setting_and_per_object():
         assert "dots" not in table["concepts"] and table["criterion"] == criterion
     own = defaults_table(rows, objects, "per-concept")
     assert own["concepts"]["dots"]["gamma"] == -1.0 and own["concepts"]["solid"]["gamma"] == -5.0  # each style its best
-    assert own["kinds"]["style"] == defaults_table(rows, objects)["kinds"]["style"]  # the shared setting stays as the fallback
+    assert (
+        own["kinds"]["style"] == defaults_table(rows, objects)["kinds"]["style"]
+    )  # the shared setting stays as the fallback
     with pytest.raises(SaeuronError, match="style settings must be one of"):
         defaults_table(rows, objects, "per-style")
 
@@ -78,8 +91,8 @@ def test_the_criterion_decides_when_cra_is_at_stake():
 
 def test_tune_refuses_evaluation_seeds(tiny_bundle):
     from saeuron_core.minicanvas.judge import Judge
-    from saeuron_core.pipeline import load_pipeline, model_info
     from saeuron_core.minicanvas.tuning import sweep_concept
+    from saeuron_core.pipeline import load_pipeline, model_info
     from saeuron_core.unlearning import SaeBundle
 
     pipe = load_pipeline(str(tiny_bundle / "model"))
@@ -96,7 +109,42 @@ def test_tune_command_writes_a_defaults_table(tiny_bundle, tmp_path):
     import sys
 
     out = tmp_path / "defaults.json"
-    cmd = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "tune", "--model", str(tiny_bundle / "model"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--judge", str(tiny_bundle / "judge"), "--concept", "dots", "--concept", "star", "--count", "1", "--gamma", "-1", "--gamma", "-5", "--steps", "2", "--seeds", "1", "--criterion", "paper", "--out", str(out), "--report", str(tmp_path / "rows.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saeuron_core.cli",
+        "--threads",
+        "1",
+        "tune",
+        "--model",
+        str(tiny_bundle / "model"),
+        "--sae",
+        str(tiny_bundle / "sae"),
+        "--stats",
+        str(tiny_bundle / "stats"),
+        "--judge",
+        str(tiny_bundle / "judge"),
+        "--concept",
+        "dots",
+        "--concept",
+        "star",
+        "--count",
+        "1",
+        "--gamma",
+        "-1",
+        "--gamma",
+        "-5",
+        "--steps",
+        "2",
+        "--seeds",
+        "1",
+        "--criterion",
+        "paper",
+        "--out",
+        str(out),
+        "--report",
+        str(tmp_path / "rows.json"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     table = json.loads(out.read_text())
@@ -104,8 +152,17 @@ def test_tune_command_writes_a_defaults_table(tiny_bundle, tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert len(rows) == 4 and all(0 <= r["UA"] <= 1 and 0 <= r["IRA"] <= 1 for r in rows)
     assert table["seeds"] == [2_000_000] and table["criterion"] == "paper"
-    assert all(r["score_paper"] == pytest.approx((r["UA"] + r["IRA"]) / 2) and r["score_all"] == pytest.approx((r["UA"] + r["IRA"] + r["CRA"]) / 3) for r in rows)
-    bad = subprocess.run(cmd[: cmd.index("--criterion") + 1] + ["best", "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+    assert all(
+        r["score_paper"] == pytest.approx((r["UA"] + r["IRA"]) / 2)
+        and r["score_all"] == pytest.approx((r["UA"] + r["IRA"] + r["CRA"]) / 3)
+        for r in rows
+    )
+    bad = subprocess.run(
+        cmd[: cmd.index("--criterion") + 1] + ["best", "--out", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown criterion 'best'" in bad.stderr
 
 
@@ -117,17 +174,39 @@ def test_table_from_saved_reports(tmp_path):
 
     rows = [
         {"concept": "dots", "kind": "style", "count": 1, "tau": 99.9, "gamma": -1.0, "UA": 0.9, "IRA": 0.9, "CRA": 0.9},
-        {"concept": "star", "kind": "object", "count": 2, "tau": 99.8, "gamma": -10.0, "UA": 0.7, "IRA": 0.7, "CRA": 0.7},
+        {
+            "concept": "star",
+            "kind": "object",
+            "count": 2,
+            "tau": 99.8,
+            "gamma": -10.0,
+            "UA": 0.7,
+            "IRA": 0.7,
+            "CRA": 0.7,
+        },
     ]
     (tmp_path / "a.json").write_text(json.dumps({"rows": rows[:1]}))
     (tmp_path / "b.json").write_text(json.dumps({"rows": rows[1:]}))
     out = tmp_path / "table.json"
-    cmd = [sys.executable, "-m", "saeuron_core.cli", "tune", "--from-report", str(tmp_path / "a.json"), "--from-report", str(tmp_path / "b.json"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saeuron_core.cli",
+        "tune",
+        "--from-report",
+        str(tmp_path / "a.json"),
+        "--from-report",
+        str(tmp_path / "b.json"),
+        "--out",
+        str(out),
+    ]
     assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
     table = json.loads(out.read_text())
     assert table["kinds"]["style"]["gamma"] == -1.0 and table["concepts"]["star"]["gamma"] == -10.0
     (tmp_path / "bad.json").write_text("{}")
-    bad = subprocess.run(cmd[:5] + [str(tmp_path / "bad.json"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        cmd[:5] + [str(tmp_path / "bad.json"), "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "not a sweep report" in bad.stderr
 
 

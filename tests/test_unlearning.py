@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_POINTS, needs_bundled
 from PIL import Image
 
-from conftest import TINY_POINTS, needs_bundled
 from saeuron_core.errors import SaeuronError
 from saeuron_core.pipeline import generate, load_pipeline, model_info
 from saeuron_core.unlearning import SaeBundle, generate_with
@@ -41,19 +41,35 @@ def test_the_default_variant_replaces_where_its_table_says_and_the_paper_variant
     from saeuron_core.interventions import Replace, Unlearn
 
     pipe, bundle = open_bundle(tiny_bundle)
-    assert bundle.variant() == "paper" and bundle.variant(paper=True) == "paper"  # a table without a variant: the paper's
-    table = {**bundle.defaults, "variant": "replace-styles", "concepts": {**bundle.defaults.get("concepts", {}), "dots": {"tau": 99.0, "gamma": -5.0, "replace": {"strength": 5.0, "target": "nearest", "latents": "all"}}}}
+    assert (
+        bundle.variant() == "paper" and bundle.variant(paper=True) == "paper"
+    )  # a table without a variant: the paper's
+    table = {
+        **bundle.defaults,
+        "variant": "replace-styles",
+        "concepts": {
+            **bundle.defaults.get("concepts", {}),
+            "dots": {"tau": 99.0, "gamma": -5.0, "replace": {"strength": 5.0, "target": "nearest", "latents": "all"}},
+        },
+    }
     mine = with_fields(bundle, defaults=table)
     ivs = mine.unlearn(["dots", "solid", "star"])
     replaced = [iv for iv in ivs if isinstance(iv, Replace)]
-    assert [iv.per_concept() for iv in replaced] == [[("dots", 99.0, 5.0)]] and replaced[0].point == TINY_POINTS["style"]
+    assert [iv.per_concept() for iv in replaced] == [[("dots", 99.0, 5.0)]] and replaced[0].point == TINY_POINTS[
+        "style"
+    ]
     assert {c for iv in ivs if isinstance(iv, Unlearn) for c in iv.concepts} == {"solid", "star"}
     assert all(isinstance(iv, Unlearn) for iv in mine.unlearn(["dots"], paper=True))  # the paper's method
-    assert all(isinstance(iv, Unlearn) for iv in mine.unlearn(["dots"], tau=90.0, gamma=-2.0))  # explicit tau / gamma: the paper's
+    assert all(
+        isinstance(iv, Unlearn) for iv in mine.unlearn(["dots"], tau=90.0, gamma=-2.0)
+    )  # explicit tau / gamma: the paper's
     info = model_info(pipe)
     default, paper = (prepare_removal(pipe, info, m, ("dots",), bundle=mine) for m in ("saeuron", "saeuron-paper"))
     assert (default.variant, paper.variant) == ("replace-styles", "paper")
-    assert default.settings["replace"] == {"dots": {"strength": 5.0, "target": "nearest", "latents": "all"}} and "replace" not in paper.settings
+    assert (
+        default.settings["replace"] == {"dots": {"strength": 5.0, "target": "nearest", "latents": "all"}}
+        and "replace" not in paper.settings
+    )
     seeds, prompt = [3], ["An image of star in dots style."]
     plain = generate(pipe, prompt, seeds, 2, 3.0, output_type="np")[0]
     with default.active(pipe):
@@ -79,7 +95,9 @@ def test_a_kind_may_be_removed_at_several_hook_points(tiny_bundle):
         assert iv.per_concept() == [("dots", tau_for_count(2, bundle.saes[iv.point].num_latents), -3.0)]
     assert [iv.point for iv in bundle.unlearn(["dots"])] == list(both)  # defaults too
     stats = bundle.concept_stats(ivs)
-    assert set(stats) == set(both) and all(s.concepts == bundle.stats[p].concepts_of_kind("style") for p, s in stats.items())
+    assert set(stats) == set(both) and all(
+        s.concepts == bundle.stats[p].concepts_of_kind("style") for p, s in stats.items()
+    )
     plain = generate(pipe, "An image of star in dots style.", [3], 3, 4.0, output_type="np")[0]
     edited = generate_with(pipe, bundle, ivs, ["An image of star in dots style."], [3], 3, 4.0, output_type="np")[0]
     assert np.abs(plain - edited).max() > 0
@@ -97,7 +115,9 @@ def test_no_intervention_is_bit_identical_and_unlearning_changes_images(tiny_bun
     plain = generate(pipe, prompt, [3], 3, 4.0, output_type="np")[0]
     same = generate_with(pipe, bundle, [], prompt, [3], 3, 4.0, output_type="np")[0]
     assert np.array_equal(plain, same)
-    edited = generate_with(pipe, bundle, bundle.unlearn(["dots"], tau=50.0, gamma=-30.0), prompt, [3], 3, 4.0, output_type="np")[0]
+    edited = generate_with(
+        pipe, bundle, bundle.unlearn(["dots"], tau=50.0, gamma=-30.0), prompt, [3], 3, 4.0, output_type="np"
+    )[0]
     assert not np.array_equal(plain, edited)
     again = generate(pipe, prompt, [3], 3, 4.0, output_type="np")[0]
     assert np.array_equal(plain, again)  # hooks are gone
@@ -118,7 +138,9 @@ def test_an_unlearn_point_is_normalised_where_it_enters(tiny_bundle):
     assert one.placed([unnamed])[0].point == style
     plain = generate(pipe, "An image of star in dots style.", [3], 3, 4.0, output_type="np")[0]
     for bundle_, iv in ((bundle, spelled), (one, unnamed)):
-        edited = generate_with(pipe, bundle_, [iv], ["An image of star in dots style."], [3], 3, 4.0, output_type="np")[0]
+        edited = generate_with(pipe, bundle_, [iv], ["An image of star in dots style."], [3], 3, 4.0, output_type="np")[
+            0
+        ]
         assert not np.array_equal(plain, edited)
     with pytest.raises(SaeuronError, match="does not name its hook point"):
         bundle.concept_stats([unnamed])
@@ -171,14 +193,56 @@ def replace_steps(interventions, window):
 @pytest.mark.slow
 def test_unlearn_command_writes_before_after_grid(tiny_bundle, tmp_path):
     out = tmp_path / "pair.png"
-    base = [sys.executable, "-m", "saeuron_core.cli", "--threads", "1", "unlearn", "--model", str(tiny_bundle / "model"), "--sae", str(tiny_bundle / "sae"), "--stats", str(tiny_bundle / "stats"), "--defaults", str(tiny_bundle / "defaults.json")]
-    proc = subprocess.run(base + ["--concept", "dots", "--prompt", "An image of star in dots style.", "--seed", "1", "--seed", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    base = [
+        sys.executable,
+        "-m",
+        "saeuron_core.cli",
+        "--threads",
+        "1",
+        "unlearn",
+        "--model",
+        str(tiny_bundle / "model"),
+        "--sae",
+        str(tiny_bundle / "sae"),
+        "--stats",
+        str(tiny_bundle / "stats"),
+        "--defaults",
+        str(tiny_bundle / "defaults.json"),
+    ]
+    proc = subprocess.run(
+        base
+        + [
+            "--concept",
+            "dots",
+            "--prompt",
+            "An image of star in dots style.",
+            "--seed",
+            "1",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "removal variant: paper" in proc.stdout  # the output names the variant
     assert Image.open(out).size == (4 * 16, 16)
-    bad = subprocess.run(base + ["--concept", "vangogh", "--prompt", "x", "--out", str(tmp_path / "b.png")], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        base + ["--concept", "vangogh", "--prompt", "x", "--out", str(tmp_path / "b.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "unknown concept 'vangogh'" in bad.stderr and "Traceback" not in bad.stderr
-    half = subprocess.run(base + ["--concept", "dots", "--tau", "99", "--out", str(tmp_path / "c.png")], capture_output=True, text=True, timeout=300)
+    half = subprocess.run(
+        base + ["--concept", "dots", "--tau", "99", "--out", str(tmp_path / "c.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert half.returncode == 2 and "both --tau and --gamma" in half.stderr
 
 
@@ -201,7 +265,9 @@ def test_unlearning_a_style_on_the_bundled_model_changes_it_and_spares_others():
     others = [mc.prompt(o, s) for o in mc.OBJECTS[:3] for s in ("dots", "solid")]
     steps, g = info.default_steps, info.default_guidance
     before = np.stack(generate(pipe, target + others, seeds, steps, g, output_type="np"))
-    after = np.stack(generate_with(pipe, bundle, bundle.unlearn(["stripes"]), target + others, seeds, steps, g, output_type="np"))
+    after = np.stack(
+        generate_with(pipe, bundle, bundle.unlearn(["stripes"]), target + others, seeds, steps, g, output_type="np")
+    )
     diff = np.abs(before - after).mean(axis=(1, 2, 3))
     n_target = len(target) * len(seeds)
     assert diff[:n_target].mean() > 3 * diff[n_target:].mean()

@@ -11,7 +11,6 @@ import gradio as gr
 
 from saeuron_core.errors import SaeuronError
 
-
 log = logging.getLogger("saeuron.explorer")
 
 
@@ -87,7 +86,6 @@ def grouped_concepts(bundle, concepts) -> list[tuple[str, str]]:
         except SaeuronError:
             kinds.setdefault("other", []).append(concept)
     return [(f"{kind} · {c}", c) for kind in sorted(kinds) for c in kinds[kind]]
-
 
 
 def served(image, recipe: str | None = None):

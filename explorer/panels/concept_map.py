@@ -14,7 +14,15 @@ from ..formatting import sig3
 
 def layout(ex: Explorer) -> None:
     cmap = ex.session.concept_map
-    strongest = "; ".join(f"{kind}: strongest at `{cmap.strongest_block(kind)}` ({sig3(max(r[i] for r in cmap.values if r[i] == r[i]))})"
-                          for i, kind in enumerate(cmap.kinds) if any(r[i] == r[i] for r in cmap.values))
-    gr.Markdown(f"{html.escape(cmap.metric) or 'Values'} for {len(cmap.blocks)} blocks x {len(cmap.kinds)} concept kinds, from `{cmap.source}`. {strongest}.", elem_id="concept-map-note")
-    gr.Plot(plots.concept_map_chart(cmap, ex.session.bundle.point_of_kind), label="Concept map", elem_id="concept-map-plot")
+    strongest = "; ".join(
+        f"{kind}: strongest at `{cmap.strongest_block(kind)}` ({sig3(max(r[i] for r in cmap.values if r[i] == r[i]))})"
+        for i, kind in enumerate(cmap.kinds)
+        if any(r[i] == r[i] for r in cmap.values)
+    )
+    gr.Markdown(
+        f"{html.escape(cmap.metric) or 'Values'} for {len(cmap.blocks)} blocks x {len(cmap.kinds)} concept kinds, from `{cmap.source}`. {strongest}.",
+        elem_id="concept-map-note",
+    )
+    gr.Plot(
+        plots.concept_map_chart(cmap, ex.session.bundle.point_of_kind), label="Concept map", elem_id="concept-map-plot"
+    )

@@ -17,12 +17,12 @@ from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow
 from .. import cardview, handles, plots
 from .. import feature_map as feature_map_view
 from ..context import Explorer
+from ..formatting import optional_int, optional_number, percent, sig3
 from ..imaging import tokens_from_mask
 from ..intervention_table import parse_interventions
+from ..limits import check_float
 from ..recipes import intervention_to_dict
 from ..zerogpu import gpu
-from ..formatting import optional_int, optional_number, percent, sig3
-from ..limits import check_float
 from . import fail, grouped_concepts, page_url, ui_errors, validator
 
 NO_CONCEPT = "(none)"
@@ -101,7 +101,9 @@ def read_feature(value) -> int:
 
 
 def ranked_table(rows) -> pd.DataFrame:
-    return pd.DataFrame([[r.feature, sig3(r.score), percent(r.frequency), r.top_concept, r.label] for r in rows], columns=RANK_COLUMNS)
+    return pd.DataFrame(
+        [[r.feature, sig3(r.score), percent(r.frequency), r.top_concept, r.label] for r in rows], columns=RANK_COLUMNS
+    )
 
 
 def step_title(step: int | None) -> str:
@@ -112,23 +114,51 @@ def layout(ex: Explorer) -> FeaturesPanel:
     point = ex.session.points[0]
     concepts = ex.features.concepts(point)
     with gr.Row():
-        concept = gr.Dropdown([(NO_CONCEPT, NO_CONCEPT), *grouped_concepts(ex.session.bundle, concepts)], value=NO_CONCEPT, label="Concept (selects its kind's hook point)", elem_id="concept")
+        concept = gr.Dropdown(
+            [(NO_CONCEPT, NO_CONCEPT), *grouped_concepts(ex.session.bundle, concepts)],
+            value=NO_CONCEPT,
+            label="Concept (selects its kind's hook point)",
+            elem_id="concept",
+        )
         point_box = gr.Dropdown(ex.session.points, value=point, label="Hook point", elem_id="point")
-        step = gr.Dropdown(step_choices(ex.features.timesteps(point)), value=ALL_STEPS, label="Step: drives the ranking, the card and the plots", elem_id="step")
+        step = gr.Dropdown(
+            step_choices(ex.features.timesteps(point)),
+            value=ALL_STEPS,
+            label="Step: drives the ranking, the card and the plots",
+            elem_id="step",
+        )
         rank_button = gr.Button("Rank features", variant="primary", elem_id="rank")
     with gr.Row():
-        handle_strength = gr.Number(handles.DEFAULT_ADD_STRENGTH, label="Strength of 'add' (x the features' typical top activation)", elem_id="features-handle-strength")
+        handle_strength = gr.Number(
+            handles.DEFAULT_ADD_STRENGTH,
+            label="Strength of 'add' (x the features' typical top activation)",
+            elem_id="features-handle-strength",
+        )
         remove_button = gr.Button("Remove this concept (SAeUron default)", elem_id="features-remove-concept")
         add_button = gr.Button("Add this concept (steer its features in)", elem_id="features-add-concept")
     handle_note = gr.Markdown(elem_id="features-handle-note")
     with gr.Row():
-        search = gr.Textbox("", label="Search features by label or concept", placeholder="e.g. dots, star, or a feature id", elem_id="feature-search", scale=3)
+        search = gr.Textbox(
+            "",
+            label="Search features by label or concept",
+            placeholder="e.g. dots, star, or a feature id",
+            elem_id="feature-search",
+            scale=3,
+        )
         search_button = gr.Button("Search", elem_id="search-features")
     with gr.Row():
-        ranked = gr.Dataframe(headers=RANK_COLUMNS, interactive=False, label="Features by importance score (select a row to open it)", elem_id="ranked", max_height=420)
+        ranked = gr.Dataframe(
+            headers=RANK_COLUMNS,
+            interactive=False,
+            label="Features by importance score (select a row to open it)",
+            elem_id="ranked",
+            max_height=420,
+        )
         scores = gr.Plot(label="Scores", elem_id="scores-plot")
     with gr.Row():
-        percentile = gr.Slider(50, 99.999, value=99.0, step=0.001, label="Percentile tau (needs a concept)", elem_id="percentile")
+        percentile = gr.Slider(
+            50, 99.999, value=99.0, step=0.001, label="Percentile tau (needs a concept)", elem_id="percentile"
+        )
         counts = gr.Plot(label="Selected features per step", elem_id="counts-plot")
     with gr.Accordion("Map of decoder directions (UMAP, computed in the background at start)", open=False):
         with gr.Row():
@@ -136,9 +166,18 @@ def layout(ex: Explorer) -> FeaturesPanel:
             map_button = gr.Button("Show map", elem_id="show-map")
         map_status = gr.Markdown()
         with gr.Row():
-            feature_map = gr.ScatterPlot(x="x", y="y", color="colour", tooltip=["feature", "point", "label", "top concept", "score"], x_title="UMAP 1", y_title="UMAP 2",
-                                         label="Features (hover: id, hook point, label); drag over a range of UMAP 1 to fill the box's UMAP 1 bounds", height=420, scale=3,
-                                         elem_id="feature-map")
+            feature_map = gr.ScatterPlot(
+                x="x",
+                y="y",
+                color="colour",
+                tooltip=["feature", "point", "label", "top concept", "score"],
+                x_title="UMAP 1",
+                y_title="UMAP 2",
+                label="Features (hover: id, hook point, label); drag over a range of UMAP 1 to fill the box's UMAP 1 bounds",
+                height=420,
+                scale=3,
+                elem_id="feature-map",
+            )
             # Gradio's scatter plot reports only an x interval when dragged (and gr.Plot no
             # selection at all), so the 2-D region is a box typed beside the map
             with gr.Column(scale=1, min_width=220):
@@ -155,28 +194,88 @@ def layout(ex: Explorer) -> FeaturesPanel:
         feature = gr.Textbox("", label="Feature id", placeholder="e.g. 12, or select a table row", elem_id="feature-id")
         open_button = gr.Button("Open feature", elem_id="open-feature")
     summary = gr.Markdown(elem_id="card-summary")
-    opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity (right image of each pair)", elem_id="heat-opacity")
+    opacity = gr.Slider(
+        0,
+        1,
+        value=DEFAULT_OPACITY,
+        step=0.05,
+        label="Heatmap opacity (right image of each pair)",
+        elem_id="heat-opacity",
+    )
     patches = gr.HTML(label="Top examples: raw image | activation map over it", elem_id="patches")
     with gr.Row():
         sparkline = gr.Plot(label="Activation over steps", elem_id="sparkline")
         histogram = gr.Plot(label="Histogram", elem_id="histogram")
         concept_bars = gr.Plot(label="Per concept", elem_id="concept-bars")
     with gr.Row():
-        factor = gr.Number(value=DEFAULT_SCALE, label="Scale factor (for scaling; ablation is 0)", elem_id="scale-factor")
-        strength = gr.Number(value=DEFAULT_STEER, label="Steering strength, x the feature's typical top activation", elem_id="steer-strength")
+        factor = gr.Number(
+            value=DEFAULT_SCALE, label="Scale factor (for scaling; ablation is 0)", elem_id="scale-factor"
+        )
+        strength = gr.Number(
+            value=DEFAULT_STEER,
+            label="Steering strength, x the feature's typical top activation",
+            elem_id="steer-strength",
+        )
         window_start = gr.Number(value=0, precision=0, minimum=0, label="From step", elem_id="window-start")
-        window_stop = gr.Textbox("", label="Until step, exclusive (empty: to the last)", placeholder="to the last", elem_id="window-stop")
+        window_stop = gr.Textbox(
+            "", label="Until step, exclusive (empty: to the last)", placeholder="to the last", elem_id="window-stop"
+        )
     with gr.Row():
         ablate_button = gr.Button("Add as ablation", elem_id="add-ablation")
         scale_button = gr.Button("Add as scaling", elem_id="add-scaling")
         steer_button = gr.Button("Add as steering", elem_id="add-steering")
     add_note = gr.Markdown(elem_id="add-note")
     steer_mask = gr.ImageEditor(
-        label="Steering mask: paint where to steer (nothing painted: everywhere); the background is the last generated image", type="numpy", image_mode="RGBA", sources=(), transforms=(),
-        layers=False, canvas_size=(256, 256), fixed_canvas=True, brush=gr.Brush(colors=["#ff3030"], default_size=32), height=300, elem_id="steer-mask",
+        label="Steering mask: paint where to steer (nothing painted: everywhere); the background is the last generated image",
+        type="numpy",
+        image_mode="RGBA",
+        sources=(),
+        transforms=(),
+        layers=False,
+        canvas_size=(256, 256),
+        fixed_canvas=True,
+        brush=gr.Brush(colors=["#ff3030"], default_size=32),
+        height=300,
+        elem_id="steer-mask",
     )
-    return FeaturesPanel(concept, point_box, step, rank_button, ranked, scores, percentile, counts, map_colour, map_button, map_status, feature_map, search, search_button, feature, open_button, summary, opacity, patches, sparkline, histogram, concept_bars, factor, strength, window_start, window_stop, ablate_button, scale_button, steer_button, steer_mask, (x_min, x_max, y_min, y_max, region_button),
-                         add_note, handle_strength, remove_button, add_button, handle_note)
+    return FeaturesPanel(
+        concept,
+        point_box,
+        step,
+        rank_button,
+        ranked,
+        scores,
+        percentile,
+        counts,
+        map_colour,
+        map_button,
+        map_status,
+        feature_map,
+        search,
+        search_button,
+        feature,
+        open_button,
+        summary,
+        opacity,
+        patches,
+        sparkline,
+        histogram,
+        concept_bars,
+        factor,
+        strength,
+        window_start,
+        window_stop,
+        ablate_button,
+        scale_button,
+        steer_button,
+        steer_mask,
+        (x_min, x_max, y_min, y_max, region_button),
+        add_note,
+        handle_strength,
+        remove_button,
+        add_button,
+        handle_note,
+    )
 
 
 def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks | None = None, steps_box=None) -> None:
@@ -225,19 +324,32 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         """After a step or concept change: the card again if one is open (nothing otherwise)."""
         if optional_int("feature id", feature) is None:
             return tuple(gr.skip() for _ in card_outputs)
-        return card_outputs_of(ex.features.card(point, read_feature(feature), check_step(point, step), read_concept(concept), generate_images=False), request)
+        return card_outputs_of(
+            ex.features.card(
+                point, read_feature(feature), check_step(point, step), read_concept(concept), generate_images=False
+            ),
+            request,
+        )
 
     def card_outputs_of(card, request=None):
         where = "all steps" if card.step is None else f"step {card.step} (timestep {card.timesteps[card.step]})"
         typical = ex.features.typical_top_activation(card.point, card.feature)
         link = page_url(request) + "?" + urlencode({"point": card.point, "feature": card.feature})
-        text = (f"**Feature {card.feature}** at `{card.point}`, {where}: **{card.label}**; active on {percent(card.frequency)} of tokens; "
-                f"top concept by score **{card.top_concept}**; typical top activation **{sig3(typical)}** "
-                f"(steering {sig3(DEFAULT_STEER)}x adds {sig3(DEFAULT_STEER * typical)} times its decoder direction). "
-                f"[Permalink]({link})")
+        text = (
+            f"**Feature {card.feature}** at `{card.point}`, {where}: **{card.label}**; active on {percent(card.frequency)} of tokens; "
+            f"top concept by score **{card.top_concept}**; typical top activation **{sig3(typical)}** "
+            f"(steering {sig3(DEFAULT_STEER)}x adds {sig3(DEFAULT_STEER * typical)} times its decoder direction). "
+            f"[Permalink]({link})"
+        )
         if any(pt.placeholder for pt in card.patches):
             text += " Regenerating the top images…"
-        return text, cardview.examples_html(card.patches), plots.activation_sparkline(card), plots.activation_histogram(card), plots.concept_bars(card)
+        return (
+            text,
+            cardview.examples_html(card.patches),
+            plots.activation_sparkline(card),
+            plots.activation_histogram(card),
+            plots.concept_bars(card),
+        )
 
     @ui_errors
     def search(point, query):
@@ -251,7 +363,11 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
             return (gr.skip(), gr.skip(), *(gr.skip() for _ in card_outputs))
         point = ex.session.check_point(params.get("point") or point)
         feature = ex.features.check_feature(point, read_feature(params["feature"]))
-        return (point, str(feature), *card_outputs_of(ex.features.card(point, feature, None, None, generate_images=False), request))
+        return (
+            point,
+            str(feature),
+            *card_outputs_of(ex.features.card(point, feature, None, None, generate_images=False), request),
+        )
 
     def pick_row(table, evt: gr.SelectData):
         if evt is None or table is None or len(table) == 0:
@@ -262,12 +378,19 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     def show_map(point, colour):
         fmap = ex.features.ready_map(point)
         if fmap is None:
-            return gr.skip(), "The map is still being computed in the background (tens of seconds on first start); click again shortly."
+            return (
+                gr.skip(),
+                "The map is still being computed in the background (tens of seconds on first start); click again shortly.",
+            )
         bundle = ex.session.bundle
         kind_of = {c: k for k, p in bundle.point_of_kind.items() for c in bundle.stats[p].concepts_of_kind(k)}
-        frame, colours = feature_map_view.map_frame(fmap, colour, [lab.text for lab in ex.features.labels(point)], kind_of)
+        frame, colours = feature_map_view.map_frame(
+            fmap, colour, [lab.text for lab in ex.features.labels(point)], kind_of
+        )
         structure = feature_map_view.structure_sentence(ex.features.map_structure(point))
-        return gr.ScatterPlot(value=frame, color_map=colours), f"{len(frame)} features of `{point}`, coloured by {colour}. {structure}"
+        return gr.ScatterPlot(
+            value=frame, color_map=colours
+        ), f"{len(frame)} features of `{point}`, coloured by {colour}. {structure}"
 
     @ui_errors
     def pick_from_map(evt: gr.SelectData):
@@ -280,10 +403,16 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     def rank_region(concept, point, step, x_min, x_max, y_min, y_max):
         concept, step = read_concept(concept), check_step(point, step)
         # empty text is an open bound (a gr.Number would send 0 for an empty box)
-        x_min, x_max, y_min, y_max = (optional_number(name, v) for name, v in (("UMAP 1 from", x_min), ("UMAP 1 to", x_max), ("UMAP 2 from", y_min), ("UMAP 2 to", y_max)))
+        x_min, x_max, y_min, y_max = (
+            optional_number(name, v)
+            for name, v in (("UMAP 1 from", x_min), ("UMAP 1 to", x_max), ("UMAP 2 from", y_min), ("UMAP 2 to", y_max))
+        )
         rows = ex.features.in_region(point, (x_min, x_max), (y_min, y_max), concept, step)
         bound = lambda v: "open" if v is None else sig3(v)  # noqa: E731
-        return ranked_table(rows), f"{len(rows)} feature(s) shown in the table, UMAP 1 {bound(x_min)} to {bound(x_max)}, UMAP 2 {bound(y_min)} to {bound(y_max)}, by score for {concept or 'each feature’s top concept'}."
+        return (
+            ranked_table(rows),
+            f"{len(rows)} feature(s) shown in the table, UMAP 1 {bound(x_min)} to {bound(x_max)}, UMAP 2 {bound(y_min)} to {bound(y_max)}, by score for {concept or 'each feature’s top concept'}.",
+        )
 
     def adder(kind):
         @ui_errors
@@ -291,7 +420,13 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
             feature = ex.features.check_feature(point, read_feature(feature))
             window = read_window(start, stop)
             if kind == "steer":
-                new = Steer((feature,), steering_strength(point, feature, strength), steering_tokens(painting, ex.features.stats(point)), window, point)
+                new = Steer(
+                    (feature,),
+                    steering_strength(point, feature, strength),
+                    steering_tokens(painting, ex.features.stats(point)),
+                    window,
+                    point,
+                )
             else:
                 new = ScaleFeatures((feature,), 0.0 if kind == "ablate" else float(factor), window, point)
             combined, message = handles.checked_addition(ex.session, parse_interventions(current), [new])
@@ -306,7 +441,12 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
 
         checks = {2: feature_ok, 5: lambda v: read_window(v[5], v[6]), 6: lambda v: read_window(v[5], v[6])}
         if kind == "scale":
-            checks[3] = lambda v: check_float("scale factor", optional_number("scale factor", v[3]) if v[3] is not None else fail("enter a scale factor"), -ex.session.limits.max_scale_factor, ex.session.limits.max_scale_factor)
+            checks[3] = lambda v: check_float(
+                "scale factor",
+                optional_number("scale factor", v[3]) if v[3] is not None else fail("enter a scale factor"),
+                -ex.session.limits.max_scale_factor,
+                ex.session.limits.max_scale_factor,
+            )
         if kind == "steer":
             checks[4] = lambda v: steering_strength(v[1], ex.features.check_feature(v[1], read_feature(v[2])), v[4])
         # the new row with the rows already there, within every cap (message at the feature id)
@@ -317,17 +457,25 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     def steering_strength(point, feature, multiple) -> float:
         """The absolute strength of ``multiple`` x the feature's typical top activation, within the
         caps (checked here, when the row is added, and said in the card's unit)."""
-        multiple = optional_number("steering strength", multiple) if multiple is not None else fail("enter a steering strength")
+        multiple = (
+            optional_number("steering strength", multiple)
+            if multiple is not None
+            else fail("enter a steering strength")
+        )
         if multiple is None:
             fail("enter a steering strength")
         limits = ex.session.limits
         if abs(multiple) > limits.max_steer_multiple:
-            fail(f"steering strength {multiple:g}x is over the cap of {limits.max_steer_multiple:g}x (the feature's typical top activation)")
+            fail(
+                f"steering strength {multiple:g}x is over the cap of {limits.max_steer_multiple:g}x (the feature's typical top activation)"
+            )
         typical = ex.features.typical_top_activation(point, feature)
         if typical <= 0:
             fail(f"feature {feature} never fired in the statistics: no typical activation to steer by")
         if abs(multiple * typical) > limits.max_steer_strength:
-            fail(f"steering strength {multiple:g}x is {sig3(multiple * typical)} in absolute terms, over the cap of {limits.max_steer_strength:g}: at most {sig3(limits.max_steer_strength / typical)}x for feature {feature}")
+            fail(
+                f"steering strength {multiple:g}x is {sig3(multiple * typical)} in absolute terms, over the cap of {limits.max_steer_strength:g}: at most {sig3(limits.max_steer_strength / typical)}x for feature {feature}"
+            )
         return float(multiple * typical)
 
     def addition_ok(kind, v):
@@ -340,13 +488,20 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
                 return  # said at the strength field
             new = Steer((feature,), strength, None, window, point)
         else:
-            new = ScaleFeatures((feature,), 0.0 if kind == "ablate" else float(optional_number("scale factor", v[3]) or 0.0), window, point)
+            new = ScaleFeatures(
+                (feature,),
+                0.0 if kind == "ablate" else float(optional_number("scale factor", v[3]) or 0.0),
+                window,
+                point,
+            )
         handles.checked_addition(ex.session, parse_interventions(v[0]), [new])
 
     def add_handle(action):
         @ui_errors
         def add(current, concept, strength):
-            new = handles.concept_handle(ex.session, read_concept(concept), action, optional_number("strength", strength))
+            new = handles.concept_handle(
+                ex.session, read_concept(concept), action, optional_number("strength", strength)
+            )
             combined, message = handles.checked_addition(ex.session, parse_interventions(current), new)
             gr.Info(message)
             return format_interventions(combined), message
@@ -373,35 +528,87 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
     ranking_outputs = [p.ranked, p.scores, p.counts]
     card_inputs = [p.point, p.feature, p.concept, p.step]
     card_outputs = [p.summary, p.patches, p.sparkline, p.histogram, p.concept_bars]
-    card_check = validator({1: lambda v: ex.features.check_feature(v[0], read_feature(v[1])), 3: lambda v: check_step(v[0], v[3])})
-    p.rank_button.click(rank, ranking_inputs, ranking_outputs, api_name="rank_features", validator=validator({2: lambda v: check_step(v[1], v[2])}))
+    card_check = validator(
+        {1: lambda v: ex.features.check_feature(v[0], read_feature(v[1])), 3: lambda v: check_step(v[0], v[3])}
+    )
+    p.rank_button.click(
+        rank,
+        ranking_inputs,
+        ranking_outputs,
+        api_name="rank_features",
+        validator=validator({2: lambda v: check_step(v[1], v[2])}),
+    )
     if demo is not None:  # a visitor lands on a ranked table, not an empty one
         demo.load(rank, ranking_inputs, ranking_outputs, api_visibility="private")
-    p.concept.input(choose_concept, ranking_inputs, [p.point, *ranking_outputs], api_visibility="private").then(refresh_card, card_inputs, card_outputs, api_visibility="private")
+    p.concept.input(choose_concept, ranking_inputs, [p.point, *ranking_outputs], api_visibility="private").then(
+        refresh_card, card_inputs, card_outputs, api_visibility="private"
+    )
     p.point.input(rank, ranking_inputs, ranking_outputs, api_visibility="private")
     p.percentile.change(counts, ranking_inputs, p.counts, api_name="selection_counts")
-    p.open_button.click(open_card, card_inputs, card_outputs, api_name="feature_card", validator=card_check).then(None, js=SCROLL_TO_CARD)
+    p.open_button.click(open_card, card_inputs, card_outputs, api_name="feature_card", validator=card_check).then(
+        None, js=SCROLL_TO_CARD
+    )
     p.feature.submit(open_card, card_inputs, card_outputs, api_visibility="private", validator=card_check)
-    p.ranked.select(pick_row, p.ranked, p.feature, api_visibility="private").then(open_card, card_inputs, card_outputs, api_visibility="private").then(None, js=SCROLL_TO_CARD)
-    p.step.input(rank, ranking_inputs, ranking_outputs, api_visibility="private").then(refresh_card, card_inputs, card_outputs, api_visibility="private")
+    p.ranked.select(pick_row, p.ranked, p.feature, api_visibility="private").then(
+        open_card, card_inputs, card_outputs, api_visibility="private"
+    ).then(None, js=SCROLL_TO_CARD)
+    p.step.input(rank, ranking_inputs, ranking_outputs, api_visibility="private").then(
+        refresh_card, card_inputs, card_outputs, api_visibility="private"
+    )
     search_checks = validator({1: lambda v: ex.features.search(v[0], v[1], 1)})
-    p.search_button.click(search_point, [p.point, p.search, p.concept], p.point, api_visibility="private").then(search, [p.point, p.search], p.ranked, api_name="search_features", validator=search_checks)
-    p.search.submit(search_point, [p.point, p.search, p.concept], p.point, api_visibility="private").then(search, [p.point, p.search], p.ranked, api_visibility="private")
+    p.search_button.click(search_point, [p.point, p.search, p.concept], p.point, api_visibility="private").then(
+        search, [p.point, p.search], p.ranked, api_name="search_features", validator=search_checks
+    )
+    p.search.submit(search_point, [p.point, p.search, p.concept], p.point, api_visibility="private").then(
+        search, [p.point, p.search], p.ranked, api_visibility="private"
+    )
     # the opacity is a CSS variable on the examples' container: no round trip to the server
-    p.opacity.input(None, p.opacity, None, js="(v) => { document.getElementById('patches').style.setProperty('--heat-opacity', v); return []; }")
+    p.opacity.input(
+        None,
+        p.opacity,
+        None,
+        js="(v) => { document.getElementById('patches').style.setProperty('--heat-opacity', v); return []; }",
+    )
     if demo is not None:
         demo.load(open_from_url, p.point, [p.point, p.feature, *card_outputs], api_visibility="private")
     p.map_button.click(show_map, [p.point, p.map_colour], [p.feature_map, p.map_status], api_name="feature_map")
     x_min, x_max, y_min, y_max, region_button = p.region
     p.feature_map.select(pick_from_map, None, [x_min, x_max], api_visibility="private")
-    region_button.click(rank_region, [p.concept, p.point, p.step, x_min, x_max, y_min, y_max], [p.ranked, p.map_status], api_name="map_region")
+    region_button.click(
+        rank_region,
+        [p.concept, p.point, p.step, x_min, x_max, y_min, y_max],
+        [p.ranked, p.map_status],
+        api_name="map_region",
+    )
     add_inputs = [interventions, p.point, p.feature, p.factor, p.strength, p.window_start, p.window_stop, p.steer_mask]
-    p.ablate_button.click(adder("ablate"), add_inputs, [interventions, p.add_note], api_name="add_ablation", validator=add_checks("ablate"))
-    p.scale_button.click(adder("scale"), add_inputs, [interventions, p.add_note], api_name="add_scaling", validator=add_checks("scale"))
-    p.steer_button.click(adder("steer"), add_inputs, [interventions, p.add_note], api_name="add_steering", validator=add_checks("steer"))
+    p.ablate_button.click(
+        adder("ablate"),
+        add_inputs,
+        [interventions, p.add_note],
+        api_name="add_ablation",
+        validator=add_checks("ablate"),
+    )
+    p.scale_button.click(
+        adder("scale"), add_inputs, [interventions, p.add_note], api_name="add_scaling", validator=add_checks("scale")
+    )
+    p.steer_button.click(
+        adder("steer"), add_inputs, [interventions, p.add_note], api_name="add_steering", validator=add_checks("steer")
+    )
     handle_inputs = [interventions, p.concept, p.handle_strength]
-    p.remove_button.click(add_handle("remove"), handle_inputs, [interventions, p.handle_note], api_visibility="private", validator=handle_checks("remove"))
-    p.add_button.click(add_handle("add"), handle_inputs, [interventions, p.handle_note], api_visibility="private", validator=handle_checks("add"))
+    p.remove_button.click(
+        add_handle("remove"),
+        handle_inputs,
+        [interventions, p.handle_note],
+        api_visibility="private",
+        validator=handle_checks("remove"),
+    )
+    p.add_button.click(
+        add_handle("add"),
+        handle_inputs,
+        [interventions, p.handle_note],
+        api_visibility="private",
+        validator=handle_checks("add"),
+    )
 
 
 def read_window(start, stop) -> StepWindow | None:

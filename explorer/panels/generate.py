@@ -12,16 +12,17 @@ import pandas as pd
 from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import ScaleFeatures
 
+from .. import cardview, handles
+from .. import intervention_table as table
 from ..context import Explorer
 from ..editing import Preview, unknown_words
+from ..formatting import optional_int, optional_number, sig3
 from ..imaging import upscale, upscale_factor
+from ..intervention_table import parse_interventions
+from ..limits import check_int
 from ..recipes import Recipe, recipe_to_json, recipe_to_python, recipe_to_query
 from ..zerogpu import gpu
-from .. import cardview, handles, intervention_table as table
-from ..formatting import optional_int, optional_number, sig3
-from ..limits import check_int
 from . import _as_ui_error, grouped_concepts, page_url, served, ui_errors, validator
-from ..intervention_table import parse_interventions
 from .features import append_intervention, format_interventions
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
@@ -66,32 +67,61 @@ class GeneratePanel:
 
 def layout(ex: Explorer) -> GeneratePanel:
     info, limits = ex.session.info, ex.session.limits
-    example = f"An image of {info.objects[0]} in {info.styles[0]} style." if info.objects and info.styles else "A photo of a cat."
+    example = (
+        f"An image of {info.objects[0]} in {info.styles[0]} style."
+        if info.objects and info.styles
+        else "A photo of a cat."
+    )
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(example, label=f"Prompt (at most {limits.max_prompt_chars} characters)", elem_id="prompt")
+            prompt = gr.Textbox(
+                example, label=f"Prompt (at most {limits.max_prompt_chars} characters)", elem_id="prompt"
+            )
             prompt_note = gr.Markdown(elem_id="prompt-note")
         seed = gr.Number(0, label=f"Seed (a whole number, 0 to {limits.max_seed})", elem_id="seed")
         # numbers checked on the server, not sliders: a slider's box silently clamps what is typed
         steps = gr.Number(info.default_steps, label=f"Steps (1 to {limits.max_steps})", elem_id="steps")
-        guidance = gr.Number(info.default_guidance, label=f"Guidance (0 to {limits.max_guidance:g})", elem_id="guidance")
+        guidance = gr.Number(
+            info.default_guidance, label=f"Guidance (0 to {limits.max_guidance:g})", elem_id="guidance"
+        )
     editor = gr.Dataframe(
-        value=pd.DataFrame(columns=table.COLUMNS), headers=table.COLUMNS, datatype=table.DATATYPES, interactive=True,
-        static_columns=[1, 2, 7, 8], column_widths=["6%", "8%", "17%", "12%", "9%", "8%", "8%", "10%", "22%"], show_row_numbers=True,
+        value=pd.DataFrame(columns=table.COLUMNS),
+        headers=table.COLUMNS,
+        datatype=table.DATATYPES,
+        interactive=True,
+        static_columns=[1, 2, 7, 8],
+        column_widths=["6%", "8%", "17%", "12%", "9%", "8%", "8%", "10%", "22%"],
+        show_row_numbers=True,
         label="Interventions: add them from the feature card; toggle 'on', edit features, value (scale factor or steering strength) and steps; select a row to delete it",
         elem_id="intervention-table",
     )
     gr.Markdown(table.WHAT_EACH_DOES, elem_id="what-each-does")
     with gr.Row():
         concepts = grouped_concepts(ex.session.bundle, ex.features.concepts())
-        default_concept = info.styles[0] if info.styles and info.styles[0] in dict(map(reversed, concepts)) else (concepts[0][1] if concepts else None)
-        handle_concept = gr.Dropdown(concepts, value=default_concept, label="Concept handle: the concept", elem_id="handle-concept", allow_custom_value=True)
-        handle_strength = gr.Number(handles.DEFAULT_ADD_STRENGTH, label="Strength of 'add' (x the features' typical top activation)", elem_id="handle-strength")
+        default_concept = (
+            info.styles[0]
+            if info.styles and info.styles[0] in dict(map(reversed, concepts))
+            else (concepts[0][1] if concepts else None)
+        )
+        handle_concept = gr.Dropdown(
+            concepts,
+            value=default_concept,
+            label="Concept handle: the concept",
+            elem_id="handle-concept",
+            allow_custom_value=True,
+        )
+        handle_strength = gr.Number(
+            handles.DEFAULT_ADD_STRENGTH,
+            label="Strength of 'add' (x the features' typical top activation)",
+            elem_id="handle-strength",
+        )
         remove_button = gr.Button("Remove concept (SAeUron default)", elem_id="remove-concept")
         add_button = gr.Button("Add concept (steer its features in)", elem_id="add-concept")
     handle_note = gr.Markdown(elem_id="handle-note")
     with gr.Accordion("Interventions as JSON (what the recipe holds: the rows that are on)", open=False):
-        interventions = gr.Code("[]", language="json", label="Interventions (JSON)", interactive=True, elem_id="interventions")
+        interventions = gr.Code(
+            "[]", language="json", label="Interventions (JSON)", interactive=True, elem_id="interventions"
+        )
     with gr.Row():
         delete_button = gr.Button("Delete selected row", elem_id="delete-intervention")
         clear_button = gr.Button("Clear interventions")
@@ -99,15 +129,34 @@ def layout(ex: Explorer) -> GeneratePanel:
     note = gr.Markdown(elem_id="generate-note")  # above the images: a failure is said where one looks
     with gr.Row():
         before = gr.Image(label="Without interventions", type="pil", format="png", interactive=False, elem_id="before")
-        after = gr.Image(label="With interventions (click a patch)", type="pil", format="png", interactive=False, elem_id="after")
+        after = gr.Image(
+            label="With interventions (click a patch)", type="pil", format="png", interactive=False, elem_id="after"
+        )
         difference = gr.Image(label="Difference", type="pil", format="png", interactive=False)
     verdict = gr.Markdown(elem_id="judge-verdict")
-    effects = gr.Dataframe(headers=handles.EFFECT_COLUMNS, interactive=False, label="What each row did (after Generate): its features' mean activation and the judge, unedited vs edited", elem_id="row-effects", wrap=True,
-                           column_widths=["4%", "20%", "7%", "8%", "8%", "17%", "17%", "19%"])
-    compare = gr.ImageSlider(label="Before / after: drag the handle", type="pil", interactive=False, max_height=DISPLAY_SIDE + 60, elem_id="compare")
+    effects = gr.Dataframe(
+        headers=handles.EFFECT_COLUMNS,
+        interactive=False,
+        label="What each row did (after Generate): its features' mean activation and the judge, unedited vs edited",
+        elem_id="row-effects",
+        wrap=True,
+        column_widths=["4%", "20%", "7%", "8%", "8%", "17%", "17%", "19%"],
+    )
+    compare = gr.ImageSlider(
+        label="Before / after: drag the handle",
+        type="pil",
+        interactive=False,
+        max_height=DISPLAY_SIDE + 60,
+        elem_id="compare",
+    )
     gr.Markdown("### Where a feature fires in this image")
     with gr.Row():
-        locate_feature = gr.Textbox("", label="Feature id (empty: the image's most active feature)", placeholder="e.g. 12", elem_id="locate-feature")
+        locate_feature = gr.Textbox(
+            "",
+            label="Feature id (empty: the image's most active feature)",
+            placeholder="e.g. 12",
+            elem_id="locate-feature",
+        )
         locate_button = gr.Button("Show where it fires, step by step", elem_id="locate")
     feature_in_image = gr.HTML(elem_id="feature-in-image")
     gr.Markdown("### Several seeds")
@@ -116,15 +165,63 @@ def layout(ex: Explorer) -> GeneratePanel:
         seeds_button = gr.Button("Compare these seeds (same prompt and interventions)", elem_id="compare-seeds")
     seeds_grid = gr.HTML(elem_id="seeds-grid")
     with gr.Row():
-        patch_point = gr.Dropdown(ex.session.points, value=ex.session.points[0], label="Hook point (of the clicked patch and of 'where a feature fires')")
-        patch_step = gr.Slider(0, info.default_steps - 1, value=info.default_steps - 1, step=1, label="Step of the clicked patch (follows the steps above)", elem_id="patch-step")
-    active = gr.Dataframe(headers=ACTIVE_COLUMNS, interactive=False, label="Features active at the clicked patch (select one to ablate it)", elem_id="active")
-    return GeneratePanel(prompt, seed, steps, guidance, interventions, clear_button, generate_button, before, after, difference, note, patch_point, patch_step, active, prompt_note, editor, delete_button, gr.State(None),
-                         compare, locate_feature, locate_button, feature_in_image, seeds, seeds_button, seeds_grid, handle_concept, handle_strength, remove_button, add_button, handle_note, effects, verdict)
+        patch_point = gr.Dropdown(
+            ex.session.points,
+            value=ex.session.points[0],
+            label="Hook point (of the clicked patch and of 'where a feature fires')",
+        )
+        patch_step = gr.Slider(
+            0,
+            info.default_steps - 1,
+            value=info.default_steps - 1,
+            step=1,
+            label="Step of the clicked patch (follows the steps above)",
+            elem_id="patch-step",
+        )
+    active = gr.Dataframe(
+        headers=ACTIVE_COLUMNS,
+        interactive=False,
+        label="Features active at the clicked patch (select one to ablate it)",
+        elem_id="active",
+    )
+    return GeneratePanel(
+        prompt,
+        seed,
+        steps,
+        guidance,
+        interventions,
+        clear_button,
+        generate_button,
+        before,
+        after,
+        difference,
+        note,
+        patch_point,
+        patch_step,
+        active,
+        prompt_note,
+        editor,
+        delete_button,
+        gr.State(None),
+        compare,
+        locate_feature,
+        locate_button,
+        feature_in_image,
+        seeds,
+        seeds_button,
+        seeds_grid,
+        handle_concept,
+        handle_strength,
+        remove_button,
+        add_button,
+        handle_note,
+        effects,
+        verdict,
+    )
 
 
 def read_seeds(text) -> list[int]:
-    """"1, 2, 3" as [1, 2, 3]."""
+    """ "1, 2, 3" as [1, 2, 3]."""
     pieces = [piece for piece in str(text or "").replace(";", ",").split(",") if piece.strip()]
     if not pieces:
         raise SaeuronError("give at least one seed (e.g. 1, 2, 3)")
@@ -147,7 +244,11 @@ def mask_canvas(image):
     """The steering mask's canvas with ``image`` (the generated image) under it, nothing painted."""
     if image is None:
         return gr.skip()
-    return {"background": np.asarray(image.convert("RGBA").resize((DISPLAY_SIDE, DISPLAY_SIDE))), "layers": [], "composite": None}
+    return {
+        "background": np.asarray(image.convert("RGBA").resize((DISPLAY_SIDE, DISPLAY_SIDE))),
+        "layers": [],
+        "composite": None,
+    }
 
 
 def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) -> None:
@@ -172,13 +273,32 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
         steps = recipe.steps
         for update in ex.editor.stream(recipe):
             if isinstance(update, Preview):
-                yield gr.skip(), served(upscale(update.image, DISPLAY_SIDE)), gr.skip(), f"Step {update.step + 1} of {steps}…", gr.skip(), gr.skip(), gr.skip()
+                yield (
+                    gr.skip(),
+                    served(upscale(update.image, DISPLAY_SIDE)),
+                    gr.skip(),
+                    f"Step {update.step + 1} of {steps}…",
+                    gr.skip(),
+                    gr.skip(),
+                    gr.skip(),
+                )
                 continue
             recipe = update.recipe
-            note = f"Largest pixel change: {update.max_difference:.1%} (mean over channels)." if recipe.interventions else "No interventions: the two images are the same."
+            note = (
+                f"Largest pixel change: {update.max_difference:.1%} (mean over channels)."
+                if recipe.interventions
+                else "No interventions: the two images are the same."
+            )
             recipe_json = recipe_to_json(recipe)
-            yield (served(upscale(update.before, DISPLAY_SIDE), recipe_to_json(recipe.with_interventions(()))), served(upscale(update.after, DISPLAY_SIDE), recipe_json), served(upscale(update.difference, DISPLAY_SIDE)), note,
-                   recipe_json, page_url(request) + "?" + recipe_to_query(recipe), recipe_to_python(recipe, ex.session.sources.defaults))
+            yield (
+                served(upscale(update.before, DISPLAY_SIDE), recipe_to_json(recipe.with_interventions(()))),
+                served(upscale(update.after, DISPLAY_SIDE), recipe_json),
+                served(upscale(update.difference, DISPLAY_SIDE)),
+                note,
+                recipe_json,
+                page_url(request) + "?" + recipe_to_query(recipe),
+                recipe_to_python(recipe, ex.session.sources.defaults),
+            )
 
     @gpu
     @ui_errors
@@ -209,8 +329,20 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
         return validator({2 if action == "add" else 1: ok})
 
     handle_inputs = [p.interventions, p.handle_concept, p.handle_strength]
-    p.remove_button.click(add_handle("remove"), handle_inputs, [p.interventions, p.handle_note], api_name="add_remove_concept", validator=handle_checks("remove"))
-    p.add_button.click(add_handle("add"), handle_inputs, [p.interventions, p.handle_note], api_name="add_add_concept", validator=handle_checks("add"))
+    p.remove_button.click(
+        add_handle("remove"),
+        handle_inputs,
+        [p.interventions, p.handle_note],
+        api_name="add_remove_concept",
+        validator=handle_checks("remove"),
+    )
+    p.add_button.click(
+        add_handle("add"),
+        handle_inputs,
+        [p.interventions, p.handle_note],
+        api_name="add_add_concept",
+        validator=handle_checks("add"),
+    )
 
     def features_at(prompt, seed, steps, guidance, interventions, point, step, x, y):
         height, width = ex.session.size
@@ -228,10 +360,23 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
 
     @gpu
     @ui_errors
-    def features_at_patch(prompt: str, seed: int, steps: int, guidance: float, interventions: str, point: str, step: int, x: float, y: float) -> list[dict]:
+    def features_at_patch(
+        prompt: str,
+        seed: int,
+        steps: int,
+        guidance: float,
+        interventions: str,
+        point: str,
+        step: int,
+        x: float,
+        y: float,
+    ) -> list[dict]:
         """Features active at pixel (x, y) of the 256-px edited image, at denoising ``step``:
         [{"feature", "activation", "top_concept"}], strongest first."""
-        return [{"feature": f.feature, "activation": f.activation, "top_concept": f.top_concept} for f in features_at(prompt, seed, steps, guidance, interventions, point, step, x, y)]
+        return [
+            {"feature": f.feature, "activation": f.activation, "top_concept": f.top_concept}
+            for f in features_at(prompt, seed, steps, guidance, interventions, point, step, x, y)
+        ]
 
     def follow_steps(steps, step):
         """The patch inspector's step range follows the generation's steps."""
@@ -241,7 +386,6 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
             return gr.skip()
         return gr.Slider(minimum=0, maximum=max(last, 1), value=min(int(step or 0), last) if step is not None else last)
 
-
     @ui_errors
     def ablate_row(current, point, table, evt: gr.SelectData):
         return append_intervention(current, ScaleFeatures((int(table.iloc[evt.index[0], 0]),), 0.0, None, point))
@@ -249,6 +393,7 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
     # no validator: its messages would leave the old images on screen (and the interventions'
     # message inside the collapsed JSON accordion); generate itself clears them and says why
     p.generate_button.click(lambda: (None, ""), None, [p.effects, p.verdict], api_visibility="private", queue=False)
+
     # The button's event never ends in an error: gradio would mark every output with a bare "Error"
     # badge. A failure clears the images, says why in the note above them and in a warning toast.
     # API clients get the same handler as an endpoint that raises (a hidden trigger's event).
@@ -265,34 +410,70 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
             return None, f"**What each row did: failed:** {e.message}"
 
     generate_outputs = [p.before, p.after, p.difference, p.note, *recipe_outputs]
-    generated = p.generate_button.click(generate_in_page, recipe_inputs, generate_outputs, api_visibility="private", concurrency_id="unet", concurrency_limit=8,
-                                        show_progress="hidden")  # progress: the step previews
-    generated.success(row_effects_in_page, recipe_inputs, [p.effects, p.verdict], api_visibility="private", concurrency_id="unet")
+    generated = p.generate_button.click(
+        generate_in_page,
+        recipe_inputs,
+        generate_outputs,
+        api_visibility="private",
+        concurrency_id="unet",
+        concurrency_limit=8,
+        show_progress="hidden",
+    )  # progress: the step previews
+    generated.success(
+        row_effects_in_page, recipe_inputs, [p.effects, p.verdict], api_visibility="private", concurrency_id="unet"
+    )
     api_trigger = gr.Button(visible=False)
-    api_trigger.click(generate, recipe_inputs, generate_outputs, api_name="generate", concurrency_id="unet", concurrency_limit=8).success(
-        row_effects, recipe_inputs, [p.effects, p.verdict], api_name="row_effects", concurrency_id="unet")
+    api_trigger.click(
+        generate, recipe_inputs, generate_outputs, api_name="generate", concurrency_id="unet", concurrency_limit=8
+    ).success(row_effects, recipe_inputs, [p.effects, p.verdict], api_name="row_effects", concurrency_id="unet")
     generated.success(lambda before, after: (before, after), [p.before, p.after], p.compare, api_visibility="private")
 
     @gpu
     @ui_errors
     def feature_in_image(prompt, seed, steps, guidance, interventions, point, feature):
         """The feature's activation map over the generated (edited) image at each step (HTML)."""
-        found = ex.editor.feature_in_image(read_recipe(ex, prompt, seed, steps, guidance, interventions), point, optional_int("feature id", feature))
+        found = ex.editor.feature_in_image(
+            read_recipe(ex, prompt, seed, steps, guidance, interventions), point, optional_int("feature id", feature)
+        )
         return cardview.steps_html(found)
 
     @gpu
     @ui_errors
     def compare_seeds(prompt, seed, steps, guidance, interventions, seeds):
         """Before / after / difference of the same recipe at several seeds (HTML table)."""
-        return cardview.seeds_html(ex.editor.seeds(read_recipe(ex, prompt, seed, steps, guidance, interventions), read_seeds(seeds)))
+        return cardview.seeds_html(
+            ex.editor.seeds(read_recipe(ex, prompt, seed, steps, guidance, interventions), read_seeds(seeds))
+        )
 
-    locate_checks = {6: lambda v: optional_int("feature id", v[6]) is None or ex.features.check_feature(v[5], optional_int("feature id", v[6]))}
-    p.locate_button.click(feature_in_image, [*recipe_inputs, p.patch_point, p.locate_feature], p.feature_in_image, api_name="feature_in_image", concurrency_id="unet", validator=validator(locate_checks))
-    p.seeds_button.click(compare_seeds, [*recipe_inputs, p.seeds], p.seeds_grid, api_name="compare_seeds", concurrency_id="unet",
-                         validator=validator({5: lambda v: [check_int("seed", s, 0, ex.session.limits.max_seed) for s in read_seeds(v[5])]}))
+    locate_checks = {
+        6: lambda v: (
+            optional_int("feature id", v[6]) is None
+            or ex.features.check_feature(v[5], optional_int("feature id", v[6]))
+        )
+    }
+    p.locate_button.click(
+        feature_in_image,
+        [*recipe_inputs, p.patch_point, p.locate_feature],
+        p.feature_in_image,
+        api_name="feature_in_image",
+        concurrency_id="unet",
+        validator=validator(locate_checks),
+    )
+    p.seeds_button.click(
+        compare_seeds,
+        [*recipe_inputs, p.seeds],
+        p.seeds_grid,
+        api_name="compare_seeds",
+        concurrency_id="unet",
+        validator=validator(
+            {5: lambda v: [check_int("seed", s, 0, ex.session.limits.max_seed) for s in read_seeds(v[5])]}
+        ),
+    )
     if steer_mask is not None:  # the mask is painted over the image being steered
         generated.success(mask_canvas, p.before, steer_mask, api_visibility="private")
-    p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions").then(lambda: pd.DataFrame(columns=table.COLUMNS), None, p.editor, api_visibility="private")
+    p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions").then(
+        lambda: pd.DataFrame(columns=table.COLUMNS), None, p.editor, api_visibility="private"
+    )
 
     def rows_of(frame) -> list[list]:
         return [] if frame is None else frame.values.tolist()
@@ -328,8 +509,16 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
     p.interventions.change(follow_last_row, p.interventions, p.patch_point, api_visibility="private")
     p.editor.input(apply_edits, p.editor, [p.editor, p.interventions], api_visibility="private")
     p.editor.select(select_row, None, p.selected_row, api_visibility="private")
-    p.delete_button.click(delete_row, [p.editor, p.selected_row], [p.editor, p.interventions, p.selected_row], api_visibility="private")
-    p.after.select(features_at_click, [*recipe_inputs, p.patch_point, p.patch_step], p.active, api_visibility="private", concurrency_id="unet")
+    p.delete_button.click(
+        delete_row, [p.editor, p.selected_row], [p.editor, p.interventions, p.selected_row], api_visibility="private"
+    )
+    p.after.select(
+        features_at_click,
+        [*recipe_inputs, p.patch_point, p.patch_step],
+        p.active,
+        api_visibility="private",
+        concurrency_id="unet",
+    )
     gr.api(features_at_patch, api_name="features_at_patch", concurrency_id="unet")
     p.steps.change(follow_steps, [p.steps, p.patch_step], p.patch_step, api_visibility="private")
     p.prompt.change(lambda prompt: prompt_warning(ex, prompt), p.prompt, p.prompt_note, api_visibility="private")

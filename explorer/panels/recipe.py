@@ -27,7 +27,9 @@ class RecipePanel:
 
 
 def layout(ex: Explorer) -> RecipePanel:
-    recipe_json = gr.Code(language="json", label="Recipe of the last generated image", interactive=False, elem_id="recipe-json")
+    recipe_json = gr.Code(
+        language="json", label="Recipe of the last generated image", interactive=False, elem_id="recipe-json"
+    )
     url = gr.Textbox(label="URL that restores it", buttons=["copy"], interactive=False)
     python = gr.Code(language="python", label="Reproduce it with saeuron_core", interactive=False)
     imported = gr.Code(language="json", label="Paste a recipe to import", interactive=True, elem_id="recipe-import")

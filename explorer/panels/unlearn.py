@@ -42,7 +42,12 @@ from . import fail, grouped_concepts, ui_errors, validator
 CELL_SIDE = 128
 """Shown side of each image in the matrix (integer upscaling of the model's images); the seeds of
 a prompt sit side by side in its cell."""
-METRIC_LABELS = {"UA": "UA: concept gone", "IRA": "IRA: same-kind others kept", "CRA": "CRA: other kind kept", "kept_on_target": "kept: target's other concept kept"}
+METRIC_LABELS = {
+    "UA": "UA: concept gone",
+    "IRA": "IRA: same-kind others kept",
+    "CRA": "CRA: other kind kept",
+    "kept_on_target": "kept: target's other concept kept",
+}
 """Short metric labels for the table (the full names: ``unlearn_grid.METRIC_NAMES``)."""
 
 
@@ -65,18 +70,47 @@ def layout(ex: Explorer) -> UnlearnPanel:
     concepts_list = ex.audit.concepts()
     first = ex.audit.best_default_concept()
     with gr.Row():
-        concepts = gr.Dropdown(grouped_concepts(ex.session.bundle, concepts_list), value=[first] if first else [], multiselect=True, label="Concepts to unlearn", elem_id="unlearn-concepts")
-        methods = gr.CheckboxGroup(ex.audit.methods(), value=["saeuron"], label="Methods (side by side; ESD trains once per concept set, then is cached)", elem_id="unlearn-methods")
+        concepts = gr.Dropdown(
+            grouped_concepts(ex.session.bundle, concepts_list),
+            value=[first] if first else [],
+            multiselect=True,
+            label="Concepts to unlearn",
+            elem_id="unlearn-concepts",
+        )
+        methods = gr.CheckboxGroup(
+            ex.audit.methods(),
+            value=["saeuron"],
+            label="Methods (side by side; ESD trains once per concept set, then is cached)",
+            elem_id="unlearn-methods",
+        )
     with gr.Row():
-        tau = gr.Textbox("", label="tau: percentile (empty: defaults, see below)", placeholder="defaults", elem_id="unlearn-tau")
-        gamma = gr.Textbox("", label="gamma: multiplier (empty: defaults, see below)", placeholder="defaults", elem_id="unlearn-gamma")
-        seed = gr.Number(0, precision=0, label="First seed", elem_id="unlearn-seed")  # bounds: checked with a message, not by Gradio
-        seeds = gr.Number(DEFAULT_GRID_SEEDS, precision=0, label=f"Seeds per prompt (1-{MAX_GRID_SEEDS})", elem_id="unlearn-seeds")
+        tau = gr.Textbox(
+            "", label="tau: percentile (empty: defaults, see below)", placeholder="defaults", elem_id="unlearn-tau"
+        )
+        gamma = gr.Textbox(
+            "", label="gamma: multiplier (empty: defaults, see below)", placeholder="defaults", elem_id="unlearn-gamma"
+        )
+        seed = gr.Number(
+            0, precision=0, label="First seed", elem_id="unlearn-seed"
+        )  # bounds: checked with a message, not by Gradio
+        seeds = gr.Number(
+            DEFAULT_GRID_SEEDS, precision=0, label=f"Seeds per prompt (1-{MAX_GRID_SEEDS})", elem_id="unlearn-seeds"
+        )
         run_button = gr.Button("Unlearn", variant="primary", elem_id="unlearn")
     defaults = gr.Markdown(defaults_text(ex, [first] if first else []), elem_id="unlearn-defaults")
     matrix = gr.HTML(elem_id="unlearn-matrix")
-    metrics = gr.Dataframe(interactive=False, label="Metrics on this grid: rate (successes/images) [Wilson 95% interval]", wrap=True, elem_id="unlearn-metrics")
-    exports = gr.File(label="Export: verdicts and metrics (CSV, JSON)", file_count="multiple", interactive=False, elem_id="unlearn-exports")
+    metrics = gr.Dataframe(
+        interactive=False,
+        label="Metrics on this grid: rate (successes/images) [Wilson 95% interval]",
+        wrap=True,
+        elem_id="unlearn-metrics",
+    )
+    exports = gr.File(
+        label="Export: verdicts and metrics (CSV, JSON)",
+        file_count="multiple",
+        interactive=False,
+        elem_id="unlearn-exports",
+    )
     return UnlearnPanel(concepts, methods, defaults, tau, gamma, seed, seeds, run_button, matrix, metrics, exports)
 
 
@@ -87,13 +121,17 @@ def image_tag(image, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="width:{CELL_SIDE}px;height:{CELL_SIDE}px;image-rendering:pixelated;display:block;margin:auto">'
 
 
-def verdict_html(cell, verdict: tuple[str, str], removed: set[str], confidence: tuple[float, float] = (1.0, 1.0)) -> str:
+def verdict_html(
+    cell, verdict: tuple[str, str], removed: set[str], confidence: tuple[float, float] = (1.0, 1.0)
+) -> str:
     """The judge's (object, style) under an image, each with the judge's confidence (its top
     probability); a removed concept the judge still sees is red."""
     parts = []
     for seen, truth, conf in zip(verdict, (cell.object_name, cell.style), confidence):
         colour = "#c62828" if seen in removed else ("#2e7d32" if seen == truth else "#8d6e00")
-        parts.append(f'<span style="color:{colour}">{html.escape(seen)}</span>&nbsp;<span class="u-conf">{percent(round(conf, 2))}</span>')
+        parts.append(
+            f'<span style="color:{colour}">{html.escape(seen)}</span>&nbsp;<span class="u-conf">{percent(round(conf, 2))}</span>'
+        )
     return " / ".join(parts)
 
 
@@ -112,24 +150,40 @@ def matrix_html(grids: list[UnlearnGrid]) -> str:
     body = []
     for (object_name, style, role), members in groups.items():
         first = grids[0].cells[members[0]]
-        label = f'<b>{html.escape(role)}</b><br>{html.escape(object_name)} in {html.escape(style)}'
-        before = "".join(_seed_figure(grids[0].cells[i].before, f"{first.prompt} seed {grids[0].cells[i].seed} before",
-                                      verdict_html(first, grids[0].cells[i].before_verdict, removed, grids[0].cells[i].before_confidence), grids[0].cells[i].seed)
-                         for i in members)
+        label = f"<b>{html.escape(role)}</b><br>{html.escape(object_name)} in {html.escape(style)}"
+        before = "".join(
+            _seed_figure(
+                grids[0].cells[i].before,
+                f"{first.prompt} seed {grids[0].cells[i].seed} before",
+                verdict_html(first, grids[0].cells[i].before_verdict, removed, grids[0].cells[i].before_confidence),
+                grids[0].cells[i].seed,
+            )
+            for i in members
+        )
         cells = [f'<td class="u-img">{before}</td>']
         for grid in grids:
-            after = "".join(_seed_figure(grid.cells[i].after, f"{first.prompt} seed {grid.cells[i].seed} {grid.method}",
-                                         verdict_html(first, grid.cells[i].after_verdict, removed, grid.cells[i].after_confidence), grid.cells[i].seed)
-                            for i in members)
+            after = "".join(
+                _seed_figure(
+                    grid.cells[i].after,
+                    f"{first.prompt} seed {grid.cells[i].seed} {grid.method}",
+                    verdict_html(first, grid.cells[i].after_verdict, removed, grid.cells[i].after_confidence),
+                    grid.cells[i].seed,
+                )
+                for i in members
+            )
             cells.append(f'<td class="u-img">{after}</td>')
         body.append(f'<tr class="u-{role}"><th scope="row">{label}</th>{"".join(cells)}</tr>')
-    legend = ('<p style="font-size:0.9em">Under each image: its seed and the judge\'s verdict (object / style), each with the judge\'s confidence '
-              '(its probability for that verdict). <span style="color:#2e7d32">green</span>: as prompted; <span style="color:#c62828">red</span>: '
-              'a removed concept is still seen; <span style="color:#8d6e00">amber</span>: something else.</p>')
-    style = ("<style>#unlearn-table{border-collapse:collapse}#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.85em}"
-             "#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}"
-             "#unlearn-table td.u-img{white-space:nowrap}#unlearn-table figure.u-seed{display:inline-block;margin:0 2px;vertical-align:top;white-space:normal;"
-             f"width:{CELL_SIDE}px}}#unlearn-table .u-conf{{color:#666;font-size:0.9em}}</style>")
+    legend = (
+        "<p style=\"font-size:0.9em\">Under each image: its seed and the judge's verdict (object / style), each with the judge's confidence "
+        '(its probability for that verdict). <span style="color:#2e7d32">green</span>: as prompted; <span style="color:#c62828">red</span>: '
+        'a removed concept is still seen; <span style="color:#8d6e00">amber</span>: something else.</p>'
+    )
+    style = (
+        "<style>#unlearn-table{border-collapse:collapse}#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.85em}"
+        "#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}"
+        "#unlearn-table td.u-img{white-space:nowrap}#unlearn-table figure.u-seed{display:inline-block;margin:0 2px;vertical-align:top;white-space:normal;"
+        f"width:{CELL_SIDE}px}}#unlearn-table .u-conf{{color:#666;font-size:0.9em}}</style>"
+    )
     return f'{style}{legend}<div style="overflow-x:auto"><table id="unlearn-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
@@ -139,20 +193,30 @@ def change_html(grid: ChangeGrid) -> str:
     head = "".join(f"<th>{html.escape(name)}</th>" for name in ["prompt", "before", *grid.methods])
     body = []
     for cell in grid.cells:
-        label = f'<b>{html.escape(cell.role)}</b><br>{html.escape(cell.prompt)}'
-        cells = [f'<td class="u-img">{image_tag(cell.before, cell.prompt + " before")}<div class="u-change">features {sig3(cell.feature_before)}</div></td>']
+        label = f"<b>{html.escape(cell.role)}</b><br>{html.escape(cell.prompt)}"
+        cells = [
+            f'<td class="u-img">{image_tag(cell.before, cell.prompt + " before")}<div class="u-change">features {sig3(cell.feature_before)}</div></td>'
+        ]
         for m in grid.methods:
             drop = cell.feature_drop(m)
-            drop_text = "n/a (none fired before)" if drop is None else f"{'−' if drop >= 0 else '+'}{percent(abs(drop))}"
-            cells.append(f'<td class="u-img">{image_tag(cell.after[m], f"{cell.prompt} {m}")}<div class="u-change">pixels Δ {sig3(cell.pixel_change(m))}<br>features {sig3(cell.feature_after[m])} ({drop_text})</div></td>')
+            drop_text = (
+                "n/a (none fired before)" if drop is None else f"{'−' if drop >= 0 else '+'}{percent(abs(drop))}"
+            )
+            cells.append(
+                f'<td class="u-img">{image_tag(cell.after[m], f"{cell.prompt} {m}")}<div class="u-change">pixels Δ {sig3(cell.pixel_change(m))}<br>features {sig3(cell.feature_after[m])} ({drop_text})</div></td>'
+            )
         body.append(f'<tr class="u-{cell.role}"><th scope="row">{label}</th>{"".join(cells)}</tr>')
-    params = "; ".join(f"{html.escape(c)}: tau {t:.6g}, gamma {g:.3g} ({html.escape(src)})" for c, (t, g, src) in grid.params.items())
+    params = "; ".join(
+        f"{html.escape(c)}: tau {t:.6g}, gamma {g:.3g} ({html.escape(src)})" for c, (t, g, src) in grid.params.items()
+    )
     selected = ", ".join(f"{html.escape(p)}: {n:.3g} per step" for p, n in grid.selected.items())
-    legend = ('<p style="font-size:0.9em"><b>No judge for this model: measured change, not verdicts.</b> '
-              'Under each image: <i>pixels Δ</i>: mean absolute pixel change from the before image (0–255); '
-              '<i>features</i>: summed activation of the removed concept\'s selected features, averaged over steps and patches, '
-              'at the hook point (block output re-encoded by the SAE), and its change from before.<br>'
-              f'SAeUron settings: {params}. Selected features at {selected}.</p>')
+    legend = (
+        '<p style="font-size:0.9em"><b>No judge for this model: measured change, not verdicts.</b> '
+        "Under each image: <i>pixels Δ</i>: mean absolute pixel change from the before image (0–255); "
+        "<i>features</i>: summed activation of the removed concept's selected features, averaged over steps and patches, "
+        "at the hook point (block output re-encoded by the SAE), and its change from before.<br>"
+        f"SAeUron settings: {params}. Selected features at {selected}.</p>"
+    )
     style = "<style>#unlearn-table{border-collapse:collapse}#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.9em}#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}#unlearn-table th[scope=row]{max-width:220px}</style>"
     return f'{style}{legend}<div style="overflow-x:auto"><table id="unlearn-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
@@ -162,8 +226,15 @@ def change_frame(grid: ChangeGrid) -> pd.DataFrame:
     rows = []
     for r in change_summary(grid):
         drop = "n/a" if r["feature_drop"] is None else percent(r["feature_drop"])
-        rows.append({"method": r["method"], "prompts": f"{r['role']} ({r['images']})", "image change: mean |Δ pixel| (0–255)": sig3(r["pixel_change"]),
-                     "selected features: before → after": f"{sig3(r['feature_before'])} → {sig3(r['feature_after'])}", "feature drop": drop})
+        rows.append(
+            {
+                "method": r["method"],
+                "prompts": f"{r['role']} ({r['images']})",
+                "image change: mean |Δ pixel| (0–255)": sig3(r["pixel_change"]),
+                "selected features: before → after": f"{sig3(r['feature_before'])} → {sig3(r['feature_after'])}",
+                "feature drop": drop,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -173,7 +244,9 @@ def metrics_frame(grids: list[UnlearnGrid]) -> pd.DataFrame:
     rows = {}
     for r in metric_rows(grids):
         key = (r["concept"], r["metric"])
-        rows.setdefault(key, {"concept": r["concept"], "metric": METRIC_LABELS[r["metric"]]})[r["column"]] = metric_cell(r["successes"], r["images"])
+        rows.setdefault(key, {"concept": r["concept"], "metric": METRIC_LABELS[r["metric"]]})[r["column"]] = (
+            metric_cell(r["successes"], r["images"])
+        )
     return pd.DataFrame(list(rows.values()), columns=["concept", "metric", *columns])
 
 
@@ -181,13 +254,24 @@ def export_files(grids) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="saeuron-unlearn-"))
     if isinstance(grids, ChangeGrid):
         stem = "unlearn_" + "+".join(grids.concepts) + f"_seed{grids.seed}"
-        files = {f"{stem}_change.csv": to_csv(change_rows(grids)), f"{stem}.json": json.dumps(change_export(grids), indent=1)}
+        files = {
+            f"{stem}_change.csv": to_csv(change_rows(grids)),
+            f"{stem}.json": json.dumps(change_export(grids), indent=1),
+        }
         for name, text in files.items():
             (folder / name).write_text(text)
         return [str(folder / name) for name in files]
     seeds = grids[0].seeds or (grids[0].seed,)
-    stem = "unlearn_" + "+".join(grids[0].concepts) + (f"_seed{seeds[0]}" if len(seeds) == 1 else f"_seeds{seeds[0]}-{seeds[-1]}")
-    files = {f"{stem}_verdicts.csv": to_csv(verdict_rows(grids)), f"{stem}_metrics.csv": to_csv(metric_rows(grids)), f"{stem}.json": json.dumps(grid_export(grids), indent=1)}
+    stem = (
+        "unlearn_"
+        + "+".join(grids[0].concepts)
+        + (f"_seed{seeds[0]}" if len(seeds) == 1 else f"_seeds{seeds[0]}-{seeds[-1]}")
+    )
+    files = {
+        f"{stem}_verdicts.csv": to_csv(verdict_rows(grids)),
+        f"{stem}_metrics.csv": to_csv(metric_rows(grids)),
+        f"{stem}.json": json.dumps(grid_export(grids), indent=1),
+    }
     for name, text in files.items():
         (folder / name).write_text(text)
     return [str(folder / name) for name in files]
@@ -204,7 +288,11 @@ def defaults_text(ex: Explorer, concepts) -> str:
             rows.append(f"{c}: {e}")
     if not rows:
         return ""
-    judge = "" if ex.audit.judged else "\n\nNo judge for this model: the grid shows image-level and feature-level change instead of UA / IRA / CRA."
+    judge = (
+        ""
+        if ex.audit.judged
+        else "\n\nNo judge for this model: the grid shows image-level and feature-level change instead of UA / IRA / CRA."
+    )
     return "Defaults (used while tau and gamma are empty): " + "; ".join(rows) + judge
 
 
@@ -217,9 +305,24 @@ def wire(ex: Explorer, p: UnlearnPanel) -> None:
     def run(concepts, methods, tau, gamma, seed, seeds, progress=gr.Progress()):
         progress(0.0, desc="checking the request")  # the bar from the first second, whatever follows
         seeds = DEFAULT_GRID_SEEDS if seeds is None else seeds
-        grids = ex.audit.compare(concepts, methods, 0 if seed is None else seed, tau, gamma, progress=lambda f, text: progress(f, desc=text), seeds=seeds)
+        grids = ex.audit.compare(
+            concepts,
+            methods,
+            0 if seed is None else seed,
+            tau,
+            gamma,
+            progress=lambda f, text: progress(f, desc=text),
+            seeds=seeds,
+        )
         if isinstance(grids, ChangeGrid):
-            return change_html(grids), gr.update(value=change_frame(grids), label="Measured change on this grid (no judge: image-level and feature-level change, not UA / IRA / CRA)"), export_files(grids)
+            return (
+                change_html(grids),
+                gr.update(
+                    value=change_frame(grids),
+                    label="Measured change on this grid (no judge: image-level and feature-level change, not UA / IRA / CRA)",
+                ),
+                export_files(grids),
+            )
         return matrix_html(grids), metrics_frame(grids), export_files(grids)
 
     def check_tau(values):
@@ -240,7 +343,22 @@ def wire(ex: Explorer, p: UnlearnPanel) -> None:
     def check_seeds(values):
         check_int("seeds per prompt", DEFAULT_GRID_SEEDS if values[5] is None else values[5], 1, MAX_GRID_SEEDS)
 
-    check = validator({0: lambda v: v[0] or fail("choose at least one concept to unlearn"), 1: lambda v: v[1] or fail("choose at least one method"), 2: check_tau, 3: check_gamma,
-                       4: check_seed, 5: check_seeds})
+    check = validator(
+        {
+            0: lambda v: v[0] or fail("choose at least one concept to unlearn"),
+            1: lambda v: v[1] or fail("choose at least one method"),
+            2: check_tau,
+            3: check_gamma,
+            4: check_seed,
+            5: check_seeds,
+        }
+    )
     p.concepts.change(ui_errors(show_defaults), p.concepts, p.defaults, api_name="unlearn_defaults")
-    p.run_button.click(run, [p.concepts, p.methods, p.tau, p.gamma, p.seed, p.seeds], [p.matrix, p.metrics, p.exports], api_name="unlearn_grid", concurrency_id="unet", validator=check)
+    p.run_button.click(
+        run,
+        [p.concepts, p.methods, p.tau, p.gamma, p.seed, p.seeds],
+        [p.matrix, p.metrics, p.exports],
+        api_name="unlearn_grid",
+        concurrency_id="unet",
+        validator=check,
+    )

@@ -79,7 +79,9 @@ def _ids_with_slots(pipe, prompts: list[str], n_tokens: int) -> Tensor:
     ids = tok(prompts, padding="max_length", max_length=length, truncation=False, return_tensors="pt").input_ids
     used = [len(tok(p).input_ids) for p in prompts]
     if max(used) + n_tokens > length:
-        raise SaeuronError(f"a prompt of {max(used)} tokens leaves no room for {n_tokens} soft tokens (the text encoder takes {length})")
+        raise SaeuronError(
+            f"a prompt of {max(used)} tokens leaves no room for {n_tokens} soft tokens (the text encoder takes {length})"
+        )
     slots = torch.full((len(prompts), n_tokens), tok.bos_token_id, dtype=ids.dtype)
     return torch.cat([ids[:, :1], slots, ids[:, 1 : length - n_tokens]], 1)
 
@@ -123,11 +125,28 @@ def _generate(pipe, seeds, steps, guidance, prompts=None, embeds=None) -> Tensor
         return torch.stack(generate_jobs(pipe, list(zip(prompts, seeds)), steps, guidance, output_type="latent"))
     negative = text_embeddings(pipe, [""] * len(seeds))[1].to(embeds.dtype)
     with torch.no_grad():
-        out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=steps, guidance_scale=guidance, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent")
+        out = pipe(
+            prompt_embeds=embeds,
+            negative_prompt_embeds=negative,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            output_type="latent",
+        )
     return out.images
 
 
-def run_attack(pipe, removal_active: Callable[[], ContextManager] | None, prompts: list[str], seeds: list[int], steps: int, guidance: float, cfg: AttackConfig = AttackConfig(), progress: Callable[[int, int, float], None] | None = None, target_prompts: list[str] | None = None) -> AttackResult:
+def run_attack(
+    pipe,
+    removal_active: Callable[[], ContextManager] | None,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    cfg: AttackConfig = AttackConfig(),
+    progress: Callable[[int, int, float], None] | None = None,
+    target_prompts: list[str] | None = None,
+) -> AttackResult:
     """Attack a removal on ``prompts`` (each with its seed); see the module docstring.
 
     ``removal_active()`` returns the context in which the edited model runs (``Removal.active``
@@ -169,4 +188,13 @@ def run_attack(pipe, removal_active: Callable[[], ContextManager] | None, prompt
         with torch.no_grad():
             embeds = soft_prompt_embeddings(pipe, prompts, soft.detach())
         after = _generate(pipe, seeds, steps, guidance, embeds=embeds)
-    return AttackResult(list(prompts), list(seeds), _images(pipe, z0), _images(pipe, before), _images(pipe, after), losses, soft.detach(), time.perf_counter() - t0)
+    return AttackResult(
+        list(prompts),
+        list(seeds),
+        _images(pipe, z0),
+        _images(pipe, before),
+        _images(pipe, after),
+        losses,
+        soft.detach(),
+        time.perf_counter() - t0,
+    )

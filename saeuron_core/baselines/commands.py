@@ -15,8 +15,11 @@ from ..cli.options import add_model_options, add_output_options, open_model, rai
 
 def add_cache_options(p) -> None:
     g = p.add_argument_group("weight-edit cache")
-    g.add_argument("--cache", default=None,
-                   help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)")
+    g.add_argument(
+        "--cache",
+        default=None,
+        help="folder for ESD / UCE weight edits (default $SAEURON_CACHE or ~/.cache/saeuron/erasures)",
+    )
     g.add_argument("--no-cache", action="store_true", help="compute every weight edit afresh and keep none")
 
 
@@ -44,8 +47,12 @@ def add_uce_options(p) -> None:
     """One ``--uce-<field>`` flag per UceConfig field (``--preserve-scale`` as before)."""
     from .erasure import UceConfig
 
-    flags = add_config_flags(p.add_argument_group("UCE (UceConfig)"), UceConfig, prefix="uce-",
-                             aliases={"preserve_scale": "--preserve-scale"})
+    flags = add_config_flags(
+        p.add_argument_group("UCE (UceConfig)"),
+        UceConfig,
+        prefix="uce-",
+        aliases={"preserve_scale": "--preserve-scale"},
+    )
     p.set_defaults(uce_flags=flags)
 
 
@@ -60,8 +67,9 @@ def cmd_erase(args) -> int:
     if (out / META_FILE).is_file() and not args.overwrite:
         raise_error(f"{out} already holds an erasure; pass --overwrite to replace it")
     if args.method not in ("esd", "uce"):
-        raise_error(f"unknown erasure method {args.method!r}; use esd or uce (SAeUron needs no erasure: see "
-                    "`saeuron unlearn`)")
+        raise_error(
+            f"unknown erasure method {args.method!r}; use esd or uce (SAeUron needs no erasure: see `saeuron unlearn`)"
+        )
     config = esd_config(args) if args.method == "esd" else args.uce_flags.build(args)
     m = open_model(args)
     bar = tqdm(total=getattr(config, "iterations", 1), desc=f"{args.method} {'+'.join(args.concept)}", mininterval=2)
@@ -73,22 +81,35 @@ def cmd_erase(args) -> int:
 
     with StopRequest() as stop:
         try:
-            edit = erase_to(out, m.pipe, m.info, args.method, args.concept, config, progress=progress,
-                            should_stop=lambda: stop.requested)
+            edit = erase_to(
+                out,
+                m.pipe,
+                m.info,
+                args.method,
+                args.concept,
+                config,
+                progress=progress,
+                should_stop=lambda: stop.requested,
+            )
         finally:
             bar.close()
     WeightEdit.load(out)  # what was written reads back
-    print(f"wrote {out}: {args.method} erasure of {', '.join(edit.concepts)} ({len(edit.deltas)} tensors, "
-          f"{edit.storage_bytes / 2**20:.2f} MB) in {edit.setup_seconds:.1f} s")
+    print(
+        f"wrote {out}: {args.method} erasure of {', '.join(edit.concepts)} ({len(edit.deltas)} tensors, "
+        f"{edit.storage_bytes / 2**20:.2f} MB) in {edit.setup_seconds:.1f} s"
+    )
     return 0
 
 
 def register(sub) -> None:
     """Add the baselines' commands to `saeuron` (the ``saeuron.commands`` entry point)."""
-    er = sub.add_parser("erase", help="erase concepts by editing U-Net weights (ESD-x fine-tuning or UCE closed form)",
-                        description="Write a weight edit (edit.safetensors + erasure.json: differences from the base "
-                                    "model's cross-attention weights). ESD checkpoints to <out>.work and resumes "
-                                    "when rerun; SIGTERM checkpoints and stops.")
+    er = sub.add_parser(
+        "erase",
+        help="erase concepts by editing U-Net weights (ESD-x fine-tuning or UCE closed form)",
+        description="Write a weight edit (edit.safetensors + erasure.json: differences from the base "
+        "model's cross-attention weights). ESD checkpoints to <out>.work and resumes "
+        "when rerun; SIGTERM checkpoints and stops.",
+    )
     add_model_options(er)
     add_esd_options(er)
     add_uce_options(er)

@@ -59,7 +59,9 @@ def check_concepts(info, concepts) -> tuple[str, ...]:
     if vocab:
         unknown = [c for c in concepts if c not in vocab]
         if unknown:
-            raise SaeuronError(f"concept {unknown[0]!r} is not in this model's vocabulary; objects: {', '.join(info.objects)}; styles: {', '.join(info.styles)}")
+            raise SaeuronError(
+                f"concept {unknown[0]!r} is not in this model's vocabulary; objects: {', '.join(info.objects)}; styles: {', '.join(info.styles)}"
+            )
     return concepts
 
 
@@ -102,7 +104,15 @@ class UceConfig:
             raise SaeuronError("UCE lamb must be > 0 (it keeps the normal matrix invertible)")
 
 
-def uce_solve(w_old: Tensor, edit_in: Tensor, edit_out: Tensor, preserve_in: Tensor, erase_scale: float = 1.0, preserve_scale: float = 1.0, lamb: float = 0.1) -> Tensor:
+def uce_solve(
+    w_old: Tensor,
+    edit_in: Tensor,
+    edit_out: Tensor,
+    preserve_in: Tensor,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 1.0,
+    lamb: float = 0.1,
+) -> Tensor:
     """The UCE closed form for one projection W_old [out, d].
 
     Minimises  erase_scale * sum_i ||W c_i - v*_i||^2 + preserve_scale * sum_p ||W c_p - W_old c_p||^2
@@ -116,7 +126,9 @@ def uce_solve(w_old: Tensor, edit_in: Tensor, edit_out: Tensor, preserve_in: Ten
     c, v, p = edit_in.double(), edit_out.double(), preserve_in.double()
     d = w.shape[1]
     if c.shape[1] != d or p.shape[1] != d or v.shape != (c.shape[0], w.shape[0]):
-        raise SaeuronError(f"UCE shapes do not fit: W {tuple(w.shape)}, edit in {tuple(c.shape)}, edit out {tuple(v.shape)}, preserve in {tuple(p.shape)}")
+        raise SaeuronError(
+            f"UCE shapes do not fit: W {tuple(w.shape)}, edit in {tuple(c.shape)}, edit out {tuple(v.shape)}, preserve in {tuple(p.shape)}"
+        )
     left = lamb * w + erase_scale * v.T @ c + preserve_scale * (w @ p.T) @ p
     normal = lamb * torch.eye(d, dtype=torch.float64) + erase_scale * c.T @ c + preserve_scale * p.T @ p
     # W normal = left; normal is symmetric positive definite, so solve instead of inverting.
@@ -183,7 +195,9 @@ def uce_erase(pipe, info, concepts, cfg: UceConfig = UceConfig()) -> WeightEdit:
         if not name.endswith("weight"):
             continue
         w_old = p.detach().float().cpu()
-        w_new = uce_solve(w_old, edit_in, target_in @ w_old.T, preserve_in, cfg.erase_scale, cfg.preserve_scale, cfg.lamb)
+        w_new = uce_solve(
+            w_old, edit_in, target_in @ w_old.T, preserve_in, cfg.erase_scale, cfg.preserve_scale, cfg.lamb
+        )
         deltas[name] = w_new - w_old
     return WeightEdit("uce", concepts, deltas, fingerprint(unet, deltas), asdict(cfg), time.perf_counter() - t0)
 
@@ -250,18 +264,24 @@ def _esd_pool(pipe, info, concepts, cfg: EsdConfig) -> tuple[list[str], list[str
     jobs = [(pairs[i % len(pairs)][0], cfg.seed * 100_003 + i) for i in range(cfg.pool_size)]
     anchors = [pairs[i % len(pairs)][1] for i in range(cfg.pool_size)]
     guidance = cfg.pool_guidance if cfg.pool_guidance is not None else info.default_guidance
-    latents = generate_jobs(pipe, jobs, cfg.pool_steps or info.default_steps, guidance, batch_size=12, output_type="latent")
+    latents = generate_jobs(
+        pipe, jobs, cfg.pool_steps or info.default_steps, guidance, batch_size=12, output_type="latent"
+    )
     return [p for p, _ in jobs], anchors, torch.stack(latents)
 
 
-def esd_loss(unet: nn.Module, frozen: dict[str, Tensor], x_t: Tensor, t: Tensor, cond: Tensor, anchor: Tensor, eta: float) -> Tensor:
+def esd_loss(
+    unet: nn.Module, frozen: dict[str, Tensor], x_t: Tensor, t: Tensor, cond: Tensor, anchor: Tensor, eta: float
+) -> Tensor:
     """|| eps(x_t, c) - [eps*(x_t, a) - eta (eps*(x_t, c) - eps*(x_t, a))] ||^2 (mean).
 
     eps is the U-Net as it is; eps* the same U-Net with ``frozen`` parameter values swapped in
     (the original cross-attention weights), so no second copy of the model is needed.
     """
     with torch.no_grad():
-        both = torch.func.functional_call(unet, frozen, (torch.cat([x_t, x_t]), t), {"encoder_hidden_states": torch.cat([anchor, cond])}, strict=False).sample
+        both = torch.func.functional_call(
+            unet, frozen, (torch.cat([x_t, x_t]), t), {"encoder_hidden_states": torch.cat([anchor, cond])}, strict=False
+        ).sample
         e_anchor, e_concept = both.chunk(2)
         target = e_anchor - eta * (e_concept - e_anchor)
     pred = unet(x_t, t, encoder_hidden_states=cond).sample
@@ -272,7 +292,15 @@ def _esd_state_file(work: Path) -> Path:
     return work / "esd_state.pt"
 
 
-def esd_erase(pipe, info, concepts, cfg: EsdConfig = EsdConfig(), work: str | Path | None = None, progress: Callable[[int, int, float], None] | None = None, should_stop: Callable[[], bool] | None = None) -> WeightEdit:
+def esd_erase(
+    pipe,
+    info,
+    concepts,
+    cfg: EsdConfig = EsdConfig(),
+    work: str | Path | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> WeightEdit:
     """Erase ``concepts`` with ESD-x; the pipeline's U-Net is left exactly as it was.
 
     ``work``: a folder for checkpoints every ``cfg.checkpoint_every`` iterations; a rerun with the
@@ -322,7 +350,10 @@ def esd_erase(pipe, info, concepts, cfg: EsdConfig = EsdConfig(), work: str | Pa
             if work and (done % cfg.checkpoint_every == 0 or stop) and done < cfg.iterations:
                 _esd_checkpoint(work, identity, params, names, opt, done, elapsed + time.perf_counter() - t0)
             if stop:
-                raise SaeuronError(f"ESD stopped at iteration {done}/{cfg.iterations}" + ("; checkpoint saved, run the same command to resume" if work else ""))
+                raise SaeuronError(
+                    f"ESD stopped at iteration {done}/{cfg.iterations}"
+                    + ("; checkpoint saved, run the same command to resume" if work else "")
+                )
         deltas = {n: (params[n].detach() - originals[n]).clone() for n in names}
     seconds = elapsed + time.perf_counter() - t0
     settings = {**asdict(cfg), "final_loss": loss_value}
@@ -330,7 +361,13 @@ def esd_erase(pipe, info, concepts, cfg: EsdConfig = EsdConfig(), work: str | Pa
 
 
 def _esd_checkpoint(work: Path, identity: dict, params, names, opt, iteration: int, seconds: float) -> None:
-    state = {"identity": identity, "iteration": iteration, "seconds": seconds, "params": {n: params[n].detach() for n in names}, "opt": opt.state_dict()}
+    state = {
+        "identity": identity,
+        "iteration": iteration,
+        "seconds": seconds,
+        "params": {n: params[n].detach() for n in names},
+        "opt": opt.state_dict(),
+    }
     save_state(_esd_state_file(work), state)
 
 
@@ -340,7 +377,9 @@ def _esd_resume(work: Path, identity: dict, params, names, opt) -> tuple[int, fl
     if (state := load_state(path)) is None:
         return 0, 0.0
     if state["identity"] != identity:
-        raise SaeuronError(f"{path} is a checkpoint of another ESD run (model, concepts or settings differ); use another work folder or delete it")
+        raise SaeuronError(
+            f"{path} is a checkpoint of another ESD run (model, concepts or settings differ); use another work folder or delete it"
+        )
     with torch.no_grad():
         for n in names:
             params[n].copy_(state["params"][n])
@@ -353,5 +392,7 @@ def erase(pipe, info, method: str, concepts, config=None, work=None, progress=No
     if method == "uce":
         return uce_erase(pipe, info, concepts, config or UceConfig())
     if method == "esd":
-        return esd_erase(pipe, info, concepts, config or EsdConfig(), work=work, progress=progress, should_stop=should_stop)
+        return esd_erase(
+            pipe, info, concepts, config or EsdConfig(), work=work, progress=progress, should_stop=should_stop
+        )
     raise SaeuronError(f"unknown erasure method {method!r}; methods: {', '.join(ERASURE_METHODS)}")

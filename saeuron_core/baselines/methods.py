@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from ..edits import META_FILE, WeightEdit, applied, cross_attention_parameters, fingerprint
-from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, check_concepts, erase
 from ..errors import SaeuronError
 from ..interventions import Replace
+from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, check_concepts, erase
 
 METHODS = ("none", "saeuron", "saeuron-paper", "esd", "uce")
 SAE_METHODS = ("saeuron", "saeuron-paper")
@@ -65,7 +65,15 @@ class Removal:
     @classmethod
     def from_edit(cls, edit: WeightEdit) -> "Removal":
         """An ESD / UCE weight edit as a removal (its deltas are the extra storage and memory)."""
-        return cls(edit.method, edit.concepts, edit.setup_seconds, edit.storage_bytes, edit.storage_bytes, dict(edit.settings), _activate=lambda p: applied(p.unet, edit))
+        return cls(
+            edit.method,
+            edit.concepts,
+            edit.setup_seconds,
+            edit.storage_bytes,
+            edit.storage_bytes,
+            dict(edit.settings),
+            _activate=lambda p: applied(p.unet, edit),
+        )
 
 
 def check_method(method: str) -> str:
@@ -75,7 +83,7 @@ def check_method(method: str) -> str:
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """"saeuron,esd" -> ("saeuron", "esd"), each checked, order kept, duplicates dropped."""
+    """ "saeuron,esd" -> ("saeuron", "esd"), each checked, order kept, duplicates dropped."""
     methods = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     if not methods:
         raise SaeuronError("no method given; methods: " + ", ".join(METHODS))
@@ -87,11 +95,27 @@ def parse_methods(text: str) -> tuple[str, ...]:
 def edit_cache_key(method: str, concepts, config, base: str) -> str:
     """Folder name for a cached weight edit: readable concepts + a hash of what decides it."""
     identity = config.identity() if hasattr(config, "identity") else asdict(config)
-    digest = hashlib.sha256(json.dumps({"method": method, "concepts": list(concepts), "config": identity, "base": base}, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(
+        json.dumps(
+            {"method": method, "concepts": list(concepts), "config": identity, "base": base}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:12]
     return f"{'+'.join(concepts)}-{digest}"
 
 
-def prepare_removal(pipe, info, method: str, concepts, *, bundle=None, cache: str | Path | None = None, esd: EsdConfig | None = None, uce: UceConfig | None = None, progress=None, log=None) -> Removal:
+def prepare_removal(
+    pipe,
+    info,
+    method: str,
+    concepts,
+    *,
+    bundle=None,
+    cache: str | Path | None = None,
+    esd: EsdConfig | None = None,
+    uce: UceConfig | None = None,
+    progress=None,
+    log=None,
+) -> Removal:
     """Set up ``method`` for ``concepts`` on ``pipe`` (see the module docstring).
 
     ``bundle`` (a ``SaeBundle``) is needed for "saeuron"; ``cache`` is a folder for weight edits
@@ -113,7 +137,9 @@ def edit_folder(pipe, method: str, concepts, config, cache: str | Path) -> Path:
     return Path(cache) / method / edit_cache_key(method, tuple(concepts), config, base)
 
 
-def erase_to(folder: str | Path, pipe, info, method: str, concepts, config, progress=None, should_stop=None) -> WeightEdit:
+def erase_to(
+    folder: str | Path, pipe, info, method: str, concepts, config, progress=None, should_stop=None
+) -> WeightEdit:
     """Compute an edit (ESD checkpoints in ``<folder>.work``, resumed when there), save it to
     ``folder`` and drop the checkpoints."""
     folder = Path(folder)
@@ -148,18 +174,33 @@ def _saeuron_removal(pipe, bundle, concepts, paper: bool = False) -> Removal:
     with bundle.hooked(pipe, interventions):
         pass  # compiling the selections is the set-up cost; the hooks are removed again
     seconds = time.perf_counter() - t0
-    tensors = [p for sae in bundle.saes.values() for p in sae.parameters()] + [st.concept_sums for st in bundle.stats.values()]
+    tensors = [p for sae in bundle.saes.values() for p in sae.parameters()] + [
+        st.concept_sums for st in bundle.stats.values()
+    ]
     memory = sum(t.numel() * t.element_size() for t in tensors)
     settings: dict = {}
     for iv in interventions:
         settings.setdefault(iv.point, []).extend(iv.per_concept())
     replaced = [iv for iv in interventions if isinstance(iv, Replace)]
     if replaced:  # the paper's method keeps its older settings key; a replacement names itself
-        settings["replace"] = {c: {"strength": s, "target": iv.target, "latents": iv.latents} for iv in replaced for c, _, s in iv.per_concept()}
+        settings["replace"] = {
+            c: {"strength": s, "target": iv.target, "latents": iv.latents}
+            for iv in replaced
+            for c, _, s in iv.per_concept()
+        }
     if interventions[0].score != "paper":  # the paper's score stays implicit: older settings keep their key
         settings["score"] = interventions[0].score
 
     def activate(p):
         return bundle.hooked(p, interventions)
 
-    return Removal("saeuron-paper" if paper else "saeuron", tuple(concepts), seconds, bundle.storage_bytes(), memory, settings, variant=bundle.variant(paper), _activate=activate)
+    return Removal(
+        "saeuron-paper" if paper else "saeuron",
+        tuple(concepts),
+        seconds,
+        bundle.storage_bytes(),
+        memory,
+        settings,
+        variant=bundle.variant(paper),
+        _activate=activate,
+    )

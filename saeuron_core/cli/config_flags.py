@@ -35,9 +35,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body
         for node, after in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                    and isinstance(after.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
                 docs[node.target.id] = inspect.cleandoc(after.value.value)
     return docs
 
@@ -135,8 +139,17 @@ def _convert(value, tp):
     return tuple(value) if typing.get_origin(tp) is tuple else value
 
 
-def add_config_flags(parser, cls: type, *, prefix: str = "", exclude=(), only=None, aliases=None,
-                     conflict_prefix: str | None = None, defaults=None) -> ConfigFlags:
+def add_config_flags(
+    parser,
+    cls: type,
+    *,
+    prefix: str = "",
+    exclude=(),
+    only=None,
+    aliases=None,
+    conflict_prefix: str | None = None,
+    defaults=None,
+) -> ConfigFlags:
     """Add a flag for every field of dataclass ``cls`` to ``parser`` (a parser or an argument
     group) and return what builds the config back.
 
@@ -160,8 +173,9 @@ def add_config_flags(parser, cls: type, *, prefix: str = "", exclude=(), only=No
         tp = hints[f.name]
         default = _default(f) if defaults is None else getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
-            nested[f.name] = add_config_flags(parser, tp, prefix=prefix, exclude=exclude, only=only, aliases=aliases,
-                                              defaults=default)
+            nested[f.name] = add_config_flags(
+                parser, tp, prefix=prefix, exclude=exclude, only=only, aliases=aliases, defaults=default
+            )
             continue
         kwargs = _argparse_kwargs(f.name, tp, default)
         kwargs.update(default=argparse.SUPPRESS, help=_help(docs.get(f.name, ""), default))

@@ -63,12 +63,22 @@ def _cache(args) -> int:
         if items is None:
             raise_error(f"{args.model} has no built-in prompt set; pass --prompts FILE (.txt or .csv)")
     points = args.point or sorted(set(m.info.hook_points.values()))
-    store = cache_activations(m.pipe, items, points, args.out, m.steps, m.guidance,
-                              items_per_shard=args.items_per_shard, model_name=args.model)
+    store = cache_activations(
+        m.pipe,
+        items,
+        points,
+        args.out,
+        m.steps,
+        m.guidance,
+        items_per_shard=args.items_per_shard,
+        model_name=args.model,
+    )
     if dist.is_main():
         ranks = f" ({dist.world()} ranks)" if dist.world() > 1 else ""
-        print(f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)} ({m.describe()}); "
-              f"{len(store.completed)}/{store.n_shards} shards{ranks}")
+        print(
+            f"store {args.out}: {len(store.items)} images x {m.steps} steps at {', '.join(points)} ({m.describe()}); "
+            f"{len(store.completed)}/{store.n_shards} shards{ranks}"
+        )
     return 0
 
 
@@ -138,8 +148,9 @@ def _stats(args) -> int:
         if not model:
             raise_error(f"the store at {args.store} does not name its model; pass --model, or --no-thumbnails")
         resolve_spec(model)  # a wrong model fails here; it is loaded only after the statistics (peak memory)
-    all_stats = {point: compute_stats(store, point, sae, top_m=args.top_m, distinct=args.distinct)
-                 for point, sae in saes.items()}
+    all_stats = {
+        point: compute_stats(store, point, sae, top_m=args.top_m, distinct=args.distinct) for point, sae in saes.items()
+    }
     del saes
     if model is not None:
         pipe = load_pipeline(model)
@@ -151,10 +162,13 @@ def _stats(args) -> int:
             out = Path(args.out) / point
             stats.save(out)
             size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
-            unlabelled = ("" if stats.concepts else
-                          " (the prompts carry no concept labels: frequencies and top examples only)")
-            print(f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts{unlabelled}, "
-                  f"{stats.top_m} examples per feature ({size:.1f} MB) -> {out}")
+            unlabelled = (
+                "" if stats.concepts else " (the prompts carry no concept labels: frequencies and top examples only)"
+            )
+            print(
+                f"{point}: statistics of {stats.n_latents} latents over {len(stats.concepts)} concepts{unlabelled}, "
+                f"{stats.top_m} examples per feature ({size:.1f} MB) -> {out}"
+            )
     dist.barrier()
     return 0
 
@@ -194,59 +208,103 @@ def cmd_prepare(args) -> int:
             if name not in kinds[kind]:
                 kinds[kind].append(name)
     model = str(Path(args.model).resolve()) if Path(args.model).expanduser().is_dir() else args.model
-    spec = RunSpec(model=model, hook_points=routing, height=m.height, width=m.width, steps=m.steps,
-                   guidance=m.guidance, sae=given or "sae", concept_kinds=kinds, n_prompts=len(items))
+    spec = RunSpec(
+        model=model,
+        hook_points=routing,
+        height=m.height,
+        width=m.width,
+        steps=m.steps,
+        guidance=m.guidance,
+        sae=given or "sae",
+        concept_kinds=kinds,
+        n_prompts=len(items),
+    )
     tune = tune_of(m) if tune_of else None
-    labels = (", ".join(f"{len(v)} {k} concept(s)" for k, v in kinds.items())
-              or "no concept labels (statistics will have frequencies only)")
-    print(f"prepare {args.out}: {args.model} on {m.describe()}, {m.steps} steps, guidance {m.guidance}; "
-          f"{len(items)} prompts, {labels}")
-    prepare(m.pipe, spec, items, args.out, train_config=train, given_sae=given, top_m=args.top_m,
-            items_per_shard=args.items_per_shard, tune=tune)
+    labels = (
+        ", ".join(f"{len(v)} {k} concept(s)" for k, v in kinds.items())
+        or "no concept labels (statistics will have frequencies only)"
+    )
+    print(
+        f"prepare {args.out}: {args.model} on {m.describe()}, {m.steps} steps, guidance {m.guidance}; "
+        f"{len(items)} prompts, {labels}"
+    )
+    prepare(
+        m.pipe,
+        spec,
+        items,
+        args.out,
+        train_config=train,
+        given_sae=given,
+        top_m=args.top_m,
+        items_per_shard=args.items_per_shard,
+        tune=tune,
+    )
     return 0
 
 
 def register(sub) -> None:
-    c = sub.add_parser("cache", help="store block activations of a prompt set at every denoising step",
-                       description="Run the pipeline over a prompt set and write the conditional half of each hook "
-                                   "point's output, per step, as sharded fp16 safetensors. Resumable.")
+    c = sub.add_parser(
+        "cache",
+        help="store block activations of a prompt set at every denoising step",
+        description="Run the pipeline over a prompt set and write the conditional half of each hook "
+        "point's output, per step, as sharded fp16 safetensors. Resumable.",
+    )
     add_model_options(c)
-    c.add_argument("--prompts", default=None,
-                   help="a .txt (one prompt per line) or .csv (prompt[,seed][,labels...]); default: the model's "
-                        "built-in prompt set where one is registered (MiniCanvas)")
+    c.add_argument(
+        "--prompts",
+        default=None,
+        help="a .txt (one prompt per line) or .csv (prompt[,seed][,labels...]); default: the model's "
+        "built-in prompt set where one is registered (MiniCanvas)",
+    )
     c.add_argument("--point", action="append", help="hook point (repeat); default: the model's default points")
     c.add_argument("--items-per-shard", type=int, default=16, help="images per shard (the resume granularity)")
     add_output_options(c, help="store folder", overwrite=False)
     c.set_defaults(func=cmd_cache)
 
-    t = sub.add_parser("train-sae", help="train a TopK SAE per hook point of an activation store",
-                       description="Train TopK SAEs (sparsify layout: <out>/<point>/cfg.json + sae.safetensors) with "
-                                   "periodic checkpoints; rerun to resume.")
+    t = sub.add_parser(
+        "train-sae",
+        help="train a TopK SAE per hook point of an activation store",
+        description="Train TopK SAEs (sparsify layout: <out>/<point>/cfg.json + sae.safetensors) with "
+        "periodic checkpoints; rerun to resume.",
+    )
     t.add_argument("--store", required=True)
     t.add_argument("--point", action="append", help="hook point (repeat); default: every point of the store")
     add_sae_training_options(t)
-    t.add_argument("--by-point", action="store_true",
-                   help="under torchrun: train each hook point's SAE on one rank (round-robin) instead of every SAE "
-                        "data-parallel on all ranks")
+    t.add_argument(
+        "--by-point",
+        action="store_true",
+        help="under torchrun: train each hook point's SAE on one rank (round-robin) instead of every SAE "
+        "data-parallel on all ranks",
+    )
     add_output_options(t, help="folder for one subfolder per hook point", overwrite=False)
     t.set_defaults(func=cmd_train_sae)
 
-    st = sub.add_parser("stats", help="feature statistics (concept means per step, top patches, histograms)",
-                        description="Encode a store with its SAEs once and write compact feature statistics per hook "
-                                    "point.")
+    st = sub.add_parser(
+        "stats",
+        help="feature statistics (concept means per step, top patches, histograms)",
+        description="Encode a store with its SAEs once and write compact feature statistics per hook point.",
+    )
     st.add_argument("--store", required=True)
-    st.add_argument("--sae", required=True,
-                    help="folder with one SAE subfolder per hook point (<point> or unet.<point>), or a hub id "
-                         "org/name[/subfolder]")
+    st.add_argument(
+        "--sae",
+        required=True,
+        help="folder with one SAE subfolder per hook point (<point> or unet.<point>), or a hub id org/name[/subfolder]",
+    )
     st.add_argument("--point", action="append")
     st.add_argument("--top-m", type=int, default=8, help="top examples kept per feature (diverse: see --distinct)")
-    st.add_argument("--distinct", choices=("image", "prompt"), default="image",
-                    help="at most one example per image (prompt + seed) or per prompt")
-    st.add_argument("--model", default=None,
-                    help="pipeline that renders the examples' thumbnails (default: the store's model)")
+    st.add_argument(
+        "--distinct",
+        choices=("image", "prompt"),
+        default="image",
+        help="at most one example per image (prompt + seed) or per prompt",
+    )
+    st.add_argument(
+        "--model", default=None, help="pipeline that renders the examples' thumbnails (default: the store's model)"
+    )
     st.add_argument("--thumbnail-size", type=int, default=128, help="longest side of the stored thumbnails in pixels")
-    st.add_argument("--no-thumbnails", action="store_true",
-                    help="store no thumbnails (feature cards then show heatmaps on grey)")
+    st.add_argument(
+        "--no-thumbnails", action="store_true", help="store no thumbnails (feature cards then show heatmaps on grey)"
+    )
     add_output_options(st, help="statistics folder", overwrite=False)
     st.set_defaults(func=cmd_stats)
 
@@ -254,22 +312,29 @@ def register(sub) -> None:
         "prepare",
         help="one resumable command from a model and a concepts file to a folder the explorer opens",
         description="Cache activations of the concepts file's prompts, train one SAE per hook point (unless --sae "
-                    "gives them), compute feature statistics and, with --judge, tune tau/gamma; write a run folder "
-                    "for `saeuron-explorer --run DIR`. Rerun the same command to resume.",
+        "gives them), compute feature statistics and, with --judge, tune tau/gamma; write a run folder "
+        "for `saeuron-explorer --run DIR`. Rerun the same command to resume.",
     )
     add_model_options(pr)
-    pr.add_argument("--concepts", required=True,
-                    help="prompts and concepts: .csv (prompt[,seed][,<kind>...]: each label column is a concept "
-                         "kind), .json / .yaml (rows), or .txt (one prompt per line, no concepts)")
-    pr.add_argument("--sae", default=None,
-                    help="existing SAEs (folder or hub id org/name[/subfolder]) instead of training")
-    pr.add_argument("--point", action="append",
-                    help="hook point (repeat); default: the model's object and style points")
-    pr.add_argument("--kind-point", action="append",
-                    help="KIND=POINT: route a concept kind (label column) to a hook point (repeat)")
+    pr.add_argument(
+        "--concepts",
+        required=True,
+        help="prompts and concepts: .csv (prompt[,seed][,<kind>...]: each label column is a concept "
+        "kind), .json / .yaml (rows), or .txt (one prompt per line, no concepts)",
+    )
+    pr.add_argument(
+        "--sae", default=None, help="existing SAEs (folder or hub id org/name[/subfolder]) instead of training"
+    )
+    pr.add_argument(
+        "--point", action="append", help="hook point (repeat); default: the model's object and style points"
+    )
+    pr.add_argument(
+        "--kind-point", action="append", help="KIND=POINT: route a concept kind (label column) to a hook point (repeat)"
+    )
     add_sae_training_options(pr)
     pr.add_argument("--top-m", type=int, default=8, help="top-activating entries kept per feature and timestep bucket")
-    pr.add_argument("--items-per-shard", type=int, default=16,
-                    help="images per activation shard (the resume granularity)")
+    pr.add_argument(
+        "--items-per-shard", type=int, default=16, help="images per activation shard (the resume granularity)"
+    )
     add_output_options(pr, help="run folder (rerun the same command to resume)", overwrite=False)
     pr.set_defaults(func=cmd_prepare)

@@ -46,8 +46,10 @@ def cmd_generate(args) -> int:
     image = images[0] if len(images) == 1 else image_grid(images, len(prompts), len(seeds))
     save_image(image, Path(args.out))
     erased = f", {edit.method} erasure of {'+'.join(edit.concepts)}" if edit else ""
-    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {m.steps} steps, guidance {m.guidance}, "
-          f"{m.describe()}{erased})")
+    print(
+        f"wrote {args.out} ({len(prompts)} prompt(s) x {len(seeds)} seed(s), {m.steps} steps, guidance {m.guidance}, "
+        f"{m.describe()}{erased})"
+    )
     return 0
 
 
@@ -59,8 +61,10 @@ def cmd_unlearn(args) -> int:
     if args.out is None:
         raise_error("--out is required (an image path such as pair.png)")
     if (args.tau is None) != (args.gamma is None):
-        raise_error("give both --tau and --gamma, or neither (then --defaults, --preset or, for the bundled model, "
-                    "its table applies)")
+        raise_error(
+            "give both --tau and --gamma, or neither (then --defaults, --preset or, for the bundled model, "
+            "its table applies)"
+        )
     if args.prompt and any(not p.strip() for p in args.prompt):
         raise_error("empty prompt")
     m = open_model(args)
@@ -89,8 +93,10 @@ def cmd_unlearn(args) -> int:
     # rows: prompts; columns: (before, after) for each seed
     cells = [im for i in range(len(before)) for im in (before[i], after[i])]
     save_image(image_grid(cells, len(prompts), 2 * len(seeds)), args.out)
-    print(f"wrote {args.out} ({m.describe()}): rows = prompts, columns = before/after per seed; "
-          + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions))
+    print(
+        f"wrote {args.out} ({m.describe()}): rows = prompts, columns = before/after per seed; "
+        + "; ".join(f"{iv.point}: {iv.per_concept()}" for iv in interventions)
+    )
     return 0
 
 
@@ -130,8 +136,17 @@ def cmd_locate(args) -> int:
         if found is None:
             raise_error(f"{args.model} has no benchmark vocabulary; pass --case KIND:RIGHT|SWAPPED (repeat)")
         cases, shows = found
-    result = locate(m.pipe, cases, m.steps, m.guidance, blocks, shows, batch_size=args.batch_size,
-                    log=lambda msg: print(msg, flush=True), on_kind=lambda partial: write_locate(partial, out, chart))
+    result = locate(
+        m.pipe,
+        cases,
+        m.steps,
+        m.guidance,
+        blocks,
+        shows,
+        batch_size=args.batch_size,
+        log=lambda msg: print(msg, flush=True),
+        on_kind=lambda partial: write_locate(partial, out, chart),
+    )
     result["model"] = args.model
     written = write_locate(result, out, chart)
     print(markdown_table(result))
@@ -140,43 +155,53 @@ def cmd_locate(args) -> int:
 
 
 def register(sub) -> None:
-    g = sub.add_parser("generate", help="generate an image (or a grid: rows = prompts, columns = seeds)",
-                       description="Generate images with a Stable Diffusion pipeline. Several prompts or seeds make "
-                                   "a grid.")
+    g = sub.add_parser(
+        "generate",
+        help="generate an image (or a grid: rows = prompts, columns = seeds)",
+        description="Generate images with a Stable Diffusion pipeline. Several prompts or seeds make a grid.",
+    )
     add_model_options(g)
     g.add_argument("--prompt", action="append", help="prompt text; repeat for several rows")
-    g.add_argument("--seed", action="append", type=int,
-                   help="generation seed; repeat for several columns (default 0)")
+    g.add_argument("--seed", action="append", type=int, help="generation seed; repeat for several columns (default 0)")
     g.add_argument("--erasure", default=None, help="generate with a weight edit from `saeuron erase` applied")
     add_output_options(g, required=False, help="output image path (.png, .jpg, .webp)", overwrite=False)
     g.set_defaults(func=cmd_generate)
 
-    u = sub.add_parser("unlearn", help="generate before/after pairs with concepts removed (SAeUron)",
-                       description="Remove one or more concepts with SAeUron and write a grid: rows = prompts, "
-                                   "columns = before/after per seed.")
+    u = sub.add_parser(
+        "unlearn",
+        help="generate before/after pairs with concepts removed (SAeUron)",
+        description="Remove one or more concepts with SAeUron and write a grid: rows = prompts, "
+        "columns = before/after per seed.",
+    )
     add_model_options(u)
     add_bundle_options(u)
     u.add_argument("--concept", action="append", required=True, help="concept to remove (repeat for several)")
     u.add_argument("--prompt", action="append", help="prompt (repeat); default: the concept in three contexts")
     u.add_argument("--seed", action="append", type=int)
-    u.add_argument("--tau", type=float, default=None,
-                   help="selection percentile in (0, 100) (default: per-concept table)")
+    u.add_argument(
+        "--tau", type=float, default=None, help="selection percentile in (0, 100) (default: per-concept table)"
+    )
     u.add_argument("--gamma", type=float, default=None, help="negative multiplier (default: per-concept table)")
     add_output_options(u, required=False, help="output image path", overwrite=False)
     u.set_defaults(func=cmd_unlearn)
 
-    lo = sub.add_parser("locate", help="where concepts enter the U-Net: text-swap patching of every cross-attention "
-                                       "block",
-                        description="For each cross-attention block and concept kind: only this block sees the "
-                                    "swapped concept word (is it necessary?) and only this block sees the right one "
-                                    "(is it sufficient?). Judged on MiniCanvas models; on others (or with "
-                                    "--no-judge) the image and block-output changes are reported. Writes "
-                                    "locate.json, locate.md and a plotly heatmap.html.")
+    lo = sub.add_parser(
+        "locate",
+        help="where concepts enter the U-Net: text-swap patching of every cross-attention block",
+        description="For each cross-attention block and concept kind: only this block sees the "
+        "swapped concept word (is it necessary?) and only this block sees the right one "
+        "(is it sufficient?). Judged on MiniCanvas models; on others (or with "
+        "--no-judge) the image and block-output changes are reported. Writes "
+        "locate.json, locate.md and a plotly heatmap.html.",
+    )
     add_model_options(lo)
     lo.add_argument("--block", action="append", help="cross-attention block to test (repeat; default: every one)")
     lo.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
-    lo.add_argument("--case", action="append",
-                    help="a prompt pair for any model: KIND:RIGHT PROMPT|SWAPPED PROMPT (repeat; judge-free)")
+    lo.add_argument(
+        "--case",
+        action="append",
+        help="a prompt pair for any model: KIND:RIGHT PROMPT|SWAPPED PROMPT (repeat; judge-free)",
+    )
     lo.add_argument("--batch-size", type=int, default=16)
     add_output_options(lo, help="output folder")
     lo.set_defaults(func=cmd_locate)

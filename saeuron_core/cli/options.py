@@ -32,40 +32,63 @@ def add_model_options(p: argparse.ArgumentParser, steps_flag: str = "--steps") -
     """--model, where and in what precision it runs, the image size, the denoising steps and
     the guidance scale (each defaults to the model's own)."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="minicanvas",
-                   help="'minicanvas' (bundled), a diffusers pipeline folder or a hub id")
-    g.add_argument("--device", default="auto",
-                   help="auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:N or mps")
-    g.add_argument("--dtype", default="auto",
-                   help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16; "
-                        "SAEs always compute in float32")
-    g.add_argument("--height", type=int, default=None,
-                   help="image height in pixels, a multiple of the model's downsampling factor (default: the model's)")
+    g.add_argument(
+        "--model", default="minicanvas", help="'minicanvas' (bundled), a diffusers pipeline folder or a hub id"
+    )
+    g.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:N or mps"
+    )
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16; SAEs always compute in float32",
+    )
+    g.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        help="image height in pixels, a multiple of the model's downsampling factor (default: the model's)",
+    )
     g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
-    g.add_argument(steps_flag, dest="gen_steps", type=int, default=None,
-                   help="denoising steps (default: the model's, 20 for minicanvas)")
+    g.add_argument(
+        steps_flag,
+        dest="gen_steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: the model's, 20 for minicanvas)",
+    )
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
 
 
 def add_bundle_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """Where SAeUron's SAEs, statistics and (optionally) tau / gamma table come from."""
     g = p.add_argument_group("SAeUron")
-    g.add_argument("--sae", default=None,
-                   help="folder with one SAE subfolder per hook point (<point> or unet.<point>), or a hub id "
-                        "org/name[/subfolder] (default: bundled assets/sae)")
-    g.add_argument("--stats", default=None,
-                   help="statistics folder, one subfolder per hook point (default: bundled assets/stats)")
+    g.add_argument(
+        "--sae",
+        default=None,
+        help="folder with one SAE subfolder per hook point (<point> or unet.<point>), or a hub id "
+        "org/name[/subfolder] (default: bundled assets/sae)",
+    )
+    g.add_argument(
+        "--stats", default=None, help="statistics folder, one subfolder per hook point (default: bundled assets/stats)"
+    )
     if defaults:
-        g.add_argument("--defaults", default=None,
-                       help="tau/gamma table written by `saeuron tune` (default: the bundled table, for the bundled "
-                            "model only)")
-        g.add_argument("--preset", default=None, choices=["paper"],
-                       help="paper: the paper's settings (styles 99.999 / -1, objects from its Table 4 where names "
-                            "match)")
+        g.add_argument(
+            "--defaults",
+            default=None,
+            help="tau/gamma table written by `saeuron tune` (default: the bundled table, for the bundled model only)",
+        )
+        g.add_argument(
+            "--preset",
+            default=None,
+            choices=["paper"],
+            help="paper: the paper's settings (styles 99.999 / -1, objects from its Table 4 where names match)",
+        )
 
 
-def add_output_options(p: argparse.ArgumentParser, required: bool = True, help: str = "output folder",
-                       overwrite: bool = True) -> None:
+def add_output_options(
+    p: argparse.ArgumentParser, required: bool = True, help: str = "output folder", overwrite: bool = True
+) -> None:
     p.add_argument("--out", required=required, default=None, help=help)
     if overwrite:
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -124,8 +147,9 @@ def open_bundle(args, info, pipe=None):
     from ..unlearning import SaeBundle
 
     device = pipe.device if pipe is not None else "cpu"
-    bundle = SaeBundle.load(info, args.sae, args.stats, getattr(args, "defaults", None), device=device,
-                            preset=getattr(args, "preset", None))
+    bundle = SaeBundle.load(
+        info, args.sae, args.stats, getattr(args, "defaults", None), device=device, preset=getattr(args, "preset", None)
+    )
     if pipe is not None:
         bundle.check_fits(pipe.unet)
     return bundle
@@ -138,8 +162,10 @@ def open_store(path: str):
 
     store = ActivationStore(path)
     if not store.is_complete:
-        raise_error(f"the store {path} holds {len(store.completed)} of {store.n_shards} shards: finish caching "
-                    "(rerun the cache command) first")
+        raise_error(
+            f"the store {path} holds {len(store.completed)} of {store.n_shards} shards: finish caching "
+            "(rerun the cache command) first"
+        )
     return store
 
 

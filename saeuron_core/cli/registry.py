@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in eps:
         ep.load()(sub)
     if not eps:
-        p.epilog = (f"No commands are registered under the {ENTRY_POINT_GROUP!r} entry points: the benchmark's and "
-                    "the baselines' commands (evaluate, tune, erase, ...) appear once the package metadata is "
-                    "installed (pip install -e .).")
+        p.epilog = (
+            f"No commands are registered under the {ENTRY_POINT_GROUP!r} entry points: the benchmark's and "
+            "the baselines' commands (evaluate, tune, erase, ...) appear once the package metadata is "
+            "installed (pip install -e .)."
+        )
     return p
 
 

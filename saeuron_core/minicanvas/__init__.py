@@ -30,6 +30,21 @@ from .dataset import (
 )
 
 __all__ = [
-    "IMAGE_SIZE", "OBJECTS", "SPLITS", "STYLES", "Sample", "all_pairs", "check_object", "check_style", "concept_kind",
-    "prompt", "prompt_items", "prompt_seeds", "render", "render_batch", "render_sample", "split_of", "split_seeds",
+    "IMAGE_SIZE",
+    "OBJECTS",
+    "SPLITS",
+    "STYLES",
+    "Sample",
+    "all_pairs",
+    "check_object",
+    "check_style",
+    "concept_kind",
+    "prompt",
+    "prompt_items",
+    "prompt_seeds",
+    "render",
+    "render_batch",
+    "render_sample",
+    "split_of",
+    "split_seeds",
 ]

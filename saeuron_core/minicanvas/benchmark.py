@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import dataset as mc
-from ..errors import SaeuronError
-from .evaluation import JudgedImage, accuracy, judge_decorrelated, removal_counts
-from ..intervals import Rate, paired_bootstrap
 from ..baselines.attack import AttackConfig, run_attack
 from ..baselines.methods import Removal, check_method, prepare_removal
+from ..errors import SaeuronError
+from ..intervals import Rate, paired_bootstrap
 from ..io import atomic_path, claim, write_json
+from . import dataset as mc
+from .evaluation import JudgedImage, accuracy, judge_decorrelated, removal_counts
 
 DOMAINS = ("style", "object", "both")
 PAPER = {  # SD v1.5 on UnlearnCanvas (METHOD section 6), for side-by-side context only
@@ -58,8 +58,18 @@ PAPER = {  # SD v1.5 on UnlearnCanvas (METHOD section 6), for side-by-side conte
 # and quoted in the SAeUron paper. The averages are the ones METHOD.md states (ESD styles 91.17,
 # UCE objects 56.11, SalUn 90.57 / 94.28); SalUn's per-metric numbers are not given there.
 PAPER_BASELINES = {
-    "esd": {"style": {"UA": 0.9858, "IRA": 0.8097, "CRA": 0.9396}, "object": {"UA": 0.9215, "IRA": 0.5578, "CRA": 0.4423}, "memory_gb": 17.8, "storage_gb": 4.3},
-    "uce": {"style": {"UA": 0.9840, "IRA": 0.6022, "CRA": 0.4771}, "object": {"UA": 0.9431, "IRA": 0.3935, "CRA": 0.3467}, "memory_gb": 5.1, "storage_gb": 1.7},
+    "esd": {
+        "style": {"UA": 0.9858, "IRA": 0.8097, "CRA": 0.9396},
+        "object": {"UA": 0.9215, "IRA": 0.5578, "CRA": 0.4423},
+        "memory_gb": 17.8,
+        "storage_gb": 4.3,
+    },
+    "uce": {
+        "style": {"UA": 0.9840, "IRA": 0.6022, "CRA": 0.4771},
+        "object": {"UA": 0.9431, "IRA": 0.3935, "CRA": 0.3467},
+        "memory_gb": 5.1,
+        "storage_gb": 1.7,
+    },
     "salun": {"style": {"average": 0.9057}, "object": {"average": 0.9428}},
 }
 
@@ -94,7 +104,9 @@ class EvalPlan:
             mc.concept_kind(c)
         for s in self.seeds:
             if mc.split_of(s) != "heldout":
-                raise SaeuronError(f"seed {s} is in the {mc.split_of(s)!r} split; evaluation uses held-out seeds {mc.SPLITS['heldout']} only")
+                raise SaeuronError(
+                    f"seed {s} is in the {mc.split_of(s)!r} split; evaluation uses held-out seeds {mc.SPLITS['heldout']} only"
+                )
         if not self.seeds:
             raise SaeuronError("no seeds to evaluate")
         if not isinstance(self.attack_prompts, int) or self.attack_prompts < 0:
@@ -123,7 +135,13 @@ class ImageSet:
         """One .npz, written atomically (a work folder's finished piece)."""
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, images=self.images, features=self.features.numpy(), records=json.dumps([asdict(r) for r in self.records]), seconds=self.seconds)
+                np.savez(
+                    f,
+                    images=self.images,
+                    features=self.features.numpy(),
+                    records=json.dumps([asdict(r) for r in self.records]),
+                    seconds=self.seconds,
+                )
 
     @classmethod
     def load(cls, path: Path) -> "ImageSet":
@@ -134,7 +152,12 @@ class ImageSet:
     @classmethod
     def concat(cls, parts: list["ImageSet"]) -> "ImageSet":
         """Image sets of several base seeds as one (records in seed order, the same for every set)."""
-        return cls([r for p in parts for r in p.records], np.concatenate([p.images for p in parts]), torch.cat([p.features for p in parts]), sum(p.seconds for p in parts))
+        return cls(
+            [r for p in parts for r in p.records],
+            np.concatenate([p.images for p in parts]),
+            torch.cat([p.features for p in parts]),
+            sum(p.seconds for p in parts),
+        )
 
 
 def generate_protocol(pipe, judge, seeds, steps: int, guidance: float, batch_size: int = 24) -> ImageSet:
@@ -146,7 +169,9 @@ def generate_protocol(pipe, judge, seeds, steps: int, guidance: float, batch_siz
     return ImageSet(records, images, feats, time.perf_counter() - t0)
 
 
-def stored_protocol(pipe, judge, path: Path | None, seed: int, steps: int, guidance: float, removal: Removal | None = None) -> ImageSet | None:
+def stored_protocol(
+    pipe, judge, path: Path | None, seed: int, steps: int, guidance: float, removal: Removal | None = None
+) -> ImageSet | None:
     """The protocol at one base seed with ``removal`` active: from ``path`` if a run finished it,
     else generated here and saved there, unless another live process holds its claim (then None:
     the same command in several processes shares the work, one set at a time). ``path`` None:
@@ -192,7 +217,11 @@ def concept_row(concept_set: tuple[str, ...], edited: ImageSet, plain: ImageSet,
     """Metrics for removing ``concept_set`` together."""
     row: dict = {"removed": list(concept_set)}
     for c in concept_set:
-        counts = removal_counts([r for r in edited.records if r.style not in concept_set or r.style == c], c) if len(concept_set) > 1 else removal_counts(edited.records, c)
+        counts = (
+            removal_counts([r for r in edited.records if r.style not in concept_set or r.style == c], c)
+            if len(concept_set) > 1
+            else removal_counts(edited.records, c)
+        )
         m = {name: rate.value for name, rate in counts.items()}
         m["intervals"] = {name: rate.as_dict() for name, rate in counts.items()}
         row.setdefault("per_concept", {})[c] = m
@@ -204,7 +233,9 @@ def concept_row(concept_set: tuple[str, ...], edited: ImageSet, plain: ImageSet,
         row["CRA_unstyled"] = accuracy([r for r in edited.records if r.style is None], "object")
     keep = _retained(edited.records, concept_set)
     row["judge_fd_retained"] = frechet_distance(edited.features[keep], ref_feats)
-    row["collateral_mae"] = float(np.abs(edited.images[keep].astype(np.float32) - plain.images[keep].astype(np.float32)).mean() / 255)
+    row["collateral_mae"] = float(
+        np.abs(edited.images[keep].astype(np.float32) - plain.images[keep].astype(np.float32)).mean() / 255
+    )
     row["seconds_per_image"] = edited.seconds / len(edited.records)
     if len(concept_set) == 1:
         row.update(row["per_concept"][concept_set[0]])
@@ -226,10 +257,17 @@ def compare_methods(by_method: dict, reference: str = "saeuron") -> dict:
             shared = [c for c in mine if c in theirs]
             if not shared:
                 continue
-            entry = {"concepts": shared, "average": paired_bootstrap([concept_average(mine[c]) for c in shared], [concept_average(theirs[c]) for c in shared])}
+            entry = {
+                "concepts": shared,
+                "average": paired_bootstrap(
+                    [concept_average(mine[c]) for c in shared], [concept_average(theirs[c]) for c in shared]
+                ),
+            }
             for metric in ("UA", "IRA", "CRA", "kept_on_target"):
                 if all(metric in mine[c] and metric in theirs[c] for c in shared):
-                    entry[metric] = paired_bootstrap([mine[c][metric] for c in shared], [theirs[c][metric] for c in shared])
+                    entry[metric] = paired_bootstrap(
+                        [mine[c][metric] for c in shared], [theirs[c][metric] for c in shared]
+                    )
             out.setdefault(f"{reference} - {other}", {})[kind] = entry
     return out
 
@@ -245,7 +283,19 @@ def settings_key(method: str, concept_set: tuple[str, ...], settings: dict) -> s
     return f"{method}-{'+'.join(concept_set)}-{digest}"
 
 
-def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None = None, esd=None, uce=None, work: Path | None = None, log=print) -> dict:
+def run(
+    pipe,
+    info,
+    bundle,
+    judge,
+    plan: EvalPlan,
+    out: Path,
+    cache: Path | None = None,
+    esd=None,
+    uce=None,
+    work: Path | None = None,
+    log=print,
+) -> dict:
     """Run ``plan``, write metrics.json / metrics.csv / table.md / report.html under ``out``.
 
     ``cache``: folder for ESD / UCE weight edits (reused across runs); ``esd`` / ``uce``: their
@@ -258,7 +308,15 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
     sets_root = work / f"sets-{info.name}-{plan.steps}-{plan.guidance:g}" if work is not None else None
 
     def image_set(key: str, seed: int, removal: Removal | None) -> ImageSet | None:
-        return stored_protocol(pipe, judge, sets_root / key / f"{seed}.npz" if sets_root is not None else None, seed, plan.steps, plan.guidance, removal)
+        return stored_protocol(
+            pipe,
+            judge,
+            sets_root / key / f"{seed}.npz" if sets_root is not None else None,
+            seed,
+            plan.steps,
+            plan.guidance,
+            removal,
+        )
 
     sets = [(c,) for c in plan.concepts] + list(plan.multi)
     removals: dict[tuple[str, tuple[str, ...]], Removal] = {}
@@ -266,16 +324,28 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
     for method in plan.methods:
         for concept_set in sets:
             if method == "none":
-                removals[method, concept_set], keys[method, concept_set] = Removal("none", concept_set, 0.0, 0, 0), "plain"
+                removals[method, concept_set], keys[method, concept_set] = (
+                    Removal("none", concept_set, 0.0, 0, 0),
+                    "plain",
+                )
             else:
-                removal = prepare_removal(pipe, info, method, concept_set, bundle=bundle, cache=cache, esd=esd, uce=uce, log=log)
+                removal = prepare_removal(
+                    pipe, info, method, concept_set, bundle=bundle, cache=cache, esd=esd, uce=uce, log=log
+                )
                 # saeuron-paper shares saeuron's images when the default is the paper's method (same settings)
-                keys[method, concept_set] = settings_key("saeuron" if method == "saeuron-paper" else method, concept_set, removal.settings)
+                keys[method, concept_set] = settings_key(
+                    "saeuron" if method == "saeuron-paper" else method, concept_set, removal.settings
+                )
                 removals[method, concept_set] = removal
     # attacks use the first base seed only (each prompt its own seed from it), so a report on fewer
     # seeds of the same work folder reuses them
     attack_seeds = plan.seeds[:1]
-    attacks_root = work / f"attacks-{info.name}-{plan.steps}-{plan.guidance:g}-{plan.attack_prompts}x{plan.attack_steps}-{attack_seeds[0]}" if work is not None else None
+    attacks_root = (
+        work
+        / f"attacks-{info.name}-{plan.steps}-{plan.guidance:g}-{plan.attack_prompts}x{plan.attack_steps}-{attack_seeds[0]}"
+        if work is not None
+        else None
+    )
 
     attacks: dict[tuple[str, str], tuple[dict, np.ndarray]] = {}
 
@@ -292,12 +362,32 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
     def run_or_load_attack(method: str, concept: str, wait: bool) -> tuple[dict, np.ndarray] | None:
         removal = removals[method, (concept,)]
         if attacks_root is None:
-            return attack_row(pipe, judge, removal, concept, plan.attack_prompts, attack_seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+            return attack_row(
+                pipe,
+                judge,
+                removal,
+                concept,
+                plan.attack_prompts,
+                attack_seeds,
+                plan.steps,
+                plan.guidance,
+                AttackConfig(steps=plan.attack_steps),
+            )
         path = attacks_root / f"{keys[method, (concept,)]}.npz"
         while not path.is_file():
             with claim(path.with_suffix(".claim")) as mine:
                 if mine:
-                    row, strip = attack_row(pipe, judge, removal, concept, plan.attack_prompts, attack_seeds, plan.steps, plan.guidance, AttackConfig(steps=plan.attack_steps))
+                    row, strip = attack_row(
+                        pipe,
+                        judge,
+                        removal,
+                        concept,
+                        plan.attack_prompts,
+                        attack_seeds,
+                        plan.steps,
+                        plan.guidance,
+                        AttackConfig(steps=plan.attack_steps),
+                    )
                     with atomic_path(path) as tmp:
                         with open(tmp, "wb") as f:
                             np.savez(f, row=json.dumps(row), strip=strip)
@@ -323,7 +413,11 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
                     continue
                 if sets_root is None:
                     by_seed[key, seed] = found
-                log(f"base seed {seed} ({i + 1}/{len(plan.seeds)}): " + ("reference (no edit)" if method is None else f"{method} removed {'+'.join(concept_set)}") + f", {len(found.records)} images in {time.time() - t1:.0f} s")
+                log(
+                    f"base seed {seed} ({i + 1}/{len(plan.seeds)}): "
+                    + ("reference (no edit)" if method is None else f"{method} removed {'+'.join(concept_set)}")
+                    + f", {len(found.records)} images in {time.time() - t1:.0f} s"
+                )
             if i == 0 and not waiting and plan.attack_prompts:  # attacks after the first seed: a short run has them too
                 for method in plan.methods:
                     for concept in plan.concepts if method != "none" else ():
@@ -335,13 +429,20 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
                             waiting = True
                             continue
                         row = found[0]
-                        log(f"attack on {method} removing {concept}: UA {row['UA_before']:.2f} -> {row['UA_after']:.2f} ({time.time() - t1:.0f} s)")
+                        log(
+                            f"attack on {method} removing {concept}: UA {row['UA_before']:.2f} -> {row['UA_after']:.2f} ({time.time() - t1:.0f} s)"
+                        )
         if not waiting:
             break
         time.sleep(10)  # another process is finishing a claimed set
 
     def images_of(key: str) -> ImageSet:
-        return ImageSet.concat([by_seed[key, s] if (key, s) in by_seed else ImageSet.load(sets_root / key / f"{s}.npz") for s in plan.seeds])
+        return ImageSet.concat(
+            [
+                by_seed[key, s] if (key, s) in by_seed else ImageSet.load(sets_root / key / f"{s}.npz")
+                for s in plan.seeds
+            ]
+        )
 
     plain = images_of("plain")
     styled = [r for r in plain.records if r.style is not None]
@@ -368,14 +469,31 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
             rows.append(row)
             if method != "none":
                 examples[f"{method}: {'+'.join(concept_set)}"] = _example_strip(concept_set, plain, edited)
-            shown = {k: v for k, v in row.items() if isinstance(v, float) and k in ("UA", "IRA", "CRA", "kept_on_target", "setup_seconds")}
-            attacked = f", attacked UA {row['attack']['UA_before']:.3f} -> {row['attack']['UA_after']:.3f}" if "attack" in row else ""
-            log(f"{method} removed {'+'.join(concept_set)}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()) + attacked)
+            shown = {
+                k: v
+                for k, v in row.items()
+                if isinstance(v, float) and k in ("UA", "IRA", "CRA", "kept_on_target", "setup_seconds")
+            }
+            attacked = (
+                f", attacked UA {row['attack']['UA_before']:.3f} -> {row['attack']['UA_after']:.3f}"
+                if "attack" in row
+                else ""
+            )
+            log(
+                f"{method} removed {'+'.join(concept_set)}: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
+                + attacked
+            )
         by_method[method] = {
             "variant": next((r.variant for r in used if r.variant is not None), None),
             "rows": rows,
             "summary": summarize(rows),
-            "cost": cost(used, plain.seconds / len(plain.records), [r["seconds_per_image"] for r in rows], edited=method != "none"),
+            "cost": cost(
+                used,
+                plain.seconds / len(plain.records),
+                [r["seconds_per_image"] for r in rows],
+                edited=method != "none",
+            ),
         }
     result = {
         "plan": asdict(plan),
@@ -387,7 +505,10 @@ def run(pipe, info, bundle, judge, plan: EvalPlan, out: Path, cache: Path | None
         "paper_baselines": PAPER_BASELINES,
         "wall_seconds": round(time.time() - t0, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "cra_definitions": {"CRA": "other-kind accuracy on styled images (UnlearnCanvas)", "CRA_unstyled": "object accuracy on 'An image of {object}.' (reference code, styles only)"},
+        "cra_definitions": {
+            "CRA": "other-kind accuracy on styled images (UnlearnCanvas)",
+            "CRA_unstyled": "object accuracy on 'An image of {object}.' (reference code, styles only)",
+        },
         "cost_definitions": {
             "extra_memory_mb": "tensors held beyond the base model while the removal is active (SAEs + statistics; for ESD / UCE the weight differences, since one base copy is edited in place)",
             "extra_storage_mb": "bytes on disk beyond the base model per removal (SAeUron: SAEs + statistics, shared by every concept; ESD / UCE: one weight edit per concept set)",
@@ -405,7 +526,9 @@ def attack_prompt_pairs(concept: str, n: int) -> list[tuple[str, str | None]]:
     return [(concept, s) for s in mc.STYLES][:n]
 
 
-def attack_row(pipe, judge, removal: Removal, concept: str, n_prompts: int, seeds, steps: int, guidance: float, cfg: AttackConfig) -> tuple[dict, np.ndarray]:
+def attack_row(
+    pipe, judge, removal: Removal, concept: str, n_prompts: int, seeds, steps: int, guidance: float, cfg: AttackConfig
+) -> tuple[dict, np.ndarray]:
     """UA on ``n_prompts`` prompts of ``concept`` before and after the attack (prompt i at its own
     seed derived from base ``seeds[i % len(seeds)]``, as in the protocol), and an image strip: targets (top), edited model before (middle)
     and after the attack (bottom). ``saeuron attack`` and the benchmark both report through this."""
@@ -414,26 +537,43 @@ def attack_row(pipe, judge, removal: Removal, concept: str, n_prompts: int, seed
     seeds = [mc.prompt_seeds([seeds[i % len(seeds)]], p)[0] for i, p in enumerate(prompts)]
     result = run_attack(pipe, lambda: removal.active(pipe), prompts, seeds, steps, guidance, cfg)
     kind = mc.concept_kind(concept)
-    verdicts = {name: judge.classify(images) for name, images in (("before", result.before), ("after", result.after), ("target", result.targets))}
+    verdicts = {
+        name: judge.classify(images)
+        for name, images in (("before", result.before), ("after", result.after), ("target", result.targets))
+    }
     shown = {name: [v == concept for v in verdict[kind]] for name, verdict in verdicts.items()}
     # Is the concept back, or is the judge only confused? The judge's probability of the
     # concept (not just its top-1), and how close the images come, in the judge's feature
     # space, to the un-edited model's image of the same prompt and seed (the attack's target).
     p_concept = {name: judge.probability(verdict, concept) for name, verdict in verdicts.items()}
     target_feats = verdicts["target"]["features"]
-    similarity = {name: torch.nn.functional.cosine_similarity(verdicts[name]["features"], target_feats, dim=-1) for name in ("before", "after")}
+    similarity = {
+        name: torch.nn.functional.cosine_similarity(verdicts[name]["features"], target_feats, dim=-1)
+        for name in ("before", "after")
+    }
 
     def ua(flags) -> float:
         return 1.0 - float(np.mean(flags))
 
-    strip = np.concatenate([np.concatenate(list(images), 1) for images in (result.targets, result.before, result.after)], 0)
+    strip = np.concatenate(
+        [np.concatenate(list(images), 1) for images in (result.targets, result.before, result.after)], 0
+    )
     row = {
-        "prompts": prompts, "seeds": seeds, "UA_before": ua(shown["before"]), "UA_after": ua(shown["after"]), "target_UA": ua(shown["target"]),
-        "UA_before_interval": Rate(len(prompts) - sum(shown["before"]), len(prompts)).as_dict(), "UA_after_interval": Rate(len(prompts) - sum(shown["after"]), len(prompts)).as_dict(),
-        "shows_concept_before": [bool(x) for x in shown["before"]], "shows_concept_after": [bool(x) for x in shown["after"]],
-        "losses": [float(x) for x in result.losses], "final_loss": float(result.losses[-1]), "seconds": round(result.seconds, 1),
+        "prompts": prompts,
+        "seeds": seeds,
+        "UA_before": ua(shown["before"]),
+        "UA_after": ua(shown["after"]),
+        "target_UA": ua(shown["target"]),
+        "UA_before_interval": Rate(len(prompts) - sum(shown["before"]), len(prompts)).as_dict(),
+        "UA_after_interval": Rate(len(prompts) - sum(shown["after"]), len(prompts)).as_dict(),
+        "shows_concept_before": [bool(x) for x in shown["before"]],
+        "shows_concept_after": [bool(x) for x in shown["after"]],
+        "losses": [float(x) for x in result.losses],
+        "final_loss": float(result.losses[-1]),
+        "seconds": round(result.seconds, 1),
         **{f"p_concept_{name}": float(p.mean()) for name, p in p_concept.items()},
-        "p_concept_before_each": [float(x) for x in p_concept["before"]], "p_concept_after_each": [float(x) for x in p_concept["after"]],
+        "p_concept_before_each": [float(x) for x in p_concept["before"]],
+        "p_concept_after_each": [float(x) for x in p_concept["after"]],
         **{f"similarity_{name}": float(sim.mean()) for name, sim in similarity.items()},
         "similarity_after_each": [float(x) for x in similarity["after"]],
     }
@@ -464,7 +604,10 @@ def attack_reading(attack: dict) -> str:
         return "restored"
     if attack["UA_after"] < attack["UA_before"]:
         return "judge confused, concept not restored"
-    if attack["p_concept_after"] - attack.get("p_concept_before", attack["p_concept_after"]) >= 0.1 or attack["similarity_recovered"] >= 0.25:
+    if (
+        attack["p_concept_after"] - attack.get("p_concept_before", attack["p_concept_after"]) >= 0.1
+        or attack["similarity_recovered"] >= 0.25
+    ):
         return "moved towards the concept"
     return "no effect"
 
@@ -511,10 +654,20 @@ def summarize(rows: list[dict]) -> dict:
             avg["UA_attack_before"] = float(np.mean([a["UA_before"] for a in attacked]))
             avg["UA_attack_after"] = float(np.mean([a["UA_after"] for a in attacked]))
             if all("p_concept_after" in a for a in attacked):
-                for key in ("p_concept_before", "p_concept_after", "p_concept_target", "similarity_before", "similarity_after"):
+                for key in (
+                    "p_concept_before",
+                    "p_concept_after",
+                    "p_concept_target",
+                    "similarity_before",
+                    "similarity_after",
+                ):
                     avg[f"attack_{key}"] = float(np.mean([a[key] for a in attacked]))
-                avg["attack_similarity_recovered"] = similarity_recovered(avg["attack_similarity_before"], avg["attack_similarity_after"])
-                avg["attack_readings"] = {r: sum(a["reading"] == r for a in attacked) for r in sorted({a["reading"] for a in attacked})}
+                avg["attack_similarity_recovered"] = similarity_recovered(
+                    avg["attack_similarity_before"], avg["attack_similarity_after"]
+                )
+                avg["attack_readings"] = {
+                    r: sum(a["reading"] == r for a in attacked) for r in sorted({a["reading"] for a in attacked})
+                }
         out[kind] = avg
     return out
 
@@ -533,7 +686,9 @@ def cost(removals: list[Removal], plain_s: float, edited_s: list[float], edited:
 
 def _example_strip(concept_set, plain: ImageSet, edited: ImageSet, n: int = 6) -> np.ndarray:
     """Before (top) / after (bottom) for up to n images showing the removed concepts."""
-    idx = [i for i, r in enumerate(plain.records) if r.style in concept_set or r.object_name in concept_set][:: max(1, len(plain.records) // 200)][:n]
+    idx = [i for i, r in enumerate(plain.records) if r.style in concept_set or r.object_name in concept_set][
+        :: max(1, len(plain.records) // 200)
+    ][:n]
     return np.concatenate([np.concatenate(list(plain.images[idx]), 1), np.concatenate(list(edited.images[idx]), 1)], 0)
 
 
@@ -556,11 +711,19 @@ def _diff(entry: dict) -> str:
 
 def difference_lines(comparisons: dict, intro: str, first: str, name=lambda key: key) -> list[str]:
     """Markdown rows of paired differences (bootstrap intervals), one per (comparison, kind)."""
-    lines = ["", intro, "", f"| {first} | kind | avg | UA | IRA | CRA | kept on target |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        intro,
+        "",
+        f"| {first} | kind | avg | UA | IRA | CRA | kept on target |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, kinds in comparisons.items():
         for kind, e in kinds.items():
             kept = _diff(e["kept_on_target"]) if "kept_on_target" in e else "-"
-            lines.append(f"| {name(key)} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} | {kept} |")
+            lines.append(
+                f"| {name(key)} | {kind} | {_diff(e['average'])} | {_diff(e['UA'])} | {_diff(e['IRA'])} | {_diff(e['CRA'])} | {kept} |"
+            )
     return lines
 
 
@@ -577,7 +740,9 @@ def markdown_table(result: dict) -> str:
     for method, res in result["methods"].items():
         c = res["cost"]
         for kind, s in res["summary"].items():
-            attacked = f"{_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])}" if "UA_attack_after" in s else "-"
+            attacked = (
+                f"{_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])}" if "UA_attack_after" in s else "-"
+            )
             mem = f"{c['extra_memory_mb']:.2f} MB" if c else "-"
             sto = f"{c['extra_storage_mb']:.2f} MB" if c else "-"
             setup = f"{c['setup_seconds']:.2f}" if c else "-"
@@ -585,8 +750,15 @@ def markdown_table(result: dict) -> str:
             iv = s.get("intervals", {})
             cells = " | ".join(_with_interval(s[k], iv.get(k)) for k in ("UA", "IRA", "CRA", "average"))
             kept = _with_interval(s.get("kept_on_target"), iv.get("kept_on_target"))
-            lines.append(f"| {method} | {kind} | {cells} | {kept} | {_pct(s.get('unrecognisable'))} | {attacked} | {s['judge_fd_retained']:.2f} | {mem} | {sto} | {setup} | {per_image:.3f} |")
-    attacked = [(m, k, s) for m, res in result["methods"].items() for k, s in res["summary"].items() if "attack_p_concept_after" in s]
+            lines.append(
+                f"| {method} | {kind} | {cells} | {kept} | {_pct(s.get('unrecognisable'))} | {attacked} | {s['judge_fd_retained']:.2f} | {mem} | {sto} | {setup} | {per_image:.3f} |"
+            )
+    attacked = [
+        (m, k, s)
+        for m, res in result["methods"].items()
+        for k, s in res["summary"].items()
+        if "attack_p_concept_after" in s
+    ]
     if attacked:
         lines += [
             "",
@@ -597,14 +769,32 @@ def markdown_table(result: dict) -> str:
         ]
         for method, kind, s in attacked:
             readings = ", ".join(f"{r}: {n}" for r, n in s["attack_readings"].items())
-            lines.append(f"| {method} | {kind} | {_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])} | {s['attack_p_concept_before']:.3f} -> {s['attack_p_concept_after']:.3f} ({s['attack_p_concept_target']:.3f}) | {s['attack_similarity_before']:.3f} -> {s['attack_similarity_after']:.3f} | {_pct(s['attack_similarity_recovered'])} | {readings} |")
+            lines.append(
+                f"| {method} | {kind} | {_pct(s['UA_attack_before'])} -> {_pct(s['UA_attack_after'])} | {s['attack_p_concept_before']:.3f} -> {s['attack_p_concept_after']:.3f} ({s['attack_p_concept_target']:.3f}) | {s['attack_similarity_before']:.3f} -> {s['attack_similarity_after']:.3f} | {_pct(s['attack_similarity_recovered'])} | {readings} |"
+            )
     if result.get("comparisons"):
-        lines += difference_lines(result["comparisons"], "Paired differences (bootstrap 95% interval over concepts, percentage points; methods share every prompt's seeds):", "Difference")
+        lines += difference_lines(
+            result["comparisons"],
+            "Paired differences (bootstrap 95% interval over concepts, percentage points; methods share every prompt's seeds):",
+            "Difference",
+        )
     variants = {m: res["variant"] for m, res in result["methods"].items() if res.get("variant")}
     if variants:
-        lines += ["", "SAE removal variants: " + "; ".join(f"`{m}` = {v}" + (" (the paper's method: the default is the paper's)" if v == "paper" and m == "saeuron" else "") for m, v in variants.items()) + "."]
+        lines += [
+            "",
+            "SAE removal variants: "
+            + "; ".join(
+                f"`{m}` = {v}"
+                + (" (the paper's method: the default is the paper's)" if v == "paper" and m == "saeuron" else "")
+                for m, v in variants.items()
+            )
+            + ".",
+        ]
     ref = result["reference"]
-    lines += ["", f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])} (unstyled prompts: {_pct(ref['object_accuracy_unstyled'])}), judge-FD {ref['judge_fd']:.2f}. Method `none` is that model judged as if it had removed each concept (its UA is the judge's error)."]
+    lines += [
+        "",
+        f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])} (unstyled prompts: {_pct(ref['object_accuracy_unstyled'])}), judge-FD {ref['judge_fd']:.2f}. Method `none` is that model judged as if it had removed each concept (its UA is the judge's error).",
+    ]
     lines += [
         "",
         "### Published: SD v1.5 on UnlearnCanvas (a different model and dataset; context only)",
@@ -625,17 +815,29 @@ def markdown_table(result: dict) -> str:
     for method, res in result["methods"].items():
         if not res["rows"]:
             continue
-        lines += ["", f"#### {method}: per removal (Wilson 95% intervals)", "", "| Removed | UA | IRA | CRA | kept on target | unrecognisable | retain style | retain object | collateral MAE | attacked UA before -> after | attack: p(concept) before -> after | attack: similarity before -> after | attack reading |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"#### {method}: per removal (Wilson 95% intervals)",
+            "",
+            "| Removed | UA | IRA | CRA | kept on target | unrecognisable | retain style | retain object | collateral MAE | attacked UA before -> after | attack: p(concept) before -> after | attack: similarity before -> after | attack reading |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in res["rows"]:
+
             def cell(name):
                 labelled = name in ("UA", "kept_on_target") and len(r["per_concept"]) > 1
-                return " / ".join((f"{c}: " if labelled else "") + _with_interval(m.get(name), m.get("intervals", {}).get(name)) for c, m in r["per_concept"].items())
+                return " / ".join(
+                    (f"{c}: " if labelled else "") + _with_interval(m.get(name), m.get("intervals", {}).get(name))
+                    for c, m in r["per_concept"].items()
+                )
 
             a = r.get("attack", {})
             attacked = f"{_pct(a['UA_before'])} -> {_pct(a['UA_after'])}" if a else "-"
             p_concept = f"{a['p_concept_before']:.3f} -> {a['p_concept_after']:.3f}" if "p_concept_after" in a else "-"
             sim = f"{a['similarity_before']:.3f} -> {a['similarity_after']:.3f}" if "similarity_after" in a else "-"
-            lines.append(f"| {'+'.join(r['removed'])} | {cell('UA')} | {cell('IRA')} | {cell('CRA')} | {cell('kept_on_target')} | {cell('unrecognisable')} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} | {p_concept} | {sim} | {a.get('reading', '-')} |")
+            lines.append(
+                f"| {'+'.join(r['removed'])} | {cell('UA')} | {cell('IRA')} | {cell('CRA')} | {cell('kept_on_target')} | {cell('unrecognisable')} | {_pct(r['retain_style'])} | {_pct(r['retain_object'])} | {r['collateral_mae']:.4f} | {attacked} | {p_concept} | {sim} | {a.get('reading', '-')} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -644,12 +846,58 @@ def write_reports(result: dict, examples: dict, out: Path) -> None:
     write_json(out / "metrics.json", result)
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "removed", "concept", "UA", "IRA", "CRA", "kept_on_target", "CRA_unstyled", "retain_style", "retain_object", "judge_fd_retained", "collateral_mae", "seconds_per_image", "setup_seconds", "UA_attack_before", "UA_attack_after", "p_concept_attack_before", "p_concept_attack_after", "similarity_attack_before", "similarity_attack_after"])
+        w.writerow(
+            [
+                "method",
+                "removed",
+                "concept",
+                "UA",
+                "IRA",
+                "CRA",
+                "kept_on_target",
+                "CRA_unstyled",
+                "retain_style",
+                "retain_object",
+                "judge_fd_retained",
+                "collateral_mae",
+                "seconds_per_image",
+                "setup_seconds",
+                "UA_attack_before",
+                "UA_attack_after",
+                "p_concept_attack_before",
+                "p_concept_attack_after",
+                "similarity_attack_before",
+                "similarity_attack_after",
+            ]
+        )
         for method, res in result["methods"].items():
             for r in res["rows"]:
                 a = r.get("attack", {})
                 for c, m in r["per_concept"].items():
-                    w.writerow([method, "+".join(r["removed"]), c, m["UA"], m["IRA"], m["CRA"], m.get("kept_on_target", ""), r.get("CRA_unstyled", ""), r["retain_style"], r["retain_object"], r["judge_fd_retained"], r["collateral_mae"], r["seconds_per_image"], r["setup_seconds"], a.get("UA_before", ""), a.get("UA_after", ""), a.get("p_concept_before", ""), a.get("p_concept_after", ""), a.get("similarity_before", ""), a.get("similarity_after", "")])
+                    w.writerow(
+                        [
+                            method,
+                            "+".join(r["removed"]),
+                            c,
+                            m["UA"],
+                            m["IRA"],
+                            m["CRA"],
+                            m.get("kept_on_target", ""),
+                            r.get("CRA_unstyled", ""),
+                            r["retain_style"],
+                            r["retain_object"],
+                            r["judge_fd_retained"],
+                            r["collateral_mae"],
+                            r["seconds_per_image"],
+                            r["setup_seconds"],
+                            a.get("UA_before", ""),
+                            a.get("UA_after", ""),
+                            a.get("p_concept_before", ""),
+                            a.get("p_concept_after", ""),
+                            a.get("similarity_before", ""),
+                            a.get("similarity_after", ""),
+                        ]
+                    )
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(markdown_table(result))
     with atomic_path(out / "report.html") as tmp:
@@ -663,7 +911,10 @@ def html_report(result: dict, examples: dict) -> str:
 
     from PIL import Image
 
-    parts = ["<html><head><meta charset='utf-8'><title>MiniCanvas unlearning benchmark</title></head><body>", "<h1>Concept removal on MiniCanvas: " + ", ".join(result["methods"]) + "</h1>"]
+    parts = [
+        "<html><head><meta charset='utf-8'><title>MiniCanvas unlearning benchmark</title></head><body>",
+        "<h1>Concept removal on MiniCanvas: " + ", ".join(result["methods"]) + "</h1>",
+    ]
     try:
         import plotly.graph_objects as go
 
@@ -672,14 +923,25 @@ def html_report(result: dict, examples: dict) -> str:
             if not summaries:
                 continue
             fig = go.Figure()
-            metrics = ["UA", "IRA", "CRA", "average", "kept_on_target"] + (["UA_attack_after"] if any("UA_attack_after" in s for s in summaries.values()) else [])
+            metrics = ["UA", "IRA", "CRA", "average", "kept_on_target"] + (
+                ["UA_attack_after"] if any("UA_attack_after" in s for s in summaries.values()) else []
+            )
             for method, s in summaries.items():
                 iv = s.get("intervals", {})
                 ys = [s.get(m) for m in metrics]
                 plus = [(iv[m]["hi"] - y) if m in iv and y is not None else 0 for m, y in zip(metrics, ys)]
                 minus = [(y - iv[m]["lo"]) if m in iv and y is not None else 0 for m, y in zip(metrics, ys)]
-                fig.add_bar(name=method, x=metrics, y=ys, error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus))
-            fig.update_layout(barmode="group", title=f"{kind} removal: methods compared (mean over concepts; bars: 95% intervals)", yaxis_range=[0, 1])
+                fig.add_bar(
+                    name=method,
+                    x=metrics,
+                    y=ys,
+                    error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus),
+                )
+            fig.update_layout(
+                barmode="group",
+                title=f"{kind} removal: methods compared (mean over concepts; bars: 95% intervals)",
+                yaxis_range=[0, 1],
+            )
             parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn"))
     except ImportError:
         parts.append("<p>(install plotly for charts)</p>")
@@ -687,8 +949,14 @@ def html_report(result: dict, examples: dict) -> str:
     for name, strip in examples.items():
         buf = io.BytesIO()
         Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(buf, format="PNG")
-        caption = "attack targets (top) / removed, plain prompt (middle) / removed, attack prompt (bottom)" if "attacked" in name else "before (top) / after (bottom)"
-        parts.append(f"<h3>{html.escape(name)}: {caption}</h3><img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>")
+        caption = (
+            "attack targets (top) / removed, plain prompt (middle) / removed, attack prompt (bottom)"
+            if "attacked" in name
+            else "before (top) / after (bottom)"
+        )
+        parts.append(
+            f"<h3>{html.escape(name)}: {caption}</h3><img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+        )
     settings = {k: result[k] for k in ("plan", "wall_seconds", "peak_rss_mb", "cost_definitions")}
     settings["cost"] = {m: res["cost"] for m, res in result["methods"].items()}
     parts.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(settings, indent=2)) + "</pre></body></html>")

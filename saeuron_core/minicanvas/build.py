@@ -95,9 +95,7 @@ def stage_data(cfg: BuildConfig, work: Path) -> dict:
         images = np.empty((len(items), mc.IMAGE_SIZE, mc.IMAGE_SIZE, 3), dtype=np.uint8)
         for i, (o, s, seed) in enumerate(tqdm(items, desc=f"render {split}", mininterval=5)):
             images[i] = mc.render(o, s, seed)
-        labels = np.array(
-            [(mc.OBJECTS.index(o), mc.STYLES.index(s)) for o, s, _ in items], dtype=np.int64
-        )
+        labels = np.array([(mc.OBJECTS.index(o), mc.STYLES.index(s)) for o, s, _ in items], dtype=np.int64)
         for name, arr in ((f"{split}_images.npy", images), (f"{split}_labels.npy", labels)):
             with atomic_path(out / name) as tmp:
                 with open(tmp, "wb") as f:
@@ -128,7 +126,9 @@ def stage_vae(cfg: BuildConfig, work: Path) -> dict:
     t_start = time.time() - elapsed
 
     def save():
-        save_state(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.time() - t_start})
+        save_state(
+            ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.time() - t_start}
+        )
 
     progress = Progress("vae", cfg.vae_steps, step, save, minutes=cfg.checkpoint_minutes)
     with StopRequest() as stop:
@@ -159,14 +159,28 @@ def stage_vae(cfg: BuildConfig, work: Path) -> dict:
         x = _images_to_tensor(held[:256])
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         mse = ((rec - x) / 2).pow(2).mean().item()
-        latents = torch.cat([vae.encode(_images_to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, min(len(images), 2048), 256)])
+        latents = torch.cat(
+            [
+                vae.encode(_images_to_tensor(images[i : i + 256])).latent_dist.mean
+                for i in range(0, min(len(images), 2048), 256)
+            ]
+        )
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
     with atomic_dir(work / "vae" / "model") as tmp:
         vae.save_pretrained(tmp)
     psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
     _log(f"vae: held-out PSNR {psnr:.2f} dB, latent scaling factor {scaling:.4f}")
-    return mark_stage_done(work, "vae", {"steps": step, "seconds": round(time.time() - t_start, 1), "heldout_psnr_db": round(psnr, 2), "scaling_factor": scaling})
+    return mark_stage_done(
+        work,
+        "vae",
+        {
+            "steps": step,
+            "seconds": round(time.time() - t_start, 1),
+            "heldout_psnr_db": round(psnr, 2),
+            "scaling_factor": scaling,
+        },
+    )
 
 
 def _roundtrip(vae, images: np.ndarray, batch: int = 128) -> np.ndarray:
@@ -226,7 +240,10 @@ def stage_judge(cfg: BuildConfig, work: Path) -> dict:
     rng = np.random.default_rng(cfg.seed + step)
 
     def save():
-        save_state(ckpt, {"model": judge.state_dict(), "opt": opt.state_dict(), "lr_scheduler": sched.state_dict(), "step": step})
+        save_state(
+            ckpt,
+            {"model": judge.state_dict(), "opt": opt.state_dict(), "lr_scheduler": sched.state_dict(), "step": step},
+        )
 
     progress = Progress("judge", cfg.judge_steps, step, save, minutes=cfg.checkpoint_minutes)
     judge.train()
@@ -238,7 +255,9 @@ def stage_judge(cfg: BuildConfig, work: Path) -> dict:
             x = augment(to_tensor(pool[idx]), gen)
             y = torch.from_numpy(pool_labels[idx])
             v = judge(x)
-            loss = torch.nn.functional.cross_entropy(v.object_logits, y[:, 0]) + torch.nn.functional.cross_entropy(v.style_logits, y[:, 1])
+            loss = torch.nn.functional.cross_entropy(v.object_logits, y[:, 0]) + torch.nn.functional.cross_entropy(
+                v.style_logits, y[:, 1]
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -251,7 +270,17 @@ def stage_judge(cfg: BuildConfig, work: Path) -> dict:
     acc_rt = judge_accuracy(judge, _roundtrip(vae, held), held_labels)
     judge.save(work / "judge" / "model")
     _log(f"judge: held-out renders {acc_clean}, their autoencoder round trips {acc_rt}")
-    return mark_stage_done(work, "judge", {"steps": step, "seconds": round(time.time() - t0, 1), "heldout_renders": acc_clean, "heldout_roundtrips": acc_rt, "heldout_images": int(len(held))})
+    return mark_stage_done(
+        work,
+        "judge",
+        {
+            "steps": step,
+            "seconds": round(time.time() - t0, 1),
+            "heldout_renders": acc_clean,
+            "heldout_roundtrips": acc_rt,
+            "heldout_images": int(len(held)),
+        },
+    )
 
 
 def stage_latents(cfg: BuildConfig, work: Path) -> dict:
@@ -281,7 +310,9 @@ def _caption_table(tokenizer) -> tuple[torch.Tensor, int]:
     """Token ids for every full prompt [n_obj, n_style], every unstyled prompt, and ""."""
     texts = [mc.prompt(o, s) for o in mc.OBJECTS for s in mc.STYLES]
     texts += [mc.prompt(o) for o in mc.OBJECTS] + [""]
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     return ids, len(mc.OBJECTS) * len(mc.STYLES)
 
 
@@ -331,11 +362,34 @@ def stage_unet(cfg: BuildConfig, work: Path, log_every: int = 50) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
 
     def save_checkpoint():
-        save_state(ckpt, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "ema": ema.state_dict(), "step": step, "elapsed": elapsed, "seen": seen})
-        export_pipeline(cfg, work, work / "unet" / "pipeline", unet, text_encoder, ema.shadow_params, tokenizer, {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1)})
+        save_state(
+            ckpt,
+            {
+                "unet": unet.state_dict(),
+                "text_encoder": text_encoder.state_dict(),
+                "opt": opt.state_dict(),
+                "lr_scheduler": lr_sched.state_dict(),
+                "ema": ema.state_dict(),
+                "step": step,
+                "elapsed": elapsed,
+                "seen": seen,
+            },
+        )
+        export_pipeline(
+            cfg,
+            work,
+            work / "unet" / "pipeline",
+            unet,
+            text_encoder,
+            ema.shadow_params,
+            tokenizer,
+            {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1)},
+        )
 
     run_start = time.time() - elapsed
-    progress = Progress("unet", cfg.unet_steps, step, save_checkpoint, minutes=cfg.checkpoint_minutes, postfix_every=log_every)
+    progress = Progress(
+        "unet", cfg.unet_steps, step, save_checkpoint, minutes=cfg.checkpoint_minutes, postfix_every=log_every
+    )
     unet.train()
     text_encoder.train()
     running = None
@@ -373,7 +427,17 @@ def stage_unet(cfg: BuildConfig, work: Path, log_every: int = 50) -> dict:
                 _log(f"unet: checkpoint at step {step}, {seen} images, loss {running:.4f}")
     progress.close()
     save_checkpoint()
-    return mark_stage_done(work, "unet", {"steps": step, "images_seen": seen, "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1), "final_loss": running})
+    return mark_stage_done(
+        work,
+        "unet",
+        {
+            "steps": step,
+            "images_seen": seen,
+            "minutes": round(elapsed / 60, 1),
+            "seconds": round(elapsed, 1),
+            "final_loss": running,
+        },
+    )
 
 
 def build_model(cfg: BuildConfig, work: Path, out: Path, judge_out: Path) -> dict:
@@ -388,7 +452,9 @@ def build_model(cfg: BuildConfig, work: Path, out: Path, judge_out: Path) -> dic
         before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in budgets}
         if before != identity:
             changed = sorted(k for k in identity if before.get(k) != identity[k])
-            raise SaeuronError(f"{work} holds a run with a different recipe ({', '.join(changed)}); use a new --work folder")
+            raise SaeuronError(
+                f"{work} holds a run with a different recipe ({', '.join(changed)}); use a new --work folder"
+            )
     write_json(saved, asdict(cfg))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -27,8 +27,9 @@ from ..cli.registry import extend
 
 
 def add_judge_option(p) -> None:
-    p.add_argument("--judge", default=None,
-                   help="judge folder (default: bundled assets/judge; prepare: no tuning without one)")
+    p.add_argument(
+        "--judge", default=None, help="judge folder (default: bundled assets/judge; prepare: no tuning without one)"
+    )
 
 
 def open_judge(args):
@@ -96,10 +97,16 @@ def cmd_tune(args) -> int:
         rows = [r for path in args.from_report for r in _read_rows(path)]
         missing = [r.get("concept") for r in rows if not {"UA", "IRA", "CRA"} <= set(r)]
         if missing:
-            raise_error(f"sweep rows without UA / IRA / CRA (concepts {', '.join(map(str, sorted(set(missing))))}); "
-                        "rerun the sweep")
-        table = defaults_table([r for r in rows if r["kind"] == "style"], [r for r in rows if r["kind"] == "object"],
-                               args.style_settings, args.criterion)
+            raise_error(
+                f"sweep rows without UA / IRA / CRA (concepts {', '.join(map(str, sorted(set(missing))))}); "
+                "rerun the sweep"
+            )
+        table = defaults_table(
+            [r for r in rows if r["kind"] == "style"],
+            [r for r in rows if r["kind"] == "object"],
+            args.style_settings,
+            args.criterion,
+        )
         table["reports"] = list(args.from_report)
         write_json(args.out, table)
         print(f"wrote {args.out} from {len(rows)} sweep rows")
@@ -113,19 +120,30 @@ def cmd_tune(args) -> int:
     counts = tuple(args.count or (1, 2, 3))
     domains = ("style", "both"), ("object", "both")
     wanted = args.concept or ([*mc.STYLES] if args.domain in domains[0] else []) + (
-        [*mc.OBJECTS] if args.domain in domains[1] else [])
+        [*mc.OBJECTS] if args.domain in domains[1] else []
+    )
     style_rows, object_rows = [], []
     for concept in wanted:
-        rows = sweep_concept(m.pipe, bundle, judge, concept, counts, gammas, seeds, m.steps, m.guidance,
-                             score=args.score)
+        rows = sweep_concept(
+            m.pipe, bundle, judge, concept, counts, gammas, seeds, m.steps, m.guidance, score=args.score
+        )
         (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
         best = max(rows, key=lambda r: criterion_score(r, args.criterion))
-        print(f"{concept}: best {CRITERIA[args.criterion]} = {criterion_score(best, args.criterion):.3f} at "
-              f"{best['count']} latents/step, gamma {best['gamma']} (UA {best['UA']:.2f}, IRA {best['IRA']:.2f}, "
-              f"CRA {best['CRA']:.2f})", flush=True)
+        print(
+            f"{concept}: best {CRITERIA[args.criterion]} = {criterion_score(best, args.criterion):.3f} at "
+            f"{best['count']} latents/step, gamma {best['gamma']} (UA {best['UA']:.2f}, IRA {best['IRA']:.2f}, "
+            f"CRA {best['CRA']:.2f})",
+            flush=True,
+        )
     table = defaults_table(style_rows, object_rows, args.style_settings, args.criterion)
-    table.update(seeds=seeds, seed_derivation="each pair its own seeds: dataset.prompt_seeds(bases, prompt)",
-                 steps=m.steps, guidance=m.guidance, counts=counts, gammas=gammas)
+    table.update(
+        seeds=seeds,
+        seed_derivation="each pair its own seeds: dataset.prompt_seeds(bases, prompt)",
+        steps=m.steps,
+        guidance=m.guidance,
+        counts=counts,
+        gammas=gammas,
+    )
     write_json(args.out, table)
     if args.report:
         write_json(args.report, {"rows": style_rows + object_rows})
@@ -155,8 +173,10 @@ def cmd_attack(args) -> int:
     out = check_output_folder(args)
     seed = args.seed if args.seed is not None else mc.split_seeds("heldout", 1)[0]
     if mc.split_of(seed) != "heldout":
-        raise_error(f"seed {seed} is in the {mc.split_of(seed)!r} split; attacks are reported on held-out seeds "
-                    f"{mc.SPLITS['heldout']}")
+        raise_error(
+            f"seed {seed} is in the {mc.split_of(seed)!r} split; attacks are reported on held-out seeds "
+            f"{mc.SPLITS['heldout']}"
+        )
     edit = WeightEdit.load(args.erasure) if args.erasure else None
     if edit is not None and edit.method != method:
         raise_error(f"{args.erasure} holds a {edit.method} erasure, not {method}")
@@ -176,8 +196,10 @@ def cmd_attack(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "attack.json", report)
     save_image(Image.fromarray(strip), out / "attack.png")
-    print(f"{method} on {concept}: UA {row['UA_before']:.3f} before the attack, {row['UA_after']:.3f} after "
-          f"({len(row['prompts'])} prompts, {cfg.steps} steps, {row['seconds']:.0f} s)")
+    print(
+        f"{method} on {concept}: UA {row['UA_before']:.3f} before the attack, {row['UA_after']:.3f} after "
+        f"({len(row['prompts'])} prompts, {cfg.steps} steps, {row['seconds']:.0f} s)"
+    )
     print(f"wrote {out}/attack.json and attack.png (rows: target, removed, removed + attack)")
     return 0
 
@@ -225,16 +247,19 @@ def prepare_tuner(args):
         from .tuning import PAPER_GAMMAS, defaults_table, sweep_concept
 
         if not m.info.objects:
-            raise_error(f"tuning with a judge needs a model with a benchmark vocabulary (MiniCanvas-style); "
-                        f"{args.model} has none: leave out --judge and pass --tau/--gamma or --preset paper later")
+            raise_error(
+                f"tuning with a judge needs a model with a benchmark vocabulary (MiniCanvas-style); "
+                f"{args.model} has none: leave out --judge and pass --tau/--gamma or --preset paper later"
+            )
         judge = open_judge(args)
         seeds = mc.split_seeds("sweep", 1)
 
         def tune(pipe, bundle):
             style_rows, object_rows = [], []
             for concept in [*mc.STYLES, *mc.OBJECTS]:
-                rows = sweep_concept(pipe, bundle, judge, concept, (1, 2, 3), tuple(PAPER_GAMMAS), seeds, m.steps,
-                                     m.guidance)
+                rows = sweep_concept(
+                    pipe, bundle, judge, concept, (1, 2, 3), tuple(PAPER_GAMMAS), seeds, m.steps, m.guidance
+                )
                 (style_rows if mc.concept_kind(concept) == "style" else object_rows).extend(rows)
             return defaults_table(style_rows, object_rows, "shared")
 
@@ -245,6 +270,7 @@ def prepare_tuner(args):
 
 def cache_prompts(args):
     """``cache`` without ``--prompts``: every MiniCanvas prompt at ``--seeds-per-pair`` train-split seeds."""
+
     def items(m):
         from .dataset import prompt_items
 
@@ -264,43 +290,65 @@ def register(sub) -> None:
         "build-model",
         help="train the bundled MiniCanvas model (judge, autoencoder, text encoder + U-Net) from scratch",
         description="Train the bundled MiniCanvas pipeline and judge. Resumable: run the same command again after an "
-                    "interruption. Every BuildConfig field has a flag.",
+        "interruption. Every BuildConfig field has a flag.",
     )
-    b.add_argument("--work", default="build/minicanvas",
-                   help="folder for data, checkpoints and stage markers (default: build/minicanvas)")
+    b.add_argument(
+        "--work",
+        default="build/minicanvas",
+        help="folder for data, checkpoints and stage markers (default: build/minicanvas)",
+    )
     b.add_argument("--out", default=None, help="pipeline folder to write (default: the bundled assets/minicanvas)")
     b.add_argument("--judge-out", default=None, help="judge folder to write (default: assets/judge)")
-    b.add_argument("--config", default=None,
-                   help='JSON overrides of BuildConfig fields, e.g. \'{"unet_steps": 10}\' (a flag wins)')
-    b.set_defaults(func=cmd_build_model,
-                   build_flags=add_config_flags(b.add_argument_group("recipe (BuildConfig)"), BuildConfig))
+    b.add_argument(
+        "--config", default=None, help="JSON overrides of BuildConfig fields, e.g. '{\"unet_steps\": 10}' (a flag wins)"
+    )
+    b.set_defaults(
+        func=cmd_build_model, build_flags=add_config_flags(b.add_argument_group("recipe (BuildConfig)"), BuildConfig)
+    )
 
-    tu = sub.add_parser("tune", help="sweep tau/gamma per concept on the sweep split; write the defaults table",
-                        description="The paper's per-concept sweep, picking by (UA + IRA + CRA) / 3 (or the paper's "
-                                    "(UA + IRA) / 2, --criterion paper) on seeds of the sweep split (never the "
-                                    "evaluation seeds). Styles share one setting (or each its own, --style-settings "
-                                    "per-concept); objects get one each.")
+    tu = sub.add_parser(
+        "tune",
+        help="sweep tau/gamma per concept on the sweep split; write the defaults table",
+        description="The paper's per-concept sweep, picking by (UA + IRA + CRA) / 3 (or the paper's "
+        "(UA + IRA) / 2, --criterion paper) on seeds of the sweep split (never the "
+        "evaluation seeds). Styles share one setting (or each its own, --style-settings "
+        "per-concept); objects get one each.",
+    )
     add_model_options(tu)
     add_bundle_options(tu, defaults=False)
     add_judge_option(tu)
     tu.add_argument("--domain", default="both", help="style, object or both")
     tu.add_argument("--concept", action="append", help="only these concepts (repeat)")
-    tu.add_argument("--seeds", type=int, default=4,
-                    help="sweep-split base seeds; each pair gets its own seed per base (default 4)")
-    tu.add_argument("--criterion", default="all",
-                    help="how to pick a setting: all = (UA + IRA + CRA) / 3 (default), paper = (UA + IRA) / 2")
-    tu.add_argument("--score", default="paper",
-                    help="concept score that selects latents: paper (default) or specific = the paper's times "
-                         "max(0, (m_c - m_o) / (m_c + m_o)); the table records it")
-    tu.add_argument("--count", type=int, action="append",
-                    help="latents selected per step (repeat; default 1 2 3, the paper's tau grid)")
-    tu.add_argument("--gamma", type=float, action="append",
-                    help="multipliers (repeat; default the paper's -1 ... -30)")
+    tu.add_argument(
+        "--seeds", type=int, default=4, help="sweep-split base seeds; each pair gets its own seed per base (default 4)"
+    )
+    tu.add_argument(
+        "--criterion",
+        default="all",
+        help="how to pick a setting: all = (UA + IRA + CRA) / 3 (default), paper = (UA + IRA) / 2",
+    )
+    tu.add_argument(
+        "--score",
+        default="paper",
+        help="concept score that selects latents: paper (default) or specific = the paper's times "
+        "max(0, (m_c - m_o) / (m_c + m_o)); the table records it",
+    )
+    tu.add_argument(
+        "--count",
+        type=int,
+        action="append",
+        help="latents selected per step (repeat; default 1 2 3, the paper's tau grid)",
+    )
+    tu.add_argument("--gamma", type=float, action="append", help="multipliers (repeat; default the paper's -1 ... -30)")
     tu.add_argument("--report", default=None, help="also write every grid row as JSON")
-    tu.add_argument("--from-report", action="append",
-                    help="build the table from saved sweep reports instead of sweeping (repeat)")
-    tu.add_argument("--style-settings", default="shared",
-                    help="shared: one setting for every style (the paper); per-concept: each style its own")
+    tu.add_argument(
+        "--from-report", action="append", help="build the table from saved sweep reports instead of sweeping (repeat)"
+    )
+    tu.add_argument(
+        "--style-settings",
+        default="shared",
+        help="shared: one setting for every style (the paper); per-concept: each style its own",
+    )
     add_output_options(tu, help="defaults table to write, e.g. assets/unlearn_defaults.json", overwrite=False)
     tu.set_defaults(func=cmd_tune)
 
@@ -308,8 +356,9 @@ def register(sub) -> None:
     register_attack(sub)
 
     g = extend(sub, "generate").add_argument_group("MiniCanvas prompts")
-    g.add_argument("--object", action="append",
-                   help="MiniCanvas object; builds 'An image of {object} in {style} style.'")
+    g.add_argument(
+        "--object", action="append", help="MiniCanvas object; builds 'An image of {object} in {style} style.'"
+    )
     g.add_argument("--style", action="append", help="MiniCanvas style (with --object); repeat for several")
     extend(sub, "generate").set_defaults(more_prompts=object_style_prompts)
 
@@ -323,8 +372,9 @@ def register(sub) -> None:
     add_judge_option(extend(sub, "prepare"))
     extend(sub, "prepare").set_defaults(tuner=prepare_tuner)
 
-    extend(sub, "cache").add_argument("--seeds-per-pair", type=int, default=6,
-                                      help="MiniCanvas: train-split seeds per prompt (default 6)")
+    extend(sub, "cache").add_argument(
+        "--seeds-per-pair", type=int, default=6, help="MiniCanvas: train-split seeds per prompt (default 6)"
+    )
     extend(sub, "cache").set_defaults(default_prompts=cache_prompts)
 
 
@@ -332,9 +382,12 @@ def register_attack(sub) -> None:
     from ..baselines.attack import AttackConfig
     from ..baselines.commands import add_cache_options
 
-    at = sub.add_parser("attack", help="UnlearnDiffAtk-style soft-prompt attack on a concept removal",
-                        description="Optimise soft prompt tokens so that the edited model regenerates the un-edited "
-                                    "model's image of the concept; report UA before and after.")
+    at = sub.add_parser(
+        "attack",
+        help="UnlearnDiffAtk-style soft-prompt attack on a concept removal",
+        description="Optimise soft prompt tokens so that the edited model regenerates the un-edited "
+        "model's image of the concept; report UA before and after.",
+    )
     # --steps is the attack budget here, so the denoising steps are --gen-steps
     add_model_options(at, steps_flag="--gen-steps")
     add_bundle_options(at)
@@ -342,12 +395,18 @@ def register_attack(sub) -> None:
     add_cache_options(at)
     at.add_argument("--method", required=True, help="saeuron, esd, uce or none")
     at.add_argument("--concept", required=True)
-    at.add_argument("--erasure", default=None,
-                    help="a folder from `saeuron erase` (esd / uce) instead of the cached default edit")
-    at.add_argument("--prompts", type=int, default=None,
-                    help="how many of the concept's prompts to attack (default all)")
-    flags = add_config_flags(at.add_argument_group("attack (AttackConfig)"), AttackConfig, prefix="attack-",
-                             aliases={"steps": "--steps", "lr": "--lr", "n_tokens": "--tokens"})
+    at.add_argument(
+        "--erasure", default=None, help="a folder from `saeuron erase` (esd / uce) instead of the cached default edit"
+    )
+    at.add_argument(
+        "--prompts", type=int, default=None, help="how many of the concept's prompts to attack (default all)"
+    )
+    flags = add_config_flags(
+        at.add_argument_group("attack (AttackConfig)"),
+        AttackConfig,
+        prefix="attack-",
+        aliases={"steps": "--steps", "lr": "--lr", "n_tokens": "--tokens"},
+    )
     at.add_argument("--seed", type=int, default=None, help="held-out generation seed")
     add_output_options(at)
     at.set_defaults(func=cmd_attack, attack_flags=flags)

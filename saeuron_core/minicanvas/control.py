@@ -33,12 +33,12 @@ import time
 
 import numpy as np
 
-from . import dataset as mc
 from ..errors import SaeuronError
-from ..interventions import ScaleFeatures, Steer
 from ..intervals import Rate
+from ..interventions import ScaleFeatures, Steer
 from ..scoring import score
 from ..unlearning import ADD_STRENGTH
+from . import dataset as mc
 from .evaluation import judge_decorrelated, removal_counts
 
 DEFAULT_TOPS = (1, 3)
@@ -70,14 +70,34 @@ def steer_pairs(concept: str) -> list[tuple[str, str | None]]:
 def _rates(records, concept: str) -> dict:
     kind = mc.concept_kind(concept)
     other = "object" if kind == "style" else "style"
-    seen = Rate(sum((r.predicted_style if kind == "style" else r.predicted_object) == concept for r in records), len(records))
+    seen = Rate(
+        sum((r.predicted_style if kind == "style" else r.predicted_object) == concept for r in records), len(records)
+    )
     kept = [r for r in records if (r.style is not None if other == "style" else True)]
-    retained = Rate(sum((r.predicted_object == r.object_name) if other == "object" else (r.predicted_style == r.style) for r in kept), len(kept))
+    retained = Rate(
+        sum(
+            (r.predicted_object == r.object_name) if other == "object" else (r.predicted_style == r.style) for r in kept
+        ),
+        len(kept),
+    )
     return {"shows_concept": seen.as_dict(), "retains_other_kind": retained.as_dict()}
 
 
-def control_rows(pipe, bundle, judge, concepts, bases, steps: int, guidance: float, tops=DEFAULT_TOPS, strengths=DEFAULT_STRENGTHS, log=print,
-                 handles: bool = True, features: bool = True, add_strength: float | None = None) -> list[dict]:
+def control_rows(
+    pipe,
+    bundle,
+    judge,
+    concepts,
+    bases,
+    steps: int,
+    guidance: float,
+    tops=DEFAULT_TOPS,
+    strengths=DEFAULT_STRENGTHS,
+    log=print,
+    handles: bool = True,
+    features: bool = True,
+    add_strength: float | None = None,
+) -> list[dict]:
     """One row per concept: ablation and steering results of its top-ranked features
     (``features``) and the concept handles' results (``handles``; see the module docstring)."""
     if not (handles or features):
@@ -107,7 +127,15 @@ def control_rows(pipe, bundle, judge, concepts, bases, steps: int, guidance: flo
         ranked = ranked_features(stats, kind, concept, max(tops))
         units = {i: typical_top_activation(stats, i) for i in ranked}
         target = [(o, s) for o, s in mc.all_pairs() if concept in (o, s)]
-        row: dict = {"concept": concept, "kind": kind, "point": point, "features": ranked, "typical_top_activation": units, "ablate": {}, "steer": {}}
+        row: dict = {
+            "concept": concept,
+            "kind": kind,
+            "point": point,
+            "features": ranked,
+            "typical_top_activation": units,
+            "ablate": {},
+            "steer": {},
+        }
         plain = judge_decorrelated(pipe, judge, target, bases, steps, guidance)[0]
         row["ablate"]["none"] = _ablation(plain, concept)
         for n in tops:
@@ -123,9 +151,13 @@ def control_rows(pipe, bundle, judge, concepts, bases, steps: int, guidance: flo
                     records = judge_decorrelated(pipe, judge, pairs, bases, steps, guidance)[0]
                 row["steer"][f"top{n}@{strength:g}"] = _rates(records, concept)
         if handles:
-            row["handles"] = handle_results(pipe, bundle, judge, concept, bases, steps, guidance, add_strength, plain_target=plain)
+            row["handles"] = handle_results(
+                pipe, bundle, judge, concept, bases, steps, guidance, add_strength, plain_target=plain
+            )
         row["seconds"] = round(time.time() - t0, 1)
-        log(f"control {concept}: ablate top{tops[-1]} UA {row['ablate'][f'top{tops[-1]}']['UA']['value']:.2f}; steer top{tops[-1]}@{strengths[-1]:g} shows {row['steer'][f'top{tops[-1]}@{strengths[-1]:g}']['shows_concept']['value']:.2f} ({row['seconds']:.0f} s)")
+        log(
+            f"control {concept}: ablate top{tops[-1]} UA {row['ablate'][f'top{tops[-1]}']['UA']['value']:.2f}; steer top{tops[-1]}@{strengths[-1]:g} shows {row['steer'][f'top{tops[-1]}@{strengths[-1]:g}']['shows_concept']['value']:.2f} ({row['seconds']:.0f} s)"
+        )
         if handles:
             log(_handle_log(row))
         rows.append(row)
@@ -136,7 +168,17 @@ def _sees(record, concept: str) -> bool:
     return (record.predicted_style if mc.concept_kind(concept) == "style" else record.predicted_object) == concept
 
 
-def handle_results(pipe, bundle, judge, concept: str, bases, steps: int, guidance: float, add_strength: float | None = None, plain_target=None) -> dict:
+def handle_results(
+    pipe,
+    bundle,
+    judge,
+    concept: str,
+    bases,
+    steps: int,
+    guidance: float,
+    add_strength: float | None = None,
+    plain_target=None,
+) -> dict:
     """The concept handles on held-out images (paired: the same prompts and seeds with and
     without the edit).
 
@@ -160,7 +202,9 @@ def handle_results(pipe, bundle, judge, concept: str, bases, steps: int, guidanc
     return {
         "remove": {
             "interventions": [{"type": type(iv).__name__, **dataclasses.asdict(iv)} for iv in removal],
-            "removes": Rate(sum(_sees(b, concept) and not _sees(a, concept) for b, a in zip(plain_target, removed)), len(removed)).as_dict(),
+            "removes": Rate(
+                sum(_sees(b, concept) and not _sees(a, concept) for b, a in zip(plain_target, removed)), len(removed)
+            ).as_dict(),
             "kept": removal_counts(removed, concept)["kept_on_target"].as_dict(),
             "seen_before": Rate(sum(_sees(b, concept) for b in plain_target), len(plain_target)).as_dict(),
             "kept_before": removal_counts(plain_target, concept)["kept_on_target"].as_dict(),
@@ -168,7 +212,9 @@ def handle_results(pipe, bundle, judge, concept: str, bases, steps: int, guidanc
         "add": {
             "strength": strength,
             "interventions": [{"type": type(iv).__name__, **dataclasses.asdict(iv)} for iv in added_ivs],
-            "adds": Rate(sum(not _sees(b, concept) and _sees(a, concept) for b, a in zip(plain_pairs, added)), len(added)).as_dict(),
+            "adds": Rate(
+                sum(not _sees(b, concept) and _sees(a, concept) for b, a in zip(plain_pairs, added)), len(added)
+            ).as_dict(),
             "kept": _rates(added, concept)["retains_other_kind"],
             "seen_before": Rate(sum(_sees(b, concept) for b in plain_pairs), len(plain_pairs)).as_dict(),
         },
@@ -177,8 +223,10 @@ def handle_results(pipe, bundle, judge, concept: str, bases, steps: int, guidanc
 
 def _handle_log(row: dict) -> str:
     h = row["handles"]
-    return (f"handles {row['concept']}: remove {h['remove']['removes']['k']}/{h['remove']['removes']['n']} (kept {h['remove']['kept']['k']}/{h['remove']['kept']['n']}); "
-            f"add {h['add']['strength']:g}x {h['add']['adds']['k']}/{h['add']['adds']['n']} (kept {h['add']['kept']['k']}/{h['add']['kept']['n']}) ({row['seconds']:.0f} s)")
+    return (
+        f"handles {row['concept']}: remove {h['remove']['removes']['k']}/{h['remove']['removes']['n']} (kept {h['remove']['kept']['k']}/{h['remove']['kept']['n']}); "
+        f"add {h['add']['strength']:g}x {h['add']['adds']['k']}/{h['add']['adds']['n']} (kept {h['add']['kept']['k']}/{h['add']['kept']['n']}) ({row['seconds']:.0f} s)"
+    )
 
 
 def _ablation(records, concept: str) -> dict:
@@ -216,12 +264,16 @@ def _handle_markdown(rows: list[dict], cell) -> list[str]:
     ]
     for r in rows:
         h = r["handles"]
-        lines.append(f"| {r['concept']} | {cell(h['remove']['removes'])} | {cell(h['remove']['kept'])} | {cell(h['add']['adds'])} | {cell(h['add']['kept'])} | {h['add']['strength']:g}x |")
+        lines.append(
+            f"| {r['concept']} | {cell(h['remove']['removes'])} | {cell(h['remove']['kept'])} | {cell(h['add']['adds'])} | {cell(h['add']['kept'])} | {h['add']['strength']:g}x |"
+        )
     for kind in ("style", "object"):
         chosen = [r for r in rows if r["kind"] == kind and "handles" in r]
         if chosen:
             s = handle_summary(chosen)
-            lines.append(f"| **all {kind}s** | {cell(s['concept_removes'])} | {cell(s['concept_removes_kept'])} | {cell(s['concept_adds'])} | {cell(s['concept_adds_kept'])} | |")
+            lines.append(
+                f"| **all {kind}s** | {cell(s['concept_removes'])} | {cell(s['concept_removes_kept'])} | {cell(s['concept_adds'])} | {cell(s['concept_adds_kept'])} | |"
+            )
     return lines
 
 
@@ -235,7 +287,11 @@ def _feature_markdown(rows: list[dict], cell) -> list[str]:
         "|---|---|" + "---|---|" * len(ablate_keys),
     ]
     for r in rows:
-        lines.append(f"| {r['concept']} | {r['features']} | " + " | ".join(f"{cell(r['ablate'][k]['UA'])} | {cell(r['ablate'][k]['CRA'])}" for k in ablate_keys) + " |")
+        lines.append(
+            f"| {r['concept']} | {r['features']} | "
+            + " | ".join(f"{cell(r['ablate'][k]['UA'])} | {cell(r['ablate'][k]['CRA'])}" for k in ablate_keys)
+            + " |"
+        )
     lines += [
         "",
         "Steering: the same features added (strength x typical top activation) into prompts without the concept. shows: the judge sees the concept; kept: the other kind is still seen.",
@@ -244,7 +300,14 @@ def _feature_markdown(rows: list[dict], cell) -> list[str]:
         "|---|" + "---|---|" * len(steer_keys),
     ]
     for r in rows:
-        lines.append(f"| {r['concept']} | " + " | ".join(f"{cell(r['steer'][k]['shows_concept'])} | {cell(r['steer'][k]['retains_other_kind'])}" for k in steer_keys) + " |")
+        lines.append(
+            f"| {r['concept']} | "
+            + " | ".join(
+                f"{cell(r['steer'][k]['shows_concept'])} | {cell(r['steer'][k]['retains_other_kind'])}"
+                for k in steer_keys
+            )
+            + " |"
+        )
     return lines
 
 
@@ -282,7 +345,24 @@ def summary(rows: list[dict], top: int = 3, strength: float | None = None) -> di
             continue
         key = f"top{top}"
         removed = [r["concept"] for r in chosen if r["ablate"][key]["UA"]["value"] >= 0.8]
-        steer_keys = [k for k in chosen[0]["steer"] if k.startswith(key + "@") and (strength is None or k == f"{key}@{strength:g}")]
-        steered = [r["concept"] for r in chosen if any(r["steer"][k]["shows_concept"]["value"] >= 0.5 and r["steer"][k]["retains_other_kind"]["value"] >= 0.8 for k in steer_keys)]
-        out[kind].update({"ablation_removes": removed, "steering_adds": steered, "mean_UA_" + key: float(np.mean([r["ablate"][key]["UA"]["value"] for r in chosen]))})
+        steer_keys = [
+            k
+            for k in chosen[0]["steer"]
+            if k.startswith(key + "@") and (strength is None or k == f"{key}@{strength:g}")
+        ]
+        steered = [
+            r["concept"]
+            for r in chosen
+            if any(
+                r["steer"][k]["shows_concept"]["value"] >= 0.5 and r["steer"][k]["retains_other_kind"]["value"] >= 0.8
+                for k in steer_keys
+            )
+        ]
+        out[kind].update(
+            {
+                "ablation_removes": removed,
+                "steering_adds": steered,
+                "mean_UA_" + key: float(np.mean([r["ablate"][key]["UA"]["value"] for r in chosen])),
+            }
+        )
     return out

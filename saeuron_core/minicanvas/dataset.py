@@ -71,9 +71,7 @@ def concept_kind(name: str) -> str:
         return "object"
     if name in STYLES:
         return "style"
-    raise SaeuronError(
-        f"unknown concept {name!r}; objects: {', '.join(OBJECTS)}; styles: {', '.join(STYLES)}"
-    )
+    raise SaeuronError(f"unknown concept {name!r}; objects: {', '.join(OBJECTS)}; styles: {', '.join(STYLES)}")
 
 
 def split_seeds(split: str, count: int, offset: int = 0) -> list[int]:
@@ -143,10 +141,7 @@ _HEART_T = np.linspace(0, 2 * np.pi, 96, endpoint=False)
 _HEART = np.stack(
     [
         16 * np.sin(_HEART_T) ** 3,
-        13 * np.cos(_HEART_T)
-        - 5 * np.cos(2 * _HEART_T)
-        - 2 * np.cos(3 * _HEART_T)
-        - np.cos(4 * _HEART_T),
+        13 * np.cos(_HEART_T) - 5 * np.cos(2 * _HEART_T) - 2 * np.cos(3 * _HEART_T) - np.cos(4 * _HEART_T),
     ],
     axis=1,
 ) / 16.5 + np.array([0.0, 0.1])
@@ -164,9 +159,7 @@ def shape_mask(object_name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return _polygon_mask(u, v, _STAR)
     if object_name == "cross":
         arm, length = 0.32, 0.95
-        return ((np.abs(u) <= arm) & (np.abs(v) <= length)) | (
-            (np.abs(u) <= length) & (np.abs(v) <= arm)
-        )
+        return ((np.abs(u) <= arm) & (np.abs(v) <= length)) | ((np.abs(u) <= length) & (np.abs(v) <= arm))
     if object_name == "heart":
         return _polygon_mask(u, v, _HEART)
     raise SaeuronError(f"unknown object {object_name!r}")
@@ -256,9 +249,7 @@ def _paint_style(
         cols = int(np.ceil((w + 2 * cell) / cell)) + 1
         rows = int(np.ceil((h + 2 * cell) / cell)) + 1
         hues = rng.uniform(0, 1, size=(rows, cols))
-        tiles = np.stack(
-            [_hsv(hh, 0.85, 0.9) for hh in hues.ravel()], axis=0
-        ).reshape(rows, cols, 3)
+        tiles = np.stack([_hsv(hh, 0.85, 0.9) for hh in hues.ravel()], axis=0).reshape(rows, cols, 3)
         ci = np.floor((x + ox) / cell).astype(int) % cols
         ri = np.floor((y + oy) / cell).astype(int) % rows
         colour = tiles[ri, ci]
@@ -297,9 +288,7 @@ def render(object_name: str, style: str, seed: int, size: int = IMAGE_SIZE) -> n
     v = -dx * np.sin(rot) + dy * np.cos(rot)
     mask = shape_mask(object_name, u, v)
 
-    colour, paint_mask = _paint_style(
-        style, xp, yp, mask, background, (cx / _SUPERSAMPLE, cy / _SUPERSAMPLE), rng
-    )
+    colour, paint_mask = _paint_style(style, xp, yp, mask, background, (cx / _SUPERSAMPLE, cy / _SUPERSAMPLE), rng)
     img = np.where(paint_mask[..., None], colour, background)
     img = img.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
     img = img + rng.normal(0, rng.uniform(0.0, 0.015), size=img.shape)
@@ -315,9 +304,7 @@ def all_pairs() -> list[tuple[str, str]]:
     return [(o, s) for o in OBJECTS for s in STYLES]
 
 
-def render_batch(
-    pairs: list[tuple[str, str]], seeds: list[int], size: int = IMAGE_SIZE
-) -> np.ndarray:
+def render_batch(pairs: list[tuple[str, str]], seeds: list[int], size: int = IMAGE_SIZE) -> np.ndarray:
     """[N, size, size, 3] uint8 for matching lists of pairs and seeds."""
     if len(pairs) != len(seeds):
         raise SaeuronError(f"{len(pairs)} pairs but {len(seeds)} seeds")

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import dataset as mc
 from ..intervals import Rate
 from ..pipeline import generate, generate_jobs
+from . import dataset as mc
 
 UNRECOGNISABLE_CONFIDENCE = 0.5
 """An image is "unrecognisable" when the judge's top probability is below this on both heads:
@@ -56,7 +56,15 @@ def judge_jobs(judge, images: np.ndarray, jobs):
     """Records for images of (object, style, seed) jobs, in order, and their judge features."""
     verdict = judge.classify(images)
     records = [
-        JudgedImage(o, s, seed, verdict["object"][i], verdict["style"][i], float(verdict["object_conf"][i]), float(verdict["style_conf"][i]))
+        JudgedImage(
+            o,
+            s,
+            seed,
+            verdict["object"][i],
+            verdict["style"][i],
+            float(verdict["object_conf"][i]),
+            float(verdict["style_conf"][i]),
+        )
         for i, (o, s, seed) in enumerate(jobs)
     ]
     return records, verdict["features"]
@@ -71,7 +79,16 @@ def decorrelated_jobs(pairs, bases) -> list[tuple[str, str | None, int]]:
 def judge_decorrelated(pipe, judge, pairs, bases, steps: int, guidance: float, batch_size: int = 24):
     """Generate and judge every pair at its derived seeds: (records, judge features, uint8 images)."""
     jobs = decorrelated_jobs(pairs, bases)
-    images = to_uint8(generate_jobs(pipe, [(mc.prompt(o, s), seed) for o, s, seed in jobs], steps, guidance, batch_size=batch_size, output_type="np"))
+    images = to_uint8(
+        generate_jobs(
+            pipe,
+            [(mc.prompt(o, s), seed) for o, s, seed in jobs],
+            steps,
+            guidance,
+            batch_size=batch_size,
+            output_type="np",
+        )
+    )
     records, feats = judge_jobs(judge, images, jobs)
     return records, feats, images
 
@@ -117,7 +134,11 @@ def removal_pairs(concept: str, retain_per_concept: int | None = None) -> tuple[
     partners = mc.OBJECTS if kind == "style" else mc.STYLES
     retain = []
     for i, other in enumerate(others):
-        chosen = partners if retain_per_concept is None else [partners[(i + j) % len(partners)] for j in range(retain_per_concept)]
+        chosen = (
+            partners
+            if retain_per_concept is None
+            else [partners[(i + j) % len(partners)] for j in range(retain_per_concept)]
+        )
         retain += [(p, other) if kind == "style" else (other, p) for p in chosen]
     return target, retain
 

@@ -31,14 +31,25 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dataset as mc
 from ..errors import SaeuronError
 from ..intervals import Rate, paired_bootstrap
 from ..io import atomic_path, write_json
 from ..sae import SaeConfig
 from ..store import PromptItem
+from . import dataset as mc
+from .benchmark import (
+    ImageSet,
+    _pct,
+    _retained,
+    _with_interval,
+    concept_average,
+    concept_row,
+    difference_lines,
+    frechet_distance,
+    reference_features,
+    stored_protocol,
+)
 from .evaluation import accuracy
-from .benchmark import ImageSet, _retained, _pct, _with_interval, concept_average, difference_lines, concept_row, frechet_distance, reference_features, stored_protocol
 
 KINDS = ("object", "style")
 GROUPS = ("in", "out")
@@ -86,7 +97,11 @@ class ConceptSplit:
         raise SaeuronError(f"{concept!r} is in neither half of the split")
 
     def as_dict(self) -> dict:
-        return {"seed": self.seed, "in_half": {k: list(v) for k, v in self.in_half.items()}, "out_half": {k: list(v) for k, v in self.out_half.items()}}
+        return {
+            "seed": self.seed,
+            "in_half": {k: list(v) for k, v in self.in_half.items()},
+            "out_half": {k: list(v) for k, v in self.out_half.items()},
+        }
 
 
 def split_concepts(vocabulary: dict[str, tuple[str, ...]], seed=0, chosen: tuple[str, ...] = ()) -> ConceptSplit:
@@ -97,13 +112,17 @@ def split_concepts(vocabulary: dict[str, tuple[str, ...]], seed=0, chosen: tuple
     would end up with no concept on one side is refused.
     """
     if not vocabulary or not any(vocabulary.values()):
-        raise SaeuronError("the model has no concept vocabulary (objects / styles); the generalisation mode runs on MiniCanvas-style models")
+        raise SaeuronError(
+            "the model has no concept vocabulary (objects / styles); the generalisation mode runs on MiniCanvas-style models"
+        )
     seed = None if chosen else check_split_seed(seed)
     if chosen:
         known = {c for names in vocabulary.values() for c in names}
         unknown = [c for c in chosen if c not in known]
         if unknown:
-            raise SaeuronError(f"unknown concept {unknown[0]!r} for the SAE's half; the model knows {', '.join(sorted(known))}")
+            raise SaeuronError(
+                f"unknown concept {unknown[0]!r} for the SAE's half; the model knows {', '.join(sorted(known))}"
+            )
     in_half, out_half = {}, {}
     for i, kind in enumerate(sorted(vocabulary)):
         names = tuple(vocabulary[kind])
@@ -116,7 +135,9 @@ def split_concepts(vocabulary: dict[str, tuple[str, ...]], seed=0, chosen: tuple
         out_half[kind] = tuple(c for c in names if c not in picked)
         for side, group in (("in", in_half[kind]), ("outside", out_half[kind])):
             if not group:
-                raise SaeuronError(f"the split leaves no {kind} {side} the SAE's half ({len(names)} {kind}s: {', '.join(names) or 'none'}); each kind needs concepts on both sides")
+                raise SaeuronError(
+                    f"the split leaves no {kind} {side} the SAE's half ({len(names)} {kind}s: {', '.join(names) or 'none'}); each kind needs concepts on both sides"
+                )
     return ConceptSplit(seed, in_half, out_half)
 
 
@@ -128,7 +149,9 @@ def training_items(split: ConceptSplit, seeds_per_pair: int, half: bool = True) 
     objects = [o for o in mc.OBJECTS if o in objects]
     styles = [s for s in mc.STYLES if s in styles]
     seeds = mc.split_seeds("train", seeds_per_pair)
-    items = [PromptItem(mc.prompt(o, s), seed, {"object": o, "style": s}) for o in objects for s in styles for seed in seeds]
+    items = [
+        PromptItem(mc.prompt(o, s), seed, {"object": o, "style": s}) for o in objects for s in styles for seed in seeds
+    ]
     return items + [PromptItem(mc.prompt(o), seed, {"object": o}) for o in objects for seed in seeds]
 
 
@@ -169,11 +192,20 @@ class GeneralisationConfig:
             raise SaeuronError("no seeds to evaluate")
         for s in self.seeds:
             if mc.split_of(s) != "heldout":
-                raise SaeuronError(f"seed {s} is in the {mc.split_of(s)!r} split; evaluation uses held-out seeds {mc.SPLITS['heldout']} only")
+                raise SaeuronError(
+                    f"seed {s} is in the {mc.split_of(s)!r} split; evaluation uses held-out seeds {mc.SPLITS['heldout']} only"
+                )
         if not isinstance(self.train_seeds_per_pair, int) or self.train_seeds_per_pair < 1:
             raise SaeuronError(f"train_seeds_per_pair must be an integer >= 1, got {self.train_seeds_per_pair!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1 or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise SaeuronError(f"batch_size and epochs must be integers >= 1, got {self.batch_size!r} and {self.epochs!r}")
+        if (
+            not isinstance(self.batch_size, int)
+            or self.batch_size < 1
+            or not isinstance(self.epochs, int)
+            or self.epochs < 1
+        ):
+            raise SaeuronError(
+                f"batch_size and epochs must be integers >= 1, got {self.batch_size!r} and {self.epochs!r}"
+            )
         for c in self.concepts + self.sae_concepts:
             mc.concept_kind(c)
 
@@ -185,9 +217,13 @@ def _vocabulary(info) -> dict[str, tuple[str, ...]]:
 
 def check_defaults(table: dict, concepts) -> None:
     """Every concept to remove has a tau / gamma (per concept, else per kind): refused before any work."""
-    missing = [c for c in concepts if c not in table.get("concepts", {}) and mc.concept_kind(c) not in table.get("kinds", {})]
+    missing = [
+        c for c in concepts if c not in table.get("concepts", {}) and mc.concept_kind(c) not in table.get("kinds", {})
+    ]
     if missing:
-        raise SaeuronError(f"the defaults table has no tau/gamma for {', '.join(missing)}; tune them (`saeuron tune`) or remove other concepts (--concept)")
+        raise SaeuronError(
+            f"the defaults table has no tau/gamma for {', '.join(missing)}; tune them (`saeuron tune`) or remove other concepts (--concept)"
+        )
 
 
 def prepare(info, cfg: GeneralisationConfig, defaults: Path, work: Path) -> tuple[ConceptSplit, tuple[str, ...], dict]:
@@ -229,7 +265,19 @@ def reference_tokens(full) -> dict[str, int]:
     return found
 
 
-def _train_and_score(pipe, info, name: str, train_items, stats_store, cfg: GeneralisationConfig, steps: int, guidance: float, work: Path, log, tokens: dict[str, int] | None = None) -> tuple[Path, Path]:
+def _train_and_score(
+    pipe,
+    info,
+    name: str,
+    train_items,
+    stats_store,
+    cfg: GeneralisationConfig,
+    steps: int,
+    guidance: float,
+    work: Path,
+    log,
+    tokens: dict[str, int] | None = None,
+) -> tuple[Path, Path]:
     """SAEs trained on ``train_items`` and their statistics over ``stats_store``; resumable.
     ``tokens``: per hook point, train on about this many tokens instead of ``cfg.epochs`` passes."""
     from ..sae import TopKSae
@@ -239,14 +287,20 @@ def _train_and_score(pipe, info, name: str, train_items, stats_store, cfg: Gener
 
     points = sorted({p for ps in info.points_of_kind.values() for p in ps})
     store_dir = work / f"store_{name}"
-    store = stats_store if store_dir == stats_store.root else cache_activations(pipe, train_items, points, store_dir, steps, guidance, model_name=info.name)
+    store = (
+        stats_store
+        if store_dir == stats_store.root
+        else cache_activations(pipe, train_items, points, store_dir, steps, guidance, model_name=info.name)
+    )
     sae_dir, stats_dir = work / f"sae_{name}", work / f"stats_{name}"
     for point in points:
         if not (sae_dir / ".train" / point / "metrics.json").is_file():
             t0 = time.time()
             epochs = cfg.epochs if tokens is None else max(1, round(tokens[point] / store.token_count(point)))
             m = train_sae(store, point, TrainConfig(sae=cfg.sae, batch_size=cfg.batch_size, epochs=epochs), sae_dir)
-            log(f"SAE {name} {point}: FVU {m.get('fvu', float('nan')):.3f} after {m['steps']} steps ({time.time() - t0:.0f} s, {store.token_count(point)} tokens per epoch)")
+            log(
+                f"SAE {name} {point}: FVU {m.get('fvu', float('nan')):.3f} after {m['steps']} steps ({time.time() - t0:.0f} s, {store.token_count(point)} tokens per epoch)"
+            )
         if not (stats_dir / point / "stats.json").is_file():
             stats = compute_stats(stats_store, point, TopKSae.load(sae_dir / point), top_m=2)
             tmp = stats_dir / f".{point}.tmp"
@@ -256,7 +310,19 @@ def _train_and_score(pipe, info, name: str, train_items, stats_store, cfg: Gener
     return sae_dir, stats_dir
 
 
-def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path, out: Path, steps: int, guidance: float, full=None, log=print) -> dict:
+def run(
+    pipe,
+    info,
+    judge,
+    cfg: GeneralisationConfig,
+    defaults: Path,
+    work: Path,
+    out: Path,
+    steps: int,
+    guidance: float,
+    full=None,
+    log=print,
+) -> dict:
     """The whole experiment; see the module docstring. Writes metrics.json / metrics.csv /
     table.md / report.html under ``out``; ``work`` keeps every intermediate for resuming.
 
@@ -281,7 +347,19 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     store_all = cache_activations(pipe, every_item, points, work / "store_full", steps, guidance, model_name=info.name)
     # the half SAE trained to the reference's tokens is another SAE: its own folders and image sets
     half = "half-matched" if cfg.match_tokens else "half"
-    sae_dir, stats_dir = _train_and_score(pipe, info, half, training_items(split, cfg.train_seeds_per_pair), store_all, cfg, steps, guidance, work, log, tokens=matched)
+    sae_dir, stats_dir = _train_and_score(
+        pipe,
+        info,
+        half,
+        training_items(split, cfg.train_seeds_per_pair),
+        store_all,
+        cfg,
+        steps,
+        guidance,
+        work,
+        log,
+        tokens=matched,
+    )
     build_seconds = time.time() - t_cache
     bundles = {"half": SaeBundle.load(info, sae_dir, stats_dir, defaults)}
     set_name = {"half": half, "full": "full"}
@@ -297,7 +375,9 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
 
     removals = {}
     for i, seed in enumerate(cfg.seeds):
-        log(f"base seed {seed} ({i + 1}/{len(cfg.seeds)}): reference (no edit), {len(mc.all_pairs()) + len(mc.OBJECTS)} prompts")
+        log(
+            f"base seed {seed} ({i + 1}/{len(cfg.seeds)}): reference (no edit), {len(mc.all_pairs()) + len(mc.OBJECTS)} prompts"
+        )
         image_set("plain", seed)
         for name, bundle in bundles.items():
             for concept in concepts:
@@ -313,8 +393,12 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
     plain = ImageSet.concat([image_set("plain", s) for s in cfg.seeds])
     ref_feats = reference_features(judge, mc.all_pairs(), 2)
     styled = [r for r in plain.records if r.style is not None]
-    reference = {"style_accuracy": accuracy(styled, "style"), "object_accuracy": accuracy(styled, "object"), "seconds_per_image": plain.seconds / len(plain.records),
-                 "judge_fd": frechet_distance(plain.features[_retained(plain.records, ())], ref_feats)}
+    reference = {
+        "style_accuracy": accuracy(styled, "style"),
+        "object_accuracy": accuracy(styled, "object"),
+        "seconds_per_image": plain.seconds / len(plain.records),
+        "judge_fd": frechet_distance(plain.features[_retained(plain.records, ())], ref_feats),
+    }
     rows: dict[str, list[dict]] = {}
     for name, bundle in bundles.items():
         rows[name] = []
@@ -324,12 +408,22 @@ def run(pipe, info, judge, cfg: GeneralisationConfig, defaults: Path, work: Path
             settings = {iv.point: iv.per_concept() for iv in bundle.unlearn([concept])}
             row.update(settings=settings, group=split.group_of(concept), kind=mc.concept_kind(concept))
             rows[name].append(row)
-            log(f"{name} SAE removed {concept} ({GROUP_NAMES[row['group']]}): UA {row['UA']:.3f}, IRA {row['IRA']:.3f}, CRA {row['CRA']:.3f}, kept on target {row['kept_on_target']:.3f}")
+            log(
+                f"{name} SAE removed {concept} ({GROUP_NAMES[row['group']]}): UA {row['UA']:.3f}, IRA {row['IRA']:.3f}, CRA {row['CRA']:.3f}, kept on target {row['kept_on_target']:.3f}"
+            )
 
     result = {
         "mode": "generalisation",
         "split": split.as_dict(),
-        "config": {**asdict(cfg), "full_reference": [str(f) for f in full.folders] if full is not None else None, "hook_points": {k: list(v) for k, v in info.points_of_kind.items()}, "variant": next(iter(bundles.values())).variant(), "steps": steps, "guidance": guidance, "defaults": str(defaults)},
+        "config": {
+            **asdict(cfg),
+            "full_reference": [str(f) for f in full.folders] if full is not None else None,
+            "hook_points": {k: list(v) for k, v in info.points_of_kind.items()},
+            "variant": next(iter(bundles.values())).variant(),
+            "steps": steps,
+            "guidance": guidance,
+            "defaults": str(defaults),
+        },
         "settings_note": "every concept, in-half and out-of-half, is removed with its entry of the defaults table (latents per step and gamma, else the kind's tau / gamma), turned into a percentile for the SAE's width: the same selection procedure for both groups, tuned once on the sweep split with the bundled SAE of every concept, so neither group's settings were tuned on the SAE being tested",
         "statistics_note": "the half SAE is trained on the half's prompts only; its statistics are computed over every concept's prompts, since selecting a concept's features needs that concept's mean activations",
         "seed_derivation": "each prompt p gets seed dataset.prompt_seeds(seeds, p); the same for both SAEs (paired)",
@@ -360,7 +454,9 @@ def summarize_groups(rows: list[dict]) -> dict:
             chosen = _groups_of(rows, group, kind)
             if not chosen:
                 continue
-            present = [k for k in ("UA", "IRA", "CRA", "kept_on_target") if all(k in r for r in chosen)]  # rows from before kept_on_target lack it
+            present = [
+                k for k in ("UA", "IRA", "CRA", "kept_on_target") if all(k in r for r in chosen)
+            ]  # rows from before kept_on_target lack it
             s = {k: float(np.mean([r[k] for r in chosen])) for k in present}
             s["average"] = float(np.mean([concept_average(r) for r in chosen]))
             ivs = {}
@@ -375,7 +471,11 @@ def summarize_groups(rows: list[dict]) -> dict:
                     ivs[name] = Rate(sum(p["k"] for p in parts), sum(p["n"] for p in parts)).as_dict()
             averages = [concept_average(r) for r in chosen]
             ivs["average"] = paired_bootstrap(averages, [0.0] * len(averages))
-            s.update(intervals=ivs, concepts=[r["removed"][0] for r in chosen], unrecognisable=float(np.mean([r["unrecognisable"] for r in chosen])))
+            s.update(
+                intervals=ivs,
+                concepts=[r["removed"][0] for r in chosen],
+                unrecognisable=float(np.mean([r["unrecognisable"] for r in chosen])),
+            )
             out.setdefault(group, {})[kind] = s
     return out
 
@@ -393,7 +493,9 @@ def compare_groups(rows: dict[str, list[dict]]) -> dict:
             if not mine:
                 continue
             theirs = [full[r["removed"][0]] for r in mine]
-            entry = {"average": paired_bootstrap([concept_average(r) for r in mine], [concept_average(r) for r in theirs])}
+            entry = {
+                "average": paired_bootstrap([concept_average(r) for r in mine], [concept_average(r) for r in theirs])
+            }
             for metric in ("UA", "IRA", "CRA", "kept_on_target"):
                 if all(metric in r for r in mine + theirs):
                     entry[metric] = paired_bootstrap([r[metric] for r in mine], [r[metric] for r in theirs])
@@ -407,7 +509,11 @@ def markdown_table(result: dict) -> str:
     lines = [
         "### Ours: tiny SD-architecture model on MiniCanvas (this run)",
         "",
-        f"SAE trained on half of the concepts ({how}): " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["in_half"].items()) + ". Never seen in training: " + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["out_half"].items()) + ".",
+        f"SAE trained on half of the concepts ({how}): "
+        + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["in_half"].items())
+        + ". Never seen in training: "
+        + "; ".join(f"{k}s {', '.join(v)}" for k, v in split["out_half"].items())
+        + ".",
         f"Hook points: {result['config']['hook_points']}. SAE removal variant: {result['config'].get('variant', 'paper')}. Held-out base seeds {result['config']['seeds']} (each prompt its own seed per base), {result['config']['steps']} steps, guidance {result['config']['guidance']}.",
         "",
         "UA / IRA / CRA: mean over the group's concepts, Wilson 95% interval over the pooled images (kind 'all': bootstrap 95% interval over concepts, as objects and styles differ in images per concept); avg: (UA+IRA+CRA)/3 with a bootstrap 95% interval over concepts; kept on target: share of the removed concept's own images on which the judge still sees the prompt's other concept.",
@@ -422,11 +528,21 @@ def markdown_table(result: dict) -> str:
                 iv = s["intervals"]
                 cells = " | ".join(_with_interval(s[k], iv.get(k)) for k in ("UA", "IRA", "CRA", "average"))
                 kept = _with_interval(s.get("kept_on_target"), iv.get("kept_on_target"))
-                lines.append(f"| {sae_names[name]} | {GROUP_NAMES[group]} | {kind} | {cells} | {kept} | {_pct(s['unrecognisable'])} | {', '.join(s['concepts'])} |")
+                lines.append(
+                    f"| {sae_names[name]} | {GROUP_NAMES[group]} | {kind} | {cells} | {kept} | {_pct(s['unrecognisable'])} | {', '.join(s['concepts'])} |"
+                )
     if result.get("comparisons"):
-        lines += difference_lines(result["comparisons"], "Half SAE minus full SAE on the same concepts and seeds (paired bootstrap 95% interval over concepts, percentage points):", "concepts removed", GROUP_NAMES.get)
+        lines += difference_lines(
+            result["comparisons"],
+            "Half SAE minus full SAE on the same concepts and seeds (paired bootstrap 95% interval over concepts, percentage points):",
+            "concepts removed",
+            GROUP_NAMES.get,
+        )
     ref = result["reference"]
-    lines += ["", f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])}."]
+    lines += [
+        "",
+        f"Un-edited reference: style accuracy {_pct(ref['style_accuracy'])}, object accuracy {_pct(ref['object_accuracy'])}.",
+    ]
     lines += ["", "Tau / gamma: " + result["settings_note"] + ".", "", "Statistics: " + result["statistics_note"] + "."]
     lines += [
         "",
@@ -435,15 +551,29 @@ def markdown_table(result: dict) -> str:
         "| SAE / concepts | UA | IRA | CRA | avg |",
         "|---|---|---|---|---|",
     ]
-    for label, key in (("all data", "all data"), ("concepts in the SAE's training half", "in"), ("concepts outside it", "out")):
+    for label, key in (
+        ("all data", "all data"),
+        ("concepts in the SAE's training half", "in"),
+        ("concepts outside it", "out"),
+    ):
         p = result["paper"][key]
         lines.append(f"| {label} | {_pct(p['UA'])} | {_pct(p['IRA'])} | {_pct(p['CRA'])} | {_pct(p['average'])} |")
-    lines += ["", "#### Per removal", "", "| SAE | removed | group | UA | IRA | CRA | kept on target | unrecognisable | settings |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "#### Per removal",
+        "",
+        "| SAE | removed | group | UA | IRA | CRA | kept on target | unrecognisable | settings |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, rows in result["rows"].items():
         for r in rows:
             iv = r["intervals"]
-            settings = "; ".join(f"{p}: " + ", ".join(f"tau {t:.3f} gamma {g:g}" for _, t, g in v) for p, v in r["settings"].items())
-            lines.append(f"| {name} | {r['removed'][0]} | {r['group']} | {_with_interval(r['UA'], iv['UA'])} | {_with_interval(r['IRA'], iv['IRA'])} | {_with_interval(r['CRA'], iv['CRA'])} | {_with_interval(r.get('kept_on_target'), iv.get('kept_on_target'))} | {_pct(r['unrecognisable'])} | {settings} |")
+            settings = "; ".join(
+                f"{p}: " + ", ".join(f"tau {t:.3f} gamma {g:g}" for _, t, g in v) for p, v in r["settings"].items()
+            )
+            lines.append(
+                f"| {name} | {r['removed'][0]} | {r['group']} | {_with_interval(r['UA'], iv['UA'])} | {_with_interval(r['IRA'], iv['IRA'])} | {_with_interval(r['CRA'], iv['CRA'])} | {_with_interval(r.get('kept_on_target'), iv.get('kept_on_target'))} | {_pct(r['unrecognisable'])} | {settings} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -455,14 +585,45 @@ def write_reports(result: dict, out: Path) -> None:
     write_json(out / "metrics.json", result)
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["sae", "removed", "kind", "group", "UA", "IRA", "CRA", "kept_on_target", "unrecognisable", "judge_fd_retained", "collateral_mae"])
+        w.writerow(
+            [
+                "sae",
+                "removed",
+                "kind",
+                "group",
+                "UA",
+                "IRA",
+                "CRA",
+                "kept_on_target",
+                "unrecognisable",
+                "judge_fd_retained",
+                "collateral_mae",
+            ]
+        )
         for name, rows in result["rows"].items():
             for r in rows:
-                w.writerow([name, r["removed"][0], r["kind"], r["group"], r["UA"], r["IRA"], r["CRA"], r.get("kept_on_target", ""), r["unrecognisable"], r["judge_fd_retained"], r["collateral_mae"]])
+                w.writerow(
+                    [
+                        name,
+                        r["removed"][0],
+                        r["kind"],
+                        r["group"],
+                        r["UA"],
+                        r["IRA"],
+                        r["CRA"],
+                        r.get("kept_on_target", ""),
+                        r["unrecognisable"],
+                        r["judge_fd_retained"],
+                        r["collateral_mae"],
+                    ]
+                )
     table = markdown_table(result)
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(table)
-    parts = ["<html><head><meta charset='utf-8'><title>Generalisation to unseen concepts</title></head><body>", "<h1>Generalisation to concepts the SAE never saw (the paper's Table 3, on MiniCanvas)</h1>"]
+    parts = [
+        "<html><head><meta charset='utf-8'><title>Generalisation to unseen concepts</title></head><body>",
+        "<h1>Generalisation to concepts the SAE never saw (the paper's Table 3, on MiniCanvas)</h1>",
+    ]
     try:
         import plotly.graph_objects as go
 
@@ -476,14 +637,43 @@ def write_reports(result: dict, out: Path) -> None:
                 shown = [m for m in metrics if m in s]
                 ys = [s[m] for m in shown]
                 iv = s["intervals"]
-                fig.add_bar(name=f"{name} SAE, {GROUP_NAMES[group]}", x=shown, y=ys, error_y=dict(type="data", symmetric=False, array=[iv[m]["hi"] - y for m, y in zip(shown, ys)], arrayminus=[y - iv[m]["lo"] for m, y in zip(shown, ys)]))
+                fig.add_bar(
+                    name=f"{name} SAE, {GROUP_NAMES[group]}",
+                    x=shown,
+                    y=ys,
+                    error_y=dict(
+                        type="data",
+                        symmetric=False,
+                        array=[iv[m]["hi"] - y for m, y in zip(shown, ys)],
+                        arrayminus=[y - iv[m]["lo"] for m, y in zip(shown, ys)],
+                    ),
+                )
         for key, label in (("in", "paper: in half"), ("out", "paper: outside")):  # the paper has no kept-on-target
-            fig.add_scatter(name=label, x=metrics, y=[result["paper"][key].get(m) for m in metrics], mode="markers", marker_symbol="x", marker_size=12)
-        fig.update_layout(barmode="group", title="Every kind pooled: mean over concepts (bars: 95% intervals); crosses: published SD v1.5 numbers", yaxis_range=[0, 1.05])
+            fig.add_scatter(
+                name=label,
+                x=metrics,
+                y=[result["paper"][key].get(m) for m in metrics],
+                mode="markers",
+                marker_symbol="x",
+                marker_size=12,
+            )
+        fig.update_layout(
+            barmode="group",
+            title="Every kind pooled: mean over concepts (bars: 95% intervals); crosses: published SD v1.5 numbers",
+            yaxis_range=[0, 1.05],
+        )
         parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn"))
     except ImportError:
         parts.append("<p>(install plotly for charts)</p>")
     parts.append("<pre>" + html.escape(table) + "</pre>")
-    parts.append("<h2>Settings</h2><pre>" + html.escape(json.dumps({k: result[k] for k in ("split", "config", "training_items", "build_seconds", "wall_seconds")}, indent=2)) + "</pre></body></html>")
+    parts.append(
+        "<h2>Settings</h2><pre>"
+        + html.escape(
+            json.dumps(
+                {k: result[k] for k in ("split", "config", "training_items", "build_seconds", "wall_seconds")}, indent=2
+            )
+        )
+        + "</pre></body></html>"
+    )
     with atomic_path(out / "report.html") as tmp:
         tmp.write_text("\n".join(parts))

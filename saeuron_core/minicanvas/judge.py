@@ -97,7 +97,15 @@ class Judge(nn.Module):
             styles += [self.cfg.styles[j] for j in s.argmax(-1).tolist()]
             po += o.max(-1).values.tolist()
             ps += s.max(-1).values.tolist()
-        return {"object": objs, "style": styles, "object_conf": po, "style_conf": ps, "object_probs": torch.cat(all_o), "style_probs": torch.cat(all_s), "features": torch.cat(feats)}
+        return {
+            "object": objs,
+            "style": styles,
+            "object_conf": po,
+            "style_conf": ps,
+            "object_probs": torch.cat(all_o),
+            "style_probs": torch.cat(all_s),
+            "features": torch.cat(feats),
+        }
 
     def probability(self, verdict: dict, concept: str) -> torch.Tensor:
         """[N] the probability ``classify`` gave ``concept`` (an object or a style name)."""

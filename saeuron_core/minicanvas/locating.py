@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import dataset as mc
 from ..locate import SwapCase
+from . import dataset as mc
 
 
 def swap_cases(kinds=("object", "style"), n_pairs: int = 16, bases=None) -> list[SwapCase]:

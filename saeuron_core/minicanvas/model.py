@@ -141,7 +141,6 @@ def make_schedulers():
     return DDPMScheduler(**common), DDIMScheduler(**common, set_alpha_to_one=False, steps_offset=1)
 
 
-
 def export_pipeline(cfg, work: Path, out: Path, unet, text_encoder, ema, tokenizer, training: dict) -> Path:
     """Write the EMA weights as a StableDiffusionPipeline folder (atomically)."""
     import copy
