@@ -58,7 +58,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         index = int(match.group(1) or 0)
         if index >= torch.cuda.device_count():
             raise SaeuronError(
-                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0 ... cuda:{torch.cuda.device_count() - 1})"
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0 ... "
+                f"cuda:{torch.cuda.device_count() - 1})"
             )
         return torch.device("cuda", index)
     if spec == "mps":
