@@ -33,8 +33,9 @@ DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16"
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
-def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """The torch device ``spec`` names ("auto" / None: CUDA, else MPS, else CPU), or a clear error."""
+def resolve_device(spec: str | torch.device | None = "auto", flag: str = "--device") -> torch.device:
+    """The torch device ``spec`` names ("auto" / None: CUDA, else MPS, else CPU), or a clear error
+    naming the command-line ``flag`` that gave it."""
     if isinstance(spec, torch.device):
         spec = str(spec)
     spec = (spec or "auto").strip().lower()
@@ -54,16 +55,17 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
                 if torch.version.cuda is None
                 else "torch sees no CUDA device (driver or CUDA_VISIBLE_DEVICES?)"
             )
-            raise SaeuronError(f"--device {spec}: {build}; use --device cpu (or auto)")
+            raise SaeuronError(f"{flag} {spec}: {build}; use {flag} cpu (or auto)")
         index = int(match.group(1) or 0)
         if index >= torch.cuda.device_count():
             raise SaeuronError(
-                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0 ... cuda:{torch.cuda.device_count() - 1})"
+                f"{flag} {spec}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0 ... "
+                f"cuda:{torch.cuda.device_count() - 1})"
             )
         return torch.device("cuda", index)
     if spec == "mps":
         if not _mps_available():
-            raise SaeuronError("--device mps: torch reports no Apple MPS device here; use --device cpu (or auto)")
+            raise SaeuronError(f"{flag} mps: torch reports no Apple MPS device here; use {flag} cpu (or auto)")
         return torch.device("mps")
     raise SaeuronError(f"unknown device {spec!r}; use {DEVICE_CHOICES}")
 
@@ -129,11 +131,11 @@ def explain_dtype_failure(error: BaseException, device: torch.device | str, dtyp
     return None
 
 
-def process_device(spec: str | torch.device | None = "auto") -> torch.device:
+def process_device(spec: str | torch.device | None = "auto", flag: str = "--device") -> torch.device:
     """``resolve_device(spec)`` for this process: under torchrun an "auto" or "cuda" without an
     index is the rank's own GPU, cuda:(LOCAL_RANK mod the visible devices), so ranks (and the hook
     points of ``train-sae --by-point``) spread over the GPUs; a named cuda:N is kept."""
-    device = resolve_device(spec)
+    device = resolve_device(spec, flag)
     named_index = device.type == "cuda" and ":" in str(spec)
     if device.type == "cuda" and not named_index and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())

@@ -140,7 +140,8 @@ def agree(value, what: str) -> None:
     if any(v != values[0] for v in values):
         differing = [r for r, v in enumerate(values) if v != values[0]]
         raise SaeuronError(
-            f"ranks disagree on {what} (ranks {differing} differ from rank 0): launch every rank with the same model, prompts and flags"
+            f"ranks disagree on {what} (ranks {differing} differ from rank 0): launch every rank with the same model, "
+            "prompts and flags"
         )
 
 

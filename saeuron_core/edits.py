@@ -107,16 +107,19 @@ def applied(unet: nn.Module, edit: WeightEdit | None) -> Iterator[nn.Module]:
     missing = [n for n in edit.deltas if n not in params]
     if missing:
         raise SaeuronError(
-            f"this {edit.method} edit changes parameters the U-Net lacks ({', '.join(missing[:3])}...): it was made for another model"
+            f"this {edit.method} edit changes parameters the U-Net lacks ({', '.join(missing[:3])}...): it was made "
+            "for another model"
         )
     for name, delta in edit.deltas.items():
         if params[name].shape != delta.shape:
             raise SaeuronError(
-                f"{edit.method} edit of {name} has shape {tuple(delta.shape)}, the U-Net's is {tuple(params[name].shape)}"
+                f"{edit.method} edit of {name} has shape {tuple(delta.shape)}, the U-Net's is "
+                f"{tuple(params[name].shape)}"
             )
     if fingerprint(unet, edit.deltas) != edit.base_fingerprint:
         raise SaeuronError(
-            f"this {edit.method} edit was made for other weights (fingerprint mismatch): another model, or an edit is already applied"
+            f"this {edit.method} edit was made for other weights (fingerprint mismatch): another model, or an edit is "
+            "already applied"
         )
     originals = {n: params[n].detach().clone() for n in edit.deltas}
     try:

@@ -86,7 +86,8 @@ def resolve_sae_dir(
     if missing:
         where = "in the local Hugging Face cache (offline)" if offline() else "in the repo"
         raise SaeuronError(
-            f"{spec}: no SAE for hook point(s) {', '.join(missing)} {where} (looked for <point>/ and unet.<point>/ under {root})"
+            f"{spec}: no SAE for hook point(s) {', '.join(missing)} {where} (looked for <point>/ and unet.<point>/ "
+            f"under {root})"
         )
     return root
 
@@ -106,10 +107,12 @@ def _snapshot(repo: str, patterns: list[str], cache_dir: str | Path | None) -> s
     except LocalEntryNotFoundError:
         if is_offline:
             raise SaeuronError(
-                f"no local folder {repo}/..., and SAE repo {repo} is not in the Hugging Face cache while the hub is offline (HF_HUB_OFFLINE=1); run once online or pass a local folder"
+                f"no local folder {repo}/..., and SAE repo {repo} is not in the Hugging Face cache while the hub is "
+                "offline (HF_HUB_OFFLINE=1); run once online or pass a local folder"
             ) from None
         raise SaeuronError(
-            f"could not reach the hub to fetch SAE repo {repo}, and it is not cached; check the network or pass a local folder"
+            f"could not reach the hub to fetch SAE repo {repo}, and it is not cached; check the network or pass a "
+            "local folder"
         ) from None
     except (HfHubHTTPError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -226,7 +226,8 @@ def locate(
                     shown[key] += list(shows((imgs * 255 + 0.5).astype(np.uint8), [c.label for c in chunk], kind))
             if log:
                 log(
-                    f"locate {kind}: {min(i + batch_size, len(chosen))}/{len(chosen)} prompt pairs, {time.time() - t0:.0f} s"
+                    f"locate {kind}: {min(i + batch_size, len(chosen))}/{len(chosen)} prompt pairs, "
+                    f"{time.time() - t0:.0f} s"
                 )
 
         def share(key):
@@ -330,17 +331,20 @@ def markdown_table(result: dict) -> str:
         lines += [f"#### {kind} ({entry['cases']} prompt pairs)", ""]
         if judged:
             lines += [
-                f"Right prompt in every block: {_fmt(entry['right']['shows'])} show the {kind}; swapped word in every block: {_fmt(entry['wrong']['shows'])}.",
+                f"Right prompt in every block: {_fmt(entry['right']['shows'])} show the {kind}; swapped word in every "
+                f"block: {_fmt(entry['wrong']['shows'])}.",
                 "",
             ]
         lines += [
-            "| block | wrong word here only: shows | image change | block output change | right word here only: shows | image change |",
+            "| block | wrong word here only: shows | image change | block output change | right word here only: "
+            "shows | image change |",
             "|---|---|---|---|---|---|",
         ]
         for b, cells in entry["per_block"].items():
             w, r = cells["wrong_here"], cells["right_here"]
             lines.append(
-                f"| {b} | {_fmt(w['shows'])} | {w['image_change']:.2f} | {w['output_change']:.2f} | {_fmt(r['shows'])} | {r['image_change']:.2f} |"
+                f"| {b} | {_fmt(w['shows'])} | {w['image_change']:.2f} | {w['output_change']:.2f} | "
+                f"{_fmt(r['shows'])} | {r['image_change']:.2f} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -190,7 +190,9 @@ def check_image_size(pipe, height: int | None, width: int | None) -> tuple[int, 
             not isinstance(value, int) or isinstance(value, bool) or value < multiple or value % multiple
         ):
             raise SaeuronError(
-                f"{name} {value!r} must be a positive multiple of {multiple} for this model (VAE factor {pipe.vae_scale_factor} x U-Net downsampling {multiple // pipe.vae_scale_factor}); native size {native_h}x{native_w}"
+                f"{name} {value!r} must be a positive multiple of {multiple} for this model (VAE factor "
+                f"{pipe.vae_scale_factor} x U-Net downsampling {multiple // pipe.vae_scale_factor}); native size "
+                f"{native_h}x{native_w}"
             )
     return (native_h if height is None else height), (native_w if width is None else width)
 

@@ -93,7 +93,8 @@ def route_kinds(
     unknown = sorted(set(explicit) - set(kinds) - set(default_points))
     if unknown:
         raise SaeuronError(
-            f"--kind-point names kind(s) {', '.join(unknown)} that no label column of the concepts file has ({', '.join(kinds) or 'no labels'})"
+            f"--kind-point names kind(s) {', '.join(unknown)} that no label column of the concepts file has "
+            f"({', '.join(kinds) or 'no labels'})"
         )
     first = next(iter(default_points.values()))
     routing = {k: normalize_point(p) for k, p in default_points.items()}
@@ -103,7 +104,8 @@ def route_kinds(
         if kind not in routing:
             routing[kind] = first
             notes.append(
-                f"concept kind {kind!r} has no hook point of its own; using {first} (choose with --kind-point {kind}=POINT)"
+                f"concept kind {kind!r} has no hook point of its own; using {first} (choose with --kind-point "
+                f"{kind}=POINT)"
             )
     return routing, notes
 
@@ -129,10 +131,11 @@ def prepare(
     """Run (or resume) every stage for ``spec`` into ``out``; returns the finished spec.
 
     ``given_sae``: existing SAEs (folder or hub id, also recorded as ``spec.sae``) instead of
-    training; each is checked against its block's channels before anything is generated. ``tune(pipe, bundle) -> table``: the
-    optional tuning stage, whose table is written to ``defaults.json``. ``sae_device``: where the
-    training and statistics stages run (auto, cpu, cuda, cuda:N, mps; None: the model's device);
-    it replaces ``train_config.device`` and is checked before anything is generated.
+    training; each is checked against its block's channels before anything is generated.
+    ``tune(pipe, bundle) -> table``: the optional tuning stage, whose table is written to
+    ``defaults.json``. ``sae_device``: where the training and statistics stages run (auto, cpu,
+    cuda, cuda:N, mps); None: ``train_config.device`` where that names a device, else (auto, or no
+    config) the model's device. It is checked before anything is generated.
     """
     from .device import process_device
     from .hooks import block_channels
@@ -143,7 +146,10 @@ def prepare(
     from .store import cache_activations
 
     out = Path(out)
-    sae_device = str(process_device(pipe.device if sae_device is None else sae_device))
+    if sae_device is None:  # an explicit training device wins; auto follows the model
+        wanted = getattr(train_config, "device", "auto")
+        sae_device = pipe.device if str(wanted).strip().lower() == "auto" else wanted
+    sae_device = str(process_device(sae_device))
     points = list(dict.fromkeys(spec.hook_points.values()))
     # fail fast: hook points exist and given SAEs fit their blocks, before any generation
     channels = {p: block_channels(pipe.unet, p) for p in points}
@@ -163,7 +169,8 @@ def prepare(
         old = json.loads(run_file.read_text())
         if not _same_plan(old, plan):
             raise SaeuronError(
-                f"{out} holds a run with a different plan (model, concepts, size, steps, guidance, hook points or SAEs); use another --out"
+                f"{out} holds a run with a different plan (model, concepts, size, steps, guidance, hook points or "
+                "SAEs); use another --out"
             )
         log(f"resuming the run in {out}")
     plan["complete"] = False
@@ -222,7 +229,8 @@ def prepare(
         defaults = "defaults.json"
     else:
         log(
-            "[4/4] tune: skipped (no judge given); the explorer and `saeuron unlearn` take --tau/--gamma or --preset paper"
+            "[4/4] tune: skipped (no judge given); the explorer and `saeuron unlearn` take --tau/--gamma or --preset "
+            "paper"
         )
 
     finished = replace(spec, defaults=defaults, complete=True)

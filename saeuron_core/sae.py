@@ -84,7 +84,8 @@ class SaeConfig:
             or self.expansion_factor < 1
         ):
             raise SaeuronError(
-                f"num_latents must be >= 0 and expansion_factor >= 1, got {self.num_latents} and {self.expansion_factor}"
+                f"num_latents must be >= 0 and expansion_factor >= 1, got {self.num_latents} and "
+                f"{self.expansion_factor}"
             )
         if self.d_in:
             if self.num_latents == 0:
@@ -460,5 +461,6 @@ def _check_tensors(tensors: dict[str, Tensor], cfg: SaeConfig, path: Path) -> No
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise SaeuronError(
-                f"{path}: {name} has shape {tuple(tensors[name].shape)}, but cfg.json (d_in={d}, num_latents={n}) needs {shape}"
+                f"{path}: {name} has shape {tuple(tensors[name].shape)}, but cfg.json (d_in={d}, num_latents={n}) "
+                f"needs {shape}"
             )

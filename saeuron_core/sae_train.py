@@ -152,7 +152,8 @@ def train_sae(
         )
     if cfg.batch_size < 2 * world:
         raise SaeuronError(
-            f"batch_size {cfg.batch_size} is too small for {world} ranks: each rank needs at least 2 tokens of every batch"
+            f"batch_size {cfg.batch_size} is too small for {world} ranks: each rank needs at least 2 tokens of every "
+            "batch"
         )
     folder, state_path = Path(out) / point, train_dir(out, point) / STATE_FILE
     identity = cfg.identity(sae_cfg.d_in)
@@ -208,7 +209,8 @@ def train_sae(
                 checkpoint()
                 progress.close()
                 raise SaeuronError(
-                    f"train-sae {point} stopped by SIGTERM at step {step}; checkpoint saved, run the same command to resume"
+                    f"train-sae {point} stopped by SIGTERM at step {step}; checkpoint saved, run the same command to "
+                    "resume"
                 )
             if step == 0:
                 sae.init_b_dec_geometric_median(x)

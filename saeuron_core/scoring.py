@@ -59,7 +59,8 @@ class ConceptStats:
         n_concepts, n_steps, _ = self.means.shape
         if tuple(self.counts.shape) != (n_concepts,) or len(self.concepts) != n_concepts:
             raise SaeuronError(
-                f"{n_concepts} concept means need as many counts and names; got {tuple(self.counts.shape)} and {len(self.concepts)}"
+                f"{n_concepts} concept means need as many counts and names; got {tuple(self.counts.shape)} and "
+                f"{len(self.concepts)}"
             )
         if len(set(self.concepts)) != n_concepts:
             raise SaeuronError(f"concept names repeat: {self.concepts}")

@@ -119,7 +119,8 @@ class StatsBuilder:
 
     @torch.inference_mode()
     def add(self, vals: torch.Tensor, idx: torch.Tensor, items: torch.Tensor, steps: torch.Tensor) -> None:
-        """Codes of ``m`` whole maps: vals / idx [m, H*W, k] (ReLU'd values, latent ids), and each map's item and step [m]."""
+        """Codes of ``m`` whole maps: vals / idx [m, H*W, k] (ReLU'd values, latent ids), and each
+        map's item and step [m]."""
         m, hw = vals.shape[:2]
         n = self.n
         dev = self.device

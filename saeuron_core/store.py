@@ -202,7 +202,8 @@ class ActivationStore:
                 tokens = torch.cat([s["acts"].reshape(-1, s["acts"].shape[-1]) for s in self.iter_shards(point, group)])
                 if len(tokens) != n_tokens:
                     raise SaeuronError(
-                        f"{self.root}: shards {group} at {point} hold {len(tokens)} tokens, the manifest says {n_tokens}"
+                        f"{self.root}: shards {group} at {point} hold {len(tokens)} tokens, the manifest says "
+                        f"{n_tokens}"
                     )
                 if shuffle:
                     tokens = tokens[torch.randperm(len(tokens), generator=gen)]
@@ -290,7 +291,8 @@ def cache_activations(
     mine = dist.split(store.n_shards)
     if not mine:
         log(
-            f"cache: rank {dist.rank()} of {dist.world()} has no shard to write (the store has {store.n_shards} shards; use a smaller --items-per-shard to use every rank); it idles"
+            f"cache: rank {dist.rank()} of {dist.world()} has no shard to write (the store has {store.n_shards} "
+            "shards; use a smaller --items-per-shard to use every rank); it idles"
         )
     todo = [s for s in mine if s not in set(store.completed)]
     desc = "cache" if dist.world() == 1 else f"cache rank {dist.rank()}"
@@ -347,12 +349,18 @@ def _plan_mismatch(old: dict, plan: dict, root: Path) -> str | None:
     if old.get("model") and plan["model"] and old["model"] != plan["model"]:
         return f"{root} holds a store written with model {old['model']!r}, not {plan['model']!r}; use another folder"
     if set(old["hook_points"]) != set(plan["hook_points"]):
-        return f"{root} holds a store of hook points {', '.join(sorted(old['hook_points']))}, not {', '.join(sorted(plan['hook_points']))}; use another folder"
+        return (
+            f"{root} holds a store of hook points {', '.join(sorted(old['hook_points']))}, not "
+            f"{', '.join(sorted(plan['hook_points']))}; use another folder"
+        )
     if not all(old.get(k) == plan[k] for k in ("items", "steps", "guidance", "items_per_shard")):
         return f"{root} holds a store with a different plan (prompts, steps or guidance); use another folder"
     # stores written before sizes were recorded resume at whatever size they were started
     if not all(old.get(k, plan[k]) == plan[k] for k in ("height", "width")):
-        return f"{root} holds a store generated at {old['height']}x{old['width']} px, not {plan['height']}x{plan['width']}; use another folder"
+        return (
+            f"{root} holds a store generated at {old['height']}x{old['width']} px, not "
+            f"{plan['height']}x{plan['width']}; use another folder"
+        )
     return None
 
 
@@ -369,16 +377,19 @@ def _fold_markers(root: Path) -> None:
         rec = json.loads(path.read_text())
         if set(rec["points"]) != set(plan["hook_points"]):
             raise SaeuronError(
-                f"{path} records hook points {', '.join(sorted(rec['points']))}, but the store holds {', '.join(sorted(plan['hook_points']))}; remove {root / PARTS}"
+                f"{path} records hook points {', '.join(sorted(rec['points']))}, but the store holds "
+                f"{', '.join(sorted(plan['hook_points']))}; remove {root / PARTS}"
             )
         for point, dims in rec["points"].items():
             if plan["points"].get(point, dims) != dims:
                 raise SaeuronError(
-                    f"{path}: hook point {point} has shape {dims} there but {plan['points'][point]} in the store; stores of different models cannot be mixed"
+                    f"{path}: hook point {point} has shape {dims} there but {plan['points'][point]} in the store; "
+                    "stores of different models cannot be mixed"
                 )
         if plan["timesteps"] and rec["timesteps"] != plan["timesteps"]:
             raise SaeuronError(
-                f"{path} was generated with timesteps {rec['timesteps']}, the store with {plan['timesteps']}; stores of different schedulers cannot be mixed"
+                f"{path} was generated with timesteps {rec['timesteps']}, the store with {plan['timesteps']}; stores "
+                "of different schedulers cannot be mixed"
             )
         plan["points"].update(rec["points"])
         plan["timesteps"] = rec["timesteps"]

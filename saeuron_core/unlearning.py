@@ -162,18 +162,21 @@ class SaeBundle:
             sae_folder = point_folder(sae_root, point)
             if sae_folder is None:
                 raise SaeuronError(
-                    f"no SAE for hook point {point} ({kind}) in {sae_root} (looked for {point}/ and unet.{point}/); train one with `saeuron train-sae` or `saeuron prepare`"
+                    f"no SAE for hook point {point} ({kind}) in {sae_root} (looked for {point}/ and unet.{point}/); "
+                    "train one with `saeuron train-sae` or `saeuron prepare`"
                 )
             stats_folder = point_folder(stats_dir, point)
             if stats_folder is None:
                 raise SaeuronError(
-                    f"no statistics for hook point {point} ({kind}) in {stats_dir}; compute them with `saeuron stats` or `saeuron prepare`"
+                    f"no statistics for hook point {point} ({kind}) in {stats_dir}; compute them with `saeuron stats` "
+                    "or `saeuron prepare`"
                 )
             saes[point] = TopKSae.load(sae_folder, device=device, dtype=torch.float32)
             stats[point] = FeatureStats.load(stats_folder)
             if stats[point].n_latents != saes[point].num_latents:
                 raise SaeuronError(
-                    f"statistics in {stats_folder} cover {stats[point].n_latents} latents, the SAE has {saes[point].num_latents}"
+                    f"statistics in {stats_folder} cover {stats[point].n_latents} latents, the SAE has "
+                    f"{saes[point].num_latents}"
                 )
             folders += [sae_folder, stats_folder]
         table, source = load_defaults(info, defaults, preset)
@@ -188,7 +191,8 @@ class SaeBundle:
             channels = block_channels(unet, point)
             if channels is not None and channels != sae.d_in:
                 raise SaeuronError(
-                    f"the SAE for {point} has d_in={sae.d_in}, but that block of this U-Net outputs {channels} channels: SAEs and model do not match"
+                    f"the SAE for {point} has d_in={sae.d_in}, but that block of this U-Net outputs {channels} "
+                    "channels: SAEs and model do not match"
                 )
 
     def storage_bytes(self) -> int:
@@ -275,7 +279,8 @@ class SaeBundle:
             for point in self.points_of_kind[kind]:
                 if kind_at.setdefault(point, kind) != kind:
                     raise SaeuronError(
-                        f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; its statistics serve one kind per removal"
+                        f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; its "
+                        "statistics serve one kind per removal"
                     )
                 c_tau = (
                     tau

@@ -311,3 +311,55 @@ def test_prepare_refuses_a_missing_sae_device_before_any_work(tmp_path, monkeypa
     with pytest.raises(SaeuronError, match="--device cuda: .*use --device cpu"):
         prepare(Pipe(), spec, [], tmp_path / "run", sae_device="cuda")
     assert not (tmp_path / "run").exists()
+
+
+def test_prepare_stages_run_on_an_explicit_train_device_and_auto_follows_the_model(tmp_path, monkeypatch):
+    """prepare(train_config=TrainConfig(device=...)) with no sae_device: a named training device
+    wins over the model's (it was silently replaced by it), and auto means the model's device."""
+    import torch
+
+    import saeuron_core.device
+    from saeuron_core.prepare import RunSpec, prepare
+    from saeuron_core.sae_train import TrainConfig
+
+    class Chosen(Exception):
+        pass
+
+    def spy(spec, flag="--device"):
+        raise Chosen(str(spec))
+
+    class Pipe:  # a model on the GPU; fails on any use but ``device``
+        device = torch.device("cuda", 0)
+
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name}) before the device was chosen")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # TrainConfig(device="cuda") accepts it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(saeuron_core.device, "process_device", spy)
+    spec = RunSpec("m", {"object": "up_blocks.1.attentions.1"}, 64, 64, 2, 7.0, "sae")
+    for config, expected in [
+        (TrainConfig(device="cpu"), "cpu"),
+        (TrainConfig(device="cuda:1"), "cuda:1"),
+        (TrainConfig(device="auto"), "cuda:0"),
+        (None, "cuda:0"),
+    ]:
+        with pytest.raises(Chosen) as chosen:
+            prepare(Pipe(), spec, [], tmp_path / "run", train_config=config)
+        assert str(chosen.value) == expected
+    with pytest.raises(Chosen, match="^mps$"):  # an explicit sae_device still wins over both
+        prepare(Pipe(), spec, [], tmp_path / "run", train_config=TrainConfig(device="cpu"), sae_device="mps")
+    assert not (tmp_path / "run").exists()
+
+
+def test_prepare_train_device_cuda_without_cuda_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # neither the model nor the concepts file exists: the device is checked before either is read
+    args = ["--threads", "1", "prepare", "--model", str(tmp_path / "no-model"), "--concepts"]
+    args += [str(tmp_path / "no.csv"), "--train-device", "cuda", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "--train-device cuda: " in err and "use --train-device cpu" in err, err
+    assert not (tmp_path / "run").exists()

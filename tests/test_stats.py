@@ -244,3 +244,28 @@ def test_feature_card_reads_stored_examples_without_generating(tiny_bundle, monk
         left, top, right, bottom = patch.box
         assert 0 <= left < right <= raw.shape[1] and 0 <= top < bottom <= raw.shape[0]
     assert len({(p.prompt, p.seed) for p in card.patches}) == len(card.patches)
+
+
+def test_stats_command_device_flag(setup, tmp_path, monkeypatch, capsys):
+    """``saeuron stats --device cpu`` gives the library's statistics; ``--device cuda`` without
+    CUDA is one line (exit 2) before the store or the SAEs are read, and writes nothing."""
+    from saeuron_core.cli import main
+
+    store, sae, stats = setup
+    sae.save(tmp_path / "sae" / POINT)
+    args = ["--threads", "1", "stats", "--store", str(store.root), "--sae", str(tmp_path / "sae")]
+    args += ["--top-m", str(TOP_M), "--no-thumbnails"]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "stats")]) == 0
+    written = FeatureStats.load(tmp_path / "stats" / POINT)
+    assert written.concepts == stats.concepts
+    assert torch.allclose(written.concept_sums.float(), stats.concept_sums.float(), atol=1e-4)
+    assert torch.allclose(written.frequency.float(), stats.frequency.float())
+    capsys.readouterr()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    missing = ["--threads", "1", "stats", "--store", str(tmp_path / "no-store"), "--sae", str(tmp_path / "no-sae")]
+    assert main([*missing, "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "--device cuda: " in lines[0] and "use --device cpu" in lines[0], err
+    assert not (tmp_path / "out").exists()

@@ -122,6 +122,7 @@ def cmd_stats(args) -> int:
 
 def _stats(args) -> int:
     from .. import distributed as dist
+    from ..device import process_device
     from ..hooks import normalize_point
     from ..hub import point_folder, resolve_sae_dir
     from ..sae import TopKSae
@@ -129,6 +130,7 @@ def _stats(args) -> int:
 
     if args.top_m < 1 or args.thumbnail_size < 8:
         raise_error(f"--top-m must be >= 1 and --thumbnail-size >= 8, got {args.top_m} and {args.thumbnail_size}")
+    device = process_device(args.device)  # a device that is not here fails before the store and SAEs are read
     store = open_store(args.store)
     points = [normalize_point(p) for p in args.point] if args.point else store.points
     sae_root = resolve_sae_dir(args.sae, points)
@@ -149,7 +151,8 @@ def _stats(args) -> int:
             raise_error(f"the store at {args.store} does not name its model; pass --model, or --no-thumbnails")
         resolve_spec(model)  # a wrong model fails here; it is loaded only after the statistics (peak memory)
     all_stats = {
-        point: compute_stats(store, point, sae, top_m=args.top_m, distinct=args.distinct) for point, sae in saes.items()
+        point: compute_stats(store, point, sae, top_m=args.top_m, distinct=args.distinct, device=device)
+        for point, sae in saes.items()
     }
     del saes
     if model is not None:
@@ -174,10 +177,13 @@ def _stats(args) -> int:
 
 
 def cmd_prepare(args) -> int:
+    from ..device import process_device
     from ..hooks import normalize_point
     from ..prepare import RunSpec, prepare, route_kinds
     from ..store import read_prompt_file
 
+    # a training device that is not here fails first, named by its flag (TrainConfig would say --device)
+    process_device(args.train_flags.given(args).get("device", "auto"), flag="--train-device")
     items = read_prompt_file(args.concepts)  # a bad concepts file fails before the model loads
     kind_points = {}
     for entry in args.kind_point or []:
@@ -301,6 +307,12 @@ def register(sub) -> None:
     st.add_argument(
         "--model", default=None, help="pipeline that renders the examples' thumbnails (default: the store's model)"
     )
+    st.add_argument(
+        "--device",
+        default="auto",
+        help="where the SAEs encode the store and the statistics accumulate: auto (CUDA when present, else MPS, "
+        "else CPU), cpu, cuda, cuda:N or mps; under torchrun auto and cuda mean each rank's own GPU",
+    )
     st.add_argument("--thumbnail-size", type=int, default=128, help="longest side of the stored thumbnails in pixels")
     st.add_argument(
         "--no-thumbnails", action="store_true", help="store no thumbnails (feature cards then show heatmaps on grey)"
@@ -313,7 +325,8 @@ def register(sub) -> None:
         help="one resumable command from a model and a concepts file to a folder the explorer opens",
         description="Cache activations of the concepts file's prompts, train one SAE per hook point (unless --sae "
         "gives them), compute feature statistics and, with --judge, tune tau/gamma; write a run folder "
-        "for `saeuron-explorer --run DIR`. Rerun the same command to resume.",
+        "for `saeuron-explorer --run DIR`. Training and statistics run on --train-device (auto: the "
+        "model's device). Rerun the same command to resume.",
     )
     add_model_options(pr)
     pr.add_argument(

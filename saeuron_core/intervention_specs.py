@@ -1,0 +1,250 @@
+"""What to edit: the interventions as frozen dataclasses, validated when they are made.
+
+``Unlearn``, ``ScaleFeatures``, ``Steer``, ``AddConcept`` and ``Replace`` say which latents of
+which hook point change, by how much and in which ``StepWindow``; ``intervention_hook`` compiles
+them against an SAE and its statistics and applies them. Import both from ``interventions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from .errors import SaeuronError
+from .scoring import check_score
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """Denoising step indices ``start <= index < stop`` (``stop`` None: to the last step)."""
+
+    start: int = 0
+    stop: int | None = None
+
+    def __post_init__(self):
+        if self.start < 0 or (self.stop is not None and self.stop <= self.start):
+            raise SaeuronError(f"step window needs 0 <= start < stop, got start={self.start}, stop={self.stop}")
+
+    def contains(self, index: int) -> bool:
+        return index >= self.start and (self.stop is None or index < self.stop)
+
+
+def _as_tuple(value, name: str) -> tuple:
+    if isinstance(value, (str, int, float)):
+        return (value,)
+    if not isinstance(value, (tuple, list)) or not value:
+        raise SaeuronError(f"{name} must be a non-empty tuple, got {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Unlearn:
+    """SAeUron unlearning of ``concepts`` (METHOD section 4).
+
+    At each step, for every latent i selected for a concept c (score above the ``tau`` percentile)
+    and every token where z[i] exceeds i's mean activation over all concepts at that step:
+    z[i] <- z[i] * gamma_c * m_c[t][i]. A selected latent outside a token's top-k has z = 0
+    there: it did not fire and is left alone. Several concepts: the union of their selections;
+    a latent selected by more than one concept takes the multiplier of largest magnitude.
+    ``tau`` and ``gamma`` are one value for all concepts or one per concept.
+    ``reference_error_term`` reproduces the reference code's output ``x_hat' + x_hat - x``
+    (= ``2 x_hat - x`` with nothing edited), for comparison only.
+    """
+
+    concepts: tuple[str, ...]
+    tau: float | tuple[float, ...] = 99.999
+    gamma: float | tuple[float, ...] = -1.0
+    steps: StepWindow | None = None
+    reference_error_term: bool = False
+    point: str | None = None
+    """Hook point whose SAE this edits; None when only one SAE is given."""
+    score: str = "paper"
+    """Which concept score selects the latents (``scoring.SCORES``): the paper's, or "specific"."""
+
+    def __post_init__(self):
+        check_score(self.score)
+        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
+        for name in ("tau", "gamma"):
+            values = _as_tuple(getattr(self, name), name)
+            if len(values) > 1:
+                object.__setattr__(self, name, values)  # a list becomes a (hashable) tuple
+            if len(values) not in (1, len(self.concepts)):
+                raise SaeuronError(
+                    f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}"
+                )
+        for tau in _as_tuple(self.tau, "tau"):
+            if not 0 < tau < 100:
+                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+
+    def per_concept(self) -> list[tuple[str, float, float]]:
+        """(concept, tau, gamma) for each concept."""
+        taus, gammas = _as_tuple(self.tau, "tau"), _as_tuple(self.gamma, "gamma")
+        return [(c, taus[i % len(taus)], gammas[i % len(gammas)]) for i, c in enumerate(self.concepts)]
+
+
+@dataclass(frozen=True)
+class ScaleFeatures:
+    """Multiply latents ``features`` by ``factor`` wherever they fire (0 ablates them)."""
+
+    features: tuple[int, ...]
+    factor: float
+    steps: StepWindow | None = None
+    point: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "features", _as_tuple(self.features, "features"))
+
+
+Mask = Union[tuple[int, ...], tuple[tuple[bool, ...], ...]]
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``strength * W_dec[i]`` for each of ``features`` at the chosen tokens.
+
+    Unlike scaling this injects a feature where it is absent. ``mask`` chooses tokens: None for
+    all, an [H, W] bool map (tensor or nested tuples) or a tuple of token indices h * W + w.
+    """
+
+    features: tuple[int, ...]
+    strength: float
+    mask: Mask | None = None
+    steps: StepWindow | None = None
+    point: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "features", _as_tuple(self.features, "features"))
+        if isinstance(self.mask, Tensor):
+            if self.mask.ndim != 2 or self.mask.dtype != torch.bool:
+                raise SaeuronError(
+                    f"a steering mask must be an [H, W] bool map, got {self.mask.dtype} {tuple(self.mask.shape)}"
+                )
+            # Stored as nested tuples: the dataclass stays hashable and comparable.
+            object.__setattr__(self, "mask", tuple(tuple(row) for row in self.mask.tolist()))
+        elif isinstance(self.mask, list):
+            object.__setattr__(self, "mask", tuple(tuple(r) if isinstance(r, (list, tuple)) else r for r in self.mask))
+
+    def token_mask(self, height: int, width: int, device: torch.device) -> Tensor:
+        """[H*W] bool: the tokens this steer edits on an H x W map."""
+        if self.mask is None:
+            return torch.ones(height * width, dtype=torch.bool, device=device)
+        if self.mask and isinstance(self.mask[0], tuple):
+            grid = torch.tensor(self.mask, dtype=torch.bool, device=device)
+            if grid.shape != (height, width):
+                raise SaeuronError(f"steering mask is {tuple(grid.shape)} but the map is {height}x{width}")
+            return grid.reshape(-1)
+        tokens = torch.tensor(self.mask, dtype=torch.long, device=device)
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= height * width):
+            raise SaeuronError(f"steering token indices must be in [0, {height * width}) for a {height}x{width} map")
+        return torch.zeros(height * width, dtype=torch.bool, device=device).index_fill_(0, tokens, True)
+
+
+@dataclass(frozen=True)
+class AddConcept:
+    """Steer ``concepts`` in: the counterpart of ``Unlearn`` that adds instead of removes.
+
+    At each step, every latent selected for a concept (the same selection as ``Unlearn``: score
+    above the ``tau`` percentile, ``score`` as there) is raised at every token by
+    z[i] <- z[i] + strength * a_i, where a_i is the latent's typical top activation (the median
+    of its strongest stored activations, ``ConceptStats.typical_top``): the steering unit of a
+    single-feature ``Steer`` made in the explorer, so "1x" means "as strongly as where it usually
+    fires most". Several concepts: the union of their selections.
+
+    By default only the conditional CFG half is steered: guidance computes
+    eps_uncond + g (eps_cond - eps_uncond), so the same addition to both halves largely cancels in
+    the guided difference, while an addition to the conditional half alone is amplified by g.
+    """
+
+    concepts: tuple[str, ...]
+    strength: float
+    tau: float | tuple[float, ...] = 99.999
+    steps: StepWindow | None = None
+    point: str | None = None
+    """Hook point whose SAE this edits; None when only one SAE is given."""
+    score: str = "paper"
+    cond_only: bool = True
+    """Steer the conditional CFG half only (False: every row of the batch the hook edits)."""
+
+    def __post_init__(self):
+        check_score(self.score)
+        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
+        taus = _as_tuple(self.tau, "tau")
+        if len(taus) > 1:
+            object.__setattr__(self, "tau", taus)
+        if len(taus) not in (1, len(self.concepts)):
+            raise SaeuronError(f"tau needs one value or one per concept ({len(self.concepts)}), got {len(taus)}")
+        for tau in taus:
+            if not 0 < tau < 100:
+                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+
+    def per_concept(self) -> list[tuple[str, float]]:
+        """(concept, tau) for each concept."""
+        taus = _as_tuple(self.tau, "tau")
+        return [(c, taus[i % len(taus)]) for i, c in enumerate(self.concepts)]
+
+
+REPLACE_TARGETS = ("others", "nearest")
+"""Where ``Replace`` pushes a concept's code: the mean code of the kind's other concepts, or the
+mean code of the single other concept nearest to it (cosine of the step's mean codes)."""
+REPLACE_LATENTS = ("selected", "all")
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Replacement in distribution instead of negation, on the tokens that show ``concepts``.
+
+    A token is flagged for concept c at step t when any latent selected for c (as ``Unlearn``
+    selects them) fires above its mean over all concepts. On flagged tokens the code moves by the
+    difference of mean codes towards a target concept's and is clipped at 0 (codes stay codes)::
+
+        z'[L] = max(0, z[L] + strength * (m_target[t][L] - m_c[t][L]))
+
+    ``target``: "others" (the count-weighted mean of the kind's other concepts) or "nearest" (the
+    other concept whose mean code at t is nearest by cosine), or the name of another concept.
+    ``latents``: "selected" (L = c's selected latents and as many of the target's most
+    over-represented latents, largest m_target - m_c) or "all" (every latent: the whole mean-code
+    difference). Negation (``Unlearn``'s gamma -5..-30) removes what the concept adds and wrecks
+    the image around it; this moves the token towards what another concept looks like there.
+    """
+
+    concepts: tuple[str, ...]
+    tau: float | tuple[float, ...] = 99.999
+    strength: float | tuple[float, ...] = 1.0
+    target: str = "nearest"
+    latents: str = "selected"
+    steps: StepWindow | None = None
+    point: str | None = None
+    score: str = "paper"
+
+    def __post_init__(self):
+        check_score(self.score)
+        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
+        for name in ("tau", "strength"):
+            values = _as_tuple(getattr(self, name), name)
+            if len(values) > 1:
+                object.__setattr__(self, name, values)
+            if len(values) not in (1, len(self.concepts)):
+                raise SaeuronError(
+                    f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}"
+                )
+        for tau in _as_tuple(self.tau, "tau"):
+            if not 0 < tau < 100:
+                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+        for strength in _as_tuple(self.strength, "strength"):
+            if not strength > 0:
+                raise SaeuronError(f"replacement strength must be > 0, got {strength}")
+        if self.latents not in REPLACE_LATENTS:
+            raise SaeuronError(f"latents must be one of {', '.join(REPLACE_LATENTS)}, got {self.latents!r}")
+        if not isinstance(self.target, str) or not self.target:
+            raise SaeuronError(f"target must be {' or '.join(REPLACE_TARGETS)} or a concept name, got {self.target!r}")
+
+    def per_concept(self) -> list[tuple[str, float, float]]:
+        """(concept, tau, strength) for each concept."""
+        taus, strengths = _as_tuple(self.tau, "tau"), _as_tuple(self.strength, "strength")
+        return [(c, taus[i % len(taus)], strengths[i % len(strengths)]) for i, c in enumerate(self.concepts)]
+
+
+Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept, Replace]
