@@ -109,7 +109,8 @@ def run(world: int, task: dict, tmp: Path) -> dict:
         wall_s=round(time.time() - t, 2),
     )
     log(
-        f"{task['kind']} on {world} rank(s): {res['tokens_per_s']:.0f} tokens/s ({res['tokens']} tokens in {res['seconds']} s)"
+        f"{task['kind']} on {world} rank(s): {res['tokens_per_s']:.0f} tokens/s"
+        f" ({res['tokens']} tokens in {res['seconds']} s)"
     )
     return res
 

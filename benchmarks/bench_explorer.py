@@ -6,9 +6,10 @@ generation with interventions, peak memory of the app process.
 
 Issue targets on the bundled model: cold start to first page < 8 s, feature card < 300 ms on
 first open, ranking < 300 ms, an image with interventions < 2 s at default settings. The load
-average is recorded beside each served number (the machine is shared). The app runs as ``python -m explorer.app`` in a child
-process (cold start, end-to-end latency through gradio_client, peak RSS); server-side times are
-measured in this process on the same logic objects the app calls.
+average is recorded beside each served number (the machine is shared). The app runs as
+``python -m explorer.app`` in a child process (cold start, end-to-end latency through
+gradio_client, peak RSS); server-side times are measured in this process on the same logic
+objects the app calls.
 """
 
 from __future__ import annotations

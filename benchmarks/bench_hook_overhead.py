@@ -19,7 +19,8 @@ Bundled model (needs assets/minicanvas, assets/sae, assets/stats, assets/unlearn
 
 Any pipeline folder with trained SAEs and statistics::
 
-    .venv/bin/python benchmarks/bench_hook_overhead.py --model PIPE_DIR --sae SAE_DIR --stats STATS_DIR --concept dots --tau 99.9 --gamma -1
+    .venv/bin/python benchmarks/bench_hook_overhead.py --model PIPE_DIR --sae SAE_DIR --stats STATS_DIR \\
+        --concept dots --tau 99.9 --gamma -1
 
 Without trained assets (random SAE, d_in of the block, expansion 16, and synthetic statistics
 over fake concepts, calibrated on the model's own codes; labelled "synthetic" in the output)::
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -51,173 +51,27 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import calibrated_means, emit, environment, log, one_thread, synthetic_feature_stats, tiny_pipeline_folder  # noqa: E402
+from _common import (  # noqa: E402
+    calibrated_means,
+    emit,
+    environment,
+    log,
+    one_thread,
+    synthetic_feature_stats,
+    tiny_pipeline_folder,
+)
 
 one_thread()
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _dense_unlearn import dense_hooks  # noqa: E402
+from _hook_timing import diffs, estimated_ratio, interleaved, microbench, summarize  # noqa: E402
 
 from saeuron_core.errors import SaeuronError  # noqa: E402
-from saeuron_core.hooks import Step, capture_activations, edit_block_output, from_tokens, to_tokens  # noqa: E402
-from saeuron_core.interventions import Unlearn, UnlearnEdit, apply_interventions  # noqa: E402
+from saeuron_core.hooks import capture_activations, to_tokens  # noqa: E402
+from saeuron_core.interventions import Unlearn, apply_interventions  # noqa: E402
 from saeuron_core.sae import SaeConfig, TopKSae  # noqa: E402
 from saeuron_core.scoring import ConceptStats  # noqa: E402
-
-ARMS = ("plain", "sparse", "dense")
-
-
-def _sync() -> None:
-    """Wait for queued GPU work, so that a wall-clock interval covers the work it times."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-# --------------------------------------------------------------------------- dense reference edit
-class DenseUnlearn:
-    """The reference computation of one ``Unlearn`` at one hook point: dense codes, two full
-    decodes, error term added. Selection / threshold / multiplier are compiled as in
-    ``saeuron_core.interventions.UnlearnEdit``, so the edit is the same."""
-
-    def __init__(self, sae: TopKSae, unlearn: Unlearn, stats: ConceptStats):
-        self.sae, self.stats = sae, stats
-        compiled = UnlearnEdit(unlearn, stats, sae.device)  # the same selection as the sparse hook
-        self.rows, self.factors, self.thresholds = (
-            compiled.latents_per_row,
-            compiled.multipliers_per_row,
-            compiled.thresholds_per_row,
-        )
-        self.calls = 0
-        self.selected_total = 0
-        self.edited_tokens_total = 0
-        self.tokens_total = 0
-
-    def __call__(self, x: torch.Tensor, step: Step) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        tokens = to_tokens(x).reshape(-1, channels)
-        top_acts, top_indices = self.sae.encode(tokens)
-        z = self.sae.dense_codes(top_acts, top_indices)  # [N, n_latents]
-        x_hat = z @ self.sae.W_dec + self.sae.b_dec
-        row = self.stats.row_for_timestep(step.timestep)
-        ids = self.rows[row]
-        current = z[:, ids]
-        fired = current > self.thresholds[row]
-        z[:, ids] = torch.where(fired, current * self.factors[row], current)
-        x_hat_edited = z @ self.sae.W_dec + self.sae.b_dec
-        out = x_hat_edited + (tokens.to(x_hat.dtype) - x_hat)
-        self.calls += 1
-        self.selected_total += len(ids)
-        self.edited_tokens_total += int(fired.any(1).sum())
-        self.tokens_total += tokens.shape[0]
-        return from_tokens(out.to(x.dtype).reshape(batch, height * width, channels), height, width)
-
-    def summary(self) -> dict:
-        calls = max(self.calls, 1)
-        return {
-            "hook_calls": self.calls,
-            "selected_latents_per_call": round(self.selected_total / calls, 2),
-            "edited_tokens_per_call": round(self.edited_tokens_total / calls, 2),
-            "tokens_per_call": round(self.tokens_total / calls, 1),
-        }
-
-
-@contextlib.contextmanager
-def dense_hooks(unet, saes: dict, interventions: list[Unlearn], stats_by_point: dict, editors: list):
-    with contextlib.ExitStack() as stack:
-        for iv in interventions:
-            editor = DenseUnlearn(saes[iv.point], iv, stats_by_point[iv.point])
-            editors.append(editor)
-            stack.enter_context(edit_block_output(unet, iv.point, editor, name=f"bench-dense:{iv.point}"))
-        yield
-
-
-# --------------------------------------------------------------------------- timing
-def interleaved(runners: dict, repeats: int, warmup: int) -> tuple[dict, dict]:
-    """Run each arm ``warmup`` times (untimed, outputs kept) then ``repeats`` timed rounds,
-    alternating the arm order every round."""
-    outputs = {}
-    for w in range(warmup):
-        for arm, run in runners.items():
-            log(f"warmup {w + 1}/{warmup}: {arm}")
-            outputs[arm] = run()
-    times = {arm: [] for arm in runners}
-    arms = list(runners)
-    for r in range(repeats):
-        order = arms if r % 2 == 0 else arms[::-1]
-        for arm in order:
-            _sync()
-            t0 = time.perf_counter()
-            out = runners[arm]()
-            _sync()
-            times[arm].append(time.perf_counter() - t0)
-            outputs.setdefault(arm, out)
-        log("round %d/%d: %s" % (r + 1, repeats, ", ".join(f"{a} {times[a][-1]:.2f}s" for a in arms)))
-    return times, outputs
-
-
-def summarize(times: dict) -> dict:
-    plain = times["plain"]
-    out = {
-        "seconds": {a: [round(t, 4) for t in ts] for a, ts in times.items()},
-        "median_seconds": {a: round(statistics.median(ts), 4) for a, ts in times.items()},
-    }
-    for arm in times:
-        if arm == "plain":
-            continue
-        per_round = [h / p for h, p in zip(times[arm], plain)]
-        out[f"ratio_{arm}"] = round(statistics.median(times[arm]) / statistics.median(plain), 4)
-        out[f"ratio_{arm}_median_of_rounds"] = round(statistics.median(per_round), 4)
-        out[f"ratio_{arm}_min_over_min"] = round(min(times[arm]) / min(plain), 4)
-    return out
-
-
-def hook_microbench(editors: dict, maps: dict, timesteps: list, reps: int) -> dict:
-    """Seconds per hook call of each arm's edit fn alone, on the block outputs captured from this
-    model (every step, both CFG halves): the hook's cost without the U-Net's noise around it."""
-    out = {}
-    for arm, by_point in editors.items():
-        per_step = []
-        for t, timestep in enumerate(timesteps):
-            step = Step(timestep, t)
-            total = 0.0
-            for point, fn in by_point.items():
-                x = maps[point][t]
-                fn(x, step)  # warm
-                samples = []
-                for _ in range(reps):
-                    _sync()
-                    t0 = time.perf_counter()
-                    fn(x, step)
-                    _sync()
-                    samples.append(time.perf_counter() - t0)
-                total += statistics.median(samples)
-            per_step.append(total)
-        out[arm] = {
-            "ms_per_step_median": round(1000 * statistics.median(per_step), 3),
-            "ms_per_step_max": round(1000 * max(per_step), 3),
-        }
-    return out
-
-
-def _as_array(output) -> np.ndarray:
-    if isinstance(output, torch.Tensor):
-        return output.detach().float().cpu().numpy()
-    if (
-        isinstance(output, (list, tuple))
-        and output
-        and hasattr(output[0], "size")
-        and not isinstance(output[0], torch.Tensor)
-    ):
-        return np.stack([np.asarray(im, dtype=np.float32) for im in output])  # PIL images, 0..255
-    return np.stack([np.asarray(o, dtype=np.float32) for o in output])
-
-
-def diffs(outputs: dict) -> dict:
-    a = {k: _as_array(v) for k, v in outputs.items()}
-    return {
-        "max_abs_diff_sparse_vs_plain": float(np.abs(a["sparse"] - a["plain"]).max()),
-        "max_abs_diff_dense_vs_sparse": float(np.abs(a["dense"] - a["sparse"]).max()),
-    }
 
 
 # --------------------------------------------------------------------------- pipeline mode
@@ -281,7 +135,10 @@ def run_pipeline(args) -> dict:
         tau = args.tau if args.tau is not None else round(100 * (1 - 2 / n), 4)
         gamma = args.gamma if args.gamma is not None else -1.0
         result["synthetic"] = {
-            "note": "SYNTHETIC: random TopK SAE (expansion 16) and fake concept statistics calibrated on this model's codes; timings only, no unlearning meaning",
+            "note": (
+                "SYNTHETIC: random TopK SAE (expansion 16) and fake concept statistics calibrated on this model's"
+                " codes; timings only, no unlearning meaning"
+            ),
             "fake_concepts": concepts,
             "boosted_latents_per_step": args.boost_latents,
         }
@@ -339,31 +196,15 @@ def run_pipeline(args) -> dict:
         times, outputs = interleaved({"plain": plain, "sparse": sparse, "dense": dense}, args.repeats, args.warmup)
     result.update(summarize(times))
     result["check"] = {**diffs(outputs), "edit_activity": [e.summary() for e in dense_editors]}
-    result["hook_call_microbench"] = _microbench(
+    result["hook_call_microbench"] = microbench(
         pipe.unet, bundle.saes, interventions, stats_by_point, rec, args.micro_reps
     )
     result["unet_ms_per_step_plain"] = round(1000 * statistics.median(times["plain"]) / steps, 3)
-    result["ratio_estimated_from_microbench"] = _estimate(
+    result["ratio_estimated_from_microbench"] = estimated_ratio(
         result["hook_call_microbench"], result["unet_ms_per_step_plain"]
     )
     result["goal"] = "ratio_sparse <= 1.15 on the bundled model"
     return result
-
-
-def _microbench(unet, saes: dict, interventions: list, stats_by_point: dict, rec, reps: int) -> dict:
-    device = next(iter(saes.values())).device
-    maps = {iv.point: rec.stacked(iv.point).to(device) for iv in interventions}
-    with torch.inference_mode():
-        with apply_interventions(unet, saes, interventions, stats=stats_by_point) as editors:
-            sparse_fns = dict(editors)
-        dense_fns = {iv.point: DenseUnlearn(saes[iv.point], iv, stats_by_point[iv.point]) for iv in interventions}
-        return hook_microbench({"sparse": sparse_fns, "dense": dense_fns}, maps, rec.timesteps, reps)
-
-
-def _estimate(micro: dict, plain_ms_per_step: float) -> dict:
-    """1 + (hook ms per step) / (plain ms per step): the ratio with the end-to-end noise removed
-    (it leaves out per-call setup and any effect of the hook on the U-Net's own speed)."""
-    return {arm: round(1 + m["ms_per_step_median"] / plain_ms_per_step, 4) for arm, m in micro.items()}
 
 
 def _first_concept(bundle, kind: str) -> str:
@@ -471,8 +312,14 @@ def run_sd15(args) -> dict:
             outputs.setdefault(arm, out)
     result = {
         "mode": "sd15",
-        "note": "random-weight SD1.5-architecture U-Net called directly in a DDIM + CFG loop (no text encoder, no VAE decode): the ratio is over U-Net time only, i.e. an upper bound on the overhead of a full pipeline call",
-        "synthetic": "SYNTHETIC: random U-Net, random text embeddings, random TopK SAE, fake concept statistics calibrated on the SAE's codes of this run",
+        "note": (
+            "random-weight SD1.5-architecture U-Net called directly in a DDIM + CFG loop (no text encoder, no VAE"
+            " decode): the ratio is over U-Net time only, i.e. an upper bound on the overhead of a full pipeline call"
+        ),
+        "synthetic": (
+            "SYNTHETIC: random U-Net, random text embeddings, random TopK SAE, fake concept statistics calibrated"
+            " on the SAE's codes of this run"
+        ),
         "unet_params_millions": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
         "unet_build_seconds": round(build_s, 1),
         "calibration_run_seconds": round(calib_s, 2),
@@ -491,8 +338,8 @@ def run_sd15(args) -> dict:
     }
     result.update(summarize(times))
     result["seconds_per_cfg_unet_forward_plain"] = round(statistics.median(times["plain"]) / steps, 3)
-    result["hook_call_microbench"] = _microbench(unet, saes, interventions, stats, rec, args.micro_reps)
-    result["ratio_estimated_from_microbench"] = _estimate(
+    result["hook_call_microbench"] = microbench(unet, saes, interventions, stats, rec, args.micro_reps)
+    result["ratio_estimated_from_microbench"] = estimated_ratio(
         result["hook_call_microbench"], 1000 * result["seconds_per_cfg_unet_forward_plain"]
     )
     result["check"] = {**diffs(outputs), "edit_activity": [e.summary() for e in dense_editors]}

@@ -57,6 +57,14 @@ from _common import emit, environment, log, one_thread  # noqa: E402
 one_thread()
 
 import torch  # noqa: E402
+from _sparsify_runner import (  # noqa: E402
+    SparseCoder,
+    SparseCoderConfig,
+    SparsifyRunner,
+    sparsify_decoder,
+    sparsify_forward,
+)
+from _token_sources import store_source, synthetic_source  # noqa: E402
 
 import saeuron_core.sae_train as sae_train_module  # noqa: E402
 from saeuron_core.sae import SaeConfig, TopKSae  # noqa: E402
@@ -68,124 +76,6 @@ DEVICE = torch.device("cpu")  # set by --device
 def sync() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize(DEVICE)
-
-
-with contextlib.redirect_stdout(sys.stderr):  # sparsify prints "Triton not installed ..." on import
-    from sparsify import SparseCoder, SparseCoderConfig
-
-
-# --------------------------------------------------------------------------- data
-class SyntheticTokens:
-    """Tokens x = offset + sum_j c_j * atom_j + noise, with ``active`` atoms per token drawn from
-    ``n_atoms`` unit directions at Zipf-like frequencies and log-normal coefficients."""
-
-    def __init__(self, d_in: int, n_atoms: int, active: int, noise: float, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        self.atoms = torch.randn(n_atoms, d_in, generator=g)
-        self.atoms /= self.atoms.norm(dim=1, keepdim=True)
-        self.probs = 1.0 / torch.arange(1, n_atoms + 1).float() ** 0.7
-        self.scale = torch.exp(0.5 * torch.randn(n_atoms, generator=g))
-        self.offset = 2.0 * torch.randn(d_in, generator=g)
-        self.active, self.noise = active, noise
-
-    def batch(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        idx = torch.multinomial(self.probs.expand(n, -1), self.active, replacement=False, generator=gen)
-        coef = self.scale[idx] * torch.exp(0.5 * torch.randn(n, self.active, generator=gen))
-        x = torch.einsum("na,nad->nd", coef, self.atoms[idx]) + self.offset
-        return x + self.noise * torch.randn(n, x.shape[1], generator=gen)
-
-
-def synthetic_source(args):
-    data = SyntheticTokens(args.d_in, args.atoms, args.active, args.noise, args.seed)
-    heldout = data.batch(args.heldout, torch.Generator().manual_seed(args.seed + 999))
-    gen = torch.Generator().manual_seed(args.seed + 1)
-
-    def batches():
-        while True:
-            yield data.batch(args.batch_size, gen).to(DEVICE)
-
-    return args.d_in, heldout.to(DEVICE), batches()
-
-
-def store_source(args):
-    from saeuron_core.store import ActivationStore
-
-    store = ActivationStore(args.store)
-    if args.point not in store.points:
-        raise SystemExit(f"--point must be one of {store.points}")
-    d_in = store.meta["points"][args.point]["channels"]
-    stream = store.iter_token_batches(args.point, args.batch_size, shuffle=True, seed=args.seed, epochs=args.epochs)
-    # held out: the first batches of the shuffled stream, never trained on (disjoint within one epoch)
-    held = []
-    while sum(len(h) for h in held) < args.heldout:
-        held.append(next(stream))
-    return d_in, torch.cat(held)[: args.heldout].to(DEVICE), (x.to(DEVICE) for x in stream)
-
-
-# --------------------------------------------------------------------------- sparsify, as its Trainer steps it
-class SparsifyRunner:
-    def __init__(
-        self,
-        d_in: int,
-        num_latents: int,
-        k: int,
-        lr: float,
-        auxk_alpha: float,
-        dead_threshold: int,
-        seed: int,
-        warmup: int,
-        total_steps: int,
-        autocast: bool = False,
-    ):
-        torch.manual_seed(seed)
-        # drawn on the CPU like ours (same seed, same initial weights), then moved
-        self.sae = SparseCoder(
-            d_in, SparseCoderConfig(num_latents=num_latents, k=k), device="cpu", dtype=torch.float32
-        ).to(DEVICE)
-        self.autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=autocast)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr)
-        self.sched = None
-        if warmup:
-            from transformers import get_linear_schedule_with_warmup
-
-            self.sched = get_linear_schedule_with_warmup(self.opt, warmup, total_steps)
-        self.auxk_alpha, self.dead_threshold = auxk_alpha, dead_threshold
-        self.since_fired = torch.zeros(num_latents, dtype=torch.long, device=DEVICE)
-        self.did_fire = torch.zeros(num_latents, dtype=torch.bool, device=DEVICE)
-        self.step_count = 0
-        self.history: list[dict] = []
-
-    def step(self, x: torch.Tensor) -> None:
-        sae = self.sae
-        if self.step_count == 0:
-            sae.b_dec.data = x.mean(0).to(sae.dtype)
-        sae.set_decoder_norm_to_unit_norm()
-        dead_mask = self.since_fired > self.dead_threshold if self.auxk_alpha > 0 else None
-        total_variance = (x - x.mean(0)).pow(2).sum()
-        with self.autocast:
-            out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
-        self.did_fire[out.latent_indices.flatten()] = True
-        fvu = float(out.fvu.detach())  # the Trainer's avg_fvu logging (a sync on GPU)
-        loss = out.fvu + self.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
-        loss.backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
-        self.opt.step()
-        self.opt.zero_grad()
-        if self.sched is not None:
-            self.sched.step()
-        with torch.no_grad():
-            self.since_fired += x.shape[0]
-            self.since_fired[self.did_fire] = 0
-            self.did_fire.zero_()
-        self.step_count += 1
-        if self.step_count % 20 == 0:
-            self.history.append(
-                {
-                    "step": self.step_count,
-                    "fvu": fvu,
-                    "dead_fraction": float((self.since_fired > self.dead_threshold).float().mean()),
-                }
-            )
 
 
 # --------------------------------------------------------------------------- ours, through train_sae
@@ -256,14 +146,6 @@ def _ours_forward(sae: TopKSae):
     return f
 
 
-def _sparsify_forward(sae):
-    def f(x):
-        out = sae(x)
-        return out.sae_out, out.latent_acts, out.latent_indices, sae.num_latents
-
-    return f
-
-
 def throughput(seconds: list[float], batch_size: int, skip: int) -> dict:
     steady = seconds[skip:] or seconds
     return {
@@ -285,7 +167,7 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
     xs = [next(batches) for _ in range(steps + 1)]
     out = {}
     runner = SparsifyRunner(
-        d_in, num_latents, args.k, lr, args.auxk_alpha, args.dead_threshold, args.seed, 0, steps + 1
+        d_in, num_latents, args.k, lr, args.auxk_alpha, args.dead_threshold, args.seed, 0, steps + 1, DEVICE
     )
     runner.step(xs[0])
     with tprofile(activities=[ProfilerActivity.CPU]) as prof:
@@ -337,12 +219,6 @@ def _top_ops(prof, steps: int, n: int = 12) -> list[dict]:
     ]
 
 
-def _sparsify_decoder() -> str:
-    from sparsify import utils
-
-    return utils.decoder_impl.__name__
-
-
 # --------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -376,7 +252,9 @@ def main() -> None:
         "--dead-threshold",
         type=int,
         default=1_000_000,
-        help="tokens without firing before a latent is dead (1M: the bundled SAEs' setting; SaeConfig's default is 10M)",
+        help=(
+            "tokens without firing before a latent is dead (1M: the bundled SAEs' setting; SaeConfig's default is 10M)"
+        ),
     )
     ap.add_argument(
         "--sparsify-warmup",
@@ -415,7 +293,7 @@ def main() -> None:
     if DEVICE.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(DEVICE)
 
-    d_in, heldout, batches = synthetic_source(args) if args.synthetic else store_source(args)
+    d_in, heldout, batches = synthetic_source(args, DEVICE) if args.synthetic else store_source(args, DEVICE)
     num_latents = d_in * args.expansion
     lr = args.lr or 2e-4 / math.sqrt(num_latents / 2**14)
     sparsify = SparsifyRunner(
@@ -428,6 +306,7 @@ def main() -> None:
         args.seed,
         args.sparsify_warmup,
         args.steps,
+        DEVICE,
         autocast=args.autocast == "bf16",
     )
     sparsify_seconds: list[float] = []
@@ -457,7 +336,8 @@ def main() -> None:
         tf32=not args.no_tf32,
     )
     log(
-        f"training {args.steps} steps of {args.batch_size} tokens: d_in={d_in}, num_latents={num_latents}, k={args.k}, lr={lr:.3g}"
+        f"training {args.steps} steps of {args.batch_size} tokens: d_in={d_in}, num_latents={num_latents},"
+        f" k={args.k}, lr={lr:.3g}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -479,7 +359,7 @@ def main() -> None:
     result = {
         "data": "synthetic" if args.synthetic else {"store": args.store, "point": args.point},
         "device": str(DEVICE),
-        "sparse_ops": {"ours": metrics.get("sparse_ops"), "sparsify": _sparsify_decoder()},
+        "sparse_ops": {"ours": metrics.get("sparse_ops"), "sparsify": sparsify_decoder()},
         "autocast": args.autocast,
         "tf32": DEVICE.type == "cuda" and not args.no_tf32,
         "config": {
@@ -502,7 +382,7 @@ def main() -> None:
         },
         "sparsify": {
             **t_sp,
-            "heldout": evaluate(_sparsify_forward(sparsify.sae), heldout),
+            "heldout": evaluate(sparsify_forward(sparsify.sae), heldout),
             "train_fvu_last_logged": sparsify.history[-1]["fvu"] if sparsify.history else None,
             "dead_fraction_last_logged": sparsify.history[-1]["dead_fraction"] if sparsify.history else None,
         },
@@ -516,7 +396,7 @@ def main() -> None:
     )
     if args.profile and DEVICE.type == "cpu":
         log(f"profiling {args.profile_steps} steps of each")
-        source = synthetic_source(args)[2] if args.synthetic else store_source(args)[2]
+        source = (synthetic_source if args.synthetic else store_source)(args, DEVICE)[2]
         result["profile_top_ops"] = profile(args, d_in, num_latents, lr, source, args.profile_steps)
     result["environment"] = env
     emit(result, args.out)

@@ -88,10 +88,16 @@ def main() -> None:
             done.add((concept, score, count, gamma))
             write_json(path, {"seeds": seeds, "steps": steps, "guidance": guidance, "rows": rows})
             print(
-                f"{concept} {score} {count}/step gamma {gamma}: UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f} ({row['seconds']} s)",
+                f"{concept} {score} {count}/step gamma {gamma}: UA {row['UA']:.2f} IRA {row['IRA']:.2f}"
+                f" CRA {row['CRA']:.2f} ({row['seconds']} s)",
                 flush=True,
             )
     write_table(rows, seeds)
+
+
+def _cell(r: dict) -> str:
+    """One score's table cell: gamma, UA, IRA, CRA and the bold criterion."""
+    return f"{r['gamma']:g}, {r['UA']:.2f}, {r['IRA']:.2f}, {r['CRA']:.2f}, **{criterion_score(r, 'all'):.3f}**"
 
 
 def write_table(rows: list[dict], seeds) -> None:
@@ -102,18 +108,18 @@ def write_table(rows: list[dict], seeds) -> None:
         for s in ("paper", "specific")
     }
     lines = [
-        f"Sweep split, {len(seeds)} seeds per pair (each pair its own), (UA + IRA + CRA) / 3; each score at the bundled latents per step and its best gamma of {{tuned, -5, -10, -30}} on these seeds (the same choices for both scores).",
+        f"Sweep split, {len(seeds)} seeds per pair (each pair its own), (UA + IRA + CRA) / 3; each score at the"
+        " bundled latents per step and its best gamma of {tuned, -5, -10, -30} on these seeds (the same choices"
+        " for both scores).",
         "",
-        "| concept | latents / step | same selection | paper: gamma, UA, IRA, CRA, score | specific: gamma, UA, IRA, CRA, score |",
+        "| concept | latents / step | same selection | paper: gamma, UA, IRA, CRA, score"
+        " | specific: gamma, UA, IRA, CRA, score |",
         "|---|---|---|---|---|",
     ]
     for c in concepts:
         p, s = best[c, "paper"], best[c, "specific"]
-        cell = lambda r: (
-            f"{r['gamma']:g}, {r['UA']:.2f}, {r['IRA']:.2f}, {r['CRA']:.2f}, **{criterion_score(r, 'all'):.3f}**"
-        )  # noqa: E731
         lines.append(
-            f"| {c} | {p['count']} | {'yes' if p.get('same_selection_as_paper') else 'no'} | {cell(p)} | {cell(s)} |"
+            f"| {c} | {p['count']} | {'yes' if p.get('same_selection_as_paper') else 'no'} | {_cell(p)} | {_cell(s)} |"
         )
     for kind in ("object", "style", "all"):
         chosen = [c for c in concepts if kind == "all" or mc.concept_kind(c) == kind]
@@ -124,7 +130,8 @@ def write_table(rows: list[dict], seeds) -> None:
             [criterion_score(best[c, "paper"], "all") for c in chosen],
         )
         lines.append(
-            f"\n{kind}: specific - paper = {100 * d['mean']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (paired bootstrap over {len(chosen)} concepts)"
+            f"\n{kind}: specific - paper = {100 * d['mean']:+.1f} points"
+            f" [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (paired bootstrap over {len(chosen)} concepts)"
         )
     (OUT / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -58,6 +58,20 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def run_benchmark(script: str, options: dict, out: Path) -> dict:
+    """Run ``benchmarks/<script>.py --option value ... --out out`` with this checkout on PYTHONPATH and
+    return the JSON it wrote; a failed run raises with the last line of its stderr."""
+    argv = [str(part) for pair in {**options, "--out": out}.items() for part in pair]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *argv], capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise RuntimeError(f"{script} exited {proc.returncode}: {lines[-1] if lines else ''}")
+    return json.loads(out.read_text())
+
+
 def skipped(reason: str) -> dict:
     return {"status": "skipped", "reason": reason}
 
@@ -146,41 +160,24 @@ def style_point(run: Path) -> str:
 def training_throughput(run: Path, out: Path) -> dict:
     """Ours vs sparsify's trainer on the same device and the same tokens of the run's store."""
     steps = RUN["throughput_steps"]
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "bench_sae_training.py"),
-        "--store",
-        str(run / "store"),
-        "--point",
-        style_point(run),
-        "--device",
-        RUN["device"],
-        "--expansion",
-        str(RUN["expansion"]),
-        "--k",
-        "32",
-        "--batch-size",
-        str(RUN["batch"]),
-        "--steps",
-        str(steps),
-        "--epochs",
-        "50",
-        "--heldout",
-        str(RUN["batch"]),
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    options = {
+        "--store": run / "store",
+        "--point": style_point(run),
+        "--device": RUN["device"],
+        "--expansion": RUN["expansion"],
+        "--k": 32,
+        "--batch-size": RUN["batch"],
+        "--steps": steps,
+        "--epochs": 50,
+        "--heldout": RUN["batch"],
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"bench_sae_training exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
-        )
-    r = json.loads(out.read_text())
-    side = lambda s: (
-        {k: r[s][k] for k in ("tokens_per_s_steady", "ms_per_step_median")} | {"heldout_fvu": r[s]["heldout"]["fvu"]}
-    )  # noqa: E731
+    r = run_benchmark("bench_sae_training", options, out)
+
+    def side(s: str) -> dict:
+        timing = {k: r[s][k] for k in ("tokens_per_s_steady", "ms_per_step_median")}
+        return timing | {"heldout_fvu": r[s]["heldout"]["fvu"]}
+
     return {
         "seconds": round(time.perf_counter() - t0, 1),
         "config": r["config"],
@@ -372,46 +369,23 @@ def generate_with_ablation(run: Path, steps: int) -> dict:
 
 
 def hook_overhead(model: Path, run: Path, steps: int, out: Path) -> dict:
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "bench_hook_overhead.py"),
-        "--model",
-        str(model),
-        "--sae",
-        str(run / "sae"),
-        "--stats",
-        str(run / "stats"),
-        "--concept",
-        "dots",
-        "--tau",
-        "99.9",
-        "--gamma",
-        "-1",
-        "--steps",
-        str(steps),
-        "--repeats",
-        "3",
-        "--micro-reps",
-        "3",
-        "--device",
-        RUN["device"],
-        "--dtype",
-        RUN["dtype"],
-        "--height",
-        str(RUN["size"]),
-        "--width",
-        str(RUN["size"]),
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    options = {
+        "--model": model,
+        "--sae": run / "sae",
+        "--stats": run / "stats",
+        "--concept": "dots",
+        "--tau": 99.9,
+        "--gamma": -1,
+        "--steps": steps,
+        "--repeats": 3,
+        "--micro-reps": 3,
+        "--device": RUN["device"],
+        "--dtype": RUN["dtype"],
+        "--height": RUN["size"],
+        "--width": RUN["size"],
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"bench_hook_overhead exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
-        )
-    result = json.loads(out.read_text())
+    result = run_benchmark("bench_hook_overhead", options, out)
     keep = (
         "device",
         "dtype",
@@ -441,7 +415,10 @@ def main() -> int:
     ap.add_argument(
         "--smoke",
         action="store_true",
-        help="run the stages on the CPU with a small model at 64 px, 8 prompts (checks this script without a GPU; use --prepare-steps 2 --steps 2)",
+        help=(
+            "run the stages on the CPU with a small model at 64 px, 8 prompts (checks this script without a GPU;"
+            " use --prepare-steps 2 --steps 2)"
+        ),
     )
     args = ap.parse_args()
 

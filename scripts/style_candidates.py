@@ -145,7 +145,8 @@ def main() -> None:
             write_json(path, {"bases": bases, "steps": steps, "guidance": guidance, "rows": rows})
             strip(plain[concept], images[: len(plain[concept])]).save(out / "images" / f"{name}-{concept}.png")
             print(
-                f"{name} {concept}: UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f} kept {row['kept_on_target']:.2f} -> {row['score4']:.3f} ({row['seconds']} s)",
+                f"{name} {concept}: UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f}"
+                f" kept {row['kept_on_target']:.2f} -> {row['score4']:.3f} ({row['seconds']} s)",
                 flush=True,
             )
     summary(rows, concepts)
@@ -161,7 +162,8 @@ def report(paths: list[Path], kind: str) -> list[str]:
     names = list(dict.fromkeys(r["candidate"] for r in rows))
     concepts = [c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names)]
     lines = [
-        f"| candidate | UA | IRA | CRA | kept on target | (UA+IRA+CRA+kept)/4 | (UA+IRA+CRA)/3 | (UA+IRA+CRA+kept)/4 minus paper (paired, {len(concepts)} {kind}s) |",
+        "| candidate | UA | IRA | CRA | kept on target | (UA+IRA+CRA+kept)/4 | (UA+IRA+CRA)/3"
+        f" | (UA+IRA+CRA+kept)/4 minus paper (paired, {len(concepts)} {kind}s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
 
@@ -201,7 +203,8 @@ def report(paths: list[Path], kind: str) -> list[str]:
     lines += ["", f"| {kind} | " + " | ".join(names) + " | picked |", "|---|" + "---|" * (len(names) + 1)]
     for c in concepts:
         row = " | ".join(
-            f"{by[n, c]['UA']:.2f} / {by[n, c]['IRA']:.2f} / {by[n, c]['CRA']:.2f} / {by[n, c]['kept_on_target']:.2f} = **{by[n, c]['score4']:.3f}**"
+            f"{by[n, c]['UA']:.2f} / {by[n, c]['IRA']:.2f} / {by[n, c]['CRA']:.2f}"
+            f" / {by[n, c]['kept_on_target']:.2f} = **{by[n, c]['score4']:.3f}**"
             for n in names
         )
         lines.append(f"| {c} | {row} | {picks[c]['candidate'] if picks else '-'} |")
@@ -224,7 +227,10 @@ def adopt(paths: list[Path], kind: str, table_path: Path) -> str:
         for c in concepts
     }
     d = paired_bootstrap([picks[c]["score4"] for c in concepts], [by["paper", c]["score4"] for c in concepts])
-    verdict = f"replacement (per-{kind} strength) minus paper: {100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] points of (UA+IRA+CRA+kept)/4 over {len(concepts)} {kind}s"
+    verdict = (
+        f"replacement (per-{kind} strength) minus paper: {100 * d['mean']:+.1f}"
+        f" [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] points of (UA+IRA+CRA+kept)/4 over {len(concepts)} {kind}s"
+    )
     if d["lo"] <= 0:
         return verdict + ": not adopted, the default stays the paper's method"
     table = json.loads(table_path.read_text())

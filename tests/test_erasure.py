@@ -167,12 +167,12 @@ def test_esd_resumes_bit_identically(tiny, tmp_path):
             ["star"],
             cfg,
             work=tmp_path,
-            progress=lambda i, n, l: calls.append(i),
+            progress=lambda i, n, loss: calls.append(i),
             should_stop=lambda: len(calls) >= 5,
         )
     assert (tmp_path / "esd_state.pt").is_file()
     resumed_from = []
-    edit = esd_erase(pipe, info, ["star"], cfg, work=tmp_path, progress=lambda i, n, l: resumed_from.append(i))
+    edit = esd_erase(pipe, info, ["star"], cfg, work=tmp_path, progress=lambda i, n, loss: resumed_from.append(i))
     assert resumed_from[0] == 6  # iterations 1-5 were not redone
     assert all(torch.equal(edit.deltas[k], straight.deltas[k]) for k in straight.deltas)
     with pytest.raises(SaeuronError, match="another ESD run"):

@@ -187,7 +187,8 @@ def test_eight_concurrent_clients_get_their_own_interventions(server, tmp_path):
         mine = mean_abs(got, own)
         others = [mean_abs(own, b) for b in sequential if b.tobytes() != own.tobytes()]
         assert mine < min(others) / 2, (
-            f"job {i}: mean |difference| to its own sequential image {mine:.3f}, to the nearest other job's {min(others):.3f}"
+            f"job {i}: mean |difference| to its own sequential image {mine:.3f},"
+            f" to the nearest other job's {min(others):.3f}"
         )
 
 

@@ -302,7 +302,7 @@ def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, 
         demo.close()
 
 
-# --------------------------------------------------------------------------- issue 19: handles, no silent failure, (point, id)
+# ---------------------------------------------------------------- issue 19: handles, no silent failure, (point, id)
 def test_concept_handles_add_checked_rows_and_say_what_they_did(app_url, page, shots):
     """Item 1: with every field at its default, "remove" and "add" become rows, confirmed at the
     control; after Generate each row reports its features' activation before / after."""

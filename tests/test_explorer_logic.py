@@ -318,15 +318,19 @@ def test_a_recipe_keeps_the_unlearn_score_and_the_papers_stays_implicit(ex, poin
         ('{"format": "other"}', "not a recipe of format"),
         ('{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3}', r"missing fields \['guidance'\]"),
         (
-            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "Ablate"}]}',
+            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1,'
+            ' "interventions": [{"type": "Ablate"}]}',
             "type one of",
         ),
         (
-            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "Steer", "point": "p", "features": [1]}]}',
+            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1,'
+            ' "interventions": [{"type": "Steer", "point": "p", "features": [1]}]}',
             r"missing fields \['strength'\]",
         ),
         (
-            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1, "interventions": [{"type": "ScaleFeatures", "point": "p", "features": [1], "factor": 0, "steps": [3, 1]}]}',
+            '{"format": "saeuron-recipe/1", "prompt": "x", "seed": 0, "steps": 3, "guidance": 1,'
+            ' "interventions": [{"type": "ScaleFeatures", "point": "p", "features": [1], "factor": 0,'
+            ' "steps": [3, 1]}]}',
             "step window needs",
         ),
     ],

@@ -129,7 +129,6 @@ def test_run_folder_map_region_in_two_dimensions(run_server, tmp_path):
     """The map's region box: untouched it ranks every feature; UMAP 2 bounds narrow the table."""
     session, url = run_server
     shots = Path(os.environ.get("SAEURON_SCREENSHOTS", tmp_path))
-    point = session.points[0]
     with opened(url) as page:
         page.get_by_text("Map of decoder directions").click()
         for _ in range(60):  # the map is computed in the background at start; the view says when it is ready

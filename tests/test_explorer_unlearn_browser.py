@@ -58,7 +58,8 @@ def test_unlearn_defaults_show_seeds_confidence_kept_and_a_fitting_table(app_url
     box, viewport = table.bounding_box(), page.viewport_size
     assert box["x"] + box["width"] <= viewport["width"], box  # every column on screen at 1400 px
     assert metrics.evaluate(
-        "e => [...e.querySelectorAll('*')].every(n => n.scrollWidth <= n.clientWidth + 2 || getComputedStyle(n).overflowX === 'visible')"
+        "e => [...e.querySelectorAll('*')]"
+        ".every(n => n.scrollWidth <= n.clientWidth + 2 || getComputedStyle(n).overflowX === 'visible')"
     )
     page.screenshot(path=str(shots / "explorer_unlearn_1400.png"), full_page=True)
     href = page.locator("#unlearn-exports a[href$='.json']").first.get_attribute("href")

@@ -48,7 +48,8 @@ def test_cross_attention_blocks_run_order_and_bad_names():
     assert check_blocks(pipe.unet, ["unet.mid_block.attentions.0"]) == ["mid_block.attentions.0"]
     with pytest.raises(
         SaeuronError,
-        match=r"not a cross-attention block: up_blocks.0.resnets.0; valid blocks: down_blocks.0.attentions.0, .*mid_block",
+        match=r"not a cross-attention block: up_blocks.0.resnets.0; "
+        r"valid blocks: down_blocks.0.attentions.0, .*mid_block",
     ):
         check_blocks(pipe.unet, ["up_blocks.0.resnets.0"])
 
