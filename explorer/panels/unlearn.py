@@ -23,9 +23,8 @@ from ..formatting import optional_number, percent, sig3
 from ..imaging import upscale
 from ..limits import check_int
 from ..unlearn_change import ChangeGrid
-from ..unlearn_grid import (
-    DEFAULT_GRID_SEEDS,
-    MAX_GRID_SEEDS,
+from ..unlearn_grid import DEFAULT_GRID_SEEDS, MAX_GRID_SEEDS
+from ..unlearn_results import (
     UnlearnGrid,
     change_export,
     change_rows,
@@ -48,7 +47,7 @@ METRIC_LABELS = {
     "CRA": "CRA: other kind kept",
     "kept_on_target": "kept: target's other concept kept",
 }
-"""Short metric labels for the table (the full names: ``unlearn_grid.METRIC_NAMES``)."""
+"""Short metric labels for the table (the full names: ``unlearn_results.METRIC_NAMES``)."""
 
 
 @dataclass
