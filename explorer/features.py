@@ -1,6 +1,6 @@
 """The Features panel and the feature card: ranking by importance score (METHOD section 3),
 how many features a percentile selects, top-activating patches and per-feature plots' data,
-and a UMAP map of decoder directions."""
+and a UMAP map of decoder directions. The feature labels are computed in ``feature_labels``."""
 
 from __future__ import annotations
 
