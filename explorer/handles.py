@@ -167,7 +167,10 @@ def _concept_verdict(
 def _overall(verdict: dict | None, index: int) -> str:
     if verdict is None:
         return "no judge"
-    return f"{verdict['object'][index]} ({verdict['object_conf'][index]:.2f}), {verdict['style'][index]} ({verdict['style_conf'][index]:.2f})"
+    return (
+        f"{verdict['object'][index]} ({verdict['object_conf'][index]:.2f}), "
+        f"{verdict['style'][index]} ({verdict['style_conf'][index]:.2f})"
+    )
 
 
 def _explain(iv: Intervention, before: float, after: float, seen_before: bool | None, seen_after: bool | None) -> str:

@@ -312,7 +312,8 @@ class ExplorerSession:
             return found
         if method == "esd" and not self.limits.train_esd and not self._esd_cached(concepts):
             raise SaeuronError(
-                f"ESD for {'+'.join(concepts)} is not precomputed on this server, and training it here is off (Limits.train_esd)"
+                f"ESD for {'+'.join(concepts)} is not precomputed on this server, "
+                "and training it here is off (Limits.train_esd)"
             )
 
         def report(i, n, loss):
