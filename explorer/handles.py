@@ -122,10 +122,13 @@ def _latents_per_step(session: ExplorerSession, iv: Intervention, timesteps: lis
     if isinstance(iv, (Unlearn, AddConcept)):
         stats = session.bundle.concept_stats([iv])[iv.point]
         edit = (UnlearnEdit if isinstance(iv, Unlearn) else AddConceptEdit)(iv, stats, torch.device("cpu"))
-        pick = lambda step: edit.latents(step)  # noqa: E731
+        pick = edit.latents
     else:
         fixed = torch.tensor(iv.features, dtype=torch.long)
-        pick = lambda step: fixed  # noqa: E731
+
+        def pick(step):
+            return fixed
+
     return [pick(Step(t, i)) if iv.steps is None or iv.steps.contains(i) else None for i, t in enumerate(timesteps)]
 
 

@@ -63,6 +63,11 @@ class CheckedRecipe(Recipe):
 
 
 # --------------------------------------------------------------------------- interventions <-> dicts
+def _as_list(value):
+    """A per-concept tuple as a JSON list (a single number stays a number)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _window(steps: StepWindow | None) -> list | None:
     return None if steps is None else [steps.start, steps.stop]
 
@@ -87,13 +92,12 @@ def intervention_to_dict(iv: Intervention) -> dict:
             "steps": _window(iv.steps),
         }
     if isinstance(iv, Unlearn):
-        as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
         spec = {
             "type": "Unlearn",
             "point": iv.point,
             "concepts": list(iv.concepts),
-            "tau": as_list(iv.tau),
-            "gamma": as_list(iv.gamma),
+            "tau": _as_list(iv.tau),
+            "gamma": _as_list(iv.gamma),
             "steps": _window(iv.steps),
         }
         return (

@@ -193,7 +193,10 @@ class ExplorerSession:
             if judge_dir is not None and (judge or (judge_dir / "config.json").is_file())
             else None
         )
-        as_text = lambda p: None if p is None else str(p)  # noqa: E731
+
+        def as_text(path):
+            return None if path is None else str(path)
+
         return cls(
             pipe,
             info,
