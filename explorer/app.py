@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from saeuron_core.errors import SaeuronError  # noqa: E402
 
 from .context import Explorer  # noqa: E402
-from .panels import concept_map, features, generate, recipe, unlearn  # noqa: E402
+from .panels import concept_map, feature_edits, features, generate, recipe, unlearn  # noqa: E402
 from .session import ExplorerSession  # noqa: E402
 
 TITLE = "SAeUron Explorer"
@@ -32,7 +32,9 @@ def build_app(
         ex.warm_up()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
-            f"# {TITLE}\nModel `{session.sources.model}` · SAEs at {', '.join(f'`{p}`' for p in session.points)} · judge: {'yes' if session.judge else 'none'}"
+            f"# {TITLE}\nModel `{session.sources.model}` · "
+            f"SAEs at {', '.join(f'`{p}`' for p in session.points)} · "
+            f"judge: {'yes' if session.judge else 'none'}"
         )
         with gr.Tabs():
             with gr.Tab("Features", id="features"):
@@ -46,7 +48,8 @@ def build_app(
             if session.concept_map is not None:  # only when a concept map was found
                 with gr.Tab("Concept map", id="concept-map"):
                     concept_map.layout(ex)
-        features.wire(ex, features_panel, generate_panel.interventions, demo)
+        features.wire(ex, features_panel, demo)
+        feature_edits.wire(ex, features_panel, generate_panel.interventions)
         generate.wire(ex, generate_panel, recipe_panel.outputs, features_panel.steer_mask)
         unlearn.wire(ex, unlearn_panel)
         recipe.wire(ex, recipe_panel, generate_panel, demo)

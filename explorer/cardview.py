@@ -1,6 +1,7 @@
-"""HTML views of images with activation maps. The feature card's top examples: for each example the raw image and the heatmap
-overlay side by side, the peak token's box drawn on both, and an untruncated caption (activation,
-step, token, prompt, seed); one colour bar in activation units for all of them.
+"""HTML views of images with activation maps. The feature card's top examples: for each example
+the raw image and the heatmap overlay side by side, the peak token's box drawn on both, and an
+untruncated caption (activation, step, token, prompt, seed); one colour bar in activation units
+for all of them.
 
 Images travel inline at their stored size (a 64-pixel thumbnail is about 2 kB) and the browser
 enlarges them, so a card is a few tens of kB and needs no files served. The heat layer is a
@@ -27,6 +28,10 @@ SIDE = 168
 """Displayed side of each image, CSS pixels."""
 DEFAULT_OPACITY = 0.7
 BOX_COLOUR = "#00e5ff"
+HEAT_STYLE = (
+    f'style="position:absolute;left:0;top:0;width:100%;height:100%;opacity:var(--heat-opacity, {DEFAULT_OPACITY})"'
+)
+"""The heatmap layer over its image; its opacity follows the card's slider (a CSS variable)."""
 
 
 def png_data_uri(pixels: np.ndarray) -> str:
@@ -49,8 +54,10 @@ def colour_bar(scale: float, box: bool = True) -> str:
     )
     return (
         f'<div class="colour-bar" style="display:flex;align-items:center;gap:8px;margin:4px 0 10px;font-size:13px">'
-        f'<span>0</span><div style="width:240px;height:14px;border:1px solid #888;background:linear-gradient(to right, {stops})"></div>'
-        f'<span>{sig3(scale)}</span><span style="color:#666">activation (top of the scale: the strongest {"example" if box else "step"})'
+        f'<span>0</span><div style="width:240px;height:14px;border:1px solid #888;'
+        f'background:linear-gradient(to right, {stops})"></div>'
+        f'<span>{sig3(scale)}</span><span style="color:#666">'
+        f"activation (top of the scale: the strongest {'example' if box else 'step'})"
         + (f'; <span style="border:2px solid {BOX_COLOUR};padding:0 4px">box</span> = the peak token' if box else "")
         + "</span></div>"
     )
@@ -60,7 +67,8 @@ def _framed(layers: str, box: tuple[float, float, float, float]) -> str:
     left, top, width, height = box
     return (
         f'<div style="position:relative;width:{SIDE}px;height:{SIDE}px;flex:none">{layers}'
-        f'<div class="peak-box" style="position:absolute;left:{left:.2f}%;top:{top:.2f}%;width:{width:.2f}%;height:{height:.2f}%;'
+        f'<div class="peak-box" style="position:absolute;left:{left:.2f}%;top:{top:.2f}%;'
+        f"width:{width:.2f}%;height:{height:.2f}%;"
         f'border:2px solid {BOX_COLOUR};box-sizing:border-box;pointer-events:none"></div></div>'
     )
 
@@ -73,18 +81,20 @@ def patch_html(index: int, patch: Patch, timesteps: list[int] | None = None) -> 
     heat = png_data_uri(heat_layer(patch.heatmap, patch.scale))
     raw_view = _framed(f'<img class="raw" src="{raw}" alt="raw image" {img}>', box)
     overlay_view = _framed(
-        f'<img src="{raw}" alt="" {img}><img class="heat" src="{heat}" alt="activation map" '
-        f'style="position:absolute;left:0;top:0;width:100%;height:100%;opacity:var(--heat-opacity, {DEFAULT_OPACITY})">',
+        f'<img src="{raw}" alt="" {img}><img class="heat" src="{heat}" alt="activation map" {HEAT_STYLE}>',
         box,
     )
     note = " (no stored image: grey)" if patch.placeholder else ""
     caption = (
-        f"<b>#{index + 1}</b> · activation <b>{sig3(patch.value)}</b> · step {patch.step} (timestep {patch.timestep}) · "
+        f"<b>#{index + 1}</b> · activation <b>{sig3(patch.value)}</b> · "
+        f"step {patch.step} (timestep {patch.timestep}) · "
         f"token ({patch.row}, {patch.col}) · seed {patch.seed}{note}<br>{html.escape(patch.prompt)}"
     )
     return (
-        f'<figure class="example" style="margin:0;width:{2 * SIDE + 6}px"><div style="display:flex;gap:6px">{raw_view}{overlay_view}</div>'
-        f'<figcaption style="font-size:12px;line-height:1.35;white-space:normal;overflow-wrap:anywhere;margin-top:3px">{caption}</figcaption></figure>'
+        f'<figure class="example" style="margin:0;width:{2 * SIDE + 6}px">'
+        f'<div style="display:flex;gap:6px">{raw_view}{overlay_view}</div>'
+        '<figcaption style="font-size:12px;line-height:1.35;white-space:normal;overflow-wrap:anywhere;margin-top:3px">'
+        f"{caption}</figcaption></figure>"
     )
 
 
@@ -109,11 +119,13 @@ def steps_html(found) -> str:
         heat = png_data_uri(heat_layer(amap, scale))
         layers = (
             f'<img src="{raw}" alt="" {img}><img class="heat" src="{heat}" alt="activation map, step {step}" '
-            f'style="position:absolute;left:0;top:0;width:100%;height:100%;opacity:var(--heat-opacity, {DEFAULT_OPACITY})">'
+            f"{HEAT_STYLE}>"
         )
         view = f'<div style="position:relative;width:{SIDE}px;height:{SIDE}px">{layers}</div>'
         cells.append(
-            f'<figure class="step-map" style="margin:0"><figcaption style="font-size:12px">step {step} (timestep {found.timesteps[step]}) · max {sig3(float(amap.max()))}</figcaption>{view}</figure>'
+            '<figure class="step-map" style="margin:0"><figcaption style="font-size:12px">'
+            f"step {step} (timestep {found.timesteps[step]}) · max {sig3(float(amap.max()))}"
+            f"</figcaption>{view}</figure>"
         )
     how = "" if found.chosen else " (no feature given: the image's most active one)"
     head = (
@@ -124,7 +136,8 @@ def steps_html(found) -> str:
         if scale > 0
         else '<p class="never-fires">This feature does not fire in this image at any step.</p>'
     )
-    return f'<div class="feature-in-image">{head}{bar}<div style="display:flex;flex-wrap:wrap;gap:10px">{"".join(cells)}</div></div>'
+    cells_html = f'<div style="display:flex;flex-wrap:wrap;gap:10px">{"".join(cells)}</div>'
+    return f'<div class="feature-in-image">{head}{bar}{cells_html}</div>'
 
 
 def seeds_html(results) -> str:

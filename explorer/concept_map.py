@@ -75,7 +75,8 @@ def load_concept_map(path: str | Path) -> ConceptMap:
         and all(isinstance(r, list) and len(r) == len(kinds) for r in values)
     ):
         raise SaeuronError(
-            f'the concept map {path}: "values" must have one row per block ({len(blocks)}) and one column per kind ({len(kinds)})'
+            f'the concept map {path}: "values" must have one row per block ({len(blocks)}) '
+            f"and one column per kind ({len(kinds)})"
         )
     try:
         table = tuple(tuple(float("nan") if v is None else float(v) for v in row) for row in values)
@@ -120,9 +121,15 @@ def from_locate(result: dict, path: Path) -> dict:
         values.append(row)
     cases = ", ".join(f"{k}: {e.get('cases', '?')} prompt pairs" for k, e in kinds.items())
     if judged:
-        metric = f"saeuron locate, judged: share of images showing the concept when only this block reads the right word ({cases})"
+        metric = (
+            "saeuron locate, judged: share of images showing the concept "
+            f"when only this block reads the right word ({cases})"
+        )
     else:
-        metric = f"saeuron locate, no judge: image change when only this block reads the swapped word, as a share of swapping it everywhere ({cases})"
+        metric = (
+            "saeuron locate, no judge: image change when only this block reads the swapped word, "
+            f"as a share of swapping it everywhere ({cases})"
+        )
     label = (
         "share showing the concept (right word only here)" if judged else "image change share (swapped word only here)"
     )

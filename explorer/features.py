@@ -1,6 +1,6 @@
 """The Features panel and the feature card: ranking by importance score (METHOD section 3),
 how many features a percentile selects, top-activating patches and per-feature plots' data,
-and a UMAP map of decoder directions."""
+and a UMAP map of decoder directions. The feature labels are computed in ``feature_labels``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from saeuron_core.io import atomic_path
 from saeuron_core.scoring import score, select
 from saeuron_core.stats import FeatureStats
 
+from .feature_labels import FeatureLabel, feature_labels
 from .imaging import crop_around, overlay, upscale
 from .limits import check_float, check_int
 from .session import ExplorerSession
@@ -33,29 +34,6 @@ class RankedFeature:
     """The concept with the highest score for this feature (at the chosen step)."""
     label: str = ""
     """The feature's automatic label (``FeatureLabel.text``)."""
-
-
-@dataclass(frozen=True)
-class FeatureLabel:
-    """What a feature is most specific to, from the concept statistics (all steps)."""
-
-    concept: str
-    """The concept whose mean activation is the largest multiple of the other concepts' of its kind."""
-    kind: str
-    ratio: float
-    """Mean activation on ``concept`` / mean over the other concepts of its kind (inf when they are 0; 0 when the feature never fires)."""
-
-    @property
-    def text(self) -> str:
-        if self.ratio == 0:
-            return "never active on the concepts"
-        if self.ratio == float("inf"):
-            return f"{self.concept} only (0 on other {self.kind}s)"
-        return (
-            f"{self.concept} x{self.ratio:.1f} vs other {self.kind}s"
-            if self.ratio < 10
-            else f"{self.concept} x{self.ratio:.0f} vs other {self.kind}s"
-        )
 
 
 @dataclass(frozen=True)
@@ -202,33 +180,8 @@ class FeatureExplorer:
         of its mean activation to the mean over the other concepts of the same kind."""
         with self._scores_lock:
             if point not in self._labels:
-                self._labels[point] = self._compute_labels(self.stats(point))
+                self._labels[point] = feature_labels(self.stats(point))
             return self._labels[point]
-
-    @staticmethod
-    def _compute_labels(stats: FeatureStats) -> list[FeatureLabel]:
-        if not stats.concepts:
-            return [FeatureLabel("", "", 0.0)] * stats.n_latents
-        means = (stats.concept_sums.float() / stats.concept_counts.clamp(min=1).float()[:, None, None]).mean(
-            1
-        )  # [C, F]
-        best_ratio = torch.zeros(stats.n_latents)
-        best_concept = torch.full((stats.n_latents,), -1, dtype=torch.long)
-        for kind in dict.fromkeys(stats.concept_kinds):
-            index = [i for i, k in enumerate(stats.concept_kinds) if k == kind]
-            if len(index) < 2:
-                continue
-            own = means[index]
-            others = (own.sum(0, keepdim=True) - own) / (len(index) - 1)
-            ratio = torch.where(others > 0, own / others.clamp(min=1e-30), torch.where(own > 0, torch.inf, 0.0))
-            value, where = ratio.max(0)
-            better = value > best_ratio
-            best_ratio = torch.where(better, value, best_ratio)
-            best_concept = torch.where(better, torch.tensor(index)[where], best_concept)
-        return [
-            FeatureLabel(stats.concepts[c], stats.concept_kinds[c], float(r)) if c >= 0 else FeatureLabel("", "", 0.0)
-            for c, r in zip(best_concept.tolist(), best_ratio.tolist())
-        ]
 
     def search(self, point: str, query: str, limit: int = 50) -> list[RankedFeature]:
         """Features whose label mentions ``query`` (a concept or any part of a label), most specific

@@ -122,10 +122,13 @@ def _latents_per_step(session: ExplorerSession, iv: Intervention, timesteps: lis
     if isinstance(iv, (Unlearn, AddConcept)):
         stats = session.bundle.concept_stats([iv])[iv.point]
         edit = (UnlearnEdit if isinstance(iv, Unlearn) else AddConceptEdit)(iv, stats, torch.device("cpu"))
-        pick = lambda step: edit.latents(step)  # noqa: E731
+        pick = edit.latents
     else:
         fixed = torch.tensor(iv.features, dtype=torch.long)
-        pick = lambda step: fixed  # noqa: E731
+
+        def pick(step):
+            return fixed
+
     return [pick(Step(t, i)) if iv.steps is None or iv.steps.contains(i) else None for i, t in enumerate(timesteps)]
 
 
@@ -167,7 +170,10 @@ def _concept_verdict(
 def _overall(verdict: dict | None, index: int) -> str:
     if verdict is None:
         return "no judge"
-    return f"{verdict['object'][index]} ({verdict['object_conf'][index]:.2f}), {verdict['style'][index]} ({verdict['style_conf'][index]:.2f})"
+    return (
+        f"{verdict['object'][index]} ({verdict['object_conf'][index]:.2f}), "
+        f"{verdict['style'][index]} ({verdict['style_conf'][index]:.2f})"
+    )
 
 
 def _explain(iv: Intervention, before: float, after: float, seen_before: bool | None, seen_after: bool | None) -> str:

@@ -25,10 +25,13 @@ Unit = Callable[[str, int], float]
 WHAT_EACH_DOES = (
     "**ablate** sets the chosen features to 0 where they fire (a concept usually survives: other features carry it); "
     "**scale** multiplies them by the factor where they fire; "
-    "**steer** adds the feature's decoder direction at every token (or the painted ones), in multiples of its typical top activation; "
-    "**remove** is SAeUron's unlearning: at each step the concept's selected features, where they fire above their mean, "
+    "**steer** adds the feature's decoder direction at every token (or the painted ones), "
+    "in multiples of its typical top activation; "
+    "**remove** is SAeUron's unlearning: at each step the concept's selected features, "
+    "where they fire above their mean, "
     "are multiplied by gamma x the concept's mean activation (a large negative multiplier, not a zeroing); "
-    "**add** steers those same selected features in at every token and step (the conditional CFG half, which guidance amplifies), "
+    "**add** steers those same selected features in at every token and step "
+    "(the conditional CFG half, which guidance amplifies), "
     "in the same unit as steer."
 )
 

@@ -77,7 +77,8 @@ def selection_chart(timesteps: list[int], chosen: list[list[int]], percentile: f
     return Figure(
         [heat],
         dict(
-            title=f"{concept}: {per_step} features per step above the {percentile:g} percentile; {len(features)} distinct",
+            title=f"{concept}: {per_step} features per step above the {percentile:g} percentile; "
+            f"{len(features)} distinct",
             xaxis=_axis("step"),
             yaxis=_axis("feature id", type="category"),
             height=max(300, 120 + 14 * len(features)),
@@ -191,7 +192,10 @@ def concept_map_chart(cmap, hook_points: dict | None = None) -> Figure:
                     "line": {"color": "#ff3030", "width": 3},
                 }
             )
-    title = f"Where each concept kind enters the U-Net<br><sub>{cmap.short_metric} per block (red box: the SAE's hook point)</sub>"
+    title = (
+        "Where each concept kind enters the U-Net<br>"
+        f"<sub>{cmap.short_metric} per block (red box: the SAE's hook point)</sub>"
+    )
     return Figure(
         [heat],
         dict(

@@ -63,6 +63,11 @@ class CheckedRecipe(Recipe):
 
 
 # --------------------------------------------------------------------------- interventions <-> dicts
+def _as_list(value):
+    """A per-concept tuple as a JSON list (a single number stays a number)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _window(steps: StepWindow | None) -> list | None:
     return None if steps is None else [steps.start, steps.stop]
 
@@ -87,13 +92,12 @@ def intervention_to_dict(iv: Intervention) -> dict:
             "steps": _window(iv.steps),
         }
     if isinstance(iv, Unlearn):
-        as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
         spec = {
             "type": "Unlearn",
             "point": iv.point,
             "concepts": list(iv.concepts),
-            "tau": as_list(iv.tau),
-            "gamma": as_list(iv.gamma),
+            "tau": _as_list(iv.tau),
+            "gamma": _as_list(iv.gamma),
             "steps": _window(iv.steps),
         }
         return (
@@ -237,7 +241,8 @@ def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits) -> CheckedRe
         # a window that starts after the last step would silently do nothing
         if iv.steps is not None and iv.steps.start >= steps:
             raise SaeuronError(
-                f"intervention {i} starts at step {iv.steps.start}, but the generation has only {steps} steps (0 to {steps - 1})"
+                f"intervention {i} starts at step {iv.steps.start}, "
+                f"but the generation has only {steps} steps (0 to {steps - 1})"
             )
     return CheckedRecipe(
         prompt=check_prompt(recipe.prompt, limits),
@@ -344,16 +349,29 @@ def _core_repr(iv: Intervention) -> str:
     if isinstance(iv, ScaleFeatures):
         return f"ScaleFeatures(features={iv.features!r}, factor={iv.factor!r}, steps={window}, point={iv.point!r})"
     if isinstance(iv, Steer):
-        return f"Steer(features={iv.features!r}, strength={iv.strength!r}, mask={iv.mask!r}, steps={window}, point={iv.point!r})"
+        return (
+            f"Steer(features={iv.features!r}, strength={iv.strength!r}, mask={iv.mask!r}, "
+            f"steps={window}, point={iv.point!r})"
+        )
     if isinstance(iv, AddConcept):
-        return f"AddConcept(concepts={iv.concepts!r}, strength={iv.strength!r}, tau={iv.tau!r}, steps={window}, point={iv.point!r}, score={iv.score!r}, cond_only={iv.cond_only!r})"
+        return (
+            f"AddConcept(concepts={iv.concepts!r}, strength={iv.strength!r}, tau={iv.tau!r}, steps={window}, "
+            f"point={iv.point!r}, score={iv.score!r}, cond_only={iv.cond_only!r})"
+        )
     score = "" if iv.score == "paper" else f", score={iv.score!r}"
-    return f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, point={iv.point!r}{score})"
+    return (
+        f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, "
+        f"point={iv.point!r}{score})"
+    )
 
 
 def recipe_to_python(recipe: Recipe, defaults: str | None = None) -> str:
     """A script that reproduces the recipe's edited image with ``saeuron_core`` alone."""
     ivs = ",\n    ".join(_core_repr(iv) for iv in recipe.interventions)
+    generate = (
+        f"generate_with(pipe, bundle, interventions, {recipe.prompt!r}, "
+        f"[{recipe.seed}], {recipe.steps}, {recipe.guidance!r})[0]"
+    )
     return f"""import torch
 from saeuron_core.interventions import AddConcept, ScaleFeatures, Steer, StepWindow, Unlearn
 from saeuron_core.pipeline import load_pipeline, model_info
@@ -365,6 +383,6 @@ bundle = SaeBundle.load(model_info(pipe, {recipe.model!r}), {recipe.sae!r}, {rec
 interventions = [
     {ivs}
 ]
-image = generate_with(pipe, bundle, interventions, {recipe.prompt!r}, [{recipe.seed}], {recipe.steps}, {recipe.guidance!r})[0]
+image = {generate}
 image.save("recipe.png")
 """

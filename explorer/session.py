@@ -193,7 +193,10 @@ class ExplorerSession:
             if judge_dir is not None and (judge or (judge_dir / "config.json").is_file())
             else None
         )
-        as_text = lambda p: None if p is None else str(p)  # noqa: E731
+
+        def as_text(path):
+            return None if path is None else str(path)
+
         return cls(
             pipe,
             info,
@@ -312,7 +315,8 @@ class ExplorerSession:
             return found
         if method == "esd" and not self.limits.train_esd and not self._esd_cached(concepts):
             raise SaeuronError(
-                f"ESD for {'+'.join(concepts)} is not precomputed on this server, and training it here is off (Limits.train_esd)"
+                f"ESD for {'+'.join(concepts)} is not precomputed on this server, "
+                "and training it here is off (Limits.train_esd)"
             )
 
         def report(i, n, loss):

@@ -558,7 +558,7 @@ def test_bad_optional_numbers_name_the_field(call, message):
 
 
 def test_unlearn_grid_counts_agree_with_its_rates_and_export(ex):
-    from explorer.unlearn_grid import grid_export, metric_rows, to_csv, verdict_rows
+    from explorer.unlearn_results import grid_export, metric_rows, to_csv, verdict_rows
 
     grid = ex.audit.run(["dots"], seed=3, tau="", gamma="")  # empty fields: the defaults table
     for when in ("before", "after"):
@@ -587,7 +587,8 @@ def test_unlearn_grid_counts_agree_with_its_rates_and_export(ex):
 def test_unlearn_grid_kept_on_target_counts_the_other_concept_on_target_images(ex):
     """kept_on_target: on the removed concept's own images, the judge still sees the prompt's
     other concept; hand-made cells with known verdicts."""
-    from explorer.unlearn_grid import GridCell, UnlearnAudit
+    from explorer.unlearn_grid import UnlearnAudit
+    from explorer.unlearn_results import GridCell
 
     blank = np.zeros((2, 2, 3), np.uint8)
     cells = [
@@ -789,7 +790,7 @@ def test_unlearn_without_a_judge_measures_image_and_feature_change(prepared_run)
     from explorer.app import open_session, parse_args
     from explorer.panels.unlearn import change_frame, change_html, defaults_text
     from explorer.unlearn_change import ChangeGrid, paper_params
-    from explorer.unlearn_grid import change_export
+    from explorer.unlearn_results import change_export
 
     session = open_session(parse_args(["--run", str(prepared_run / "run"), "--device", "cpu", "--threads", "1"]))
     audit = Explorer.build(session, prepared_run / "maps").audit

@@ -20,7 +20,8 @@ def layout(ex: Explorer) -> None:
         if any(r[i] == r[i] for r in cmap.values)
     )
     gr.Markdown(
-        f"{html.escape(cmap.metric) or 'Values'} for {len(cmap.blocks)} blocks x {len(cmap.kinds)} concept kinds, from `{cmap.source}`. {strongest}.",
+        f"{html.escape(cmap.metric) or 'Values'} for {len(cmap.blocks)} blocks x {len(cmap.kinds)} concept kinds, "
+        f"from `{cmap.source}`. {strongest}.",
         elem_id="concept-map-note",
     )
     gr.Plot(

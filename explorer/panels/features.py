@@ -1,29 +1,23 @@
 """Features panel: ranked features for a concept / hook point / step, selection counts, the UMAP
-map, and the feature card with buttons that add the feature as an intervention."""
+map, and the feature card with buttons that add the feature as an intervention (those buttons'
+events and checks are in ``feature_edits``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.interventions import ScaleFeatures, Steer, StepWindow
 
 from .. import cardview, handles, plots
 from .. import feature_map as feature_map_view
 from ..context import Explorer
 from ..formatting import optional_int, optional_number, percent, sig3
-from ..imaging import tokens_from_mask
-from ..intervention_table import parse_interventions
-from ..limits import check_float
-from ..recipes import intervention_to_dict
 from ..zerogpu import gpu
-from . import fail, grouped_concepts, page_url, ui_errors, validator
+from . import grouped_concepts, page_url, ui_errors, validator
 
 NO_CONCEPT = "(none)"
 ALL_STEPS = "all"
@@ -173,7 +167,8 @@ def layout(ex: Explorer) -> FeaturesPanel:
                 tooltip=["feature", "point", "label", "top concept", "score"],
                 x_title="UMAP 1",
                 y_title="UMAP 2",
-                label="Features (hover: id, hook point, label); drag over a range of UMAP 1 to fill the box's UMAP 1 bounds",
+                label="Features (hover: id, hook point, label); "
+                "drag over a range of UMAP 1 to fill the box's UMAP 1 bounds",
                 height=420,
                 scale=3,
                 elem_id="feature-map",
@@ -226,7 +221,8 @@ def layout(ex: Explorer) -> FeaturesPanel:
         steer_button = gr.Button("Add as steering", elem_id="add-steering")
     add_note = gr.Markdown(elem_id="add-note")
     steer_mask = gr.ImageEditor(
-        label="Steering mask: paint where to steer (nothing painted: everywhere); the background is the last generated image",
+        label="Steering mask: paint where to steer (nothing painted: everywhere); "
+        "the background is the last generated image",
         type="numpy",
         image_mode="RGBA",
         sources=(),
@@ -278,7 +274,9 @@ def layout(ex: Explorer) -> FeaturesPanel:
     )
 
 
-def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks | None = None, steps_box=None) -> None:
+def wire(ex: Explorer, p: FeaturesPanel, demo: gr.Blocks | None = None) -> None:
+    """Ranking, search, map and card events (the card's add buttons: ``feature_edits.wire``)."""
+
     def check_step(point, step):
         return ex.features.check_step(point, read_step(step))
 
@@ -336,7 +334,8 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         typical = ex.features.typical_top_activation(card.point, card.feature)
         link = page_url(request) + "?" + urlencode({"point": card.point, "feature": card.feature})
         text = (
-            f"**Feature {card.feature}** at `{card.point}`, {where}: **{card.label}**; active on {percent(card.frequency)} of tokens; "
+            f"**Feature {card.feature}** at `{card.point}`, {where}: **{card.label}**; "
+            f"active on {percent(card.frequency)} of tokens; "
             f"top concept by score **{card.top_concept}**; typical top activation **{sig3(typical)}** "
             f"(steering {sig3(DEFAULT_STEER)}x adds {sig3(DEFAULT_STEER * typical)} times its decoder direction). "
             f"[Permalink]({link})"
@@ -380,7 +379,8 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         if fmap is None:
             return (
                 gr.skip(),
-                "The map is still being computed in the background (tens of seconds on first start); click again shortly.",
+                "The map is still being computed in the background (tens of seconds on first start); "
+                "click again shortly.",
             )
         bundle = ex.session.bundle
         kind_of = {c: k for k, p in bundle.point_of_kind.items() for c in bundle.stats[p].concepts_of_kind(k)}
@@ -408,112 +408,15 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
             for name, v in (("UMAP 1 from", x_min), ("UMAP 1 to", x_max), ("UMAP 2 from", y_min), ("UMAP 2 to", y_max))
         )
         rows = ex.features.in_region(point, (x_min, x_max), (y_min, y_max), concept, step)
-        bound = lambda v: "open" if v is None else sig3(v)  # noqa: E731
+
+        def bound(v):
+            return "open" if v is None else sig3(v)
+
         return (
             ranked_table(rows),
-            f"{len(rows)} feature(s) shown in the table, UMAP 1 {bound(x_min)} to {bound(x_max)}, UMAP 2 {bound(y_min)} to {bound(y_max)}, by score for {concept or 'each feature’s top concept'}.",
+            f"{len(rows)} feature(s) shown in the table, UMAP 1 {bound(x_min)} to {bound(x_max)}, "
+            f"UMAP 2 {bound(y_min)} to {bound(y_max)}, by score for {concept or 'each feature’s top concept'}.",
         )
-
-    def adder(kind):
-        @ui_errors
-        def add(current, point, feature, factor, strength, start, stop, painting):
-            feature = ex.features.check_feature(point, read_feature(feature))
-            window = read_window(start, stop)
-            if kind == "steer":
-                new = Steer(
-                    (feature,),
-                    steering_strength(point, feature, strength),
-                    steering_tokens(painting, ex.features.stats(point)),
-                    window,
-                    point,
-                )
-            else:
-                new = ScaleFeatures((feature,), 0.0 if kind == "ablate" else float(factor), window, point)
-            combined, message = handles.checked_addition(ex.session, parse_interventions(current), [new])
-            gr.Info(message)
-            return format_interventions(combined), message
-
-        return add
-
-    def add_checks(kind):
-        def feature_ok(v):
-            ex.features.check_feature(v[1], read_feature(v[2]))
-
-        checks = {2: feature_ok, 5: lambda v: read_window(v[5], v[6]), 6: lambda v: read_window(v[5], v[6])}
-        if kind == "scale":
-            checks[3] = lambda v: check_float(
-                "scale factor",
-                optional_number("scale factor", v[3]) if v[3] is not None else fail("enter a scale factor"),
-                -ex.session.limits.max_scale_factor,
-                ex.session.limits.max_scale_factor,
-            )
-        if kind == "steer":
-            checks[4] = lambda v: steering_strength(v[1], ex.features.check_feature(v[1], read_feature(v[2])), v[4])
-        # the new row with the rows already there, within every cap (message at the feature id)
-        feature_check = checks[2]
-        checks[2] = lambda v: (feature_check(v), addition_ok(kind, v))
-        return validator(checks)
-
-    def steering_strength(point, feature, multiple) -> float:
-        """The absolute strength of ``multiple`` x the feature's typical top activation, within the
-        caps (checked here, when the row is added, and said in the card's unit)."""
-        multiple = (
-            optional_number("steering strength", multiple)
-            if multiple is not None
-            else fail("enter a steering strength")
-        )
-        if multiple is None:
-            fail("enter a steering strength")
-        limits = ex.session.limits
-        if abs(multiple) > limits.max_steer_multiple:
-            fail(
-                f"steering strength {multiple:g}x is over the cap of {limits.max_steer_multiple:g}x (the feature's typical top activation)"
-            )
-        typical = ex.features.typical_top_activation(point, feature)
-        if typical <= 0:
-            fail(f"feature {feature} never fired in the statistics: no typical activation to steer by")
-        if abs(multiple * typical) > limits.max_steer_strength:
-            fail(
-                f"steering strength {multiple:g}x is {sig3(multiple * typical)} in absolute terms, over the cap of {limits.max_steer_strength:g}: at most {sig3(limits.max_steer_strength / typical)}x for feature {feature}"
-            )
-        return float(multiple * typical)
-
-    def addition_ok(kind, v):
-        point, feature = v[1], ex.features.check_feature(v[1], read_feature(v[2]))
-        window = read_window(v[5], v[6])
-        if kind == "steer":
-            try:
-                strength = steering_strength(point, feature, v[4])
-            except SaeuronError:
-                return  # said at the strength field
-            new = Steer((feature,), strength, None, window, point)
-        else:
-            new = ScaleFeatures(
-                (feature,),
-                0.0 if kind == "ablate" else float(optional_number("scale factor", v[3]) or 0.0),
-                window,
-                point,
-            )
-        handles.checked_addition(ex.session, parse_interventions(v[0]), [new])
-
-    def add_handle(action):
-        @ui_errors
-        def add(current, concept, strength):
-            new = handles.concept_handle(
-                ex.session, read_concept(concept), action, optional_number("strength", strength)
-            )
-            combined, message = handles.checked_addition(ex.session, parse_interventions(current), new)
-            gr.Info(message)
-            return format_interventions(combined), message
-
-        return add
-
-    def handle_checks(action):
-        def ok(v):
-            new = handles.concept_handle(ex.session, read_concept(v[1]), action, optional_number("strength", v[2]))
-            handles.checked_addition(ex.session, parse_interventions(v[0]), new)
-
-        return validator({2 if action == "add" else 1: ok})
 
     @ui_errors
     def search_point(point, query, concept):
@@ -580,61 +483,3 @@ def wire(ex: Explorer, p: FeaturesPanel, interventions: gr.Code, demo: gr.Blocks
         [p.ranked, p.map_status],
         api_name="map_region",
     )
-    add_inputs = [interventions, p.point, p.feature, p.factor, p.strength, p.window_start, p.window_stop, p.steer_mask]
-    p.ablate_button.click(
-        adder("ablate"),
-        add_inputs,
-        [interventions, p.add_note],
-        api_name="add_ablation",
-        validator=add_checks("ablate"),
-    )
-    p.scale_button.click(
-        adder("scale"), add_inputs, [interventions, p.add_note], api_name="add_scaling", validator=add_checks("scale")
-    )
-    p.steer_button.click(
-        adder("steer"), add_inputs, [interventions, p.add_note], api_name="add_steering", validator=add_checks("steer")
-    )
-    handle_inputs = [interventions, p.concept, p.handle_strength]
-    p.remove_button.click(
-        add_handle("remove"),
-        handle_inputs,
-        [interventions, p.handle_note],
-        api_visibility="private",
-        validator=handle_checks("remove"),
-    )
-    p.add_button.click(
-        add_handle("add"),
-        handle_inputs,
-        [interventions, p.handle_note],
-        api_visibility="private",
-        validator=handle_checks("add"),
-    )
-
-
-def read_window(start, stop) -> StepWindow | None:
-    """The step window of the two fields (None: every step); empty "until" means to the last."""
-    start = optional_int("from step", start) or 0
-    stop = optional_int("until step", stop)
-    if start < 0:
-        raise SaeuronError(f"from step must be >= 0, got {start}")
-    if stop is not None and stop <= start:
-        raise SaeuronError(f"until step must be after from step ({start}), got {stop}")
-    window = StepWindow(start, stop)
-    return None if window == StepWindow() else window
-
-
-def steering_tokens(painting, stats) -> tuple[int, ...] | None:
-    """The tokens painted on the mask canvas (None: nothing painted, steer everywhere)."""
-    layers = (painting or {}).get("layers") or []
-    painted = [layer[..., 3] for layer in layers if layer is not None and layer.ndim == 3 and layer.shape[2] == 4]
-    if not painted or not any(a.any() for a in painted):
-        return None
-    return tokens_from_mask(np.maximum.reduce(painted), (stats.height, stats.width))
-
-
-def format_interventions(interventions) -> str:
-    return json.dumps([intervention_to_dict(iv) for iv in interventions], indent=1)
-
-
-def append_intervention(current: str, new) -> str:
-    return format_interventions([*parse_interventions(current), new])

@@ -1,5 +1,6 @@
 """Generate panel: prompt, seed, steps, guidance and the intervention list; the edited image next
-to the unedited one and their difference; features active at a clicked patch."""
+to the unedited one and their difference; features active at a clicked patch. The intervention
+list's table, handles and clear / delete are wired in ``intervention_editor``."""
 
 from __future__ import annotations
 
@@ -16,14 +17,13 @@ from .. import cardview, handles
 from .. import intervention_table as table
 from ..context import Explorer
 from ..editing import Preview, unknown_words
-from ..formatting import optional_int, optional_number, sig3
+from ..formatting import optional_int, sig3
 from ..imaging import upscale, upscale_factor
-from ..intervention_table import parse_interventions
 from ..limits import check_int
 from ..recipes import Recipe, recipe_to_json, recipe_to_python, recipe_to_query
 from ..zerogpu import gpu
-from . import _as_ui_error, grouped_concepts, page_url, served, ui_errors, validator
-from .features import append_intervention, format_interventions
+from . import _as_ui_error, grouped_concepts, intervention_editor, page_url, served, ui_errors, validator
+from .intervention_editor import append_intervention
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
 DISPLAY_SIDE = 256
@@ -92,7 +92,8 @@ def layout(ex: Explorer) -> GeneratePanel:
         static_columns=[1, 2, 7, 8],
         column_widths=["6%", "8%", "17%", "12%", "9%", "8%", "8%", "10%", "22%"],
         show_row_numbers=True,
-        label="Interventions: add them from the feature card; toggle 'on', edit features, value (scale factor or steering strength) and steps; select a row to delete it",
+        label="Interventions: add them from the feature card; toggle 'on', edit features, value "
+        "(scale factor or steering strength) and steps; select a row to delete it",
         elem_id="intervention-table",
     )
     gr.Markdown(table.WHAT_EACH_DOES, elem_id="what-each-does")
@@ -308,41 +309,7 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
         rows, overall = handles.row_effects(ex.session, read_recipe(ex, prompt, seed, steps, guidance, interventions))
         return pd.DataFrame([r.cells() for r in rows], columns=handles.EFFECT_COLUMNS), overall
 
-    def unit(point, feature):
-        return ex.features.typical_top_activation(point, feature)
-
-    def add_handle(action):
-        @ui_errors
-        def add(current, concept, strength):
-            new = handles.concept_handle(ex.session, concept, action, optional_number("strength", strength))
-            combined, message = handles.checked_addition(ex.session, parse_interventions(current), new)
-            gr.Info(message)
-            return format_interventions(combined), message
-
-        return add
-
-    def handle_checks(action):
-        def ok(v):
-            new = handles.concept_handle(ex.session, v[1], action, optional_number("strength", v[2]))
-            handles.checked_addition(ex.session, parse_interventions(v[0]), new)
-
-        return validator({2 if action == "add" else 1: ok})
-
-    handle_inputs = [p.interventions, p.handle_concept, p.handle_strength]
-    p.remove_button.click(
-        add_handle("remove"),
-        handle_inputs,
-        [p.interventions, p.handle_note],
-        api_name="add_remove_concept",
-        validator=handle_checks("remove"),
-    )
-    p.add_button.click(
-        add_handle("add"),
-        handle_inputs,
-        [p.interventions, p.handle_note],
-        api_name="add_add_concept",
-        validator=handle_checks("add"),
-    )
+    intervention_editor.wire(ex, p)
 
     def features_at(prompt, seed, steps, guidance, interventions, point, step, x, y):
         height, width = ex.session.size
@@ -471,47 +438,6 @@ def wire(ex: Explorer, p: GeneratePanel, recipe_outputs: list, steer_mask=None) 
     )
     if steer_mask is not None:  # the mask is painted over the image being steered
         generated.success(mask_canvas, p.before, steer_mask, api_visibility="private")
-    p.clear_button.click(lambda: "[]", None, p.interventions, api_name="clear_interventions").then(
-        lambda: pd.DataFrame(columns=table.COLUMNS), None, p.editor, api_visibility="private"
-    )
-
-    def rows_of(frame) -> list[list]:
-        return [] if frame is None else frame.values.tolist()
-
-    @ui_errors
-    def sync_editor(text, frame):
-        rows = table.synced_rows(text, rows_of(frame), unit)
-        return gr.skip() if rows is None else pd.DataFrame(rows, columns=table.COLUMNS)
-
-    @ui_errors
-    def apply_edits(frame):
-        rows, text = table.edited(rows_of(frame), unit)
-        return pd.DataFrame(rows, columns=table.COLUMNS), text
-
-    def select_row(evt: gr.SelectData):
-        return evt.index[0] if evt is not None and evt.index else None
-
-    @ui_errors
-    def delete_row(frame, index):
-        rows, text = table.without(rows_of(frame), index, unit)
-        return pd.DataFrame(rows, columns=table.COLUMNS), text, None
-
-    def follow_last_row(text):
-        """'Where a feature fires' and the patch list look at the last row's own hook point: a
-        feature is (hook point, id), and a feature id typed there means that point's feature."""
-        try:
-            ivs = parse_interventions(text)
-        except SaeuronError:
-            return gr.skip()
-        return ivs[-1].point if ivs else gr.skip()
-
-    p.interventions.change(sync_editor, [p.interventions, p.editor], p.editor, api_visibility="private")
-    p.interventions.change(follow_last_row, p.interventions, p.patch_point, api_visibility="private")
-    p.editor.input(apply_edits, p.editor, [p.editor, p.interventions], api_visibility="private")
-    p.editor.select(select_row, None, p.selected_row, api_visibility="private")
-    p.delete_button.click(
-        delete_row, [p.editor, p.selected_row], [p.editor, p.interventions, p.selected_row], api_visibility="private"
-    )
     p.after.select(
         features_at_click,
         [*recipe_inputs, p.patch_point, p.patch_step],

@@ -9,8 +9,8 @@ import gradio as gr
 from ..context import Explorer
 from ..recipes import Recipe, recipe_from_json, recipe_from_query
 from . import ui_errors
-from .features import format_interventions
 from .generate import GeneratePanel
+from .intervention_editor import format_interventions
 
 
 @dataclass

@@ -23,9 +23,8 @@ from ..formatting import optional_number, percent, sig3
 from ..imaging import upscale
 from ..limits import check_int
 from ..unlearn_change import ChangeGrid
-from ..unlearn_grid import (
-    DEFAULT_GRID_SEEDS,
-    MAX_GRID_SEEDS,
+from ..unlearn_grid import DEFAULT_GRID_SEEDS, MAX_GRID_SEEDS
+from ..unlearn_results import (
     UnlearnGrid,
     change_export,
     change_rows,
@@ -48,7 +47,7 @@ METRIC_LABELS = {
     "CRA": "CRA: other kind kept",
     "kept_on_target": "kept: target's other concept kept",
 }
-"""Short metric labels for the table (the full names: ``unlearn_grid.METRIC_NAMES``)."""
+"""Short metric labels for the table (the full names: ``unlearn_results.METRIC_NAMES``)."""
 
 
 @dataclass
@@ -118,7 +117,10 @@ def image_tag(image, alt: str) -> str:
     buffer = io.BytesIO()
     upscale(image, CELL_SIDE).save(buffer, format="PNG")
     data = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="width:{CELL_SIDE}px;height:{CELL_SIDE}px;image-rendering:pixelated;display:block;margin:auto">'
+    return (
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+        f'style="width:{CELL_SIDE}px;height:{CELL_SIDE}px;image-rendering:pixelated;display:block;margin:auto">'
+    )
 
 
 def verdict_html(
@@ -130,7 +132,8 @@ def verdict_html(
     for seen, truth, conf in zip(verdict, (cell.object_name, cell.style), confidence):
         colour = "#c62828" if seen in removed else ("#2e7d32" if seen == truth else "#8d6e00")
         parts.append(
-            f'<span style="color:{colour}">{html.escape(seen)}</span>&nbsp;<span class="u-conf">{percent(round(conf, 2))}</span>'
+            f'<span style="color:{colour}">{html.escape(seen)}</span>&nbsp;'
+            f'<span class="u-conf">{percent(round(conf, 2))}</span>'
         )
     return " / ".join(parts)
 
@@ -174,17 +177,29 @@ def matrix_html(grids: list[UnlearnGrid]) -> str:
             cells.append(f'<td class="u-img">{after}</td>')
         body.append(f'<tr class="u-{role}"><th scope="row">{label}</th>{"".join(cells)}</tr>')
     legend = (
-        "<p style=\"font-size:0.9em\">Under each image: its seed and the judge's verdict (object / style), each with the judge's confidence "
-        '(its probability for that verdict). <span style="color:#2e7d32">green</span>: as prompted; <span style="color:#c62828">red</span>: '
+        '<p style="font-size:0.9em">Under each image: its seed and the judge\'s verdict (object / style), '
+        "each with the judge's confidence (its probability for that verdict). "
+        '<span style="color:#2e7d32">green</span>: as prompted; <span style="color:#c62828">red</span>: '
         'a removed concept is still seen; <span style="color:#8d6e00">amber</span>: something else.</p>'
     )
     style = (
-        "<style>#unlearn-table{border-collapse:collapse}#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.85em}"
-        "#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}"
-        "#unlearn-table td.u-img{white-space:nowrap}#unlearn-table figure.u-seed{display:inline-block;margin:0 2px;vertical-align:top;white-space:normal;"
+        "<style>#unlearn-table{border-collapse:collapse}"
+        "#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.85em}"
+        "#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}"
+        "#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}"
+        "#unlearn-table td.u-img{white-space:nowrap}"
+        "#unlearn-table figure.u-seed{display:inline-block;margin:0 2px;vertical-align:top;white-space:normal;"
         f"width:{CELL_SIDE}px}}#unlearn-table .u-conf{{color:#666;font-size:0.9em}}</style>"
     )
-    return f'{style}{legend}<div style="overflow-x:auto"><table id="unlearn-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return _table_html(style, legend, head, body)
+
+
+def _table_html(style: str, legend: str, head: str, body: list[str]) -> str:
+    """The Unlearn table: its CSS, the legend above it, then the table (scrolls sideways)."""
+    return (
+        f'{style}{legend}<div style="overflow-x:auto"><table id="unlearn-table">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def change_html(grid: ChangeGrid) -> str:
@@ -195,7 +210,8 @@ def change_html(grid: ChangeGrid) -> str:
     for cell in grid.cells:
         label = f"<b>{html.escape(cell.role)}</b><br>{html.escape(cell.prompt)}"
         cells = [
-            f'<td class="u-img">{image_tag(cell.before, cell.prompt + " before")}<div class="u-change">features {sig3(cell.feature_before)}</div></td>'
+            f'<td class="u-img">{image_tag(cell.before, cell.prompt + " before")}'
+            f'<div class="u-change">features {sig3(cell.feature_before)}</div></td>'
         ]
         for m in grid.methods:
             drop = cell.feature_drop(m)
@@ -203,7 +219,9 @@ def change_html(grid: ChangeGrid) -> str:
                 "n/a (none fired before)" if drop is None else f"{'−' if drop >= 0 else '+'}{percent(abs(drop))}"
             )
             cells.append(
-                f'<td class="u-img">{image_tag(cell.after[m], f"{cell.prompt} {m}")}<div class="u-change">pixels Δ {sig3(cell.pixel_change(m))}<br>features {sig3(cell.feature_after[m])} ({drop_text})</div></td>'
+                f'<td class="u-img">{image_tag(cell.after[m], f"{cell.prompt} {m}")}'
+                f'<div class="u-change">pixels Δ {sig3(cell.pixel_change(m))}<br>'
+                f"features {sig3(cell.feature_after[m])} ({drop_text})</div></td>"
             )
         body.append(f'<tr class="u-{cell.role}"><th scope="row">{label}</th>{"".join(cells)}</tr>')
     params = "; ".join(
@@ -213,12 +231,19 @@ def change_html(grid: ChangeGrid) -> str:
     legend = (
         '<p style="font-size:0.9em"><b>No judge for this model: measured change, not verdicts.</b> '
         "Under each image: <i>pixels Δ</i>: mean absolute pixel change from the before image (0–255); "
-        "<i>features</i>: summed activation of the removed concept's selected features, averaged over steps and patches, "
+        "<i>features</i>: summed activation of the removed concept's selected features, "
+        "averaged over steps and patches, "
         "at the hook point (block output re-encoded by the SAE), and its change from before.<br>"
         f"SAeUron settings: {params}. Selected features at {selected}.</p>"
     )
-    style = "<style>#unlearn-table{border-collapse:collapse}#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.9em}#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}#unlearn-table th[scope=row]{max-width:220px}</style>"
-    return f'{style}{legend}<div style="overflow-x:auto"><table id="unlearn-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    style = (
+        "<style>#unlearn-table{border-collapse:collapse}"
+        "#unlearn-table th,#unlearn-table td{border:1px solid #ddd;padding:4px 6px;text-align:center;font-size:0.9em}"
+        "#unlearn-table tr.u-target th[scope=row]{background:#fff3e0}"
+        "#unlearn-table tr.u-retained th[scope=row]{background:#e8f5e9}"
+        "#unlearn-table th[scope=row]{max-width:220px}</style>"
+    )
+    return _table_html(style, legend, head, body)
 
 
 def change_frame(grid: ChangeGrid) -> pd.DataFrame:
@@ -291,7 +316,8 @@ def defaults_text(ex: Explorer, concepts) -> str:
     judge = (
         ""
         if ex.audit.judged
-        else "\n\nNo judge for this model: the grid shows image-level and feature-level change instead of UA / IRA / CRA."
+        else "\n\nNo judge for this model: the grid shows image-level and feature-level change "
+        "instead of UA / IRA / CRA."
     )
     return "Defaults (used while tau and gamma are empty): " + "; ".join(rows) + judge
 
@@ -319,7 +345,8 @@ def wire(ex: Explorer, p: UnlearnPanel) -> None:
                 change_html(grids),
                 gr.update(
                     value=change_frame(grids),
-                    label="Measured change on this grid (no judge: image-level and feature-level change, not UA / IRA / CRA)",
+                    label="Measured change on this grid "
+                    "(no judge: image-level and feature-level change, not UA / IRA / CRA)",
                 ),
                 export_files(grids),
             )
