@@ -181,7 +181,7 @@ def main() -> None:
     info = model_info(load_pipeline(model), model)
     steps = args.steps or info.default_steps
     points = sorted(set(info.hook_points.values()))
-    objects, styles = (info.objects or ["thing"]), (info.styles or ["plain"])
+    objects, styles = (info.concepts_of("object") or ["thing"]), (info.concepts_of("style") or ["plain"])
     prompts = [f"An image of {o} in {s} style." for s in styles for o in objects]
     items = [{"prompt": prompts[i % len(prompts)], "seed": i // len(prompts), "labels": {}} for i in range(args.images)]
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))

@@ -42,12 +42,12 @@ class UnlearnAudit:
         """Whether this model has a judge and an object / style vocabulary (then the grid shows
         verdicts and UA / IRA / CRA); otherwise it measures image and feature change."""
         info = self.session.info
-        return self.session.judge is not None and bool(info.objects) and bool(info.styles)
+        return self.session.judge is not None and bool(info.concepts_of("object")) and bool(info.concepts_of("style"))
 
     def concepts(self) -> list[str]:
         info = self.session.info
-        if info.objects or info.styles:
-            return [*info.objects, *info.styles]
+        if info.vocabulary:
+            return [*info.concepts_of("object"), *info.concepts_of("style")]
         bundle = self.session.bundle  # a model with its own concepts: those of the statistics
         return list(
             dict.fromkeys(
@@ -235,7 +235,7 @@ class UnlearnAudit:
             raise SaeuronError(f"unknown method {method!r}; the panel offers {', '.join(METHODS)}")
         if session.judge is None:
             raise SaeuronError("the unlearn grid needs a judge; start the app with --judge <folder>")
-        if not session.info.objects or not session.info.styles:
+        if not session.info.concepts_of("object") or not session.info.concepts_of("style"):
             raise SaeuronError(
                 "the unlearn grid needs a model with a concept vocabulary (objects and styles in saeuron.json)"
             )
@@ -338,7 +338,7 @@ class UnlearnAudit:
 
     def _pairs(self, concepts: list[str]) -> list[tuple[str, str, str]]:
         """(object, style, role) of the grid: half target prompts, half retained, within the cap."""
-        objects, styles = self.session.info.objects, self.session.info.styles
+        objects, styles = self.session.info.concepts_of("object"), self.session.info.concepts_of("style")
         budget = self.session.limits.max_grid_prompts
         removed = set(concepts)
         target = []

@@ -37,9 +37,10 @@ class ModelInfo:
     ``points_of_kind``: the one the explorer shows)."""
     default_steps: int = 50
     default_guidance: float = 9.0
-    objects: tuple[str, ...] = ()
-    """Concept vocabulary of a benchmark model (empty for general models)."""
-    styles: tuple[str, ...] = ()
+    vocabulary: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The concept names ``saeuron.json`` declares, by concept kind like ``hook_points``, e.g.
+    {"object": ("circle", ...), "style": ("dots", ...)} on a benchmark model; empty for general
+    models, whose concepts are whatever their statistics were labelled with."""
     points_of_kind: dict = field(default_factory=dict)
     """Every hook point a concept kind is removed at, e.g. {"style": ("up_blocks.1.attentions.1",
     "mid_block.attentions.0")}; defaults to ``hook_points``. ``saeuron.json`` may give a kind a
@@ -48,6 +49,10 @@ class ModelInfo:
     def __post_init__(self):
         for kind, point in self.hook_points.items():
             self.points_of_kind.setdefault(kind, (point,))
+
+    def concepts_of(self, kind: str) -> tuple[str, ...]:
+        """The declared concept names of ``kind`` (empty when the model declares none)."""
+        return self.vocabulary.get(kind, ())
 
 
 def split_hook_points(meta_points: dict) -> tuple[dict, dict]:
@@ -233,9 +238,29 @@ def model_info_of_folder(folder: str | Path, name: str | None = None) -> ModelIn
         points_of_kind=every,
         default_steps=int(meta["default_steps"]),
         default_guidance=float(meta["default_guidance"]),
-        objects=tuple(meta.get("objects", ())),
-        styles=tuple(meta.get("styles", ())),
+        vocabulary=read_vocabulary(meta),
     )
+
+
+# Folders written before the vocabulary was keyed by kind list their names under these keys.
+_LEGACY_VOCABULARY_KEYS = {"object": "objects", "style": "styles"}
+
+
+def read_vocabulary(meta: dict) -> dict[str, tuple[str, ...]]:
+    """``saeuron.json``'s concept vocabulary (``"vocabulary": {kind: [name, ...]}``, or the older
+    top-level ``"objects"`` / ``"styles"`` lists) as kind -> names; kinds without names left out."""
+    declared = meta.get("vocabulary")
+    if declared is None:
+        declared = {kind: meta[key] for kind, key in _LEGACY_VOCABULARY_KEYS.items() if key in meta}
+    if not isinstance(declared, dict):
+        raise SaeuronError(f"{INFO_FILE}'s vocabulary must map a concept kind to a list of names, got {declared!r}")
+    vocabulary = {}
+    for kind, names in declared.items():
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+            raise SaeuronError(f"{INFO_FILE}'s vocabulary of {kind!r} must be a list of concept names, got {names!r}")
+        if names:
+            vocabulary[kind] = tuple(names)
+    return vocabulary
 
 
 def _check_generation_args(prompts, seeds, steps, guidance) -> None:

@@ -131,8 +131,7 @@ def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
     meta = {
         "name": "tiny",
         "image_size": 16,
-        "objects": objects,
-        "styles": styles,
+        "vocabulary": {"object": objects, "style": styles},
         "hook_points": TINY_POINTS,
         "default_steps": 3,
         "default_guidance": 4.0,

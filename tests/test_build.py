@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
 from saeuron_core.minicanvas.build import BuildConfig, build_model
 from saeuron_core.minicanvas.judge import Judge
@@ -41,6 +42,7 @@ def test_micro_run_exports_a_pipeline_and_judge(micro_build):
     pipe = load_pipeline(str(root / "pipe"))
     info = model_info(pipe)
     assert info.image_size == 64 and info.hook_points["object"] == "mid_block.attentions.0"
+    assert info.vocabulary == {"object": tuple(mc.OBJECTS), "style": tuple(mc.STYLES)}  # written by kind
     meta = json.loads((root / "pipe" / "saeuron.json").read_text())
     assert meta["build_report"]["unet"]["steps"] == 2 and meta["recipe"]["images_per_pair"] == 2
     img = generate(pipe, "An image of star in dots style.", 1, steps=2, guidance=5.0, output_type="np")[0]

@@ -1,9 +1,19 @@
+import json
+
 import numpy as np
 import pytest
 from conftest import needs_bundled
 
+from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
-from saeuron_core.pipeline import generate, image_grid, load_pipeline, model_info, resolve_spec
+from saeuron_core.pipeline import (
+    generate,
+    image_grid,
+    load_pipeline,
+    model_info,
+    model_info_of_folder,
+    resolve_spec,
+)
 
 
 def test_foreign_folder_loads_through_the_same_path(tiny_pipeline_dir):
@@ -76,11 +86,42 @@ def test_image_grid_layout():
         image_grid(ims, 2, 2)
 
 
+def _folder_with_info(folder, **meta):
+    folder.mkdir(exist_ok=True)
+    base = {"image_size": 16, "hook_points": {"object": "mid_block.attentions.0"}, "default_steps": 3}
+    (folder / "saeuron.json").write_text(json.dumps({**base, "default_guidance": 4.0, **meta}))
+    return folder
+
+
+def test_vocabulary_is_read_by_kind_and_from_older_folders(tmp_path):
+    new = model_info_of_folder(_folder_with_info(tmp_path / "new", vocabulary={"animal": ["cat", "dog"], "style": []}))
+    assert new.vocabulary == {"animal": ("cat", "dog")}  # a kind without names is left out
+    assert new.concepts_of("animal") == ("cat", "dog") and new.concepts_of("object") == ()
+    old = model_info_of_folder(_folder_with_info(tmp_path / "old", objects=["star"], styles=["dots", "solid"]))
+    assert old.vocabulary == {"object": ("star",), "style": ("dots", "solid")}
+    assert model_info_of_folder(_folder_with_info(tmp_path / "plain")).vocabulary == {}
+
+
+@pytest.mark.parametrize(
+    "vocabulary, message",
+    [
+        (["star"], "vocabulary must map a concept kind to a list of names"),
+        ({"object": "star"}, "vocabulary of 'object' must be a list of concept names"),
+        ({"object": ["star", ""]}, "vocabulary of 'object' must be a list of concept names"),
+    ],
+)
+def test_a_malformed_vocabulary_is_refused_in_one_line(tmp_path, vocabulary, message):
+    with pytest.raises(SaeuronError, match=message):
+        model_info_of_folder(_folder_with_info(tmp_path, vocabulary=vocabulary))
+
+
 @needs_bundled
 def test_bundled_model_loads_and_is_deterministic():
     pipe = load_pipeline("minicanvas")
     info = model_info(pipe, "minicanvas")
     assert info.image_size == 64 and info.hook_points["style"].startswith("up_blocks.1.attentions")
+    # the bundled saeuron.json lists its vocabulary the older way (top-level objects / styles)
+    assert info.concepts_of("object") == tuple(mc.OBJECTS) and info.concepts_of("style") == tuple(mc.STYLES)
     for point in info.hook_points.values():
         assert pipe.unet.get_submodule(point) is not None
     a = generate(pipe, "An image of star in dots style.", 1_000_000, steps=4, guidance=6.0, output_type="np")[0]

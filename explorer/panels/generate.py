@@ -68,8 +68,8 @@ class GeneratePanel:
 def layout(ex: Explorer) -> GeneratePanel:
     info, limits = ex.session.info, ex.session.limits
     example = (
-        f"An image of {info.objects[0]} in {info.styles[0]} style."
-        if info.objects and info.styles
+        f"An image of {info.concepts_of('object')[0]} in {info.concepts_of('style')[0]} style."
+        if info.concepts_of("object") and info.concepts_of("style")
         else "A photo of a cat."
     )
     with gr.Row():
@@ -100,8 +100,8 @@ def layout(ex: Explorer) -> GeneratePanel:
     with gr.Row():
         concepts = grouped_concepts(ex.session.bundle, ex.features.concepts())
         default_concept = (
-            info.styles[0]
-            if info.styles and info.styles[0] in dict(map(reversed, concepts))
+            info.concepts_of("style")[0]
+            if info.concepts_of("style") and info.concepts_of("style")[0] in dict(map(reversed, concepts))
             else (concepts[0][1] if concepts else None)
         )
         handle_concept = gr.Dropdown(

@@ -55,28 +55,31 @@ def check_concepts(info, concepts) -> tuple[str, ...]:
     concepts = tuple(dict.fromkeys(c.strip() for c in concepts if isinstance(c, str) and c.strip()))
     if not concepts:
         raise SaeuronError("no concept to erase")
-    vocab = (*info.objects, *info.styles)
+    objects, styles = info.concepts_of("object"), info.concepts_of("style")
+    vocab = (*objects, *styles)
     if vocab:
         unknown = [c for c in concepts if c not in vocab]
         if unknown:
             raise SaeuronError(
-                f"concept {unknown[0]!r} is not in this model's vocabulary; objects: {', '.join(info.objects)}; styles: {', '.join(info.styles)}"
+                f"concept {unknown[0]!r} is not in this model's vocabulary; "
+                f"objects: {', '.join(objects)}; styles: {', '.join(styles)}"
             )
     return concepts
 
 
 def concept_prompts(info, concept: str) -> list[str]:
     """Prompts that show ``concept``: every template pairing on a vocabulary model, else the text."""
-    if concept in info.styles:
-        return [concept_prompt(o, concept) for o in info.objects]
-    if concept in info.objects:
-        return [concept_prompt(concept, s) for s in info.styles] + [concept_prompt(concept, None)]
+    objects, styles = info.concepts_of("object"), info.concepts_of("style")
+    if concept in styles:
+        return [concept_prompt(o, concept) for o in objects]
+    if concept in objects:
+        return [concept_prompt(concept, s) for s in styles] + [concept_prompt(concept, None)]
     return [concept]
 
 
 def retained_prompts(info, concepts) -> list[str]:
     """Vocabulary prompts that show none of ``concepts`` (styled and unstyled)."""
-    pairs = [(o, s) for o in info.objects for s in (*info.styles, None)]
+    pairs = [(o, s) for o in info.concepts_of("object") for s in (*info.concepts_of("style"), None)]
     return [concept_prompt(o, s) for o, s in pairs if o not in concepts and s not in concepts]
 
 
@@ -169,8 +172,8 @@ def uce_pairs(pipe, old_prompts: list[str], new_prompts: list[str], concept: str
 def uce_targets(info, concept: str, prompts: list[str], target: str) -> list[str]:
     if target != "auto":
         return [target] * len(prompts)
-    if concept in info.styles:
-        return [concept_prompt(o, None) for o in info.objects]
+    if concept in info.concepts_of("style"):
+        return [concept_prompt(o, None) for o in info.concepts_of("object")]
     return [""] * len(prompts)
 
 
@@ -186,7 +189,7 @@ def uce_erase(pipe, info, concepts, cfg: UceConfig = UceConfig()) -> WeightEdit:
         olds.append(old)
         news.append(new)
     edit_in, target_in = torch.cat(olds), torch.cat(news)
-    keep = retained_prompts(info, concepts) if (info.objects or info.styles) else []
+    keep = retained_prompts(info, concepts) if info.vocabulary else []
     _, keep_emb = text_embeddings(pipe, keep + [""])
     preserve_in = keep_emb[:, 1:].reshape(-1, keep_emb.shape[-1])  # every token but BOS (shared by all)
     params = cross_attention_parameters(unet, ("to_k", "to_v"))
@@ -253,8 +256,8 @@ class EsdConfig:
 def anchor_prompts(info, concept: str, anchor: str = "auto") -> list[str]:
     """ESD's reference prompt for each of ``concept_prompts(info, concept)``."""
     prompts = concept_prompts(info, concept)
-    if anchor == "auto" and concept in info.styles:
-        return [concept_prompt(o, None) for o in info.objects]
+    if anchor == "auto" and concept in info.concepts_of("style"):
+        return [concept_prompt(o, None) for o in info.concepts_of("object")]
     return [""] * len(prompts)
 
 

@@ -79,14 +79,14 @@ def cmd_unlearn(args) -> int:
         print(f"{concept}: tau/gamma from {source}")
     prompts = list(args.prompt or [])
     if not prompts:
-        if not m.info.objects:
+        if not m.info.concepts_of("object"):
             raise_error("give --prompt TEXT")
         # default: the removed concepts in a few contexts of the model's vocabulary
         for c in args.concept:
-            if c in m.info.styles:
-                prompts += [concept_prompt(o, c) for o in m.info.objects[:3]]
+            if c in m.info.concepts_of("style"):
+                prompts += [concept_prompt(o, c) for o in m.info.concepts_of("object")[:3]]
             else:
-                prompts += [concept_prompt(c, s) for s in m.info.styles[:3]]
+                prompts += [concept_prompt(c, s) for s in m.info.concepts_of("style")[:3]]
     seeds = args.seed or [0]
     before = generate_with(m.pipe, bundle, [], prompts, seeds, m.steps, m.guidance)
     after = generate_with(m.pipe, bundle, interventions, prompts, seeds, m.steps, m.guidance)

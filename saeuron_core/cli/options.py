@@ -134,7 +134,7 @@ def open_model(args, need_vocabulary: str | None = None) -> Opened:
     dtype = resolve_dtype(getattr(args, "dtype", "float32"), device)
     pipe = load_pipeline(args.model, device, dtype, getattr(args, "height", None), getattr(args, "width", None))
     info = model_info(pipe, args.model)
-    if need_vocabulary and not info.objects:
+    if need_vocabulary and not info.concepts_of("object"):
         raise_error(f"{args.model} has no benchmark vocabulary; {need_vocabulary} runs on MiniCanvas-style models")
     steps = args.gen_steps if args.gen_steps is not None else info.default_steps
     guidance = args.guidance if args.guidance is not None else info.default_guidance

@@ -190,7 +190,8 @@ def cmd_attack(args) -> int:
         bundle = open_bundle(args, m.info, m.pipe) if method in SAE_METHODS else None
         removal = prepare_removal(m.pipe, m.info, method, [concept], bundle=bundle, cache=cache_dir(args), log=print)
     judge = open_judge(args)
-    n_prompts = args.prompts or len(m.info.objects if concept in m.info.styles else m.info.styles)
+    styles = m.info.concepts_of("style")
+    n_prompts = args.prompts or len(m.info.concepts_of("object") if concept in styles else styles)
     row, strip = attack_row(m.pipe, judge, removal, concept, n_prompts, (seed,), m.steps, m.guidance, cfg)
     report = {"method": method, "concept": concept, "attack": asdict(cfg), **row}
     out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +230,7 @@ def locate_cases(args):
         from .. import minicanvas as mc
         from .locating import judge_shows, swap_cases
 
-        if not m.info.objects:
+        if not m.info.concepts_of("object"):
             return None
         shows = None if args.no_judge else judge_shows(open_judge(args))
         return swap_cases(kinds, args.pairs, mc.split_seeds("sweep", args.seeds)), shows
@@ -246,7 +247,7 @@ def prepare_tuner(args):
         from .. import minicanvas as mc
         from .tuning import PAPER_GAMMAS, defaults_table, sweep_concept
 
-        if not m.info.objects:
+        if not m.info.concepts_of("object"):
             raise_error(
                 f"tuning with a judge needs a model with a benchmark vocabulary (MiniCanvas-style); "
                 f"{args.model} has none: leave out --judge and pass --tau/--gamma or --preset paper later"
@@ -274,7 +275,7 @@ def cache_prompts(args):
     def items(m):
         from .dataset import prompt_items
 
-        return prompt_items(args.seeds_per_pair, split="train") if m.info.objects else None
+        return prompt_items(args.seeds_per_pair, split="train") if m.info.concepts_of("object") else None
 
     return items
 

@@ -117,8 +117,8 @@ def cmd_generalisation(args, out: Path) -> int:
     m = open_model(args, need_vocabulary="--generalisation")
     if not args.concept:  # the model's own concepts of the domain (default: every kind)
         domain = args.domain or "both"
-        settings["concepts"] = tuple(m.info.objects if domain in ("object", "both") else ()) + tuple(
-            m.info.styles if domain in ("style", "both") else ()
+        settings["concepts"] = tuple(m.info.concepts_of("object") if domain in ("object", "both") else ()) + tuple(
+            m.info.concepts_of("style") if domain in ("style", "both") else ()
         )
     cfg = GeneralisationConfig(**settings)
     prepare(m.info, cfg, defaults, work)  # split, concepts, defaults and work folder refused before any work

@@ -212,7 +212,7 @@ class GeneralisationConfig:
 
 # --------------------------------------------------------------------------- the run
 def _vocabulary(info) -> dict[str, tuple[str, ...]]:
-    return {k: tuple(v) for k, v in (("object", info.objects or ()), ("style", info.styles or ())) if v}
+    return {k: info.concepts_of(k) for k in ("object", "style") if info.concepts_of(k)}
 
 
 def check_defaults(table: dict, concepts) -> None:

@@ -165,8 +165,7 @@ def export_pipeline(cfg, work: Path, out: Path, unet, text_encoder, ema, tokeniz
     meta = {
         "name": "minicanvas",
         "image_size": mc.IMAGE_SIZE,
-        "objects": list(mc.OBJECTS),
-        "styles": list(mc.STYLES),
+        "vocabulary": {"object": list(mc.OBJECTS), "style": list(mc.STYLES)},
         "hook_points": DEFAULT_HOOKS,
         "default_steps": 20,
         "default_guidance": 6.0,
