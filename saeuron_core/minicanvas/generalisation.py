@@ -37,18 +37,9 @@ from ..io import atomic_path, write_json
 from ..sae import SaeConfig
 from ..store import PromptItem
 from . import dataset as mc
-from .benchmark import (
-    ImageSet,
-    _pct,
-    _retained,
-    _with_interval,
-    concept_average,
-    concept_row,
-    difference_lines,
-    frechet_distance,
-    reference_features,
-    stored_protocol,
-)
+from .benchmark_report import _pct, _with_interval, difference_lines
+from .benchmark_scores import _retained, concept_average, concept_row, frechet_distance, reference_features
+from .image_sets import ImageSet, stored_protocol
 from .evaluation import accuracy
 
 KINDS = ("object", "style")
