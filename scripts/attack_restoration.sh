@@ -15,7 +15,7 @@ ${PYTHON:-.venv/bin/python} - <<'PY'
 import json
 from pathlib import Path
 
-from saeuron_core.minicanvas.benchmark import attack_reading
+from saeuron_core.minicanvas.benchmark_attack import attack_reading
 
 root = Path("results/attack_restoration")
 lines = ["| method | concept | UA before -> after | p(concept) before -> after (un-edited) | similarity to un-edited before -> after | recovered | reading |", "|---|---|---|---|---|---|---|"]

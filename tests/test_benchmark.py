@@ -11,7 +11,8 @@ from conftest import needs_bundled
 
 from saeuron_core import minicanvas as mc
 from saeuron_core.errors import SaeuronError
-from saeuron_core.minicanvas.benchmark import EvalPlan, frechet_distance
+from saeuron_core.minicanvas.benchmark import EvalPlan
+from saeuron_core.minicanvas.benchmark_scores import frechet_distance
 
 
 def test_frechet_distance_known_cases():
@@ -299,7 +300,7 @@ def test_quick_comparison_of_every_method_on_the_bundled_model(tmp_path):
 
 
 def test_attack_reading_rule_on_hand_cases():
-    from saeuron_core.minicanvas.benchmark import attack_reading, similarity_recovered
+    from saeuron_core.minicanvas.benchmark_attack import attack_reading, similarity_recovered
 
     assert similarity_recovered(0.6, 0.8) == pytest.approx(0.5) and similarity_recovered(0.6, 0.5) == pytest.approx(
         -0.25
@@ -329,7 +330,7 @@ def test_attack_row_reports_probability_and_feature_similarity(tiny_bundle):
     """The attack row's p(concept) and similarity are the judge's own numbers on the strip's images."""
     from saeuron_core.baselines.attack import AttackConfig
     from saeuron_core.baselines.methods import prepare_removal
-    from saeuron_core.minicanvas.benchmark import attack_reading, attack_row
+    from saeuron_core.minicanvas.benchmark_attack import attack_reading, attack_row
     from saeuron_core.minicanvas.judge import Judge
     from saeuron_core.pipeline import load_pipeline, model_info
     from saeuron_core.unlearning import SaeBundle
@@ -438,7 +439,7 @@ def test_handle_summary_pools_the_kinds_concepts_with_wilson_intervals():
 def test_work_folder_resumes_without_generating_and_fewer_seeds_reuse_it(tiny_bundle, tmp_path, monkeypatch):
     """A rerun with the same work folder generates nothing and reports the same numbers; a run with
     the first of those seeds reuses their sets; a changed removal setting is not reused."""
-    from saeuron_core.minicanvas import benchmark
+    from saeuron_core.minicanvas import benchmark, image_sets
     from saeuron_core.minicanvas.judge import Judge
     from saeuron_core.pipeline import load_pipeline, model_info
     from saeuron_core.unlearning import SaeBundle
@@ -459,7 +460,7 @@ def test_work_folder_resumes_without_generating_and_fewer_seeds_reuse_it(tiny_bu
     def no_generation(*args, **kwargs):
         raise AssertionError("a finished set was generated again")
 
-    monkeypatch.setattr(benchmark, "generate_protocol", no_generation)
+    monkeypatch.setattr(image_sets, "generate_protocol", no_generation)
     monkeypatch.setattr(benchmark, "attack_row", no_generation)
     again = benchmark.run(pipe, info, bundle, judge, plan, tmp_path / "b", work=work, log=lambda m: None)
     for method in ("saeuron", "none"):
@@ -521,7 +522,8 @@ def _row(concept_set, records):
 
 
 def test_kept_on_target_reaches_summary_comparisons_and_every_report(tmp_path):
-    from saeuron_core.minicanvas.benchmark import compare_methods, markdown_table, summarize, write_reports
+    from saeuron_core.minicanvas.benchmark_report import markdown_table, write_reports
+    from saeuron_core.minicanvas.benchmark_scores import compare_methods, summarize
     from saeuron_core.minicanvas.evaluation import JudgedImage
 
     def records(wreck: bool):

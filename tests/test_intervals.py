@@ -34,7 +34,7 @@ def test_an_empty_sample_has_the_whole_unit_interval_and_no_rate():
     empty = Rate(0, 0).as_dict()
     assert (empty["lo"], empty["hi"]) == (0.0, 1.0) and empty["value"] != empty["value"]
     # reports say "no data", not "- [0.0, 100.0]"
-    from saeuron_core.minicanvas.benchmark import _with_interval
+    from saeuron_core.minicanvas.benchmark_report import _with_interval
 
     assert _with_interval(empty["value"], empty) == "-"
     assert _with_interval(0.25, Rate(3, 12).as_dict()).startswith("25.00% [")
@@ -87,8 +87,8 @@ def test_seed_derivation_is_deterministic_distinct_and_inside_the_split():
 
 
 def test_protocol_jobs_are_the_same_for_every_method():
-    from saeuron_core.minicanvas.benchmark import protocol_prompts
     from saeuron_core.minicanvas.evaluation import decorrelated_jobs
+    from saeuron_core.minicanvas.image_sets import protocol_prompts
 
     bases = mc.split_seeds("heldout", 2)
     jobs = decorrelated_jobs(protocol_prompts(), bases)

@@ -80,7 +80,8 @@ def _ids_with_slots(pipe, prompts: list[str], n_tokens: int) -> Tensor:
     used = [len(tok(p).input_ids) for p in prompts]
     if max(used) + n_tokens > length:
         raise SaeuronError(
-            f"a prompt of {max(used)} tokens leaves no room for {n_tokens} soft tokens (the text encoder takes {length})"
+            f"a prompt of {max(used)} tokens leaves no room for {n_tokens} soft tokens (the text encoder takes "
+            f"{length})"
         )
     slots = torch.full((len(prompts), n_tokens), tok.bos_token_id, dtype=ids.dtype)
     return torch.cat([ids[:, :1], slots, ids[:, 1 : length - n_tokens]], 1)

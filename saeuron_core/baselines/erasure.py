@@ -130,7 +130,8 @@ def uce_solve(
     d = w.shape[1]
     if c.shape[1] != d or p.shape[1] != d or v.shape != (c.shape[0], w.shape[0]):
         raise SaeuronError(
-            f"UCE shapes do not fit: W {tuple(w.shape)}, edit in {tuple(c.shape)}, edit out {tuple(v.shape)}, preserve in {tuple(p.shape)}"
+            f"UCE shapes do not fit: W {tuple(w.shape)}, edit in {tuple(c.shape)}, edit out {tuple(v.shape)}, "
+            f"preserve in {tuple(p.shape)}"
         )
     left = lamb * w + erase_scale * v.T @ c + preserve_scale * (w @ p.T) @ p
     normal = lamb * torch.eye(d, dtype=torch.float64) + erase_scale * c.T @ c + preserve_scale * p.T @ p
@@ -381,7 +382,8 @@ def _esd_resume(work: Path, identity: dict, params, names, opt) -> tuple[int, fl
         return 0, 0.0
     if state["identity"] != identity:
         raise SaeuronError(
-            f"{path} is a checkpoint of another ESD run (model, concepts or settings differ); use another work folder or delete it"
+            f"{path} is a checkpoint of another ESD run (model, concepts or settings differ); use another work folder "
+            "or delete it"
         )
     with torch.no_grad():
         for n in names:

@@ -1,4 +1,5 @@
-"""`saeuron build-model`: train the bundled MiniCanvas model from scratch (data, autoencoder, judge, text encoder + U-Net).
+"""`saeuron build-model`: train the bundled MiniCanvas model from scratch (data, autoencoder, judge,
+text encoder + U-Net).
 
 Stages, each resumable and each recorded in ``<work>/<stage>/done.json`` when finished:
 

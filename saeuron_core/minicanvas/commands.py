@@ -164,7 +164,7 @@ def cmd_attack(args) -> int:
     from ..edits import WeightEdit
     from ..io import write_json
     from ..pipeline import save_image
-    from .benchmark import attack_row
+    from .benchmark_attack import attack_row
 
     method = check_method(args.method)
     cfg = args.attack_flags.build(args)

@@ -156,7 +156,10 @@ def control_rows(
             )
         row["seconds"] = round(time.time() - t0, 1)
         log(
-            f"control {concept}: ablate top{tops[-1]} UA {row['ablate'][f'top{tops[-1]}']['UA']['value']:.2f}; steer top{tops[-1]}@{strengths[-1]:g} shows {row['steer'][f'top{tops[-1]}@{strengths[-1]:g}']['shows_concept']['value']:.2f} ({row['seconds']:.0f} s)"
+            f"control {concept}: ablate top{tops[-1]} UA {row['ablate'][f'top{tops[-1]}']['UA']['value']:.2f}; "
+            f"steer top{tops[-1]}@{strengths[-1]:g} shows "
+            f"{row['steer'][f'top{tops[-1]}@{strengths[-1]:g}']['shows_concept']['value']:.2f} "
+            f"({row['seconds']:.0f} s)"
         )
         if handles:
             log(_handle_log(row))
@@ -224,8 +227,10 @@ def handle_results(
 def _handle_log(row: dict) -> str:
     h = row["handles"]
     return (
-        f"handles {row['concept']}: remove {h['remove']['removes']['k']}/{h['remove']['removes']['n']} (kept {h['remove']['kept']['k']}/{h['remove']['kept']['n']}); "
-        f"add {h['add']['strength']:g}x {h['add']['adds']['k']}/{h['add']['adds']['n']} (kept {h['add']['kept']['k']}/{h['add']['kept']['n']}) ({row['seconds']:.0f} s)"
+        f"handles {row['concept']}: remove {h['remove']['removes']['k']}/{h['remove']['removes']['n']} (kept "
+        f"{h['remove']['kept']['k']}/{h['remove']['kept']['n']}); "
+        f"add {h['add']['strength']:g}x {h['add']['adds']['k']}/{h['add']['adds']['n']} (kept "
+        f"{h['add']['kept']['k']}/{h['add']['kept']['n']}) ({row['seconds']:.0f} s)"
     )
 
 
@@ -255,9 +260,11 @@ def markdown(rows: list[dict]) -> str:
 
 def _handle_markdown(rows: list[dict], cell) -> list[str]:
     lines = [
-        "Concept handles. remove: the project's default removal (`SaeBundle.unlearn([concept])`) on the concept's prompts; removes: the judge saw the concept "
-        "without the edit and no longer does; kept: it still sees the prompt's other concept. add: the latents that removal selects, steered in at every step "
-        "in the conditional CFG half by a strength x each latent's typical top activation, on prompts without it; adds: the judge did not see the concept and now does; kept: the other kind still seen.",
+        "Concept handles. remove: the project's default removal (`SaeBundle.unlearn([concept])`) on the concept's "
+        "prompts; removes: the judge saw the concept without the edit and no longer does; kept: it still sees the "
+        "prompt's other concept. add: the latents that removal selects, steered in at every step in the conditional "
+        "CFG half by a strength x each latent's typical top activation, on prompts without it; adds: the judge did "
+        "not see the concept and now does; kept: the other kind still seen.",
         "",
         "| concept | removes | kept | adds | add kept | add strength |",
         "|---|---|---|---|---|---|",
@@ -265,14 +272,16 @@ def _handle_markdown(rows: list[dict], cell) -> list[str]:
     for r in rows:
         h = r["handles"]
         lines.append(
-            f"| {r['concept']} | {cell(h['remove']['removes'])} | {cell(h['remove']['kept'])} | {cell(h['add']['adds'])} | {cell(h['add']['kept'])} | {h['add']['strength']:g}x |"
+            f"| {r['concept']} | {cell(h['remove']['removes'])} | {cell(h['remove']['kept'])} | "
+            f"{cell(h['add']['adds'])} | {cell(h['add']['kept'])} | {h['add']['strength']:g}x |"
         )
     for kind in ("style", "object"):
         chosen = [r for r in rows if r["kind"] == kind and "handles" in r]
         if chosen:
             s = handle_summary(chosen)
             lines.append(
-                f"| **all {kind}s** | {cell(s['concept_removes'])} | {cell(s['concept_removes_kept'])} | {cell(s['concept_adds'])} | {cell(s['concept_adds_kept'])} | |"
+                f"| **all {kind}s** | {cell(s['concept_removes'])} | {cell(s['concept_removes_kept'])} | "
+                f"{cell(s['concept_adds'])} | {cell(s['concept_adds_kept'])} | |"
             )
     return lines
 
@@ -281,7 +290,8 @@ def _feature_markdown(rows: list[dict], cell) -> list[str]:
     ablate_keys = list(rows[0]["ablate"])
     steer_keys = list(rows[0]["steer"])
     lines = [
-        "Ablation: the concept's top-n ranked features set to 0 at every step, on the concept's prompts. UA: the judge no longer sees the concept; CRA: it still sees the other kind.",
+        "Ablation: the concept's top-n ranked features set to 0 at every step, on the concept's prompts. UA: the "
+        "judge no longer sees the concept; CRA: it still sees the other kind.",
         "",
         "| concept | features | " + " | ".join(f"UA {k} | CRA {k}" for k in ablate_keys) + " |",
         "|---|---|" + "---|---|" * len(ablate_keys),
@@ -294,7 +304,8 @@ def _feature_markdown(rows: list[dict], cell) -> list[str]:
         )
     lines += [
         "",
-        "Steering: the same features added (strength x typical top activation) into prompts without the concept. shows: the judge sees the concept; kept: the other kind is still seen.",
+        "Steering: the same features added (strength x typical top activation) into prompts without the concept. "
+        "shows: the judge sees the concept; kept: the other kind is still seen.",
         "",
         "| concept | " + " | ".join(f"shows {k} | kept {k}" for k in steer_keys) + " |",
         "|---|" + "---|---|" * len(steer_keys),

@@ -46,7 +46,8 @@ _SUPERSAMPLE = 2
 
 
 def prompt(object_name: str, style: str | None = None) -> str:
-    """The paper's prompt for MiniCanvas's own concepts: "An image of {object} in {style} style." or "An image of {object}."."""
+    """The paper's prompt for MiniCanvas's own concepts: "An image of {object} in {style} style."
+    or "An image of {object}."."""
     check_object(object_name)
     if style is not None:
         check_style(style)
