@@ -114,7 +114,8 @@ def served(args) -> dict:
             lambda: client.predict("(none)", args.point, "all", 99.0, api_name="/rank_features"), args.repeats
         )
         round_trip = timed(lambda: client.predict(api_name="/clear_interventions"), args.repeats)
-        ablation = client.predict("[]", args.point, str(feature), 4.0, 4.0, 0, "", None, api_name="/add_ablation")
+        # the add endpoints return (interventions JSON, confirmation note)
+        ablation = client.predict("[]", args.point, str(feature), 4.0, 4.0, 0, "", None, api_name="/add_ablation")[0]
         prompt = args.prompt
         seeds = iter(range(10_000, 10_000 + 10 * args.repeats))
         generation = timed(

@@ -196,10 +196,19 @@ def _number_or_tuple(value):
 
 
 # --------------------------------------------------------------------------- validation
+EDITABLE = (Unlearn, AddConcept, ScaleFeatures, Steer)
+"""The intervention types a recipe holds (what the explorer's table edits and recipes serialise)."""
+
+
 def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tuple[Intervention, ...]:
     """Interventions that this bundle can apply and that stay within ``limits`` (given as objects,
     or as the JSON list a recipe holds: parsed here, with the rest of the request)."""
     interventions = interventions_from_json(interventions) if isinstance(interventions, str) else tuple(interventions)
+    for i, iv in enumerate(interventions, 1):
+        if not isinstance(iv, EDITABLE):  # e.g. a client that sent a list of JSON strings
+            raise SaeuronError(
+                f"intervention {i} is a {type(iv).__name__}, not an intervention: send the JSON list as one string"
+            )
     if len(interventions) > limits.max_interventions:
         raise SaeuronError(f"{len(interventions)} interventions; the limit is {limits.max_interventions}")
     for iv in interventions:

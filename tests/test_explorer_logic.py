@@ -1021,3 +1021,9 @@ def test_row_effects_say_what_each_row_did(ex, point):
             ex.session, ex.session.complete(recipe(ex, ScaleFeatures((never,), 0.0, None, point)))
         )[0]
         assert row.explanation.startswith("nothing changed")
+
+
+def test_a_list_of_json_strings_is_refused_with_a_message_not_an_internal_error(ex):
+    # a gradio_client caller once passed the add endpoint's (JSON, note) pair as the interventions
+    with pytest.raises(SaeuronError, match="intervention 1 is a str, not an intervention"):
+        ex.session.recipe("An image of star in dots style.", 0, 3, 4.0, ['[{"type": "ScaleFeatures"}]', "added"])
