@@ -401,11 +401,16 @@ class FeatureExplorer:
             return self._maps[point]
 
     def ready_map(self, point: str) -> FeatureMap | None:
-        """The map if it is computed already, else None (never waits for a computation)."""
+        """The map if it is computed already, else None (never waits for a computation). A map
+        nobody started (an app built without warm-up) is started here, so "computing" always
+        means that a computation is on its way."""
         self.session.check_point(point)
         if point in self._map_errors:
             raise SaeuronError(f"the UMAP of {point} failed: {self._map_errors[point]}")
-        return self._maps.get(point)
+        found = self._maps.get(point)
+        if found is None:
+            self.start_maps()
+        return found
 
     def map_structure(self, point: str):
         """``feature_map.label_structure`` of the top concepts on the computed map (cached)."""

@@ -648,7 +648,9 @@ def test_a_concept_selects_its_kinds_hook_point(ex):
 
 def test_the_map_is_computed_in_the_background_without_blocking_ranking(ex, point, tmp_path):
     fresh = Explorer.build(ex.session, tmp_path).features
+    assert fresh._map_thread is None  # an app built without warm-up
     assert fresh.ready_map(point) is None  # not computed yet: the view says so instead of waiting
+    assert fresh._map_thread is not None  # ... and asking started it ("computing" is never forever)
     thread = fresh.start_maps()
     fresh.rank(point, "dots")  # ranking does not wait for the map
     thread.join(300)
