@@ -19,15 +19,12 @@ from saeuron_core.interventions import (
     Unlearn,
     UnlearnEdit,
 )
-from saeuron_core.unlearning import ADD_STRENGTH
 
 from .formatting import sig3
 from .recipes import CheckedRecipe, check_interventions
 from .session import ExplorerSession
 
 ACTIONS = ("remove", "add")
-DEFAULT_ADD_STRENGTH = ADD_STRENGTH
-"""Default strength of an "add CONCEPT" row, x each selected feature's typical top activation."""
 EFFECT_COLUMNS = [
     "row",
     "intervention",

@@ -11,8 +11,9 @@ import gradio as gr
 import pandas as pd
 
 from saeuron_core.errors import SaeuronError
+from saeuron_core.unlearning import ADD_STRENGTH
 
-from .. import cardview, handles, plots
+from .. import cardview, plots
 from .. import feature_map as feature_map_view
 from ..context import Explorer
 from ..formatting import optional_int, optional_number, percent, sig3
@@ -124,7 +125,7 @@ def layout(ex: Explorer) -> FeaturesPanel:
         rank_button = gr.Button("Rank features", variant="primary", elem_id="rank")
     with gr.Row():
         handle_strength = gr.Number(
-            handles.DEFAULT_ADD_STRENGTH,
+            ADD_STRENGTH,
             label="Strength of 'add' (x the features' typical top activation)",
             elem_id="features-handle-strength",
         )

@@ -12,6 +12,7 @@ import pandas as pd
 
 from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import ScaleFeatures
+from saeuron_core.unlearning import ADD_STRENGTH
 
 from .. import cardview, handles
 from .. import intervention_table as table
@@ -112,7 +113,7 @@ def layout(ex: Explorer) -> GeneratePanel:
             allow_custom_value=True,
         )
         handle_strength = gr.Number(
-            handles.DEFAULT_ADD_STRENGTH,
+            ADD_STRENGTH,
             label="Strength of 'add' (x the features' typical top activation)",
             elem_id="handle-strength",
         )

@@ -70,9 +70,7 @@ def steer_pairs(concept: str) -> list[tuple[str, str | None]]:
 def _rates(records, concept: str) -> dict:
     kind = mc.concept_kind(concept)
     other = "object" if kind == "style" else "style"
-    seen = Rate(
-        sum((r.predicted_style if kind == "style" else r.predicted_object) == concept for r in records), len(records)
-    )
+    seen = Rate(sum(_sees(r, concept) for r in records), len(records))
     kept = [r for r in records if (r.style is not None if other == "style" else True)]
     retained = Rate(
         sum(
