@@ -258,9 +258,9 @@ class HookSet:
         self.unet = unet
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
 
-    def forward_hook(self, name: str, module: nn.Module, fn: Callable) -> None:
-        """``fn(module, args, output)``; a non-None return value replaces the output."""
-        self._add(name, lambda: module.register_forward_hook(fn))
+    def forward_hook(self, name: str, module: nn.Module, fn: Callable, with_kwargs: bool = False) -> None:
+        """``fn(module, args[, kwargs], output)``; a non-None return value replaces the output."""
+        self._add(name, lambda: module.register_forward_hook(fn, with_kwargs=with_kwargs))
 
     def forward_pre_hook(self, name: str, module: nn.Module, fn: Callable, with_kwargs: bool = False) -> None:
         """``fn(module, args[, kwargs])`` before ``module`` runs."""

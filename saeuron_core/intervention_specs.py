@@ -247,4 +247,67 @@ class Replace:
         return [(c, taus[i % len(taus)], strengths[i % len(strengths)]) for i, c in enumerate(self.concepts)]
 
 
-Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept, Replace]
+@dataclass(frozen=True)
+class Reroute:
+    """Counterfactual rerouting: where the SAE sees a concept, cross-attention sees it swapped.
+
+    Detection at the flag SAE's ``point``: at step t the share s_t of map tokens on which any
+    latent selected for concept c (``tau``, ``score``: as ``Unlearn`` selects them) fires above
+    its mean over all concepts; an image shows c from the first step where
+    mean(s_0 .. s_t) >= ``detect``. Then each of ``blocks`` (cross-attention blocks; empty:
+    every one outside the mid block) runs again on its input with the counterfactual text
+    context ctx', and its output becomes out + mask * (out(ctx') - out), conditional CFG rows only.
+
+    ctx': from the token p most similar to c's word (mean hidden state over c's reference
+    prompts, cosine >= ``match``), ctx'[p + k] = ctx[p + k] + delta[k], where delta[k] is the mean
+    change of the reference prompts' hidden states at k positions after the word when c's word is
+    replaced by the ``anchor``'s (a concept name, or "nearest": the concept whose mean code is
+    nearest to c's); mask = every token. Where no token matches (a paraphrase, a soft prompt),
+    ctx' is the anchor's own prompt and mask = the tokens where c's latents fire.
+
+    Why: on the bundled model a style enters at several cross-attention blocks, and scaling its
+    latents at one block by a negative multiplier removes it only by wrecking the image; moving the
+    block towards what another concept's text produces there removes it and keeps the object.
+    """
+
+    concepts: tuple[str, ...]
+    anchor: str | tuple[str, ...] = "nearest"
+    blocks: tuple[str, ...] = ()
+    tau: float | tuple[float, ...] = 99.999
+    detect: float = 0.3
+    match: float = 0.8
+    steps: StepWindow | None = None
+    point: str | None = None
+    """Hook point of the SAE whose latents detect the concepts."""
+    score: str = "paper"
+
+    def __post_init__(self):
+        check_score(self.score)
+        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        for name in ("tau", "anchor"):
+            values = _as_tuple(getattr(self, name), name)
+            if len(values) > 1:
+                object.__setattr__(self, name, values)
+            if len(values) not in (1, len(self.concepts)):
+                raise SaeuronError(
+                    f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}"
+                )
+        for tau in _as_tuple(self.tau, "tau"):
+            if not 0 < tau < 100:
+                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+        if not 0 <= self.detect <= 1:
+            raise SaeuronError(f"detect is a share of tokens in [0, 1], got {self.detect}")
+        if not 0 < self.match <= 1:
+            raise SaeuronError(f"match is a cosine similarity in (0, 1], got {self.match}")
+        for concept, anchor in zip(self.concepts, _as_tuple(self.anchor, "anchor") * len(self.concepts)):
+            if anchor == concept:
+                raise SaeuronError(f"{concept!r} cannot be rerouted to itself")
+
+    def per_concept(self) -> list[tuple[str, float, str]]:
+        """(concept, tau, anchor) for each concept."""
+        taus, anchors = _as_tuple(self.tau, "tau"), _as_tuple(self.anchor, "anchor")
+        return [(c, taus[i % len(taus)], anchors[i % len(anchors)]) for i, c in enumerate(self.concepts)]
+
+
+Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept, Replace, Reroute]

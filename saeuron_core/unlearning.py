@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Iterator, Mapping, Sequence
@@ -25,9 +25,10 @@ import torch
 
 from .errors import SaeuronError
 from .hooks import ActivationRecorder, capture_activations, normalize_point
-from .interventions import AddConcept, Intervention, Replace, Unlearn, apply_interventions
+from .interventions import AddConcept, Intervention, Replace, Reroute, Unlearn, apply_interventions
 from .paths import ASSETS
 from .pipeline import ModelInfo, decode_preview, generate
+from .reroute import rerouted
 from .sae import TopKSae
 from .scoring import check_score, tau_for_count
 from .stats import FeatureStats
@@ -42,7 +43,8 @@ PAPER_VARIANT = "paper"
 the table's tau / gamma. A defaults table names the project's default removal in "variant"
 (absent: the paper's); a concept entry with a "replace" block ({"strength", "target", "latents"})
 is removed by ``interventions.Replace`` in the default variant and by the paper's method in
-variant "paper" (``saeuron evaluate --methods saeuron-paper``)."""
+variant "paper" (``saeuron evaluate --methods saeuron-paper``); likewise an entry with a "reroute"
+block ({"anchor", "blocks", "latents_per_step", "detect"}) by ``interventions.Reroute``."""
 
 #: The paper's settings (METHOD section 8): every style tau 99.999 / gamma -1; objects from its
 #: Table 4 (SD v1.5 on UnlearnCanvas, 20480 latents), applied where a concept's name matches.
@@ -125,6 +127,8 @@ class SaeBundle:
     """Where ``defaults`` came from (a table file, the bundled MiniCanvas table, a preset)."""
     points_of_kind: dict[str, tuple[str, ...]] | None = None
     """Every hook point a kind is removed at (default: the primary one)."""
+    vocabulary: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The model's concept names by kind (``ModelInfo.vocabulary``): ``Reroute``'s reference prompts."""
 
     def __post_init__(self):
         if self.points_of_kind is None:
@@ -180,7 +184,7 @@ class SaeBundle:
                 )
             folders += [sae_folder, stats_folder]
         table, source = load_defaults(info, defaults, preset)
-        return cls(saes, stats, primary, table, tuple(folders), source, every)
+        return cls(saes, stats, primary, table, tuple(folders), source, every, MappingProxyType(dict(info.vocabulary)))
 
     def check_fits(self, unet) -> None:
         """Each SAE's d_in against its block's channels from the U-Net's config: one clear error
@@ -249,7 +253,7 @@ class SaeBundle:
         count: int | None = None,
         score: str | None = None,
         paper: bool = False,
-    ) -> list[Unlearn | Replace]:
+    ) -> list[Unlearn | Replace | Reroute]:
         """One ``Unlearn`` per hook point for ``concepts``: each concept at every hook point of its
         kind (``points_of_kind``). ``tau`` (a percentile) or ``count`` (latents per step, turned
         into each point's percentile for that SAE's width) and ``gamma`` override the defaults;
@@ -263,7 +267,8 @@ class SaeBundle:
         if tau is not None and count is not None:
             raise SaeuronError("give tau or count (latents per step), not both")
         by_point: dict[str, list[tuple[str, float, float]]] = {}
-        replaced: list[Replace] = []
+        replaced: list[Replace | Reroute] = []
+        reroutes: dict[str, list[tuple[str, float, dict]]] = {}
         kind_at: dict[str, str] = {}
         for concept in dict.fromkeys(concepts):
             kind = self.kind_of(concept)
@@ -289,6 +294,14 @@ class SaeBundle:
                     if c_count is not None
                     else float(entry["tau"])
                 )
+                own_settings = (
+                    not paper and not reference_error_term and tau is None and count is None and gamma is None
+                )
+                if "reroute" in (entry or {}) and own_settings:
+                    r = entry["reroute"]
+                    r_tau = tau_for_count(int(r["latents_per_step"]), self.saes[point].num_latents)
+                    reroutes.setdefault(point, []).append((concept, r_tau, r))
+                    continue
                 if (
                     "replace" in (entry or {})
                     and not paper
@@ -311,17 +324,36 @@ class SaeBundle:
                     )
                     continue
                 by_point.setdefault(point, []).append((concept, c_tau, c_gamma))
-        return [
-            Unlearn(
-                tuple(c for c, _, _ in rows),
-                tuple(t for _, t, _ in rows),
-                tuple(g for _, _, g in rows),
-                point=point,
-                reference_error_term=reference_error_term,
-                score=score,
-            )
-            for point, rows in by_point.items()
-        ] + replaced
+        return (
+            [
+                Unlearn(
+                    tuple(c for c, _, _ in rows),
+                    tuple(t for _, t, _ in rows),
+                    tuple(g for _, _, g in rows),
+                    point=point,
+                    reference_error_term=reference_error_term,
+                    score=score,
+                )
+                for point, rows in by_point.items()
+            ]
+            + replaced
+            + [self._reroute(point, rows) for point, rows in reroutes.items()]
+        )
+
+    def _reroute(self, point: str, rows: list[tuple[str, float, dict]]) -> Reroute:
+        """One ``Reroute`` at ``point`` for concepts whose table entries carry a "reroute" block;
+        an anchor that is removed as well gives way to the nearest concept still kept."""
+        removed = {c for c, _, _ in rows}
+        entries = [r for _, _, r in rows]
+        blocks = tuple(dict.fromkeys(b for r in entries for b in r.get("blocks", ())))
+        return Reroute(
+            tuple(c for c, _, _ in rows),
+            anchor=tuple(r.get("anchor", "nearest") if r.get("anchor") not in removed else "nearest" for r in entries),
+            blocks=blocks,
+            tau=tuple(t for _, t, _ in rows),
+            detect=min(float(r.get("detect", 0.3)) for r in entries),
+            point=point,
+        )
 
     def add_concepts(self, concepts: list[str], strength: float = ADD_STRENGTH) -> list[AddConcept]:
         """The counterpart of ``unlearn(concepts)``: one ``AddConcept`` per hook point, steering in
@@ -355,7 +387,7 @@ class SaeBundle:
     def _concept_stats(self, placed: Sequence[Intervention]) -> dict:
         out = {}
         for iv in placed:
-            if isinstance(iv, (Unlearn, AddConcept, Replace)):
+            if isinstance(iv, (Unlearn, AddConcept, Replace, Reroute)):
                 kind = self.kind_of(iv.concepts[0])
                 out[iv.point] = self.stats[iv.point].concept_stats(kind)
         return out
@@ -371,11 +403,20 @@ class SaeBundle:
         scheduler (``hooks``); every hook and wrapper is removed on exit, also on errors."""
         unet, scheduler = getattr(pipe, "unet", pipe), getattr(pipe, "scheduler", None)
         interventions = self.placed(interventions)
+        reroutes = [iv for iv in interventions if isinstance(iv, Reroute)]
+        edits = [iv for iv in interventions if not isinstance(iv, Reroute)]
         with contextlib.ExitStack() as stack:
-            if interventions:
+            if edits:
                 stack.enter_context(
-                    apply_interventions(
-                        unet, self.saes, interventions, stats=self._concept_stats(interventions), scheduler=scheduler
+                    apply_interventions(unet, self.saes, edits, stats=self._concept_stats(edits), scheduler=scheduler)
+                )
+            if reroutes:
+                if unet is pipe:
+                    raise SaeuronError("Reroute needs the pipeline (its text encoder), not a bare U-Net")
+                kinds = {iv.point: self.kind_of(iv.concepts[0]) for iv in reroutes}
+                stack.enter_context(
+                    rerouted(
+                        pipe, reroutes, self.saes, self._concept_stats(reroutes), kinds, self.vocabulary, cfg, scheduler
                     )
                 )
             # registered after the edits: records the edited block outputs

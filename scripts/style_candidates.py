@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from saeuron_core import minicanvas as mc  # noqa: E402
 from saeuron_core.intervals import paired_bootstrap  # noqa: E402
-from saeuron_core.interventions import Replace, apply_interventions  # noqa: E402
+from saeuron_core.interventions import Replace, Reroute  # noqa: E402
 from saeuron_core.io import write_json  # noqa: E402
 from saeuron_core.minicanvas.evaluation import judge_decorrelated, removal_counts, removal_pairs  # noqa: E402
 from saeuron_core.minicanvas.judge import Judge  # noqa: E402
@@ -56,7 +56,52 @@ CANDIDATES.update(
 )
 
 
+REROUTE_BLOCKS = {
+    "d": (
+        "down_blocks.1.attentions.0",
+        "up_blocks.1.attentions.0",
+        "up_blocks.1.attentions.1",
+        "up_blocks.2.attentions.0",
+    ),
+    "all": (),
+    "mid": ("mid_block.attentions.0",),
+    "dmid": (
+        "down_blocks.1.attentions.0",
+        "mid_block.attentions.0",
+        "up_blocks.1.attentions.0",
+        "up_blocks.1.attentions.1",
+        "up_blocks.2.attentions.0",
+    ),
+}
+"""Block sets for ``reroute-<anchor>-<blocks>-n<count>-d<detect>`` candidates."""
+
+
+def reroute_for(bundle, name: str, concept: str) -> list:
+    """``interventions.Reroute`` at the kind's point: anchor "nearest", "fixed" (the kind's first
+    concept, or its second for the first itself) or a concept name."""
+    _, anchor, blocks, count, detect = name.split("-")
+    kind = bundle.kind_of(concept)
+    if anchor == "fixed":
+        names = bundle.vocabulary[kind]
+        anchor = names[1] if concept == names[0] else names[0]
+    return [
+        Reroute(
+            (concept,),
+            anchor=anchor,
+            blocks=REROUTE_BLOCKS[blocks],
+            tau=tau_for_count(int(count[1:]), bundle.saes[p].num_latents),
+            detect=float(detect[1:]),
+            point=p,
+        )
+        for p in bundle.points_of_kind[kind]
+    ]
+
+
 def interventions_for(bundle, name: str, concept: str) -> list:
+    if name.startswith("reroute-"):
+        return reroute_for(bundle, name, concept)
+    if name == "default":
+        return bundle.unlearn([concept])
     if CANDIDATES[name] is None:
         return bundle.unlearn([concept], paper=True)
     if name == "none":
@@ -120,6 +165,8 @@ def main() -> None:
     done = {(r["candidate"], r["concept"]) for r in rows}
     plain: dict[str, np.ndarray] = {}
     for name in args.candidates.split(","):
+        if name not in CANDIDATES and not name.startswith("reroute-") and name != "default":
+            raise SystemExit(f"unknown candidate {name!r}")
         for concept in concepts:
             if (name, concept) in done:
                 continue
@@ -128,7 +175,7 @@ def main() -> None:
                 plain[concept] = judge_decorrelated(pipe, judge, target, bases, steps, guidance)[2]
             ivs = interventions_for(bundle, name, concept)
             t0 = time.time()
-            with apply_interventions(pipe.unet, bundle.saes, ivs, stats=bundle.concept_stats(ivs)):
+            with bundle.hooked(pipe, ivs):
                 records, _, images = judge_decorrelated(pipe, judge, target + retain, bases, steps, guidance)
             counts = removal_counts(records, concept)
             row = {
@@ -184,7 +231,7 @@ def report(paths: list[Path], kind: str) -> list[str]:
     for name in names:
         chosen = [by[name, c] for c in concepts]
         lines.append(f"| {name} | {cells(chosen)} | {'-' if name == 'paper' else versus_paper(chosen)} |")
-    replacements = [n for n in names if n not in ("paper", "none")]
+    replacements = [n for n in names if n in CANDIDATES and n not in ("paper", "none")]
     picks = (
         {
             c: max(
@@ -211,44 +258,74 @@ def report(paths: list[Path], kind: str) -> list[str]:
     return lines
 
 
+KEPT_FLOOR = 0.85
+"""The selection rule (stated before the reroute runs): among the candidates whose mean
+kept_on_target over the kind's concepts is at least this, the one with the largest mean
+(UA + IRA + CRA) / 3 becomes the default ("none" never counts)."""
+
+
 def adopt(paths: list[Path], kind: str, table_path: Path) -> str:
-    """The stated rule: the replacement, its strength picked per concept by (UA+IRA+CRA+kept)/4 on
-    the sweep split, becomes the default variant for ``kind`` only if its mean beats the paper's
-    table with the paired bootstrap interval over concepts above 0; then each concept's entry in
-    the defaults table gets a "replace" block (tau / gamma stay: they are the paper's variant)."""
+    """Apply ``KEPT_FLOOR``'s rule on the sweep split and write the winner into the defaults table:
+    a reroute candidate as a "reroute" block per concept and variant "reroute-<kind>s"; the paper's
+    method as variant "paper" with no block. Rows of every candidate must cover the same concepts."""
     rows = [r for p in paths for r in json.loads(p.read_text())["rows"] if r["kind"] == kind]
     by = {(r["candidate"], r["concept"]): r for r in rows}
-    names = [n for n in dict.fromkeys(r["candidate"] for r in rows) if n not in ("paper", "none")]
-    concepts = [
-        c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names + ["paper"])
+    names = [n for n in dict.fromkeys(r["candidate"] for r in rows) if n != "none"]
+    concepts = [c for c in (mc.STYLES if kind == "style" else mc.OBJECTS) if all((n, c) in by for n in names)]
+
+    def mean(name: str, metric) -> float:
+        return float(np.mean([metric(by[name, c]) for c in concepts]))
+
+    def avg3(name: str) -> float:
+        return mean(name, lambda r: (r["UA"] + r["IRA"] + r["CRA"]) / 3)
+
+    eligible = [n for n in names if mean(n, lambda r: r["kept_on_target"]) >= KEPT_FLOOR]
+    lines = [
+        f"{n}: (UA+IRA+CRA)/3 {100 * avg3(n):.1f}, kept_on_target {100 * mean(n, lambda r: r['kept_on_target']):.1f}"
+        + ("" if n in eligible else " (below the kept floor)")
+        for n in names
     ]
-    picks = {
-        c: max((by[n, c] for n in names), key=lambda r: (round(r["score4"], 6), -CANDIDATES[r["candidate"]][2]))
-        for c in concepts
-    }
-    d = paired_bootstrap([picks[c]["score4"] for c in concepts], [by["paper", c]["score4"] for c in concepts])
-    verdict = (
-        f"replacement (per-{kind} strength) minus paper: {100 * d['mean']:+.1f}"
-        f" [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] points of (UA+IRA+CRA+kept)/4 over {len(concepts)} {kind}s"
-    )
-    if d["lo"] <= 0:
-        return verdict + ": not adopted, the default stays the paper's method"
+    if not eligible:
+        return "\n".join(lines + ["no candidate keeps the other concept often enough: nothing adopted"])
+    best = max(eligible, key=avg3)
+    if best != "paper" and not best.startswith("reroute-"):
+        return "\n".join(lines + [f"{best} wins, but only reroute candidates or the paper's method are adopted"])
     table = json.loads(table_path.read_text())
     for c in concepts:
-        target, latents, strength = CANDIDATES[picks[c]["candidate"]]
-        table["concepts"][c]["replace"] = {
-            "strength": strength,
-            "target": target,
-            "latents": latents,
-            "score4": picks[c]["score4"],
-            "paper_score4": by["paper", c]["score4"],
-        }
-    table["variant"] = f"replace-{CANDIDATES[picks[concepts[0]]['candidate']][0]}-{kind}s"
-    table["variant_selection"] = (
-        verdict + f"; sweep split, bases {json.loads(paths[0].read_text())['bases']}, scripts/style_candidates.py"
+        table["concepts"][c].pop("reroute", None)
+    verdict = (
+        f"{best}: the largest (UA+IRA+CRA)/3 ({100 * avg3(best):.1f}) among the candidates with mean "
+        f"kept_on_target >= {100 * KEPT_FLOOR:.0f} % on the sweep split (bases {json.loads(paths[0].read_text())['bases']}, "
+        f"{len(concepts)} {kind}s, scripts/style_candidates.py); the paper's method: {100 * avg3('paper'):.1f} with "
+        f"kept_on_target {100 * mean('paper', lambda r: r['kept_on_target']):.1f}"
     )
+    selections = dict(table.get("variant_selection_by_kind", {}))
+    selections[kind] = verdict
+    table["variant_selection_by_kind"] = selections
+    if best.startswith("reroute-"):
+        _, anchor, blocks, count, detect = best.split("-")
+        for c in concepts:
+            ivs = reroute_for(_BUNDLE_FOR_ANCHORS(), best, c)
+            table["concepts"][c]["reroute"] = {
+                "anchor": ivs[0].per_concept()[0][2],
+                "blocks": list(REROUTE_BLOCKS[blocks]),
+                "latents_per_step": int(count[1:]),
+                "detect": float(detect[1:]),
+                "candidate": best,
+                "sweep": {m: by[best, c][m] for m in METRICS},
+            }
+    kinds_rerouted = sorted(
+        {k for k, cs in (("style", mc.STYLES), ("object", mc.OBJECTS)) for c in cs if "reroute" in table["concepts"][c]}
+    )
+    table["variant"] = "reroute-" + "-".join(f"{k}s" for k in kinds_rerouted) if kinds_rerouted else "paper"
+    table["variant_selection"] = "; ".join(f"{k}: {v}" for k, v in sorted(selections.items()))
     write_json(table_path, table)
-    return verdict + f": adopted as variant {table['variant']!r} in {table_path}"
+    return "\n".join(lines + [verdict, f"written to {table_path}: variant {table['variant']!r}"])
+
+
+def _BUNDLE_FOR_ANCHORS():
+    """The bundled SaeBundle (the anchors of a "fixed" candidate come from its vocabulary)."""
+    return SaeBundle.load(model_info(load_pipeline("minicanvas"), "minicanvas"))
 
 
 def summary(rows: list[dict], concepts) -> None:

@@ -24,7 +24,7 @@ from typing import Callable, ContextManager
 
 from ..edits import META_FILE, WeightEdit, applied, cross_attention_parameters, fingerprint
 from ..errors import SaeuronError
-from ..interventions import Replace
+from ..interventions import Replace, Reroute
 from .erasure import ERASURE_METHODS, EsdConfig, UceConfig, check_concepts, erase
 
 METHODS = ("none", "saeuron", "saeuron-paper", "esd", "uce")
@@ -180,7 +180,15 @@ def _saeuron_removal(pipe, bundle, concepts, paper: bool = False) -> Removal:
     memory = sum(t.numel() * t.element_size() for t in tensors)
     settings: dict = {}
     for iv in interventions:
-        settings.setdefault(iv.point, []).extend(iv.per_concept())
+        if not isinstance(iv, Reroute):
+            settings.setdefault(iv.point, []).extend(iv.per_concept())
+    rerouted = [iv for iv in interventions if isinstance(iv, Reroute)]
+    if rerouted:  # a rerouting names itself, with the point whose SAE detects
+        settings["reroute"] = {
+            c: {"point": iv.point, "tau": tau, "anchor": anchor, "blocks": list(iv.blocks), "detect": iv.detect}
+            for iv in rerouted
+            for c, tau, anchor in iv.per_concept()
+        }
     replaced = [iv for iv in interventions if isinstance(iv, Replace)]
     if replaced:  # the paper's method keeps its older settings key; a replacement names itself
         settings["replace"] = {
