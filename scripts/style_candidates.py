@@ -293,9 +293,10 @@ def adopt(paths: list[Path], kind: str, table_path: Path) -> str:
     table = json.loads(table_path.read_text())
     for c in concepts:
         table["concepts"][c].pop("reroute", None)
+    bases = json.loads(paths[0].read_text())["bases"]
     verdict = (
         f"{best}: the largest (UA+IRA+CRA)/3 ({100 * avg3(best):.1f}) among the candidates with mean "
-        f"kept_on_target >= {100 * KEPT_FLOOR:.0f} % on the sweep split (bases {json.loads(paths[0].read_text())['bases']}, "
+        f"kept_on_target >= {100 * KEPT_FLOOR:.0f} % on the sweep split (bases {bases}, "
         f"{len(concepts)} {kind}s, scripts/style_candidates.py); the paper's method: {100 * avg3('paper'):.1f} with "
         f"kept_on_target {100 * mean('paper', lambda r: r['kept_on_target']):.1f}"
     )

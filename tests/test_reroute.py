@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_POINTS, needs_bundled
+
 from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import Reroute, StepWindow
 from saeuron_core.pipeline import generate, load_pipeline, model_info
