@@ -1,9 +1,11 @@
 """Putting the pieces together for a model: its SAEs, their statistics, and unlearning defaults.
 
 ``SaeBundle.load(info)`` opens the SAE and the feature statistics of every default hook point of
-a model (the bundled ones for "minicanvas"); ``bundle.unlearn(concepts)`` builds the ``Unlearn``
-interventions, one per hook point, routing each concept to the point of its kind (objects to
-the object block, styles to the style block) with the per-concept default tau / gamma.
+a model (the bundled ones for "minicanvas"); ``bundle.unlearn(concepts)`` builds the default
+removal, one intervention per hook point, routing each concept to the point of its kind (objects
+to the object block, styles to the style block): ``Reroute`` where the defaults table gives the
+concept a "reroute" block (the bundled table does for every MiniCanvas concept), else the paper's
+``Unlearn`` with the per-concept default tau / gamma (``paper=True``: always the paper's).
 
 ``bundle.hooked(pipe, interventions, capture=points)`` is the one way a pipeline runs with the
 bundle's SAEs: interventions applied, block outputs captured (after the edits), steps counted from

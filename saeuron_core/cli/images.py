@@ -74,9 +74,19 @@ def cmd_unlearn(args) -> int:
     for point in dict.fromkeys(iv.point for iv in interventions):
         sae = bundle.saes[point]
         print(f"{point}: SAE of {sae.num_latents} latents, {sae.cfg.inference_topk()}")
-    for concept in dict.fromkeys(args.concept):
-        source = "--tau/--gamma" if args.tau is not None else bundle.params_source(concept)
-        print(f"{concept}: tau/gamma from {source}")
+    from ..interventions import Reroute
+
+    for iv in interventions:
+        for concept, *settings in iv.per_concept():
+            if isinstance(iv, Reroute):
+                blocks = ", ".join(iv.blocks) or "every cross-attention block outside the mid block"
+                print(
+                    f"{concept}: rerouted to {settings[1]} where its SAE features at {iv.point} detect it "
+                    f"(detect {iv.detect:g}; blocks: {blocks}); from {bundle.params_source(concept)}"
+                )
+            else:
+                source = "--tau/--gamma" if args.tau is not None else bundle.params_source(concept)
+                print(f"{concept}: tau/gamma from {source}")
     prompts = list(args.prompt or [])
     if not prompts:
         if not m.info.concepts_of("object"):
