@@ -11,17 +11,11 @@ import torch
 
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import Step, to_tokens
-from saeuron_core.interventions import (
-    AddConcept,
-    AddConceptEdit,
-    Intervention,
-    ScaleFeatures,
-    Unlearn,
-    UnlearnEdit,
-)
+from saeuron_core.interventions import AddConcept, Intervention, Reroute, ScaleFeatures, Unlearn
 
-from .formatting import sig3
+from .formatting import percent, sig3
 from .recipes import CheckedRecipe, check_interventions
+from .selection import Detection, detections, selected_per_row
 from .session import ExplorerSession
 
 ACTIONS = ("remove", "add")
@@ -60,10 +54,35 @@ def concept_handle(
     return list(session.bundle.add_concepts([concept], float(strength)))
 
 
+def default_removals(session: ExplorerSession) -> tuple[str, str]:
+    """Which concepts "remove" reroutes and which it scales (``SaeBundle.unlearn`` of each with the
+    defaults table): per kind, "styles" when every concept of the kind goes one way, else names."""
+    bundle, rerouted, scaled = session.bundle, [], []
+    for kind, point in bundle.point_of_kind.items():
+        ways: dict[bool, list[str]] = {True: [], False: []}
+        for concept in bundle.stats[point].concepts_of_kind(kind):
+            try:
+                ways[any(isinstance(iv, Reroute) for iv in bundle.unlearn([concept]))].append(concept)
+            except SaeuronError:
+                continue  # no default for this concept: "remove" refuses it, with that message
+        for way, out in ((True, rerouted), (False, scaled)):
+            if ways[way]:
+                out.append(f"{kind}s" if not ways[not way] else ", ".join(ways[way]))
+    return " and ".join(rerouted), " and ".join(scaled)
+
+
+def anchor_text(iv: Reroute) -> str:
+    """Where a Reroute moves its concepts: "solid", "solid/rings", "the nearest concept"."""
+    anchors = (iv.anchor,) if isinstance(iv.anchor, str) else iv.anchor
+    return "/".join("the nearest concept" if a == "nearest" else a for a in dict.fromkeys(anchors))
+
+
 def describe(iv: Intervention) -> str:
     """One line naming an intervention as the table shows it."""
     if isinstance(iv, Unlearn):
         return f"remove {'+'.join(iv.concepts)} at {iv.point}"
+    if isinstance(iv, Reroute):
+        return f"remove {'+'.join(iv.concepts)} at {iv.point} (rerouted to {anchor_text(iv)})"
     if isinstance(iv, AddConcept):
         return f"add {'+'.join(iv.concepts)} at {iv.point} ({sig3(iv.strength)}x)"
     features = ", ".join(str(f) for f in iv.features)
@@ -77,7 +96,7 @@ def checked_addition(
 ) -> tuple[list[Intervention], str]:
     """``current + new`` if the whole list passes the recipe's checks (caps, SAEs), and a line
     saying what was added where; else a ``SaeuronError`` naming the problem."""
-    combined = check_interventions([*current, *new], session.bundle, session.limits)
+    combined = check_interventions([*current, *new], session.bundle, session.limits, session.cross_attention_blocks)
     first = len(current) + 1
     rows = f"row {first}" if len(new) == 1 else f"rows {first}-{first + len(new) - 1}"
     return list(
@@ -115,11 +134,15 @@ class RowEffect:
 
 
 def _latents_per_step(session: ExplorerSession, iv: Intervention, timesteps: list) -> list[torch.Tensor | None]:
-    """Per step of the generation, the latents ``iv`` edits there (None outside its window)."""
-    if isinstance(iv, (Unlearn, AddConcept)):
+    """Per step of the generation, the latents ``iv`` edits there (a Reroute: the latents that
+    detect its concepts; None outside its window)."""
+    if isinstance(iv, (Unlearn, AddConcept, Reroute)):
         stats = session.bundle.concept_stats([iv])[iv.point]
-        edit = (UnlearnEdit if isinstance(iv, Unlearn) else AddConceptEdit)(iv, stats, torch.device("cpu"))
-        pick = edit.latents
+        rows = selected_per_row(iv, stats)
+
+        def pick(step):
+            return rows[stats.row_for_timestep(step.timestep)]
+
     else:
         fixed = torch.tensor(iv.features, dtype=torch.long)
 
@@ -173,27 +196,32 @@ def _overall(verdict: dict | None, index: int) -> str:
     )
 
 
-def _explain(iv: Intervention, before: float, after: float, seen_before: bool | None, seen_after: bool | None) -> str:
+def _moved(before: float, after: float) -> str | None:
+    """How the activation moved ("activation down 40%"); None when it stayed within 5%."""
     change = after - before
     if abs(change) <= 0.05 * max(abs(before), 1e-6) or abs(change) < 1e-4:
+        return None
+    if before > 1e-6:
+        return f"activation {'down' if change < 0 else 'up'} {abs(change) / max(abs(before), 1e-6):.0%}"
+    return f"activation up from 0 to {sig3(after)}"
+
+
+def _removal_verdict(seen_before: bool, seen_after: bool) -> str:
+    if seen_before and not seen_after:
+        return "; removed: the judge no longer sees it"
+    return "; the judge still sees it" if seen_after else "; the judge did not see it before either"
+
+
+def _explain(iv: Intervention, before: float, after: float, seen_before: bool | None, seen_after: bool | None) -> str:
+    moved = _moved(before, after)
+    if moved is None:
         if isinstance(iv, (ScaleFeatures, Unlearn)) and before < 1e-3:
             return "nothing changed: the edited features do not fire in this image, so there was nothing to scale"
         return "nothing changed: the edited features' activation is the same after the edit"
-    moved = (
-        f"activation {'down' if change < 0 else 'up'} {abs(change) / max(abs(before), 1e-6):.0%}"
-        if before > 1e-6
-        else f"activation up from 0 to {sig3(after)}"
-    )
     if seen_before is None:
         return moved + "; no judge on this model"
     if isinstance(iv, Unlearn):
-        return moved + (
-            "; removed: the judge no longer sees it"
-            if seen_before and not seen_after
-            else "; the judge still sees it"
-            if seen_after
-            else "; the judge did not see it before either"
-        )
+        return moved + _removal_verdict(seen_before, seen_after)
     if isinstance(iv, AddConcept):
         return moved + (
             "; added: the judge now sees it"
@@ -203,6 +231,40 @@ def _explain(iv: Intervention, before: float, after: float, seen_before: bool | 
             else "; the judge does not see it yet (try a larger strength)"
         )
     return moved
+
+
+def _explain_reroute(
+    iv: Reroute,
+    found: list[Detection],
+    before: float,
+    after: float,
+    seen_before: bool | None,
+    seen_after: bool | None,
+    alone: bool,
+    image_changed: bool,
+) -> str:
+    """A Reroute changes nothing until its flag latents detect a concept: say whether and from
+    which step they did (exact while it is the recipe's only row: until the first detection the
+    edited generation is the unedited one), then how its flag latents and the judge moved."""
+    where = "" if alone else " in the unedited generation"
+    missed = [d for d in found if d.step is None]
+    not_seen = "; ".join(
+        f"{d.concept} not detected{where} (its selected features flagged {percent(d.peak)} of the tokens at most, "
+        f"running mean; detect {percent(iv.detect)})"
+        for d in missed
+    )
+    if len(missed) == len(found):
+        return f"nothing rerouted: {not_seen}"
+    seen = ", ".join(f"{d.concept} detected at step {d.step}{where}" for d in found if d.step is not None)
+    text = f"{seen}: rerouted to {anchor_text(iv)}"
+    if alone and not image_changed:  # e.g. no word to move and no token flagged where it was found
+        return text + ", but rerouting changed nothing in the image" + (f"; {not_seen}" if missed else "")
+    text += f"; {not_seen}" if missed else ""
+    moved = _moved(before, after)
+    text += f"; its selected features' {moved}" if moved else "; its selected features' activation about the same"
+    if seen_before is None:
+        return text + "; no judge on this model"
+    return text + _removal_verdict(seen_before, seen_after)
 
 
 @torch.inference_mode()
@@ -227,7 +289,7 @@ def row_effects(session: ExplorerSession, recipe: CheckedRecipe) -> tuple[list[R
         distinct = len(torch.cat(used).unique()) if used else 0
         before = _activation(session, iv.point, before_maps[iv.point], latents)
         after = _activation(session, iv.point, after_maps[iv.point], latents)
-        if isinstance(iv, (Unlearn, AddConcept)):
+        if isinstance(iv, (Unlearn, AddConcept, Reroute)):
             (judge_before, seen_before), (judge_after, seen_after) = (
                 _concept_verdict(session, verdict, i, iv.concepts[0]) for i in (0, 1)
             )
@@ -244,7 +306,24 @@ def row_effects(session: ExplorerSession, recipe: CheckedRecipe) -> tuple[list[R
                 after,
                 judge_before,
                 judge_after,
-                _explain(iv, before, after, seen_before, seen_after),
+                _explain_reroute(
+                    iv,
+                    detections(
+                        iv,
+                        session.bundle.saes[iv.point],
+                        session.bundle.concept_stats([iv])[iv.point],
+                        before_maps[iv.point],
+                        timesteps,
+                    ),
+                    before,
+                    after,
+                    seen_before,
+                    seen_after,
+                    alone=len(recipe.interventions) == 1,
+                    image_changed=not np.array_equal(before_image, after_image),
+                )
+                if isinstance(iv, Reroute)
+                else _explain(iv, before, after, seen_before, seen_after),
             )
         )
     overall = (

@@ -19,21 +19,40 @@ from .recipes import intervention_from_dict, intervention_to_dict, interventions
 
 COLUMNS = ["on", "kind", "point", "features", "value", "from step", "until step", "mask", "spec"]
 DATATYPES = ["bool", "str", "str", "str", "str", "str", "str", "str", "str"]
-KIND = {"ScaleFeatures": "scale", "Steer": "steer", "Unlearn": "remove", "AddConcept": "add"}
+KIND = {"ScaleFeatures": "scale", "Steer": "steer", "Unlearn": "remove", "Reroute": "remove", "AddConcept": "add"}
+NOT_BY_VALUE = ("Unlearn", "Reroute")
+"""Rows whose value the table shows but does not edit (their spec holds it: tau and gamma, or
+the anchor and detection share)."""
 Unit = Callable[[str, int], float]
 
-WHAT_EACH_DOES = (
-    "**ablate** sets the chosen features to 0 where they fire (a concept usually survives: other features carry it); "
-    "**scale** multiplies them by the factor where they fire; "
-    "**steer** adds the feature's decoder direction at every token (or the painted ones), "
-    "in multiples of its typical top activation; "
-    "**remove** is SAeUron's unlearning: at each step the concept's selected features, "
-    "where they fire above their mean, "
-    "are multiplied by gamma x the concept's mean activation (a large negative multiplier, not a zeroing); "
-    "**add** steers those same selected features in at every token and step "
-    "(the conditional CFG half, which guidance amplifies), "
-    "in the same unit as steer."
-)
+
+def what_each_does(rerouted: str = "", scaled: str = "") -> str:
+    """What each kind of row does, one paragraph. ``rerouted`` / ``scaled``: the concepts whose
+    default removal is counterfactual rerouting / SAeUron's scaling ("styles", "dots, rings";
+    empty: none; see ``handles.default_removals``)."""
+    scaling = (
+        "at each step the concept's selected features, where they fire above their mean, "
+        "are multiplied by gamma x the concept's mean activation (a large negative multiplier, not a zeroing)"
+    )
+    if rerouted:
+        remove = (
+            f"**remove** is the default removal: for {rerouted}, counterfactual rerouting: from the step where "
+            "the concept's selected SAE features detect it, the cross-attention blocks see its word moved onto "
+            "an anchor concept's" + (f"; for {scaled}, SAeUron's scaling: {scaling}; " if scaled else "; ")
+        )
+    else:
+        remove = f"**remove** is SAeUron's unlearning: {scaling}; "
+    return (
+        "**ablate** sets the chosen features to 0 where they fire "
+        "(a concept usually survives: other features carry it); "
+        "**scale** multiplies them by the factor where they fire; "
+        "**steer** adds the feature's decoder direction at every token (or the painted ones), "
+        "in multiples of its typical top activation; "
+        + remove
+        + "**add** steers the concept's selected features in at every token and step "
+        "(the conditional CFG half, which guidance amplifies), "
+        "in the same unit as steer."
+    )
 
 
 def _steer_unit(spec: dict, unit: Unit | None) -> float | None:
@@ -46,9 +65,12 @@ def _steer_unit(spec: dict, unit: Unit | None) -> float | None:
 
 def row_of(spec: dict, on: bool = True, unit: Unit | None = None) -> list:
     """A table row for one intervention dict (``spec``: its JSON, the row's source of truth for
-    what the table does not edit: the point, a mask, Unlearn's tau and gamma)."""
+    what the table does not edit: the point, a mask, Unlearn's tau and gamma, Reroute's anchor)."""
     kind = KIND[spec["type"]]
-    if kind == "remove":
+    if spec["type"] == "Reroute":
+        anchor = spec["anchor"] if isinstance(spec["anchor"], str) else "/".join(dict.fromkeys(spec["anchor"]))
+        features, value = ", ".join(spec["concepts"]), f"rerouted to {anchor}, detect {sig3(spec['detect'])}"
+    elif kind == "remove":
         features, value = ", ".join(spec["concepts"]), f"tau {sig3_list(spec['tau'])}, gamma {sig3_list(spec['gamma'])}"
     elif kind == "add":
         features, value = ", ".join(spec["concepts"]), f"{sig3(spec['strength'])}x"
@@ -103,7 +125,7 @@ def spec_of(row: list, number: int, unit: Unit | None = None) -> dict:
         ) from None
     if spec.get("type") == "AddConcept":
         spec["strength"] = _value(row, number)
-    elif spec.get("type") != "Unlearn":
+    elif spec.get("type") not in NOT_BY_VALUE:
         try:
             spec["features"] = [int(f) for f in str(row[3]).replace(",", " ").split()]
         except ValueError:

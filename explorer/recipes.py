@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 from urllib.parse import parse_qs, urlencode
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.interventions import AddConcept, Intervention, ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.hooks import normalize_point
+from saeuron_core.interventions import (
+    AddConcept,
+    Intervention,
+    Reroute,
+    ScaleFeatures,
+    Steer,
+    StepWindow,
+    Unlearn,
+)
 from saeuron_core.unlearning import SaeBundle
 
 from .limits import Limits, check_float, check_int, check_prompt
@@ -115,6 +125,19 @@ def intervention_to_dict(iv: Intervention) -> dict:
         }
         spec = spec if iv.score == "paper" else {**spec, "score": iv.score}
         return spec if iv.cond_only else {**spec, "cond_only": False}
+    if isinstance(iv, Reroute):
+        spec = {
+            "type": "Reroute",
+            "point": iv.point,
+            "concepts": list(iv.concepts),
+            "anchor": _as_list(iv.anchor),
+            "blocks": list(iv.blocks),
+            "tau": _as_list(iv.tau),
+            "detect": iv.detect,
+            "match": iv.match,
+            "steps": _window(iv.steps),
+        }
+        return spec if iv.score == "paper" else {**spec, "score": iv.score}
     raise SaeuronError(f"not an intervention: {iv!r}")
 
 
@@ -123,6 +146,7 @@ _FIELDS = {
     "Steer": ({"type", "point", "features", "strength"}, {"steps", "mask"}),
     "Unlearn": ({"type", "point", "concepts", "tau", "gamma"}, {"steps", "score"}),
     "AddConcept": ({"type", "point", "concepts", "strength", "tau"}, {"steps", "score", "cond_only"}),
+    "Reroute": ({"type", "point", "concepts", "anchor", "blocks", "tau", "detect", "match"}, {"steps", "score"}),
 }
 
 
@@ -152,6 +176,19 @@ def intervention_from_dict(data) -> Intervention:
                 point=data["point"],
                 score=data.get("score", "paper"),
                 cond_only=bool(data.get("cond_only", True)),
+            )
+        if data["type"] == "Reroute":
+            anchor = data["anchor"]
+            return Reroute(
+                _strings(data["concepts"], "concepts"),
+                anchor=anchor if isinstance(anchor, str) else _strings(anchor, "anchor"),
+                blocks=_strings(data["blocks"], "blocks", empty=True),
+                tau=_number_or_tuple(data["tau"]),
+                detect=float(data["detect"]),
+                match=float(data["match"]),
+                steps=steps,
+                point=data["point"],
+                score=data.get("score", "paper"),
             )
         return Unlearn(
             tuple(data["concepts"]),
@@ -191,16 +228,29 @@ def _read_window(steps) -> StepWindow | None:
     return StepWindow(steps[0], steps[1])
 
 
+def _strings(value, name: str, empty: bool = False) -> tuple[str, ...]:
+    """A JSON list of names as a tuple (``empty``: the list may be empty)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or not (value or empty):
+        raise SaeuronError(f"Reroute intervention: {name} must be a list of names, got {value!r:.120}")
+    return tuple(value)
+
+
 def _number_or_tuple(value):
     return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
 
 
 # --------------------------------------------------------------------------- validation
-EDITABLE = (Unlearn, AddConcept, ScaleFeatures, Steer)
+EDITABLE = (Unlearn, Reroute, AddConcept, ScaleFeatures, Steer)
 """The intervention types a recipe holds (what the explorer's table edits and recipes serialise)."""
 
+Blocks = Callable[[], Sequence[str]]
+"""The U-Net's cross-attention blocks (where a ``Reroute`` may reroute), asked for only when a
+recipe names some: a session loads its pipeline lazily."""
 
-def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tuple[Intervention, ...]:
+
+def check_interventions(
+    interventions, bundle: SaeBundle, limits: Limits, cross_attention: Blocks
+) -> tuple[Intervention, ...]:
     """Interventions that this bundle can apply and that stay within ``limits`` (given as objects,
     or as the JSON list a recipe holds: parsed here, with the rest of the request)."""
     interventions = interventions_from_json(interventions) if isinstance(interventions, str) else tuple(interventions)
@@ -218,6 +268,9 @@ def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tup
             for concept, _tau, gamma in iv.per_concept():
                 bundle.kind_of(concept)
                 check_float("gamma", gamma, -limits.max_gamma, limits.max_gamma)
+            continue
+        if isinstance(iv, Reroute):
+            check_reroute(iv, bundle, cross_attention)
             continue
         if isinstance(iv, AddConcept):
             for concept in iv.concepts:
@@ -243,9 +296,47 @@ def check_interventions(interventions, bundle: SaeBundle, limits: Limits) -> tup
     return interventions
 
 
-def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits) -> CheckedRecipe:
+def check_reroute(iv: Reroute, bundle: SaeBundle, cross_attention: Blocks) -> None:
+    """A ``Reroute`` this bundle and U-Net can run: its concepts of one kind, each anchor
+    "nearest" or another known concept of that kind that is not removed too, its blocks
+    cross-attention blocks of the U-Net (named once each). One line per problem, before any work."""
+    kind = bundle.kind_of(iv.concepts[0])
+    for concept in iv.concepts[1:]:
+        if bundle.kind_of(concept) != kind:
+            raise SaeuronError(
+                f"a Reroute's concepts must be of one kind: {iv.concepts[0]} is a {kind}, "
+                f"{concept} a {bundle.kind_of(concept)}"
+            )
+    same_kind = bundle.stats[iv.point].concepts_of_kind(kind)
+    for concept, _tau, anchor in iv.per_concept():
+        if anchor == "nearest":
+            if not set(same_kind) - set(iv.concepts):
+                raise SaeuronError(f"no {kind} is left to reroute {concept} to: every one is removed")
+        elif anchor not in same_kind:
+            raise SaeuronError(
+                f"cannot reroute {concept} to {anchor!r}: not a known {kind}; "
+                f"choose one of {', '.join(same_kind)} or 'nearest'"
+            )
+        elif anchor in iv.concepts:
+            raise SaeuronError(f"cannot reroute {concept} to {anchor}: it is removed too")
+    if iv.blocks:
+        known = tuple(cross_attention())
+        seen = set()
+        for block in iv.blocks:
+            name = normalize_point(block)
+            if name not in known:
+                raise SaeuronError(
+                    f"Reroute block {block!r} is not a cross-attention block of this U-Net; "
+                    f"its cross-attention blocks: {', '.join(known) or 'none'}"
+                )
+            if name in seen:
+                raise SaeuronError(f"Reroute block {block!r} is named twice")
+            seen.add(name)
+
+
+def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits, cross_attention: Blocks) -> CheckedRecipe:
     steps = check_int("steps", recipe.steps, 1, limits.max_steps)
-    interventions = check_interventions(recipe.interventions, bundle, limits)
+    interventions = check_interventions(recipe.interventions, bundle, limits, cross_attention)
     for i, iv in enumerate(interventions, 1):
         # a window that starts after the last step would silently do nothing
         if iv.steps is not None and iv.steps.start >= steps:
@@ -368,6 +459,11 @@ def _core_repr(iv: Intervention) -> str:
             f"point={iv.point!r}, score={iv.score!r}, cond_only={iv.cond_only!r})"
         )
     score = "" if iv.score == "paper" else f", score={iv.score!r}"
+    if isinstance(iv, Reroute):
+        return (
+            f"Reroute(concepts={iv.concepts!r}, anchor={iv.anchor!r}, blocks={iv.blocks!r}, tau={iv.tau!r}, "
+            f"detect={iv.detect!r}, match={iv.match!r}, steps={window}, point={iv.point!r}{score})"
+        )
     return (
         f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, "
         f"point={iv.point!r}{score})"
@@ -382,7 +478,7 @@ def recipe_to_python(recipe: Recipe, defaults: str | None = None) -> str:
         f"[{recipe.seed}], {recipe.steps}, {recipe.guidance!r})[0]"
     )
     return f"""import torch
-from saeuron_core.interventions import AddConcept, ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.interventions import AddConcept, Reroute, ScaleFeatures, Steer, StepWindow, Unlearn
 from saeuron_core.pipeline import load_pipeline, model_info
 from saeuron_core.unlearning import SaeBundle, generate_with
 

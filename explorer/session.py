@@ -82,6 +82,7 @@ class ExplorerSession:
         self.erasure_cache = Path(erasure_cache) if erasure_cache is not None else None
         self.removals = LruCache(16)
         self._unet_lock = threading.Lock()
+        self._cross_attention: tuple[str, ...] | None = None
         self._pipe_lock = threading.Lock()
         self._pipe, self._load = (
             (None, pipe) if callable(pipe) and not hasattr(pipe, "unet") else (self._checked(pipe), None)
@@ -250,7 +251,16 @@ class ExplorerSession:
             theirs, ours = getattr(recipe, name), getattr(self.sources, name)
             if theirs != ours:
                 raise SaeuronError(f"the recipe is for {name} {theirs!r} but this app runs {ours!r}")
-        return check_recipe(recipe, self.bundle, self.limits)
+        return check_recipe(recipe, self.bundle, self.limits, self.cross_attention_blocks)
+
+    def cross_attention_blocks(self) -> tuple[str, ...]:
+        """Every cross-attention (``Transformer2DModel``) block of the U-Net, the mid block's
+        included: the blocks a ``Reroute`` may name (asking loads a deferred pipeline)."""
+        if self._cross_attention is None:
+            self._cross_attention = tuple(
+                name for name, module in self.pipe.unet.named_modules() if type(module).__name__ == "Transformer2DModel"
+            )
+        return self._cross_attention
 
     # ------------------------------------------------------------------ generation
     def render(self, recipe: Recipe, on_preview=None, previews: int = 4) -> np.ndarray:

@@ -22,8 +22,11 @@ import torch
 
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import to_tokens
-from saeuron_core.interventions import Unlearn, UnlearnEdit
+from saeuron_core.interventions import Reroute, Unlearn
 from saeuron_core.unlearning import PAPER_TABLE4, PRESETS
+
+from .formatting import percent
+from .selection import selected_per_row
 
 PAPER_STYLE = (float(PRESETS["paper"]["kinds"]["style"]["tau"]), float(PRESETS["paper"]["kinds"]["style"]["gamma"]))
 
@@ -35,6 +38,43 @@ def paper_params(concept: str) -> tuple[tuple[float, float], str]:
     if concept.lower() in rows:
         return rows[concept.lower()], "paper preset (Table 4 row of the same name)"
     return PAPER_STYLE, "paper preset (its style setting, 99.999 / -1: no table for this concept)"
+
+
+ALL_BLOCKS = "all cross-attention blocks outside the mid block"
+
+
+def removal_settings(interventions, sources: dict[str, str] | None = None) -> dict[str, dict]:
+    """Per removed concept, what removes it and with which settings, read off the interventions
+    themselves: "scaling" (``Unlearn``: tau, gamma) or "rerouting" (``Reroute``: the tau of its
+    flag latents, anchor, detection share, blocks); ``sources``: concept -> where they came from."""
+    out: dict[str, dict] = {}
+    for iv in interventions:
+        for concept, tau, third in iv.per_concept():
+            if isinstance(iv, Reroute):
+                entry = {"removal": "rerouting", "tau": tau, "anchor": third, "detect": iv.detect}
+                entry["blocks"] = list(iv.blocks) or ALL_BLOCKS
+            elif isinstance(iv, Unlearn):
+                entry = {"removal": "scaling", "tau": tau, "gamma": third}
+            else:
+                entry = {"removal": type(iv).__name__, "tau": tau}
+            out.setdefault(concept, {**entry, **({"source": sources[concept]} if sources else {})})
+    return out
+
+
+def settings_text(entry: dict) -> str:
+    """One removal of ``removal_settings`` in words."""
+    if entry["removal"] == "rerouting":
+        anchor = "the nearest concept" if entry["anchor"] == "nearest" else entry["anchor"]
+        blocks = entry["blocks"] if isinstance(entry["blocks"], str) else "the blocks " + ", ".join(entry["blocks"])
+        return (
+            f"rerouted to {anchor}: once its selected features (tau {entry['tau']:.6g}) flag "
+            f"{percent(entry['detect'])} of the tokens or more (running mean), {blocks} see its word moved onto "
+            f"{anchor}'s "
+            "(counterfactual rerouting)"
+        )
+    if entry["removal"] == "scaling":
+        return f"tau {entry['tau']:.6g}, gamma {entry['gamma']:.3g} (SAeUron's scaling)"
+    return f"{entry['removal']}, tau {entry['tau']:.6g}"
 
 
 @dataclass(frozen=True)
@@ -68,13 +108,15 @@ class ChangeGrid:
     seed: int
     cells: list[ChangeCell]
     params: dict
-    """Concept -> (tau, gamma, where they came from) of SAeUron's removal."""
+    """Concept -> its SAeUron removal and settings, with where they came from (``removal_settings``)."""
     points: tuple[str, ...]
     """Hook points the feature activation is measured at."""
     selected: dict
     """Hook point -> mean number of selected features per step."""
     setup_seconds: dict = field(default_factory=dict)
     """Method -> wall time its removal took to set up (0 when cached)."""
+    interventions: tuple = ()
+    """SAeUron's interventions."""
 
 
 def concept_prompts(bundle, concepts: list[str], budget: int) -> list[tuple[str, str]]:
@@ -109,35 +151,39 @@ def concept_prompts(bundle, concepts: list[str], budget: int) -> list[tuple[str,
 
 
 class FeatureMeter:
-    """The summed activation of the selected features of SAeUron's interventions, per hook point."""
+    """The summed activation of the latents SAeUron's removal selects, per hook point: the ones an
+    ``Unlearn`` scales, the flag latents a ``Reroute`` detects its concept with (the union of
+    every removal at a point)."""
 
-    def __init__(self, bundle, interventions: list[Unlearn]):
+    def __init__(self, bundle, interventions: list):
         self.bundle = bundle
-        self.edits = {
-            iv.point: UnlearnEdit(
-                iv, bundle.stats[iv.point].concept_stats(bundle.kind_of(iv.concepts[0])), torch.device("cpu")
-            )
-            for iv in interventions
-        }
+        self.stats: dict[str, object] = {}
+        self.latents_per_row: dict[str, list[torch.Tensor]] = {}
+        for iv in interventions:
+            stats = bundle.stats[iv.point].concept_stats(bundle.kind_of(iv.concepts[0]))
+            rows = selected_per_row(iv, stats)
+            if iv.point in self.latents_per_row:
+                rows = [torch.cat([a, b]).unique() for a, b in zip(self.latents_per_row[iv.point], rows)]
+            self.stats[iv.point], self.latents_per_row[iv.point] = stats, rows
 
     @property
     def points(self) -> list[str]:
-        return list(self.edits)
+        return list(self.latents_per_row)
 
     def selected_per_step(self) -> dict[str, float]:
-        return {p: float(np.mean([len(ids) for ids in e.latents_per_row])) for p, e in self.edits.items()}
+        return {p: float(np.mean([len(ids) for ids in rows])) for p, rows in self.latents_per_row.items()}
 
     @torch.inference_mode()
     def measure(self, maps: dict[str, torch.Tensor], timesteps: list) -> float:
         """Sum over hook points of the selected features' summed activation, averaged over steps
         and patches (``maps``: [T, C, H, W] block outputs per point)."""
         total = 0.0
-        for point, edit in self.edits.items():
+        for point, rows in self.latents_per_row.items():
             sae = self.bundle.saes[point]
             per_step = []
             for step, block in enumerate(maps[point]):
                 acts, ids = sae.encode(to_tokens(block[None].to(sae.device, torch.float32))[0])  # [HW, k]
-                chosen = edit.latents_per_row[edit.stats.row_for_timestep(float(timesteps[step]))].to(ids.device)
+                chosen = rows[self.stats[point].row_for_timestep(float(timesteps[step]))].to(ids.device)
                 hit = torch.isin(ids, chosen)
                 per_step.append(float((acts.float() * hit).sum(-1).mean()))
             total += float(np.mean(per_step)) if per_step else 0.0

@@ -21,7 +21,7 @@ from .formatting import optional_number
 from .limits import check_float, check_int
 from .recipes import Recipe
 from .session import ExplorerSession
-from .unlearn_change import ChangeCell, ChangeGrid, FeatureMeter, concept_prompts, paper_params
+from .unlearn_change import ChangeCell, ChangeGrid, FeatureMeter, concept_prompts, paper_params, removal_settings
 from .unlearn_results import METRIC_NAMES, GridCell, UnlearnGrid
 
 DEFAULT_GRID_SEEDS = 2
@@ -107,16 +107,17 @@ class UnlearnAudit:
         stages.report("done", 1.0, "done")
         return grids
 
-    def saeuron_interventions(
-        self, concepts: list[str], tau: float | None, gamma: float | None
-    ) -> tuple[list[Unlearn], dict]:
-        """SAeUron's interventions and, per concept, (tau, gamma, where they came from)."""
+    def saeuron_interventions(self, concepts: list[str], tau: float | None, gamma: float | None) -> tuple[list, dict]:
+        """SAeUron's interventions and, per concept, what removes it with which settings and where
+        they came from (``removal_settings``): given tau / gamma, the paper's scaling with them;
+        else the defaults table's removal where it has the concept (a rerouting where it names
+        one), else the paper's settings."""
         bundle = self.session.bundle
         if tau is not None:
-            return bundle.unlearn(concepts, tau, gamma), {c: (tau, gamma, "given") for c in concepts}
-        params = {c: self.defaults_with_source(c) for c in concepts}
-        if all(bundle.params_source(c) != "no default" for c in concepts):
-            return bundle.unlearn(concepts), params  # the table's own entries (a count, if it has one)
+            interventions = bundle.unlearn(concepts, tau, gamma)
+            return interventions, removal_settings(interventions, {c: "given" for c in concepts})
+        sources = {c: self.defaults_with_source(c)[2] for c in concepts}
+        table = [c for c in concepts if bundle.params_source(c) != "no default"]
         rows: dict[str, list[tuple[str, float, float]]] = {}
         kind_at: dict[str, str] = {}
         for c in concepts:
@@ -127,11 +128,18 @@ class UnlearnAudit:
                         f"{point} would remove concepts of two kinds ({kind_at[point]} and {kind}) at once; "
                         "remove them one kind at a time"
                     )
-                rows.setdefault(point, []).append((c, params[c][0], params[c][1]))
-        return [
+                if c not in table:
+                    tau_c, gamma_c, _ = self.defaults_with_source(c)
+                    rows.setdefault(point, []).append((c, tau_c, gamma_c))
+        interventions = (bundle.unlearn(table) if table else []) + [
             Unlearn(tuple(r[0] for r in rs), tuple(r[1] for r in rs), tuple(r[2] for r in rs), point=p)
             for p, rs in rows.items()
-        ], params
+        ]
+        return interventions, removal_settings(interventions, sources)
+
+    def default_removal(self, concept: str) -> dict:
+        """How the panel removes ``concept`` while tau and gamma are empty (``removal_settings``)."""
+        return self.saeuron_interventions([concept], None, None)[1][concept]
 
     def measure(
         self,
@@ -187,7 +195,15 @@ class UnlearnAudit:
                 cell.feature_after[m] = meter.measure(maps, timesteps)
             cells.append(cell)
         return ChangeGrid(
-            tuple(concepts), tuple(methods), seed, cells, params, tuple(meter.points), meter.selected_per_step(), setup
+            tuple(concepts),
+            tuple(methods),
+            seed,
+            cells,
+            params,
+            tuple(meter.points),
+            meter.selected_per_step(),
+            setup,
+            tuple(interventions),
         )
 
     def best_default_concept(self) -> str | None:
@@ -288,8 +304,10 @@ class UnlearnAudit:
             stages.report("before", i / len(jobs), f"before: image {i + 1}/{len(jobs)}")
             before += session.plain_images([job], steps, guidance)
         after = []
+        variant = None
         if method == "saeuron":
             interventions, setup = tuple(session.bundle.unlearn(concepts, tau, gamma)), 0.0
+            variant = session.bundle.variant(paper=tau is not None)
             base = session.default_recipe(jobs[0][0])
             for i, (p, k) in enumerate(jobs):
                 stages.report(method, i / len(jobs), f"SAeUron: image {i + 1}/{len(jobs)}")
@@ -334,6 +352,7 @@ class UnlearnAudit:
             counts_before,
             counts_after,
             tuple(range(seed, seed + seeds)),
+            variant,
         )
 
     def _pairs(self, concepts: list[str]) -> list[tuple[str, str, str]]:

@@ -12,11 +12,11 @@ import numpy as np
 
 from saeuron_core import minicanvas as mc
 from saeuron_core.intervals import wilson
-from saeuron_core.interventions import Unlearn
+from saeuron_core.interventions import Intervention
 
 from .formatting import percent
 from .recipes import intervention_to_dict
-from .unlearn_change import ChangeGrid
+from .unlearn_change import ChangeGrid, removal_settings
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ class GridCell:
 @dataclass(frozen=True)
 class UnlearnGrid:
     concepts: tuple[str, ...]
-    interventions: tuple[Unlearn, ...]
-    """SAeUron's interventions (empty for the weight-editing methods)."""
+    interventions: tuple[Intervention, ...]
+    """SAeUron's interventions (``Unlearn``, or ``Reroute`` where the defaults table reroutes;
+    empty for the weight-editing methods)."""
     seed: int
     cells: list[GridCell]
     metrics_before: dict[str, dict[str, float]]
@@ -58,6 +59,13 @@ class UnlearnGrid:
     counts_after: dict[str, dict[str, tuple[int, int]]] | None = None
     seeds: tuple[int, ...] = ()
     """Every seed of the grid (each prompt at each); ``seed`` is the first."""
+    variant: str | None = None
+    """SAeUron's removal variant (``SaeBundle.variant``: the defaults table's, "paper" with tau and
+    gamma given); None for the weight-editing methods."""
+
+    def removals(self) -> dict[str, dict]:
+        """Per concept, what SAeUron removed it with (``unlearn_change.removal_settings``)."""
+        return removal_settings(self.interventions)
 
 
 METRIC_NAMES = {
@@ -149,6 +157,7 @@ def grid_export(grids: list[UnlearnGrid]) -> dict:
         "seed": first.seed,
         "seeds": list(first.seeds),
         "methods": [g.method for g in grids],
+        "variants": {g.method: g.variant for g in grids if g.variant is not None},
         "interventions": [intervention_to_dict(iv) for g in grids for iv in g.interventions],
         "verdicts": verdict_rows(grids),
         "metrics": metric_rows(grids),
@@ -230,7 +239,8 @@ def change_export(grid: ChangeGrid) -> dict:
             "feature_activation": "summed activation of the removed concepts' selected features, "
             "mean over steps and patches, at " + ", ".join(grid.points),
         },
-        "params": {c: {"tau": t, "gamma": g, "source": src} for c, (t, g, src) in grid.params.items()},
+        "params": grid.params,
+        "interventions": [intervention_to_dict(iv) for iv in grid.interventions],
         "selected_per_step": grid.selected,
         "rows": change_rows(grid),
         "summary": change_summary(grid),

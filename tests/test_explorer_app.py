@@ -111,8 +111,15 @@ def test_an_ablation_changes_the_image_and_its_recipe_reproduces_it(server, clie
     assert np.array_equal(generate(client, imported)[1], after)
 
 
+def reroute(point: str, **changes) -> str:
+    """The JSON list of one Reroute of dots onto solid at ``point`` (``changes``: its fields)."""
+    spec = {"type": "Reroute", "point": point, "concepts": ["dots"], "anchor": "solid", "blocks": [], "tau": 99.0}
+    return json.dumps([{**spec, "detect": 0.0, "match": 0.8, "steps": None, **changes}])
+
+
 def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
     point = server[0].points[0]
+    style = server[0].bundle.point_of_kind["style"]
     cases = [
         (("", 0, 3, 4.0, "[]"), "/generate", "the prompt is empty"),
         (
@@ -158,6 +165,12 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
         (("[]", "dots", 1e6), "/add_add_concept", "over the cap"),
         (("[]", "dots", None), "/add_add_concept", "enter a strength"),
         (("[]", point, "1", 4.0, 1e6, 0, "", None), "/add_steering", "over the cap"),
+        ((PROMPT, 0, 3, 4.0, reroute(style, anchor="vangogh")), "/generate", "cannot reroute dots to 'vangogh'"),
+        (
+            (PROMPT, 0, 3, 4.0, reroute(style, blocks=["up_blocks.1.resnets.0"])),
+            "/row_effects",
+            "not a cross-attention",
+        ),
     ]
     for args, api, message in cases:
         with pytest.raises(Exception, match=message):
@@ -190,6 +203,17 @@ def test_eight_concurrent_clients_get_their_own_interventions(server, tmp_path):
             f"job {i}: mean |difference| to its own sequential image {mine:.3f},"
             f" to the nearest other job's {min(others):.3f}"
         )
+
+
+def test_a_reroute_generates_and_its_row_says_what_it_did(server, client):
+    style = server[0].bundle.point_of_kind["style"]
+    before, after, recipe = generate(client, reroute(style))
+    assert json.loads(recipe)["interventions"] == json.loads(reroute(style))  # the recipe keeps it as it came
+    effects, verdict = client.predict(PROMPT, 0, 3, 4.0, reroute(style), api_name="/row_effects")
+    (row,) = effects["data"]
+    assert row[1] == f"remove dots at {style} (rerouted to solid)" and row[7].startswith("dots detected at step 0")
+    assert (not np.array_equal(before, after)) or "changed nothing in the image" in row[7]
+    assert verdict.startswith("Judge: unedited image")
 
 
 def test_served_images_carry_their_recipe(server, client):

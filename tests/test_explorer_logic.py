@@ -1029,3 +1029,230 @@ def test_a_list_of_json_strings_is_refused_with_a_message_not_an_internal_error(
     # a gradio_client caller once passed the add endpoint's (JSON, note) pair as the interventions
     with pytest.raises(SaeuronError, match="intervention 1 is a str, not an intervention"):
         ex.session.recipe("An image of star in dots style.", 0, 3, 4.0, ['[{"type": "ScaleFeatures"}]', "added"])
+
+
+# --------------------------------------------------------------------------- the default removal as a rerouting
+REROUTED = {"dots": "solid", "rings": "solid", "solid": "dots"}
+"""The tiny bundle's styles with a "reroute" block, as the bundled table gives every MiniCanvas style."""
+
+
+@pytest.fixture(scope="module")
+def rerouting(ex, tiny_bundle, tmp_path_factory) -> Explorer:
+    """The tiny session with a defaults table of variant "reroute-styles": "remove" a style is a
+    ``Reroute`` (the pipeline, SAEs, statistics and judge are ``ex``'s)."""
+    table = json.loads((tiny_bundle / "defaults.json").read_text())
+    block = {"blocks": [], "latents_per_step": 3, "detect": 0.3}
+    table["variant"] = "reroute-styles"
+    table["concepts"] = {
+        **table["concepts"],
+        **{s: {"tau": 99.0, "gamma": -5.0, "reroute": {**block, "anchor": a}} for s, a in REROUTED.items()},
+    }
+    path = tmp_path_factory.mktemp("reroute") / "defaults.json"
+    path.write_text(json.dumps(table))
+    s = ex.session
+    bundle = replace(s.bundle, defaults=table, defaults_source=f"table {path}")
+    session = ExplorerSession(s.pipe, s.info, bundle, s.judge, replace(s.sources, defaults=str(path)), s.limits)
+    return Explorer.build(session, tmp_path_factory.mktemp("maps"))
+
+
+def test_remove_is_the_tables_rerouting_and_the_editor_says_so(ex, rerouting):
+    from explorer import handles
+    from explorer import intervention_table as table
+    from saeuron_core.interventions import Reroute
+
+    session = rerouting.session
+    (removal,) = handles.concept_handle(session, "dots", "remove")
+    assert isinstance(removal, Reroute) and removal.per_concept()[0][::2] == ("dots", "solid")
+    assert removal.point == session.bundle.point_of_kind["style"] and removal.blocks == ()
+    rows, message = handles.checked_addition(session, [], [removal])
+    assert rows == [removal] and message.endswith(f"remove dots at {removal.point} (rerouted to solid).")
+    (added,) = handles.concept_handle(session, "dots", "add", 2.0)  # steers the very flag latents in
+    assert (added.point, added.tau, added.score) == (removal.point, removal.tau, removal.score)
+    assert handles.default_removals(session) == ("styles", "objects")
+    assert handles.default_removals(ex.session) == ("", "objects and styles")
+    text = table.what_each_does(*handles.default_removals(session))
+    assert "for styles, counterfactual rerouting" in text and "for objects, SAeUron's scaling" in text
+    assert "rerouting" not in table.what_each_does(*handles.default_removals(ex.session))
+    nearest = Reroute(("dots", "rings"), anchor="nearest", point=removal.point)
+    assert handles.describe(nearest) == f"remove dots+rings at {removal.point} (rerouted to the nearest concept)"
+
+
+def test_a_reroute_row_keeps_its_spec_and_only_its_steps_are_edited(rerouting):
+    from explorer import handles
+    from explorer import intervention_table as table
+    from explorer.recipes import intervention_to_dict
+
+    (removal,) = handles.concept_handle(rerouting.session, "dots", "remove")
+    rows = table.synced_rows(json.dumps([intervention_to_dict(removal)]), [])
+    assert [r[:8] for r in rows] == [
+        [True, "remove", removal.point, "dots", "rerouted to solid, detect 0.3", "0", "", ""]
+    ]
+    rows[0][4], rows[0][5] = "not a number", "1"  # the value is not edited; the steps are
+    rows, text = table.edited(rows)
+    (spec,) = json.loads(text)
+    assert spec == {**intervention_to_dict(removal), "steps": [1, None]}
+    assert rows[0][4] == "rerouted to solid, detect 0.3"
+
+
+def test_a_reroute_round_trips_through_json_url_and_python(rerouting, tmp_path, monkeypatch):
+    from explorer import handles
+    from explorer.recipes import intervention_from_dict, intervention_to_dict
+    from saeuron_core.interventions import Reroute
+
+    session = rerouting.session
+    style = session.bundle.point_of_kind["style"]
+    (default,) = handles.concept_handle(session, "dots", "remove")
+    custom = Reroute(
+        ("rings", "solid"),
+        anchor="nearest",
+        blocks=(style, "unet.up_blocks.1.attentions.0"),
+        tau=(99.0, 98.5),
+        detect=0.0,
+        match=0.9,
+        steps=StepWindow(1, None),
+        point=style,
+        score="specific",
+    )
+    for iv in (default, custom):
+        assert intervention_from_dict(json.loads(json.dumps(intervention_to_dict(iv)))) == iv
+    assert '"score"' not in json.dumps(intervention_to_dict(default))
+    assert intervention_to_dict(custom)["anchor"] == "nearest" and intervention_to_dict(default)["anchor"] == ["solid"]
+    r = session.complete(recipe(rerouting, default, custom, seed=2))
+    assert recipe_from_json(recipe_to_json(r)) == r
+    assert recipe_from_query(recipe_to_query(r), r.model, r.sae, r.stats) == r
+    image = session.render(r)
+    monkeypatch.chdir(tmp_path)
+    snippet = recipe_to_python(r, session.sources.defaults)
+    assert "Reroute(concepts=('dots',), anchor=('solid',), blocks=()" in snippet
+    exec(snippet, {})
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "recipe.png").convert("RGB")), image)
+
+
+def _reroute_dict(style_point: str, **changes) -> dict:
+    spec = {"type": "Reroute", "point": style_point, "concepts": ["dots"], "anchor": "solid", "blocks": [], "tau": 99.0}
+    return {**spec, "detect": 0.3, "match": 0.8, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(anchor="vangogh"), "cannot reroute dots to 'vangogh': not a known style; choose one of"),
+        (dict(anchor="star"), "cannot reroute dots to 'star': not a known style"),
+        (
+            dict(concepts=["dots", "rings"], anchor=["rings", "solid"]),
+            "cannot reroute dots to rings: it is removed too",
+        ),
+        (dict(concepts=["dots", "solid", "rings"], anchor="nearest"), "no style is left to reroute dots to"),
+        (dict(concepts=["dots", "star"], anchor="solid"), "a Reroute's concepts must be of one kind"),
+        (dict(concepts=["vangogh"]), "unknown concept 'vangogh'"),
+        (dict(blocks=["up_blocks.9.attentions.0"]), "'up_blocks.9.attentions.0' is not a cross-attention block"),
+        (dict(blocks=["up_blocks.1.resnets.0"]), "'up_blocks.1.resnets.0' is not a cross-attention block"),
+        (dict(blocks=["up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.1"]), "is named twice"),
+        (dict(blocks="up_blocks.1.attentions.1"), "blocks must be a list of names"),
+        (dict(anchor=7), "anchor must be a list of names"),
+        (dict(detect=2.0), "detect is a share of tokens"),
+        (dict(point="up_blocks.9.attentions.0"), "no SAE for hook point"),
+    ],
+)
+def test_a_bad_reroute_gets_one_line_where_it_is_added_and_where_a_recipe_is_checked(
+    rerouting, monkeypatch, changes, message
+):
+    from explorer import handles
+    from explorer.recipes import intervention_from_dict
+
+    session = rerouting.session
+    spec = _reroute_dict(session.bundle.point_of_kind["style"], **changes)
+    monkeypatch.setattr(session, "run", lambda *a, **k: pytest.fail("generated before the check"))
+    with pytest.raises(SaeuronError, match=message):
+        handles.checked_addition(session, [], [intervention_from_dict(spec)])
+    with pytest.raises(SaeuronError, match=message):
+        session.render(session.recipe(PROMPT, 0, 3, 4.0, json.dumps([spec])))
+
+
+def test_a_reroute_rows_effects_say_whether_it_detected_and_what_changed(rerouting):
+    from explorer import handles
+
+    session = rerouting.session
+    (default,) = handles.concept_handle(session, "dots", "remove")
+    stats = session.bundle.concept_stats([default])[default.point]
+    for detect in (0.0, default.detect, 1.0):
+        iv = replace(default, detect=detect)
+        r = session.complete(recipe(rerouting, iv))
+        (row,), overall = handles.row_effects(session, r)
+        assert row.intervention == f"remove dots at {iv.point} (rerouted to solid)"
+        # the flag latents: SAeUron's selection of dots, per statistics row (all the steps' rows here)
+        rows_used = {stats.row_for_timestep(float(t)) for t in session.run(r, capture=[iv.point]).timesteps}
+        expected = torch.cat([select(score(stats, "dots"), iv.tau[0])[i] for i in rows_used]).unique()
+        assert row.features == len(expected) > 0
+        changed = not np.array_equal(session.render(r), session.render(r.with_interventions(())))
+        if row.explanation.startswith("nothing rerouted"):  # the library's flag hook never fired
+            assert not changed and row.before == row.after and f"detect {detect:.0%}" in row.explanation
+        else:
+            assert row.explanation.startswith("dots detected at step ") and ": rerouted to solid" in row.explanation
+            assert changed or "changed nothing in the image" in row.explanation
+        plain = session.render(r.with_interventions(()))
+        assert row.judge_before.endswith("sees " + session.judge.classify(plain[None].copy())["style"][0])
+        assert "Error" not in row.explanation and overall.startswith("Judge: unedited image")
+        if detect == 0.0:  # a share is never below 0: detected at the first step
+            assert row.explanation.startswith("dots detected at step 0")
+        if detect == 1.0:  # every token of every step flagged is what 1.0 asks: not on this random model
+            assert row.explanation.startswith("nothing rerouted: dots not detected")
+    both = session.complete(
+        recipe(rerouting, replace(default, detect=0.0), ScaleFeatures((1,), 0.0, None, default.point))
+    )
+    first, _ = handles.row_effects(session, both)[0]
+    assert "detected at step 0 in the unedited generation" in first.explanation
+    assert isinstance(handles.concept_handle(session, "star", "remove")[0], Unlearn)  # objects: the paper's scaling
+
+
+def test_the_selection_is_unlearns_and_the_meter_measures_a_reroutes_flag_latents(rerouting):
+    from explorer import handles
+    from explorer.selection import selected_per_row
+    from explorer.unlearn_change import FeatureMeter
+    from saeuron_core.interventions import UnlearnEdit
+
+    bundle = rerouting.session.bundle
+    (reroute,) = handles.concept_handle(rerouting.session, "dots", "remove")
+    stats = bundle.concept_stats([reroute])[reroute.point]
+    same = Unlearn(reroute.concepts, reroute.tau, -5.0, point=reroute.point)
+    library = UnlearnEdit(same, stats, torch.device("cpu")).latents_per_row
+    ours = selected_per_row(reroute, stats)
+    assert len(ours) == len(library) and all(torch.equal(a, b) for a, b in zip(ours, library))
+    meter = FeatureMeter(bundle, [reroute, Unlearn(("rings",), 99.0, -5.0, point=reroute.point)])
+    rings = selected_per_row(Unlearn(("rings",), 99.0, -5.0), stats)
+    assert meter.points == [reroute.point]  # two removals at one point: the union of their latents
+    assert all(
+        torch.equal(m, torch.cat([a, b]).unique()) for m, a, b in zip(meter.latents_per_row[reroute.point], ours, rings)
+    )
+
+
+def test_the_unlearn_tab_runs_the_default_rerouting_and_names_its_variant(rerouting):
+    from explorer.panels.unlearn import defaults_text, matrix_html
+    from explorer.recipes import intervention_from_dict, intervention_to_dict
+    from explorer.unlearn_results import change_export, grid_export
+    from saeuron_core.interventions import Reroute
+
+    audit, bundle = rerouting.audit, rerouting.session.bundle
+    text = defaults_text(rerouting, ["dots", "star"])
+    assert "removal variant reroute-styles" in text and "dots: rerouted to solid: once its selected features" in text
+    assert "star: tau 98, gamma -10 (SAeUron's scaling)" in text
+    grid = audit.run(["dots"], seed=1, seeds=1, tau="", gamma="")  # the panel's empty fields
+    assert grid.interventions == tuple(bundle.unlearn(["dots"])) and isinstance(grid.interventions[0], Reroute)
+    assert grid.variant == "reroute-styles" and grid.removals()["dots"]["anchor"] == "solid"
+    exported = grid_export([grid])
+    assert exported["variants"] == {"saeuron": "reroute-styles"}
+    assert exported["interventions"] == [intervention_to_dict(iv) for iv in grid.interventions]
+    assert tuple(intervention_from_dict(d) for d in json.loads(json.dumps(exported["interventions"]))) == (
+        grid.interventions
+    )
+    assert "<b>saeuron</b> (variant reroute-styles): dots rerouted to solid" in matrix_html([grid])
+    given = audit.run(["dots"], seed=1, seeds=1, tau=99.0, gamma=-5.0)  # typed settings: the paper's scaling
+    assert isinstance(given.interventions[0], Unlearn) and given.variant == "paper"
+    # without a judge the same removal is measured: its flag latents' activation
+    change = audit.measure(["dots"], ["saeuron"], seed=1)
+    assert change.interventions == grid.interventions and change.params["dots"]["removal"] == "rerouting"
+    measured = change_export(change)
+    assert measured["interventions"] == exported["interventions"]
+    assert measured["params"]["dots"]["source"] == bundle.defaults_source

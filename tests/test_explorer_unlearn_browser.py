@@ -65,9 +65,13 @@ def test_unlearn_defaults_show_seeds_confidence_kept_and_a_fitting_table(app_url
     href = page.locator("#unlearn-exports a[href$='.json']").first.get_attribute("href")
     exported = json.loads(page.request.get(href if href.startswith("http") else url.rstrip("/") + href).text())
     assert exported["seeds"] == [0, 1] and exported["interventions"]
-    assert all(
-        isinstance(iv, dict) and iv["type"] == "Unlearn" for iv in exported["interventions"]
-    )  # structured, not a repr string
+    from explorer.recipes import intervention_to_dict
+    from explorer.unlearn_grid import UnlearnAudit
+
+    concept = UnlearnAudit(session).best_default_concept()  # the panel's default concept
+    # structured, not a repr string: the default removal (an Unlearn, or a Reroute for a rerouted style)
+    assert exported["interventions"] == [intervention_to_dict(iv) for iv in session.bundle.unlearn([concept])]
+    assert exported["variants"] == {"saeuron": session.bundle.variant()}
     assert {r["metric"] for r in exported["metrics"]} >= {"UA", "kept_on_target"}
     assert all("object confidence" in r for r in exported["verdicts"])
 

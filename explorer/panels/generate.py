@@ -97,7 +97,7 @@ def layout(ex: Explorer) -> GeneratePanel:
         "(scale factor or steering strength) and steps; select a row to delete it",
         elem_id="intervention-table",
     )
-    gr.Markdown(table.WHAT_EACH_DOES, elem_id="what-each-does")
+    gr.Markdown(table.what_each_does(*handles.default_removals(ex.session)), elem_id="what-each-does")
     with gr.Row():
         concepts = grouped_concepts(ex.session.bundle, ex.features.concepts())
         default_concept = (

@@ -22,7 +22,7 @@ from ..context import Explorer
 from ..formatting import optional_number, percent, sig3
 from ..imaging import upscale
 from ..limits import check_int
-from ..unlearn_change import ChangeGrid
+from ..unlearn_change import ChangeGrid, settings_text
 from ..unlearn_grid import DEFAULT_GRID_SEEDS, MAX_GRID_SEEDS
 from ..unlearn_results import (
     UnlearnGrid,
@@ -177,7 +177,8 @@ def matrix_html(grids: list[UnlearnGrid]) -> str:
             cells.append(f'<td class="u-img">{after}</td>')
         body.append(f'<tr class="u-{role}"><th scope="row">{label}</th>{"".join(cells)}</tr>')
     legend = (
-        '<p style="font-size:0.9em">Under each image: its seed and the judge\'s verdict (object / style), '
+        removal_html(grids)
+        + '<p style="font-size:0.9em">Under each image: its seed and the judge\'s verdict (object / style), '
         "each with the judge's confidence (its probability for that verdict). "
         '<span style="color:#2e7d32">green</span>: as prompted; <span style="color:#c62828">red</span>: '
         'a removed concept is still seen; <span style="color:#8d6e00">amber</span>: something else.</p>'
@@ -192,6 +193,17 @@ def matrix_html(grids: list[UnlearnGrid]) -> str:
         f"width:{CELL_SIDE}px}}#unlearn-table .u-conf{{color:#666;font-size:0.9em}}</style>"
     )
     return _table_html(style, legend, head, body)
+
+
+def removal_html(grids: list[UnlearnGrid]) -> str:
+    """What each SAeUron column removed with: its variant and, per concept, the removal."""
+    lines = [
+        f"<b>{html.escape(g.method)}</b> (variant {html.escape(str(g.variant))}): "
+        + "; ".join(f"{html.escape(c)} {html.escape(settings_text(e))}" for c, e in g.removals().items())
+        for g in grids
+        if g.interventions
+    ]
+    return f'<p class="u-removal" style="font-size:0.9em">{"<br>".join(lines)}</p>' if lines else ""
 
 
 def _table_html(style: str, legend: str, head: str, body: list[str]) -> str:
@@ -225,7 +237,8 @@ def change_html(grid: ChangeGrid) -> str:
             )
         body.append(f'<tr class="u-{cell.role}"><th scope="row">{label}</th>{"".join(cells)}</tr>')
     params = "; ".join(
-        f"{html.escape(c)}: tau {t:.6g}, gamma {g:.3g} ({html.escape(src)})" for c, (t, g, src) in grid.params.items()
+        f"{html.escape(c)}: {html.escape(settings_text(entry))} ({html.escape(entry['source'])})"
+        for c, entry in grid.params.items()
     )
     selected = ", ".join(f"{html.escape(p)}: {n:.3g} per step" for p, n in grid.selected.items())
     legend = (
@@ -303,12 +316,13 @@ def export_files(grids) -> list[str]:
 
 
 def defaults_text(ex: Explorer, concepts) -> str:
-    """What tau / gamma apply while the boxes are empty, and where they come from."""
+    """What removes each concept while tau / gamma are empty (the default variant's removal:
+    SAeUron's scaling with the table's tau / gamma, or counterfactual rerouting), and from where."""
     rows = []
     for c in concepts or []:
         try:
-            tau, gamma, source = ex.audit.defaults_with_source(c)
-            rows.append(f"{c}: tau {tau:.6g}, gamma {gamma:.3g} — from {source}")
+            entry = ex.audit.default_removal(c)
+            rows.append(f"{c}: {settings_text(entry)} — from {entry['source']}")
         except SaeuronError as e:  # a concept without defaults is shown, not fatal
             rows.append(f"{c}: {e}")
     if not rows:
@@ -319,7 +333,13 @@ def defaults_text(ex: Explorer, concepts) -> str:
         else "\n\nNo judge for this model: the grid shows image-level and feature-level change "
         "instead of UA / IRA / CRA."
     )
-    return "Defaults (used while tau and gamma are empty): " + "; ".join(rows) + judge
+    variant = ex.session.bundle.variant()
+    return (
+        f"Defaults (used while tau and gamma are empty; removal variant {variant}): "
+        + "; ".join(rows)
+        + ". Typing tau and gamma applies SAeUron's scaling with them (variant paper)."
+        + judge
+    )
 
 
 def wire(ex: Explorer, p: UnlearnPanel) -> None:
