@@ -13,6 +13,7 @@ from saeuron_core.hooks import normalize_point
 from saeuron_core.interventions import (
     AddConcept,
     Intervention,
+    Replace,
     Reroute,
     ScaleFeatures,
     Steer,
@@ -255,6 +256,11 @@ def check_interventions(
     or as the JSON list a recipe holds: parsed here, with the rest of the request)."""
     interventions = interventions_from_json(interventions) if isinstance(interventions, str) else tuple(interventions)
     for i, iv in enumerate(interventions, 1):
+        if isinstance(iv, Replace):  # a defaults table's "replace" variant: the library applies it, the app does not
+            raise SaeuronError(
+                f"intervention {i} is a Replace (the defaults table's replace variant), which the explorer cannot "
+                "show or edit; type tau and gamma for the paper's removal, or use a table with reroute blocks"
+            )
         if not isinstance(iv, EDITABLE):  # e.g. a client that sent a list of JSON strings
             raise SaeuronError(
                 f"intervention {i} is a {type(iv).__name__}, not an intervention: send the JSON list as one string"

@@ -1256,3 +1256,14 @@ def test_the_unlearn_tab_runs_the_default_rerouting_and_names_its_variant(rerout
     measured = change_export(change)
     assert measured["interventions"] == exported["interventions"]
     assert measured["params"]["dots"]["source"] == bundle.defaults_source
+
+
+def test_a_replace_row_gets_a_message_that_names_it(ex):
+    """A defaults table's "replace" variant is applied by the library; the explorer refuses its
+    rows with a line that says what they are, not that they are not interventions."""
+    from explorer.recipes import check_interventions
+    from saeuron_core.interventions import Replace
+
+    point = ex.session.bundle.point_of_kind["style"]
+    with pytest.raises(SaeuronError, match="is a Replace .* cannot show or edit"):
+        check_interventions([Replace(("dots",), tau=99.0, point=point)], ex.session.bundle, Limits(), lambda: ())
