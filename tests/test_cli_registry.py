@@ -47,3 +47,20 @@ def test_extending_a_missing_command_names_it():
     (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
     with pytest.raises(LookupError, match="no `saeuron nope` command"):
         registry.extend(sub, "nope")
+
+
+def test_the_default_thread_count_follows_omp_num_threads(monkeypatch):
+    """Several processes on a shared machine say their share in OMP_NUM_THREADS; the CLI's own
+    default (min(4, cores)) must not override it."""
+    import os
+
+    from saeuron_core.cli.options import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() == max(1, min(4, os.cpu_count() or 1))
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    assert default_threads() == max(1, min(4, os.cpu_count() or 1))

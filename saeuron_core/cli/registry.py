@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="saeuron",
         description="The `saeuron` command line. Every subcommand prints bad input as one line and exits 2.",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: min(4, cores))")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: OMP_NUM_THREADS when set, else min(4, cores))",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     for general in (images, features):
         general.register(sub)
