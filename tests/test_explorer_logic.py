@@ -1067,7 +1067,9 @@ def test_remove_is_the_tables_rerouting_and_the_editor_says_so(ex, rerouting):
     rows, message = handles.checked_addition(session, [], [removal])
     assert rows == [removal] and message.endswith(f"remove dots at {removal.point} (rerouted to solid).")
     (added,) = handles.concept_handle(session, "dots", "add", 2.0)  # steers the very flag latents in
-    assert (added.point, added.tau, added.score) == (removal.point, removal.tau, removal.score)
+    # add steers the paper's selection (the table's tuned tau), not the rerouting's detection latents
+    (paper,) = session.bundle.unlearn(["dots"], paper=True)
+    assert (added.point, added.tau, added.score) == (paper.point, paper.tau, paper.score)
     assert handles.default_removals(session) == ("styles", "objects")
     assert handles.default_removals(ex.session) == ("", "objects and styles")
     text = table.what_each_does(*handles.default_removals(session))
