@@ -203,14 +203,16 @@ class _RowState:
 
     def __init__(self):
         self.index = -1
+        self.batch = -1
         self.shares: list[Tensor] = []
         self.detected: Tensor | None = None  # [n_concepts, B] bool
         self.tokens: Tensor | None = None  # [n_concepts, B, H, W] bool
 
-    def new_step(self, index: int) -> None:
-        if index < self.index:  # the index went back: a new generation
+    def new_step(self, index: int, batch: int) -> None:
+        # the index went back, or the batch changed (an attack's single U-Net calls): a new generation
+        if index < self.index or batch != self.batch:
             self.shares, self.detected, self.tokens = [], None, None
-        self.index = index
+        self.index, self.batch = index, batch
 
 
 def _cond_rows(batch: int, cfg: bool) -> slice:
@@ -220,12 +222,12 @@ def _cond_rows(batch: int, cfg: bool) -> slice:
 def _flag_hook(edit: RerouteEdit, state: _RowState, clock: StepClock, cfg: bool):
     def flag(_module, _args, output):
         step = clock.now()
-        state.new_step(step.index)
+        x = _block_tensor(output)
+        x = x[_cond_rows(x.shape[0], cfg)]
+        state.new_step(step.index, x.shape[0])
         if edit.source.steps is not None and not edit.source.steps.contains(step.index):
             state.detected = None
             return None
-        x = _block_tensor(output)
-        x = x[_cond_rows(x.shape[0], cfg)]
         tokens = edit.token_flags(x.detach(), float(step.timestep))
         state.tokens = tokens
         state.shares.append(tokens.float().mean((2, 3)))
@@ -238,12 +240,12 @@ def _flag_hook(edit: RerouteEdit, state: _RowState, clock: StepClock, cfg: bool)
 def _block_hook(edits: list[RerouteEdit], states: list[_RowState], clock: StepClock, cfg: bool):
     def reroute(module, args, kwargs, output):
         step = clock.now()
-        for s in states:
-            s.new_step(step.index)
         out = _block_tensor(output)
         rows = _cond_rows(out.shape[0], cfg)
         x = out[rows]
         batch, _, height, width = x.shape
+        for s in states:
+            s.new_step(step.index, batch)
         context = kwargs.get("encoder_hidden_states")
         if context is None:
             raise SaeuronError("a rerouted block was called without encoder_hidden_states: is it cross-attention?")

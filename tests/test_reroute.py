@@ -145,3 +145,17 @@ def test_the_default_style_removal_removes_the_style_and_keeps_the_object():
     verdicts = judge.classify(to_uint8(np.stack(images)))
     assert sum(s != "stripes" for s in verdicts["style"]) >= 3, verdicts
     assert sum(o == want for o, want in zip(verdicts["object"], objects)) >= 3, verdicts
+
+
+def test_a_new_batch_size_starts_a_new_detection(tiny_bundle):
+    """Detection state from a batch of 2 never meets a later call with a batch of 1 (an attack
+    calls the U-Net itself, one row at a time, with no new generation in between)."""
+    pipe, bundle = open_tiny(tiny_bundle)
+    always = Reroute(("dots",), anchor="solid", tau=90.0, detect=0.0, point=TINY_POINTS["style"])
+    prompt = "An image of star in dots style."
+    with bundle.hooked(pipe, [always]):
+        generate(pipe, [prompt], [1, 2], 2, 4.0, output_type="np")
+        latents = torch.randn(1, 4, 8, 8)
+        context = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
+        for t in (900, 500):
+            pipe.unet(latents, t, encoder_hidden_states=context)
