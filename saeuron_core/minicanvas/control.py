@@ -16,14 +16,14 @@ Ranking: the paper's score (METHOD section 3) averaged over steps, the order the
 Concept handles (``handle_rows``), the project's one-click edits of a whole concept:
 
 - **remove**: the project's default removal, ``SaeBundle.unlearn([concept])`` (the defaults
-  table's tau / gamma, every hook point of the concept's kind), on the concept's prompts: the
+  table's entry: rerouting on the bundled model), on the concept's prompts: the
   share where the judge no longer sees the concept (``concept_removes``) and the share where it
   still sees the prompt's concept of the other kind (``concept_removes_kept``).
-- **add**: the latents that removal selects, steered in (``SaeBundle.add_concepts``, the explorer's
-  "add" handle): at each step and hook point, each selected latent gets ``strength`` x its typical
-  top activation added on every token of the conditional CFG half, on prompts without the
-  concept: the share where the judge sees it (``concept_adds``) and where the other kind is
-  still seen.
+- **add**: the latents the paper's removal selects (its tuned count), steered in
+  (``SaeBundle.add_concepts``, the explorer's "add" handle): at each step and hook point, each
+  selected latent gets ``strength`` x its typical top activation added on every token of the
+  conditional CFG half, on prompts without the concept: the share where the judge sees it
+  (``concept_adds``) and where the other kind is still seen.
 """
 
 from __future__ import annotations
@@ -260,9 +260,9 @@ def _handle_markdown(rows: list[dict], cell) -> list[str]:
     lines = [
         "Concept handles. remove: the project's default removal (`SaeBundle.unlearn([concept])`) on the concept's "
         "prompts; removes: the judge saw the concept without the edit and no longer does; kept: it still sees the "
-        "prompt's other concept. add: the latents that removal selects, steered in at every step in the conditional "
-        "CFG half by a strength x each latent's typical top activation, on prompts without it; adds: the judge did "
-        "not see the concept and now does; kept: the other kind still seen.",
+        "prompt's other concept. add: the latents the paper's removal selects, steered in at every step in the "
+        "conditional CFG half by a strength x each latent's typical top activation, on prompts without it; adds: "
+        "the judge did not see the concept and now does; kept: the other kind still seen.",
         "",
         "| concept | removes | kept | adds | add kept | add strength |",
         "|---|---|---|---|---|---|",
