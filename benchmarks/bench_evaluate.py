@@ -94,6 +94,7 @@ def main() -> None:
         evaluate = run_evaluate(args, work, out)
         images = count_images(work)
     plain = plain_seconds(images, args.processes)
+    goal_run = (args.domain, args.seeds, args.concept, args.attack_prompts) == ("both", 6, [], 6)
     emit(
         {
             "benchmark": "evaluate",
@@ -108,7 +109,8 @@ def main() -> None:
             "plain_generation_minutes": round(plain / 60, 2),
             "overhead": round(evaluate / plain, 2) if plain else None,
             "goal_minutes": 25,
-            "meets_goal": evaluate / 60 <= 25,
+            # the goal is about one configuration: both domains, 6 seeds, every concept, the default attack
+            "meets_goal": evaluate / 60 <= 25 if goal_run else None,
             "environment": environment(),
         },
         args.out,
