@@ -32,6 +32,7 @@ from torch import Tensor
 from .errors import SaeuronError
 from .hooks import HookSet, StepClock, _block_tensor, _replace_block_tensor, _start_clock, resolve_point, to_tokens
 from .intervention_specs import Reroute
+from .pipeline import text_embeddings
 from .prompts import anchor_prompt, reference_prompts
 from .sae import TopKSae
 from .scoring import SCORES, ConceptStats, mean_activation_all, select
@@ -57,42 +58,17 @@ def nearest_concept(stats: ConceptStats, concept: str, exclude: Sequence[str]) -
     return stats.concepts[int(similarity.argmax())]
 
 
-class TextEncoder:
-    """The pipeline's tokenizer and text encoder: hidden states of prompts, padded as it pads."""
-
-    def __init__(self, pipe):
-        tokenizer, encoder = getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)
-        if tokenizer is None or encoder is None:
-            raise SaeuronError("Reroute needs a pipeline with a tokenizer and text encoder, not a bare U-Net")
-        self.tokenizer, self.encoder = tokenizer, encoder
-
-    def ids(self, texts: list[str]) -> Tensor:
-        t = self.tokenizer
-        return t(texts, padding="max_length", max_length=t.model_max_length, truncation=True, return_tensors="pt")[
-            "input_ids"
-        ]
-
-    @torch.no_grad()
-    def hidden(self, ids: Tensor) -> Tensor:
-        return self.encoder(ids.to(self.encoder.device))[0].float()
-
-
 class Swap:
     """One concept's counterfactual text: its word's mean hidden state and the mean change of the
     hidden states from the word on when it becomes the anchor's; the anchor's own prompt."""
 
-    def __init__(self, text: TextEncoder, kind: str, concept: str, anchor: str, vocabulary: Mapping, match: float):
-        pairs = [
-            (c, a)
-            for c, a in zip(
-                reference_prompts(kind, concept, vocabulary), reference_prompts(kind, anchor, vocabulary), strict=True
-            )
-        ]
-        ids_c, ids_a = text.ids([c for c, _ in pairs]), text.ids([a for _, a in pairs])
-        hidden_c, hidden_a = text.hidden(ids_c), text.hidden(ids_a)
+    def __init__(self, pipe, kind: str, concept: str, anchor: str, vocabulary: Mapping, match: float):
+        # the same prompts, only the concept's word replaced by the anchor's
+        ids_c, hidden_c = text_embeddings(pipe, reference_prompts(kind, concept, vocabulary))
+        ids_a, hidden_a = text_embeddings(pipe, reference_prompts(kind, anchor, vocabulary))
         length = ids_c.shape[1]
         words, deltas, counts = [], torch.zeros_like(hidden_c[0]), torch.zeros(length, 1)
-        for i in range(len(pairs)):
+        for i in range(len(ids_c)):
             differ = (ids_c[i] != ids_a[i]).nonzero()
             if not len(differ):
                 raise SaeuronError(f"{concept!r} and its anchor {anchor!r} tokenize alike")
@@ -103,7 +79,7 @@ class Swap:
         self.concept, self.anchor, self.match = concept, anchor, match
         self.word = torch.stack(words).mean(0)
         self.delta = deltas / counts.clamp(min=1)
-        self.anchor_context = text.hidden(text.ids([anchor_prompt(kind, anchor)]))
+        self.anchor_context = text_embeddings(pipe, [anchor_prompt(kind, anchor)])[1]
 
     def found(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Per row of ``context`` [B, L, D]: whether the concept's word is there, and where."""
@@ -111,23 +87,22 @@ class Swap:
         best, position = similarity.max(1)
         return best >= self.match, position
 
-    def apply(self, context: Tensor, rows: Tensor) -> Tensor:
-        """``context`` with the word moved onto the anchor's in ``rows`` (where it is found)."""
+    def apply(self, context: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """``context`` with the word moved onto the anchor's in ``rows`` where it is found, and
+        per row whether it was found."""
         found, position = self.found(context)
         out = context.clone()
         delta = self.delta.to(device=context.device, dtype=context.dtype)
         for b in (rows & found).nonzero().squeeze(1).tolist():
             p = int(position[b])
             out[b, p:] = context[b, p:] + delta[: context.shape[1] - p]
-        return out
+        return out, found
 
 
 class RerouteEdit:
     """A ``Reroute`` compiled against its flag SAE, statistics and the pipeline's text encoder."""
 
-    def __init__(
-        self, reroute: Reroute, sae: TopKSae, stats: ConceptStats, text: TextEncoder, kind: str, vocabulary: Mapping
-    ):
+    def __init__(self, reroute: Reroute, sae: TopKSae, stats: ConceptStats, pipe, kind: str, vocabulary: Mapping):
         self.source, self.sae, self.stats = reroute, sae, stats
         thresholds = mean_activation_all(stats).float()
         self.flags: list[tuple[list[Tensor], list[Tensor]]] = []
@@ -140,7 +115,7 @@ class RerouteEdit:
                 raise SaeuronError(f"{concept!r} cannot be rerouted to {anchor!r}: it is removed too")
             ids = [row.to(sae.device) for row in select(SCORES[reroute.score](stats, concept), tau)]
             self.flags.append((ids, [thresholds[r, i.cpu()].to(sae.device) for r, i in enumerate(ids)]))
-            self.swaps.append(Swap(text, kind, concept, anchor, vocabulary, reroute.match))
+            self.swaps.append(Swap(pipe, kind, concept, anchor, vocabulary, reroute.match))
 
     def token_flags(self, x: Tensor, timestep: float) -> Tensor:
         """[n_concepts, B, H, W] bool: tokens where a concept's selected latents fire above their mean."""
@@ -171,9 +146,10 @@ def rerouted(
 
     ``kinds``: each reroute's flag point -> the concept kind its statistics hold.
     """
+    if getattr(pipe, "tokenizer", None) is None or getattr(pipe, "text_encoder", None) is None:
+        raise SaeuronError("Reroute needs a pipeline with a tokenizer and text encoder, not a bare U-Net")
     unet = pipe.unet
-    text = TextEncoder(pipe)
-    edits = [RerouteEdit(r, saes[r.point], stats[r.point], text, kinds[r.point], vocabulary) for r in reroutes]
+    edits = [RerouteEdit(r, saes[r.point], stats[r.point], pipe, kinds[r.point], vocabulary) for r in reroutes]
     state = [_RowState() for _ in edits]
     clock = StepClock()
     with HookSet(unet) as hooks, contextlib.ExitStack() as stack:
@@ -259,8 +235,7 @@ def _block_hook(edits: list[RerouteEdit], states: list[_RowState], clock: StepCl
                 shown = state.detected[c].to(x.device)
                 if not bool(shown.any()):
                     continue
-                found, _ = swap.found(counterfactual)
-                counterfactual = swap.apply(counterfactual, shown)
+                counterfactual, found = swap.apply(counterfactual, shown)
                 elsewhere = shown & ~found  # no word to swap: the anchor's prompt, on flagged tokens only
                 if bool(elsewhere.any()):
                     anchor = swap.anchor_context.to(device=context.device, dtype=context.dtype)

@@ -100,21 +100,21 @@ def _both(table: dict, block: dict) -> dict:
 def test_the_swap_moves_a_prompts_hidden_states_onto_the_anchors():
     """On the bundled text encoder: the swapped context of "... dots style." is nearer to the
     encoding of "... solid style." than to its own, and a prompt without the word is left alone."""
-    from saeuron_core.reroute import Swap, TextEncoder
+    from saeuron_core.pipeline import text_embeddings
+    from saeuron_core.reroute import Swap
 
     pipe = load_pipeline("minicanvas")
     info = model_info(pipe, "minicanvas")
-    text = TextEncoder(pipe)
-    swap = Swap(text, "style", "dots", "solid", info.vocabulary, match=0.8)
+    swap = Swap(pipe, "style", "dots", "solid", info.vocabulary, match=0.8)
     own, target, other = (
-        text.hidden(text.ids([f"An image of star in {s} style."])) for s in ("dots", "solid", "rings")
+        text_embeddings(pipe, [f"An image of star in {s} style."])[1] for s in ("dots", "solid", "rings")
     )
     found, _ = swap.found(own)
     assert bool(found.all())
-    moved = swap.apply(own, torch.ones(1, dtype=torch.bool))
+    moved, _ = swap.apply(own, torch.ones(1, dtype=torch.bool))
     assert float((moved - target).norm()) < 0.5 * float((own - target).norm())
     assert not bool(swap.found(other)[0].any())
-    assert torch.equal(swap.apply(other, torch.ones(1, dtype=torch.bool)), other)
+    assert torch.equal(swap.apply(other, torch.ones(1, dtype=torch.bool))[0], other)
 
 
 @needs_bundled

@@ -29,8 +29,7 @@ from torch import Tensor
 
 from ..errors import SaeuronError
 from ..hooks import HookSet
-from ..pipeline import generate_jobs
-from .erasure import text_embeddings
+from ..pipeline import generate_jobs, text_embeddings
 
 
 @dataclass(frozen=True)

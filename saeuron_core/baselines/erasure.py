@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..edits import WeightEdit, cross_attention_parameters, fingerprint, restoring
 from ..errors import SaeuronError
-from ..pipeline import generate_jobs
+from ..pipeline import generate_jobs, text_embeddings
 from ..prompts import concept_prompt
 from ..training import load_state, save_state
 
@@ -40,16 +40,6 @@ ERASURE_METHODS = ("esd", "uce")
 
 
 # --------------------------------------------------------------------------- prompts
-def text_embeddings(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token ids [N, L], last hidden states [N, L, d]) of the pipeline's text encoder."""
-    tok = pipe.tokenizer
-    tokens = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-    ids = tokens.input_ids
-    with torch.no_grad():
-        hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
-    return ids, hidden.float()
-
-
 def check_concepts(info, concepts) -> tuple[str, ...]:
     """The concepts, de-duplicated; with a vocabulary, each must be in it (clear error otherwise)."""
     concepts = tuple(dict.fromkeys(c.strip() for c in concepts if isinstance(c, str) and c.strip()))
