@@ -19,7 +19,7 @@ from .errors import SaeuronError
 from .hooks import Halves, Step, edit_block_output, from_tokens, half_slice, normalize_point, to_tokens
 from .intervention_specs import AddConcept, Intervention, Replace, ScaleFeatures, Steer, StepWindow, Unlearn
 from .sae import TopKSae
-from .scoring import SCORES, ConceptStats, mean_activation_all, other_means, select
+from .scoring import SCORES, ConceptStats, mean_activation_all, other_means, select, select_union
 
 
 def _in_window(steps: StepWindow | None, step: Step) -> bool:
@@ -68,13 +68,10 @@ class AddConceptEdit:
         if stats.typical_top is None:
             raise SaeuronError("adding a concept needs the statistics' typical top activations (FeatureStats examples)")
         self.source, self.stats = add, stats
-        selected = torch.zeros(stats.means.shape[1:], dtype=torch.bool)
-        for concept, tau in add.per_concept():
+        for concept, _ in add.per_concept():
             stats.index(concept)  # an unknown concept fails here, by name
-            for row, ids in enumerate(select(SCORES[add.score](stats, concept), tau)):
-                selected[row, ids] = True
         unit = stats.typical_top.float()
-        rows = [row.nonzero().squeeze(1) for row in selected]
+        rows = select_union(stats, add.per_concept(), add.score)
         self.latents_per_row = [ids.to(device) for ids in rows]
         self.amounts_per_row = [(add.strength * unit[ids]).to(device) for ids in rows]
 

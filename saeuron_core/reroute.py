@@ -99,35 +99,47 @@ class Swap:
         return out, found
 
 
+class ConceptFlags:
+    """Where a ``Reroute``'s concepts show at its flag point: per concept, its selected latents
+    per statistics row (``scoring.select``) and their firing thresholds (the mean over all
+    concepts). The one flag rule, shared by the hooks and by whatever reports a detection."""
+
+    def __init__(self, reroute: Reroute, sae: TopKSae, stats: ConceptStats):
+        self.sae, self.stats = sae, stats
+        thresholds = mean_activation_all(stats).float()
+        self.per_concept: list[tuple[list[Tensor], list[Tensor]]] = []
+        for concept, tau, _anchor in reroute.per_concept():
+            ids = [row.to(sae.device) for row in select(SCORES[reroute.score](stats, concept), tau)]
+            self.per_concept.append((ids, [thresholds[r, i.cpu()].to(sae.device) for r, i in enumerate(ids)]))
+
+    def tokens(self, x: Tensor, timestep: float) -> Tensor:
+        """[n_concepts, B, H, W] bool: tokens of the maps ``x`` [B, C, H, W] where a concept's
+        selected latents fire above their mean."""
+        batch, channels, height, width = x.shape
+        row = self.stats.row_for_timestep(timestep)
+        top_acts, top_indices = self.sae.encode(to_tokens(x).reshape(-1, channels))
+        out = []
+        for ids, thresholds in self.per_concept:
+            hits = top_indices[:, :, None] == ids[row][None, None, :]
+            z = (hits * top_acts[:, :, None]).sum(1)
+            out.append((z > thresholds[row]).any(1).reshape(batch, height, width))
+        return torch.stack(out)
+
+
 class RerouteEdit:
     """A ``Reroute`` compiled against its flag SAE, statistics and the pipeline's text encoder."""
 
     def __init__(self, reroute: Reroute, sae: TopKSae, stats: ConceptStats, pipe, kind: str, vocabulary: Mapping):
-        self.source, self.sae, self.stats = reroute, sae, stats
-        thresholds = mean_activation_all(stats).float()
-        self.flags: list[tuple[list[Tensor], list[Tensor]]] = []
+        self.source = reroute
         self.swaps: list[Swap] = []
-        for concept, tau, anchor in reroute.per_concept():
+        for concept, _tau, anchor in reroute.per_concept():
             stats.index(concept)  # an unknown concept fails here, by name
             if anchor == "nearest":
                 anchor = nearest_concept(stats, concept, reroute.concepts)
             elif anchor in reroute.concepts:
                 raise SaeuronError(f"{concept!r} cannot be rerouted to {anchor!r}: it is removed too")
-            ids = [row.to(sae.device) for row in select(SCORES[reroute.score](stats, concept), tau)]
-            self.flags.append((ids, [thresholds[r, i.cpu()].to(sae.device) for r, i in enumerate(ids)]))
             self.swaps.append(Swap(pipe, kind, concept, anchor, vocabulary, reroute.match))
-
-    def token_flags(self, x: Tensor, timestep: float) -> Tensor:
-        """[n_concepts, B, H, W] bool: tokens where a concept's selected latents fire above their mean."""
-        batch, channels, height, width = x.shape
-        row = self.stats.row_for_timestep(timestep)
-        top_acts, top_indices = self.sae.encode(to_tokens(x).reshape(-1, channels))
-        out = []
-        for ids, thresholds in self.flags:
-            hits = top_indices[:, :, None] == ids[row][None, None, :]
-            z = (hits * top_acts[:, :, None]).sum(1)
-            out.append((z > thresholds[row]).any(1).reshape(batch, height, width))
-        return torch.stack(out)
+        self.flags = ConceptFlags(reroute, sae, stats)
 
 
 @contextlib.contextmanager
@@ -204,7 +216,7 @@ def _flag_hook(edit: RerouteEdit, state: _RowState, clock: StepClock, cfg: bool)
         if edit.source.steps is not None and not edit.source.steps.contains(step.index):
             state.detected = None
             return None
-        tokens = edit.token_flags(x.detach(), float(step.timestep))
+        tokens = edit.flags.tokens(x.detach(), float(step.timestep))
         state.tokens = tokens
         state.shares.append(tokens.float().mean((2, 3)))
         state.detected = torch.stack(state.shares).mean(0) >= edit.source.detect

@@ -148,6 +148,16 @@ def select(scores: Tensor, percentile: float) -> list[Tensor]:
     return [row.nonzero().squeeze(1) for row in above]
 
 
+def select_union(stats: ConceptStats, concept_taus, score_name: str = "paper") -> list[Tensor]:
+    """Per statistics step, the ascending ids of the latents selected for any of
+    ``concept_taus`` ((concept, tau percentile) pairs) under the score ``score_name``."""
+    chosen = torch.zeros(stats.means.shape[1:], dtype=torch.bool)
+    for concept, tau in concept_taus:
+        for row, ids in enumerate(select(SCORES[score_name](stats, concept), tau)):
+            chosen[row, ids] = True
+    return [row.nonzero().squeeze(1) for row in chosen]
+
+
 def mean_activation_all(stats: ConceptStats) -> Tensor:
     """[T, n_latents] mean of each latent over all concepts, each concept weighted equally.
 
