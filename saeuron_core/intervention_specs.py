@@ -40,6 +40,29 @@ def _as_tuple(value, name: str) -> tuple:
     return tuple(value)
 
 
+def _check_per_concept(iv, *names: str) -> None:
+    """What every concept intervention checks when made: its score, its concepts as a tuple, and
+    tau and each of ``names`` one value or one per concept (a list kept as a hashable tuple),
+    every tau a percentile in (0, 100)."""
+    check_score(iv.score)
+    object.__setattr__(iv, "concepts", _as_tuple(iv.concepts, "concepts"))
+    for name in ("tau", *names):
+        values = _as_tuple(getattr(iv, name), name)
+        if len(values) > 1:
+            object.__setattr__(iv, name, values)  # a list becomes a (hashable) tuple
+        if len(values) not in (1, len(iv.concepts)):
+            raise SaeuronError(f"{name} needs one value or one per concept ({len(iv.concepts)}), got {len(values)}")
+    for tau in _as_tuple(iv.tau, "tau"):
+        if not 0 < tau < 100:
+            raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+
+
+def _each(iv, name: str) -> list:
+    """``iv``'s field ``name`` per concept (one value serves every concept)."""
+    values = _as_tuple(getattr(iv, name), name)
+    return [values[i % len(values)] for i in range(len(iv.concepts))]
+
+
 @dataclass(frozen=True)
 class Unlearn:
     """SAeUron unlearning of ``concepts`` (METHOD section 4).
@@ -65,24 +88,11 @@ class Unlearn:
     """Which concept score selects the latents (``scoring.SCORES``): the paper's, or "specific"."""
 
     def __post_init__(self):
-        check_score(self.score)
-        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
-        for name in ("tau", "gamma"):
-            values = _as_tuple(getattr(self, name), name)
-            if len(values) > 1:
-                object.__setattr__(self, name, values)  # a list becomes a (hashable) tuple
-            if len(values) not in (1, len(self.concepts)):
-                raise SaeuronError(
-                    f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}"
-                )
-        for tau in _as_tuple(self.tau, "tau"):
-            if not 0 < tau < 100:
-                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+        _check_per_concept(self, "gamma")
 
     def per_concept(self) -> list[tuple[str, float, float]]:
         """(concept, tau, gamma) for each concept."""
-        taus, gammas = _as_tuple(self.tau, "tau"), _as_tuple(self.gamma, "gamma")
-        return [(c, taus[i % len(taus)], gammas[i % len(gammas)]) for i, c in enumerate(self.concepts)]
+        return list(zip(self.concepts, _each(self, "tau"), _each(self, "gamma")))
 
 
 @dataclass(frozen=True)
@@ -169,21 +179,11 @@ class AddConcept:
     """Steer the conditional CFG half only (False: every row of the batch the hook edits)."""
 
     def __post_init__(self):
-        check_score(self.score)
-        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
-        taus = _as_tuple(self.tau, "tau")
-        if len(taus) > 1:
-            object.__setattr__(self, "tau", taus)
-        if len(taus) not in (1, len(self.concepts)):
-            raise SaeuronError(f"tau needs one value or one per concept ({len(self.concepts)}), got {len(taus)}")
-        for tau in taus:
-            if not 0 < tau < 100:
-                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+        _check_per_concept(self)
 
     def per_concept(self) -> list[tuple[str, float]]:
         """(concept, tau) for each concept."""
-        taus = _as_tuple(self.tau, "tau")
-        return [(c, taus[i % len(taus)]) for i, c in enumerate(self.concepts)]
+        return list(zip(self.concepts, _each(self, "tau")))
 
 
 REPLACE_TARGETS = ("others", "nearest")
@@ -220,19 +220,7 @@ class Replace:
     score: str = "paper"
 
     def __post_init__(self):
-        check_score(self.score)
-        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
-        for name in ("tau", "strength"):
-            values = _as_tuple(getattr(self, name), name)
-            if len(values) > 1:
-                object.__setattr__(self, name, values)
-            if len(values) not in (1, len(self.concepts)):
-                raise SaeuronError(
-                    f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}"
-                )
-        for tau in _as_tuple(self.tau, "tau"):
-            if not 0 < tau < 100:
-                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
+        _check_per_concept(self, "strength")
         for strength in _as_tuple(self.strength, "strength"):
             if not strength > 0:
                 raise SaeuronError(f"replacement strength must be > 0, got {strength}")
@@ -243,8 +231,7 @@ class Replace:
 
     def per_concept(self) -> list[tuple[str, float, float]]:
         """(concept, tau, strength) for each concept."""
-        taus, strengths = _as_tuple(self.tau, "tau"), _as_tuple(self.strength, "strength")
-        return [(c, taus[i % len(taus)], strengths[i % len(strengths)]) for i, c in enumerate(self.concepts)]
+        return list(zip(self.concepts, _each(self, "tau"), _each(self, "strength")))
 
 
 @dataclass(frozen=True)
@@ -282,32 +269,19 @@ class Reroute:
     score: str = "paper"
 
     def __post_init__(self):
-        check_score(self.score)
-        object.__setattr__(self, "concepts", _as_tuple(self.concepts, "concepts"))
+        _check_per_concept(self, "anchor")
         object.__setattr__(self, "blocks", tuple(self.blocks))
-        for name in ("tau", "anchor"):
-            values = _as_tuple(getattr(self, name), name)
-            if len(values) > 1:
-                object.__setattr__(self, name, values)
-            if len(values) not in (1, len(self.concepts)):
-                raise SaeuronError(
-                    f"{name} needs one value or one per concept ({len(self.concepts)}), got {len(values)}"
-                )
-        for tau in _as_tuple(self.tau, "tau"):
-            if not 0 < tau < 100:
-                raise SaeuronError(f"tau is a percentile in (0, 100), got {tau}")
         if not 0 <= self.detect <= 1:
             raise SaeuronError(f"detect is a share of tokens in [0, 1], got {self.detect}")
         if not 0 < self.match <= 1:
             raise SaeuronError(f"match is a cosine similarity in (0, 1], got {self.match}")
-        for concept, anchor in zip(self.concepts, _as_tuple(self.anchor, "anchor") * len(self.concepts)):
+        for concept, anchor in zip(self.concepts, _each(self, "anchor")):
             if anchor == concept:
                 raise SaeuronError(f"{concept!r} cannot be rerouted to itself")
 
     def per_concept(self) -> list[tuple[str, float, str]]:
         """(concept, tau, anchor) for each concept."""
-        taus, anchors = _as_tuple(self.tau, "tau"), _as_tuple(self.anchor, "anchor")
-        return [(c, taus[i % len(taus)], anchors[i % len(anchors)]) for i, c in enumerate(self.concepts)]
+        return list(zip(self.concepts, _each(self, "tau"), _each(self, "anchor")))
 
 
 Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept, Replace, Reroute]
