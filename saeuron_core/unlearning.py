@@ -269,6 +269,8 @@ class SaeBundle:
         if tau is not None and count is not None:
             raise SaeuronError("give tau or count (latents per step), not both")
         by_point: dict[str, list[tuple[str, float, float]]] = {}
+        # the table's own variant (rerouting, replacement) applies only with nothing given by hand
+        table_variant = not paper and not reference_error_term and tau is None and count is None and gamma is None
         replaced: list[Replace | Reroute] = []
         reroutes: dict[str, list[tuple[str, float, dict]]] = {}
         kind_at: dict[str, str] = {}
@@ -296,22 +298,12 @@ class SaeBundle:
                     if c_count is not None
                     else float(entry["tau"])
                 )
-                own_settings = (
-                    not paper and not reference_error_term and tau is None and count is None and gamma is None
-                )
-                if "reroute" in (entry or {}) and own_settings:
+                if "reroute" in (entry or {}) and table_variant:
                     r = entry["reroute"]
                     r_tau = tau_for_count(int(r["latents_per_step"]), self.saes[point].num_latents)
                     reroutes.setdefault(point, []).append((concept, r_tau, r))
                     continue
-                if (
-                    "replace" in (entry or {})
-                    and not paper
-                    and not reference_error_term
-                    and tau is None
-                    and count is None
-                    and gamma is None
-                ):
+                if "replace" in (entry or {}) and table_variant:
                     r = entry["replace"]
                     replaced.append(
                         Replace(
