@@ -12,7 +12,7 @@ pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from test_explorer_app import free_port  # noqa: E402
-from test_explorer_browser import CHROMIUM, CHROMIUM_ARGS, shots  # noqa: E402,F401
+from test_explorer_browser import CHROMIUM, page, shots  # noqa: E402,F401  (page opens this module's app_url)
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,7 +23,8 @@ expect = sync_api.expect
 
 
 @pytest.fixture(scope="module")
-def bundled_url(tmp_path_factory):
+def app_url(tmp_path_factory):
+    """The bundled app (its own defaults table), served in-process: (session, url)."""
     from explorer.app import build_app
     from explorer.session import ExplorerSession
 
@@ -35,21 +36,11 @@ def bundled_url(tmp_path_factory):
     demo.close()
 
 
-@pytest.fixture()
-def page(bundled_url):
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        yield page
-        browser.close()
-
-
-def test_the_default_style_removal_is_a_rerouting_row_that_says_what_it_did(bundled_url, page, shots):  # noqa: F811
+def test_the_default_style_removal_is_a_rerouting_row_that_says_what_it_did(app_url, page, shots):  # noqa: F811
     from explorer import handles
     from saeuron_core.interventions import Reroute
 
-    session, url = bundled_url
+    session, url = app_url
     page.goto(url)
     page.get_by_role("tab", name="Generate").click()
     concept = page.locator("#handle-concept input").input_value().split("·")[-1].strip()
