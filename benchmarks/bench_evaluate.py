@@ -27,7 +27,7 @@ def run_evaluate(args, work: Path, out: Path) -> float:
     cmd = [
         sys.executable, "-m", "saeuron_core", "evaluate", "--methods", args.method, "--domain", args.domain,
         "--seeds", str(args.seeds), "--attack-prompts", str(args.attack_prompts), "--work", str(work),
-        "--out", str(out),
+        "--out", str(out), "--device", args.device,
     ] + [f for c in args.concept for f in ("--concept", c)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.time()
@@ -58,13 +58,13 @@ def count_images(work: Path) -> int:
     return total
 
 
-def plain_seconds(n_images: int, processes: int) -> float:
+def plain_seconds(n_images: int, processes: int, device: str) -> float:
     """Wall time of ``n_images`` plain generations split over ``processes`` one-thread processes."""
     code = (
         "import sys, torch; torch.set_num_threads(1)\n"
         "from saeuron_core import minicanvas as mc\n"
         "from saeuron_core.pipeline import generate_jobs, load_pipeline, model_info\n"
-        "pipe = load_pipeline('minicanvas'); info = model_info(pipe, 'minicanvas')\n"
+        "pipe = load_pipeline('minicanvas', device=sys.argv[2]); info = model_info(pipe, 'minicanvas')\n"
         "n = int(sys.argv[1]); pairs = mc.all_pairs()\n"
         "jobs = [(mc.prompt(*pairs[i % len(pairs)]), 1_000_000 + i) for i in range(n)]\n"
         "generate_jobs(pipe, jobs, info.default_steps, info.default_guidance, batch_size=24, output_type='np')\n"
@@ -72,7 +72,7 @@ def plain_seconds(n_images: int, processes: int) -> float:
     share = [n_images // processes + (i < n_images % processes) for i in range(processes)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.time()
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(k)], env=env, cwd=ROOT) for k in share if k]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k), device], env=env, cwd=ROOT) for k in share if k]
     if any(p.wait() for p in procs):
         raise SystemExit("plain generation failed")
     return time.time() - t0
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--attack-prompts", type=int, default=6)
     ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where evaluate and plain generation run (saeuron's --device)")
     ap.add_argument("--concept", action="append", default=[], help="only these concepts (a quick check)")
     ap.add_argument("--out", default=None, help="also write the JSON result here")
     args = ap.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
         work, out = Path(tmp) / "work", Path(tmp) / "out"
         evaluate = run_evaluate(args, work, out)
         images = count_images(work)
-    plain = plain_seconds(images, args.processes)
+    plain = plain_seconds(images, args.processes, args.device)
     goal_run = (args.domain, args.seeds, args.concept, args.attack_prompts) == ("both", 6, [], 6)
     emit(
         {
@@ -104,6 +105,7 @@ def main() -> None:
             "concepts": args.concept or "all",
             "attack_prompts": args.attack_prompts,
             "processes": args.processes,
+            "device": args.device,
             "images_generated": images,
             "evaluate_minutes": round(evaluate / 60, 2),
             "plain_generation_minutes": round(plain / 60, 2),
