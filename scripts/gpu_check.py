@@ -446,20 +446,39 @@ def main() -> int:
             "goal": "total_seconds < 480",
         }
         stages = {}
-        try:
-            stages["build"] = build_folder(work / "sd15-random")
-            stages["prepare"] = run_prepare(work / "sd15-random", work / "run", args.prepare_steps)
-            stages["sae_training_vs_sparsify"] = training_throughput(work / "run", work / "bench_sae_training.json")
-            stages["device_vs_cpu"] = device_vs_cpu(work / "run", work)
-            stages["paper_size_stats"] = paper_size_stats(work / "run", work)
-            stages["unlearn"] = unlearn(work / "sd15-random", work / "run", args.steps, work / "unlearn.png")
-            stages["generate_with_ablation"] = generate_with_ablation(work / "run", args.steps)
-            stages["hook_overhead"] = hook_overhead(
-                work / "sd15-random", work / "run", args.steps, work / "bench_hook.json"
-            )
-        except Exception as e:  # the summary says which stage failed and why, in one line
+        # Each stage reports its own failure in one line and the later ones still run (a lent GPU is
+        # minutes long: one failure must not cost the other numbers); without the prepared run
+        # the later stages have nothing to work on, so they are skipped.
+        plan = [
+            ("build", build_folder, work / "sd15-random"),
+            ("prepare", run_prepare, work / "sd15-random", work / "run", args.prepare_steps),
+            ("sae_training_vs_sparsify", training_throughput, work / "run", work / "bench_sae_training.json"),
+            ("device_vs_cpu", device_vs_cpu, work / "run", work),
+            ("paper_size_stats", paper_size_stats, work / "run", work),
+            ("unlearn", unlearn, work / "sd15-random", work / "run", args.steps, work / "unlearn.png"),
+            ("generate_with_ablation", generate_with_ablation, work / "run", args.steps),
+            ("hook_overhead", hook_overhead, work / "sd15-random", work / "run", args.steps, work / "bench_hook.json"),
+        ]
+        for name, fn, *fn_args in plan:
+            if any(stages.get(first, {}).get("status") == "failed" for first in ("build", "prepare")):
+                stages[name] = skipped("the model or the prepared run is missing (see the failed stage)")
+                continue
+            t_stage = time.perf_counter()
+            try:
+                stages[name] = fn(*fn_args)
+            except Exception as e:  # the stage says why, in one line
+                text = str(e).strip()
+                stages[name] = {
+                    "status": "failed",
+                    "error": f"{type(e).__name__}: {text.splitlines()[0] if text else ''}",
+                }
+            if isinstance(stages[name], dict):
+                stages[name].setdefault("stage_seconds", round(time.perf_counter() - t_stage, 1))
+            print(f"[gpu_check] {name}: {json.dumps(stages[name])[:300]}", file=sys.stderr, flush=True)
+        failed = [name for name, result in stages.items() if result.get("status") == "failed"]
+        if failed:
             summary["status"] = "failed"
-            summary["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            summary["error"] = f"failed stages: {', '.join(failed)}"
         summary["stages"] = stages
         if RUN["device"] == "cuda":
             summary["peak_gpu_memory_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
