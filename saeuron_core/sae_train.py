@@ -160,7 +160,9 @@ def train_sae(
     torch.manual_seed(cfg.seed)
     sae = TopKSae(sae_cfg).to(device=device, dtype=DTYPES[cfg.dtype])  # drawn on the CPU: the same start anywhere
     lr = cfg.lr or 2e-4 / math.sqrt(sae.num_latents / 2**14)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, eps=6.25e-10)
+    # On CUDA the fused kernel: one launch for all parameters instead of a foreach chain (it was
+    # the largest item of a paper-size step on an H100, 1.4 of 7.6 ms); the same update either way.
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, eps=6.25e-10, fused=device.type == "cuda" or None)
     step, tokens_since_fired = 0, torch.zeros(sae.num_latents, dtype=torch.long, device=device)
     history: list[dict] = []
     if (state := load_state(state_path)) is not None:
