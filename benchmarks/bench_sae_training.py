@@ -36,7 +36,7 @@ must stay in the training loop's thread); sparsify uses its Triton decoder when 
 ``--autocast bf16`` trains ours under bf16 autocast (sparsify's Trainer does too on CUDA: its step
 is then run under the same autocast); ``--no-tf32`` keeps float32 matmuls exact on CUDA.
 
-Add ``--profile`` for the top ops of each trainer (torch.profiler, a few extra steps; CPU only).
+Add ``--profile`` for the top ops of each trainer (torch.profiler, a few extra steps; on CUDA by kernel time).
 Goal (issue): ours >= 1.2x sparsify's tokens/s at equal or better FVU.
 """
 
@@ -160,19 +160,33 @@ def throughput(seconds: list[float], batch_size: int, skip: int) -> dict:
 
 # --------------------------------------------------------------------------- profiling
 def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -> dict:
-    """torch.profiler over ``steps`` steps of each trainer (fresh models), top ops by self CPU."""
+    """torch.profiler over ``steps`` steps of each trainer (fresh models), top ops by self time on
+    the benchmark's device (CPU time on the CPU, kernel time on CUDA)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
     xs = [next(batches) for _ in range(steps + 1)]
     out = {}
     runner = SparsifyRunner(
-        d_in, num_latents, args.k, lr, args.auxk_alpha, args.dead_threshold, args.seed, 0, steps + 1, DEVICE
+        d_in,
+        num_latents,
+        args.k,
+        lr,
+        args.auxk_alpha,
+        args.dead_threshold,
+        args.seed,
+        0,
+        steps + 1,
+        DEVICE,
+        autocast=args.autocast == "bf16",
     )
     runner.step(xs[0])
-    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+    sync()
+    with tprofile(activities=activities) as prof:
         for x in xs[1:]:
             runner.step(x)
+        sync()
     out["sparsify"] = _top_ops(prof, steps)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,10 +195,11 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
 
         def before(x):
             if store.fed == 1 and state["prof"] is None:
-                state["prof"] = tprofile(activities=[ProfilerActivity.CPU])
+                state["prof"] = tprofile(activities=activities)
                 state["prof"].__enter__()
 
         def after():
+            sync()
             state["prof"].__exit__(None, None, None)  # before train_sae's final checkpoint
 
         store = FeedStore("p", d_in, iter(xs), len(xs), args.batch_size, before_yield=before, after_last=after)
@@ -200,6 +215,9 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
             lr=lr,
             checkpoint_every=10**9,
             seed=args.seed,
+            device=str(DEVICE),
+            autocast=args.autocast,
+            tf32=not args.no_tf32,
         )
         with open("/dev/null", "w") as devnull, contextlib.redirect_stderr(devnull):
             train_sae(store, "p", cfg, tmp)
@@ -208,11 +226,14 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
 
 
 def _top_ops(prof, steps: int, n: int = 12) -> list[dict]:
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
+    def self_us(e) -> float:
+        return e.self_device_time_total if DEVICE.type == "cuda" else e.self_cpu_time_total
+
+    rows = sorted(prof.key_averages(), key=self_us, reverse=True)[:n]
     return [
         {
             "op": e.key,
-            "self_ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 3),
+            "self_ms_per_step": round(self_us(e) / 1000 / steps, 3),
             "calls_per_step": round(e.count / steps, 2),
         }
         for e in rows
@@ -273,7 +294,7 @@ def main() -> None:
         help="CUDA: keep float32 matmuls exact (ours' TrainConfig.tf32 off, and sparsify's)",
     )
     ap.add_argument(
-        "--profile", action="store_true", help="also profile a few steps of each (torch.profiler, CPU only)"
+        "--profile", action="store_true", help="also profile a few steps of each (torch.profiler; on CUDA: kernel time)"
     )
     ap.add_argument("--profile-steps", type=int, default=5)
     ap.add_argument("--out", default=None)
@@ -394,7 +415,7 @@ def main() -> None:
     result["fvu_delta_ours_minus_sparsify"] = round(
         result["ours"]["heldout"]["fvu"] - result["sparsify"]["heldout"]["fvu"], 5
     )
-    if args.profile and DEVICE.type == "cpu":
+    if args.profile:
         log(f"profiling {args.profile_steps} steps of each")
         source = (synthetic_source if args.synthetic else store_source)(args, DEVICE)[2]
         result["profile_top_ops"] = profile(args, d_in, num_latents, lr, source, args.profile_steps)
