@@ -284,4 +284,52 @@ class Reroute:
         return list(zip(self.concepts, _each(self, "tau"), _each(self, "anchor")))
 
 
-Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept, Replace, Reroute]
+PROMPT_ADD_MAX = 3.0
+"""The largest ``PromptAdd`` strength: beyond the edited prompt's own output (1) by this much the
+block output leaves the range the U-Net was trained on."""
+
+
+@dataclass(frozen=True)
+class PromptAdd:
+    """Counterfactual adding, the counterpart of ``Reroute``: cross-attention reads the prompt
+    with ``concepts`` written in.
+
+    For each conditional row whose text context came from the pipeline's text encoder, the
+    prompt is read back from its token ids and the concepts are written in: a concept already
+    named stays; another concept of its kind named there is replaced by it (an image shows one
+    style and one object); else the kind's phrase is added before the closing punctuation
+    ("in {style} style", "with {object}"). Each of ``blocks`` (cross-attention blocks; empty:
+    every one, the mid block's too) runs again on its input with the re-encoded context, and its
+    output becomes out + strength * (out' - out). A row whose context has no token ids (a soft
+    prompt, ``prompt_embeds``) is left as it is (``PromptAddEdit.texts`` says so).
+
+    With every block at strength 1 the conditional half is exactly what the rewritten prompt
+    gives (the text reaches an SD U-Net only through these blocks): this is prompt editing, made
+    a handle; fewer blocks or a strength below 1 add less of it.
+
+    Why: steering the SAE latents a removal selects added a concept to few images on the bundled
+    model (styles 30 %, objects 3 % at 2x, sweep split): a style enters at several cross-attention
+    blocks and latents at one block do not carry it. The SAE's part is to show whether the
+    concept's latents fire after the edit, not to make it.
+    """
+
+    concepts: tuple[str, ...]
+    strength: float = 1.0
+    blocks: tuple[str, ...] = ()
+    steps: StepWindow | None = None
+    point: str | None = None
+    """Hook point whose SAE and statistics the concepts belong to (their kind, the explorer's
+    before / after of their latents)."""
+
+    def __post_init__(self):
+        if isinstance(self.concepts, str) or not self.concepts:
+            raise SaeuronError(f"concepts must be a non-empty list of names, got {self.concepts!r}")
+        object.__setattr__(self, "concepts", tuple(self.concepts))
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        if len(set(self.concepts)) != len(self.concepts):
+            raise SaeuronError(f"a concept is named twice in {list(self.concepts)}")
+        if not 0 < self.strength <= PROMPT_ADD_MAX:
+            raise SaeuronError(f"strength must be in (0, {PROMPT_ADD_MAX:g}], got {self.strength}")
+
+
+Intervention = Union[Unlearn, ScaleFeatures, Steer, AddConcept, Replace, Reroute, PromptAdd]

@@ -21,10 +21,12 @@ The dataclasses live in ``intervention_specs``, their compiled edits and the hoo
 
 from .intervention_hook import AddConceptEdit, PointEditor, ReplaceEdit, UnlearnEdit, apply_interventions
 from .intervention_specs import (
+    PROMPT_ADD_MAX,
     REPLACE_LATENTS,
     REPLACE_TARGETS,
     AddConcept,
     Intervention,
+    PromptAdd,
     Replace,
     Reroute,
     ScaleFeatures,
@@ -34,6 +36,8 @@ from .intervention_specs import (
 )
 
 __all__ = [
+    "PROMPT_ADD_MAX",
+    "PromptAdd",
     "REPLACE_LATENTS",
     "REPLACE_TARGETS",
     "AddConcept",

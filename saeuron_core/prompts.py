@@ -8,6 +8,8 @@ it lives here, below both.
 
 from __future__ import annotations
 
+import re
+
 
 def concept_prompt(object_name: str, style: str | None = None) -> str:
     """ "An image of {object} in {style} style.", or "An image of {object}." without a style."""
@@ -19,6 +21,26 @@ _TEMPLATES = {
     "object": ("An image of {}.", "A photo of {}.", "A painting of {}.", "{}"),
 }
 """Reference prompts of a concept on a model without a declared object x style vocabulary."""
+
+
+_PHRASES = {"style": "in {} style", "object": "with {}"}
+"""How a concept of each kind is written into a prompt that names none of its kind."""
+
+
+def written_in(text: str, kind: str, concept: str, vocabulary) -> str:
+    """``text`` naming ``concept`` (of ``kind``): unchanged when it names it already; else every
+    other concept of the kind it names (the vocabulary's) is replaced by it, longest name first;
+    else the kind's phrase goes before the closing punctuation ("An image of star." -> "An image
+    of star in dots style.")."""
+    if re.search(rf"\b{re.escape(concept)}\b", text, flags=re.IGNORECASE):
+        return text
+    for other in sorted(vocabulary.get(kind, ()), key=len, reverse=True):
+        pattern = rf"\b{re.escape(other)}\b"
+        if other != concept and re.search(pattern, text, flags=re.IGNORECASE):
+            return re.sub(pattern, concept, text, flags=re.IGNORECASE)
+    body, end = re.match(r"(.*?)(\s*[.!?]*\s*)$", text, flags=re.DOTALL).groups()
+    phrase = _PHRASES.get(kind, _PHRASES["object"]).format(concept)
+    return f"{body} {phrase}{end}" if body else phrase + end
 
 
 def reference_prompts(kind: str, concept: str, vocabulary) -> list[str]:

@@ -38,12 +38,13 @@ from .sae import TopKSae
 from .scoring import SCORES, ConceptStats, mean_activation_all, select
 
 
-def cross_attention_blocks(unet) -> tuple[str, ...]:
-    """The U-Net's cross-attention (``Transformer2DModel``) blocks outside the mid block."""
+def cross_attention_blocks(unet, mid: bool = False) -> tuple[str, ...]:
+    """The U-Net's cross-attention (``Transformer2DModel``) blocks outside the mid block (``mid``:
+    and in it)."""
     return tuple(
         name
         for name, module in unet.named_modules()
-        if type(module).__name__ == "Transformer2DModel" and not name.startswith("mid_block")
+        if type(module).__name__ == "Transformer2DModel" and (mid or not name.startswith("mid_block"))
     )
 
 
@@ -203,15 +204,26 @@ class _RowState:
         self.index, self.batch = index, batch
 
 
-def _cond_rows(batch: int, cfg: bool) -> slice:
+def cond_rows(batch: int, cfg: bool) -> slice:
+    """The conditional rows of a U-Net batch ([uncond, cond] under guidance)."""
     return slice(batch // 2, batch) if cfg else slice(0, batch)
+
+
+def rerun_block(module, args: tuple, kwargs: dict, rows: slice, context: Tensor) -> Tensor:
+    """The block's output [len(rows), C, H, W] for its input's ``rows`` with ``context`` as the
+    text it cross-attends to. ``forward``, not ``__call__``: the second pass runs none of the
+    block's hooks (flags, edits, captures)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    call = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+    call["encoder_hidden_states"] = context
+    return _block_tensor(module.forward(hidden[rows], *args[1:], **call))
 
 
 def _flag_hook(edit: RerouteEdit, state: _RowState, clock: StepClock, cfg: bool):
     def flag(_module, _args, output):
         step = clock.now()
         x = _block_tensor(output)
-        x = x[_cond_rows(x.shape[0], cfg)]
+        x = x[cond_rows(x.shape[0], cfg)]
         state.new_step(step.index, x.shape[0])
         if edit.source.steps is not None and not edit.source.steps.contains(step.index):
             state.detected = None
@@ -229,7 +241,7 @@ def _block_hook(edits: list[RerouteEdit], states: list[_RowState], clock: StepCl
     def reroute(module, args, kwargs, output):
         step = clock.now()
         out = _block_tensor(output)
-        rows = _cond_rows(out.shape[0], cfg)
+        rows = cond_rows(out.shape[0], cfg)
         x = out[rows]
         batch, _, height, width = x.shape
         for s in states:
@@ -261,11 +273,7 @@ def _block_hook(edits: list[RerouteEdit], states: list[_RowState], clock: StepCl
                 mask = torch.maximum(mask, (shown & found)[:, None, None, None].to(x.dtype).expand_as(mask))
         if not bool(mask.any()):
             return None
-        hidden = args[0] if args else kwargs["hidden_states"]
-        call = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        call["encoder_hidden_states"] = counterfactual
-        # forward, not __call__: the second pass runs no hooks of this block (flags, edits, captures)
-        alternative = _block_tensor(module.forward(hidden[rows], *args[1:], **call))
+        alternative = rerun_block(module, args, kwargs, rows, counterfactual)
         edited = out.clone()
         edited[rows] = x + mask * (alternative - x)
         return _replace_block_tensor(output, edited)

@@ -27,18 +27,22 @@ import torch
 
 from .errors import SaeuronError
 from .hooks import ActivationRecorder, capture_activations, normalize_point
-from .interventions import AddConcept, Intervention, Replace, Reroute, Unlearn, apply_interventions
+from .interventions import AddConcept, Intervention, PromptAdd, Replace, Reroute, Unlearn, apply_interventions
 from .paths import ASSETS
 from .pipeline import ModelInfo, decode_preview, generate
+from .prompt_add import prompt_added
 from .reroute import rerouted
 from .sae import TopKSae
 from .scoring import check_score, tau_for_count
 from .stats import FeatureStats
 
 DEFAULTS_FILE = "unlearn_defaults.json"
-ADD_STRENGTH = 2.0
-"""Default strength of ``add_concepts`` (x each selected latent's typical top activation): the
-explorer's "add CONCEPT" handle and ``evaluate --control`` use it."""
+ADD_STRENGTH = 1.0
+"""Default strength of ``add_concepts``, a ``PromptAdd``'s (1: the rewritten prompt's own block
+outputs): the explorer's "add CONCEPT" handle and ``evaluate --control`` use it."""
+LATENT_ADD_STRENGTH = 2.0
+"""Default strength of ``add_concepts(..., latents=True)``: x each selected latent's typical top
+activation."""
 
 PAPER_VARIANT = "paper"
 """The paper's removal (``Unlearn``: selected latents scaled by gamma * m_c where they fire), with
@@ -349,16 +353,36 @@ class SaeBundle:
             point=point,
         )
 
-    def add_concepts(self, concepts: list[str], strength: float = ADD_STRENGTH) -> list[AddConcept]:
-        """The counterpart of ``unlearn(concepts, paper=True)``: one ``AddConcept`` per hook point,
-        steering in the very latents the paper's removal selects (same points, percentile and
-        score: the table's tuned count per step), each by ``strength`` x its typical top
-        activation. Not the default removal's: a ``Reroute`` selects more latents per step to
-        *detect* a concept, and steering all of them in adds less (solid: 1 of 12 prompts at 2x
-        with 3 latents per step, 2 held-out seeds)."""
+    def add_concepts(
+        self, concepts: list[str], strength: float | None = None, latents: bool = False
+    ) -> list[PromptAdd] | list[AddConcept]:
+        """The add handle: one ``PromptAdd`` per kind's hook point (the prompt with the concepts
+        written in, read by every cross-attention block) at ``strength`` (default
+        ``ADD_STRENGTH``). Chosen on the sweep split (``scripts/add_candidates.py``): it made the
+        judge see a style in 88 % and an object in 93 % of the prompts without it, where steering
+        latents in did in 30 % and 3 %.
+
+        ``latents=True``: the counterpart of ``unlearn(concepts, paper=True)`` instead, one
+        ``AddConcept`` per hook point steering in the very latents the paper's removal selects
+        (same points, percentile and score), each by ``strength`` (default
+        ``LATENT_ADD_STRENGTH``) x its typical top activation."""
+        if latents:
+            return [
+                AddConcept(
+                    u.concepts,
+                    LATENT_ADD_STRENGTH if strength is None else strength,
+                    u.tau,
+                    point=u.point,
+                    score=u.score,
+                )
+                for u in self.unlearn(concepts, paper=True)
+            ]
+        by_point: dict[str, list[str]] = {}
+        for concept in concepts:
+            by_point.setdefault(self.point_of_kind[self.kind_of(concept)], []).append(concept)
         return [
-            AddConcept(u.concepts, strength, u.tau, point=u.point, score=u.score)
-            for u in self.unlearn(concepts, paper=True)
+            PromptAdd(tuple(group), ADD_STRENGTH if strength is None else strength, point=point)
+            for point, group in by_point.items()
         ]
 
     def placed(self, interventions: Sequence[Intervention]) -> tuple[Intervention, ...]:
@@ -404,7 +428,8 @@ class SaeBundle:
         unet, scheduler = getattr(pipe, "unet", pipe), getattr(pipe, "scheduler", None)
         interventions = self.placed(interventions)
         reroutes = [iv for iv in interventions if isinstance(iv, Reroute)]
-        edits = [iv for iv in interventions if not isinstance(iv, Reroute)]
+        adds = [iv for iv in interventions if isinstance(iv, PromptAdd)]
+        edits = [iv for iv in interventions if not isinstance(iv, (Reroute, PromptAdd))]
         with contextlib.ExitStack() as stack:
             if edits:
                 stack.enter_context(
@@ -419,6 +444,11 @@ class SaeBundle:
                         pipe, reroutes, self.saes, self._concept_stats(reroutes), kinds, self.vocabulary, cfg, scheduler
                     )
                 )
+            if adds:
+                if unet is pipe:
+                    raise SaeuronError("PromptAdd needs the pipeline (its text encoder), not a bare U-Net")
+                kinds = {c: self.kind_of(c) for iv in adds for c in iv.concepts}
+                stack.enter_context(prompt_added(pipe, adds, kinds, self.vocabulary, cfg, scheduler))
             # registered after the edits: records the edited block outputs
             recorder = (
                 stack.enter_context(

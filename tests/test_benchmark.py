@@ -398,13 +398,13 @@ def test_control_plumbing_on_the_tiny_bundle(tiny_bundle, tmp_path):
     handles = row["handles"]
     assert (
         handles["remove"]["interventions"][0]["type"] == "Unlearn"
-        and handles["add"]["interventions"][0]["type"] == "AddConcept"
+        and handles["add"]["interventions"][0]["type"] == "PromptAdd"
     )
     assert "Concept handles" in (out / "control.md").read_text()
     bad = evaluate(tiny_bundle, tmp_path / "bad", "--control", "--concept", "dots", "--control-strength", "0")
     assert bad.returncode == 2 and "strengths must be > 0" in bad.stderr
     bad = evaluate(tiny_bundle, tmp_path / "bad2", "--control", "--concept", "dots", "--control-add-strength", "-1")
-    assert bad.returncode == 2 and "--control-add-strength must be > 0" in bad.stderr
+    assert bad.returncode == 2 and "--control-add-strength must be > 0 and <= 3" in bad.stderr
 
 
 def test_handle_summary_pools_the_kinds_concepts_with_wilson_intervals():

@@ -19,11 +19,10 @@ Concept handles (``handle_rows``), the project's one-click edits of a whole conc
   table's entry: rerouting on the bundled model), on the concept's prompts: the
   share where the judge no longer sees the concept (``concept_removes``) and the share where it
   still sees the prompt's concept of the other kind (``concept_removes_kept``).
-- **add**: the latents the paper's removal selects (its tuned count), steered in
-  (``SaeBundle.add_concepts``, the explorer's "add" handle): at each step and hook point, each
-  selected latent gets ``strength`` x its typical top activation added on every token of the
-  conditional CFG half, on prompts without the concept: the share where the judge sees it
-  (``concept_adds``) and where the other kind is still seen.
+- **add**: ``SaeBundle.add_concepts([concept])``, the explorer's "add" handle (a ``PromptAdd``:
+  every cross-attention block reads the prompt with the concept written in, at ``strength``), on
+  prompts without the concept: the share where the judge sees it (``concept_adds``) and where
+  the other kind is still seen.
 """
 
 from __future__ import annotations

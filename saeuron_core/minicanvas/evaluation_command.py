@@ -15,6 +15,7 @@ from ..cli.options import (
     open_model,
     raise_error,
 )
+from ..interventions import PROMPT_ADD_MAX
 
 QUICK_ESD_ITERATIONS = 60
 PUBLISHED_SEEDS = 6
@@ -157,8 +158,8 @@ def _evaluate_control(args, out: Path, concepts, seeds) -> int:
         raise_error(f"--control-top counts must be >= 1, got {tops}")
     if any(x <= 0 for x in strengths):
         raise_error(f"steering strengths must be > 0, got {strengths}")
-    if args.control_add_strength is not None and not args.control_add_strength > 0:
-        raise_error(f"--control-add-strength must be > 0, got {args.control_add_strength}")
+    if args.control_add_strength is not None and not 0 < args.control_add_strength <= PROMPT_ADD_MAX:
+        raise_error(f"--control-add-strength must be > 0 and <= {PROMPT_ADD_MAX:g}, got {args.control_add_strength}")
     m = open_model(args, need_vocabulary="evaluate --control")
     bundle = open_bundle(args, m.info, m.pipe)
     judge = open_judge(args)
@@ -321,8 +322,8 @@ def register_evaluate(sub) -> None:
     ev.add_argument(
         "--control-add-strength",
         type=float,
-        help="--control: the add handle's strength, x each selected latent's typical top activation "
-        "(default: the library's ADD_STRENGTH)",
+        help="--control: the add handle's strength (a PromptAdd's: 1 = the rewritten prompt's block outputs; "
+        "default: the library's ADD_STRENGTH)",
     )
     add_output_options(ev, help="output folder for the reports")
     ev.set_defaults(func=cmd_evaluate)
