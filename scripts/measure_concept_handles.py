@@ -1,6 +1,9 @@
 """Concept handles on the bundled model: does "remove CONCEPT" (the bundle's default removal,
 SaeBundle.unlearn) make the judge stop seeing it with the other concept kept, and does
-"add CONCEPT" (SaeBundle.add_concepts: the same selected latents steered in) make it appear?
+"add CONCEPT" (SaeBundle.add_concepts) make it appear? The results in results/concept_handles/ were
+measured when add_concepts steered the selected latents in; it now returns a PromptAdd (the
+prompt with the concept written in, strength 1 = the rewritten prompt), measured by
+`saeuron evaluate --control --control-handles-only` and scripts/add_candidates.py.
 
 usage: PYTHONPATH=. python scripts/measure_concept_handles.py SPLIT N_SEEDS STRENGTHS OUT.json [concepts...]
 (writes OUT.json and, beside it, the unedited / edited images as OUT.json.CONCEPT.remove.npy, .addS.npy).
