@@ -23,6 +23,7 @@ step index come from the same ``StepClock`` as every other hook (``hooks``).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -100,6 +101,27 @@ class Swap:
         return out, found
 
 
+_SWAPS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _swap(pipe, kind: str, concept: str, anchor: str, vocabulary: Mapping, match: float) -> Swap:
+    """``Swap(...)``, made once per text encoder and arguments: it encodes the concept's and the
+    anchor's reference prompts (about 15 text-encoder passes), which every entry into a hooked
+    generation (each explorer Generate) would otherwise repeat."""
+    key = (
+        id(pipe.tokenizer),
+        kind,
+        concept,
+        anchor,
+        match,
+        tuple((k, tuple(v)) for k, v in sorted(vocabulary.items())),
+    )
+    made = _SWAPS.setdefault(pipe.text_encoder, {})
+    if key not in made:
+        made[key] = Swap(pipe, kind, concept, anchor, vocabulary, match)
+    return made[key]
+
+
 class ConceptFlags:
     """Where a ``Reroute``'s concepts show at its flag point: per concept, its selected latents
     per statistics row (``scoring.select``) and their firing thresholds (the mean over all
@@ -139,7 +161,7 @@ class RerouteEdit:
                 anchor = nearest_concept(stats, concept, reroute.concepts)
             elif anchor in reroute.concepts:
                 raise SaeuronError(f"{concept!r} cannot be rerouted to {anchor!r}: it is removed too")
-            self.swaps.append(Swap(pipe, kind, concept, anchor, vocabulary, reroute.match))
+            self.swaps.append(_swap(pipe, kind, concept, anchor, vocabulary, reroute.match))
         self.flags = ConceptFlags(reroute, sae, stats)
 
 

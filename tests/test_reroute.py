@@ -159,3 +159,23 @@ def test_a_new_batch_size_starts_a_new_detection(tiny_bundle):
         context = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
         for t in (900, 500):
             pipe.unet(latents, t, encoder_hidden_states=context)
+
+
+def test_a_second_hooked_entry_does_not_encode_the_reference_prompts_again(tiny_bundle):
+    pipe, bundle = open_tiny(tiny_bundle)
+    reroute = Reroute(("rings",), anchor="solid", tau=90.0, detect=0.0, point=TINY_POINTS["style"])
+    calls = []
+    handle = pipe.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with bundle.hooked(pipe, [reroute]):
+            pass
+        first = len(calls)
+        with bundle.hooked(pipe, [reroute]):
+            pass
+        other_anchor = Reroute(("rings",), anchor="dots", tau=90.0, detect=0.0, point=TINY_POINTS["style"])
+        with bundle.hooked(pipe, [other_anchor]):
+            pass
+    finally:
+        handle.remove()
+    assert first > 0 and len(calls) - first > 0
+    assert len(calls) == 2 * first  # the second entry encoded nothing; the new anchor encoded once
