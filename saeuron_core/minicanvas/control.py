@@ -259,9 +259,9 @@ def _handle_markdown(rows: list[dict], cell) -> list[str]:
     lines = [
         "Concept handles. remove: the project's default removal (`SaeBundle.unlearn([concept])`) on the concept's "
         "prompts; removes: the judge saw the concept without the edit and no longer does; kept: it still sees the "
-        "prompt's other concept. add: the latents the paper's removal selects, steered in at every step in the "
-        "conditional CFG half by a strength x each latent's typical top activation, on prompts without it; adds: "
-        "the judge did not see the concept and now does; kept: the other kind still seen.",
+        "prompt's other concept. add: the project's add handle (`SaeBundle.add_concepts([concept])`, a PromptAdd: "
+        "every cross-attention block reads the prompt with the concept written in, at the given strength) on "
+        "prompts without it; adds: the judge did not see the concept and now does; kept: the other kind still seen.",
         "",
         "| concept | removes | kept | adds | add kept | add strength |",
         "|---|---|---|---|---|---|",
