@@ -267,6 +267,10 @@ class Reroute:
     point: str | None = None
     """Hook point of the SAE whose latents detect the concepts."""
     score: str = "paper"
+    heed_prompt: bool = True
+    """Where the pipeline's text encoder made a row's context, read the prompt back from its token
+    ids: a row whose prompt names another concept of the kind and not this one is left alone (a
+    detection there is a false alarm: the text asks for the other concept)."""
 
     def __post_init__(self):
         _check_per_concept(self, "anchor")

@@ -27,17 +27,26 @@ _PHRASES = {"style": "in {} style", "object": "with {}"}
 """How a concept of each kind is written into a prompt that names none of its kind."""
 
 
+def names(text: str, concept: str) -> bool:
+    """Whether ``text`` names ``concept`` as a word (any case)."""
+    return re.search(rf"\b{re.escape(concept)}\b", text, flags=re.IGNORECASE) is not None
+
+
+def names_another(text: str, kind: str, concept: str, vocabulary) -> bool:
+    """Whether ``text`` names another concept of ``kind`` (the vocabulary's) and not ``concept``."""
+    return not names(text, concept) and any(names(text, c) for c in vocabulary.get(kind, ()) if c != concept)
+
+
 def written_in(text: str, kind: str, concept: str, vocabulary) -> str:
     """``text`` naming ``concept`` (of ``kind``): unchanged when it names it already; else every
     other concept of the kind it names (the vocabulary's) is replaced by it, longest name first;
     else the kind's phrase goes before the closing punctuation ("An image of star." -> "An image
     of star in dots style.")."""
-    if re.search(rf"\b{re.escape(concept)}\b", text, flags=re.IGNORECASE):
+    if names(text, concept):
         return text
     for other in sorted(vocabulary.get(kind, ()), key=len, reverse=True):
-        pattern = rf"\b{re.escape(other)}\b"
-        if other != concept and re.search(pattern, text, flags=re.IGNORECASE):
-            return re.sub(pattern, concept, text, flags=re.IGNORECASE)
+        if other != concept and names(text, other):
+            return re.sub(rf"\b{re.escape(other)}\b", concept, text, flags=re.IGNORECASE)
     body, end = re.match(r"(.*?)(\s*[.!?]*\s*)$", text, flags=re.DOTALL).groups()
     phrase = _PHRASES.get(kind, _PHRASES["object"]).format(concept)
     return f"{body} {phrase}{end}" if body else phrase + end

@@ -12,6 +12,9 @@ How a ``Reroute`` is applied (the specification is its docstring in ``interventi
    similar (cosine >= ``match``) to the concept word's mean hidden state; from there on, delta is
    added. A row showing the concept whose context has no such token (a paraphrase, a soft-prompt
    attack) gets the anchor's own prompt as context, and only on the tokens the SAE flags.
+   Where the text encoder made the row's context while hooked (``prompt_text.TextRecorder``), the
+   prompt is read back from its token ids; one that names another concept of the kind and not
+   this one is left alone (``Reroute.heed_prompt``).
 3. Each rerouted block runs a second time, on the same input, with the counterfactual context;
    its output becomes out + mask * (out_cf - out) on the conditional rows. Blocks that run before
    the flag point in a step use the previous step's detection.
@@ -34,7 +37,8 @@ from .errors import SaeuronError
 from .hooks import HookSet, StepClock, _block_tensor, _replace_block_tensor, _start_clock, resolve_point, to_tokens
 from .intervention_specs import Reroute
 from .pipeline import text_embeddings
-from .prompts import anchor_prompt, reference_prompts
+from .prompt_text import TextRecorder
+from .prompts import anchor_prompt, names_another, reference_prompts
 from .sae import TopKSae
 from .scoring import SCORES, ConceptStats, mean_activation_all, select
 
@@ -154,6 +158,7 @@ class RerouteEdit:
 
     def __init__(self, reroute: Reroute, sae: TopKSae, stats: ConceptStats, pipe, kind: str, vocabulary: Mapping):
         self.source = reroute
+        self.tokenizer, self.kind, self.vocabulary = pipe.tokenizer, kind, vocabulary
         self.swaps: list[Swap] = []
         for concept, _tau, anchor in reroute.per_concept():
             stats.index(concept)  # an unknown concept fails here, by name
@@ -163,6 +168,19 @@ class RerouteEdit:
                 raise SaeuronError(f"{concept!r} cannot be rerouted to {anchor!r}: it is removed too")
             self.swaps.append(_swap(pipe, kind, concept, anchor, vocabulary, reroute.match))
         self.flags = ConceptFlags(reroute, sae, stats)
+
+    def asked_elsewhere(self, context: Tensor, recorder: TextRecorder) -> Tensor:
+        """[n_concepts, B] bool: rows whose prompt (read back from its token ids) names another
+        concept of the kind and not this one; False where the ids are unknown or not heeded."""
+        out = torch.zeros(len(self.swaps), context.shape[0], dtype=torch.bool, device=context.device)
+        if not self.source.heed_prompt:
+            return out
+        for b, ids in enumerate(recorder.ids_of(context)):
+            if ids is not None:
+                prompt = self.tokenizer.decode(ids, skip_special_tokens=True)
+                for c, swap in enumerate(self.swaps):
+                    out[c, b] = names_another(prompt, self.kind, swap.concept, self.vocabulary)
+        return out
 
 
 @contextlib.contextmanager
@@ -187,7 +205,9 @@ def rerouted(
     edits = [RerouteEdit(r, saes[r.point], stats[r.point], pipe, kinds[r.point], vocabulary) for r in reroutes]
     state = [_RowState() for _ in edits]
     clock = StepClock()
+    recorder = TextRecorder()
     with HookSet(unet) as hooks, contextlib.ExitStack() as stack:
+        hooks.forward_hook(f"{name}:text", pipe.text_encoder, recorder.hook, with_kwargs=True)
         blocks: dict[str, list[int]] = {}
         for i, edit in enumerate(edits):
             hooks.forward_hook(
@@ -202,7 +222,7 @@ def rerouted(
             hooks.forward_hook(
                 f"{name}:{block}",
                 module,
-                _block_hook([edits[i] for i in users], [state[i] for i in users], clock, cfg),
+                _block_hook([edits[i] for i in users], [state[i] for i in users], recorder, clock, cfg),
                 with_kwargs=True,
             )
         _start_clock(hooks, name, clock, stack, scheduler)
@@ -218,11 +238,12 @@ class _RowState:
         self.shares: list[Tensor] = []
         self.detected: Tensor | None = None  # [n_concepts, B] bool
         self.tokens: Tensor | None = None  # [n_concepts, B, H, W] bool
+        self.asked_elsewhere: Tensor | None = None  # [n_concepts, B] bool, once per generation
 
     def new_step(self, index: int, batch: int) -> None:
         # the index went back, or the batch changed (an attack's single U-Net calls): a new generation
         if index < self.index or batch != self.batch:
-            self.shares, self.detected, self.tokens = [], None, None
+            self.shares, self.detected, self.tokens, self.asked_elsewhere = [], None, None, None
         self.index, self.batch = index, batch
 
 
@@ -259,7 +280,7 @@ def _flag_hook(edit: RerouteEdit, state: _RowState, clock: StepClock, cfg: bool)
     return flag
 
 
-def _block_hook(edits: list[RerouteEdit], states: list[_RowState], clock: StepClock, cfg: bool):
+def _block_hook(edits: list[RerouteEdit], states: list[_RowState], recorder: TextRecorder, clock: StepClock, cfg: bool):
     def reroute(module, args, kwargs, output):
         step = clock.now()
         out = _block_tensor(output)
@@ -277,8 +298,10 @@ def _block_hook(edits: list[RerouteEdit], states: list[_RowState], clock: StepCl
         for edit, state in zip(edits, states):
             if state.detected is None:
                 continue
+            if state.asked_elsewhere is None:
+                state.asked_elsewhere = edit.asked_elsewhere(context, recorder)
             for c, swap in enumerate(edit.swaps):
-                shown = state.detected[c].to(x.device)
+                shown = state.detected[c].to(x.device) & ~state.asked_elsewhere[c].to(x.device)
                 if not bool(shown.any()):
                     continue
                 counterfactual, found = swap.apply(counterfactual, shown)

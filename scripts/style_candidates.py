@@ -78,8 +78,12 @@ REROUTE_BLOCKS = {
 
 def reroute_for(bundle, name: str, concept: str) -> list:
     """``interventions.Reroute`` at the kind's point: anchor "nearest", "fixed" (the kind's first
-    concept, or its second for the first itself) or a concept name."""
-    _, anchor, blocks, count, detect = name.split("-")
+    concept, or its second for the first itself) or a concept name; a last part "-h" heeds the
+    prompt (``Reroute.heed_prompt``), without it the prompt is not read (what the rows recorded
+    before heed_prompt existed measured)."""
+    _, anchor, blocks, count, detect, *heed = name.split("-")
+    if heed not in ([], ["h"]):
+        raise SystemExit(f"unknown reroute candidate {name!r}: the last part may only be 'h'")
     kind = bundle.kind_of(concept)
     if anchor == "fixed":
         names = bundle.vocabulary[kind]
@@ -92,6 +96,7 @@ def reroute_for(bundle, name: str, concept: str) -> list:
             tau=tau_for_count(int(count[1:]), bundle.saes[p].num_latents),
             detect=float(detect[1:]),
             point=p,
+            heed_prompt=heed == ["h"],
         )
         for p in bundle.points_of_kind[kind]
     ]
@@ -305,7 +310,7 @@ def adopt(paths: list[Path], kind: str, table_path: Path) -> str:
     selections[kind] = verdict
     table["variant_selection_by_kind"] = selections
     if best.startswith("reroute-"):
-        _, anchor, blocks, count, detect = best.split("-")
+        _, anchor, blocks, count, detect, *heed = best.split("-")
         for c in concepts:
             ivs = reroute_for(_BUNDLE_FOR_ANCHORS(), best, c)
             table["concepts"][c]["reroute"] = {
@@ -313,6 +318,7 @@ def adopt(paths: list[Path], kind: str, table_path: Path) -> str:
                 "blocks": list(REROUTE_BLOCKS[blocks]),
                 "latents_per_step": int(count[1:]),
                 "detect": float(detect[1:]),
+                "heed_prompt": heed == ["h"],
                 "candidate": best,
                 "sweep": {m: by[best, c][m] for m in METRICS},
             }

@@ -179,3 +179,24 @@ def test_a_second_hooked_entry_does_not_encode_the_reference_prompts_again(tiny_
         handle.remove()
     assert first > 0 and len(calls) - first > 0
     assert len(calls) == 2 * first  # the second entry encoded nothing; the new anchor encoded once
+
+
+def test_a_prompt_that_asks_for_another_concept_of_the_kind_is_left_alone(tiny_bundle):
+    """detect=0 flags every image; a prompt naming another style (read back from its token ids)
+    is not rerouted unless heed_prompt is off; a prompt naming no style still gets the fallback."""
+    pipe, bundle = open_tiny(tiny_bundle)
+    point, seeds = TINY_POINTS["style"], [6]
+
+    def run(prompt, **kw):
+        reroute = Reroute(("dots",), anchor="solid", tau=90.0, detect=0.0, point=point, **kw)
+        with bundle.hooked(pipe, [reroute]):
+            return generate(pipe, [prompt], seeds, 3, 4.0, output_type="np")[0]
+
+    other = "An image of star in rings style."
+    plain_other = generate(pipe, [other], seeds, 3, 4.0, output_type="np")[0]
+    np.testing.assert_array_equal(run(other), plain_other)
+    assert not np.array_equal(run(other, heed_prompt=False), plain_other)
+    unstyled = "An image of star."
+    assert not np.array_equal(run(unstyled), generate(pipe, [unstyled], seeds, 3, 4.0, output_type="np")[0])
+    named = "An image of star in dots style."
+    assert not np.array_equal(run(named), generate(pipe, [named], seeds, 3, 4.0, output_type="np")[0])
