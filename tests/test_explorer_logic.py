@@ -933,22 +933,30 @@ def test_a_map_region_uses_both_axes_and_ranks_what_is_inside(ex, point):
 
 
 # --------------------------------------------------------------------------- concept handles
-def test_concept_handles_follow_the_bundles_default_removal(ex):
+def test_concept_handles_follow_the_bundles_default_removal_and_add(ex):
     from explorer import handles
-    from saeuron_core.interventions import AddConcept
+    from saeuron_core.interventions import PROMPT_ADD_MAX, PromptAdd
+    from saeuron_core.unlearning import ADD_STRENGTH
 
     session = ex.session
     assert handles.concept_handle(session, "dots", "remove") == session.bundle.unlearn(["dots"])
+    # add is the bundle's add handle: the prompt rewritten for every cross-attention block
     added = handles.concept_handle(session, "dots", "add", 2.0)
-    removed = session.bundle.unlearn(["dots"])
-    assert [(a.point, a.tau, a.score, a.strength) for a in added] == [(u.point, u.tau, u.score, 2.0) for u in removed]
-    assert all(isinstance(a, AddConcept) and a.cond_only for a in added)
+    assert added == session.bundle.add_concepts(["dots"], 2.0)
+    assert added == [PromptAdd(("dots",), 2.0, point=session.bundle.point_of_kind["style"])]
+    assert added[0].blocks == () and added[0].steps is None
+    (star,) = handles.concept_handle(session, "star", "add", ADD_STRENGTH)
+    assert isinstance(star, PromptAdd) and star.strength == 1.0 and star.point == session.bundle.point_of_kind["object"]
+    assert handles.concept_handle(session, "dots", "add", PROMPT_ADD_MAX)[0].strength == PROMPT_ADD_MAX
     with pytest.raises(SaeuronError, match="choose a concept"):
         handles.concept_handle(session, None, "remove")
-    with pytest.raises(SaeuronError, match="over the cap of 100x"):
-        handles.concept_handle(session, "dots", "add", 101.0)
-    with pytest.raises(SaeuronError, match="enter a strength"):
+    for bad in (PROMPT_ADD_MAX + 0.01, 0.0, -1.0, 101.0):  # one check, one message: the PromptAdd's own
+        with pytest.raises(SaeuronError, match=r"^strength must be in \(0, 3\], got"):
+            handles.concept_handle(session, "dots", "add", bad)
+    with pytest.raises(SaeuronError, match="enter a strength for adding dots"):
         handles.concept_handle(session, "dots", "add", None)
+    with pytest.raises(SaeuronError, match="unknown concept 'vangogh'"):
+        handles.concept_handle(session, "vangogh", "add", 1.0)
 
 
 def test_a_row_is_checked_when_added_and_the_addition_is_named(ex, point):
@@ -985,14 +993,33 @@ def test_the_table_shows_steering_in_multiples_of_typical_activation(ex, point):
     assert json.loads(edited)[0]["strength"] == pytest.approx(10.0 * typical)
 
 
-def test_an_added_concept_round_trips_through_recipes(ex):
+def test_an_added_concept_round_trips_through_recipes(ex, tmp_path, monkeypatch):
     from explorer import handles
+    from explorer.recipes import intervention_to_dict
+    from saeuron_core.interventions import PromptAdd
 
     added = handles.concept_handle(ex.session, "dots", "add", 3.0)
-    r = ex.session.complete(recipe(ex, *added))
-    assert recipe_from_json(recipe_to_json(r)).interventions == r.interventions
-    assert recipe_from_query(recipe_to_query(r)).interventions == r.interventions
-    assert "AddConcept(concepts=('dots',), strength=3.0" in recipe_to_python(r)
+    r = ex.session.complete(recipe(ex, *added, prompt="An image of star."))
+    assert [type(iv) for iv in r.interventions] == [PromptAdd]
+    assert intervention_to_dict(added[0]) == {
+        "type": "PromptAdd",
+        "point": ex.session.bundle.point_of_kind["style"],
+        "concepts": ["dots"],
+        "strength": 3.0,
+        "blocks": [],
+        "steps": None,
+    }
+    assert recipe_from_json(recipe_to_json(r)) == r
+    assert recipe_from_query(recipe_to_query(r), r.model, r.sae, r.stats) == r
+    snippet = recipe_to_python(r, ex.session.sources.defaults)
+    assert "PromptAdd(concepts=('dots',), strength=3.0, blocks=(), steps=None" in snippet
+    image = ex.session.render(r)
+    assert not np.array_equal(image, ex.session.render(r.with_interventions(())))  # the prompt was rewritten
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {})  # the snippet reproduces the app's image with saeuron_core alone
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "recipe.png").convert("RGB")), image)
 
 
 def test_row_effects_say_what_each_row_did(ex, point):
@@ -1058,7 +1085,8 @@ def rerouting(ex, tiny_bundle, tmp_path_factory) -> Explorer:
 def test_remove_is_the_tables_rerouting_and_the_editor_says_so(ex, rerouting):
     from explorer import handles
     from explorer import intervention_table as table
-    from saeuron_core.interventions import Reroute
+    from explorer.selection import measured_as
+    from saeuron_core.interventions import PromptAdd, Reroute
 
     session = rerouting.session
     (removal,) = handles.concept_handle(session, "dots", "remove")
@@ -1066,15 +1094,21 @@ def test_remove_is_the_tables_rerouting_and_the_editor_says_so(ex, rerouting):
     assert removal.point == session.bundle.point_of_kind["style"] and removal.blocks == ()
     rows, message = handles.checked_addition(session, [], [removal])
     assert rows == [removal] and message.endswith(f"remove dots at {removal.point} (rerouted to solid).")
-    (added,) = handles.concept_handle(session, "dots", "add", 2.0)  # steers the very flag latents in
-    # add steers the paper's selection (the table's tuned tau), not the rerouting's detection latents
+    (added,) = handles.concept_handle(session, "dots", "add", 2.0)  # rewrites the prompt, whatever remove does
+    assert isinstance(added, PromptAdd) and (added.point, added.strength) == (removal.point, 2.0)
+    # its row reports the paper's selection (the table's tuned tau), not the rerouting's detection latents
     (paper,) = session.bundle.unlearn(["dots"], paper=True)
-    assert (added.point, added.tau, added.score) == (paper.point, paper.tau, paper.score)
+    measured = measured_as(session.bundle, added)
+    assert (measured.point, measured.tau, measured.score) == (paper.point, paper.tau, paper.score)
+    assert measured.tau != removal.tau
     assert handles.default_removals(session) == ("styles", "objects")
     assert handles.default_removals(ex.session) == ("", "objects and styles")
     text = table.what_each_does(*handles.default_removals(session))
     assert "for styles, counterfactual rerouting" in text and "for objects, SAeUron's scaling" in text
     assert "rerouting" not in table.what_each_does(*handles.default_removals(ex.session))
+    for text in (text, table.what_each_does(*handles.default_removals(ex.session))):
+        assert "**add** rewrites the prompt read by cross-attention" in text
+        assert "typical top" not in text.split("**add**")[1]  # add has no feature unit any more
     nearest = Reroute(("dots", "rings"), anchor="nearest", point=removal.point)
     assert handles.describe(nearest) == f"remove dots+rings at {removal.point} (rerouted to the nearest concept)"
 
@@ -1263,7 +1297,7 @@ def test_the_unlearn_tab_runs_the_default_rerouting_and_names_its_variant(rerout
 def test_a_replace_row_gets_a_message_that_names_it(ex):
     """A defaults table's "replace" variant is applied by the library; the explorer refuses its
     rows with a line that says what they are, not that they are not interventions."""
-    from explorer.recipes import check_interventions
+    from explorer.recipe_checks import check_interventions
     from saeuron_core.interventions import Replace
 
     point = ex.session.bundle.point_of_kind["style"]
