@@ -112,7 +112,8 @@ class RowEffect:
     row: int
     intervention: str
     features: int
-    """Distinct latents the row edits over its steps."""
+    """Distinct latents the row edits over its steps (a PromptAdd edits none: its concepts'
+    selected latents, which it is measured by)."""
     before: float
     """Mean over the row's steps and the image's tokens of the summed activation of its latents,
     unedited image."""
@@ -232,10 +233,13 @@ def _explain(iv: Intervention, before: float, after: float, seen_before: bool | 
     return moved
 
 
-def _added_verdict(seen_before: bool, seen_after: bool) -> str:
+def _added_verdict(seen_before: bool, seen_after: bool, stronger: bool = True) -> str:
+    """``stronger``: whether a larger strength could add more (not when nothing was rewritten)."""
     if seen_after and not seen_before:
         return "; added: the judge now sees it"
-    return "; the judge already saw it" if seen_before else "; the judge does not see it yet (try a larger strength)"
+    if seen_before:
+        return "; the judge already saw it"
+    return "; the judge does not see it yet (try a larger strength)" if stronger else "; the judge does not see it"
 
 
 def prompt_read(session: ExplorerSession, iv: PromptAdd, prompt: str) -> tuple[str, str]:
@@ -278,7 +282,7 @@ def _explain_prompt_add(
         text += f"; its selected features' {moved}" if moved else "; its selected features' activation about the same"
     if seen_before is None:
         return text + "; no judge on this model"
-    return text + _added_verdict(seen_before, seen_after)
+    return text + _added_verdict(seen_before, seen_after, stronger=read != written)
 
 
 def _explain_reroute(

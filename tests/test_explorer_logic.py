@@ -1422,6 +1422,7 @@ def test_a_prompt_add_rows_effects_say_which_prompt_cross_attention_read(ex):
         'nothing rewritten: the prompt already names dots (read as "an image of star in dots style .")'
     )
     assert row.before == row.after and "activation about the same" in row.explanation
+    assert "try a larger strength" not in row.explanation  # no strength adds what is named already
     assert np.array_equal(session.render(named), session.render(named.with_interventions(())))
     # another style named: replaced by the added one
     swapped = session.complete(recipe(ex, replace(added, concepts=("rings",))))
