@@ -11,11 +11,13 @@ import torch
 
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import Step, to_tokens
-from saeuron_core.interventions import AddConcept, Intervention, Reroute, ScaleFeatures, Unlearn
+from saeuron_core.interventions import AddConcept, Intervention, PromptAdd, Reroute, ScaleFeatures, Unlearn
+from saeuron_core.prompt_add import PromptAddEdit
 
 from .formatting import percent, sig3
-from .recipes import CheckedRecipe, check_interventions
-from .selection import Detection, detections, selected_per_row
+from .recipe_checks import check_interventions
+from .recipes import CheckedRecipe
+from .selection import Detection, detections, measured_as, selected_per_row
 from .session import ExplorerSession
 
 ACTIONS = ("remove", "add")
@@ -35,8 +37,10 @@ def concept_handle(
     session: ExplorerSession, concept: str | None, action: str, strength: float | None = None
 ) -> list[Intervention]:
     """The rows of one handle: ``remove`` is the bundle's default removal of ``concept``
-    (``SaeBundle.unlearn``, one row per hook point of its kind); ``add`` steers the same selected
-    latents in (``SaeBundle.add_concepts``) at ``strength`` x their typical top activation."""
+    (``SaeBundle.unlearn``, one row per hook point of its kind); ``add`` is the bundle's add
+    handle (``SaeBundle.add_concepts``): a ``PromptAdd``, every cross-attention block reads the
+    prompt with ``concept`` written in, at ``strength`` (1: the rewritten prompt's own output; its
+    range, (0, PROMPT_ADD_MAX], is checked where the ``PromptAdd`` is made)."""
     if not concept:
         raise SaeuronError("choose a concept first")
     if action not in ACTIONS:
@@ -45,12 +49,7 @@ def concept_handle(
     if action == "remove":
         return list(session.bundle.unlearn([concept]))
     if strength is None or isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength != strength:
-        raise SaeuronError(f"enter a strength for adding {concept} (x the features' typical top activation)")
-    limit = session.limits.max_steer_multiple
-    if not -limit <= strength <= limit:
-        raise SaeuronError(
-            f"strength {strength:g}x is over the cap of {limit:g}x (the features' typical top activation)"
-        )
+        raise SaeuronError(f"enter a strength for adding {concept} (1: the prompt with {concept} written in)")
     return list(session.bundle.add_concepts([concept], float(strength)))
 
 
@@ -83,8 +82,11 @@ def describe(iv: Intervention) -> str:
         return f"remove {'+'.join(iv.concepts)} at {iv.point}"
     if isinstance(iv, Reroute):
         return f"remove {'+'.join(iv.concepts)} at {iv.point} (rerouted to {anchor_text(iv)})"
+    if isinstance(iv, PromptAdd):
+        where = f" at {len(iv.blocks)} block{'s' if len(iv.blocks) > 1 else ''}" if iv.blocks else ""
+        return f"add {'+'.join(iv.concepts)}: prompt rewritten{where}, strength {sig3(iv.strength)}"
     if isinstance(iv, AddConcept):
-        return f"add {'+'.join(iv.concepts)} at {iv.point} ({sig3(iv.strength)}x)"
+        return f"add {'+'.join(iv.concepts)} at {iv.point} ({sig3(iv.strength)}x, latents steered in)"
     features = ", ".join(str(f) for f in iv.features)
     if isinstance(iv, ScaleFeatures):
         return f"{'ablate' if iv.factor == 0 else f'scale x{sig3(iv.factor)}'} feature {features} at {iv.point}"
@@ -110,7 +112,8 @@ class RowEffect:
     row: int
     intervention: str
     features: int
-    """Distinct latents the row edits over its steps."""
+    """Distinct latents the row edits over its steps (a PromptAdd edits none: its concepts'
+    selected latents, which it is measured by)."""
     before: float
     """Mean over the row's steps and the image's tokens of the summed activation of its latents,
     unedited image."""
@@ -135,7 +138,10 @@ class RowEffect:
 
 def _latents_per_step(session: ExplorerSession, iv: Intervention, timesteps: list) -> list[torch.Tensor | None]:
     """Per step of the generation, the latents ``iv`` edits there (a Reroute: the latents that
-    detect its concepts; None outside its window)."""
+    detect its concepts; a PromptAdd: its concepts' selected latents, ``selection.measured_as``;
+    None outside its window)."""
+    if isinstance(iv, PromptAdd):
+        iv = measured_as(session.bundle, iv)
     if isinstance(iv, (Unlearn, AddConcept, Reroute)):
         stats = session.bundle.concept_stats([iv])[iv.point]
         rows = selected_per_row(iv, stats)
@@ -223,14 +229,60 @@ def _explain(iv: Intervention, before: float, after: float, seen_before: bool | 
     if isinstance(iv, Unlearn):
         return moved + _removal_verdict(seen_before, seen_after)
     if isinstance(iv, AddConcept):
-        return moved + (
-            "; added: the judge now sees it"
-            if seen_after and not seen_before
-            else "; the judge already saw it"
-            if seen_before
-            else "; the judge does not see it yet (try a larger strength)"
-        )
+        return moved + _added_verdict(seen_before, seen_after)
     return moved
+
+
+def _added_verdict(seen_before: bool, seen_after: bool, stronger: bool = True) -> str:
+    """``stronger``: whether a larger strength could add more (not when nothing was rewritten)."""
+    if seen_after and not seen_before:
+        return "; added: the judge now sees it"
+    if seen_before:
+        return "; the judge already saw it"
+    return "; the judge does not see it yet (try a larger strength)" if stronger else "; the judge does not see it"
+
+
+def prompt_read(session: ExplorerSession, iv: PromptAdd, prompt: str) -> tuple[str, str]:
+    """(``prompt`` as the text encoder's token ids give it back, that prompt with ``iv``'s
+    concepts written in): what the conditional row's cross-attention reads under ``iv``, made
+    as the library makes it (the pipeline's tokenization, ``PromptAddEdit.written``), the
+    ``PromptAddEdit.texts`` of a generation of ``prompt``."""
+    pipe = session.pipe
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(
+        [prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids[0]
+    read = tokenizer.decode(ids, skip_special_tokens=True)
+    kinds = {c: session.bundle.kind_of(c) for c in iv.concepts}
+    return read, PromptAddEdit(iv, pipe, kinds, session.bundle.vocabulary).written(read)
+
+
+def _explain_prompt_add(
+    iv: PromptAdd,
+    texts: tuple[str, str],
+    before: float,
+    after: float,
+    seen_before: bool | None,
+    seen_after: bool | None,
+    unmeasured: str | None,
+) -> str:
+    """Which prompt the cross-attention blocks read (or that the prompt names the concepts
+    already, so nothing was rewritten), then how the concepts' selected features and the judge
+    moved."""
+    read, written = texts
+    if read == written:
+        text = f'nothing rewritten: the prompt already names {" and ".join(iv.concepts)} (read as "{read}")'
+    else:
+        blocks = f"{len(iv.blocks)} cross-attention block{'s' if len(iv.blocks) > 1 else ''}" if iv.blocks else ""
+        text = f'read as "{written}"' + (f" by {blocks}" if blocks else " by every cross-attention block")
+    if unmeasured is not None:
+        text += f"; {unmeasured}"
+    else:
+        moved = _moved(before, after)
+        text += f"; its selected features' {moved}" if moved else "; its selected features' activation about the same"
+    if seen_before is None:
+        return text + "; no judge on this model"
+    return text + _added_verdict(seen_before, seen_after, stronger=read != written)
 
 
 def _explain_reroute(
@@ -284,12 +336,19 @@ def row_effects(session: ExplorerSession, recipe: CheckedRecipe) -> tuple[list[R
     verdict = _judged(session, np.stack([before_image, after_image]))
     rows = []
     for number, iv in enumerate(recipe.interventions, 1):
-        latents = _latents_per_step(session, iv, timesteps)
+        unmeasured = None
+        try:
+            latents = _latents_per_step(session, iv, timesteps)
+        except SaeuronError as e:
+            if not isinstance(iv, PromptAdd):
+                raise
+            # a concept the defaults table has no tau for: the add runs, its latents are not known
+            unmeasured, latents = f"its features are not measured ({e})", [None] * len(timesteps)
         used = [ids for ids in latents if ids is not None]
         distinct = len(torch.cat(used).unique()) if used else 0
         before = _activation(session, iv.point, before_maps[iv.point], latents)
         after = _activation(session, iv.point, after_maps[iv.point], latents)
-        if isinstance(iv, (Unlearn, AddConcept, Reroute)):
+        if isinstance(iv, (Unlearn, AddConcept, Reroute, PromptAdd)):
             (judge_before, seen_before), (judge_after, seen_after) = (
                 _concept_verdict(session, verdict, i, iv.concepts[0]) for i in (0, 1)
             )
@@ -323,6 +382,10 @@ def row_effects(session: ExplorerSession, recipe: CheckedRecipe) -> tuple[list[R
                     image_changed=not np.array_equal(before_image, after_image),
                 )
                 if isinstance(iv, Reroute)
+                else _explain_prompt_add(
+                    iv, prompt_read(session, iv, recipe.prompt), before, after, seen_before, seen_after, unmeasured
+                )
+                if isinstance(iv, PromptAdd)
                 else _explain(iv, before, after, seen_before, seen_after),
             )
         )

@@ -3,9 +3,11 @@ features, value and step window. The recipe's JSON list holds the rows that are 
 also keeps the ones switched off, so toggling loses nothing.
 
 Steering values are shown and edited in the one steering unit of the explorer: multiples of the
-feature's typical top activation ("4x"), the unit of the card and of the concept handles; the
-JSON keeps ``Steer``'s absolute strength. ``unit(point, feature)`` gives that activation (None:
-no unit known, absolute values are shown)."""
+feature's typical top activation ("4x"), the unit of the card (and of ``AddConcept`` rows of
+older recipes); the JSON keeps ``Steer``'s absolute strength. An "add" row (``PromptAdd``) has no
+feature unit: its value is the strength of the rewritten prompt's blocks (1: their own output).
+``unit(point, feature)`` gives the typical top activation (None: no unit known, absolute values
+are shown)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,23 @@ import json
 from typing import Callable
 
 from saeuron_core.errors import SaeuronError
+from saeuron_core.interventions import PROMPT_ADD_MAX
 
 from .formatting import optional_int, optional_number, sig3
 from .recipes import intervention_from_dict, intervention_to_dict, interventions_from_json
 
 COLUMNS = ["on", "kind", "point", "features", "value", "from step", "until step", "mask", "spec"]
 DATATYPES = ["bool", "str", "str", "str", "str", "str", "str", "str", "str"]
-KIND = {"ScaleFeatures": "scale", "Steer": "steer", "Unlearn": "remove", "Reroute": "remove", "AddConcept": "add"}
+KIND = {
+    "ScaleFeatures": "scale",
+    "Steer": "steer",
+    "Unlearn": "remove",
+    "Reroute": "remove",
+    "PromptAdd": "add",
+    "AddConcept": "add",
+}
+BY_STRENGTH = ("PromptAdd", "AddConcept")
+"""Concept rows whose value (the strength) the table edits; their concepts are not edited."""
 NOT_BY_VALUE = ("Unlearn", "Reroute")
 """Rows whose value the table shows but does not edit (their spec holds it: tau and gamma, or
 the anchor and detection share)."""
@@ -49,9 +61,10 @@ def what_each_does(rerouted: str = "", scaled: str = "") -> str:
         "**steer** adds the feature's decoder direction at every token (or the painted ones), "
         "in multiples of its typical top activation; "
         + remove
-        + "**add** steers the concept's selected features in at every token and step "
-        "(the conditional CFG half, which guidance amplifies), "
-        "in the same unit as steer."
+        + "**add** rewrites the prompt read by cross-attention: every cross-attention block reads the prompt "
+        "with the concept written in (another concept of its kind named there is replaced by it, else "
+        '"in X style" or "with X" is added) and its output becomes out + strength x (rewritten - out), '
+        f"conditional CFG half; strength 1 is the rewritten prompt's own output, at most {PROMPT_ADD_MAX:g}."
     )
 
 
@@ -72,6 +85,8 @@ def row_of(spec: dict, on: bool = True, unit: Unit | None = None) -> list:
         features, value = ", ".join(spec["concepts"]), f"rerouted to {anchor}, detect {sig3(spec['detect'])}"
     elif kind == "remove":
         features, value = ", ".join(spec["concepts"]), f"tau {sig3_list(spec['tau'])}, gamma {sig3_list(spec['gamma'])}"
+    elif spec["type"] == "PromptAdd":
+        features, value = ", ".join(spec["concepts"]), sig3(spec["strength"])
     elif kind == "add":
         features, value = ", ".join(spec["concepts"]), f"{sig3(spec['strength'])}x"
     else:
@@ -85,6 +100,10 @@ def row_of(spec: dict, on: bool = True, unit: Unit | None = None) -> list:
     start, stop = spec.get("steps") or [0, None]
     mask = spec.get("mask")
     mask_text = "everywhere" if kind in ("steer", "add") and not mask else (f"{len(mask)} tokens" if mask else "")
+    if spec["type"] == "PromptAdd":
+        blocks = spec.get("blocks") or []
+        where = f"{len(blocks)} blocks" if len(blocks) > 1 else blocks[0] if blocks else "every block"
+        mask_text = f"prompt rewritten, {where}"
     return [
         bool(on),
         kind,
@@ -123,7 +142,7 @@ def spec_of(row: list, number: int, unit: Unit | None = None) -> dict:
         raise SaeuronError(
             f"row {number}: not an intervention of this editor (add rows from the feature card)"
         ) from None
-    if spec.get("type") == "AddConcept":
+    if spec.get("type") in BY_STRENGTH:
         spec["strength"] = _value(row, number)
     elif spec.get("type") not in NOT_BY_VALUE:
         try:

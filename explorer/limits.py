@@ -21,7 +21,8 @@ class Limits:
     """|strength| of Steer."""
     max_steer_multiple: float = 100.0
     """|strength| of a steering row in its unit, multiples of the feature's typical top
-    activation (the card's and the concept handles' unit; checked when a row is added)."""
+    activation (the card's unit, and that of ``AddConcept`` rows of recipes made before the add
+    handle rewrote the prompt; checked when a row is added)."""
     max_gamma: float = 100.0
     """|gamma| of Unlearn."""
     max_grid_prompts: int = 8

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 from urllib.parse import parse_qs, urlencode
 
 from saeuron_core.errors import SaeuronError
-from saeuron_core.hooks import normalize_point
 from saeuron_core.interventions import (
     AddConcept,
     Intervention,
-    Replace,
+    PromptAdd,
     Reroute,
     ScaleFeatures,
     Steer,
     StepWindow,
     Unlearn,
 )
-from saeuron_core.unlearning import SaeBundle
-
-from .limits import Limits, check_float, check_int, check_prompt
 
 FORMAT = "saeuron-recipe/1"
 
@@ -139,6 +134,15 @@ def intervention_to_dict(iv: Intervention) -> dict:
             "steps": _window(iv.steps),
         }
         return spec if iv.score == "paper" else {**spec, "score": iv.score}
+    if isinstance(iv, PromptAdd):
+        return {
+            "type": "PromptAdd",
+            "point": iv.point,
+            "concepts": list(iv.concepts),
+            "strength": iv.strength,
+            "blocks": list(iv.blocks),
+            "steps": _window(iv.steps),
+        }
     raise SaeuronError(f"not an intervention: {iv!r}")
 
 
@@ -148,7 +152,10 @@ _FIELDS = {
     "Unlearn": ({"type", "point", "concepts", "tau", "gamma"}, {"steps", "score"}),
     "AddConcept": ({"type", "point", "concepts", "strength", "tau"}, {"steps", "score", "cond_only"}),
     "Reroute": ({"type", "point", "concepts", "anchor", "blocks", "tau", "detect", "match"}, {"steps", "score"}),
+    "PromptAdd": ({"type", "point", "concepts", "strength"}, {"blocks", "steps"}),
 }
+"""Per type: (required fields, optional fields). ``AddConcept`` is the add handle of recipes made
+before ``PromptAdd`` (steering the paper's selected latents in): they still load and run."""
 
 
 def intervention_from_dict(data) -> Intervention:
@@ -177,6 +184,14 @@ def intervention_from_dict(data) -> Intervention:
                 point=data["point"],
                 score=data.get("score", "paper"),
                 cond_only=bool(data.get("cond_only", True)),
+            )
+        if data["type"] == "PromptAdd":
+            return PromptAdd(
+                _strings(data["concepts"], "concepts", "PromptAdd"),
+                float(data["strength"]),
+                blocks=_strings(data.get("blocks", []), "blocks", "PromptAdd", empty=True),
+                steps=steps,
+                point=data["point"],
             )
         if data["type"] == "Reroute":
             anchor = data["anchor"]
@@ -229,137 +244,16 @@ def _read_window(steps) -> StepWindow | None:
     return StepWindow(steps[0], steps[1])
 
 
-def _strings(value, name: str, empty: bool = False) -> tuple[str, ...]:
-    """A JSON list of names as a tuple (``empty``: the list may be empty)."""
+def _strings(value, name: str, kind: str = "Reroute", empty: bool = False) -> tuple[str, ...]:
+    """A JSON list of names as a tuple (``kind``: the intervention type, for the message;
+    ``empty``: the list may be empty)."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or not (value or empty):
-        raise SaeuronError(f"Reroute intervention: {name} must be a list of names, got {value!r:.120}")
+        raise SaeuronError(f"{kind} intervention: {name} must be a list of names, got {value!r:.120}")
     return tuple(value)
 
 
 def _number_or_tuple(value):
     return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
-
-
-# --------------------------------------------------------------------------- validation
-EDITABLE = (Unlearn, Reroute, AddConcept, ScaleFeatures, Steer)
-"""The intervention types a recipe holds (what the explorer's table edits and recipes serialise)."""
-
-Blocks = Callable[[], Sequence[str]]
-"""The U-Net's cross-attention blocks (where a ``Reroute`` may reroute), asked for only when a
-recipe names some: a session loads its pipeline lazily."""
-
-
-def check_interventions(
-    interventions, bundle: SaeBundle, limits: Limits, cross_attention: Blocks
-) -> tuple[Intervention, ...]:
-    """Interventions that this bundle can apply and that stay within ``limits`` (given as objects,
-    or as the JSON list a recipe holds: parsed here, with the rest of the request)."""
-    interventions = interventions_from_json(interventions) if isinstance(interventions, str) else tuple(interventions)
-    for i, iv in enumerate(interventions, 1):
-        if isinstance(iv, Replace):  # a defaults table's "replace" variant: the library applies it, the app does not
-            raise SaeuronError(
-                f"intervention {i} is a Replace (the defaults table's replace variant), which the explorer cannot "
-                "show or edit; type tau and gamma for the paper's removal, or use a table with reroute blocks"
-            )
-        if not isinstance(iv, EDITABLE):  # e.g. a client that sent a list of JSON strings
-            raise SaeuronError(
-                f"intervention {i} is a {type(iv).__name__}, not an intervention: send the JSON list as one string"
-            )
-    if len(interventions) > limits.max_interventions:
-        raise SaeuronError(f"{len(interventions)} interventions; the limit is {limits.max_interventions}")
-    for iv in interventions:
-        if iv.point not in bundle.saes:
-            raise SaeuronError(f"no SAE for hook point {iv.point!r}; this app has SAEs for {', '.join(bundle.saes)}")
-        if isinstance(iv, Unlearn):
-            for concept, _tau, gamma in iv.per_concept():
-                bundle.kind_of(concept)
-                check_float("gamma", gamma, -limits.max_gamma, limits.max_gamma)
-            continue
-        if isinstance(iv, Reroute):
-            check_reroute(iv, bundle, cross_attention)
-            continue
-        if isinstance(iv, AddConcept):
-            for concept in iv.concepts:
-                bundle.kind_of(concept)
-            check_float(
-                "concept strength (x typical top activation)",
-                iv.strength,
-                -limits.max_steer_multiple,
-                limits.max_steer_multiple,
-            )
-            continue
-        n_latents = bundle.saes[iv.point].num_latents
-        if len(iv.features) > limits.max_features_per_intervention:
-            raise SaeuronError(
-                f"{len(iv.features)} features in one intervention; the limit is {limits.max_features_per_intervention}"
-            )
-        for f in iv.features:
-            check_int("feature id", f, 0, n_latents - 1)
-        if isinstance(iv, ScaleFeatures):
-            check_float("scale factor", iv.factor, -limits.max_scale_factor, limits.max_scale_factor)
-        else:
-            check_float("steering strength", iv.strength, -limits.max_steer_strength, limits.max_steer_strength)
-    return interventions
-
-
-def check_reroute(iv: Reroute, bundle: SaeBundle, cross_attention: Blocks) -> None:
-    """A ``Reroute`` this bundle and U-Net can run: its concepts of one kind, each anchor
-    "nearest" or another known concept of that kind that is not removed too, its blocks
-    cross-attention blocks of the U-Net (named once each). One line per problem, before any work."""
-    kind = bundle.kind_of(iv.concepts[0])
-    for concept in iv.concepts[1:]:
-        if bundle.kind_of(concept) != kind:
-            raise SaeuronError(
-                f"a Reroute's concepts must be of one kind: {iv.concepts[0]} is a {kind}, "
-                f"{concept} a {bundle.kind_of(concept)}"
-            )
-    same_kind = bundle.stats[iv.point].concepts_of_kind(kind)
-    for concept, _tau, anchor in iv.per_concept():
-        if anchor == "nearest":
-            if not set(same_kind) - set(iv.concepts):
-                raise SaeuronError(f"no {kind} is left to reroute {concept} to: every one is removed")
-        elif anchor not in same_kind:
-            raise SaeuronError(
-                f"cannot reroute {concept} to {anchor!r}: not a known {kind}; "
-                f"choose one of {', '.join(same_kind)} or 'nearest'"
-            )
-        elif anchor in iv.concepts:
-            raise SaeuronError(f"cannot reroute {concept} to {anchor}: it is removed too")
-    if iv.blocks:
-        known = tuple(cross_attention())
-        seen = set()
-        for block in iv.blocks:
-            name = normalize_point(block)
-            if name not in known:
-                raise SaeuronError(
-                    f"Reroute block {block!r} is not a cross-attention block of this U-Net; "
-                    f"its cross-attention blocks: {', '.join(known) or 'none'}"
-                )
-            if name in seen:
-                raise SaeuronError(f"Reroute block {block!r} is named twice")
-            seen.add(name)
-
-
-def check_recipe(recipe: Recipe, bundle: SaeBundle, limits: Limits, cross_attention: Blocks) -> CheckedRecipe:
-    steps = check_int("steps", recipe.steps, 1, limits.max_steps)
-    interventions = check_interventions(recipe.interventions, bundle, limits, cross_attention)
-    for i, iv in enumerate(interventions, 1):
-        # a window that starts after the last step would silently do nothing
-        if iv.steps is not None and iv.steps.start >= steps:
-            raise SaeuronError(
-                f"intervention {i} starts at step {iv.steps.start}, "
-                f"but the generation has only {steps} steps (0 to {steps - 1})"
-            )
-    return CheckedRecipe(
-        prompt=check_prompt(recipe.prompt, limits),
-        seed=check_int("seed", recipe.seed, 0, limits.max_seed),
-        steps=steps,
-        guidance=check_float("guidance", recipe.guidance, 0.0, limits.max_guidance),
-        interventions=interventions,
-        model=recipe.model,
-        sae=recipe.sae,
-        stats=recipe.stats,
-    )
 
 
 # --------------------------------------------------------------------------- JSON
@@ -464,6 +358,11 @@ def _core_repr(iv: Intervention) -> str:
             f"AddConcept(concepts={iv.concepts!r}, strength={iv.strength!r}, tau={iv.tau!r}, steps={window}, "
             f"point={iv.point!r}, score={iv.score!r}, cond_only={iv.cond_only!r})"
         )
+    if isinstance(iv, PromptAdd):
+        return (
+            f"PromptAdd(concepts={iv.concepts!r}, strength={iv.strength!r}, blocks={iv.blocks!r}, steps={window}, "
+            f"point={iv.point!r})"
+        )
     score = "" if iv.score == "paper" else f", score={iv.score!r}"
     if isinstance(iv, Reroute):
         return (
@@ -484,7 +383,7 @@ def recipe_to_python(recipe: Recipe, defaults: str | None = None) -> str:
         f"[{recipe.seed}], {recipe.steps}, {recipe.guidance!r})[0]"
     )
     return f"""import torch
-from saeuron_core.interventions import AddConcept, Reroute, ScaleFeatures, Steer, StepWindow, Unlearn
+from saeuron_core.interventions import AddConcept, PromptAdd, Reroute, ScaleFeatures, Steer, StepWindow, Unlearn
 from saeuron_core.pipeline import load_pipeline, model_info
 from saeuron_core.unlearning import SaeBundle, generate_with
 

@@ -1,6 +1,8 @@
 """The latents a concept intervention selects, and where a ``Reroute`` detects its concept: what
 the row effects and the judge-free Unlearn grid measure, computed as the library computes them
-(``scoring.select`` per statistics row; the flag rule of ``saeuron_core.reroute``)."""
+(``scoring.select`` per statistics row; the flag rule of ``saeuron_core.reroute``). A
+``PromptAdd`` edits no latent: its row reports its concepts' selected latents, as the paper's
+removal selects them (``measured_as``)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saeuron_core.interventions import Reroute
+from saeuron_core.interventions import PromptAdd, Reroute, Unlearn
 from saeuron_core.reroute import ConceptFlags
 from saeuron_core.sae import TopKSae
 from saeuron_core.scoring import ConceptStats, select_union
+from saeuron_core.unlearning import SaeBundle
 
 
 def selected_per_row(iv, stats: ConceptStats) -> list[Tensor]:
@@ -20,6 +23,15 @@ def selected_per_row(iv, stats: ConceptStats) -> list[Tensor]:
     the ones it edits; ``Reroute``: the flag latents that detect its concepts): the union over
     its concepts of the latents scoring above their tau percentile, ascending ids."""
     return select_union(stats, [(concept, tau) for concept, tau, *_ in iv.per_concept()], iv.score)
+
+
+def measured_as(bundle: SaeBundle, iv: PromptAdd) -> Unlearn:
+    """The intervention whose selected latents a ``PromptAdd``'s row reports: its concepts'
+    selection at its point as ``bundle.unlearn(concepts, paper=True)`` makes it (the table's tau,
+    the paper's scaling), in the add's step window. A ``SaeuronError`` when the table has no tau
+    for a concept."""
+    (removal,) = [u for u in bundle.unlearn(list(iv.concepts), paper=True) if u.point == iv.point]
+    return Unlearn(removal.concepts, removal.tau, removal.gamma, iv.steps, point=iv.point, score=removal.score)
 
 
 @dataclass(frozen=True)

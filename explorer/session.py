@@ -36,7 +36,8 @@ from saeuron_core.unlearning import HookedRun, SaeBundle
 from .cache import LruCache
 from .concept_map import ConceptMap, find_concept_map
 from .limits import Limits
-from .recipes import CheckedRecipe, Recipe, check_recipe
+from .recipe_checks import check_recipe
+from .recipes import CheckedRecipe, Recipe
 
 
 @dataclass(frozen=True)

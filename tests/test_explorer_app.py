@@ -162,7 +162,7 @@ def test_bad_input_is_reported_and_the_server_keeps_serving(server, client):
         ((PROMPT, 0, 3, 4.0, "[oops"), "/row_effects", "not valid JSON"),
         (("[]", None, 2.0), "/add_remove_concept", "choose a concept"),
         (("[]", "no-such-concept", 2.0), "/add_add_concept", "unknown concept"),
-        (("[]", "dots", 1e6), "/add_add_concept", "over the cap"),
+        (("[]", "dots", 1e6), "/add_add_concept", r"strength must be in \(0, 3\], got 1000000"),
         (("[]", "dots", None), "/add_add_concept", "enter a strength"),
         (("[]", point, "1", 4.0, 1e6, 0, "", None), "/add_steering", "over the cap"),
         ((PROMPT, 0, 3, 4.0, reroute(style, anchor="vangogh")), "/generate", "cannot reroute dots to 'vangogh'"),

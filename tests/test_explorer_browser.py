@@ -305,25 +305,45 @@ def test_the_concept_map_tab_shows_the_table_and_is_hidden_without_one(app_url, 
 # ---------------------------------------------------------------- issue 19: handles, no silent failure, (point, id)
 def test_concept_handles_add_checked_rows_and_say_what_they_did(app_url, page, shots):
     """Item 1: with every field at its default, "remove" and "add" become rows, confirmed at the
-    control; after Generate each row reports its features' activation before / after."""
+    control; after Generate each row reports its features' activation before / after, and the add
+    row which prompt the cross-attention blocks read. The default concept is the example prompt's
+    style: adding it changes nothing, said so; adding another style (strength untouched, 1)
+    writes it into the prompt in the first one's place."""
     session, url = app_url
     page.goto(url)
     page.get_by_role("tab", name="Generate").click()
-    expect(page.locator("#what-each-does")).to_contain_text("gamma")  # what ablate / scale / steer / remove do
+    what = page.locator("#what-each-does")
+    expect(what).to_contain_text("gamma")  # what ablate / scale / steer / remove / add do
+    expect(what).to_contain_text("add rewrites the prompt read by cross-attention")
     concept = page.locator("#handle-concept input").input_value().split("·")[-1].strip()
+    style_point = session.bundle.point_of_kind["style"]
+    other = next(s for s in session.bundle.stats[style_point].concepts_of_kind("style") if s != concept)
+    prompt = page.locator("#prompt textarea").input_value()
+    assert concept in prompt and other not in prompt
     page.locator("#remove-concept").click()
     expect(page.locator("#handle-note")).to_contain_text(
         f"Added row 1 to the intervention table (Generate tab): remove {concept}"
     )
     expect(page.locator("#intervention-table")).to_contain_text("remove")
+    expect(page.locator("#handle-strength input")).to_have_value("1")  # the library's ADD_STRENGTH
     page.locator("#add-concept").click()
-    expect(page.locator("#handle-note")).to_contain_text(f"add {concept}")
-    expect(page.locator("#intervention-table")).to_contain_text("2x")  # the strength, in the one steering unit
+    expect(page.locator("#handle-note")).to_contain_text(
+        f"Added row 2 to the intervention table (Generate tab): add {concept}: prompt rewritten, strength 1"
+    )
+    choose(page, "#handle-concept", f"style · {other}")
+    page.locator("#add-concept").click()
+    expect(page.locator("#handle-note")).to_contain_text(
+        f"Added row 3 to the intervention table (Generate tab): add {other}: prompt rewritten, strength 1"
+    )
+    table = page.locator("#intervention-table")
+    expect(table).to_contain_text("prompt rewritten, every block")
     page.locator("#generate").click()
     effects = page.locator("#row-effects")
     expect(effects).to_contain_text(f"remove {concept}")
-    expect(effects).to_contain_text(f"add {concept}")
-    expect(effects).to_contain_text("activation" if session.judge is None else f"{concept} (p=")
+    expect(effects).to_contain_text(f"nothing rewritten: the prompt already names {concept}")
+    expected = prompt.lower().replace(concept, other).replace(".", " .")  # as the tokenizer gives it back
+    expect(effects).to_contain_text(f'read as "{expected}" by every cross-attention block')
+    expect(effects).to_contain_text("activation" if session.judge is None else f"{other} (p=")
     expect(page.locator("#judge-verdict")).not_to_be_empty()
     page.screenshot(path=str(shots / "explorer_concept_handles.png"), full_page=True)
 
@@ -413,8 +433,8 @@ def test_concept_handles_in_the_features_panel(app_url, page):
     )
     page.locator("#features-add-concept").click()  # strength untouched
     expect(page.locator("#features-handle-note")).to_contain_text(
-        "Added row 2 to the intervention table (Generate tab): add dots"
+        "Added row 2 to the intervention table (Generate tab): add dots: prompt rewritten, strength 1"
     )
     page.get_by_role("tab", name="Generate").click()
     expect(page.locator("#intervention-table")).to_contain_text("remove")
-    expect(page.locator("#intervention-table")).to_contain_text("2x")
+    expect(page.locator("#intervention-table")).to_contain_text("prompt rewritten, every block")

@@ -933,22 +933,30 @@ def test_a_map_region_uses_both_axes_and_ranks_what_is_inside(ex, point):
 
 
 # --------------------------------------------------------------------------- concept handles
-def test_concept_handles_follow_the_bundles_default_removal(ex):
+def test_concept_handles_follow_the_bundles_default_removal_and_add(ex):
     from explorer import handles
-    from saeuron_core.interventions import AddConcept
+    from saeuron_core.interventions import PROMPT_ADD_MAX, PromptAdd
+    from saeuron_core.unlearning import ADD_STRENGTH
 
     session = ex.session
     assert handles.concept_handle(session, "dots", "remove") == session.bundle.unlearn(["dots"])
+    # add is the bundle's add handle: the prompt rewritten for every cross-attention block
     added = handles.concept_handle(session, "dots", "add", 2.0)
-    removed = session.bundle.unlearn(["dots"])
-    assert [(a.point, a.tau, a.score, a.strength) for a in added] == [(u.point, u.tau, u.score, 2.0) for u in removed]
-    assert all(isinstance(a, AddConcept) and a.cond_only for a in added)
+    assert added == session.bundle.add_concepts(["dots"], 2.0)
+    assert added == [PromptAdd(("dots",), 2.0, point=session.bundle.point_of_kind["style"])]
+    assert added[0].blocks == () and added[0].steps is None
+    (star,) = handles.concept_handle(session, "star", "add", ADD_STRENGTH)
+    assert isinstance(star, PromptAdd) and star.strength == 1.0 and star.point == session.bundle.point_of_kind["object"]
+    assert handles.concept_handle(session, "dots", "add", PROMPT_ADD_MAX)[0].strength == PROMPT_ADD_MAX
     with pytest.raises(SaeuronError, match="choose a concept"):
         handles.concept_handle(session, None, "remove")
-    with pytest.raises(SaeuronError, match="over the cap of 100x"):
-        handles.concept_handle(session, "dots", "add", 101.0)
-    with pytest.raises(SaeuronError, match="enter a strength"):
+    for bad in (PROMPT_ADD_MAX + 0.01, 0.0, -1.0, 101.0):  # one check, one message: the PromptAdd's own
+        with pytest.raises(SaeuronError, match=r"^strength must be in \(0, 3\], got"):
+            handles.concept_handle(session, "dots", "add", bad)
+    with pytest.raises(SaeuronError, match="enter a strength for adding dots"):
         handles.concept_handle(session, "dots", "add", None)
+    with pytest.raises(SaeuronError, match="unknown concept 'vangogh'"):
+        handles.concept_handle(session, "vangogh", "add", 1.0)
 
 
 def test_a_row_is_checked_when_added_and_the_addition_is_named(ex, point):
@@ -985,14 +993,33 @@ def test_the_table_shows_steering_in_multiples_of_typical_activation(ex, point):
     assert json.loads(edited)[0]["strength"] == pytest.approx(10.0 * typical)
 
 
-def test_an_added_concept_round_trips_through_recipes(ex):
+def test_an_added_concept_round_trips_through_recipes(ex, tmp_path, monkeypatch):
     from explorer import handles
+    from explorer.recipes import intervention_to_dict
+    from saeuron_core.interventions import PromptAdd
 
     added = handles.concept_handle(ex.session, "dots", "add", 3.0)
-    r = ex.session.complete(recipe(ex, *added))
-    assert recipe_from_json(recipe_to_json(r)).interventions == r.interventions
-    assert recipe_from_query(recipe_to_query(r)).interventions == r.interventions
-    assert "AddConcept(concepts=('dots',), strength=3.0" in recipe_to_python(r)
+    r = ex.session.complete(recipe(ex, *added, prompt="An image of star."))
+    assert [type(iv) for iv in r.interventions] == [PromptAdd]
+    assert intervention_to_dict(added[0]) == {
+        "type": "PromptAdd",
+        "point": ex.session.bundle.point_of_kind["style"],
+        "concepts": ["dots"],
+        "strength": 3.0,
+        "blocks": [],
+        "steps": None,
+    }
+    assert recipe_from_json(recipe_to_json(r)) == r
+    assert recipe_from_query(recipe_to_query(r), r.model, r.sae, r.stats) == r
+    snippet = recipe_to_python(r, ex.session.sources.defaults)
+    assert "PromptAdd(concepts=('dots',), strength=3.0, blocks=(), steps=None" in snippet
+    image = ex.session.render(r)
+    assert not np.array_equal(image, ex.session.render(r.with_interventions(())))  # the prompt was rewritten
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {})  # the snippet reproduces the app's image with saeuron_core alone
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "recipe.png").convert("RGB")), image)
 
 
 def test_row_effects_say_what_each_row_did(ex, point):
@@ -1058,7 +1085,8 @@ def rerouting(ex, tiny_bundle, tmp_path_factory) -> Explorer:
 def test_remove_is_the_tables_rerouting_and_the_editor_says_so(ex, rerouting):
     from explorer import handles
     from explorer import intervention_table as table
-    from saeuron_core.interventions import Reroute
+    from explorer.selection import measured_as
+    from saeuron_core.interventions import PromptAdd, Reroute
 
     session = rerouting.session
     (removal,) = handles.concept_handle(session, "dots", "remove")
@@ -1066,15 +1094,21 @@ def test_remove_is_the_tables_rerouting_and_the_editor_says_so(ex, rerouting):
     assert removal.point == session.bundle.point_of_kind["style"] and removal.blocks == ()
     rows, message = handles.checked_addition(session, [], [removal])
     assert rows == [removal] and message.endswith(f"remove dots at {removal.point} (rerouted to solid).")
-    (added,) = handles.concept_handle(session, "dots", "add", 2.0)  # steers the very flag latents in
-    # add steers the paper's selection (the table's tuned tau), not the rerouting's detection latents
+    (added,) = handles.concept_handle(session, "dots", "add", 2.0)  # rewrites the prompt, whatever remove does
+    assert isinstance(added, PromptAdd) and (added.point, added.strength) == (removal.point, 2.0)
+    # its row reports the paper's selection (the table's tuned tau), not the rerouting's detection latents
     (paper,) = session.bundle.unlearn(["dots"], paper=True)
-    assert (added.point, added.tau, added.score) == (paper.point, paper.tau, paper.score)
+    measured = measured_as(session.bundle, added)
+    assert (measured.point, measured.tau, measured.score) == (paper.point, paper.tau, paper.score)
+    assert measured.tau != removal.tau
     assert handles.default_removals(session) == ("styles", "objects")
     assert handles.default_removals(ex.session) == ("", "objects and styles")
     text = table.what_each_does(*handles.default_removals(session))
     assert "for styles, counterfactual rerouting" in text and "for objects, SAeUron's scaling" in text
     assert "rerouting" not in table.what_each_does(*handles.default_removals(ex.session))
+    for text in (text, table.what_each_does(*handles.default_removals(ex.session))):
+        assert "**add** rewrites the prompt read by cross-attention" in text
+        assert "typical top" not in text.split("**add**")[1]  # add has no feature unit any more
     nearest = Reroute(("dots", "rings"), anchor="nearest", point=removal.point)
     assert handles.describe(nearest) == f"remove dots+rings at {removal.point} (rerouted to the nearest concept)"
 
@@ -1263,9 +1297,169 @@ def test_the_unlearn_tab_runs_the_default_rerouting_and_names_its_variant(rerout
 def test_a_replace_row_gets_a_message_that_names_it(ex):
     """A defaults table's "replace" variant is applied by the library; the explorer refuses its
     rows with a line that says what they are, not that they are not interventions."""
-    from explorer.recipes import check_interventions
+    from explorer.recipe_checks import check_interventions
     from saeuron_core.interventions import Replace
 
     point = ex.session.bundle.point_of_kind["style"]
     with pytest.raises(SaeuronError, match="is a Replace .* cannot show or edit"):
         check_interventions([Replace(("dots",), tau=99.0, point=point)], ex.session.bundle, Limits(), lambda: ())
+
+
+# --------------------------------------------------------------------------- the add handle as a PromptAdd
+def _prompt_add_dict(style_point: str, **changes) -> dict:
+    return {"type": "PromptAdd", "point": style_point, "concepts": ["dots"], "strength": 1.0, **changes}
+
+
+def test_a_prompt_add_round_trips_with_its_blocks_and_window(ex):
+    from explorer.recipes import intervention_from_dict, intervention_to_dict
+    from saeuron_core.interventions import PromptAdd
+
+    session = ex.session
+    style = session.bundle.point_of_kind["style"]
+    blocks = session.cross_attention_blocks()
+    mid = next(b for b in blocks if b.startswith("mid_block"))  # the mid block is one of its blocks
+    custom = PromptAdd(
+        ("dots", "rings"), 0.5, blocks=(mid, f"unet.{blocks[0]}"), steps=StepWindow(1, None), point=style
+    )
+    assert intervention_from_dict(json.loads(json.dumps(intervention_to_dict(custom)))) == custom
+    # a hand-written one may leave out the optional fields
+    assert intervention_from_dict(_prompt_add_dict(style)) == PromptAdd(("dots",), 1.0, point=style)
+    r = session.complete(recipe(ex, custom, seed=3))
+    assert recipe_from_json(recipe_to_json(r)) == r
+    assert recipe_from_query(recipe_to_query(r), r.model, r.sae, r.stats) == r
+    assert f"blocks=('{mid}', 'unet.{blocks[0]}'), steps=StepWindow(1, None)" in recipe_to_python(r)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(concepts=["vangogh"]), "unknown concept 'vangogh'"),
+        (dict(concepts=["dots", "star"]), "PromptAdd at .*: star is a object, whose features are at"),
+        (dict(concepts=["dots", "dots"]), "named twice"),
+        (dict(concepts=[]), "concepts must be a list of names"),
+        (dict(concepts="dots"), "concepts must be a list of names"),
+        (dict(strength=3.5), r"strength must be in \(0, 3\], got 3.5"),
+        (dict(strength=0.0), r"strength must be in \(0, 3\], got 0"),
+        (dict(strength=-2.0), r"strength must be in \(0, 3\], got -2"),
+        (dict(strength="strong"), "PromptAdd intervention has a malformed field"),
+        (dict(blocks=["up_blocks.9.attentions.0"]), "PromptAdd block 'up_blocks.9.attentions.0' is not a cross-attent"),
+        (dict(blocks=["up_blocks.1.resnets.0"]), "'up_blocks.1.resnets.0' is not a cross-attention block"),
+        (dict(blocks=["up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.1"]), "is named twice"),
+        (dict(blocks="up_blocks.1.attentions.1"), "PromptAdd intervention: blocks must be a list of names"),
+        (dict(point="up_blocks.9.attentions.0"), "no SAE for hook point"),
+        (dict(tau=99.0), r"PromptAdd intervention: missing fields \[\], unknown fields \['tau'\]"),
+    ],
+)
+def test_a_bad_prompt_add_gets_one_line_where_it_is_added_and_where_a_recipe_is_checked(
+    ex, monkeypatch, changes, message
+):
+    from explorer import handles
+    from explorer.recipes import intervention_from_dict
+
+    session = ex.session
+    spec = _prompt_add_dict(session.bundle.point_of_kind["style"], **changes)
+    monkeypatch.setattr(session, "run", lambda *a, **k: pytest.fail("generated before the check"))
+    with pytest.raises(SaeuronError, match=message):
+        handles.checked_addition(session, [], [intervention_from_dict(spec)])
+    with pytest.raises(SaeuronError, match=message):
+        session.render(session.recipe(PROMPT, 0, 3, 4.0, json.dumps([spec])))
+
+
+def test_a_prompt_add_row_shows_its_strength_and_only_its_value_and_steps_are_edited(ex):
+    from explorer import handles
+    from explorer import intervention_table as table
+    from explorer.recipes import intervention_to_dict
+
+    (added,) = handles.concept_handle(ex.session, "dots", "add", 1.0)
+    rows = table.synced_rows(json.dumps([intervention_to_dict(added)]), [])
+    assert [r[:8] for r in rows] == [[True, "add", added.point, "dots", "1", "0", "", "prompt rewritten, every block"]]
+    rows[0][3], rows[0][4], rows[0][6] = "rings", "2.5", "2"  # the concepts are not edited; strength and steps are
+    rows, text = table.edited(rows)
+    (spec,) = json.loads(text)
+    assert spec == {**intervention_to_dict(added), "strength": 2.5, "steps": [0, 2]}
+    assert rows[0][3:5] == ["dots", "2.5"]
+    rows[0][4] = "4"
+    with pytest.raises(SaeuronError, match=r"strength must be in \(0, 3\], got 4"):
+        table.edited(rows)
+    _, message = handles.checked_addition(ex.session, [], [added])
+    assert message.endswith("add dots: prompt rewritten, strength 1.")
+    one_block = replace(added, blocks=("up_blocks.1.attentions.0",))
+    assert handles.describe(one_block) == "add dots: prompt rewritten at 1 block, strength 1"
+    assert table.row_of(intervention_to_dict(one_block))[7] == "prompt rewritten, up_blocks.1.attentions.0"
+
+
+def test_a_prompt_add_rows_effects_say_which_prompt_cross_attention_read(ex):
+    from explorer import handles
+    from explorer.selection import measured_as, selected_per_row
+    from saeuron_core.prompt_add import prompt_added
+    from saeuron_core.unlearning import ADD_STRENGTH
+
+    session, bundle = ex.session, ex.session.bundle
+    (added,) = handles.concept_handle(session, "dots", "add", ADD_STRENGTH)
+    plain = recipe(ex, added, prompt="An image of star.")
+    r = session.complete(plain)
+    # what the row says the blocks read is what the library's edit read in a generation
+    kinds = {"dots": "style"}
+    with session.unet() as pipe, prompt_added(pipe, [added], kinds, bundle.vocabulary) as (edit,):
+        generate(pipe, [r.prompt], [r.seed], r.steps, r.guidance)
+    assert edit.texts == [("an image of star .", "an image of star in dots style .")]
+    assert handles.prompt_read(session, added, r.prompt) == edit.texts[0]
+    (row,), overall = handles.row_effects(session, r)
+    assert row.intervention == "add dots: prompt rewritten, strength 1"
+    assert row.explanation.startswith('read as "an image of star in dots style ." by every cross-attention block')
+    assert "its selected features' activation" in row.explanation and "judge" in row.explanation
+    # the features it reports: dots's selection as the paper's removal makes it, over the steps used
+    stats = bundle.concept_stats([measured_as(bundle, added)])[added.point]
+    used = {stats.row_for_timestep(float(t)) for t in session.run(r, capture=[added.point]).timesteps}
+    per_row = selected_per_row(measured_as(bundle, added), stats)
+    assert row.features == len(torch.cat([per_row[i] for i in used]).unique()) > 0
+    assert row.judge_before.startswith(("sees dots", "does not see dots")) and overall.startswith("Judge:")
+    assert not np.array_equal(session.render(r), session.render(r.with_interventions(())))
+    # a prompt that names the concept already: nothing rewritten, the image and activation unchanged
+    named = session.complete(recipe(ex, added))
+    (row,), _ = handles.row_effects(session, named)
+    assert row.explanation.startswith(
+        'nothing rewritten: the prompt already names dots (read as "an image of star in dots style .")'
+    )
+    assert row.before == row.after and "activation about the same" in row.explanation
+    assert "try a larger strength" not in row.explanation  # no strength adds what is named already
+    assert np.array_equal(session.render(named), session.render(named.with_interventions(())))
+    # another style named: replaced by the added one
+    swapped = session.complete(recipe(ex, replace(added, concepts=("rings",))))
+    assert handles.row_effects(session, swapped)[0][0].explanation.startswith(
+        'read as "an image of star in rings style ."'
+    )
+
+
+def test_a_prompt_add_without_a_default_tau_runs_and_says_its_features_are_not_measured(ex):
+    from explorer import handles
+
+    session = ex.session
+    (added,) = handles.concept_handle(session, "heart", "add", 1.0)  # the tiny table: no object default but star's
+    (row,), _ = handles.row_effects(session, session.complete(recipe(ex, added, prompt="An image in dots style.")))
+    assert row.explanation.startswith('read as "an image in dots style with heart ." by every cross-attention block')
+    assert "its features are not measured (no default tau/gamma for 'heart'" in row.explanation
+    assert row.features == 0
+
+
+def test_an_addconcept_recipe_from_before_prompt_add_still_loads_runs_and_says_what_it_did(ex):
+    from explorer import handles
+    from explorer import intervention_table as table
+    from explorer.recipes import intervention_from_dict
+    from saeuron_core.interventions import AddConcept
+
+    style = ex.session.bundle.point_of_kind["style"]
+    # what the add handle made before (the paper's selected latents steered in, 2x), as a recipe held it
+    old = {"type": "AddConcept", "point": style, "concepts": ["dots"], "strength": 2.0, "tau": [99.0], "steps": None}
+    (iv,) = ex.session.bundle.add_concepts(["dots"], 2.0, latents=True)
+    assert intervention_from_dict(old) == iv and isinstance(iv, AddConcept)
+    r = ex.session.complete(recipe(ex, iv, prompt="An image of star."))
+    assert (
+        recipe_from_json(recipe_to_json(r)) == r and recipe_from_query(recipe_to_query(r), r.model, r.sae, r.stats) == r
+    )
+    assert "AddConcept(concepts=('dots',), strength=2.0" in recipe_to_python(r)
+    assert table.row_of(old)[1:8] == ["add", style, "dots", "2x", "0", "", "everywhere"]
+    (row,), _ = handles.row_effects(ex.session, r)
+    assert row.intervention == f"add dots at {style} (2x, latents steered in)" and row.features > 0
+    with pytest.raises(SaeuronError, match="concept strength .x typical top activation. must be in"):
+        ex.session.recipe(PROMPT, 0, 3, 4.0, json.dumps([{**old, "strength": 101.0}]))

@@ -10,8 +10,14 @@ import uuid
 import gradio as gr
 
 from saeuron_core.errors import SaeuronError
+from saeuron_core.interventions import PROMPT_ADD_MAX
 
 log = logging.getLogger("saeuron.explorer")
+
+ADD_STRENGTH_LABEL = (
+    f"Strength of 'add' (1: cross-attention reads the prompt with the concept written in; at most {PROMPT_ADD_MAX:g})"
+)
+"""The label of both panels' add strength (a ``PromptAdd``'s, no feature unit)."""
 
 
 def _as_ui_error(e: Exception) -> gr.Error:

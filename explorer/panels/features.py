@@ -18,7 +18,7 @@ from .. import feature_map as feature_map_view
 from ..context import Explorer
 from ..formatting import optional_int, optional_number, percent, sig3
 from ..zerogpu import gpu
-from . import grouped_concepts, page_url, ui_errors, validator
+from . import ADD_STRENGTH_LABEL, grouped_concepts, page_url, ui_errors, validator
 
 NO_CONCEPT = "(none)"
 ALL_STEPS = "all"
@@ -126,11 +126,11 @@ def layout(ex: Explorer) -> FeaturesPanel:
     with gr.Row():
         handle_strength = gr.Number(
             ADD_STRENGTH,
-            label="Strength of 'add' (x the features' typical top activation)",
+            label=ADD_STRENGTH_LABEL,
             elem_id="features-handle-strength",
         )
         remove_button = gr.Button("Remove this concept (SAeUron default)", elem_id="features-remove-concept")
-        add_button = gr.Button("Add this concept (steer its features in)", elem_id="features-add-concept")
+        add_button = gr.Button("Add this concept (rewrite the prompt)", elem_id="features-add-concept")
     handle_note = gr.Markdown(elem_id="features-handle-note")
     with gr.Row():
         search = gr.Textbox(

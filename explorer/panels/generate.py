@@ -23,7 +23,16 @@ from ..imaging import upscale, upscale_factor
 from ..limits import check_int
 from ..recipes import Recipe, recipe_to_json, recipe_to_python, recipe_to_query
 from ..zerogpu import gpu
-from . import _as_ui_error, grouped_concepts, intervention_editor, page_url, served, ui_errors, validator
+from . import (
+    ADD_STRENGTH_LABEL,
+    _as_ui_error,
+    grouped_concepts,
+    intervention_editor,
+    page_url,
+    served,
+    ui_errors,
+    validator,
+)
 from .intervention_editor import append_intervention
 
 ACTIVE_COLUMNS = ["feature", "activation", "top concept"]
@@ -94,7 +103,7 @@ def layout(ex: Explorer) -> GeneratePanel:
         column_widths=["6%", "8%", "17%", "12%", "9%", "8%", "8%", "10%", "22%"],
         show_row_numbers=True,
         label="Interventions: add them from the feature card; toggle 'on', edit features, value "
-        "(scale factor or steering strength) and steps; select a row to delete it",
+        "(scale factor, steering strength or add strength) and steps; select a row to delete it",
         elem_id="intervention-table",
     )
     gr.Markdown(table.what_each_does(*handles.default_removals(ex.session)), elem_id="what-each-does")
@@ -114,11 +123,11 @@ def layout(ex: Explorer) -> GeneratePanel:
         )
         handle_strength = gr.Number(
             ADD_STRENGTH,
-            label="Strength of 'add' (x the features' typical top activation)",
+            label=ADD_STRENGTH_LABEL,
             elem_id="handle-strength",
         )
         remove_button = gr.Button("Remove concept (SAeUron default)", elem_id="remove-concept")
-        add_button = gr.Button("Add concept (steer its features in)", elem_id="add-concept")
+        add_button = gr.Button("Add concept (rewrite the prompt)", elem_id="add-concept")
     handle_note = gr.Markdown(elem_id="handle-note")
     with gr.Accordion("Interventions as JSON (what the recipe holds: the rows that are on)", open=False):
         interventions = gr.Code(

@@ -1,5 +1,5 @@
 """The intervention list: its JSON text, the editable table kept in step with it (toggle, edit,
-delete, clear) and the concept handles that add a concept's removal or steering to it."""
+delete, clear) and the concept handles that add a concept's removal or adding to it."""
 
 from __future__ import annotations
 
