@@ -133,6 +133,8 @@ def intervention_to_dict(iv: Intervention) -> dict:
             "match": iv.match,
             "steps": _window(iv.steps),
         }
+        if not iv.heed_prompt:
+            spec["heed_prompt"] = False
         return spec if iv.score == "paper" else {**spec, "score": iv.score}
     if isinstance(iv, PromptAdd):
         return {
@@ -151,7 +153,10 @@ _FIELDS = {
     "Steer": ({"type", "point", "features", "strength"}, {"steps", "mask"}),
     "Unlearn": ({"type", "point", "concepts", "tau", "gamma"}, {"steps", "score"}),
     "AddConcept": ({"type", "point", "concepts", "strength", "tau"}, {"steps", "score", "cond_only"}),
-    "Reroute": ({"type", "point", "concepts", "anchor", "blocks", "tau", "detect", "match"}, {"steps", "score"}),
+    "Reroute": (
+        {"type", "point", "concepts", "anchor", "blocks", "tau", "detect", "match"},
+        {"steps", "score", "heed_prompt"},
+    ),
     "PromptAdd": ({"type", "point", "concepts", "strength"}, {"blocks", "steps"}),
 }
 """Per type: (required fields, optional fields). ``AddConcept`` is the add handle of recipes made
@@ -205,6 +210,7 @@ def intervention_from_dict(data) -> Intervention:
                 steps=steps,
                 point=data["point"],
                 score=data.get("score", "paper"),
+                heed_prompt=_flag(data.get("heed_prompt", True), "heed_prompt"),
             )
         return Unlearn(
             tuple(data["concepts"]),
@@ -242,6 +248,12 @@ def _read_window(steps) -> StepWindow | None:
     ):
         raise SaeuronError(f"a step window is [start, stop] (stop may be null), got {steps!r}")
     return StepWindow(steps[0], steps[1])
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SaeuronError(f"Reroute intervention: {name} must be true or false, got {value!r:.120}")
+    return value
 
 
 def _strings(value, name: str, kind: str = "Reroute", empty: bool = False) -> tuple[str, ...]:
@@ -367,7 +379,8 @@ def _core_repr(iv: Intervention) -> str:
     if isinstance(iv, Reroute):
         return (
             f"Reroute(concepts={iv.concepts!r}, anchor={iv.anchor!r}, blocks={iv.blocks!r}, tau={iv.tau!r}, "
-            f"detect={iv.detect!r}, match={iv.match!r}, steps={window}, point={iv.point!r}{score})"
+            f"detect={iv.detect!r}, match={iv.match!r}, steps={window}, point={iv.point!r}{score}"
+            f"{'' if iv.heed_prompt else ', heed_prompt=False'})"
         )
     return (
         f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, "

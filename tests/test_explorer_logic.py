@@ -1148,10 +1148,12 @@ def test_a_reroute_round_trips_through_json_url_and_python(rerouting, tmp_path, 
         steps=StepWindow(1, None),
         point=style,
         score="specific",
+        heed_prompt=False,
     )
     for iv in (default, custom):
         assert intervention_from_dict(json.loads(json.dumps(intervention_to_dict(iv)))) == iv
-    assert '"score"' not in json.dumps(intervention_to_dict(default))
+    assert '"score"' not in json.dumps(intervention_to_dict(default)) and default.heed_prompt
+    assert intervention_to_dict(custom)["heed_prompt"] is False and "heed_prompt" not in intervention_to_dict(default)
     assert intervention_to_dict(custom)["anchor"] == "nearest" and intervention_to_dict(default)["anchor"] == ["solid"]
     r = session.complete(recipe(rerouting, default, custom, seed=2))
     assert recipe_from_json(recipe_to_json(r)) == r
@@ -1190,6 +1192,7 @@ def _reroute_dict(style_point: str, **changes) -> dict:
         (dict(anchor=7), "anchor must be a list of names"),
         (dict(detect=2.0), "detect is a share of tokens"),
         (dict(point="up_blocks.9.attentions.0"), "no SAE for hook point"),
+        (dict(heed_prompt="yes"), "heed_prompt must be true or false"),
     ],
 )
 def test_a_bad_reroute_gets_one_line_where_it_is_added_and_where_a_recipe_is_checked(
