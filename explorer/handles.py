@@ -13,6 +13,7 @@ from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import Step, to_tokens
 from saeuron_core.interventions import AddConcept, Intervention, PromptAdd, Reroute, ScaleFeatures, Unlearn
 from saeuron_core.prompt_add import PromptAddEdit
+from saeuron_core.prompts import names_another
 
 from .formatting import percent, sig3
 from .recipe_checks import check_interventions
@@ -247,14 +248,28 @@ def prompt_read(session: ExplorerSession, iv: PromptAdd, prompt: str) -> tuple[s
     concepts written in): what the conditional row's cross-attention reads under ``iv``, made
     as the library makes it (the pipeline's tokenization, ``PromptAddEdit.written``), the
     ``PromptAddEdit.texts`` of a generation of ``prompt``."""
-    pipe = session.pipe
-    tokenizer = pipe.tokenizer
+    read = read_back(session, prompt)
+    kinds = {c: session.bundle.kind_of(c) for c in iv.concepts}
+    return read, PromptAddEdit(iv, session.pipe, kinds, session.bundle.vocabulary).written(read)
+
+
+def read_back(session: ExplorerSession, prompt: str) -> str:
+    """``prompt`` as the hooks read it back from the text encoder's token ids (lower case, cut at
+    the encoder's length)."""
+    tokenizer = session.pipe.tokenizer
     ids = tokenizer(
         [prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids[0]
-    read = tokenizer.decode(ids, skip_special_tokens=True)
-    kinds = {c: session.bundle.kind_of(c) for c in iv.concepts}
-    return read, PromptAddEdit(iv, pipe, kinds, session.bundle.vocabulary).written(read)
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def asked_elsewhere(session: ExplorerSession, iv: Reroute, prompt: str) -> list[str]:
+    """The concepts of ``iv`` that a heeding Reroute leaves alone on ``prompt``: it names another
+    concept of their kind and not them (``Reroute.heed_prompt``)."""
+    if not iv.heed_prompt:
+        return []
+    read, bundle = read_back(session, prompt), session.bundle
+    return [c for c in iv.concepts if names_another(read, bundle.kind_of(c), c, bundle.vocabulary)]
 
 
 def _explain_prompt_add(
@@ -294,10 +309,21 @@ def _explain_reroute(
     seen_after: bool | None,
     alone: bool,
     image_changed: bool,
+    asked: list[str] = (),
 ) -> str:
     """A Reroute changes nothing until its flag latents detect a concept: say whether and from
     which step they did (exact while it is the recipe's only row: until the first detection the
-    edited generation is the unedited one), then how its flag latents and the judge moved."""
+    edited generation is the unedited one), then how its flag latents and the judge moved.
+    ``asked``: its concepts left alone because the prompt asks for another of their kind."""
+    heeded = (
+        f"{' and '.join(asked)} left alone: the prompt names another of its kind, so a detection there is taken "
+        "for a false alarm (heed_prompt)"
+        if asked
+        else ""
+    )
+    found = [d for d in found if d.concept not in asked]
+    if not found:
+        return f"nothing rerouted: {heeded}"
     where = "" if alone else " in the unedited generation"
     missed = [d for d in found if d.step is None]
     not_seen = "; ".join(
@@ -306,9 +332,9 @@ def _explain_reroute(
         for d in missed
     )
     if len(missed) == len(found):
-        return f"nothing rerouted: {not_seen}"
+        return f"nothing rerouted: {not_seen}" + (f"; {heeded}" if heeded else "")
     seen = ", ".join(f"{d.concept} detected at step {d.step}{where}" for d in found if d.step is not None)
-    text = f"{seen}: rerouted to {anchor_text(iv)}"
+    text = f"{seen}: rerouted to {anchor_text(iv)}" + (f"; {heeded}" if heeded else "")
     if alone and not image_changed:  # e.g. no word to move and no token flagged where it was found
         return text + ", but rerouting changed nothing in the image" + (f"; {not_seen}" if missed else "")
     text += f"; {not_seen}" if missed else ""
@@ -380,6 +406,7 @@ def row_effects(session: ExplorerSession, recipe: CheckedRecipe) -> tuple[list[R
                     seen_after,
                     alone=len(recipe.interventions) == 1,
                     image_changed=not np.array_equal(before_image, after_image),
+                    asked=asked_elsewhere(session, iv, recipe.prompt),
                 )
                 if isinstance(iv, Reroute)
                 else _explain_prompt_add(

@@ -1246,6 +1246,25 @@ def test_a_reroute_rows_effects_say_whether_it_detected_and_what_changed(rerouti
     assert isinstance(handles.concept_handle(session, "star", "remove")[0], Unlearn)  # objects: the paper's scaling
 
 
+def test_a_reroute_row_says_when_the_prompt_asks_for_another_concept_of_the_kind(rerouting):
+    """heed_prompt: on a prompt naming rings, a removal of dots detected everywhere (detect 0) is
+    left alone, the image is the unedited one, and the row says why; without heeding it reroutes."""
+    from explorer import handles
+
+    session = rerouting.session
+    (default,) = handles.concept_handle(session, "dots", "remove")
+    iv = replace(default, detect=0.0)
+    r = session.complete(recipe(rerouting, iv, prompt="An image of star in rings style."))
+    (row,), _ = handles.row_effects(session, r)
+    assert row.explanation.startswith("nothing rerouted: dots left alone: the prompt names another of its kind")
+    assert np.array_equal(session.render(r), session.render(r.with_interventions(())))
+    deaf = session.complete(
+        recipe(rerouting, replace(iv, heed_prompt=False), prompt="An image of star in rings style.")
+    )
+    (row,), _ = handles.row_effects(session, deaf)
+    assert row.explanation.startswith("dots detected at step 0") and "left alone" not in row.explanation
+
+
 def test_the_selection_is_unlearns_and_the_meter_measures_a_reroutes_flag_latents(rerouting):
     from explorer import handles
     from explorer.selection import selected_per_row
