@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import torch
 from torch import Tensor
 
 RECENT_CALLS = 8
@@ -15,35 +16,52 @@ RECENT_CALLS = 8
 
 
 class TextRecorder:
-    """The token ids behind the text contexts the pipeline's encoder makes while it is hooked."""
+    """The token ids behind the text contexts the pipeline's encoder makes while it is hooked.
+
+    A call counts only if encoding its ids again, with nothing else hooked, gives the same hidden
+    states: a context made from modified input embeddings (a soft-prompt attack inserts its
+    tokens that way) has ids that do not say what it holds, and is treated as having none."""
 
     def __init__(self):
-        self.calls: list[tuple[Tensor, Tensor]] = []  # (ids [n, L] on the CPU, hidden [n, L, D])
+        # (ids [n, L] on the CPU, hidden [n, L, D], the encoder, whether the ids give the hidden states)
+        self.calls: list[list] = []
         self.paused = False
 
-    def hook(self, _module, args, kwargs, output):
+    def hook(self, module, args, kwargs, output):
         ids = args[0] if args else kwargs.get("input_ids")
         if self.paused or ids is None:
             return None
         hidden = output[0] if isinstance(output, (tuple, list)) else output.last_hidden_state
-        self.calls.append((ids.detach().cpu(), hidden.detach()))
+        self.calls.append([ids.detach().cpu(), hidden.detach(), module, None])
         del self.calls[:-RECENT_CALLS]
         return None
 
     @contextlib.contextmanager
     def pause(self) -> Iterator[None]:
-        """The project's own encodings (the counterfactual prompts) are not recorded."""
+        """The project's own encodings (the counterfactual prompts, the checks) are not recorded."""
         self.paused = True
         try:
             yield
         finally:
             self.paused = False
 
+    def _genuine(self, call: list) -> bool:
+        """Whether the call's ids, encoded again, give its hidden states (checked once, when first
+        matched: by then whatever modified the call's input is gone)."""
+        if call[3] is None:
+            ids, hidden, encoder, _ = call
+            with self.pause(), torch.no_grad():
+                again = encoder(ids.to(hidden.device))[0]
+            call[3] = bool(_close(again, hidden))
+        return call[3]
+
     def ids_of(self, context: Tensor) -> list[Tensor | None]:
         """Per row of ``context`` [B, L, D]: the token ids it was encoded from, or None (a context
-        the encoder did not make while recorded: ``prompt_embeds``, a soft prompt)."""
+        the encoder did not make while recorded, ``prompt_embeds``, or one made from modified input
+        embeddings, a soft prompt)."""
         found: list[Tensor | None] = [None] * context.shape[0]
-        for ids, hidden in reversed(self.calls):
+        for call in reversed(self.calls):
+            ids, hidden = call[0], call[1]
             if hidden.shape[1:] != context.shape[1:]:
                 continue
             made = hidden.to(device=context.device, dtype=context.dtype).float()
@@ -51,6 +69,11 @@ class TextRecorder:
             best, which = gap.min(1)
             tolerance = 1e-3 * (float(made.abs().amax()) + 1.0)
             for b in range(len(found)):
-                if found[b] is None and float(best[b]) <= tolerance:
+                if found[b] is None and float(best[b]) <= tolerance and self._genuine(call):
                     found[b] = ids[int(which[b])]
         return found
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    a, b = a.float(), b.float().to(a.device)
+    return a.shape == b.shape and float((a - b).abs().amax()) <= 1e-3 * (float(b.abs().amax()) + 1.0)

@@ -10,7 +10,7 @@ from conftest import TINY_POINTS
 from saeuron_core.errors import SaeuronError
 from saeuron_core.interventions import AddConcept, PromptAdd, StepWindow
 from saeuron_core.pipeline import generate, load_pipeline, model_info, text_embeddings
-from saeuron_core.prompt_add import TextRecorder
+from saeuron_core.prompt_text import TextRecorder
 from saeuron_core.prompts import written_in
 from saeuron_core.unlearning import ADD_STRENGTH, SaeBundle
 
@@ -149,3 +149,22 @@ def test_the_add_handle_is_a_prompt_add_per_kind_and_latents_on_request(tiny_bun
     }
     latents = bundle.add_concepts(["dots"], 3.0, latents=True)
     assert [type(a) for a in latents] == [AddConcept] and latents[0].strength == 3.0
+
+
+def test_a_context_made_from_modified_input_embeddings_has_no_ids(tiny_bundle):
+    """A soft-prompt attack inserts its tokens through the input embeddings: the ids it was
+    called with do not say what the context holds, so the recorder gives none for it (else a
+    prompt naming another style would buy the attack a pass from heed_prompt)."""
+    from saeuron_core.baselines.attack import soft_prompt_embeddings
+
+    pipe, _ = open_tiny(tiny_bundle)
+    recorder = TextRecorder()
+    handle = pipe.text_encoder.register_forward_hook(recorder.hook, with_kwargs=True)
+    try:
+        soft = torch.randn(1, 2, pipe.text_encoder.config.hidden_size)
+        attacked = soft_prompt_embeddings(pipe, ["An image of star in rings style."], soft)
+        ids, clean = text_embeddings(pipe, ["An image of star in rings style."])
+    finally:
+        handle.remove()
+    found = recorder.ids_of(torch.cat([attacked, clean]).detach())
+    assert found[0] is None and torch.equal(found[1], ids[0])
