@@ -135,6 +135,8 @@ def intervention_to_dict(iv: Intervention) -> dict:
         }
         if not iv.heed_prompt:
             spec["heed_prompt"] = False
+        if iv.untrusted != "anchor":
+            spec["untrusted"] = iv.untrusted
         return spec if iv.score == "paper" else {**spec, "score": iv.score}
     if isinstance(iv, PromptAdd):
         return {
@@ -155,7 +157,7 @@ _FIELDS = {
     "AddConcept": ({"type", "point", "concepts", "strength", "tau"}, {"steps", "score", "cond_only"}),
     "Reroute": (
         {"type", "point", "concepts", "anchor", "blocks", "tau", "detect", "match"},
-        {"steps", "score", "heed_prompt"},
+        {"steps", "score", "heed_prompt", "untrusted"},
     ),
     "PromptAdd": ({"type", "point", "concepts", "strength"}, {"blocks", "steps"}),
 }
@@ -211,6 +213,7 @@ def intervention_from_dict(data) -> Intervention:
                 point=data["point"],
                 score=data.get("score", "paper"),
                 heed_prompt=_flag(data.get("heed_prompt", True), "heed_prompt"),
+                untrusted=data.get("untrusted", "anchor"),
             )
         return Unlearn(
             tuple(data["concepts"]),
@@ -380,7 +383,8 @@ def _core_repr(iv: Intervention) -> str:
         return (
             f"Reroute(concepts={iv.concepts!r}, anchor={iv.anchor!r}, blocks={iv.blocks!r}, tau={iv.tau!r}, "
             f"detect={iv.detect!r}, match={iv.match!r}, steps={window}, point={iv.point!r}{score}"
-            f"{'' if iv.heed_prompt else ', heed_prompt=False'})"
+            f"{'' if iv.heed_prompt else ', heed_prompt=False'}"
+            f"{'' if iv.untrusted == 'anchor' else f', untrusted={iv.untrusted!r}'})"
         )
     return (
         f"Unlearn(concepts={iv.concepts!r}, tau={iv.tau!r}, gamma={iv.gamma!r}, steps={window}, "

@@ -234,6 +234,10 @@ class Replace:
         return list(zip(self.concepts, _each(self, "tau"), _each(self, "strength")))
 
 
+REROUTE_UNTRUSTED = ("swap", "anchor")
+"""What a ``Reroute`` does with a context that has no genuine token ids (its field ``untrusted``)."""
+
+
 @dataclass(frozen=True)
 class Reroute:
     """Counterfactual rerouting: where the SAE sees a concept, cross-attention sees it swapped.
@@ -272,6 +276,14 @@ class Reroute:
     ids: a row whose prompt names another concept of the kind and not this one is left alone (a
     detection there is a false alarm: the text asks for the other concept)."""
 
+    untrusted: str = "anchor"
+    """A row whose context has no genuine token ids (``prompt_embeds``, a soft prompt): "anchor":
+    once the concept is detected, the anchor's own prompt on every token (such a context may hide
+    the concept where no word shows it; the soft-prompt attack on the sweep split left style UA at
+    87.5 % this way, 60.4 % with "swap"); "swap": as any other row (the word swap where the word
+    is found by similarity, else the anchor's prompt on the flagged tokens). The cost: a genuine
+    prompt passed as ``prompt_embeds`` loses its own text at the rerouted blocks once detected."""
+
     def __post_init__(self):
         _check_per_concept(self, "anchor")
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -279,6 +291,8 @@ class Reroute:
             raise SaeuronError(f"detect is a share of tokens in [0, 1], got {self.detect}")
         if not 0 < self.match <= 1:
             raise SaeuronError(f"match is a cosine similarity in (0, 1], got {self.match}")
+        if self.untrusted not in REROUTE_UNTRUSTED:
+            raise SaeuronError(f"untrusted must be one of {', '.join(REROUTE_UNTRUSTED)}, got {self.untrusted!r}")
         for concept, anchor in zip(self.concepts, _each(self, "anchor")):
             if anchor == concept:
                 raise SaeuronError(f"{concept!r} cannot be rerouted to itself")

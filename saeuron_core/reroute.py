@@ -169,18 +169,21 @@ class RerouteEdit:
             self.swaps.append(_swap(pipe, kind, concept, anchor, vocabulary, reroute.match))
         self.flags = ConceptFlags(reroute, sae, stats)
 
-    def asked_elsewhere(self, context: Tensor, recorder: TextRecorder) -> Tensor:
-        """[n_concepts, B] bool: rows whose prompt (read back from its token ids) names another
-        concept of the kind and not this one; False where the ids are unknown or not heeded."""
-        out = torch.zeros(len(self.swaps), context.shape[0], dtype=torch.bool, device=context.device)
-        if not self.source.heed_prompt:
-            return out
+    def read(self, context: Tensor, recorder: TextRecorder) -> tuple[Tensor, Tensor]:
+        """(``asked_elsewhere`` [n_concepts, B] bool: rows whose prompt, read back from its token
+        ids, names another concept of the kind and not this one (only when heeded); ``untrusted``
+        [B] bool: rows without genuine token ids, ``prompt_embeds`` or a soft prompt)."""
+        asked = torch.zeros(len(self.swaps), context.shape[0], dtype=torch.bool, device=context.device)
+        untrusted = torch.ones(context.shape[0], dtype=torch.bool, device=context.device)
         for b, ids in enumerate(recorder.ids_of(context)):
-            if ids is not None:
+            if ids is None:
+                continue
+            untrusted[b] = False
+            if self.source.heed_prompt:
                 prompt = self.tokenizer.decode(ids, skip_special_tokens=True)
                 for c, swap in enumerate(self.swaps):
-                    out[c, b] = names_another(prompt, self.kind, swap.concept, self.vocabulary)
-        return out
+                    asked[c, b] = names_another(prompt, self.kind, swap.concept, self.vocabulary)
+        return asked, untrusted
 
 
 @contextlib.contextmanager
@@ -239,11 +242,12 @@ class _RowState:
         self.detected: Tensor | None = None  # [n_concepts, B] bool
         self.tokens: Tensor | None = None  # [n_concepts, B, H, W] bool
         self.asked_elsewhere: Tensor | None = None  # [n_concepts, B] bool, once per generation
+        self.untrusted: Tensor | None = None  # [B] bool: no genuine token ids, once per generation
 
     def new_step(self, index: int, batch: int) -> None:
         # the index went back, or the batch changed (an attack's single U-Net calls): a new generation
         if index < self.index or batch != self.batch:
-            self.shares, self.detected, self.tokens, self.asked_elsewhere = [], None, None, None
+            self.shares, self.detected, self.tokens, self.asked_elsewhere, self.untrusted = [], None, None, None, None
         self.index, self.batch = index, batch
 
 
@@ -299,11 +303,20 @@ def _block_hook(edits: list[RerouteEdit], states: list[_RowState], recorder: Tex
             if state.detected is None:
                 continue
             if state.asked_elsewhere is None:
-                state.asked_elsewhere = edit.asked_elsewhere(context, recorder)
+                state.asked_elsewhere, state.untrusted = edit.read(context, recorder)
             for c, swap in enumerate(edit.swaps):
                 shown = state.detected[c].to(x.device) & ~state.asked_elsewhere[c].to(x.device)
                 if not bool(shown.any()):
                     continue
+                if edit.source.untrusted == "anchor":  # a context without genuine ids: the anchor's prompt, everywhere
+                    whole = shown & state.untrusted.to(x.device)
+                    shown = shown & ~whole
+                    if bool(whole.any()):
+                        anchor = swap.anchor_context.to(device=context.device, dtype=context.dtype)
+                        counterfactual = torch.where(
+                            whole[:, None, None], anchor.expand_as(counterfactual), counterfactual
+                        )
+                        mask = torch.maximum(mask, whole[:, None, None, None].to(x.dtype).expand_as(mask))
                 counterfactual, found = swap.apply(counterfactual, shown)
                 elsewhere = shown & ~found  # no word to swap: the anchor's prompt, on flagged tokens only
                 if bool(elsewhere.any()):

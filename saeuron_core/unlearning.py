@@ -50,7 +50,8 @@ the table's tau / gamma. A defaults table names the project's default removal in
 (absent: the paper's); a concept entry with a "replace" block ({"strength", "target", "latents"})
 is removed by ``interventions.Replace`` in the default variant and by the paper's method in
 variant "paper" (``saeuron evaluate --methods saeuron-paper``); likewise an entry with a "reroute"
-block ({"anchor", "blocks", "latents_per_step", "detect", "heed_prompt"}) by ``interventions.Reroute``."""
+block ({"anchor", "blocks", "latents_per_step", "detect", "heed_prompt", "untrusted"}) by
+``interventions.Reroute``."""
 
 #: The paper's settings (METHOD section 8): every style tau 99.999 / gamma -1; objects from its
 #: Table 4 (SD v1.5 on UnlearnCanvas, 20480 latents), applied where a concept's name matches.
@@ -352,6 +353,7 @@ class SaeBundle:
             detect=min(float(r.get("detect", 0.3)) for r in entries),
             point=point,
             heed_prompt=all(bool(r.get("heed_prompt", True)) for r in entries),
+            untrusted=entries[0].get("untrusted", "anchor"),
         )
 
     def add_concepts(

@@ -1149,6 +1149,7 @@ def test_a_reroute_round_trips_through_json_url_and_python(rerouting, tmp_path, 
         point=style,
         score="specific",
         heed_prompt=False,
+        untrusted="swap",
     )
     for iv in (default, custom):
         assert intervention_from_dict(json.loads(json.dumps(intervention_to_dict(iv)))) == iv
@@ -1193,6 +1194,7 @@ def _reroute_dict(style_point: str, **changes) -> dict:
         (dict(detect=2.0), "detect is a share of tokens"),
         (dict(point="up_blocks.9.attentions.0"), "no SAE for hook point"),
         (dict(heed_prompt="yes"), "heed_prompt must be true or false"),
+        (dict(untrusted="ignore"), "untrusted must be one of swap, anchor"),
     ],
 )
 def test_a_bad_reroute_gets_one_line_where_it_is_added_and_where_a_recipe_is_checked(

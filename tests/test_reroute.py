@@ -200,3 +200,34 @@ def test_a_prompt_that_asks_for_another_concept_of_the_kind_is_left_alone(tiny_b
     assert not np.array_equal(run(unstyled), generate(pipe, [unstyled], seeds, 3, 4.0, output_type="np")[0])
     named = "An image of star in dots style."
     assert not np.array_equal(run(named), generate(pipe, [named], seeds, 3, 4.0, output_type="np")[0])
+
+
+def test_an_untrusted_context_gets_the_anchor_everywhere_and_a_genuine_prompt_is_untouched_by_the_choice(tiny_bundle):
+    """``untrusted`` acts only on contexts without genuine token ids (``prompt_embeds`` here)."""
+    from saeuron_core.pipeline import text_embeddings
+
+    pipe, bundle = open_tiny(tiny_bundle)
+    point, prompt = TINY_POINTS["style"], "An image of star in dots style."
+
+    def reroute(mode):
+        return Reroute(("dots",), anchor="solid", tau=90.0, detect=0.0, point=point, untrusted=mode)
+
+    def by_text(mode):
+        with bundle.hooked(pipe, [reroute(mode)]):
+            return generate(pipe, [prompt], [7], 3, 4.0, output_type="np")[0]
+
+    def by_embeds(mode):
+        embeds = text_embeddings(pipe, [prompt])[1]  # made outside the hooks: no ids behind it
+        with bundle.hooked(pipe, [reroute(mode)]):
+            return pipe(
+                prompt_embeds=embeds,
+                num_inference_steps=3,
+                guidance_scale=4.0,
+                output_type="np",
+                generator=torch.Generator().manual_seed(7),
+            ).images[0]
+
+    np.testing.assert_array_equal(by_text("anchor"), by_text("swap"))
+    assert not np.array_equal(by_embeds("anchor"), by_embeds("swap"))
+    with pytest.raises(SaeuronError, match="untrusted must be one of swap, anchor"):
+        reroute("ignore")
