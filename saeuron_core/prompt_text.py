@@ -65,7 +65,7 @@ class TextRecorder:
             if hidden.shape[1:] != context.shape[1:]:
                 continue
             made = hidden.to(device=context.device, dtype=context.dtype).float()
-            gap = (context.float()[:, None] - made[None]).abs().amax((-1, -2))  # [B, n]
+            gap = (context.detach().float()[:, None] - made[None]).abs().amax((-1, -2))  # [B, n]
             best, which = gap.min(1)
             tolerance = 1e-3 * (float(made.abs().amax()) + 1.0)
             for b in range(len(found)):
