@@ -25,7 +25,7 @@ ACTIONS = ("remove", "add")
 EFFECT_COLUMNS = [
     "row",
     "intervention",
-    "features edited",
+    "features measured",
     "activation before",
     "activation after",
     "judge before",
