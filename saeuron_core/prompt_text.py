@@ -67,13 +67,18 @@ class TextRecorder:
             made = hidden.to(device=context.device, dtype=context.dtype).float()
             gap = (context.detach().float()[:, None] - made[None]).abs().amax((-1, -2))  # [B, n]
             best, which = gap.min(1)
-            tolerance = 1e-3 * (float(made.abs().amax()) + 1.0)
+            tolerance = _tolerance(made)
             for b in range(len(found)):
                 if found[b] is None and float(best[b]) <= tolerance and self._genuine(call):
                     found[b] = ids[int(which[b])]
         return found
 
 
+def _tolerance(reference: Tensor) -> float:
+    """How far a context may be from ``reference`` and still be it: a cast to half precision."""
+    return 1e-3 * (float(reference.abs().amax()) + 1.0)
+
+
 def _close(a: Tensor, b: Tensor) -> bool:
     a, b = a.float(), b.float().to(a.device)
-    return a.shape == b.shape and float((a - b).abs().amax()) <= 1e-3 * (float(b.abs().amax()) + 1.0)
+    return a.shape == b.shape and float((a - b).abs().amax()) <= _tolerance(b)

@@ -308,27 +308,23 @@ def _block_hook(edits: list[RerouteEdit], states: list[_RowState], recorder: Tex
                 shown = state.detected[c].to(x.device) & ~state.asked_elsewhere[c].to(x.device)
                 if not bool(shown.any()):
                     continue
-                if edit.source.untrusted == "anchor":  # a context without genuine ids: the anchor's prompt, everywhere
-                    whole = shown & state.untrusted.to(x.device)
-                    shown = shown & ~whole
-                    if bool(whole.any()):
-                        anchor = swap.anchor_context.to(device=context.device, dtype=context.dtype)
-                        counterfactual = torch.where(
-                            whole[:, None, None], anchor.expand_as(counterfactual), counterfactual
-                        )
-                        mask = torch.maximum(mask, whole[:, None, None, None].to(x.dtype).expand_as(mask))
+                # a context without genuine ids: the anchor's prompt, on every token
+                whole = shown & state.untrusted.to(x.device) if edit.source.untrusted == "anchor" else shown & False
+                shown = shown & ~whole
                 counterfactual, found = swap.apply(counterfactual, shown)
                 elsewhere = shown & ~found  # no word to swap: the anchor's prompt, on flagged tokens only
-                if bool(elsewhere.any()):
+                if bool((whole | elsewhere).any()):
                     anchor = swap.anchor_context.to(device=context.device, dtype=context.dtype)
                     counterfactual = torch.where(
-                        elsewhere[:, None, None], anchor.expand_as(counterfactual), counterfactual
+                        (whole | elsewhere)[:, None, None], anchor.expand_as(counterfactual), counterfactual
                     )
+                if bool(elsewhere.any()):
                     tokens = state.tokens[c][:, None].to(x.dtype)
                     if tokens.shape[-2:] != (height, width):
                         tokens = F.interpolate(tokens, size=(height, width), mode="nearest")
                     mask = torch.maximum(mask, tokens * elsewhere[:, None, None, None])
-                mask = torch.maximum(mask, (shown & found)[:, None, None, None].to(x.dtype).expand_as(mask))
+                everywhere = whole | (shown & found)
+                mask = torch.maximum(mask, everywhere[:, None, None, None].to(x.dtype).expand_as(mask))
         if not bool(mask.any()):
             return None
         alternative = rerun_block(module, args, kwargs, rows, counterfactual)
