@@ -158,6 +158,44 @@ def throughput(seconds: list[float], batch_size: int, skip: int) -> dict:
     }
 
 
+def sparsify_runner(args, d_in: int, num_latents: int, lr: float, warmup: int, steps: int) -> "SparsifyRunner":
+    """sparsify's trainer as the run's arguments configure it (device, autocast)."""
+    return SparsifyRunner(
+        d_in,
+        num_latents,
+        args.k,
+        lr,
+        args.auxk_alpha,
+        args.dead_threshold,
+        args.seed,
+        warmup,
+        steps,
+        DEVICE,
+        autocast=args.autocast == "bf16",
+    )
+
+
+def ours_config(args, num_latents: int, lr: float) -> TrainConfig:
+    """Ours' TrainConfig as the run's arguments configure it: the same SAE as sparsify's, one epoch,
+    no checkpoint inside the timing, on the run's device with its autocast and TF32 choice."""
+    return TrainConfig(
+        SaeConfig(
+            num_latents=num_latents,
+            k=args.k,
+            auxk_alpha=args.auxk_alpha,
+            dead_feature_threshold=args.dead_threshold,
+        ),
+        batch_size=args.batch_size,
+        epochs=1,
+        lr=lr,
+        checkpoint_every=10**9,
+        seed=args.seed,
+        device=str(DEVICE),
+        autocast=args.autocast,
+        tf32=not args.no_tf32,
+    )
+
+
 # --------------------------------------------------------------------------- profiling
 def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -> dict:
     """torch.profiler over ``steps`` steps of each trainer (fresh models), top ops by self time on
@@ -168,19 +206,7 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
     xs = [next(batches) for _ in range(steps + 1)]
     out = {}
-    runner = SparsifyRunner(
-        d_in,
-        num_latents,
-        args.k,
-        lr,
-        args.auxk_alpha,
-        args.dead_threshold,
-        args.seed,
-        0,
-        steps + 1,
-        DEVICE,
-        autocast=args.autocast == "bf16",
-    )
+    runner = sparsify_runner(args, d_in, num_latents, lr, warmup=0, steps=steps + 1)
     runner.step(xs[0])
     sync()
     with tprofile(activities=activities) as prof:
@@ -203,22 +229,7 @@ def profile(args, d_in: int, num_latents: int, lr: float, batches, steps: int) -
             state["prof"].__exit__(None, None, None)  # before train_sae's final checkpoint
 
         store = FeedStore("p", d_in, iter(xs), len(xs), args.batch_size, before_yield=before, after_last=after)
-        cfg = TrainConfig(
-            SaeConfig(
-                num_latents=num_latents,
-                k=args.k,
-                auxk_alpha=args.auxk_alpha,
-                dead_feature_threshold=args.dead_threshold,
-            ),
-            batch_size=args.batch_size,
-            epochs=1,
-            lr=lr,
-            checkpoint_every=10**9,
-            seed=args.seed,
-            device=str(DEVICE),
-            autocast=args.autocast,
-            tf32=not args.no_tf32,
-        )
+        cfg = ours_config(args, num_latents, lr)
         with open("/dev/null", "w") as devnull, contextlib.redirect_stderr(devnull):
             train_sae(store, "p", cfg, tmp)
     out["ours"] = _top_ops(state["prof"], steps)
@@ -317,19 +328,7 @@ def main() -> None:
     d_in, heldout, batches = synthetic_source(args, DEVICE) if args.synthetic else store_source(args, DEVICE)
     num_latents = d_in * args.expansion
     lr = args.lr or 2e-4 / math.sqrt(num_latents / 2**14)
-    sparsify = SparsifyRunner(
-        d_in,
-        num_latents,
-        args.k,
-        lr,
-        args.auxk_alpha,
-        args.dead_threshold,
-        args.seed,
-        args.sparsify_warmup,
-        args.steps,
-        DEVICE,
-        autocast=args.autocast == "bf16",
-    )
+    sparsify = sparsify_runner(args, d_in, num_latents, lr, warmup=args.sparsify_warmup, steps=args.steps)
     sparsify_seconds: list[float] = []
 
     def sparsify_step(x):
@@ -340,22 +339,7 @@ def main() -> None:
         sparsify_seconds.append(time.perf_counter() - t0)
 
     store = FeedStore("point", d_in, batches, args.steps, args.batch_size, before_yield=sparsify_step)
-    cfg = TrainConfig(
-        SaeConfig(
-            expansion_factor=args.expansion,
-            k=args.k,
-            auxk_alpha=args.auxk_alpha,
-            dead_feature_threshold=args.dead_threshold,
-        ),
-        batch_size=args.batch_size,
-        epochs=1,
-        lr=lr,
-        checkpoint_every=10**9,
-        seed=args.seed,
-        device=str(DEVICE),
-        autocast=args.autocast,
-        tf32=not args.no_tf32,
-    )
+    cfg = ours_config(args, num_latents, lr)
     log(
         f"training {args.steps} steps of {args.batch_size} tokens: d_in={d_in}, num_latents={num_latents},"
         f" k={args.k}, lr={lr:.3g}"
