@@ -12,6 +12,7 @@ import torch
 from saeuron_core.errors import SaeuronError
 from saeuron_core.hooks import Step, to_tokens
 from saeuron_core.interventions import AddConcept, Intervention, PromptAdd, Reroute, ScaleFeatures, Unlearn
+from saeuron_core.pipeline import token_ids
 from saeuron_core.prompt_add import PromptAddEdit
 from saeuron_core.prompts import names_another
 
@@ -256,11 +257,7 @@ def prompt_read(session: ExplorerSession, iv: PromptAdd, prompt: str) -> tuple[s
 def read_back(session: ExplorerSession, prompt: str) -> str:
     """``prompt`` as the hooks read it back from the text encoder's token ids (lower case, cut at
     the encoder's length)."""
-    tokenizer = session.pipe.tokenizer
-    ids = tokenizer(
-        [prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids[0]
-    return tokenizer.decode(ids, skip_special_tokens=True)
+    return session.pipe.tokenizer.decode(token_ids(session.pipe, [prompt])[0], skip_special_tokens=True)
 
 
 def asked_elsewhere(session: ExplorerSession, iv: Reroute, prompt: str) -> list[str]:

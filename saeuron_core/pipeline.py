@@ -305,11 +305,17 @@ def generate(
     return generate_jobs(pipe, jobs, steps, guidance, negative_prompt, batch_size, output_type, callback_on_step_end)
 
 
+def token_ids(pipe, prompts: list[str]) -> torch.Tensor:
+    """Token ids [N, L] of ``prompts`` as the pipeline's text encoder takes them (padded, cut)."""
+    tok = pipe.tokenizer
+    return tok(
+        prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
 def text_embeddings(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids [N, L], last hidden states [N, L, d]) of the pipeline's text encoder."""
-    tok = pipe.tokenizer
-    tokens = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-    ids = tokens.input_ids
+    ids = token_ids(pipe, prompts)
     with torch.no_grad():
         hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
     return ids, hidden.float()
